@@ -1,0 +1,6 @@
+//! credvend — a credential-vending sidecar daemon.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod secret;
