@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod creds;
 pub mod config;
 pub mod secret;

@@ -1,0 +1,94 @@
+//! Classification of AssumeRole failures (DESIGN.md §3, §7).
+//! (Implemented by the STS-layer work.)
+
+use std::fmt;
+
+/// Metric `reason` label of `credvend_assume_role_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    /// AccessDenied, NoSuchEntity-ish, wrong/missing External ID, revoked trust.
+    AccessDenied,
+    /// Throttling / rate exceeded.
+    Throttled,
+    /// Base credentials expired or invalid (ExpiredToken, InvalidClientTokenId).
+    ExpiredBaseCredentials,
+    /// RegionDisabledException.
+    RegionDisabled,
+    /// ValidationError, MalformedPolicyDocument, PackedPolicyTooLarge, bad ARN …
+    InvalidRequest,
+    /// 5xx from STS (InternalFailure, ServiceUnavailable …).
+    ServerError,
+    /// The call exceeded the STS call timeout.
+    Timeout,
+    /// Connect/IO/DNS/TLS failure.
+    Network,
+    /// Anything else (unparseable response …).
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 9] = [
+        FailureReason::AccessDenied,
+        FailureReason::Throttled,
+        FailureReason::ExpiredBaseCredentials,
+        FailureReason::RegionDisabled,
+        FailureReason::InvalidRequest,
+        FailureReason::ServerError,
+        FailureReason::Timeout,
+        FailureReason::Network,
+        FailureReason::Other,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::AccessDenied => "access_denied",
+            FailureReason::Throttled => "throttled",
+            FailureReason::ExpiredBaseCredentials => "expired_base_credentials",
+            FailureReason::RegionDisabled => "region_disabled",
+            FailureReason::InvalidRequest => "invalid_request",
+            FailureReason::ServerError => "server_error",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Network => "network",
+            FailureReason::Other => "other",
+        }
+    }
+
+    /// Terminal failures are the customer's (or the config's) doing: retrying soon will
+    /// not help, the cached credential must be dropped, and the mapping is negatively
+    /// cached with backoff. Everything else is transient.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            FailureReason::AccessDenied
+            | FailureReason::RegionDisabled
+            | FailureReason::InvalidRequest => true,
+            FailureReason::Throttled
+            | FailureReason::ExpiredBaseCredentials
+            | FailureReason::ServerError
+            | FailureReason::Timeout
+            | FailureReason::Network
+            | FailureReason::Other => false,
+        }
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified AssumeRole failure. Carries no secret: `message` is STS's message with
+/// nothing of ours in it (STS messages name the role ARN, which is not a secret).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}: {code}: {message}")]
+pub struct AssumeError {
+    pub reason: FailureReason,
+    /// The AWS error code (`AccessDenied`, `Throttling`, …) or a local one (`Timeout`,
+    /// `NetworkError`, `MalformedResponse`).
+    pub code: String,
+    pub message: String,
+    /// STS rejected DurationSeconds as longer than the role's MaxSessionDuration; the
+    /// cache retries once at 3600 s.
+    pub duration_too_long: bool,
+}

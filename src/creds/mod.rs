@@ -1,0 +1,71 @@
+//! Credentials and the STS seam.
+//!
+//! [`Credentials`] is what credvend vends; [`RoleAssumer`] is the seam through which the
+//! cache obtains them (the real implementation is [`sts::StsAssumer`]; tests may supply
+//! their own). Failures are classified where they enter ([`AssumeError`]), so the cache
+//! and the HTTP layer decide on a reason, never on an SDK error type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::secret::{ExternalId, SecretValue};
+
+pub mod error;
+pub mod sts;
+
+pub use error::{AssumeError, FailureReason};
+
+/// Temporary credentials for one assumed role.
+#[derive(Clone)]
+pub struct Credentials {
+    /// `ASIA…`: not a secret (it appears in CloudTrail and in our audit log).
+    pub access_key_id: String,
+    pub secret_access_key: SecretValue,
+    pub session_token: SecretValue,
+    pub expiration: SystemTime,
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` as STS returned it.
+    pub assumed_role_arn: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
+            .field("expiration", &humantime::format_rfc3339_seconds(self.expiration))
+            .field("assumed_role_arn", &self.assumed_role_arn)
+            .finish()
+    }
+}
+
+/// Everything that goes into one `sts:AssumeRole` call for a mapping.
+#[derive(Debug, Clone)]
+pub struct AssumeRoleInput {
+    pub role_arn: String,
+    pub session_name: String,
+    /// `None` sends no ExternalId parameter at all (used by the enforcement probe).
+    pub external_id: Option<ExternalId>,
+    pub duration: Duration,
+    pub session_policy: Option<String>,
+    pub policy_arns: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    pub source_identity: Option<String>,
+    /// STS region for this call.
+    pub region: String,
+}
+
+/// Obtains credentials for a role. Implementations classify every failure.
+///
+/// Implementations retry nothing on their own except what is documented on them (the
+/// real one re-resolves base credentials once on `ExpiredToken`); retry policy lives in
+/// the cache, which knows about backoff, budgets and degraded serving.
+pub trait RoleAssumer: Send + Sync + 'static {
+    fn assume_role<'a>(
+        &'a self,
+        input: &'a AssumeRoleInput,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
+    >;
+}

@@ -1,0 +1,1 @@
+//! The real STS client (implemented by the STS-layer work).
