@@ -1,0 +1,5 @@
+//! Shared helpers for integration tests. Each test file declares `mod support;` and uses
+//! what it needs; unused items in a given test binary are expected, hence the
+//! `dead_code` allowances inside the modules.
+
+pub mod fake_sts;
