@@ -119,7 +119,10 @@ mod tests {
         let canary = "CANARY-external-id-0123456789";
         let id = ExternalId::new(canary);
         let shown = format!("{id:?} {:?}", SecretValue::new("CANARY-secret-key"));
-        assert!(!shown.contains("CANARY"), "secret leaked through Debug: {shown}");
+        assert!(
+            !shown.contains("CANARY"),
+            "secret leaked through Debug: {shown}"
+        );
         assert!(shown.starts_with("ExternalId(sha256:"), "{shown}");
         assert!(shown.contains("** redacted **"), "{shown}");
     }
