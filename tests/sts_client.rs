@@ -608,3 +608,42 @@ async fn missing_base_credentials_are_a_base_identity_failure_without_a_call() {
     assert_eq!(err.code, "BaseCredentialsUnavailable");
     assert!(fake.calls().is_empty());
 }
+
+#[tokio::test]
+async fn one_shot_faults_take_precedence_over_role_and_persistent_faults() {
+    let h = harness().await;
+    h.fake.set_persistent_fault(Some(Fault::InternalError));
+    h.fake.set_role_fault(ROLE_ARN, Some(Fault::RegionDisabled));
+    h.fake.push_fault(Fault::Throttling);
+
+    let reasons = [
+        FailureReason::Throttled,
+        FailureReason::RegionDisabled,
+        FailureReason::RegionDisabled,
+    ];
+    for expected in reasons {
+        let err = h.assumer.assume_role(&input()).await.unwrap_err();
+        assert_eq!(err.reason, expected, "{err}");
+    }
+    h.fake.set_role_fault(ROLE_ARN, None);
+    let err = h.assumer.assume_role(&input()).await.unwrap_err();
+    assert_eq!(err.reason, FailureReason::ServerError, "{err}");
+    h.fake.set_persistent_fault(None);
+    h.assumer
+        .assume_role(&input())
+        .await
+        .expect("healthy again");
+
+    assert_eq!(
+        h.fake.faults_fired(),
+        vec![
+            Fault::Throttling,
+            Fault::RegionDisabled,
+            Fault::RegionDisabled,
+            Fault::InternalError,
+        ]
+    );
+    // GetCallerIdentity is never faulted.
+    h.fake.set_persistent_fault(Some(Fault::Hang));
+    h.assumer.get_caller_identity().await.expect("not faulted");
+}

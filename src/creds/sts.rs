@@ -781,6 +781,40 @@ mod tests {
         assert_eq!(scrub_external_id(plain, canary), plain);
     }
 
+    #[tokio::test]
+    async fn settings_that_cannot_work_are_refused_up_front() {
+        let provider = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "AKID", "secret", None, None, "test",
+        ));
+        let good = StsSettings {
+            default_region: "us-east-1".to_owned(),
+            endpoint_url: None,
+            source_role_arn: None,
+            call_timeout: Duration::from_secs(5),
+        };
+        let zero = StsSettings {
+            call_timeout: Duration::ZERO,
+            ..good.clone()
+        };
+        let no_region = StsSettings {
+            default_region: String::new(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            StsAssumer::with_credentials_provider(zero, provider.clone()).await,
+            Err(StsSetupError::ZeroCallTimeout)
+        ));
+        assert!(matches!(
+            StsAssumer::with_credentials_provider(no_region, provider.clone()).await,
+            Err(StsSetupError::EmptyRegion)
+        ));
+        let assumer = StsAssumer::with_credentials_provider(good, provider)
+            .await
+            .unwrap();
+        let shown = format!("{assumer:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
     #[test]
     fn error_display_names_reason_and_code() {
         let err = classify_service_error(Some("Throttling"), Some("Rate exceeded"), 400);
