@@ -1,7 +1,29 @@
 //! credvend — a credential-vending sidecar daemon.
+//!
+//! Sync workers fetch AWS credentials for a customer's role over the ECS container
+//! credentials protocol; credvend assumes the role with the customer's External ID,
+//! caches the session credentials and refreshes them ahead of expiry.
+//!
+//! Module map:
+//! - [`config`]: the TOML file (plus includes and `CREDVEND_` env overrides), validated
+//!   whole before anything binds.
+//! - [`creds`]: the [`creds::Credentials`] type, the [`creds::RoleAssumer`] seam and the
+//!   real STS client; failures are classified where they enter.
+//! - [`cache`]: per-mapping lifecycle, single flight, the refresh scheduler, the STS
+//!   budget.
+//! - [`server`]: the accept loop with its bounds, the credential endpoint (wire format,
+//!   auth, host checks) and the admin endpoint.
+//! - [`daemon`]: binds the pieces for one config generation and runs the listeners.
+//! - [`clock`]: the wall-clock seam (tests move time by hand).
+//! - [`secret`]: zeroizing, redacting holders for External IDs, tokens and keys.
+//! - [`telemetry`]: log setup.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod creds;
+pub mod daemon;
 pub mod secret;
+pub mod server;
+pub mod telemetry;

@@ -2,4 +2,6 @@
 //! what it needs; unused items in a given test binary are expected, hence the
 //! `dead_code` allowances inside the modules.
 
+pub mod daemon;
 pub mod fake_sts;
+pub mod http;

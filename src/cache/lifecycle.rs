@@ -1,0 +1,310 @@
+//! Pure lifecycle decisions: is a cached credential servable, when is its refresh due,
+//! how long to back off. No I/O, no locks, no clock reads: callers pass `now`, so every
+//! rule here is unit-tested with plain values.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::creds::Credentials;
+
+/// A credential is never served with less than this left (DESIGN.md §3): SDKs need time
+/// to use it, and clocks on the worker's side may be a little ahead of ours.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// STS may hand back a credential a little shorter than asked (its clock vs ours); only a
+/// shortfall beyond this counts as "shorter than expected".
+pub const SHORT_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// Transient-failure retry backoff bounds (exponential, full jitter).
+pub const TRANSIENT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Negative-cache bounds after a terminal failure (doubling, no jitter needed: requests,
+/// not a timer, drive the retry).
+pub const TERMINAL_BACKOFF_MIN: Duration = Duration::from_secs(30);
+pub const TERMINAL_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// Where a served credential came from (metric label `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Served from cache in the healthy state.
+    Cache,
+    /// Fetched from STS for this request (a cold miss).
+    Fresh,
+    /// Served from cache while refreshes are failing.
+    Degraded,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Fresh => "fresh",
+            Source::Degraded => "degraded",
+        }
+    }
+}
+
+/// Per-mapping state (DESIGN.md §3), reported in `/status` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingState {
+    /// No credential and nothing in flight.
+    Empty,
+    /// First fetch in flight; nothing to serve yet.
+    Fetching,
+    /// A servable credential; no fetch in flight.
+    Fresh,
+    /// A servable credential while its replacement is being fetched.
+    Refreshing,
+    /// Refresh failing transiently; the last credential is served until
+    /// [`EXPIRY_MARGIN`] before its expiry.
+    Degraded,
+    /// Terminal error (the role refused us); negatively cached with backoff.
+    Failed,
+}
+
+impl MappingState {
+    pub const ALL: [MappingState; 6] = [
+        MappingState::Empty,
+        MappingState::Fetching,
+        MappingState::Fresh,
+        MappingState::Refreshing,
+        MappingState::Degraded,
+        MappingState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MappingState::Empty => "empty",
+            MappingState::Fetching => "fetching",
+            MappingState::Fresh => "fresh",
+            MappingState::Refreshing => "refreshing",
+            MappingState::Degraded => "degraded",
+            MappingState::Failed => "failed",
+        }
+    }
+}
+
+/// A cached credential and what we knew when it arrived.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub creds: Arc<Credentials>,
+    /// Our clock when STS answered.
+    pub issued_at: SystemTime,
+    /// STS handed back less than we asked for (see [`is_short`]). Such a credential is
+    /// served below `min_remaining` (there is nothing better to serve, and refetching it
+    /// on every request would be a tight loop) and refreshed at half its life.
+    pub short_lived: bool,
+}
+
+/// What the request path may do with a cached entry right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servable {
+    /// Serve it without touching STS.
+    Yes(Source),
+    /// Still valid beyond the margin but under `min_remaining` in the healthy state (an
+    /// idle mapping whose refreshes stopped): fetch a new one, and fall back to this one
+    /// if STS cannot answer in time.
+    Stale,
+    /// Expired or inside the expiry margin: never serve it.
+    No,
+}
+
+/// Time left on `expiration` at `now` (zero once past).
+pub fn remaining(expiration: SystemTime, now: SystemTime) -> Duration {
+    expiration.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+/// Decides whether `entry` can be served at `now`.
+pub fn servability(
+    entry: &Entry,
+    now: SystemTime,
+    degraded: bool,
+    min_remaining: Duration,
+) -> Servable {
+    let left = remaining(entry.creds.expiration, now);
+    if left <= EXPIRY_MARGIN {
+        Servable::No
+    } else if left >= min_remaining {
+        Servable::Yes(Source::Cache)
+    } else if degraded {
+        Servable::Yes(Source::Degraded)
+    } else if entry.short_lived {
+        Servable::Yes(Source::Cache)
+    } else {
+        Servable::Stale
+    }
+}
+
+/// Whether a credential expiring at `expiration`, received at `now`, is shorter than the
+/// `requested` session duration by more than [`SHORT_TOLERANCE`].
+pub fn is_short(expiration: SystemTime, now: SystemTime, requested: Duration) -> bool {
+    remaining(expiration, now) + SHORT_TOLERANCE < requested
+}
+
+/// When to refresh a credential received at `now`.
+///
+/// Normally `refresh_before` before expiry, minus jitter (up to a tenth of
+/// `refresh_before`, at most 5 min, scaled by `jitter_unit` in `[0, 1)`) so that
+/// mappings fetched together do not refresh together. Jitter only moves refreshes
+/// earlier: the healthy-state `min_remaining` floor stays intact. A short-lived credential
+/// is refreshed at half its remaining life at the earliest, which rules out a tight loop
+/// however short STS makes it.
+pub fn refresh_at(
+    now: SystemTime,
+    expiration: SystemTime,
+    refresh_before: Duration,
+    short_lived: bool,
+    jitter_unit: f64,
+) -> SystemTime {
+    let life = remaining(expiration, now);
+    let jitter_span = (refresh_before / 10).min(Duration::from_secs(300));
+    let jitter = jitter_span.mul_f64(jitter_unit.clamp(0.0, 1.0));
+    let planned = expiration
+        .checked_sub(refresh_before + jitter)
+        .unwrap_or(now);
+    let floor = if short_lived {
+        now + life / 2
+    } else {
+        // Never schedule into the past or the immediate present.
+        now + Duration::from_secs(1).min(life / 2)
+    };
+    planned.max(floor)
+}
+
+/// Transient-failure retry delay after `failures` consecutive failures (≥ 1):
+/// exponential from [`TRANSIENT_BACKOFF_MIN`] to [`TRANSIENT_BACKOFF_MAX`], with full
+/// jitter inside `[MIN, cap]` from `jitter_unit` in `[0, 1)`.
+pub fn transient_backoff(failures: u32, jitter_unit: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let cap = (TRANSIENT_BACKOFF_MIN * 2u32.pow(exp)).min(TRANSIENT_BACKOFF_MAX);
+    let span = cap - TRANSIENT_BACKOFF_MIN;
+    TRANSIENT_BACKOFF_MIN + span.mul_f64(jitter_unit.clamp(0.0, 1.0))
+}
+
+/// Negative-cache period after `failures` consecutive terminal failures (≥ 1).
+pub fn terminal_backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    (TERMINAL_BACKOFF_MIN * 2u32.pow(exp)).min(TERMINAL_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretValue;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn entry(expires_in: Duration, short_lived: bool) -> Entry {
+        Entry {
+            creds: Arc::new(Credentials {
+                access_key_id: "ASIATEST".into(),
+                secret_access_key: SecretValue::new("s"),
+                session_token: SecretValue::new("t"),
+                expiration: t0() + expires_in,
+                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
+            }),
+            issued_at: t0(),
+            short_lived,
+        }
+    }
+
+    #[test]
+    fn healthy_credentials_are_served_only_above_min_remaining() {
+        let min_remaining = 20 * MIN;
+        let e = entry(60 * MIN, false);
+        assert_eq!(
+            servability(&e, t0(), false, min_remaining),
+            Servable::Yes(Source::Cache)
+        );
+        assert_eq!(
+            servability(&e, t0() + 40 * MIN, false, min_remaining),
+            Servable::Yes(Source::Cache)
+        );
+        assert_eq!(
+            servability(&e, t0() + 40 * MIN + Duration::from_secs(1), false, min_remaining),
+            Servable::Stale
+        );
+    }
+
+    #[test]
+    fn degraded_serves_until_the_expiry_margin_and_never_after() {
+        let min_remaining = 20 * MIN;
+        let e = entry(60 * MIN, false);
+        let just_before_margin = t0() + 59 * MIN - Duration::from_secs(1);
+        assert_eq!(
+            servability(&e, just_before_margin, true, min_remaining),
+            Servable::Yes(Source::Degraded)
+        );
+        assert_eq!(
+            servability(&e, t0() + 59 * MIN, true, min_remaining),
+            Servable::No
+        );
+        assert_eq!(
+            servability(&e, t0() + 61 * MIN, true, min_remaining),
+            Servable::No
+        );
+    }
+
+    #[test]
+    fn short_lived_credentials_are_served_below_min_remaining() {
+        let e = entry(10 * MIN, true);
+        assert_eq!(
+            servability(&e, t0(), false, 20 * MIN),
+            Servable::Yes(Source::Cache)
+        );
+        assert_eq!(servability(&e, t0() + 9 * MIN, false, 20 * MIN), Servable::No);
+    }
+
+    #[test]
+    fn shortness_allows_for_clock_skew() {
+        assert!(!is_short(t0() + 60 * MIN, t0(), 60 * MIN));
+        assert!(!is_short(t0() + 59 * MIN + Duration::from_secs(30), t0(), 60 * MIN));
+        assert!(is_short(t0() + 15 * MIN, t0(), 60 * MIN));
+    }
+
+    #[test]
+    fn refresh_is_due_refresh_before_expiry_minus_bounded_jitter() {
+        let exp = t0() + 60 * MIN;
+        assert_eq!(refresh_at(t0(), exp, 35 * MIN, false, 0.0), t0() + 25 * MIN);
+        let latest_jitter = refresh_at(t0(), exp, 35 * MIN, false, 0.999_999);
+        assert!(latest_jitter < t0() + 25 * MIN);
+        assert!(latest_jitter >= t0() + 25 * MIN - Duration::from_secs(210));
+        // The jittered refresh still leaves min_remaining (20 min) after refresh_before.
+        assert!(latest_jitter > t0());
+    }
+
+    #[test]
+    fn short_credentials_refresh_at_half_life_never_in_a_loop() {
+        // 10 minutes of life with a 35-minute refresh window: planned time is in the past.
+        let at = refresh_at(t0(), t0() + 10 * MIN, 35 * MIN, true, 0.5);
+        assert_eq!(at, t0() + 5 * MIN);
+        // Even a credential that is already inside its margin is not refreshed at once.
+        let at = refresh_at(t0(), t0() + Duration::from_secs(30), 35 * MIN, true, 0.0);
+        assert_eq!(at, t0() + Duration::from_secs(15));
+    }
+
+    #[test]
+    fn transient_backoff_grows_to_a_minute_with_jitter() {
+        assert_eq!(transient_backoff(1, 0.0), Duration::from_secs(1));
+        assert_eq!(transient_backoff(1, 0.99), Duration::from_secs(1));
+        assert!(transient_backoff(3, 0.99) <= Duration::from_secs(4));
+        assert!(transient_backoff(3, 0.99) > Duration::from_secs(3));
+        assert!(transient_backoff(30, 0.999) <= TRANSIENT_BACKOFF_MAX);
+        assert!(transient_backoff(30, 0.999) > Duration::from_secs(59));
+        assert_eq!(transient_backoff(30, 0.0), TRANSIENT_BACKOFF_MIN);
+    }
+
+    #[test]
+    fn terminal_backoff_doubles_from_30s_to_10min() {
+        assert_eq!(terminal_backoff(1), Duration::from_secs(30));
+        assert_eq!(terminal_backoff(2), Duration::from_secs(60));
+        assert_eq!(terminal_backoff(5), Duration::from_secs(480));
+        assert_eq!(terminal_backoff(6), Duration::from_secs(600));
+        assert_eq!(terminal_backoff(u32::MAX), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,691 @@
+//! The credential cache: per-mapping state, single flight, pre-refresh, STS budget.
+//!
+//! Inputs: the validated [`Config`] (mappings and `[refresh]`), a [`RoleAssumer`] (STS),
+//! and a [`Clock`]. Output: [`CredentialCache::get`], which the HTTP layer calls once per
+//! authorised request.
+//!
+//! How the pieces fit (DESIGN.md §3):
+//! - **Store.** Credentials live in a bounded moka cache keyed by [`MappingKey`] — the
+//!   mapping name plus a fingerprint of every AssumeRole input — so a reload that changes
+//!   a mapping's inputs can never serve the old role's credentials. moka's own expiry is
+//!   not used for decisions (its clock cannot be injected); it only bounds memory.
+//! - **Single flight.** A fetch is a spawned task registered in the mapping's [`Slot`];
+//!   every caller (requests, the scheduler) joins the registered fetch instead of
+//!   starting another. Registration, the "is there already something servable" check and
+//!   the fetch's publication happen under one lock, so N concurrent misses make exactly
+//!   one STS call. Fetches are detached: a request that stops waiting after `cold_wait`
+//!   does not cancel the fetch, whose result fills the cache for the next request.
+//! - **Pre-refresh.** One [`scheduler::RefreshQueue`] task wakes each mapping
+//!   `refresh_before` (minus jitter) ahead of expiry and fetches in the background, so the
+//!   request path never waits on STS while a servable credential exists.
+//! - **Failures.** Transient ones keep serving the last credential (degraded) until
+//!   [`lifecycle::EXPIRY_MARGIN`] before expiry and retry with backoff; terminal ones
+//!   evict, answer `AssumeRoleDenied`, and are negatively cached with backoff.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::config::{Config, Mapping, RefreshConfig};
+use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
+
+pub mod budget;
+pub mod lifecycle;
+pub mod scheduler;
+
+pub use budget::Priority;
+use budget::StsBudget;
+pub use lifecycle::{Entry, MappingState, Source};
+use lifecycle::{EXPIRY_MARGIN, Servable};
+
+/// Upper bound on cached credentials. One per configured mapping is needed; the bound
+/// only matters if a config ever grows past it, in which case the least recently used
+/// mappings are simply fetched again.
+const STORE_CAPACITY: u64 = 100_000;
+
+/// Longest a credential can live (STS maximum 12 h) plus a margin: entries older than
+/// this are dead and moka may drop them, freeing memory held by idle mappings.
+const STORE_TTL: Duration = Duration::from_secs(13 * 3600);
+
+/// STS's cap for role chaining and the usual role `MaxSessionDuration`.
+const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+/// Identity of a mapping's credentials: its name plus a fingerprint of every
+/// AssumeRole input. Two configs produce the same key only if they would make the same
+/// STS call.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingKey {
+    name: Arc<str>,
+    fingerprint: [u8; 16],
+}
+
+impl MappingKey {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for MappingKey {
+    // The fingerprint covers the External ID; it is not shown anywhere.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MappingKey({})", self.name)
+    }
+}
+
+/// A served credential.
+#[derive(Debug, Clone)]
+pub struct Vended {
+    pub entry: Arc<Entry>,
+    pub source: Source,
+}
+
+/// Why [`CredentialCache::get`] could not serve.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VendError {
+    /// No mapping of that name (the HTTP layer reports it like a bad token).
+    #[error("no such mapping")]
+    UnknownMapping,
+    /// The customer role refused the assumption (terminal; negatively cached).
+    #[error("role refused the assumption: {0}")]
+    Denied(AssumeError),
+    /// Nothing servable yet: STS slow, throttled or down. Retry after this many seconds.
+    #[error("credentials not available yet ({reason})")]
+    Unavailable {
+        retry_after_secs: u64,
+        reason: &'static str,
+    },
+}
+
+/// Point-in-time view of one mapping, for `/status` and readiness.
+#[derive(Debug, Clone)]
+pub struct MappingStatus {
+    pub name: String,
+    pub state: MappingState,
+    pub expires_at: Option<SystemTime>,
+    pub access_key_id: Option<String>,
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<(AssumeError, SystemTime)>,
+    pub next_refresh: Option<SystemTime>,
+    pub prefetch: bool,
+}
+
+type Outcome = Result<Arc<Entry>, AssumeError>;
+
+/// Everything about one mapping that is fixed for a given config generation.
+struct MappingSpec {
+    key: MappingKey,
+    input: AssumeRoleInput,
+    prefetch: bool,
+}
+
+/// The mapping table of one config generation.
+struct Table {
+    by_name: HashMap<String, Arc<MappingSpec>>,
+    by_key: HashMap<MappingKey, Arc<MappingSpec>>,
+    refresh: RefreshConfig,
+}
+
+/// Mutable per-mapping state, always accessed under [`Inner::slots`].
+#[derive(Default)]
+struct Slot {
+    /// The fetch in flight, if any; callers join it instead of starting another.
+    inflight: Option<watch::Receiver<Option<Outcome>>>,
+    /// The last refresh failed transiently and the cached credential is being served
+    /// past `min_remaining`.
+    degraded: bool,
+    /// The last fetch failed terminally.
+    failed: bool,
+    transient_failures: u32,
+    terminal_failures: u32,
+    /// While set and in the future, requests are answered `AssumeRoleDenied` without
+    /// calling STS.
+    negative_until: Option<SystemTime>,
+    /// The role's MaxSessionDuration turned out shorter than our session duration.
+    duration_cap: Option<Duration>,
+    /// Last request for this mapping (idle detection).
+    last_used: Option<SystemTime>,
+    last_error: Option<(AssumeError, SystemTime)>,
+    last_success: Option<SystemTime>,
+}
+
+struct Inner {
+    clock: Arc<dyn Clock>,
+    assumer: Arc<dyn RoleAssumer>,
+    /// Current config generation; swapped whole on reload.
+    table: RwLock<Arc<Table>>,
+    store: moka::sync::Cache<MappingKey, Arc<Entry>>,
+    slots: Mutex<HashMap<MappingKey, Slot>>,
+    queue: scheduler::RefreshQueue,
+    budget: StsBudget,
+}
+
+/// The credential cache. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct CredentialCache {
+    inner: Arc<Inner>,
+}
+
+impl CredentialCache {
+    /// Builds the cache for `config`. Call [`CredentialCache::start`] inside a tokio
+    /// runtime to run the refresh scheduler and prefetch.
+    pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
+        let store = moka::sync::Cache::builder()
+            .max_capacity(STORE_CAPACITY)
+            .time_to_live(STORE_TTL)
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                assumer,
+                table: RwLock::new(Arc::new(build_table(config))),
+                store,
+                slots: Mutex::new(HashMap::new()),
+                queue: scheduler::RefreshQueue::default(),
+                budget: StsBudget::new(config.sts.max_requests_per_second),
+            }),
+        }
+    }
+
+    /// Spawns the refresh scheduler and starts prefetching `prefetch` mappings. The
+    /// scheduler runs until the returned handle is aborted (daemon shutdown).
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        self.prefetch_all();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let clock = inner.clock.clone();
+            inner
+                .queue
+                .run(clock.as_ref(), |key| Inner::on_refresh_due(&inner, key))
+                .await;
+        })
+    }
+
+    /// Replaces the mapping table with `config`'s. Mappings whose fingerprint changed or
+    /// that were removed lose their cached credentials and state; unchanged ones keep
+    /// them. New `prefetch` mappings start fetching.
+    pub fn apply_config(&self, config: &Config) {
+        let new = Arc::new(build_table(config));
+        let old = {
+            let mut table = self.inner.table.write().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *table, new.clone())
+        };
+        let mut slots = self.inner.lock_slots();
+        for key in old.by_key.keys() {
+            if !new.by_key.contains_key(key) {
+                debug!(mapping = %key.name(), "Mapping removed or changed; dropping its credentials");
+                self.inner.store.invalidate(key);
+                self.inner.queue.cancel(key);
+                slots.remove(key);
+            }
+        }
+        drop(slots);
+        self.prefetch_all();
+    }
+
+    /// Credentials for mapping `name`, from cache when possible. Waits at most
+    /// `cold_wait` for STS.
+    pub async fn get(&self, name: &str) -> Result<Vended, VendError> {
+        let inner = &self.inner;
+        let table = inner.current_table();
+        let spec = table
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or(VendError::UnknownMapping)?;
+        let min_remaining = table.refresh.min_remaining;
+        let now = inner.clock.now();
+
+        let mut fallback = None;
+        {
+            let mut slots = inner.lock_slots();
+            let slot = slots.entry(spec.key.clone()).or_default();
+            slot.last_used = Some(now);
+            if let Some(entry) = inner.store.get(&spec.key) {
+                match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
+                    Servable::Yes(source) => return Ok(Vended { entry, source }),
+                    Servable::Stale => fallback = Some(entry),
+                    Servable::No => {}
+                }
+            }
+            if let (true, Some(until), Some((error, _))) =
+                (slot.failed, slot.negative_until, &slot.last_error)
+            {
+                if now < until {
+                    return Err(VendError::Denied(error.clone()));
+                }
+            }
+        }
+
+        let rx = Inner::start_or_join(inner, &spec, Priority::Cold);
+        let waited = tokio::time::timeout(table.refresh.cold_wait, wait_outcome(rx)).await;
+        let degraded_fallback = |reason: &'static str| {
+            let now = inner.clock.now();
+            match fallback
+                .as_ref()
+                .filter(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN)
+            {
+                Some(entry) => Ok(Vended {
+                    entry: entry.clone(),
+                    source: Source::Degraded,
+                }),
+                None => Err(VendError::Unavailable {
+                    retry_after_secs: 1,
+                    reason,
+                }),
+            }
+        };
+        match waited {
+            Ok(Ok(entry)) => Ok(Vended {
+                entry,
+                source: Source::Fresh,
+            }),
+            Ok(Err(error)) if error.reason.is_terminal() => Err(VendError::Denied(error)),
+            Ok(Err(_transient)) => degraded_fallback("STS unavailable"),
+            Err(_elapsed) => degraded_fallback("STS slower than cold_wait"),
+        }
+    }
+
+    /// A snapshot of every configured mapping.
+    pub fn status(&self) -> Vec<MappingStatus> {
+        let inner = &self.inner;
+        let table = inner.current_table();
+        let now = inner.clock.now();
+        let slots = inner.lock_slots();
+        let mut out: Vec<MappingStatus> = table
+            .by_name
+            .iter()
+            .map(|(name, spec)| {
+                let slot = slots.get(&spec.key);
+                let entry = inner
+                    .store
+                    .get(&spec.key)
+                    .filter(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN);
+                MappingStatus {
+                    name: name.clone(),
+                    state: state_of(slot, entry.is_some()),
+                    expires_at: entry.as_ref().map(|e| e.creds.expiration),
+                    access_key_id: entry.as_ref().map(|e| e.creds.access_key_id.clone()),
+                    last_success: slot.and_then(|s| s.last_success),
+                    last_error: slot.and_then(|s| s.last_error.clone()),
+                    next_refresh: inner.queue.due_at(&spec.key),
+                    prefetch: spec.prefetch,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// True once every `prefetch` mapping has either a credential or a terminal answer
+    /// from STS. A customer who broke their own role must not keep the whole sidecar
+    /// unready for every other customer.
+    pub fn prefetch_settled(&self) -> bool {
+        self.status().iter().filter(|s| s.prefetch).all(|s| {
+            matches!(
+                s.state,
+                MappingState::Fresh
+                    | MappingState::Refreshing
+                    | MappingState::Degraded
+                    | MappingState::Failed
+            )
+        })
+    }
+
+    /// Acquisitions that had to wait on the STS budget so far.
+    pub fn sts_rate_limited_total(&self) -> u64 {
+        self.inner.budget.rate_limited_total()
+    }
+
+    fn prefetch_all(&self) {
+        let table = self.inner.current_table();
+        for spec in table.by_name.values().filter(|s| s.prefetch) {
+            let has_entry = self.inner.store.contains_key(&spec.key);
+            if !has_entry {
+                drop(Inner::start_or_join(
+                    &self.inner,
+                    spec,
+                    Priority::Background,
+                ));
+            }
+        }
+    }
+}
+
+fn state_of(slot: Option<&Slot>, has_entry: bool) -> MappingState {
+    let Some(slot) = slot else {
+        return MappingState::Empty;
+    };
+    match (has_entry, slot.inflight.is_some()) {
+        (true, true) => MappingState::Refreshing,
+        (true, false) if slot.degraded => MappingState::Degraded,
+        (true, false) => MappingState::Fresh,
+        (false, _) if slot.failed => MappingState::Failed,
+        (false, true) => MappingState::Fetching,
+        (false, false) => MappingState::Empty,
+    }
+}
+
+async fn wait_outcome(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().unwrap_or_else(|| Err(lost_fetch())),
+        Err(_) => Err(lost_fetch()),
+    }
+}
+
+/// The fetch task vanished without publishing (it panicked). Transient by design.
+fn lost_fetch() -> AssumeError {
+    AssumeError {
+        reason: FailureReason::Other,
+        code: "FetchAborted".into(),
+        message: "the credential fetch ended without a result".into(),
+        duration_too_long: false,
+    }
+}
+
+impl Inner {
+    fn current_table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<MappingKey, Slot>> {
+        // A panic while holding the lock cannot leave a slot half-updated in a way that
+        // matters more than refusing to serve at all, so recover from poisoning.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins the mapping's in-flight fetch or starts one. For a cold caller that finds a
+    /// servable credential already published (a fetch finished between its cache check
+    /// and this call), returns that credential instead of calling STS again.
+    fn start_or_join(
+        self: &Arc<Self>,
+        spec: &Arc<MappingSpec>,
+        priority: Priority,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let mut slots = self.lock_slots();
+        let slot = slots.entry(spec.key.clone()).or_default();
+        if let Some(rx) = &slot.inflight {
+            return rx.clone();
+        }
+        if priority == Priority::Cold {
+            if let Some(entry) = self.store.get(&spec.key) {
+                let min_remaining = self.current_table().refresh.min_remaining;
+                let now = self.clock.now();
+                if let Servable::Yes(_) =
+                    lifecycle::servability(&entry, now, slot.degraded, min_remaining)
+                {
+                    let (_tx, rx) = watch::channel(Some(Ok(entry)));
+                    return rx;
+                }
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        slot.inflight = Some(rx.clone());
+        let duration_cap = slot.duration_cap;
+        drop(slots);
+
+        let inner = self.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            let outcome = inner.fetch(&spec, priority, duration_cap).await;
+            inner.publish(&spec, &outcome);
+            // Receivers may all be gone (requests timed out); the cache has the result.
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// One AssumeRole for `spec`, within the STS budget, with the MaxSessionDuration
+    /// fallback.
+    async fn fetch(
+        &self,
+        spec: &MappingSpec,
+        priority: Priority,
+        duration_cap: Option<Duration>,
+    ) -> Outcome {
+        let mut input = spec.input.clone();
+        if let Some(cap) = duration_cap {
+            input.duration = input.duration.min(cap);
+        }
+        self.budget.acquire(priority).await;
+        let mut result = self.assumer.assume_role(&input).await;
+        if let Err(error) = &result {
+            if error.duration_too_long && input.duration > ONE_HOUR {
+                warn!(
+                    mapping = %spec.key.name(),
+                    requested_secs = input.duration.as_secs(),
+                    "Role's MaxSessionDuration is shorter than session_duration; retrying at 1h and keeping that cap until the mapping changes"
+                );
+                if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
+                    slot.duration_cap = Some(ONE_HOUR);
+                }
+                input.duration = ONE_HOUR;
+                self.budget.acquire(priority).await;
+                result = self.assumer.assume_role(&input).await;
+            }
+        }
+        let creds = result?;
+        let now = self.clock.now();
+        let left = lifecycle::remaining(creds.expiration, now);
+        if left <= EXPIRY_MARGIN {
+            // Our clock or STS's is badly off; serving this would hand out a credential
+            // that is (nearly) expired. Treat as transient and retry with backoff.
+            return Err(AssumeError {
+                reason: FailureReason::Other,
+                code: "ExpiredOnArrival".into(),
+                message: format!(
+                    "STS returned a credential with {}s left; check the host clock",
+                    left.as_secs()
+                ),
+                duration_too_long: false,
+            });
+        }
+        let short_lived = lifecycle::is_short(creds.expiration, now, input.duration);
+        if short_lived {
+            warn!(
+                mapping = %spec.key.name(),
+                requested_secs = input.duration.as_secs(),
+                received_secs = left.as_secs(),
+                "STS returned a credential shorter than requested; serving it and refreshing at half its life"
+            );
+        }
+        Ok(Arc::new(Entry {
+            creds: Arc::new(creds),
+            issued_at: now,
+            short_lived,
+        }))
+    }
+
+    /// Records a fetch's outcome: cache, slot state, next refresh. Runs under the slots
+    /// lock so that "publish, then clear in-flight" is atomic for joiners.
+    fn publish(&self, spec: &MappingSpec, outcome: &Outcome) {
+        let now = self.clock.now();
+        let table = self.current_table();
+        let current = table.by_key.contains_key(&spec.key);
+        let mut slots = self.lock_slots();
+        let Some(slot) = slots.get_mut(&spec.key) else {
+            // The mapping was removed or changed while the fetch ran.
+            return;
+        };
+        slot.inflight = None;
+        if !current {
+            return;
+        }
+        let name = spec.key.name();
+        match outcome {
+            Ok(entry) => {
+                self.store.insert(spec.key.clone(), entry.clone());
+                slot.degraded = false;
+                slot.failed = false;
+                slot.transient_failures = 0;
+                slot.terminal_failures = 0;
+                slot.negative_until = None;
+                slot.last_success = Some(now);
+                let at = lifecycle::refresh_at(
+                    now,
+                    entry.creds.expiration,
+                    table.refresh.refresh_before,
+                    entry.short_lived,
+                    rand::random::<f64>(),
+                );
+                self.queue.schedule(&spec.key, at);
+                info!(
+                    mapping = %name,
+                    access_key_id = %entry.creds.access_key_id,
+                    expiration = %humantime::format_rfc3339_seconds(entry.creds.expiration),
+                    next_refresh = %humantime::format_rfc3339_seconds(at),
+                    "Assumed role"
+                );
+            }
+            Err(error) if error.reason.is_terminal() => {
+                self.store.invalidate(&spec.key);
+                self.queue.cancel(&spec.key);
+                slot.degraded = false;
+                slot.failed = true;
+                slot.terminal_failures = slot.terminal_failures.saturating_add(1);
+                let backoff = lifecycle::terminal_backoff(slot.terminal_failures);
+                slot.negative_until = Some(now + backoff);
+                slot.last_error = Some((error.clone(), now));
+                warn!(
+                    mapping = %name,
+                    reason = %error.reason,
+                    code = %error.code,
+                    retry_after_secs = backoff.as_secs(),
+                    message = %error.message,
+                    "Role refused the assumption; dropped its credentials"
+                );
+            }
+            Err(error) => {
+                slot.transient_failures = slot.transient_failures.saturating_add(1);
+                slot.last_error = Some((error.clone(), now));
+                let backoff =
+                    lifecycle::transient_backoff(slot.transient_failures, rand::random::<f64>());
+                let valid = self
+                    .store
+                    .get(&spec.key)
+                    .is_some_and(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN);
+                slot.degraded = valid;
+                if !valid {
+                    self.store.invalidate(&spec.key);
+                }
+                let in_use = spec.prefetch
+                    || slot
+                        .last_used
+                        .is_some_and(|t| !is_idle(t, now, table.refresh.idle_timeout));
+                if valid || in_use {
+                    self.queue.schedule(&spec.key, now + backoff);
+                }
+                warn!(
+                    mapping = %name,
+                    reason = %error.reason,
+                    code = %error.code,
+                    serving_previous = valid,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    message = %error.message,
+                    "AssumeRole failed"
+                );
+            }
+        }
+    }
+
+    /// Scheduler callback: refresh `key` unless it is gone or idle.
+    fn on_refresh_due(self: &Arc<Self>, key: MappingKey) {
+        let table = self.current_table();
+        let Some(spec) = table.by_key.get(&key).cloned() else {
+            return;
+        };
+        let now = self.clock.now();
+        let last_used = self.lock_slots().get(&key).and_then(|s| s.last_used);
+        let idle = !spec.prefetch
+            && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
+        if idle {
+            debug!(mapping = %key.name(), "Mapping idle; not refreshing");
+            return;
+        }
+        drop(Self::start_or_join(self, &spec, Priority::Background));
+    }
+}
+
+fn is_idle(last_used: SystemTime, now: SystemTime, idle_timeout: Duration) -> bool {
+    now.duration_since(last_used).unwrap_or(Duration::ZERO) > idle_timeout
+}
+
+fn build_table(config: &Config) -> Table {
+    let mut by_name = HashMap::new();
+    let mut by_key = HashMap::new();
+    for (name, mapping) in &config.mappings {
+        let input = assume_role_input(mapping);
+        let key = MappingKey {
+            name: Arc::from(name.as_str()),
+            fingerprint: fingerprint(&input, config.sts.endpoint_url.as_deref()),
+        };
+        let spec = Arc::new(MappingSpec {
+            key: key.clone(),
+            input,
+            prefetch: mapping.prefetch,
+        });
+        by_name.insert(name.clone(), spec.clone());
+        by_key.insert(key, spec);
+    }
+    Table {
+        by_name,
+        by_key,
+        refresh: config.refresh.clone(),
+    }
+}
+
+/// The AssumeRole call a mapping makes.
+pub fn assume_role_input(mapping: &Mapping) -> AssumeRoleInput {
+    AssumeRoleInput {
+        role_arn: mapping.role_arn.clone(),
+        session_name: mapping.session_name.clone(),
+        external_id: mapping.external_id.clone(),
+        duration: mapping.session_duration,
+        session_policy: mapping.session_policy.clone(),
+        policy_arns: mapping.policy_arns.clone(),
+        tags: mapping.tags.clone(),
+        source_identity: mapping.source_identity.clone(),
+        region: mapping.region.clone(),
+    }
+}
+
+/// SHA-256 over every AssumeRole input, length-prefixed so no two different inputs
+/// serialise alike.
+fn fingerprint(input: &AssumeRoleInput, endpoint: Option<&str>) -> [u8; 16] {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(input.role_arn.as_bytes());
+    field(input.session_name.as_bytes());
+    match &input.external_id {
+        Some(id) => {
+            field(b"1");
+            field(id.expose().as_bytes());
+        }
+        None => field(b"0"),
+    }
+    field(&input.duration.as_secs().to_be_bytes());
+    field(input.session_policy.as_deref().unwrap_or("\0none").as_bytes());
+    for arn in &input.policy_arns {
+        field(arn.as_bytes());
+    }
+    field(b"tags");
+    for (k, v) in &input.tags {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    field(input.source_identity.as_deref().unwrap_or("\0none").as_bytes());
+    field(input.region.as_bytes());
+    field(endpoint.unwrap_or("\0default").as_bytes());
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}

@@ -1,0 +1,179 @@
+//! The daemon: one config generation's worth of state (access table, credential cache)
+//! plus the listeners serving it.
+//!
+//! [`Daemon::run`] takes listeners that are already bound and a shutdown future, so
+//! tests run the whole daemon on `127.0.0.1:0` with a fake STS and a manual clock.
+//! [`Daemon::apply_config`] swaps in a new, already-validated config atomically: requests
+//! in flight finish against the generation they started with.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::cache::CredentialCache;
+use crate::clock::Clock;
+use crate::config::{Config, ServerConfig};
+use crate::creds::RoleAssumer;
+use crate::server::access::AccessTable;
+use crate::server::admin::AdminEndpoint;
+use crate::server::credentials::CredentialEndpoint;
+use crate::server::{self, Limits};
+
+/// A listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Bound sockets, ready to serve.
+pub struct Listeners {
+    pub credentials: Vec<TcpListener>,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds every configured address; fails on the first that cannot be bound.
+    pub async fn bind(server: &ServerConfig) -> Result<Self, BindError> {
+        let mut credentials = Vec::with_capacity(server.listen.len());
+        for addr in &server.listen {
+            credentials.push(bind(*addr).await?);
+        }
+        Ok(Self {
+            credentials,
+            admin: bind(server.admin_listen).await?,
+        })
+    }
+
+    /// The bound credential addresses (useful with port 0).
+    pub fn credential_addrs(&self) -> Vec<SocketAddr> {
+        self.credentials
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+/// The running daemon's shared state.
+pub struct Daemon {
+    pub cache: CredentialCache,
+    access: Arc<RwLock<Arc<AccessTable>>>,
+    /// Set once every listener is serving (readiness).
+    listening: Arc<AtomicBool>,
+    /// Incremented by every applied config (1 = the one started with).
+    generation: AtomicU64,
+}
+
+impl Daemon {
+    pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            cache: CredentialCache::new(config, assumer, clock),
+            access: Arc::new(RwLock::new(Arc::new(AccessTable::new(config)))),
+            listening: Arc::new(AtomicBool::new(false)),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// Applies a new validated config: tokens, hosts and mappings switch together;
+    /// only mappings whose AssumeRole inputs changed lose their cached credentials.
+    pub fn apply_config(&self, config: &Config) {
+        let access = Arc::new(AccessTable::new(config));
+        self.cache.apply_config(config);
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = access;
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        info!(
+            generation,
+            mappings = config.mappings.len(),
+            "Configuration applied"
+        );
+    }
+
+    /// Config generation currently applied.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Serves until `shutdown` completes, then drains every listener within the grace
+    /// period and stops the refresh scheduler.
+    pub async fn run(
+        &self,
+        listeners: Listeners,
+        limits: Limits,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let scheduler = self.cache.start();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let mut servers = Vec::new();
+        let endpoint = CredentialEndpoint {
+            access: self.access.clone(),
+            cache: self.cache.clone(),
+        };
+        for listener in listeners.credentials {
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "Serving credentials");
+            }
+            let endpoint = endpoint.clone();
+            let handler = move |request, conn| {
+                let endpoint = endpoint.clone();
+                async move { endpoint.handle(request, conn).await }
+            };
+            servers.push(tokio::spawn(server::serve(
+                listener,
+                handler,
+                limits.clone(),
+                stopped(),
+            )));
+        }
+        let admin = AdminEndpoint {
+            cache: self.cache.clone(),
+            listening: self.listening.clone(),
+        };
+        if let Ok(addr) = listeners.admin.local_addr() {
+            info!(%addr, "Serving admin endpoints");
+        }
+        let handler = move |request, conn| {
+            let admin = admin.clone();
+            async move { admin.handle(request, conn).await }
+        };
+        servers.push(tokio::spawn(server::serve(
+            listeners.admin,
+            handler,
+            limits.clone(),
+            stopped(),
+        )));
+        self.listening.store(true, Ordering::Release);
+
+        shutdown.await;
+        info!("Shutting down: no new connections, draining in-flight requests");
+        self.listening.store(false, Ordering::Release);
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        scheduler.abort();
+    }
+}

@@ -1,0 +1,173 @@
+//! The credential endpoint: `GET /v1/credentials/{mapping}` and `GET /v1/credentials`.
+//!
+//! Checks run cheapest and most hostile first: proxy headers, `Host`, method, path,
+//! token; only an authorised request reaches the cache. The query string is ignored
+//! (the JS SDK rewrites it). Every response is logged once on the `credvend::audit`
+//! target: mapping, client address, status, source, AccessKeyId and expiry — never the
+//! secret key, session token, auth token or External ID.
+
+use std::sync::{Arc, RwLock};
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName};
+use hyper::{Method, Request, Response};
+use tracing::info;
+
+use super::ConnInfo;
+use super::access::{AccessTable, AuthFailure};
+use super::wire::{self, ApiError, Body};
+use crate::cache::{CredentialCache, VendError};
+
+/// Headers that mean a proxy forwarded the request.
+const PROXY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+const PREFIX: &str = "/v1/credentials";
+
+/// Longest mapping name a path may carry (config allows 64); longer is not a mapping.
+const MAX_MAPPING_LEN: usize = 64;
+
+/// Shared state of the credential listeners.
+#[derive(Clone)]
+pub struct CredentialEndpoint {
+    /// Swapped whole on reload.
+    pub access: Arc<RwLock<Arc<AccessTable>>>,
+    pub cache: CredentialCache,
+}
+
+impl CredentialEndpoint {
+    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let access = self.access.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (mapping, result) = self.route(&access, &request, conn).await;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                info!(
+                    target: "credvend::audit",
+                    mapping = mapping.as_deref().unwrap_or("-"),
+                    client = %conn.peer,
+                    status = error.status().as_u16(),
+                    code = error.code(),
+                    "Credential request refused"
+                );
+                error.into_response()
+            }
+        };
+        response
+    }
+
+    async fn route(
+        &self,
+        access: &AccessTable,
+        request: &Request<Incoming>,
+        conn: ConnInfo,
+    ) -> (Option<String>, Result<Response<Body>, ApiError>) {
+        let headers = request.headers();
+        if PROXY_HEADERS.iter().any(|h| headers.contains_key(h)) {
+            return (None, Err(ApiError::ProxiedRequest));
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        if !host.is_some_and(|h| access.host_allowed(h, conn.local)) {
+            return (None, Err(ApiError::InvalidHost));
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return (None, Err(ApiError::MethodNotAllowed));
+        }
+        let requested = match parse_path(request.uri().path()) {
+            Some(requested) => requested,
+            None => return (None, Err(ApiError::NotFound)),
+        };
+        let token = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let mapping = match access.authorize(requested, token) {
+            Ok(mapping) => mapping.to_string(),
+            Err(AuthFailure::MissingToken) => {
+                return (requested.map(str::to_string), Err(ApiError::MissingToken));
+            }
+            Err(AuthFailure::Denied) => {
+                let requested = requested.map(str::to_string);
+                return (
+                    requested.clone(),
+                    Err(ApiError::AccessDenied { mapping: requested }),
+                );
+            }
+        };
+        let Some(role_arn) = access.role_arn(&mapping) else {
+            return (
+                Some(mapping.clone()),
+                Err(ApiError::AccessDenied {
+                    mapping: Some(mapping),
+                }),
+            );
+        };
+        let result = match self.cache.get(&mapping).await {
+            Ok(vended) => {
+                let creds = &vended.entry.creds;
+                info!(
+                    target: "credvend::audit",
+                    mapping = %mapping,
+                    client = %conn.peer,
+                    status = 200u16,
+                    source = vended.source.as_str(),
+                    access_key_id = %creds.access_key_id,
+                    expiration = %wire::format_expiration(creds.expiration),
+                    "Credentials served"
+                );
+                Ok(wire::credentials_response(creds, role_arn))
+            }
+            Err(VendError::UnknownMapping) => Err(ApiError::AccessDenied {
+                mapping: Some(mapping.clone()),
+            }),
+            Err(VendError::Denied(error)) => Err(ApiError::AssumeRoleDenied {
+                mapping: mapping.clone(),
+                code: error.code,
+            }),
+            Err(VendError::Unavailable {
+                retry_after_secs,
+                reason,
+            }) => Err(ApiError::Unavailable {
+                mapping: Some(mapping.clone()),
+                retry_after_secs,
+                reason,
+            }),
+        };
+        (Some(mapping), result)
+    }
+}
+
+/// `Some(None)` for `/v1/credentials`, `Some(Some(name))` for `/v1/credentials/name`,
+/// `None` for anything else.
+fn parse_path(path: &str) -> Option<Option<&str>> {
+    let rest = path.strip_prefix(PREFIX)?;
+    if rest.is_empty() || rest == "/" {
+        return Some(None);
+    }
+    let name = rest.strip_prefix('/')?;
+    let name = name.strip_suffix('/').unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_MAPPING_LEN || name.contains('/') {
+        return None;
+    }
+    Some(Some(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_path;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("/v1/credentials"), Some(None));
+        assert_eq!(parse_path("/v1/credentials/"), Some(None));
+        assert_eq!(parse_path("/v1/credentials/acme-s3"), Some(Some("acme-s3")));
+        assert_eq!(parse_path("/v1/credentials/acme-s3/"), Some(Some("acme-s3")));
+        assert_eq!(parse_path("/v1/credentials/a/b"), None);
+        assert_eq!(parse_path("/v1/credentialsX"), None);
+        assert_eq!(parse_path("/"), None);
+        assert_eq!(parse_path(&format!("/v1/credentials/{}", "a".repeat(65))), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! HTTP serving: the accept loop shared by the credential and admin listeners.
+//!
+//! [`serve`] takes a listener that is already bound and a shutdown future; it never
+//! binds anything itself, which is what lets tests run it on `127.0.0.1:0`. Every
+//! resource is bounded:
+//! - connections: a semaphore permit is taken *before* `accept()`, so past
+//!   `max_connections` new clients wait in the kernel backlog instead of costing memory;
+//! - header read time: hyper's `header_read_timeout`, which only works when the builder
+//!   has a timer, so one is always set;
+//! - header count and size: hyper answers 431 beyond them;
+//! - shutdown: in-flight requests get `shutdown_grace` to finish, then connections are
+//!   dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+pub mod access;
+pub mod admin;
+pub mod credentials;
+pub mod wire;
+
+use wire::Body;
+
+/// Addresses of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address the client connected to (for the `Host` check).
+    pub local: SocketAddr,
+}
+
+/// Bounds of one listener.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// Maximum number of request headers (SDK requests carry fewer than 10).
+    pub max_headers: usize,
+    /// Maximum bytes of request line plus headers.
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    pub fn from_config(server: &crate::config::ServerConfig) -> Self {
+        Self {
+            max_connections: server.max_connections,
+            header_read_timeout: server.header_read_timeout,
+            max_headers: 32,
+            max_header_bytes: 16 * 1024,
+            shutdown_grace: server.shutdown_grace,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes, then drains in-flight
+/// requests for at most `limits.shutdown_grace`.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes);
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // semaphore closed: never happens, we own it
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%error, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_info = ConnInfo {
+            peer,
+            local: stream.local_addr().unwrap_or(peer),
+        };
+        let handler = handler.clone();
+        let service = service_fn(move |request| {
+            let response = handler(request, conn_info);
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, client = %peer, "Connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    let in_flight = graceful.count();
+    match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => info!(
+            listener = ?local,
+            connections = in_flight,
+            "Listener drained"
+        ),
+        Err(_) => warn!(
+            listener = ?local,
+            grace_ms = limits.shutdown_grace.as_millis() as u64,
+            "Shutdown grace elapsed; dropping remaining connections"
+        ),
+    }
+}

@@ -1,0 +1,289 @@
+//! The ECS container-credentials wire format (DESIGN.md §2), byte for byte.
+//!
+//! Success: status 200, `Content-Type: application/json`, `Cache-Control: no-store`,
+//! a `Content-Length`, never compressed, and one JSON object whose keys are cased exactly
+//! as the SDKs read them:
+//!
+//! ```json
+//! {"AccessKeyId":"ASIA…","SecretAccessKey":"…","Token":"…","Expiration":"2026-11-28T01:23:45Z","AccountId":"111122223333","RoleArn":"arn:aws:iam::111122223333:role/sync"}
+//! ```
+//!
+//! `Expiration` is UTC with a capital `Z` and no fraction (JS and Rust reject offsets;
+//! botocore, Go and Java fail without a zone). There is no `Code` field: the Rust SDK
+//! treats any `Code` other than `Success` as an error.
+//!
+//! Errors carry both key casings, `{"code":C,"message":M,"Code":C,"Message":M}` (Java and
+//! Go read the lower-case pair, JS the capitalised one), and the status of
+//! [`ApiError::status`]. 429 is never used: the Rust and Java SDKs treat it as fatal.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::creds::Credentials;
+
+/// The response body type of every credvend endpoint.
+pub type Body = Full<Bytes>;
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+#[derive(Serialize)]
+struct CredentialBody<'a> {
+    #[serde(rename = "AccessKeyId")]
+    access_key_id: &'a str,
+    #[serde(rename = "SecretAccessKey")]
+    secret_access_key: &'a str,
+    #[serde(rename = "Token")]
+    token: &'a str,
+    #[serde(rename = "Expiration")]
+    expiration: String,
+    #[serde(rename = "AccountId", skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
+    #[serde(rename = "RoleArn")]
+    role_arn: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(rename = "Code")]
+    code_upper: &'a str,
+    #[serde(rename = "Message")]
+    message_upper: &'a str,
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` in UTC.
+pub fn format_expiration(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The account ID field of an ARN (`arn:partition:service:region:ACCOUNT:resource`).
+pub fn account_of_arn(arn: &str) -> Option<&str> {
+    let account = arn.split(':').nth(4)?;
+    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
+}
+
+/// The 200 response for `creds`. `role_arn` is the mapping's IAM role ARN.
+pub fn credentials_response(creds: &Credentials, role_arn: &str) -> Response<Body> {
+    let body = CredentialBody {
+        access_key_id: &creds.access_key_id,
+        secret_access_key: creds.secret_access_key.expose(),
+        token: creds.session_token.expose(),
+        expiration: format_expiration(creds.expiration),
+        account_id: account_of_arn(&creds.assumed_role_arn).or_else(|| account_of_arn(role_arn)),
+        role_arn,
+    };
+    // Serialising a struct of strings cannot fail; if it ever did, answer 503 rather
+    // than panic or send a partial body.
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => json_response(StatusCode::OK, Bytes::from(bytes)),
+        Err(_) => ApiError::Unavailable {
+            mapping: None,
+            retry_after_secs: 1,
+            reason: "internal serialisation error",
+        }
+        .into_response(),
+    }
+}
+
+/// A JSON response with the headers every credvend response carries.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+    headers.insert(header::CACHE_CONTROL, NO_STORE);
+    response
+}
+
+/// Every way a credential request can fail, with its documented status and code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// No `Authorization` header.
+    MissingToken,
+    /// Token not valid for this mapping, or no such mapping: indistinguishable on
+    /// purpose, so a token cannot be used to discover mapping names.
+    AccessDenied { mapping: Option<String> },
+    /// `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present: the request came through
+    /// a proxy, which is how SSRF reaches a metadata-style endpoint.
+    ProxiedRequest,
+    /// `Host` is not one of ours (DNS rebinding).
+    InvalidHost,
+    /// The customer role refused the assumption.
+    AssumeRoleDenied { mapping: String, code: String },
+    /// The mapping's trust policy does not enforce its External ID.
+    TrustPolicyUnsafe { mapping: String },
+    /// Not a credentials path.
+    NotFound,
+    /// Not GET or HEAD.
+    MethodNotAllowed,
+    /// Nothing servable yet; retry after the given seconds.
+    Unavailable {
+        mapping: Option<String>,
+        retry_after_secs: u64,
+        reason: &'static str,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status. Exhaustive on purpose: a new variant forces a decision.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingToken => StatusCode::UNAUTHORIZED,
+            ApiError::AccessDenied { .. }
+            | ApiError::ProxiedRequest
+            | ApiError::InvalidHost
+            | ApiError::AssumeRoleDenied { .. }
+            | ApiError::TrustPolicyUnsafe { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `code` / `Code` value.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingToken => "Unauthorized",
+            ApiError::AccessDenied { .. } => "AccessDenied",
+            ApiError::ProxiedRequest => "ProxiedRequestRejected",
+            ApiError::InvalidHost => "InvalidHost",
+            ApiError::AssumeRoleDenied { .. } => "AssumeRoleDenied",
+            ApiError::TrustPolicyUnsafe { .. } => "TrustPolicyUnsafe",
+            ApiError::NotFound => "NotFound",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::Unavailable { .. } => "CredentialsUnavailable",
+        }
+    }
+
+    /// The `message` / `Message` value: names the mapping and the reason, never a secret
+    /// and never internals.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::MissingToken => {
+                "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN)".into()
+            }
+            ApiError::AccessDenied {
+                mapping: Some(mapping),
+            } => format!("token is not valid for mapping '{mapping}'"),
+            ApiError::AccessDenied { mapping: None } => "token is not valid".into(),
+            ApiError::ProxiedRequest => {
+                "requests through a proxy (X-Forwarded-For, Forwarded, X-Real-IP) are refused"
+                    .into()
+            }
+            ApiError::InvalidHost => "Host header is not an address of this endpoint".into(),
+            ApiError::AssumeRoleDenied { mapping, code } => format!(
+                "the role of mapping '{mapping}' refused the assumption ({code}); check its trust policy and External ID"
+            ),
+            ApiError::TrustPolicyUnsafe { mapping } => format!(
+                "the role of mapping '{mapping}' can be assumed without its External ID; refusing to vend until its trust policy requires sts:ExternalId"
+            ),
+            ApiError::NotFound => "not found; use GET /v1/credentials/{mapping}".into(),
+            ApiError::MethodNotAllowed => "only GET and HEAD are allowed".into(),
+            ApiError::Unavailable {
+                mapping: Some(mapping),
+                reason,
+                ..
+            } => format!("credentials for mapping '{mapping}' are not available yet: {reason}"),
+            ApiError::Unavailable {
+                mapping: None,
+                reason,
+                ..
+            } => format!("credentials are not available yet: {reason}"),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let message = self.message();
+        let code = self.code();
+        let body = ErrorBody {
+            code,
+            message: &message,
+            code_upper: code,
+            message_upper: &message,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = json_response(self.status(), Bytes::from(bytes));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretValue;
+    use http_body_util::BodyExt;
+    use std::time::{Duration, SystemTime};
+
+    async fn body_string(response: Response<Body>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn credentials_body_is_byte_exact() {
+        let creds = Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: SecretValue::new("sek/ret+key"),
+            session_token: SecretValue::new("tok\"en"),
+            expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_829_025),
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/sync/credvend-acme".into(),
+        };
+        let response = credentials_response(&creds, "arn:aws:iam::111122223333:role/sync");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        assert_eq!(
+            body_string(response).await,
+            r#"{"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"sek/ret+key","Token":"tok\"en","Expiration":"2026-11-28T01:23:45Z","AccountId":"111122223333","RoleArn":"arn:aws:iam::111122223333:role/sync"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn error_bodies_carry_both_casings_and_headers() {
+        let response = ApiError::Unavailable {
+            mapping: Some("acme-s3".into()),
+            retry_after_secs: 1,
+            reason: "STS slower than cold_wait",
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: serde_json::Value = serde_json::from_str(&body_string(response).await).unwrap();
+        assert_eq!(body["code"], "CredentialsUnavailable");
+        assert_eq!(body["Code"], "CredentialsUnavailable");
+        assert_eq!(body["message"], body["Message"]);
+        assert!(body["message"].as_str().unwrap().contains("acme-s3"));
+
+        let response = ApiError::MethodNotAllowed.into_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["allow"], "GET, HEAD");
+    }
+
+    #[test]
+    fn account_comes_from_the_arn() {
+        assert_eq!(
+            account_of_arn("arn:aws:sts::111122223333:assumed-role/a/b"),
+            Some("111122223333")
+        );
+        assert_eq!(account_of_arn("arn:aws:iam::aws:policy/x"), None);
+        assert_eq!(account_of_arn("nonsense"), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! The `credvend` binary as an operator uses it: exit codes, messages, signals.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use credvend::secret::TokenHash;
+
+const BIN: &str = env!("CARGO_BIN_EXE_credvend");
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "credvend-cli-{label}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+fn hash(token: &str) -> String {
+    TokenHash::of_token(token.as_bytes()).to_hex()
+}
+
+#[test]
+fn check_config_reports_every_problem_with_file_and_key_and_exits_64() {
+    let scratch = Scratch::new("bad");
+    let shared = hash("shared-token");
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[server]
+listen = ["127.0.0.1:8901"]
+colour = "blue"
+
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789"
+token_sha256 = ["{shared}"]
+session_duration = "15m"
+
+[mappings.beta-s3]
+role_arn = "arn:aws:iam::12345:rol/broken"
+external_id = "beta-external-id-0123456789"
+token_sha256 = ["{shared}"]
+"#
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    let file = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&file)).collect();
+    let find = |key: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("no problem line for {key} in:\n{stderr}"))
+            .to_string()
+    };
+    assert!(find("colour").contains("server"), "unknown key names its section");
+    assert!(find("role_arn").contains("beta-s3"));
+    let session = find("session_duration");
+    assert!(session.contains("acme-s3") && session.contains("refresh_before"));
+    let shared_line = find("token_sha256");
+    assert!(shared_line.contains("acme-s3") && shared_line.contains("beta-s3"));
+    assert!(!stderr.contains("external-id-0123456789"), "External ID leaked: {stderr}");
+}
+
+#[test]
+fn check_config_accepts_the_example_and_summarises_without_secrets() {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", "config/credvend.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("acme-s3"), "{stdout}");
+}
+
+#[test]
+fn missing_config_file_is_a_configuration_error() {
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", "/nonexistent/credvend.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/credvend.toml"));
+}
+
+#[test]
+fn token_new_prints_a_256_bit_token_and_its_hash_line() {
+    let out = Command::new(BIN).args(["token", "new"]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    let token = lines.next().unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(
+        lines.next().unwrap(),
+        format!("token_sha256 = [\"{}\"]", hash(token))
+    );
+    let again = Command::new(BIN).args(["token", "new"]).output().unwrap();
+    assert_ne!(String::from_utf8(again.stdout).unwrap(), stdout);
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("credvend {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_exits_0_on_sigterm_after_binding() {
+    let scratch = Scratch::new("serve");
+    let (port, admin) = (free_port(), free_port());
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+admin_listen = "127.0.0.1:{admin}"
+
+[sts]
+endpoint_url = "http://127.0.0.1:9"
+
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789"
+token_sha256 = ["{}"]
+"#,
+            hash("t")
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(Instant::now() < deadline, "admin listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("credvend did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(exit.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
