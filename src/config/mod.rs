@@ -1,14 +1,41 @@
-//! Configuration: types, loading and validation.
+//! Configuration: types, loading and validation (DESIGN.md §4).
 //!
-//! OWNER NOTE: the types below are the contract the rest of the crate codes against.
-//! Loading/validation is implemented below them.
+//! Inputs: one TOML file (default [`DEFAULT_CONFIG_PATH`]), the files its `include`
+//! globs match (only `[mappings.*]` tables are allowed there), then environment
+//! overrides `CREDVEND_<SECTION>__<KEY>` (e.g. `CREDVEND_SERVER__LISTEN='["127.0.0.1:9000"]'`,
+//! `CREDVEND_REFRESH__COLD_WAIT=1s`). `CREDVEND_CONFIG` names the file and is not a key.
+//! External ID files named by `external_id_file` are read during validation.
+//!
+//! Output: a [`Config`] in which every invariant of §4 holds, or a [`ConfigError`]
+//! listing every problem found, one `FILE: KEY: REASON` line each (the CLI exits 64).
+//! Validation runs before anything binds or spawns, and on reload a config that fails it
+//! is rejected whole.
+//!
+//! The public types below are the contract the rest of the crate codes against;
+//! `raw` holds the serde shapes of the file, `load` the figment plumbing and problem
+//! attribution, `validate` and `rules` the checks.
+
+mod error;
+mod load;
+mod raw;
+mod rules;
+mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::secret::{ExternalId, TokenHash};
+
+pub use error::{ConfigError, Problem};
+
+/// Environment variable naming the config file (read by the CLI; never a config key).
+pub const CONFIG_PATH_ENV: &str = load::CONFIG_PATH_VAR;
 
 /// Default configuration file path.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/credvend/credvend.toml";
@@ -131,4 +158,74 @@ pub struct Mapping {
     pub prefetch: bool,
     /// Mapping's own or `[verify].external_id_enforcement`.
     pub external_id_enforcement: Enforcement,
+}
+
+impl Config {
+    /// Loads `path`, its includes and `CREDVEND_*` overrides, and validates everything.
+    ///
+    /// All problems are collected and returned together. Non-fatal findings (short
+    /// `min_remaining`, group/world-readable files, a mapping without External ID) are in
+    /// [`Config::warnings`] for the caller to log.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let load::Loaded { mut report, files } = load::load(path)?;
+        let config = validate::build(&mut report, path.to_path_buf(), files);
+        let warnings = report.finish()?;
+        // `build` returns `None` only after reporting a problem, so `finish` has
+        // already returned the error in that case.
+        let mut config = config.ok_or_else(|| ConfigError {
+            problems: vec![Problem {
+                file: path.display().to_string(),
+                key: String::new(),
+                reason: "invalid configuration".to_owned(),
+            }],
+        })?;
+        config.warnings = warnings;
+        Ok(config)
+    }
+
+    /// Human-readable summary for `credvend check-config`: the listeners, then one line
+    /// per mapping. Never shows an External ID, only its fingerprint.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let listen: Vec<String> = self.server.listen.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "listen {} (admin {}); {} mapping(s) from {} file(s)",
+            listen.join(", "),
+            self.server.admin_listen,
+            self.mappings.len(),
+            self.files.len()
+        );
+        for mapping in self.mappings.values() {
+            let external_id = match &mapping.external_id {
+                Some(id) => format!("sha256:{}", id.fingerprint()),
+                None => "none".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "mapping {} role={} region={} session={} prefetch={} enforcement={} \
+                 tokens={} external_id={}",
+                mapping.name,
+                mapping.role_arn,
+                mapping.region,
+                humantime::format_duration(mapping.session_duration),
+                mapping.prefetch,
+                mapping.external_id_enforcement.as_str(),
+                mapping.token_sha256.len(),
+                external_id,
+            );
+        }
+        out
+    }
+}
+
+impl Enforcement {
+    /// The config-file spelling: `require`, `warn` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Require => "require",
+            Enforcement::Warn => "warn",
+            Enforcement::Off => "off",
+        }
+    }
 }

@@ -1,0 +1,457 @@
+//! Reading the files and the environment into one figment, and attributing problems.
+//!
+//! Inputs, in increasing precedence:
+//! 1. the main TOML file;
+//! 2. the files matched by its `include` globs (relative globs resolve against the main
+//!    file's directory; each glob's matches are sorted; the main file itself is never
+//!    re-read). Included files may hold **only** `[mappings.*]` tables: server, STS and
+//!    lifetime settings live in one place, so a fleet's drop-in directory can add
+//!    customers but cannot quietly change how the daemon binds or refreshes. A mapping
+//!    defined in two files is an error naming both, never a silent merge;
+//! 3. environment variables `CREDVEND_<SECTION>__<KEY>` (`__` between levels, keys
+//!    lower-cased). `CREDVEND_CONFIG` names the config file and is not a key.
+//!
+//! Every file is parsed on its own first, so one file with a TOML syntax error is
+//! reported (without its source snippet, which could contain an External ID) while the
+//! others are still checked. Each value in the merged figment carries a tag naming its
+//! provider; [`Report`] uses it to say which file or variable a bad value came from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::de::DeserializeOwned;
+
+use super::error::{ConfigError, Problem};
+use super::raw::{OneOrMany, TOP_LEVEL_KEYS};
+
+/// Prefix of environment overrides.
+pub(super) const ENV_PREFIX: &str = "CREDVEND_";
+/// The variable naming the config file; read by the CLI, never a config key.
+pub(super) const CONFIG_PATH_VAR: &str = "CREDVEND_CONFIG";
+
+/// Everything read, merged, ready for validation.
+pub(super) struct Loaded {
+    pub report: Report,
+    /// Main file first, then includes in load order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Reads the main file, its includes and the environment. Returns `Err` only when the
+/// main file itself cannot be read or parsed (nothing else can be checked then); every
+/// other problem is left in the report for validation to add to.
+pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
+    let main_display = main.display().to_string();
+    let fatal = |reason: String| ConfigError {
+        problems: vec![Problem {
+            file: main_display.clone(),
+            key: String::new(),
+            reason,
+        }],
+    };
+    let main_dict = read_toml(main).map_err(fatal)?;
+
+    let env = Env::prefixed(ENV_PREFIX)
+        .ignore(&[&CONFIG_PATH_VAR[ENV_PREFIX.len()..]])
+        .split("__");
+    let main_provider = TomlFile::new(main, main_dict.clone());
+
+    // The include list may itself be overridden from the environment, so it is read
+    // from the main file merged with the environment.
+    let base = Figment::from(main_provider.clone()).merge(env.clone());
+    let mut report = Report::new(base, main_display.clone());
+    report.check_private_file(main, &main_display);
+
+    let mut files = vec![main.to_path_buf()];
+    let mut figment = Figment::from(main_provider);
+    // Which file defines each mapping, to reject a name defined twice.
+    let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
+    let _ = note_mappings(&main_dict, &main_display, &mut mapping_files, &mut report);
+
+    for include in resolve_includes(main, &mut report) {
+        if files.contains(&include) {
+            continue;
+        }
+        let display = include.display().to_string();
+        report.check_private_file(&include, &display);
+        let dict = match read_toml(&include) {
+            Ok(dict) => dict,
+            Err(reason) => {
+                report.problem_in(&display, "", reason);
+                continue;
+            }
+        };
+        let mut mappings_only = Dict::new();
+        for (key, value) in dict {
+            if key == "mappings" {
+                mappings_only.insert(key, value);
+            } else {
+                let reason = if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                    format!(
+                        "only [mappings.*] tables may appear in an included file; \
+                         move `{key}` to {main_display}"
+                    )
+                } else {
+                    "unknown key; an included file may hold only [mappings.*] tables".to_owned()
+                };
+                report.problem_in(&display, &key, reason);
+            }
+        }
+        // A duplicate is reported and left out, so it cannot override the first
+        // definition and add follow-on problems of its own.
+        for duplicate in note_mappings(&mappings_only, &display, &mut mapping_files, &mut report) {
+            if let Some(Value::Dict(_, mappings)) = mappings_only.get_mut("mappings") {
+                mappings.remove(&duplicate);
+            }
+        }
+        figment = figment.merge(TomlFile::new(&include, mappings_only));
+        files.push(include);
+    }
+
+    report.set_figment(figment.merge(env));
+    Ok(Loaded { report, files })
+}
+
+/// Parses one TOML file into an untagged dictionary (the figment assigns tags).
+fn read_toml(path: &Path) -> Result<Dict, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("cannot read file: {e}"))?;
+    Toml::from_str::<Dict>(&text).map_err(|e| without_snippet(&e.to_string()))
+}
+
+/// toml's parse errors quote the offending source line; that line may be an
+/// `external_id = "…"`, so only the position and the message are kept.
+fn without_snippet(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .filter(|line| {
+            let after_number = line.trim_start_matches(|c: char| c.is_ascii_digit());
+            !after_number.trim_start().starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Records which file defines each mapping; a second definition is a problem naming
+/// both. Returns the names already defined elsewhere.
+fn note_mappings(
+    dict: &Dict,
+    file: &str,
+    seen: &mut BTreeMap<String, String>,
+    report: &mut Report,
+) -> Vec<String> {
+    let mut duplicates = Vec::new();
+    let Some(Value::Dict(_, mappings)) = dict.get("mappings") else {
+        return duplicates;
+    };
+    for name in mappings.keys() {
+        if let Some(first) = seen.get(name) {
+            report.problem_in(
+                file,
+                &format!("mappings.{name}"),
+                format!(
+                    "mapping `{name}` is already defined in {first}; \
+                     each mapping must be defined in exactly one file"
+                ),
+            );
+            duplicates.push(name.clone());
+        } else {
+            seen.insert(name.clone(), file.to_owned());
+        }
+    }
+    duplicates
+}
+
+/// Expands the `include` globs into files, in order, each glob's matches sorted.
+fn resolve_includes(main: &Path, report: &mut Report) -> Vec<PathBuf> {
+    let Some(value) = report.lookup(&["include"]).cloned() else {
+        return Vec::new();
+    };
+    let patterns = match value.deserialize::<OneOrMany>() {
+        Ok(list) => list.0,
+        Err(e) => {
+            report.problem(&["include"], e.kind.to_string());
+            return Vec::new();
+        }
+    };
+    let base_dir = main.parent().unwrap_or(Path::new(""));
+    let mut out = Vec::new();
+    for pattern in patterns {
+        let full = if Path::new(&pattern).is_absolute() || base_dir.as_os_str().is_empty() {
+            pattern.clone()
+        } else {
+            // Escape the directory: a `[` in a path must not become a glob class.
+            format!(
+                "{}/{pattern}",
+                glob::Pattern::escape(&base_dir.to_string_lossy())
+            )
+        };
+        let paths = match glob::glob(&full) {
+            Ok(paths) => paths,
+            Err(e) => {
+                report.problem(&["include"], format!("bad glob `{pattern}`: {e}"));
+                continue;
+            }
+        };
+        let mut matched = Vec::new();
+        for entry in paths {
+            match entry {
+                Ok(path) if path.is_file() => matched.push(path),
+                Ok(_) => {}
+                Err(e) => report.problem(&["include"], format!("cannot read `{pattern}`: {e}")),
+            }
+        }
+        // An empty drop-in directory is normal; a named file that is missing is a typo.
+        let is_literal = !pattern.contains(['*', '?', '[']);
+        if is_literal && matched.is_empty() {
+            report.problem(
+                &["include"],
+                format!("included file `{full}` does not exist"),
+            );
+        }
+        matched.sort();
+        out.extend(matched);
+    }
+    out
+}
+
+/// A parsed TOML file as a figment provider whose metadata names the file, so values
+/// from it are attributed to it.
+#[derive(Clone)]
+struct TomlFile {
+    path: PathBuf,
+    dict: Dict,
+}
+
+impl TomlFile {
+    fn new(path: &Path, dict: Dict) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            dict,
+        }
+    }
+}
+
+impl Provider for TomlFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("TOML file", self.path.as_path())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// Collects problems and warnings, attributing each to where its value came from.
+pub(super) struct Report {
+    figment: Figment,
+    root: Value,
+    main: String,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Report {
+    fn new(figment: Figment, main: String) -> Self {
+        let mut report = Self {
+            figment: Figment::new(),
+            root: Value::from(Dict::new()),
+            main,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        report.set_figment(figment);
+        report
+    }
+
+    fn set_figment(&mut self, figment: Figment) {
+        match figment.find_value("") {
+            Ok(root) => self.root = root,
+            // Only a provider error lands here; ours never fail, the Env provider
+            // neither, so this is a bug guard rather than an expected path.
+            Err(e) => self.problem_in(&self.main.clone(), "", e.kind.to_string()),
+        }
+        self.figment = figment;
+    }
+
+    /// The merged value at `path` (exact keys: mapping names may contain dots).
+    pub fn lookup(&self, path: &[&str]) -> Option<&Value> {
+        let mut value = &self.root;
+        for key in path {
+            value = value.as_dict()?.get(*key)?;
+        }
+        Some(value)
+    }
+
+    /// The deepest value present along `path`, with its depth.
+    fn deepest(&self, path: &[&str]) -> (usize, &Value) {
+        let mut value = &self.root;
+        let mut depth = 0;
+        for key in path {
+            match value.as_dict().and_then(|d| d.get(*key)) {
+                Some(next) => {
+                    value = next;
+                    depth += 1;
+                }
+                None => break,
+            }
+        }
+        (depth, value)
+    }
+
+    /// The file a value at `path` came from, if it came from a file.
+    pub fn origin_file(&self, path: &[&str]) -> Option<PathBuf> {
+        let (_, value) = self.deepest(path);
+        let metadata = self.figment.get_metadata(value.tag())?;
+        metadata.source.as_ref()?.file_path().map(Path::to_path_buf)
+    }
+
+    /// Human-readable origin: file path, `environment variable CREDVEND_…`, or the main
+    /// file when the value is absent (a default) or its origin unknown.
+    pub fn origin(&self, path: &[&str]) -> String {
+        let (depth, value) = self.deepest(path);
+        if depth == 0 {
+            return self.main.clone();
+        }
+        match self.figment.get_metadata(value.tag()) {
+            Some(Metadata {
+                source: Some(Source::File(file)),
+                ..
+            }) => file.display().to_string(),
+            Some(metadata) if metadata.name.contains("environment") => {
+                let var: Vec<String> = path[..depth]
+                    .iter()
+                    .map(|k| k.to_ascii_uppercase())
+                    .collect();
+                format!("environment variable {ENV_PREFIX}{}", var.join("__"))
+            }
+            _ => self.main.clone(),
+        }
+    }
+
+    pub fn problem(&mut self, path: &[&str], reason: impl Into<String>) {
+        let file = self.origin(path);
+        self.problem_in(&file, &path.join("."), reason);
+    }
+
+    pub fn problem_in(&mut self, file: &str, key: &str, reason: impl Into<String>) {
+        self.problems.push(Problem {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    pub fn warn(&mut self, path: &[&str], reason: impl Into<String>) {
+        let file = self.origin(path);
+        self.warn_in(&file, &path.join("."), reason);
+    }
+
+    pub fn warn_in(&mut self, file: &str, key: &str, reason: impl Into<String>) {
+        self.warnings.push(Problem {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Warns when `path` is readable by group or others: config files hold External
+    /// IDs, and an External ID file is nothing but one.
+    pub fn check_private_file(&mut self, path: &Path, file: &str) {
+        self.check_private(path, file, "");
+    }
+
+    pub fn check_private(&mut self, path: &Path, file: &str, key: &str) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let Ok(metadata) = fs::metadata(path) else {
+                return;
+            };
+            let mode = metadata.permissions().mode() & 0o777;
+            // Group/other READ is the leak; write bits alone do not disclose anything.
+            if mode & 0o044 != 0 {
+                let shown = path.display();
+                self.warn_in(
+                    file,
+                    key,
+                    format!(
+                        "{shown} is readable by group or others (mode {mode:04o}) and may \
+                         hold External IDs: run `chmod 600 {shown}`"
+                    ),
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (path, file, key);
+    }
+
+    /// Deserializes the table at `path` into `T`, reporting every problem rather than
+    /// the first: after each serde error the offending key is dropped and the table is
+    /// decoded again, so an unknown key and a mistyped value in one table both appear.
+    /// Returns `T` (with the broken keys left at their defaults) and the broken keys, so
+    /// validation does not add "missing" problems for keys already reported as wrong.
+    pub fn decode<T: DeserializeOwned + Default>(
+        &mut self,
+        path: &[&str],
+    ) -> Option<(T, BTreeSet<String>)> {
+        let mut broken = BTreeSet::new();
+        let (tag, mut dict) = match self.lookup(path) {
+            None => return Some((T::default(), broken)),
+            Some(Value::Dict(tag, dict)) => (*tag, dict.clone()),
+            Some(_) => {
+                self.problem(path, "must be a table");
+                return None;
+            }
+        };
+        loop {
+            let err = match Value::Dict(tag, dict.clone()).deserialize::<T>() {
+                Ok(value) => return Some((value, broken)),
+                Err(err) => err,
+            };
+            let mut progressed = false;
+            for e in err {
+                let mut full: Vec<&str> = path.to_vec();
+                full.extend(e.path.iter().map(String::as_str));
+                let reason = describe(&e.kind, &full);
+                self.problem(&full, reason);
+                if let Some(first) = e.path.first() {
+                    progressed |= dict.remove(first).is_some();
+                    broken.insert(first.clone());
+                }
+            }
+            if !progressed {
+                return None;
+            }
+        }
+    }
+
+    /// Finishes: `Ok(warnings)` when no problem was found.
+    pub fn finish(self) -> Result<Vec<String>, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(self.warnings.iter().map(Problem::to_string).collect())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+/// A serde error as a reason. Values under `external_id` are never echoed.
+fn describe(kind: &figment::error::Kind, path: &[&str]) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::UnknownField(_, expected) => {
+            format!("unknown key; expected one of: {}", expected.join(", "))
+        }
+        _ if path.contains(&"external_id") => {
+            "must be a string (value not shown: External IDs are secret)".to_owned()
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,141 @@
+//! Raw serde shapes of the configuration file (DESIGN.md §4), before validation.
+//!
+//! Every field is optional here: defaults and "required" checks belong to validation,
+//! so that a missing `role_arn` is one more collected problem rather than a serde error
+//! that hides everything after it. Durations stay strings until validation parses them
+//! with `humantime`, for the same reason. `deny_unknown_fields` everywhere: a typo
+//! (`refesh_before`) must fail loudly, not silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+/// Keys allowed at the top level of the main file.
+pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
+    "include", "server", "log", "sts", "refresh", "verify", "mappings",
+];
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub listen: Option<OneOrMany>,
+    pub admin_listen: Option<String>,
+    pub allow_non_loopback: Option<bool>,
+    pub allowed_hosts: Option<OneOrMany>,
+    pub max_connections: Option<u64>,
+    pub header_read_timeout: Option<DurationStr>,
+    pub shutdown_grace: Option<DurationStr>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// `[sts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSts {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub source_role_arn: Option<String>,
+    pub max_requests_per_second: Option<u64>,
+    pub call_timeout: Option<DurationStr>,
+}
+
+/// `[refresh]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRefresh {
+    pub session_duration: Option<DurationStr>,
+    pub refresh_before: Option<DurationStr>,
+    pub min_remaining: Option<DurationStr>,
+    pub cold_wait: Option<DurationStr>,
+    pub idle_timeout: Option<DurationStr>,
+}
+
+/// `[verify]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVerify {
+    pub external_id_enforcement: Option<String>,
+    pub recheck_interval: Option<DurationStr>,
+}
+
+/// `[mappings.NAME]`
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMapping {
+    pub role_arn: Option<String>,
+    /// Secret: never printed (no `Debug` on this type for that reason).
+    pub external_id: Option<String>,
+    pub external_id_file: Option<String>,
+    pub token_sha256: Option<OneOrMany>,
+    pub session_name: Option<String>,
+    pub session_duration: Option<DurationStr>,
+    pub session_policy: Option<String>,
+    pub policy_arns: Option<OneOrMany>,
+    pub tags: Option<BTreeMap<String, String>>,
+    pub source_identity: Option<String>,
+    pub region: Option<String>,
+    pub prefetch: Option<bool>,
+    pub external_id_enforcement: Option<String>,
+}
+
+/// A human-readable duration string (`"35m"`), parsed during validation so that a bad
+/// one is reported with its key alongside every other problem.
+#[derive(Debug, Clone)]
+pub(super) struct DurationStr(pub String);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationStr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Shown in "invalid type" errors: a bare `cold_wait = 5` should tell the
+                // operator that a unit is required, not merely that a string was expected.
+                f.write_str("a duration string with a unit, such as \"35m\", \"1h\" or \"800ms\"")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<DurationStr, E> {
+                Ok(DurationStr(value.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// A list of strings, or a single string meaning a one-element list. The single form
+/// exists for environment overrides (`CREDVEND_SERVER__LISTEN=127.0.0.1:9000`), where
+/// writing TOML array syntax is easy to get wrong.
+#[derive(Debug, Clone, Default)]
+pub(super) struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![value.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+        deserializer.deserialize_any(ListVisitor)
+    }
+}

@@ -1,0 +1,315 @@
+//! Format rules for single values (ARNs, names, IDs, regions…), as pure functions.
+//!
+//! Each returns `Err(reason)` with a sentence an operator can act on. The character
+//! sets and lengths are the ones STS and IAM enforce (AssumeRole API reference), so a
+//! value that passes here is not rejected by STS for its shape. Reasons about an
+//! External ID never include the value.
+
+use std::net::Ipv6Addr;
+
+use crate::secret::TokenHash;
+
+/// AWS partitions whose IAM ARNs we accept.
+const PARTITIONS: &[&str] = &[
+    "aws",
+    "aws-cn",
+    "aws-us-gov",
+    "aws-iso",
+    "aws-iso-b",
+    "aws-iso-e",
+    "aws-iso-f",
+    "aws-eusc",
+];
+
+/// `[\w+=,.@-]`: the character set of role names, session names and source identities.
+fn is_iam_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
+}
+
+/// Splits `arn:PARTITION:iam::ACCOUNT:RESOURCE`, checking partition and service.
+fn iam_arn_parts(arn: &str) -> Result<(&str, &str), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [prefix, partition, service, region, account, resource] = parts[..] else {
+        return Err("expected arn:PARTITION:iam::ACCOUNT:RESOURCE".to_owned());
+    };
+    if prefix != "arn" {
+        return Err("must start with `arn:`".to_owned());
+    }
+    if !PARTITIONS.contains(&partition) {
+        return Err(format!(
+            "unknown partition `{partition}`; expected one of {}",
+            PARTITIONS.join(", ")
+        ));
+    }
+    if service != "iam" {
+        return Err(format!("service is `{service}`, expected `iam`"));
+    }
+    if !region.is_empty() {
+        return Err("IAM ARNs have an empty region field (`iam::`)".to_owned());
+    }
+    Ok((account, resource))
+}
+
+fn is_account_id(account: &str) -> bool {
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `/` or `/seg/…/` inside `role/…` or `policy/…`: printable ASCII, at most 512.
+fn check_iam_path_and_name(rest: &str, max_name: usize, what: &str) -> Result<(), String> {
+    let name = rest.rsplit('/').next().unwrap_or(rest);
+    let path = &rest[..rest.len() - name.len()];
+    if path.len() > 511 || !path.chars().all(|c| ('\u{21}'..='\u{7e}').contains(&c)) {
+        return Err(format!(
+            "{what} path must be printable ASCII of at most 512 characters"
+        ));
+    }
+    if name.is_empty() || name.chars().count() > max_name {
+        return Err(format!("{what} name must be 1–{max_name} characters"));
+    }
+    if !name.chars().all(is_iam_name_char) {
+        return Err(format!(
+            "{what} name `{name}` may contain only letters, digits and _+=,.@-"
+        ));
+    }
+    Ok(())
+}
+
+/// `arn:PARTITION:iam::<12 digits>:role/[PATH/]NAME`, NAME 1–64 of `[\w+=,.@-]`.
+pub(super) fn role_arn(arn: &str) -> Result<(), String> {
+    let check = || -> Result<(), String> {
+        let (account, resource) = iam_arn_parts(arn)?;
+        if !is_account_id(account) {
+            return Err("the account ID must be 12 digits".to_owned());
+        }
+        let rest = resource
+            .strip_prefix("role/")
+            .ok_or("the resource must be `role/[PATH/]NAME`")?;
+        check_iam_path_and_name(rest, 64, "role")
+    };
+    check().map_err(|why| {
+        format!("`{arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME): {why}")
+    })
+}
+
+/// `arn:PARTITION:iam::(<12 digits>|aws):policy/[PATH/]NAME`, NAME 1–128.
+pub(super) fn policy_arn(arn: &str) -> Result<(), String> {
+    let check = || -> Result<(), String> {
+        let (account, resource) = iam_arn_parts(arn)?;
+        if account != "aws" && !is_account_id(account) {
+            return Err("the account must be 12 digits, or `aws` for a managed policy".to_owned());
+        }
+        let rest = resource
+            .strip_prefix("policy/")
+            .ok_or("the resource must be `policy/[PATH/]NAME`")?;
+        check_iam_path_and_name(rest, 128, "policy")
+    };
+    check().map_err(|why| {
+        format!(
+            "`{arn}` is not an IAM policy ARN (arn:aws:iam::aws:policy/NAME or \
+             arn:aws:iam::123456789012:policy/NAME): {why}"
+        )
+    })
+}
+
+/// 2–1224 characters of `[A-Za-z0-9+=,.@:/_-]`. The reason never shows the value.
+pub(super) fn external_id(value: &str) -> Result<(), String> {
+    let len = value.chars().count();
+    if !(2..=1224).contains(&len) {
+        return Err(format!(
+            "an External ID must be 2–1224 characters; this one has {len} (value not shown)"
+        ));
+    }
+    if let Some((pos, c)) = value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(*c)))
+    {
+        let hint = if c.is_whitespace() || c.is_control() {
+            " (whitespace or a control character: a second trailing newline?)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "an External ID may contain only A-Z a-z 0-9 and +=,.@:/_-; character {} is \
+             not allowed{hint} (value not shown)",
+            pos + 1
+        ));
+    }
+    Ok(())
+}
+
+/// Role session name: 2–64 of `[\w+=,.@-]`.
+pub(super) fn session_name(value: &str) -> Result<(), String> {
+    iam_name(value, "session name")
+}
+
+/// Source identity: 2–64 of `[\w+=,.@-]`, not starting with `aws:`.
+pub(super) fn source_identity(value: &str) -> Result<(), String> {
+    iam_name(value, "source identity")
+}
+
+fn iam_name(value: &str, what: &str) -> Result<(), String> {
+    let len = value.chars().count();
+    if !(2..=64).contains(&len) {
+        return Err(format!(
+            "`{value}`: a {what} must be 2–64 characters, not {len}"
+        ));
+    }
+    if !value.chars().all(is_iam_name_char) {
+        return Err(format!(
+            "`{value}`: a {what} may contain only letters, digits and _+=,.@-"
+        ));
+    }
+    Ok(())
+}
+
+/// Mapping names appear in URL paths and metric labels: `[A-Za-z0-9_.-]`, 1–64.
+pub(super) fn mapping_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("a mapping name must be 1–64 characters".to_owned());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return Err(
+            "a mapping name may contain only A-Z a-z 0-9 _ . - (it appears in URL paths and \
+             metric labels)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// `us-east-1`, `us-gov-west-1`, `cn-north-1`, `eu-central-2`…
+pub(super) fn region(value: &str) -> Result<(), String> {
+    let parts: Vec<&str> = value.split('-').collect();
+    let ok = parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts
+            .last()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{value}` is not an AWS region name like `us-east-1`"
+        ))
+    }
+}
+
+/// `http://` or `https://` followed by a host, optionally a port and a path.
+pub(super) fn endpoint_url(value: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{value}` is not an http(s) URL: {why}"));
+    let Some(rest) = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+    else {
+        return bad("it must start with http:// or https://");
+    };
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("it contains whitespace");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return bad("credentials in the URL are not supported");
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return bad("unterminated IPv6 address");
+        };
+        if addr.parse::<Ipv6Addr>().is_err() {
+            return bad("invalid IPv6 address");
+        }
+        (addr, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return bad("it has no host");
+    }
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return bad("the port must be a number from 0 to 65535");
+    }
+    Ok(())
+}
+
+/// 64 hex digits.
+pub(super) fn token_hash(value: &str) -> Result<TokenHash, String> {
+    TokenHash::from_hex(value).ok_or_else(|| {
+        format!(
+            "a token hash must be exactly 64 hex digits (the SHA-256 of the token), \
+             found {} characters{}",
+            value.chars().count(),
+            if value.len() == 64 {
+                " with a non-hex digit"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
+/// JSON object, at most 2048 characters (STS's limit on the inline session policy).
+pub(super) fn session_policy(value: &str) -> Result<(), String> {
+    let len = value.chars().count();
+    if len > 2048 {
+        return Err(format!(
+            "a session policy may be at most 2048 characters, this one has {len}"
+        ));
+    }
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err("a session policy must be a JSON object".to_owned()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+/// A tracing `EnvFilter` directive string (`info`, `credvend=debug,hyper=warn`).
+pub(super) fn log_level(value: &str) -> Result<(), String> {
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(value) {
+        return Err(format!("`{value}` is not a tracing filter directive: {e}"));
+    }
+    // EnvFilter accepts a bare word as a *target*, which enables that target only and
+    // silences everything else: `level = "information"` would turn logging off.
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', ':']);
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{directive}` is not a level; use trace, debug, info, warn, error or off, \
+                 or TARGET=LEVEL (e.g. `credvend=debug`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An extra `Host` header value: a host name or IP, without port or scheme.
+pub(super) fn allowed_host(value: &str) -> Result<(), String> {
+    if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(drop)
+            .map_err(|_| format!("`{value}` is not a bracketed IPv6 address"));
+    }
+    if value.is_empty()
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+    {
+        return Err(format!(
+            "`{value}` is not a host name; give the host only, without scheme or port \
+             (e.g. `credvend.internal`)"
+        ));
+    }
+    Ok(())
+}

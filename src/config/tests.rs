@@ -1,0 +1,801 @@
+//! Tests for loading and validation.
+//!
+//! Every test that calls [`Config::load`] runs inside `figment::Jail`: it serialises
+//! tests that touch `CREDVEND_*` variables, restores the environment afterwards and
+//! gives each test its own temporary working directory.
+
+// figment::Jail fixes its closures' error type to figment::Error, which is large.
+#![allow(clippy::result_large_err)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Jail;
+
+use super::*;
+
+const TOKEN_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const TOKEN_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const TOKEN_C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+const TOKEN_D: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+/// Appears in no error, warning, `Display` or `Debug` output; tests grep for it.
+const CANARY: &str = "CANARY-external-id-0123456789";
+const ROLE: &str = "arn:aws:iam::111122223333:role/vendor-sync";
+
+/// Writes `contents` to `name` inside the jail, mode 0600 (so no permission warning).
+fn write(jail: &Jail, name: &str, contents: &str) -> PathBuf {
+    let path = jail.directory().join(name);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(&path, contents).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A file with `top` first, then mapping `acme` built from a valid default whose keys
+/// `overrides` replace or extend (value given as TOML).
+fn config_text(top: &str, overrides: &[(&str, &str)]) -> String {
+    let role = format!("\"{ROLE}\"");
+    let external_id = format!("\"{CANARY}\"");
+    let tokens = format!("[\"{TOKEN_A}\"]");
+    let mut keys: Vec<(&str, &str)> = vec![
+        ("role_arn", &role),
+        ("external_id", &external_id),
+        ("token_sha256", &tokens),
+    ];
+    for (key, value) in overrides {
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => keys.push((key, value)),
+        }
+    }
+    let mut out = format!("{top}\n[mappings.acme]\n");
+    for (key, value) in keys.iter().filter(|(_, v)| !v.is_empty()) {
+        out.push_str(&format!("{key} = {value}\n"));
+    }
+    out
+}
+
+fn load_in_jail(text: &str) -> Result<Config, ConfigError> {
+    let mut result = None;
+    Jail::expect_with(|jail| {
+        let path = write(jail, "credvend.toml", text);
+        result = Some(Config::load(&path));
+        Ok(())
+    });
+    result.unwrap()
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match load_in_jail(text) {
+        Ok(_) => panic!("expected problems, config loaded:\n{text}"),
+        Err(e) => e.problems,
+    }
+}
+
+#[track_caller]
+fn assert_problem(problems: &[Problem], key: &str, fragment: &str) {
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == key && p.reason.contains(fragment)),
+        "no problem at `{key}` containing `{fragment}`; got:\n{}",
+        ConfigError {
+            problems: problems.to_vec()
+        }
+    );
+}
+
+#[test]
+fn defaults_are_applied() {
+    let config = load_in_jail(&config_text("", &[])).unwrap();
+    let s = &config.server;
+    assert_eq!(
+        s.listen,
+        vec![
+            "127.0.0.1:8901".parse::<SocketAddr>().unwrap(),
+            "[::1]:8901".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.admin_listen, "127.0.0.1:8902".parse().unwrap());
+    assert!(!s.allow_non_loopback);
+    assert!(s.allowed_hosts.is_empty());
+    assert_eq!(s.max_connections, 1024);
+    assert_eq!(s.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(s.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(config.log.level, "info");
+    assert_eq!(config.log.format, LogFormat::Plain);
+    assert_eq!(config.sts.region, "us-east-1");
+    assert_eq!(config.sts.endpoint_url, None);
+    assert_eq!(config.sts.source_role_arn, None);
+    assert_eq!(config.sts.max_requests_per_second, 20);
+    assert_eq!(config.sts.call_timeout, Duration::from_secs(5));
+    let r = &config.refresh;
+    assert_eq!(r.session_duration, Duration::from_secs(3600));
+    assert_eq!(r.refresh_before, Duration::from_secs(35 * 60));
+    assert_eq!(r.min_remaining, Duration::from_secs(20 * 60));
+    assert_eq!(r.cold_wait, Duration::from_millis(800));
+    assert_eq!(r.idle_timeout, Duration::from_secs(6 * 3600));
+    assert_eq!(config.verify.external_id_enforcement, Enforcement::Require);
+    assert_eq!(
+        config.verify.recheck_interval,
+        Duration::from_secs(24 * 3600)
+    );
+
+    let m = &config.mappings["acme"];
+    assert_eq!(m.name, "acme");
+    assert_eq!(m.role_arn, ROLE);
+    assert_eq!(m.external_id.as_ref().unwrap().expose(), CANARY);
+    assert_eq!(m.token_sha256, vec![TokenHash::from_hex(TOKEN_A).unwrap()]);
+    assert_eq!(m.session_name, "credvend-acme");
+    assert_eq!(m.session_duration, Duration::from_secs(3600));
+    assert_eq!(m.session_policy, None);
+    assert!(m.policy_arns.is_empty() && m.tags.is_empty());
+    assert_eq!(m.source_identity, None);
+    assert_eq!(m.region, "us-east-1");
+    assert!(!m.prefetch);
+    assert_eq!(m.external_id_enforcement, Enforcement::Require);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(config.files.len(), 1);
+}
+
+#[test]
+fn mapping_settings_override_globals() {
+    let top = "[sts]\nregion = \"eu-west-1\"\n[verify]\nexternal_id_enforcement = \"warn\"\n";
+    let config = load_in_jail(&config_text(
+        top,
+        &[
+            ("session_duration", "\"2h\""),
+            ("session_name", "\"custom\""),
+            ("region", "\"ap-southeast-2\""),
+            ("prefetch", "true"),
+            ("external_id_enforcement", "\"off\""),
+            ("tags", "{ tenant = \"acme\" }"),
+            ("source_identity", "\"sync-acme\""),
+            (
+                "policy_arns",
+                "[\"arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess\"]",
+            ),
+            (
+                "session_policy",
+                "'''{\"Version\":\"2012-10-17\",\"Statement\":[]}'''",
+            ),
+        ],
+    ))
+    .unwrap();
+    let m = &config.mappings["acme"];
+    assert_eq!(m.session_duration, Duration::from_secs(7200));
+    assert_eq!(m.session_name, "custom");
+    assert_eq!(m.region, "ap-southeast-2");
+    assert!(m.prefetch);
+    assert_eq!(m.external_id_enforcement, Enforcement::Off);
+    assert_eq!(m.tags["tenant"], "acme");
+    assert_eq!(m.source_identity.as_deref(), Some("sync-acme"));
+    assert_eq!(m.policy_arns.len(), 1);
+    assert!(m.session_policy.is_some());
+    assert_eq!(config.verify.external_id_enforcement, Enforcement::Warn);
+}
+
+#[test]
+fn default_session_name_is_truncated_to_64() {
+    let name = "n".repeat(64);
+    let text = config_text("", &[]).replace("[mappings.acme]", &format!("[mappings.{name}]"));
+    let config = load_in_jail(&text).unwrap();
+    let session_name = &config.mappings[&name].session_name;
+    assert_eq!(session_name.len(), 64);
+    assert!(session_name.starts_with("credvend-nnn"));
+}
+
+#[test]
+fn example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
+    let mut result = None;
+    Jail::expect_with(|_| {
+        result = Some(Config::load(&path));
+        Ok(())
+    });
+    let config = result.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.mappings.len(), 1);
+    assert!(config.mappings.contains_key("acme-s3"));
+}
+
+/// One failing case: top-level TOML, mapping overrides, expected key, reason fragment.
+type RuleCase<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, &'a str);
+
+/// One failing case per rule.
+#[test]
+fn each_validation_rule_rejects_a_bad_value() {
+    let long_role = format!("\"arn:aws:iam::111122223333:role/{}\"", "r".repeat(65));
+    let long_policy = format!("'''{{\"a\":\"{}\"}}'''", "x".repeat(2100));
+    let many_tags = format!(
+        "{{ {} }}",
+        (0..51)
+            .map(|i| format!("k{i} = \"v\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let long_tag_key = format!("{{ {} = \"v\" }}", "k".repeat(129));
+    let long_tag_value = format!("{{ k = \"{}\" }}", "v".repeat(257));
+    let many_policies = format!(
+        "[{}]",
+        (0..11)
+            .map(|i| format!("\"arn:aws:iam::aws:policy/P{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let non_hex_token = format!("[\"{}\"]", "g".repeat(64));
+    let long_session_name = format!("\"{}\"", "s".repeat(65));
+    let chaining = "[sts]\nsource_role_arn = \"arn:aws:iam::568237466542:role/vendor\"\n";
+    let m = "mappings.acme";
+    #[rustfmt::skip]
+    let cases: Vec<RuleCase> = vec![
+        // ARNs
+        ("", vec![("role_arn", "\"arn:aws:iam::1111:role/x\"")], format!("{m}.role_arn"), "12 digits"),
+        ("", vec![("role_arn", "\"arn:aws-mars:iam::111122223333:role/x\"")], format!("{m}.role_arn"), "unknown partition"),
+        ("", vec![("role_arn", &long_role)], format!("{m}.role_arn"), "1–64"),
+        ("", vec![("role_arn", "\"arn:aws:iam::111122223333:role/bad name\"")], format!("{m}.role_arn"), "letters, digits"),
+        ("", vec![("role_arn", "")], format!("{m}.role_arn"), "missing"),
+        ("[sts]\nsource_role_arn = \"arn:aws:iam::111122223333:user/bob\"", vec![], "sts.source_role_arn".into(), "role/"),
+        ("", vec![("policy_arns", "[\"arn:aws:iam::aws:role/x\"]")], format!("{m}.policy_arns"), "policy/"),
+        ("", vec![("policy_arns", &many_policies)], format!("{m}.policy_arns"), "at most 10"),
+        // External ID
+        ("", vec![("external_id", "\"x\"")], format!("{m}.external_id"), "2–1224"),
+        ("", vec![("external_id", "\"abc def\"")], format!("{m}.external_id"), "character 4"),
+        ("", vec![("external_id_file", "\"id\"")], format!("{m}.external_id_file"), "not both"),
+        // Names
+        ("", vec![("session_name", "\"a b\"")], format!("{m}.session_name"), "letters, digits"),
+        ("", vec![("session_name", &long_session_name)], format!("{m}.session_name"), "2–64"),
+        ("", vec![("source_identity", "\"a\"")], format!("{m}.source_identity"), "2–64"),
+        ("", vec![("source_identity", "\"aws:x\"")], format!("{m}.source_identity"), "aws:"),
+        // Durations and lifetimes
+        ("", vec![("session_duration", "\"10m\"")], format!("{m}.session_duration"), "15m to 12h"),
+        ("", vec![("session_duration", "\"13h\"")], format!("{m}.session_duration"), "15m to 12h"),
+        (chaining, vec![("session_duration", "\"2h\"")], format!("{m}.session_duration"), "role chaining"),
+        ("[refresh]\nsession_duration = \"2h\"\n[sts]\nsource_role_arn = \"arn:aws:iam::568237466542:role/v\"", vec![], "refresh.session_duration".into(), "role chaining"),
+        ("", vec![("session_duration", "\"15m\"")], format!("{m}.session_duration"),
+            "session_duration 15m must be longer than refresh_before 35m: credentials would be due for refresh the moment they are issued"),
+        ("[refresh]\nmin_remaining = \"40m\"", vec![], "refresh.min_remaining".into(), "must be shorter than refresh_before 35m"),
+        ("[refresh]\nrefresh_before = \"35 minutes please\"", vec![], "refresh.refresh_before".into(), "not a duration"),
+        ("[refresh]\ncold_wait = 5", vec![], "refresh.cold_wait".into(), "duration string with a unit"),
+        ("[refresh]\ncold_wait = \"11s\"", vec![], "refresh.cold_wait".into(), "at most 10s"),
+        ("[refresh]\ncold_wait = \"0s\"", vec![], "refresh.cold_wait".into(), "more than 0"),
+        ("[refresh]\nidle_timeout = \"0s\"", vec![], "refresh.idle_timeout".into(), "longer than 0"),
+        ("[sts]\ncall_timeout = \"61s\"", vec![], "sts.call_timeout".into(), "at most 1m"),
+        ("[sts]\ncall_timeout = \"0s\"", vec![], "sts.call_timeout".into(), "more than 0"),
+        ("[verify]\nrecheck_interval = \"1s\"", vec![], "verify.recheck_interval".into(), "at least 1m"),
+        // Tokens
+        ("", vec![("token_sha256", "[]")], format!("{m}.token_sha256"), "at least one token"),
+        ("", vec![("token_sha256", "[\"abc\"]")], format!("{m}.token_sha256"), "64 hex digits"),
+        ("", vec![("token_sha256", &non_hex_token)], format!("{m}.token_sha256"), "non-hex"),
+        // Session policy and tags
+        ("", vec![("session_policy", "\"{\"")], format!("{m}.session_policy"), "not valid JSON"),
+        ("", vec![("session_policy", &long_policy)], format!("{m}.session_policy"), "2048"),
+        ("", vec![("tags", &many_tags)], format!("{m}.tags"), "at most 50"),
+        ("", vec![("tags", &long_tag_key)], format!("{m}.tags"), "1–128"),
+        ("", vec![("tags", &long_tag_value)], format!("{m}.tags"), "at most 256"),
+        // Regions and STS
+        ("", vec![("region", "\"moon-1\"")], format!("{m}.region"), "region name"),
+        ("[sts]\nregion = \"US-EAST-1\"", vec![], "sts.region".into(), "region name"),
+        ("[sts]\nendpoint_url = \"ftp://sts.example\"", vec![], "sts.endpoint_url".into(), "http:// or https://"),
+        ("[sts]\nendpoint_url = \"http://:99\"", vec![], "sts.endpoint_url".into(), "no host"),
+        ("[sts]\nmax_requests_per_second = 0", vec![], "sts.max_requests_per_second".into(), "between 1"),
+        // Server
+        ("[server]\nlisten = []", vec![], "server.listen".into(), "at least one"),
+        ("[server]\nlisten = [\"0.0.0.0:8901\"]", vec![], "server.listen".into(), "allow_non_loopback"),
+        ("[server]\nlisten = [\"localhost\"]", vec![], "server.listen".into(), "IP:PORT"),
+        ("[server]\nadmin_listen = \"10.0.0.1:8902\"", vec![], "server.admin_listen".into(), "allow_non_loopback"),
+        ("[server]\nadmin_listen = \"127.0.0.1:8901\"", vec![], "server.admin_listen".into(), "its own"),
+        ("[server]\nmax_connections = 0", vec![], "server.max_connections".into(), "at least 1"),
+        ("[server]\nallowed_hosts = [\"host:80\"]", vec![], "server.allowed_hosts".into(), "without scheme or port"),
+        ("[server]\nheader_read_timeout = \"0s\"", vec![], "server.header_read_timeout".into(), "longer than 0"),
+        // Log and verify
+        ("[log]\nlevel = \"information\"", vec![], "log.level".into(), "not a level"),
+        ("[log]\nformat = \"xml\"", vec![], "log.format".into(), "\"plain\" or \"json\""),
+        ("[verify]\nexternal_id_enforcement = \"maybe\"", vec![], "verify.external_id_enforcement".into(), "require"),
+        ("", vec![("external_id_enforcement", "\"maybe\"")], format!("{m}.external_id_enforcement"), "require"),
+        // Unknown keys
+        ("", vec![("rolearn", "\"x\"")], format!("{m}.rolearn"), "unknown key"),
+        ("[refresh]\nrefesh_before = \"1h\"", vec![], "refresh.refesh_before".into(), "unknown key"),
+        ("bogus = 1", vec![], "bogus".into(), "unknown key"),
+        ("", vec![("prefetch", "\"yes\"")], format!("{m}.prefetch"), "invalid type"),
+    ];
+    for (top, overrides, key, fragment) in cases {
+        let mut overrides = overrides;
+        if overrides.iter().any(|(k, _)| *k == "external_id_file") {
+            overrides.push(("external_id", "\"also-inline\""));
+        }
+        let text = config_text(top, &overrides);
+        let found = problems(&text);
+        assert_problem(&found, &key, fragment);
+        let shown = ConfigError { problems: found }.to_string();
+        assert!(!shown.contains(CANARY), "External ID leaked:\n{shown}");
+    }
+}
+
+#[test]
+fn mapping_names_are_restricted() {
+    let text = config_text("", &[]).replace("[mappings.acme]", "[mappings.\"bad name\"]");
+    assert_problem(&problems(&text), "mappings.bad name", "A-Z a-z 0-9 _ . -");
+    let long = "n".repeat(65);
+    let text = config_text("", &[]).replace("[mappings.acme]", &format!("[mappings.{long}]"));
+    assert_problem(&problems(&text), &format!("mappings.{long}"), "1–64");
+}
+
+#[test]
+fn non_loopback_is_allowed_when_enabled_and_hosts_are_lowercased() {
+    let top = "[server]\nallow_non_loopback = true\nlisten = [\"169.254.170.23:80\"]\n\
+               allowed_hosts = [\"Credvend.Internal\"]";
+    let config = load_in_jail(&config_text(top, &[])).unwrap();
+    assert_eq!(
+        config.server.listen,
+        vec!["169.254.170.23:80".parse().unwrap()]
+    );
+    assert_eq!(config.server.allowed_hosts, vec!["credvend.internal"]);
+}
+
+#[test]
+fn a_token_shared_by_two_mappings_names_both() {
+    let text = format!(
+        "{}\n[mappings.other]\nrole_arn = \"{ROLE}\"\nexternal_id = \"other-id\"\ntoken_sha256 = [\"{TOKEN_A}\"]\n",
+        config_text("", &[])
+    );
+    let found = problems(&text);
+    assert_problem(&found, "mappings.other.token_sha256", "mapping `acme`");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = format!(
+        r#"
+[mappings.typo]
+role_arn = "{ROLE}"
+external_id = "typo-id"
+token_sha256 = ["{TOKEN_A}"]
+rolearn = "oops"
+
+[mappings.badarn]
+role_arn = "arn:aws:iam::12345:role/x"
+external_id = "badarn-id"
+token_sha256 = ["{TOKEN_B}"]
+
+[mappings.short]
+role_arn = "{ROLE}"
+external_id = "short-id"
+token_sha256 = ["{TOKEN_C}"]
+session_duration = "15m"
+
+[mappings.shared]
+role_arn = "{ROLE}"
+external_id = "shared-id"
+token_sha256 = ["{TOKEN_C}", "{TOKEN_D}"]
+"#
+    );
+    let mut result = None;
+    let mut file = String::new();
+    Jail::expect_with(|jail| {
+        let path = write(jail, "credvend.toml", &text);
+        file = path.display().to_string();
+        result = Some(Config::load(&path));
+        Ok(())
+    });
+    let error = result.unwrap().unwrap_err();
+    let found = &error.problems;
+    assert_problem(found, "mappings.typo.rolearn", "unknown key");
+    assert_problem(found, "mappings.badarn.role_arn", "12 digits");
+    assert_problem(
+        found,
+        "mappings.short.session_duration",
+        "must be longer than refresh_before 35m",
+    );
+    // Mappings are checked in name order: `shared` lists the token first.
+    assert_problem(found, "mappings.short.token_sha256", "mapping `shared`");
+    assert_eq!(found.len(), 4, "{error}");
+    assert!(found.iter().all(|p| p.file == file), "{error}");
+    // Display: one `FILE: KEY: REASON` line per problem.
+    let shown = error.to_string();
+    assert_eq!(shown.lines().count(), 4);
+    assert!(
+        shown
+            .lines()
+            .all(|line| line.starts_with(&format!("{file}: mappings.")))
+    );
+}
+
+#[test]
+fn includes_are_merged_in_sorted_order() {
+    Jail::expect_with(|jail| {
+        let main = write(
+            jail,
+            "credvend.toml",
+            &format!(
+                "include = [\"mappings.d/*.toml\"]\n{}",
+                config_text("", &[])
+            ),
+        );
+        let second = write(
+            jail,
+            "mappings.d/20-beta.toml",
+            &format!(
+                "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id = \"beta-id\"\ntoken_sha256 = [\"{TOKEN_C}\"]\n"
+            ),
+        );
+        let first = write(
+            jail,
+            "mappings.d/10-alpha.toml",
+            &format!(
+                "[mappings.alpha]\nrole_arn = \"{ROLE}\"\nexternal_id = \"alpha-id\"\ntoken_sha256 = [\"{TOKEN_B}\"]\n"
+            ),
+        );
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.files, vec![main, first, second]);
+        let names: Vec<&str> = config.mappings.keys().map(String::as_str).collect();
+        assert_eq!(names, ["acme", "alpha", "beta"]);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_mapping_defined_in_two_files_names_both() {
+    Jail::expect_with(|jail| {
+        let main = write(
+            jail,
+            "credvend.toml",
+            &format!("include = [\"extra.toml\"]\n{}", config_text("", &[])),
+        );
+        let extra = write(
+            jail,
+            "extra.toml",
+            &format!("[mappings.acme]\nrole_arn = \"{ROLE}\"\ntoken_sha256 = [\"{TOKEN_B}\"]\n"),
+        );
+        let error = Config::load(&main).unwrap_err();
+        let problem = error
+            .problems
+            .iter()
+            .find(|p| p.key == "mappings.acme")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(problem.file, extra.display().to_string());
+        assert!(
+            problem.reason.contains(&main.display().to_string()),
+            "{error}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn included_files_may_hold_only_mappings_and_missing_includes_are_reported() {
+    Jail::expect_with(|jail| {
+        let main = write(
+            jail,
+            "credvend.toml",
+            &format!(
+                "include = [\"extra.toml\", \"missing.toml\"]\n{}",
+                config_text("", &[])
+            ),
+        );
+        let extra = write(jail, "extra.toml", "[server]\nmax_connections = 5\n");
+        let error = Config::load(&main).unwrap_err();
+        let found = &error.problems;
+        assert_problem(found, "server", "only [mappings.*]");
+        assert_eq!(
+            found.iter().find(|p| p.key == "server").unwrap().file,
+            extra.display().to_string()
+        );
+        assert_problem(found, "include", "does not exist");
+        Ok(())
+    });
+}
+
+#[test]
+fn environment_overrides_apply_and_are_attributed() {
+    Jail::expect_with(|jail| {
+        let main = write(jail, "credvend.toml", &config_text("", &[]));
+        jail.set_env(
+            "CREDVEND_SERVER__LISTEN",
+            r#"["127.0.0.1:9000", "127.0.0.2:9001"]"#,
+        );
+        jail.set_env("CREDVEND_REFRESH__COLD_WAIT", "1s");
+        jail.set_env("CREDVEND_MAPPINGS__ACME__REGION", "eu-west-1");
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.server.listen,
+            vec![
+                "127.0.0.1:9000".parse::<SocketAddr>().unwrap(),
+                "127.0.0.2:9001".parse().unwrap()
+            ]
+        );
+        assert_eq!(config.refresh.cold_wait, Duration::from_secs(1));
+        assert_eq!(config.mappings["acme"].region, "eu-west-1");
+
+        jail.set_env("CREDVEND_REFRESH__COLD_WAIT", "forever");
+        jail.set_env("CREDVEND_SERVER__LISTN", "127.0.0.1:1");
+        let error = Config::load(&main).unwrap_err();
+        let cold = error
+            .problems
+            .iter()
+            .find(|p| p.key == "refresh.cold_wait")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(
+            cold.file,
+            "environment variable CREDVEND_REFRESH__COLD_WAIT"
+        );
+        let typo = error
+            .problems
+            .iter()
+            .find(|p| p.key == "server.listn")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(typo.file, "environment variable CREDVEND_SERVER__LISTN");
+        assert!(typo.reason.contains("unknown key"));
+        Ok(())
+    });
+}
+
+#[test]
+fn a_single_listen_address_from_the_environment_is_a_list() {
+    Jail::expect_with(|jail| {
+        let main = write(jail, "credvend.toml", &config_text("", &[]));
+        jail.set_env("CREDVEND_SERVER__LISTEN", "127.0.0.1:9000");
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.server.listen,
+            vec!["127.0.0.1:9000".parse().unwrap()]
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn credvend_config_is_not_a_config_key() {
+    Jail::expect_with(|jail| {
+        let main = write(jail, "credvend.toml", &config_text("", &[]));
+        jail.set_env(CONFIG_PATH_ENV, main.display());
+        Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        Ok(())
+    });
+}
+
+#[test]
+fn warnings_for_short_min_remaining_and_missing_external_id() {
+    let top = "[refresh]\nmin_remaining = \"10m\"";
+    let config = load_in_jail(&config_text(top, &[("external_id", "")])).unwrap();
+    let warnings = config.warnings.join("\n");
+    assert!(
+        warnings.contains("refresh.min_remaining: min_remaining 10m is under 15m: botocore and the Java SDK refetch on every API call when fewer than 15 minutes are left"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("mappings.acme: no external_id"),
+        "{warnings}"
+    );
+    assert!(config.mappings["acme"].external_id.is_none());
+}
+
+#[test]
+fn readable_files_are_warned_about() {
+    Jail::expect_with(|jail| {
+        let id_file = write(jail, "ids/acme", "from-a-file-0123\n");
+        fs::set_permissions(&id_file, fs::Permissions::from_mode(0o640)).unwrap();
+        let main = write(
+            jail,
+            "credvend.toml",
+            &config_text(
+                "",
+                &[("external_id", ""), ("external_id_file", "\"ids/acme\"")],
+            ),
+        );
+        fs::set_permissions(&main, fs::Permissions::from_mode(0o644)).unwrap();
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        let warnings = config.warnings.join("\n");
+        let main_shown = main.display().to_string();
+        assert!(
+            warnings.contains(&format!(
+                "{main_shown}: {main_shown} is readable by group or others (mode 0644)"
+            )),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains(&format!("chmod 600 {main_shown}")),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains(&format!(
+                "{main_shown}: mappings.acme.external_id_file: {} is readable",
+                id_file.display()
+            )),
+            "{warnings}"
+        );
+        assert!(!warnings.contains("from-a-file"), "{warnings}");
+        Ok(())
+    });
+}
+
+#[test]
+fn external_id_file_loses_exactly_one_trailing_newline() {
+    Jail::expect_with(|jail| {
+        write(jail, "ids/one", "id-from-file\n");
+        write(jail, "ids/two", "id-from-file\n\n");
+        let main = write(
+            jail,
+            "credvend.toml",
+            &config_text(
+                "",
+                &[("external_id", ""), ("external_id_file", "\"ids/one\"")],
+            ),
+        );
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        let id = config.mappings["acme"].external_id.as_ref().unwrap();
+        assert_eq!(id.expose(), "id-from-file");
+
+        write(
+            jail,
+            "credvend.toml",
+            &config_text(
+                "",
+                &[("external_id", ""), ("external_id_file", "\"ids/two\"")],
+            ),
+        );
+        let error = Config::load(&main).unwrap_err();
+        assert_problem(
+            &error.problems,
+            "mappings.acme.external_id_file",
+            "second trailing newline",
+        );
+        assert!(!error.to_string().contains("id-from-file"));
+
+        write(
+            jail,
+            "credvend.toml",
+            &config_text(
+                "",
+                &[("external_id", ""), ("external_id_file", "\"ids/none\"")],
+            ),
+        );
+        let error = Config::load(&main).unwrap_err();
+        assert_problem(
+            &error.problems,
+            "mappings.acme.external_id_file",
+            "cannot read",
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn external_ids_never_appear_in_output() {
+    // A mistyped External ID: serde would normally echo the value.
+    let text = config_text("", &[("external_id", "12345678987654321")]);
+    let shown = ConfigError {
+        problems: problems(&text),
+    }
+    .to_string();
+    assert!(shown.contains("mappings.acme.external_id"), "{shown}");
+    assert!(!shown.contains("12345678987654321"), "{shown}");
+
+    // A TOML syntax error on the External ID's line: toml quotes the line.
+    let text = format!("[mappings.acme]\nexternal_id = \"{CANARY}\n");
+    let shown = ConfigError {
+        problems: problems(&text),
+    }
+    .to_string();
+    assert!(shown.contains("TOML parse error"), "{shown}");
+    assert!(!shown.contains(CANARY), "{shown}");
+
+    // A valid config: Debug, summary and warnings.
+    let config = load_in_jail(&config_text("", &[])).unwrap();
+    let everything = format!("{config:?}\n{}\n{:?}", config.summary(), config.warnings);
+    assert!(!everything.contains(CANARY), "{everything}");
+}
+
+#[test]
+fn summary_lists_listeners_and_mappings() {
+    let config = load_in_jail(&config_text("", &[("prefetch", "true")])).unwrap();
+    let summary = config.summary();
+    assert!(
+        summary.starts_with("listen 127.0.0.1:8901, [::1]:8901 (admin 127.0.0.1:8902)"),
+        "{summary}"
+    );
+    let fingerprint = config.mappings["acme"]
+        .external_id
+        .as_ref()
+        .unwrap()
+        .fingerprint();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("mapping acme "))
+        .unwrap();
+    for part in [
+        &format!("role={ROLE}"),
+        "region=us-east-1",
+        "session=1h",
+        "prefetch=true",
+        "enforcement=require",
+        "tokens=1",
+        &format!("external_id=sha256:{fingerprint}"),
+    ] {
+        assert!(line.contains(part), "{line} lacks {part}");
+    }
+}
+
+#[test]
+fn unreadable_main_file_is_one_problem() {
+    Jail::expect_with(|jail| {
+        let missing = jail.directory().join("nope.toml");
+        let error = Config::load(&missing).unwrap_err();
+        assert_eq!(error.problems.len(), 1);
+        assert!(
+            error.problems[0].reason.starts_with("cannot read file"),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with(&missing.display().to_string())
+        );
+        Ok(())
+    });
+}
+
+mod rules_unit {
+    use super::super::rules;
+
+    #[test]
+    fn arns() {
+        assert!(rules::role_arn("arn:aws:iam::111122223333:role/vendor-sync").is_ok());
+        assert!(rules::role_arn("arn:aws-cn:iam::111122223333:role/a/b/c+=,.@-_").is_ok());
+        assert!(rules::role_arn("arn:aws-us-gov:iam::111122223333:role/x").is_ok());
+        assert!(rules::role_arn("arn:aws:iam::111122223333:role/").is_err());
+        assert!(rules::role_arn("arn:aws:sts::111122223333:role/x").is_err());
+        assert!(rules::role_arn("arn:aws:iam:us-east-1:111122223333:role/x").is_err());
+        assert!(rules::policy_arn("arn:aws:iam::aws:policy/service-role/AmazonS3Thing").is_ok());
+        assert!(rules::policy_arn("arn:aws:iam::111122223333:policy/mine").is_ok());
+        assert!(rules::policy_arn("arn:aws:iam::someone:policy/mine").is_err());
+    }
+
+    #[test]
+    fn regions_and_urls() {
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "cn-north-1",
+            "us-isob-east-1",
+            "il-central-1",
+        ] {
+            assert!(rules::region(ok).is_ok(), "{ok}");
+        }
+        for bad in ["us-east", "useast1", "us-east-1a", "x-east-1", ""] {
+            assert!(rules::region(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "http://127.0.0.1:5000",
+            "https://sts.us-east-1.amazonaws.com/",
+            "http://[::1]:5000",
+        ] {
+            assert!(rules::endpoint_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:5000",
+            "http://",
+            "http://host:port",
+            "http://a b",
+            "http://u:p@host",
+        ] {
+            assert!(rules::endpoint_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn log_levels() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "credvend=debug,hyper=warn",
+            "warn,credvend::server=trace",
+        ] {
+            assert!(rules::log_level(ok).is_ok(), "{ok}");
+        }
+        assert!(rules::log_level("verbose").is_err());
+    }
+}

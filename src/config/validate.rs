@@ -1,0 +1,854 @@
+//! Validation: raw sections → resolved [`Config`], every rule of DESIGN.md §4 and §6.
+//!
+//! Runs on the merged figment held by [`Report`]. Each section and each mapping is
+//! decoded on its own, so a broken one does not hide problems in the others, and every
+//! rule adds to the report instead of returning. Defaults are applied here (they are the
+//! ones documented on the public types). Nothing here binds or spawns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use humantime::format_duration;
+
+use super::load::Report;
+use super::raw::{
+    DurationStr, RawLog, RawMapping, RawRefresh, RawServer, RawSts, RawVerify, TOP_LEVEL_KEYS,
+};
+use super::rules;
+use super::{
+    Config, Enforcement, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
+    VerifyConfig,
+};
+use crate::secret::{ExternalId, TokenHash};
+
+/// STS's bounds on `DurationSeconds`.
+const MIN_SESSION: Duration = Duration::from_secs(900);
+const MAX_SESSION: Duration = Duration::from_secs(43_200);
+/// Role chaining caps a session at one hour whatever the role allows.
+const MAX_CHAINED_SESSION: Duration = Duration::from_secs(3_600);
+/// Below this, botocore and the Java SDK refetch on every call (DESIGN.md §2).
+const SDK_REFRESH_WINDOW: Duration = Duration::from_secs(15 * 60);
+const MAX_COLD_WAIT: Duration = Duration::from_secs(10);
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Each enforcement check costs two STS calls per mapping: bound how often it runs.
+const MIN_RECHECK: Duration = Duration::from_secs(60);
+/// STS limits.
+const MAX_TAGS: usize = 50;
+const MAX_POLICY_ARNS: usize = 10;
+
+/// Builds the validated configuration, or leaves problems in `report`.
+pub(super) fn build(report: &mut Report, path: PathBuf, files: Vec<PathBuf>) -> Option<Config> {
+    check_top_level(report);
+
+    let server = server(report);
+    let log = log(report);
+    let sts = sts(report);
+    let refresh = refresh(report, sts.as_ref().map(|s| s.source_role_arn.is_some()));
+    let verify = verify(report);
+    let mappings = mappings(report, sts.as_ref(), refresh.as_ref(), verify.as_ref());
+
+    Some(Config {
+        path,
+        files,
+        server: server?,
+        log: log?,
+        sts: sts?,
+        refresh: refresh?.config,
+        verify: verify?,
+        mappings: mappings?,
+        warnings: Vec::new(),
+    })
+}
+
+fn check_top_level(report: &mut Report) {
+    let Some(root) = report.lookup(&[]).and_then(|v| v.as_dict()) else {
+        return;
+    };
+    let unknown: Vec<String> = root
+        .keys()
+        .filter(|k| !TOP_LEVEL_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in unknown {
+        report.problem(
+            &[&key],
+            format!(
+                "unknown key; expected one of: {}",
+                TOP_LEVEL_KEYS.join(", ")
+            ),
+        );
+    }
+}
+
+/// Parses an optional duration at `path`, defaulting when absent.
+fn duration(
+    report: &mut Report,
+    path: &[&str],
+    raw: &Option<DurationStr>,
+    default: Duration,
+) -> Option<Duration> {
+    let Some(DurationStr(text)) = raw else {
+        return Some(default);
+    };
+    match humantime::parse_duration(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            report.problem(
+                path,
+                format!(
+                    "`{text}` is not a duration ({e}); write e.g. \"35m\", \"1h\" or \"800ms\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn socket_addr(
+    report: &mut Report,
+    path: &[&str],
+    text: &str,
+    allow_non_loopback: bool,
+) -> Option<SocketAddr> {
+    let addr: SocketAddr = match text.parse() {
+        Ok(addr) => addr,
+        Err(_) => {
+            report.problem(
+                path,
+                format!("`{text}` is not an IP:PORT address (e.g. 127.0.0.1:8901 or [::1]:8901)"),
+            );
+            return None;
+        }
+    };
+    if !allow_non_loopback && !addr.ip().to_canonical().is_loopback() {
+        report.problem(
+            path,
+            format!(
+                "{addr} is not a loopback address; credentials would be reachable from other \
+                 hosts. Set server.allow_non_loopback = true to bind it deliberately \
+                 (e.g. 169.254.170.23 for a node agent)"
+            ),
+        );
+        return None;
+    }
+    Some(addr)
+}
+
+fn server(report: &mut Report) -> Option<ServerConfig> {
+    let (raw, _) = report.decode::<RawServer>(&["server"])?;
+    let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
+    let mut ok = true;
+
+    let listen_text = raw
+        .listen
+        .map(|l| l.0)
+        .unwrap_or_else(|| vec!["127.0.0.1:8901".to_owned(), "[::1]:8901".to_owned()]);
+    if listen_text.is_empty() {
+        report.problem(
+            &["server", "listen"],
+            "at least one listen address is required",
+        );
+        ok = false;
+    }
+    let mut listen = Vec::new();
+    for text in &listen_text {
+        match socket_addr(report, &["server", "listen"], text, allow_non_loopback) {
+            Some(addr) if listen.contains(&addr) => {
+                report.problem(&["server", "listen"], format!("{addr} is listed twice"));
+                ok = false;
+            }
+            Some(addr) => listen.push(addr),
+            None => ok = false,
+        }
+    }
+    let admin_text = raw.admin_listen.as_deref().unwrap_or("127.0.0.1:8902");
+    let admin_listen = socket_addr(
+        report,
+        &["server", "admin_listen"],
+        admin_text,
+        allow_non_loopback,
+    );
+    if let Some(admin) = admin_listen
+        && listen.contains(&admin)
+    {
+        report.problem(
+            &["server", "admin_listen"],
+            format!(
+                "{admin} is also a credential listen address; the admin listener needs its own"
+            ),
+        );
+        ok = false;
+    }
+
+    let mut allowed_hosts = Vec::new();
+    for host in raw.allowed_hosts.map(|h| h.0).unwrap_or_default() {
+        // Host headers compare case-insensitively; store the canonical lower-case form.
+        let host = host.to_ascii_lowercase();
+        match rules::allowed_host(&host) {
+            Ok(()) => allowed_hosts.push(host),
+            Err(reason) => {
+                report.problem(&["server", "allowed_hosts"], reason);
+                ok = false;
+            }
+        }
+    }
+
+    let max_connections = raw.max_connections.unwrap_or(1024);
+    if max_connections == 0 {
+        report.problem(&["server", "max_connections"], "must be at least 1");
+        ok = false;
+    }
+    let header_read_timeout = duration(
+        report,
+        &["server", "header_read_timeout"],
+        &raw.header_read_timeout,
+        Duration::from_secs(5),
+    );
+    if header_read_timeout == Some(Duration::ZERO) {
+        report.problem(
+            &["server", "header_read_timeout"],
+            "must be longer than 0: slow clients must be cut off",
+        );
+        ok = false;
+    }
+    let shutdown_grace = duration(
+        report,
+        &["server", "shutdown_grace"],
+        &raw.shutdown_grace,
+        Duration::from_secs(10),
+    );
+
+    if !ok {
+        return None;
+    }
+    Some(ServerConfig {
+        listen,
+        admin_listen: admin_listen?,
+        allow_non_loopback,
+        allowed_hosts,
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: header_read_timeout?,
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn log(report: &mut Report) -> Option<LogConfig> {
+    let (raw, _) = report.decode::<RawLog>(&["log"])?;
+    let level = raw.level.unwrap_or_else(|| "info".to_owned());
+    let level_ok = match rules::log_level(&level) {
+        Ok(()) => true,
+        Err(reason) => {
+            report.problem(&["log", "level"], reason);
+            false
+        }
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("plain") => Some(LogFormat::Plain),
+        Some("json") => Some(LogFormat::Json),
+        Some(other) => {
+            report.problem(
+                &["log", "format"],
+                format!("`{other}` is not a log format; use \"plain\" or \"json\""),
+            );
+            None
+        }
+    };
+    level_ok.then_some(LogConfig {
+        level,
+        format: format?,
+    })
+}
+
+fn sts(report: &mut Report) -> Option<StsConfig> {
+    let (raw, _) = report.decode::<RawSts>(&["sts"])?;
+    let mut ok = true;
+    let region = raw.region.unwrap_or_else(|| "us-east-1".to_owned());
+    if let Err(reason) = rules::region(&region) {
+        report.problem(&["sts", "region"], reason);
+        ok = false;
+    }
+    if let Some(url) = &raw.endpoint_url
+        && let Err(reason) = rules::endpoint_url(url)
+    {
+        report.problem(&["sts", "endpoint_url"], reason);
+        ok = false;
+    }
+    if let Some(arn) = &raw.source_role_arn
+        && let Err(reason) = rules::role_arn(arn)
+    {
+        report.problem(&["sts", "source_role_arn"], reason);
+        ok = false;
+    }
+    let max_requests_per_second = raw.max_requests_per_second.unwrap_or(20);
+    let max_requests_per_second = match u32::try_from(max_requests_per_second) {
+        Ok(n) if n >= 1 => Some(n),
+        _ => {
+            report.problem(
+                &["sts", "max_requests_per_second"],
+                format!(
+                    "must be between 1 and {}, not {max_requests_per_second}",
+                    u32::MAX
+                ),
+            );
+            None
+        }
+    };
+    let call_timeout = duration(
+        report,
+        &["sts", "call_timeout"],
+        &raw.call_timeout,
+        Duration::from_secs(5),
+    );
+    if let Some(t) = call_timeout
+        && (t.is_zero() || t > MAX_CALL_TIMEOUT)
+    {
+        report.problem(
+            &["sts", "call_timeout"],
+            format!(
+                "{} must be more than 0 and at most 1m: a hung STS call must not hold a \
+                 mapping's single flight for long",
+                format_duration(t)
+            ),
+        );
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(StsConfig {
+        region,
+        endpoint_url: raw.endpoint_url,
+        source_role_arn: raw.source_role_arn,
+        max_requests_per_second: max_requests_per_second?,
+        call_timeout: call_timeout?,
+    })
+}
+
+/// The refresh section plus what mappings need to check their own session durations.
+struct Refresh {
+    config: RefreshConfig,
+    /// Whether `session_duration` passed its own checks (so mappings inheriting it do
+    /// not repeat its problems).
+    session_ok: bool,
+}
+
+fn refresh(report: &mut Report, chaining: Option<bool>) -> Option<Refresh> {
+    let (raw, _) = report.decode::<RawRefresh>(&["refresh"])?;
+    let session_duration = duration(
+        report,
+        &["refresh", "session_duration"],
+        &raw.session_duration,
+        Duration::from_secs(3600),
+    );
+    let refresh_before = duration(
+        report,
+        &["refresh", "refresh_before"],
+        &raw.refresh_before,
+        Duration::from_secs(35 * 60),
+    );
+    let min_remaining = duration(
+        report,
+        &["refresh", "min_remaining"],
+        &raw.min_remaining,
+        Duration::from_secs(20 * 60),
+    );
+    let cold_wait = duration(
+        report,
+        &["refresh", "cold_wait"],
+        &raw.cold_wait,
+        Duration::from_millis(800),
+    );
+    let idle_timeout = duration(
+        report,
+        &["refresh", "idle_timeout"],
+        &raw.idle_timeout,
+        Duration::from_secs(6 * 3600),
+    );
+    let mut ok = true;
+
+    if let (Some(min), Some(before)) = (min_remaining, refresh_before) {
+        if min >= before {
+            report.problem(
+                &["refresh", "min_remaining"],
+                format!(
+                    "min_remaining {} must be shorter than refresh_before {}: credentials \
+                     would stop being servable before their refresh is even due",
+                    format_duration(min),
+                    format_duration(before)
+                ),
+            );
+            ok = false;
+        }
+        if min < SDK_REFRESH_WINDOW {
+            report.warn(
+                &["refresh", "min_remaining"],
+                format!(
+                    "min_remaining {} is under 15m: botocore and the Java SDK refetch on \
+                     every API call when fewer than 15 minutes are left",
+                    format_duration(min)
+                ),
+            );
+        }
+    }
+    if let Some(wait) = cold_wait
+        && (wait.is_zero() || wait > MAX_COLD_WAIT)
+    {
+        report.problem(
+            &["refresh", "cold_wait"],
+            format!(
+                "{} must be more than 0 and at most 10s: SDKs time out reading credentials \
+                 after 1–2 s",
+                format_duration(wait)
+            ),
+        );
+        ok = false;
+    }
+    if idle_timeout == Some(Duration::ZERO) {
+        report.problem(&["refresh", "idle_timeout"], "must be longer than 0");
+        ok = false;
+    }
+
+    let session_ok = match (session_duration, chaining) {
+        (Some(session), Some(chaining)) => check_session_duration(
+            report,
+            &["refresh", "session_duration"],
+            session,
+            refresh_before,
+            chaining,
+        ),
+        _ => false,
+    };
+    ok &= session_ok || session_duration.is_none() || chaining.is_none();
+
+    if !ok {
+        return None;
+    }
+    Some(Refresh {
+        config: RefreshConfig {
+            session_duration: session_duration?,
+            refresh_before: refresh_before?,
+            min_remaining: min_remaining?,
+            cold_wait: cold_wait?,
+            idle_timeout: idle_timeout?,
+        },
+        session_ok,
+    })
+}
+
+/// STS bounds, the role-chaining cap and the lifetime arithmetic of DESIGN.md §2.
+fn check_session_duration(
+    report: &mut Report,
+    path: &[&str],
+    session: Duration,
+    refresh_before: Option<Duration>,
+    chaining: bool,
+) -> bool {
+    let shown = format_duration(session);
+    if session.subsec_nanos() != 0 {
+        report.problem(path, format!("{shown} must be a whole number of seconds"));
+        return false;
+    }
+    if !(MIN_SESSION..=MAX_SESSION).contains(&session) {
+        report.problem(
+            path,
+            format!("{shown} is outside what STS accepts: 15m to 12h"),
+        );
+        return false;
+    }
+    if chaining && session > MAX_CHAINED_SESSION {
+        report.problem(
+            path,
+            format!(
+                "{shown} is longer than 1h: sts.source_role_arn is set, and role chaining \
+                 caps sessions at 1 hour"
+            ),
+        );
+        return false;
+    }
+    if let Some(before) = refresh_before
+        && session <= before
+    {
+        report.problem(
+            path,
+            format!(
+                "session_duration {shown} must be longer than refresh_before {}: \
+                 credentials would be due for refresh the moment they are issued",
+                format_duration(before)
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+fn enforcement(
+    report: &mut Report,
+    path: &[&str],
+    raw: Option<&str>,
+) -> Option<Option<Enforcement>> {
+    match raw {
+        None => Some(None),
+        Some("require") => Some(Some(Enforcement::Require)),
+        Some("warn") => Some(Some(Enforcement::Warn)),
+        Some("off") => Some(Some(Enforcement::Off)),
+        Some(other) => {
+            report.problem(
+                path,
+                format!(
+                    "`{other}` is not an enforcement mode; use \"require\", \"warn\" or \"off\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn verify(report: &mut Report) -> Option<VerifyConfig> {
+    let (raw, _) = report.decode::<RawVerify>(&["verify"])?;
+    let enforcement = enforcement(
+        report,
+        &["verify", "external_id_enforcement"],
+        raw.external_id_enforcement.as_deref(),
+    );
+    let recheck = duration(
+        report,
+        &["verify", "recheck_interval"],
+        &raw.recheck_interval,
+        Duration::from_secs(24 * 3600),
+    );
+    if let Some(interval) = recheck
+        && interval < MIN_RECHECK
+    {
+        report.problem(
+            &["verify", "recheck_interval"],
+            format!(
+                "{} is too frequent: each check makes two STS calls per mapping; use at least 1m",
+                format_duration(interval)
+            ),
+        );
+        return None;
+    }
+    Some(VerifyConfig {
+        external_id_enforcement: enforcement?.unwrap_or(Enforcement::Require),
+        recheck_interval: recheck?,
+    })
+}
+
+fn mappings(
+    report: &mut Report,
+    sts: Option<&StsConfig>,
+    refresh: Option<&Refresh>,
+    verify: Option<&VerifyConfig>,
+) -> Option<BTreeMap<String, Mapping>> {
+    let names: Vec<String> = match report.lookup(&["mappings"]) {
+        None => Vec::new(),
+        Some(value) => match value.as_dict() {
+            Some(dict) => dict.keys().cloned().collect(),
+            None => {
+                report.problem(&["mappings"], "must be a table of [mappings.NAME] tables");
+                return None;
+            }
+        },
+    };
+
+    let mut out = BTreeMap::new();
+    let mut ok = true;
+    // First mapping to list each token hash: a token opens exactly one mapping.
+    let mut token_owner: HashMap<TokenHash, String> = HashMap::new();
+    for name in names {
+        // Tokens are checked for sharing even when the mapping has other problems, so
+        // a shared token is reported alongside them.
+        let (mapping, tokens) = mapping(report, &name, sts, refresh, verify);
+        for hash in &tokens {
+            if let Some(owner) = token_owner.get(hash) {
+                report.problem(
+                    &["mappings", &name, "token_sha256"],
+                    format!(
+                        "a token hash is also listed by mapping `{owner}`; each token must \
+                         open exactly one mapping (issue `{name}` its own token)"
+                    ),
+                );
+                ok = false;
+            } else {
+                token_owner.insert(*hash, name.clone());
+            }
+        }
+        match mapping {
+            Some(mapping) => {
+                out.insert(name, mapping);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn mapping(
+    report: &mut Report,
+    name: &str,
+    sts: Option<&StsConfig>,
+    refresh: Option<&Refresh>,
+    verify: Option<&VerifyConfig>,
+) -> (Option<Mapping>, Vec<TokenHash>) {
+    let at = |key: &'static str| -> [&str; 3] { ["mappings", name, key] };
+    let mut ok = true;
+    if let Err(reason) = rules::mapping_name(name) {
+        report.problem(&["mappings", name], reason);
+        ok = false;
+    }
+    let Some((raw, broken)) = report.decode::<RawMapping>(&["mappings", name]) else {
+        return (None, Vec::new());
+    };
+    macro_rules! fail {
+        ($key:expr, $reason:expr $(,)?) => {{
+            report.problem(&at($key), $reason);
+            ok = false;
+        }};
+    }
+
+    // Role.
+    match &raw.role_arn {
+        Some(arn) => {
+            if let Err(reason) = rules::role_arn(arn) {
+                fail!("role_arn", reason);
+            }
+        }
+        None if broken.contains("role_arn") => ok = false,
+        None => fail!(
+            "role_arn",
+            "missing: every mapping needs the customer's role ARN".to_owned()
+        ),
+    }
+
+    // External ID.
+    let external_id = external_id(report, name, &raw, &mut ok);
+
+    // Tokens.
+    let mut token_sha256: Vec<TokenHash> = Vec::new();
+    let tokens = raw.token_sha256.map(|t| t.0).unwrap_or_default();
+    if tokens.is_empty() && !broken.contains("token_sha256") {
+        fail!(
+            "token_sha256",
+            "at least one token hash is required: without one no worker can fetch this \
+             mapping (`credvend token new` prints a token and its hash)"
+                .to_owned(),
+        );
+    }
+    for (i, text) in tokens.iter().enumerate() {
+        match rules::token_hash(text) {
+            // A hash listed twice in one mapping is harmless; keep one.
+            Ok(hash) if token_sha256.contains(&hash) => {}
+            Ok(hash) => token_sha256.push(hash),
+            Err(reason) => fail!("token_sha256", format!("entry {}: {reason}", i + 1)),
+        }
+    }
+
+    // Session name: default `credvend-<name>`, cut to STS's 64 characters.
+    let session_name = raw.session_name.clone().unwrap_or_else(|| {
+        let mut default = format!("credvend-{name}");
+        default.truncate(64);
+        default
+    });
+    if let Err(reason) = rules::session_name(&session_name) {
+        fail!("session_name", reason);
+    }
+
+    // Session duration: the mapping's own, checked here; or the global one, already
+    // checked in [refresh] and not repeated per mapping.
+    let chaining = sts.map(|s| s.source_role_arn.is_some());
+    let session_duration = match &raw.session_duration {
+        Some(_) => {
+            let parsed = duration(
+                report,
+                &at("session_duration"),
+                &raw.session_duration,
+                Duration::ZERO,
+            );
+            match (parsed, chaining) {
+                (Some(d), Some(chaining)) => {
+                    let before = refresh.map(|r| r.config.refresh_before);
+                    if !check_session_duration(report, &at("session_duration"), d, before, chaining)
+                    {
+                        ok = false;
+                    }
+                    Some(d)
+                }
+                (parsed, _) => {
+                    ok &= parsed.is_some();
+                    parsed
+                }
+            }
+        }
+        None => refresh
+            .filter(|r| r.session_ok)
+            .map(|r| r.config.session_duration),
+    };
+
+    if let Some(policy) = &raw.session_policy
+        && let Err(reason) = rules::session_policy(policy)
+    {
+        fail!("session_policy", reason);
+    }
+    let policy_arns = raw.policy_arns.map(|p| p.0).unwrap_or_default();
+    if policy_arns.len() > MAX_POLICY_ARNS {
+        fail!(
+            "policy_arns",
+            format!(
+                "at most {MAX_POLICY_ARNS} managed policy ARNs, found {}",
+                policy_arns.len()
+            ),
+        );
+    }
+    for arn in &policy_arns {
+        if let Err(reason) = rules::policy_arn(arn) {
+            fail!("policy_arns", reason);
+        }
+    }
+
+    let tags = raw.tags.unwrap_or_default();
+    if tags.len() > MAX_TAGS {
+        fail!(
+            "tags",
+            format!("at most {MAX_TAGS} session tags, found {}", tags.len())
+        );
+    }
+    for (key, value) in &tags {
+        let key_len = key.chars().count();
+        if !(1..=128).contains(&key_len) {
+            fail!(
+                "tags",
+                format!("tag key `{key}` must be 1–128 characters, not {key_len}")
+            );
+        }
+        let value_len = value.chars().count();
+        if value_len > 256 {
+            fail!(
+                "tags",
+                format!("the value of tag `{key}` must be at most 256 characters, not {value_len}"),
+            );
+        }
+    }
+
+    if let Some(identity) = &raw.source_identity {
+        if let Err(reason) = rules::source_identity(identity) {
+            fail!("source_identity", reason);
+        } else if identity.to_ascii_lowercase().starts_with("aws:") {
+            fail!(
+                "source_identity",
+                format!("`{identity}`: may not start with `aws:`")
+            );
+        }
+    }
+
+    let region = match &raw.region {
+        Some(region) => {
+            if let Err(reason) = rules::region(region) {
+                fail!("region", reason);
+            }
+            Some(region.clone())
+        }
+        None => sts.map(|s| s.region.clone()),
+    };
+
+    let enforcement = enforcement(
+        report,
+        &at("external_id_enforcement"),
+        raw.external_id_enforcement.as_deref(),
+    );
+
+    if !ok {
+        return (None, token_sha256);
+    }
+    let mapping = || -> Option<Mapping> {
+        Some(Mapping {
+            name: name.to_owned(),
+            role_arn: raw.role_arn?,
+            external_id: external_id?,
+            session_name,
+            session_duration: session_duration?,
+            session_policy: raw.session_policy,
+            policy_arns,
+            tags,
+            source_identity: raw.source_identity,
+            region: region?,
+            prefetch: raw.prefetch.unwrap_or(false),
+            external_id_enforcement: enforcement?
+                .or_else(|| verify.map(|v| v.external_id_enforcement))?,
+            token_sha256: token_sha256.clone(),
+        })
+    };
+    (mapping(), token_sha256)
+}
+
+/// Resolves the External ID from `external_id` or `external_id_file`. Outer `None`:
+/// a problem was reported; inner `None`: the mapping sends no External ID.
+fn external_id(
+    report: &mut Report,
+    name: &str,
+    raw: &RawMapping,
+    ok: &mut bool,
+) -> Option<Option<ExternalId>> {
+    let inline_key = ["mappings", name, "external_id"];
+    let file_key = ["mappings", name, "external_id_file"];
+    let value = match (&raw.external_id, &raw.external_id_file) {
+        (Some(_), Some(_)) => {
+            report.problem(
+                &file_key,
+                "set either external_id or external_id_file, not both",
+            );
+            *ok = false;
+            return None;
+        }
+        (None, None) => {
+            report.warn(
+                &["mappings", name],
+                "no external_id or external_id_file: AssumeRole is sent without an \
+                 External ID, so the customer's trust policy cannot require one \
+                 (confused-deputy risk)",
+            );
+            return Some(None);
+        }
+        (Some(inline), None) => (inline.clone(), &inline_key),
+        (None, Some(file)) => {
+            // Relative paths resolve against the directory of the file that set them
+            // (the main file's for an environment override): an include in
+            // mappings.d/ can say `external_id_file = "ids/acme"`.
+            let base = report
+                .origin_file(&file_key)
+                .or_else(|| report.origin_file(&[]))
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default();
+            let path = base.join(file);
+            let text = match fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    report.problem(&file_key, format!("cannot read {}: {e}", path.display()));
+                    *ok = false;
+                    return None;
+                }
+            };
+            let origin = report.origin(&file_key);
+            report.check_private(&path, &origin, &file_key.join("."));
+            // Exactly one trailing newline is the file's line ending, not part of the ID;
+            // a second one is more likely a mistake and is reported by the charset check.
+            let trimmed = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text)
+                .to_owned();
+            (trimmed, &file_key)
+        }
+    };
+    let (value, key) = value;
+    match rules::external_id(&value) {
+        Ok(()) => Some(Some(ExternalId::new(value))),
+        Err(reason) => {
+            report.problem(key, reason);
+            *ok = false;
+            None
+        }
+    }
+}
