@@ -20,7 +20,11 @@ use credvend::server::Limits;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "credvend", version, about = "Credential-vending sidecar: AWS container credentials for customer roles assumed with External IDs")]
+#[command(
+    name = "credvend",
+    version,
+    about = "Credential-vending sidecar: AWS container credentials for customer roles assumed with External IDs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

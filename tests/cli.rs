@@ -95,13 +95,19 @@ token_sha256 = ["{shared}"]
             .unwrap_or_else(|| panic!("no problem line for {key} in:\n{stderr}"))
             .to_string()
     };
-    assert!(find("colour").contains("server"), "unknown key names its section");
+    assert!(
+        find("colour").contains("server"),
+        "unknown key names its section"
+    );
     assert!(find("role_arn").contains("beta-s3"));
     let session = find("session_duration");
     assert!(session.contains("acme-s3") && session.contains("refresh_before"));
     let shared_line = find("token_sha256");
     assert!(shared_line.contains("acme-s3") && shared_line.contains("beta-s3"));
-    assert!(!stderr.contains("external-id-0123456789"), "External ID leaked: {stderr}");
+    assert!(
+        !stderr.contains("external-id-0123456789"),
+        "External ID leaked: {stderr}"
+    );
 }
 
 #[test]
@@ -221,7 +227,12 @@ token_sha256 = ["{}"]
     };
     let mut stderr = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(exit.code(), Some(0), "stderr: {stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }

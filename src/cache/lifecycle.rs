@@ -226,7 +226,12 @@ mod tests {
             Servable::Yes(Source::Cache)
         );
         assert_eq!(
-            servability(&e, t0() + 40 * MIN + Duration::from_secs(1), false, min_remaining),
+            servability(
+                &e,
+                t0() + 40 * MIN + Duration::from_secs(1),
+                false,
+                min_remaining
+            ),
             Servable::Stale
         );
     }
@@ -257,13 +262,20 @@ mod tests {
             servability(&e, t0(), false, 20 * MIN),
             Servable::Yes(Source::Cache)
         );
-        assert_eq!(servability(&e, t0() + 9 * MIN, false, 20 * MIN), Servable::No);
+        assert_eq!(
+            servability(&e, t0() + 9 * MIN, false, 20 * MIN),
+            Servable::No
+        );
     }
 
     #[test]
     fn shortness_allows_for_clock_skew() {
         assert!(!is_short(t0() + 60 * MIN, t0(), 60 * MIN));
-        assert!(!is_short(t0() + 59 * MIN + Duration::from_secs(30), t0(), 60 * MIN));
+        assert!(!is_short(
+            t0() + 59 * MIN + Duration::from_secs(30),
+            t0(),
+            60 * MIN
+        ));
         assert!(is_short(t0() + 15 * MIN, t0(), 60 * MIN));
     }
 

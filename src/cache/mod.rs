@@ -41,8 +41,8 @@ pub mod scheduler;
 
 pub use budget::Priority;
 use budget::StsBudget;
-pub use lifecycle::{Entry, MappingState, Source};
 use lifecycle::{EXPIRY_MARGIN, Servable};
+pub use lifecycle::{Entry, MappingState, Source};
 
 /// Upper bound on cached credentials. One per configured mapping is needed; the bound
 /// only matters if a config ever grows past it, in which case the least recently used
@@ -255,10 +255,9 @@ impl CredentialCache {
             }
             if let (true, Some(until), Some((error, _))) =
                 (slot.failed, slot.negative_until, &slot.last_error)
+                && now < until
             {
-                if now < until {
-                    return Err(VendError::Denied(error.clone()));
-                }
+                return Err(VendError::Denied(error.clone()));
             }
         }
 
@@ -412,16 +411,16 @@ impl Inner {
         if let Some(rx) = &slot.inflight {
             return rx.clone();
         }
-        if priority == Priority::Cold {
-            if let Some(entry) = self.store.get(&spec.key) {
-                let min_remaining = self.current_table().refresh.min_remaining;
-                let now = self.clock.now();
-                if let Servable::Yes(_) =
-                    lifecycle::servability(&entry, now, slot.degraded, min_remaining)
-                {
-                    let (_tx, rx) = watch::channel(Some(Ok(entry)));
-                    return rx;
-                }
+        if priority == Priority::Cold
+            && let Some(entry) = self.store.get(&spec.key)
+        {
+            let min_remaining = self.current_table().refresh.min_remaining;
+            let now = self.clock.now();
+            if let Servable::Yes(_) =
+                lifecycle::servability(&entry, now, slot.degraded, min_remaining)
+            {
+                let (_tx, rx) = watch::channel(Some(Ok(entry)));
+                return rx;
             }
         }
         let (tx, rx) = watch::channel(None);
@@ -453,21 +452,26 @@ impl Inner {
             input.duration = input.duration.min(cap);
         }
         self.budget.acquire(priority).await;
+        // STS computes Expiration from its own clock when it answers, which is no
+        // earlier than this: measuring the lifetime from here never makes a full-length
+        // credential look short because the call itself took time.
+        let sent_at = self.clock.now();
         let mut result = self.assumer.assume_role(&input).await;
-        if let Err(error) = &result {
-            if error.duration_too_long && input.duration > ONE_HOUR {
-                warn!(
-                    mapping = %spec.key.name(),
-                    requested_secs = input.duration.as_secs(),
-                    "Role's MaxSessionDuration is shorter than session_duration; retrying at 1h and keeping that cap until the mapping changes"
-                );
-                if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
-                    slot.duration_cap = Some(ONE_HOUR);
-                }
-                input.duration = ONE_HOUR;
-                self.budget.acquire(priority).await;
-                result = self.assumer.assume_role(&input).await;
+        if let Err(error) = &result
+            && error.duration_too_long
+            && input.duration > ONE_HOUR
+        {
+            warn!(
+                mapping = %spec.key.name(),
+                requested_secs = input.duration.as_secs(),
+                "Role's MaxSessionDuration is shorter than session_duration; retrying at 1h and keeping that cap until the mapping changes"
+            );
+            if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
+                slot.duration_cap = Some(ONE_HOUR);
             }
+            input.duration = ONE_HOUR;
+            self.budget.acquire(priority).await;
+            result = self.assumer.assume_role(&input).await;
         }
         let creds = result?;
         let now = self.clock.now();
@@ -485,7 +489,7 @@ impl Inner {
                 duration_too_long: false,
             });
         }
-        let short_lived = lifecycle::is_short(creds.expiration, now, input.duration);
+        let short_lived = lifecycle::is_short(creds.expiration, sent_at, input.duration);
         if short_lived {
             warn!(
                 mapping = %spec.key.name(),
@@ -601,8 +605,8 @@ impl Inner {
         };
         let now = self.clock.now();
         let last_used = self.lock_slots().get(&key).and_then(|s| s.last_used);
-        let idle = !spec.prefetch
-            && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
+        let idle =
+            !spec.prefetch && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
         if idle {
             debug!(mapping = %key.name(), "Mapping idle; not refreshing");
             return;
@@ -672,7 +676,13 @@ fn fingerprint(input: &AssumeRoleInput, endpoint: Option<&str>) -> [u8; 16] {
         None => field(b"0"),
     }
     field(&input.duration.as_secs().to_be_bytes());
-    field(input.session_policy.as_deref().unwrap_or("\0none").as_bytes());
+    field(
+        input
+            .session_policy
+            .as_deref()
+            .unwrap_or("\0none")
+            .as_bytes(),
+    );
     for arn in &input.policy_arns {
         field(arn.as_bytes());
     }
@@ -681,7 +691,13 @@ fn fingerprint(input: &AssumeRoleInput, endpoint: Option<&str>) -> [u8; 16] {
         field(k.as_bytes());
         field(v.as_bytes());
     }
-    field(input.source_identity.as_deref().unwrap_or("\0none").as_bytes());
+    field(
+        input
+            .source_identity
+            .as_deref()
+            .unwrap_or("\0none")
+            .as_bytes(),
+    );
     field(input.region.as_bytes());
     field(endpoint.unwrap_or("\0default").as_bytes());
     let digest = h.finalize();

@@ -26,16 +26,24 @@ impl AdminEndpoint {
             return ApiError::MethodNotAllowed.into_response();
         }
         match request.uri().path() {
-            "/healthz" => wire::json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+            "/healthz" => {
+                wire::json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
+            }
             "/readyz" => {
                 let listening = self.listening.load(Ordering::Acquire);
                 let warm = self.cache.prefetch_settled();
                 let (status, body) = if listening && warm {
                     (StatusCode::OK, "{\"status\":\"ready\"}")
                 } else if !listening {
-                    (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"starting\",\"reason\":\"listeners not bound yet\"}")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{\"status\":\"starting\",\"reason\":\"listeners not bound yet\"}",
+                    )
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"starting\",\"reason\":\"prefetch mappings not warm yet\"}")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{\"status\":\"starting\",\"reason\":\"prefetch mappings not warm yet\"}",
+                    )
                 };
                 wire::json_response(status, Bytes::from_static(body.as_bytes()))
             }

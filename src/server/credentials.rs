@@ -40,9 +40,13 @@ pub struct CredentialEndpoint {
 
 impl CredentialEndpoint {
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let access = self.access.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let access = self
+            .access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let (mapping, result) = self.route(&access, &request, conn).await;
-        let response = match result {
+        match result {
             Ok(response) => response,
             Err(error) => {
                 info!(
@@ -55,8 +59,7 @@ impl CredentialEndpoint {
                 );
                 error.into_response()
             }
-        };
-        response
+        }
     }
 
     async fn route(
@@ -164,10 +167,16 @@ mod tests {
         assert_eq!(parse_path("/v1/credentials"), Some(None));
         assert_eq!(parse_path("/v1/credentials/"), Some(None));
         assert_eq!(parse_path("/v1/credentials/acme-s3"), Some(Some("acme-s3")));
-        assert_eq!(parse_path("/v1/credentials/acme-s3/"), Some(Some("acme-s3")));
+        assert_eq!(
+            parse_path("/v1/credentials/acme-s3/"),
+            Some(Some("acme-s3"))
+        );
         assert_eq!(parse_path("/v1/credentials/a/b"), None);
         assert_eq!(parse_path("/v1/credentialsX"), None);
         assert_eq!(parse_path("/"), None);
-        assert_eq!(parse_path(&format!("/v1/credentials/{}", "a".repeat(65))), None);
+        assert_eq!(
+            parse_path(&format!("/v1/credentials/{}", "a".repeat(65))),
+            None
+        );
     }
 }
