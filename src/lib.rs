@@ -27,3 +27,5 @@ pub mod daemon;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;

@@ -705,3 +705,5 @@ fn fingerprint(input: &AssumeRoleInput, endpoint: Option<&str>) -> [u8; 16] {
     out.copy_from_slice(&digest[..16]);
     out
 }
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! Test fixtures shared by unit and integration tests: a [`Config`] with the documented
+//! defaults built in code (no file), and mappings. Not part of the daemon's behaviour.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{
+    Config, Enforcement, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
+    VerifyConfig,
+};
+use crate::secret::{ExternalId, TokenHash};
+
+/// The account of test roles.
+pub const ACCOUNT: &str = "111122223333";
+
+/// `arn:aws:iam::111122223333:role/{name}`.
+pub fn role_arn(name: &str) -> String {
+    format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+}
+
+/// A mapping `name` → role `role` with the given External ID and one token, defaults
+/// elsewhere (1 h session, us-east-1, enforcement off).
+pub fn mapping(name: &str, role: &str, external_id: Option<&str>, token: &str) -> Mapping {
+    Mapping {
+        name: name.to_string(),
+        role_arn: role_arn(role),
+        external_id: external_id.map(ExternalId::new),
+        token_sha256: vec![TokenHash::of_token(token.as_bytes())],
+        session_name: format!("credvend-{name}"),
+        session_duration: Duration::from_secs(3600),
+        session_policy: None,
+        policy_arns: Vec::new(),
+        tags: BTreeMap::new(),
+        source_identity: None,
+        region: "us-east-1".to_string(),
+        prefetch: false,
+        external_id_enforcement: Enforcement::Off,
+    }
+}
+
+/// DESIGN.md §4 defaults, listeners on 127.0.0.1 port 0, STS at `sts_endpoint`.
+pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
+    Config {
+        path: PathBuf::from("test.toml"),
+        files: vec![PathBuf::from("test.toml")],
+        server: ServerConfig {
+            listen: vec!["127.0.0.1:0".parse().expect("literal address")],
+            admin_listen: "127.0.0.1:0".parse().expect("literal address"),
+            allow_non_loopback: false,
+            allowed_hosts: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        },
+        log: LogConfig {
+            level: "info".into(),
+            format: LogFormat::Plain,
+        },
+        sts: StsConfig {
+            region: "us-east-1".into(),
+            endpoint_url: Some(sts_endpoint.to_string()),
+            source_role_arn: None,
+            max_requests_per_second: 1000,
+            call_timeout: Duration::from_secs(5),
+        },
+        refresh: RefreshConfig {
+            session_duration: Duration::from_secs(3600),
+            refresh_before: Duration::from_secs(35 * 60),
+            min_remaining: Duration::from_secs(20 * 60),
+            cold_wait: Duration::from_millis(800),
+            idle_timeout: Duration::from_secs(6 * 3600),
+        },
+        verify: VerifyConfig {
+            external_id_enforcement: Enforcement::Off,
+            recheck_interval: Duration::from_secs(24 * 3600),
+        },
+        mappings: mappings.into_iter().map(|m| (m.name.clone(), m)).collect(),
+        warnings: Vec::new(),
+    }
+}
