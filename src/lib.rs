@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
-pub mod creds;
 pub mod config;
+pub mod creds;
+pub mod policy;
 pub mod secret;
