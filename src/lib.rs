@@ -16,6 +16,7 @@
 //! - [`daemon`]: binds the pieces for one config generation and runs the listeners.
 //! - [`clock`]: the wall-clock seam (tests move time by hand).
 //! - [`secret`]: zeroizing, redacting holders for External IDs, tokens and keys.
+//! - [`policy`]: onboarding: External IDs, the customer's permission and trust policies.
 //! - [`telemetry`]: log setup.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod creds;
 pub mod daemon;
+pub mod policy;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
