@@ -31,3 +31,4 @@ pub mod server;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+pub mod verify;

@@ -32,8 +32,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
-use crate::config::{Config, Mapping, RefreshConfig};
+use crate::config::{Config, Enforcement as EnforcementMode, Mapping, RefreshConfig};
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
+use crate::verify::{self, Enforcement, Probe, Verdict};
 
 pub mod budget;
 pub mod lifecycle;
@@ -94,6 +95,9 @@ pub enum VendError {
     /// The customer role refused the assumption (terminal; negatively cached).
     #[error("role refused the assumption: {0}")]
     Denied(AssumeError),
+    /// The role does not enforce its External ID and the mapping's mode is `require`.
+    #[error("the role can be assumed {}", .0.describe())]
+    UnsafeTrustPolicy(Probe),
     /// Nothing servable yet: STS slow, throttled or down. Retry after this many seconds.
     #[error("credentials not available yet ({reason})")]
     Unavailable {
@@ -110,18 +114,78 @@ pub struct MappingStatus {
     pub expires_at: Option<SystemTime>,
     pub access_key_id: Option<String>,
     pub last_success: Option<SystemTime>,
-    pub last_error: Option<(AssumeError, SystemTime)>,
+    pub last_error: Option<(FetchError, SystemTime)>,
     pub next_refresh: Option<SystemTime>,
     pub prefetch: bool,
+    /// External ID enforcement check result and when it was last conclusive.
+    pub enforcement: Enforcement,
+    pub enforcement_checked_at: Option<SystemTime>,
+    pub enforcement_mode: EnforcementMode,
 }
 
-type Outcome = Result<Arc<Entry>, AssumeError>;
+/// Why a fetch produced no credential.
+#[derive(Debug, Clone)]
+pub enum FetchError {
+    /// STS refused or failed (classified).
+    Sts(AssumeError),
+    /// The enforcement check found the role accepting a probe (`require` mode).
+    UnsafeTrustPolicy(Probe),
+}
+
+impl FetchError {
+    /// Terminal errors evict, answer 403 and are negatively cached.
+    pub fn is_terminal(&self) -> bool {
+        match self {
+            FetchError::Sts(error) => error.reason.is_terminal(),
+            FetchError::UnsafeTrustPolicy(_) => true,
+        }
+    }
+
+    /// AWS error code, or `TrustPolicyUnsafe`.
+    pub fn code(&self) -> &str {
+        match self {
+            FetchError::Sts(error) => &error.code,
+            FetchError::UnsafeTrustPolicy(_) => "TrustPolicyUnsafe",
+        }
+    }
+
+    /// The STS failure reason, if STS failed.
+    pub fn reason(&self) -> Option<FailureReason> {
+        match self {
+            FetchError::Sts(error) => Some(error.reason),
+            FetchError::UnsafeTrustPolicy(_) => None,
+        }
+    }
+
+    fn into_vend_error(self) -> VendError {
+        match self {
+            FetchError::Sts(error) => VendError::Denied(error),
+            FetchError::UnsafeTrustPolicy(probe) => VendError::UnsafeTrustPolicy(probe),
+        }
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Sts(error) => write!(f, "{error}"),
+            FetchError::UnsafeTrustPolicy(probe) => write!(
+                f,
+                "TrustPolicyUnsafe: the role can be assumed {}",
+                probe.describe()
+            ),
+        }
+    }
+}
+
+type Outcome = Result<Arc<Entry>, FetchError>;
 
 /// Everything about one mapping that is fixed for a given config generation.
 struct MappingSpec {
     key: MappingKey,
     input: AssumeRoleInput,
     prefetch: bool,
+    enforcement: EnforcementMode,
 }
 
 /// The mapping table of one config generation.
@@ -129,6 +193,8 @@ struct Table {
     by_name: HashMap<String, Arc<MappingSpec>>,
     by_key: HashMap<MappingKey, Arc<MappingSpec>>,
     refresh: RefreshConfig,
+    /// `[verify] recheck_interval`.
+    recheck_interval: Duration,
 }
 
 /// Mutable per-mapping state, always accessed under [`Inner::slots`].
@@ -150,8 +216,13 @@ struct Slot {
     duration_cap: Option<Duration>,
     /// Last request for this mapping (idle detection).
     last_used: Option<SystemTime>,
-    last_error: Option<(AssumeError, SystemTime)>,
+    last_error: Option<(FetchError, SystemTime)>,
     last_success: Option<SystemTime>,
+    /// Last conclusive External ID enforcement result (`Unknown` until one).
+    enforcement: Enforcement,
+    /// When `enforcement` was last established; a recheck is due `recheck_interval`
+    /// later.
+    enforcement_checked_at: Option<SystemTime>,
 }
 
 struct Inner {
@@ -257,7 +328,7 @@ impl CredentialCache {
                 (slot.failed, slot.negative_until, &slot.last_error)
                 && now < until
             {
-                return Err(VendError::Denied(error.clone()));
+                return Err(error.clone().into_vend_error());
             }
         }
 
@@ -284,7 +355,7 @@ impl CredentialCache {
                 entry,
                 source: Source::Fresh,
             }),
-            Ok(Err(error)) if error.reason.is_terminal() => Err(VendError::Denied(error)),
+            Ok(Err(error)) if error.is_terminal() => Err(error.into_vend_error()),
             Ok(Err(_transient)) => degraded_fallback("STS unavailable"),
             Err(_elapsed) => degraded_fallback("STS slower than cold_wait"),
         }
@@ -314,6 +385,9 @@ impl CredentialCache {
                     last_error: slot.and_then(|s| s.last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),
                     prefetch: spec.prefetch,
+                    enforcement: slot.map_or(Enforcement::Unknown, |s| s.enforcement),
+                    enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at),
+                    enforcement_mode: spec.enforcement,
                 }
             })
             .collect();
@@ -378,13 +452,13 @@ async fn wait_outcome(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
 }
 
 /// The fetch task vanished without publishing (it panicked). Transient by design.
-fn lost_fetch() -> AssumeError {
-    AssumeError {
+fn lost_fetch() -> FetchError {
+    FetchError::Sts(AssumeError {
         reason: FailureReason::Other,
         code: "FetchAborted".into(),
         message: "the credential fetch ended without a result".into(),
         duration_too_long: false,
-    }
+    })
 }
 
 impl Inner {
@@ -447,6 +521,7 @@ impl Inner {
         priority: Priority,
         duration_cap: Option<Duration>,
     ) -> Outcome {
+        self.check_trust(spec, priority).await?;
         let mut input = spec.input.clone();
         if let Some(cap) = duration_cap {
             input.duration = input.duration.min(cap);
@@ -473,13 +548,13 @@ impl Inner {
             self.budget.acquire(priority).await;
             result = self.assumer.assume_role(&input).await;
         }
-        let creds = result?;
+        let creds = result.map_err(FetchError::Sts)?;
         let now = self.clock.now();
         let left = lifecycle::remaining(creds.expiration, now);
         if left <= EXPIRY_MARGIN {
             // Our clock or STS's is badly off; serving this would hand out a credential
             // that is (nearly) expired. Treat as transient and retry with backoff.
-            return Err(AssumeError {
+            return Err(FetchError::Sts(AssumeError {
                 reason: FailureReason::Other,
                 code: "ExpiredOnArrival".into(),
                 message: format!(
@@ -487,7 +562,7 @@ impl Inner {
                     left.as_secs()
                 ),
                 duration_too_long: false,
-            });
+            }));
         }
         let short_lived = lifecycle::is_short(creds.expiration, sent_at, input.duration);
         if short_lived {
@@ -503,6 +578,91 @@ impl Inner {
             issued_at: now,
             short_lived,
         }))
+    }
+
+    /// The External ID enforcement check (DESIGN.md §5), run before a mapping first
+    /// vends and again once `recheck_interval` has passed since the last conclusive
+    /// result. Under `require`:
+    /// - a role that accepts a probe is refused ([`FetchError::UnsafeTrustPolicy`]);
+    /// - an inconclusive check (STS throttled, down) *before any conclusive result*
+    ///   fails closed: the fetch fails transiently (503 `CredentialsUnavailable`) and is
+    ///   retried with backoff, because vending for a role we could not check is exactly
+    ///   the hole the check exists to close;
+    /// - an inconclusive *recheck* keeps the last conclusive result: a role that proved
+    ///   safe yesterday keeps vending through an STS hiccup today.
+    ///
+    /// `warn` vends either way and logs at WARN; `off` skips the check.
+    async fn check_trust(&self, spec: &MappingSpec, priority: Priority) -> Result<(), FetchError> {
+        if spec.enforcement == EnforcementMode::Off {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let recheck = self.current_table().recheck_interval;
+        let (known, checked_at) = {
+            let slots = self.lock_slots();
+            slots
+                .get(&spec.key)
+                .map_or((Enforcement::Unknown, None), |s| {
+                    (s.enforcement, s.enforcement_checked_at)
+                })
+        };
+        let due = checked_at.is_none_or(|at| now >= at + recheck);
+        let name = spec.key.name();
+        let outcome = if due {
+            let result =
+                verify::check_external_id_enforcement(self.assumer.as_ref(), &spec.input, || {
+                    self.budget.acquire(priority)
+                })
+                .await;
+            let checked = self.clock.now();
+            match result {
+                Ok(verdict) => {
+                    if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
+                        slot.enforcement = verdict.into();
+                        slot.enforcement_checked_at = Some(checked);
+                    }
+                    match verdict {
+                        Verdict::Enforced => {
+                            debug!(mapping = %name, "Role enforces its External ID")
+                        }
+                        Verdict::NotEnforced(probe) => warn!(
+                            mapping = %name,
+                            role_arn = %spec.input.role_arn,
+                            accepted = probe.describe(),
+                            mode = spec.enforcement.as_str(),
+                            "Role does not enforce its External ID: its trust policy lacks the sts:ExternalId condition"
+                        ),
+                    }
+                    Ok(verdict)
+                }
+                Err(error) => {
+                    warn!(
+                        mapping = %name,
+                        code = %error.code,
+                        previous = known.as_str(),
+                        "External ID enforcement check inconclusive"
+                    );
+                    Err(error)
+                }
+            }
+        } else {
+            Ok(match known {
+                Enforcement::NotEnforced => Verdict::NotEnforced(Probe::WithoutExternalId),
+                _ => Verdict::Enforced,
+            })
+        };
+        match (spec.enforcement, outcome) {
+            (_, Ok(Verdict::Enforced)) | (EnforcementMode::Warn, _) => Ok(()),
+            (_, Ok(Verdict::NotEnforced(probe))) => Err(FetchError::UnsafeTrustPolicy(probe)),
+            (_, Err(error)) if error.reason.is_terminal() => Err(FetchError::Sts(error)),
+            (_, Err(error)) => match known {
+                Enforcement::Enforced => Ok(()),
+                Enforcement::NotEnforced => {
+                    Err(FetchError::UnsafeTrustPolicy(Probe::WithoutExternalId))
+                }
+                Enforcement::Unknown => Err(FetchError::Sts(error)),
+            },
+        }
     }
 
     /// Records a fetch's outcome: cache, slot state, next refresh. Runs under the slots
@@ -546,7 +706,7 @@ impl Inner {
                     "Assumed role"
                 );
             }
-            Err(error) if error.reason.is_terminal() => {
+            Err(error) if error.is_terminal() => {
                 self.store.invalidate(&spec.key);
                 self.queue.cancel(&spec.key);
                 slot.degraded = false;
@@ -557,10 +717,9 @@ impl Inner {
                 slot.last_error = Some((error.clone(), now));
                 warn!(
                     mapping = %name,
-                    reason = %error.reason,
-                    code = %error.code,
+                    code = %error.code(),
                     retry_after_secs = backoff.as_secs(),
-                    message = %error.message,
+                    error = %error,
                     "Role refused the assumption; dropped its credentials"
                 );
             }
@@ -586,11 +745,10 @@ impl Inner {
                 }
                 warn!(
                     mapping = %name,
-                    reason = %error.reason,
-                    code = %error.code,
+                    code = %error.code(),
                     serving_previous = valid,
                     retry_in_ms = backoff.as_millis() as u64,
-                    message = %error.message,
+                    error = %error,
                     "AssumeRole failed"
                 );
             }
@@ -632,6 +790,7 @@ fn build_table(config: &Config) -> Table {
             key: key.clone(),
             input,
             prefetch: mapping.prefetch,
+            enforcement: mapping.external_id_enforcement,
         });
         by_name.insert(name.clone(), spec.clone());
         by_key.insert(key, spec);
@@ -640,6 +799,7 @@ fn build_table(config: &Config) -> Table {
         by_name,
         by_key,
         refresh: config.refresh.clone(),
+        recheck_interval: config.verify.recheck_interval,
     }
 }
 

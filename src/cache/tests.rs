@@ -288,7 +288,7 @@ async fn a_credential_expired_on_arrival_is_never_served() {
         Err(VendError::Unavailable { .. })
     ));
     let error = cache.status()[0].last_error.clone().unwrap().0;
-    assert_eq!(error.code, "ExpiredOnArrival");
+    assert_eq!(error.code(), "ExpiredOnArrival");
 }
 
 #[tokio::test]

@@ -560,7 +560,11 @@ fn credvend_config_is_not_a_config_key() {
 #[test]
 fn warnings_for_short_min_remaining_and_missing_external_id() {
     let top = "[refresh]\nmin_remaining = \"10m\"";
-    let config = load_in_jail(&config_text(top, &[("external_id", "")])).unwrap();
+    let config = load_in_jail(&config_text(
+        top,
+        &[("external_id", ""), ("external_id_enforcement", "\"warn\"")],
+    ))
+    .unwrap();
     let warnings = config.warnings.join("\n");
     assert!(
         warnings.contains("refresh.min_remaining: min_remaining 10m is under 15m: botocore and the Java SDK refetch on every API call when fewer than 15 minutes are left"),
@@ -571,6 +575,14 @@ fn warnings_for_short_min_remaining_and_missing_external_id() {
         "{warnings}"
     );
     assert!(config.mappings["acme"].external_id.is_none());
+}
+
+#[test]
+fn require_without_an_external_id_is_an_error() {
+    let problems = load_in_jail(&config_text("", &[("external_id", "")])).unwrap_err();
+    assert_eq!(problems.problems.len(), 1, "{problems}");
+    assert_eq!(problems.problems[0].key, "mappings.acme.external_id");
+    assert!(problems.problems[0].reason.contains("can never vend"));
 }
 
 #[test]

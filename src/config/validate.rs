@@ -759,6 +759,20 @@ fn mapping(
         raw.external_id_enforcement.as_deref(),
     );
 
+    // Under `require` a mapping without an External ID can never vend: either its
+    // role demands an External ID (and refuses us) or it does not (and the enforcement
+    // check refuses the role). Say so now rather than at 3 a.m.
+    let effective_enforcement =
+        enforcement.and_then(|own| own.or_else(|| verify.map(|v| v.external_id_enforcement)));
+    if matches!(external_id, Some(None)) && effective_enforcement == Some(Enforcement::Require) {
+        fail!(
+            "external_id",
+            "missing: with external_id_enforcement = \"require\" a mapping without an \
+             External ID can never vend; set external_id (generate one with `credvend \
+             external-id new`) or set external_id_enforcement = \"warn\" for this mapping",
+        );
+    }
+
     if !ok {
         return (None, token_sha256);
     }

@@ -130,6 +130,9 @@ impl CredentialEndpoint {
                 mapping: mapping.clone(),
                 code: error.code,
             }),
+            Err(VendError::UnsafeTrustPolicy(_)) => Err(ApiError::TrustPolicyUnsafe {
+                mapping: mapping.clone(),
+            }),
             Err(VendError::Unavailable {
                 retry_after_secs,
                 reason,
