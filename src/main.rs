@@ -13,6 +13,8 @@ use credvend::clock::SystemClock;
 use credvend::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
+use credvend::policy::{self, Principal, TrustService};
+use credvend::verify::{self, s3::S3Target};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
 
@@ -50,6 +52,78 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// External IDs for customers' trust policies.
+    ExternalId {
+        #[command(subcommand)]
+        command: ExternalIdCommand,
+    },
+    /// Print the IAM policies a customer installs on their role.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Check a mapping's role: External ID enforcement, the assumption itself, and with
+    /// --bucket the five S3 permissions. Exit status 1 when anything fails.
+    Verify {
+        /// Mapping name from the configuration.
+        mapping: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Bucket to exercise GetBucketLocation, ListBucket, PutObject, GetObject and
+        /// DeleteObject on (a probe object is written and deleted).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Key prefix the vendor writes under; the probe object goes there.
+        #[arg(long, requires = "bucket")]
+        prefix: Option<String>,
+        /// S3-compatible endpoint (VPC endpoint, test emulator).
+        #[arg(long, requires = "bucket")]
+        s3_endpoint_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExternalIdCommand {
+    /// Print new random External IDs (40 characters of [A-Za-z0-9] from the OS
+    /// CSPRNG), one per line.
+    New {
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        count: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// The permissions policy: the five S3 actions on the bucket and its objects.
+    Permissions {
+        #[arg(long)]
+        bucket: String,
+        /// Limit object access to this key prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// The trust policy: sts:AssumeRole for the vendor principal, only with the
+    /// External ID.
+    Trust {
+        #[arg(long)]
+        external_id: String,
+        /// Vendor account ID or role ARN to trust. Default: the account of credvend's
+        /// own AWS identity (sts:GetCallerIdentity, using [sts] from the config).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Also let an AWS service assume the role (redshift: Redshift Serverless
+        /// UNLOAD/COPY).
+        #[arg(long, value_enum)]
+        service: Vec<ServiceArg>,
+        /// Configuration whose [sts] section is used to find the default principal.
+        #[arg(long, env = "CREDVEND_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ServiceArg {
+    Redshift,
 }
 
 #[derive(Subcommand)]
@@ -74,7 +148,11 @@ enum LogFormatArg {
 /// How a command failed.
 enum Failure {
     Config(ConfigError),
+    /// Bad command-line input (exit 64, like a bad config).
+    Usage(String),
     Runtime(anyhow::Error),
+    /// `verify` ran and found problems; it already printed them.
+    ChecksFailed,
 }
 
 fn main() -> ExitCode {
@@ -86,10 +164,15 @@ fn main() -> ExitCode {
             eprintln!("{problems}");
             ExitCode::from(EXIT_CONFIG)
         }
+        Err(Failure::Usage(message)) => {
+            eprintln!("credvend: {message}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(Failure::Runtime(error)) => {
             eprintln!("credvend: {error:#}");
             ExitCode::FAILURE
         }
+        Err(Failure::ChecksFailed) => ExitCode::FAILURE
     }
 }
 
@@ -135,7 +218,124 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::ExternalId {
+            command: ExternalIdCommand::New { count },
+        } => {
+            for _ in 0..count {
+                println!("{}", policy::new_external_id());
+            }
+            Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::Permissions { bucket, prefix },
+        } => {
+            let text = policy::render_permissions_policy(&bucket, prefix.as_deref())
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Trust {
+                    external_id,
+                    principal,
+                    service,
+                    config,
+                },
+        } => {
+            policy::validate_external_id(&external_id)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let services: Vec<TrustService> = service
+                .iter()
+                .map(|s| match s {
+                    ServiceArg::Redshift => TrustService::Redshift,
+                })
+                .collect();
+            let principal = match principal {
+                Some(p) => Principal::parse(&p).map_err(|e| Failure::Usage(e.to_string()))?,
+                None => block_on(own_principal(config))??,
+            };
+            let text = policy::render_trust_policy(&principal, &external_id, &services)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Verify {
+            mapping,
+            config,
+            bucket,
+            prefix,
+            s3_endpoint_url,
+        } => {
+            let loaded = Config::load(&config.config).map_err(Failure::Config)?;
+            let Some(mapping_config) = loaded.mappings.get(&mapping).cloned() else {
+                return Err(Failure::Usage(format!(
+                    "no mapping '{mapping}' in {}",
+                    config.config.display()
+                )));
+            };
+            if let Some(bucket) = &bucket {
+                policy::validate_bucket_name(bucket).map_err(|e| Failure::Usage(e.to_string()))?;
+            }
+            let target = bucket.map(|bucket| S3Target {
+                bucket,
+                prefix,
+                region: mapping_config.region.clone(),
+                endpoint_url: s3_endpoint_url,
+            });
+            let lines = block_on(async {
+                let assumer = StsAssumer::from_env(StsSettings::from(&loaded.sts))
+                    .await
+                    .context("cannot set up the STS client")?;
+                anyhow::Ok(verify::verify_mapping(&assumer, &mapping_config, target).await)
+            })?
+            .map_err(Failure::Runtime)?;
+            for line in &lines {
+                println!("{line}");
+            }
+            if lines.iter().all(|l| l.passed) {
+                Ok(())
+            } else {
+                Err(Failure::ChecksFailed)
+            }
+        }
     }
+}
+
+/// Runs `future` on a fresh runtime (for one-shot commands).
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Runtime)?;
+    Ok(runtime.block_on(future))
+}
+
+/// The account root of credvend's own identity: the documented default principal of
+/// the trust policy. Uses `[sts]` from the config when there is one.
+async fn own_principal(config: Option<PathBuf>) -> Result<Principal, Failure> {
+    let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+    let path = config.or_else(|| default.exists().then_some(default));
+    let settings = match path {
+        Some(path) => StsSettings::from(&Config::load(&path).map_err(Failure::Config)?.sts),
+        None => StsSettings {
+            default_region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            endpoint_url: None,
+            source_role_arn: None,
+            call_timeout: std::time::Duration::from_secs(10),
+        },
+    };
+    let assumer = StsAssumer::from_env(settings)
+        .await
+        .context("cannot set up the STS client")
+        .map_err(Failure::Runtime)?;
+    let identity = assumer.get_caller_identity().await.map_err(|e| {
+        Failure::Runtime(anyhow::anyhow!(
+            "cannot find credvend's own AWS identity (pass --principal): {e}"
+        ))
+    })?;
+    Principal::from_caller_arn(&identity.arn).map_err(|e| Failure::Runtime(e.into()))
 }
 
 /// 256 bits from the OS CSPRNG, hex-encoded (64 characters, safe in any header and

@@ -130,3 +130,112 @@ where
     }
     Ok(Verdict::Enforced)
 }
+
+pub mod s3;
+
+/// One line of `credvend verify` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub check: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = if self.passed { "ok" } else { "FAIL" };
+        write!(f, "{status:<5}{:<22}{}", self.check, self.detail)
+    }
+}
+
+/// `credvend verify MAPPING [--bucket NAME]`: the enforcement check, the real
+/// assumption, and (with a bucket) the five S3 permissions. Every line says what was
+/// tried, the AWS error code on failure, and what would fix it. Never prints a secret.
+pub async fn verify_mapping(
+    assumer: &dyn RoleAssumer,
+    mapping: &crate::config::Mapping,
+    bucket: Option<s3::S3Target>,
+) -> Vec<Line> {
+    let input = crate::cache::assume_role_input(mapping);
+    let mut lines = Vec::new();
+    let trust_fix = "add \"Condition\": {\"StringEquals\": {\"sts:ExternalId\": \"<the mapping's External ID>\"}} to the role's trust policy (`credvend policy trust --external-id …` prints it)";
+    match check_external_id_enforcement(assumer, &input, || async {}).await {
+        Ok(Verdict::Enforced) => lines.push(Line {
+            check: "external-id".into(),
+            passed: true,
+            detail: "enforced: AssumeRole without it and with a wrong one were both refused".into(),
+        }),
+        Ok(Verdict::NotEnforced(probe)) => lines.push(Line {
+            check: "external-id".into(),
+            passed: false,
+            detail: format!(
+                "NOT ENFORCED: the role can be assumed {}; fix: {trust_fix}",
+                probe.describe()
+            ),
+        }),
+        Err(error) => lines.push(Line {
+            check: "external-id".into(),
+            passed: false,
+            detail: format!("inconclusive: {}: {}", error.code, error.message),
+        }),
+    }
+
+    let creds = match assumer.assume_role(&input).await {
+        Ok(creds) => {
+            lines.push(Line {
+                check: "sts:AssumeRole".into(),
+                passed: true,
+                detail: format!(
+                    "{} until {}",
+                    creds.assumed_role_arn,
+                    humantime::format_rfc3339_seconds(creds.expiration)
+                ),
+            });
+            Some(creds)
+        }
+        Err(error) => {
+            let fix = match error.reason {
+                FailureReason::AccessDenied => format!(
+                    "the role's trust policy must allow the vendor principal to call sts:AssumeRole with the mapping's External ID (role {})",
+                    mapping.role_arn
+                ),
+                FailureReason::ExpiredBaseCredentials => {
+                    "credvend's own AWS credentials are missing or expired".into()
+                }
+                _ => "see the AWS error code".into(),
+            };
+            lines.push(Line {
+                check: "sts:AssumeRole".into(),
+                passed: false,
+                detail: format!("{}: {}; fix: {fix}", error.code, error.message),
+            });
+            None
+        }
+    };
+
+    if let Some(target) = bucket {
+        match &creds {
+            Some(creds) => {
+                for check in s3::probe(&target, creds).await {
+                    let passed = check.passed();
+                    let detail = match check.result {
+                        s3::CheckResult::Ok(detail) => detail,
+                        s3::CheckResult::Failed { code, fix } => format!("{code}; fix: {fix}"),
+                        s3::CheckResult::Skipped(why) => format!("skipped: {why}"),
+                    };
+                    lines.push(Line {
+                        check: check.action.into(),
+                        passed,
+                        detail,
+                    });
+                }
+            }
+            None => lines.push(Line {
+                check: "s3".into(),
+                passed: false,
+                detail: "skipped: no credentials to test the bucket with".into(),
+            }),
+        }
+    }
+    lines
+}

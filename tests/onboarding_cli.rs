@@ -1,0 +1,256 @@
+//! Onboarding commands (DESIGN.md §5) through the real binary; STS is the fake.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use credvend::clock::ManualClock;
+use credvend::secret::TokenHash;
+use support::fake_sts::{FakeSts, Role, TrustRule};
+
+const BIN: &str = env!("CARGO_BIN_EXE_credvend");
+const EXTERNAL_ID: &str = "canary-external-id-7f3a9c1e5b";
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for var in ["CREDVEND_CONFIG", "AWS_PROFILE", "AWS_SESSION_TOKEN"] {
+        command.env_remove(var);
+    }
+    command.env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().expect("run credvend")
+}
+
+/// Runs the binary off the async runtime so the in-process fake STS keeps serving.
+async fn run_async(args: Vec<String>, envs: Vec<(String, String)>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        run(&args, &envs)
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn external_ids_are_fresh_40_character_alphanumerics() {
+    let out = run(&["external-id", "new", "--count", "3"], &[]);
+    assert!(out.status.success());
+    let ids: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        assert_eq!(id.len(), 40);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+}
+
+#[test]
+fn permissions_policy_grants_the_five_actions_on_bucket_and_objects() {
+    let out = run(&["policy", "permissions", "--bucket", "acme-sync"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(policy["Version"], "2012-10-17");
+    let statement = &policy["Statement"][0];
+    assert_eq!(statement["Effect"], "Allow");
+    let mut actions: Vec<&str> = statement["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "s3:DeleteObject",
+            "s3:GetBucketLocation",
+            "s3:GetObject",
+            "s3:ListBucket",
+            "s3:PutObject"
+        ]
+    );
+    assert_eq!(
+        statement["Resource"],
+        serde_json::json!(["arn:aws:s3:::acme-sync", "arn:aws:s3:::acme-sync/*"])
+    );
+
+    let bad = run(&["policy", "permissions", "--bucket", "Acme_Sync"], &[]);
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(stderr(&bad).contains("Acme_Sync"));
+}
+
+#[test]
+fn trust_policy_names_the_principal_and_requires_the_external_id() {
+    let role = "arn:aws:iam::568237466542:role/vendor-sync-service";
+    let out = run(
+        &["policy", "trust", "--external-id", EXTERNAL_ID, "--principal", role],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let statement = &policy["Statement"][0];
+    assert_eq!(statement["Principal"]["AWS"], role);
+    assert_eq!(statement["Action"], "sts:AssumeRole");
+    assert_eq!(
+        statement["Condition"]["StringEquals"]["sts:ExternalId"],
+        EXTERNAL_ID
+    );
+    assert_eq!(policy["Statement"].as_array().unwrap().len(), 1);
+
+    let bad = run(
+        &["policy", "trust", "--external-id", "x", "--principal", role],
+        &[],
+    );
+    assert_eq!(bad.status.code(), Some(64));
+}
+
+struct Fixture {
+    sts: FakeSts,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn fixture(rule: TrustRule) -> Fixture {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock)).await;
+    sts.add_role(Role::new(
+        "arn:aws:iam::111122223333:role/vendor-sync",
+        rule,
+    ));
+    let dir = std::env::temp_dir().join(format!(
+        "credvend-onboarding-{}-{}",
+        std::process::id(),
+        sts.addr().port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("credvend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sts]
+endpoint_url = "{}"
+
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "{EXTERNAL_ID}"
+token_sha256 = ["{}"]
+"#,
+            sts.endpoint_url(),
+            TokenHash::of_token(b"t").to_hex()
+        ),
+    )
+    .unwrap();
+    Fixture { sts, dir, config }
+}
+
+fn base_env() -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), "AKIAVENDORBASE000000".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "vendor-base-secret".into()),
+        ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_policy_defaults_to_the_daemons_own_account() {
+    let f = fixture(TrustRule::NoExternalIdRequired).await;
+    let out = run_async(
+        vec![
+            "policy".into(),
+            "trust".into(),
+            "--external-id".into(),
+            EXTERNAL_ID.into(),
+            "--config".into(),
+            f.config.display().to_string(),
+        ],
+        base_env(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    // The fake's base identity is arn:aws:iam::568237466542:user/vendor.
+    assert_eq!(
+        policy["Statement"][0]["Principal"]["AWS"],
+        "arn:aws:iam::568237466542:root"
+    );
+    let calls = f.sts.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].action, "GetCallerIdentity");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_passes_for_a_role_that_enforces_its_external_id() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let out = run_async(
+        vec![
+            "verify".into(),
+            "acme-s3".into(),
+            "--config".into(),
+            f.config.display().to_string(),
+        ],
+        base_env(),
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("ok") && lines[0].contains("external-id"));
+    assert!(lines[1].starts_with("ok") && lines[1].contains("assumed-role/vendor-sync"));
+    assert_eq!(f.sts.assume_role_calls().len(), 3);
+    assert!(!text.contains(EXTERNAL_ID));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_fails_for_a_role_without_the_condition_and_says_how_to_fix_it() {
+    let f = fixture(TrustRule::NoExternalIdRequired).await;
+    let out = run_async(
+        vec![
+            "verify".into(),
+            "acme-s3".into(),
+            "--config".into(),
+            f.config.display().to_string(),
+        ],
+        base_env(),
+    )
+    .await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("NOT ENFORCED"), "{text}");
+    assert!(text.contains("sts:ExternalId"), "{text}");
+    assert!(!text.contains(EXTERNAL_ID) && !stderr(&out).contains(EXTERNAL_ID));
+
+    let unknown = run_async(
+        vec![
+            "verify".into(),
+            "nope".into(),
+            "--config".into(),
+            f.config.display().to_string(),
+        ],
+        base_env(),
+    )
+    .await;
+    assert_eq!(unknown.status.code(), Some(64));
+}
