@@ -8,7 +8,8 @@
 # from scratch.
 #
 # Environment:
-#   PYTHON   interpreter to build the venv from (default: python3; needs 3.9+)
+#   PYTHON   interpreter to build the venv from (default: python3; needs 3.11+, which the
+#            pinned set requires: networkx, pulled in by moto[server], needs 3.11)
 #
 # On a Debian machine whose python3 lacks the venv module, python3-venv is installed
 # with apt-get (needs root). Nothing is installed outside .venv otherwise.
@@ -25,8 +26,8 @@ die() { log "error: $*"; exit 1; }
 
 command -v "$python" >/dev/null 2>&1 \
   || die "'$python' not found; install Python 3.11 (Debian: apt-get install python3) or set PYTHON"
-"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
-  || die "'$python' is $("$python" -V 2>&1); Python 3.9 or newer is required"
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || die "'$python' is $("$python" -V 2>&1); Python 3.11 or newer is required (set PYTHON)"
 [[ -f "$requirements" ]] || die "missing $requirements"
 
 # Debian splits venv/ensurepip out of the python3 package.
