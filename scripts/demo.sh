@@ -118,6 +118,9 @@ moto_url="$(MOTO_STATE_DIR="$run_dir/moto" scripts/moto.sh start)"
 echo "moto: $moto_url"
 
 say "Starting credvend serve --config $config"
+# credvend warns about config files readable by others (they may hold External IDs);
+# git does not keep that mode, so set it here.
+chmod 600 "$config"
 # Only what credvend needs: dummy base credentials for moto, no profile files, no
 # instance metadata, and the port overrides.
 env -i \
@@ -193,6 +196,9 @@ for call in calls:
     print("  role", call["role_arn"], "| session", call["session_name"],
           "| External ID", external_id)
 ' || fail "could not read moto's call log"
+
+say "credvend's log (one audit line per vend)"
+cat "$credvend_log"
 
 say "Stopping credvend (SIGTERM)"
 kill -TERM "$credvend_pid"
