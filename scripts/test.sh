@@ -4,7 +4,8 @@
 #
 # Installs what the tests need by itself, into ignored folders or through rustup/apt:
 #   - rustfmt and clippy (rustup component add, when missing)
-#   - <repo>/.venv with moto, boto3 and the AWS CLI (scripts/setup-python.sh)
+#   - <repo>/.venv with moto, boto3 and the AWS CLI (scripts/setup-python.sh), which
+#     tests/e2e_moto.rs uses
 #
 # Every step runs even when an earlier one failed, so one run reports everything;
 # the exit status is non-zero if any step failed. Tests run with cargo-nextest when
@@ -35,7 +36,11 @@ log "prerequisites"
 ensure_component fmt rustfmt
 ensure_component clippy clippy
 scripts/setup-python.sh
-export CREDVEND_TEST_VENV="$repo_root/.venv"
+# tests/e2e_moto.rs finds the venv at <repo>/.venv by itself (CREDVEND_TEST_VENV
+# overrides it). Do not export CREDVEND_TEST_VENV here: credvend reads every
+# CREDVEND_* variable as a config override and rejects unknown keys, so the config
+# tests and every spawned `credvend serve` would fail on it.
+unset CREDVEND_TEST_VENV
 
 # --- steps ------------------------------------------------------------------------
 
