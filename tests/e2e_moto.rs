@@ -14,10 +14,12 @@
 //!    `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN`
 //!    (no keys, no profile files, no instance metadata), exactly as a launcher sets it.
 //!
-//! The venv comes from `scripts/setup-python.sh` (`scripts/test.sh` runs it and sets
-//! `CREDVEND_TEST_VENV`; without that variable `<repo>/.venv` is used). A missing venv
-//! fails the test with instructions rather than skipping it: a skipped e2e test looks
-//! exactly like a passing one in CI.
+//! The venv is `<repo>/.venv` from `scripts/setup-python.sh` (`scripts/test.sh` runs
+//! it), or `CREDVEND_TEST_VENV` when set. Set that only for this test: credvend reads
+//! every other `CREDVEND_*` variable as a config override, so exporting it to the
+//! whole suite breaks the config tests. A missing venv fails the test with
+//! instructions rather than skipping it: a skipped e2e test looks exactly like a
+//! passing one in CI.
 //!
 //! Every process is killed on drop, so a failing assertion leaks nothing; their logs
 //! live in a temp directory that is kept (and named in the panic output) on failure.
