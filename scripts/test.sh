@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit/integration tests and the end-to-end
+# test against the moto STS emulator. .ci/run calls this; so should you.
+#
+# Installs what the tests need by itself, into ignored folders or through rustup/apt:
+#   - rustfmt and clippy (rustup component add, when missing)
+#   - <repo>/.venv with moto, boto3 and the AWS CLI (scripts/setup-python.sh), which
+#     tests/e2e_moto.rs uses
+#
+# Every step runs even when an earlier one failed, so one run reports everything;
+# the exit status is non-zero if any step failed. Tests run with cargo-nextest when
+# it is installed (profile `ci` in .config/nextest.toml: per-test timeout, no
+# fail-fast), otherwise with `cargo test`.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null 2>&1 || die "cargo not found; install a Rust toolchain (rustup)"
+
+# --- prerequisites ----------------------------------------------------------------
+
+ensure_component() {
+  local cargo_subcommand="$1" component="$2"
+  cargo "$cargo_subcommand" --version >/dev/null 2>&1 && return 0
+  command -v rustup >/dev/null 2>&1 \
+    || die "'cargo $cargo_subcommand' is missing and rustup is not available to add $component"
+  log "installing rust component $component"
+  rustup component add "$component" || die "rustup component add $component failed"
+}
+
+log "prerequisites"
+ensure_component fmt rustfmt
+ensure_component clippy clippy
+scripts/setup-python.sh
+# tests/e2e_moto.rs finds the venv at <repo>/.venv by itself (CREDVEND_TEST_VENV
+# overrides it). Do not export CREDVEND_TEST_VENV here: credvend reads every
+# CREDVEND_* variable as a config override and rejects unknown keys, so the config
+# tests and every spawned `credvend serve` would fail on it.
+unset CREDVEND_TEST_VENV
+
+# --- steps ------------------------------------------------------------------------
+
+failed=()
+run_step() {
+  local name="$1"
+  shift
+  log "$name: $*"
+  if ! "$@"; then
+    failed+=("$name")
+  fi
+}
+
+run_step fmt cargo fmt --all --check
+run_step clippy cargo clippy --locked --all-targets -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+  # nextest does not run doctests: run them first so nextest's summary line closes the
+  # output.
+  run_step doctests cargo test --locked --doc
+  run_step tests cargo nextest run --locked --profile ci --workspace --all-targets
+else
+  run_step tests cargo test --locked --workspace --all-targets --no-fail-fast
+fi
+
+if ((${#failed[@]} > 0)); then
+  printf '\ntest.sh: FAILED steps: %s\n' "${failed[*]}" >&2
+  exit 1
+fi
