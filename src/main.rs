@@ -14,9 +14,9 @@ use credvend::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
 use credvend::policy::{self, Principal, TrustService};
-use credvend::verify::{self, s3::S3Target};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
+use credvend::verify::{self, s3::S3Target};
 
 /// Exit status for a configuration or usage problem (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -172,7 +172,7 @@ fn main() -> ExitCode {
             eprintln!("credvend: {error:#}");
             ExitCode::FAILURE
         }
-        Err(Failure::ChecksFailed) => ExitCode::FAILURE
+        Err(Failure::ChecksFailed) => ExitCode::FAILURE,
     }
 }
 

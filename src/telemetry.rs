@@ -4,6 +4,8 @@
 //! `serve --log-format`, else `[log] format`. Log lines put fields first and end with a
 //! capitalised sentence; INFO is for lifecycle and operator actions.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
@@ -21,6 +23,9 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        // Colour only for a person at a terminal; escape codes in journald or a log
+        // file are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let result = match format {
         LogFormat::Plain => builder.try_init(),

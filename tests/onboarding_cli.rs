@@ -97,7 +97,14 @@ fn permissions_policy_grants_the_five_actions_on_bucket_and_objects() {
 fn trust_policy_names_the_principal_and_requires_the_external_id() {
     let role = "arn:aws:iam::568237466542:role/vendor-sync-service";
     let out = run(
-        &["policy", "trust", "--external-id", EXTERNAL_ID, "--principal", role],
+        &[
+            "policy",
+            "trust",
+            "--external-id",
+            EXTERNAL_ID,
+            "--principal",
+            role,
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_config::Region;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_config::Region;
 
 use crate::creds::Credentials;
 
@@ -63,14 +63,20 @@ fn resource_for(action: &str, bucket: &str) -> String {
     }
 }
 
-fn failed<E: ProvideErrorMetadata>(action: &'static str, bucket: &str, error: &SdkError<E>) -> Check {
+fn failed<E: ProvideErrorMetadata>(
+    action: &'static str,
+    bucket: &str,
+    error: &SdkError<E>,
+) -> Check {
     let code = error_code(error);
     let fix = match code.as_str() {
         "AccessDenied" | "AllAccessDisabled" => format!(
             "add \"{action}\" on \"{}\" to the role's permissions policy (`credvend policy permissions --bucket {bucket}`), and check the bucket policy and KMS key policy",
             resource_for(action, bucket)
         ),
-        "NoSuchBucket" => format!("bucket \"{bucket}\" does not exist (check the name and account)"),
+        "NoSuchBucket" => {
+            format!("bucket \"{bucket}\" does not exist (check the name and account)")
+        }
         "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
             "the bucket is in another region than expected".to_string()
         }
@@ -225,7 +231,9 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
         for action in ["s3:GetObject", "s3:DeleteObject"] {
             checks.push(Check {
                 action,
-                result: CheckResult::Skipped("needs the probe object PutObject could not write".into()),
+                result: CheckResult::Skipped(
+                    "needs the probe object PutObject could not write".into(),
+                ),
             });
         }
     }
