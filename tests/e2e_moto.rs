@@ -265,6 +265,96 @@ fn wrong_token_fails_the_worker_promptly_without_calling_sts() {
 // --- the processes ------------------------------------------------------------------
 
 /// The Python venv holding moto and boto3.
+/// `credvend verify --bucket` against moto's S3: the five permission checks run for
+/// real with the assumed credentials. moto's STS lets AssumeRole through without an
+/// External ID, so the enforcement line must say NOT ENFORCED and the exit status is 1
+/// — which is also what a customer with that trust policy would see.
+#[test]
+fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
+    let venv = Venv::locate();
+    let dir = TempDir::new("verify");
+    let moto = Moto::start(&venv, &dir);
+    let config = write_config(
+        &dir,
+        &moto,
+        &token_sha256_hex(&random_token()),
+        free_loopback_addr(),
+        free_loopback_addr(),
+    );
+    let bucket = "credvend-e2e-verify";
+    let create = Command::new(venv.python())
+        .args([
+            "-c",
+            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
+            &moto.url(),
+            bucket,
+        ])
+        .env_clear()
+        .envs(base_env(&dir))
+        .output()
+        .expect("run python");
+    assert!(
+        create.status.success(),
+        "create bucket: {}",
+        String::from_utf8_lossy(&create.stderr)
+    );
+
+    let verify = |bucket: &str| {
+        Command::new(env!("CARGO_BIN_EXE_credvend"))
+            .args(["verify", MAPPING, "--config"])
+            .arg(&config)
+            .args(["--bucket", bucket, "--s3-endpoint-url", &moto.url()])
+            .env_clear()
+            .envs(base_env(&dir))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("run credvend verify")
+    };
+    let out = verify(bucket);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}\n{stderr}");
+    let line = |check: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(check))
+            .unwrap_or_else(|| panic!("no {check} line in:\n{text}\n{stderr}"))
+            .to_string()
+    };
+    assert!(line("external-id").starts_with("FAIL") && text.contains("NOT ENFORCED"));
+    assert!(line("sts:AssumeRole").starts_with("ok"), "{text}");
+    for action in [
+        "s3:GetBucketLocation",
+        "s3:ListBucket",
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:DeleteObject",
+    ] {
+        assert!(
+            line(action).starts_with("ok"),
+            "{action}:\n{text}\n{stderr}"
+        );
+    }
+    assert!(!text.contains(EXTERNAL_ID) && !stderr.contains(EXTERNAL_ID));
+
+    // A bucket that does not exist: each permission line carries the AWS error code.
+    let out = verify("credvend-e2e-missing");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let list = text
+        .lines()
+        .find(|l| l.contains("s3:ListBucket"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        list.starts_with("FAIL") && list.contains("NoSuchBucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s3:GetObject") && text.contains("skipped"),
+        "{text}"
+    );
+}
+
 struct Venv {
     root: PathBuf,
 }
@@ -360,34 +450,7 @@ impl Credvend {
     fn start(dir: &TempDir, moto: &Moto, token_sha256: &str) -> Credvend {
         let listen = free_loopback_addr();
         let admin = free_loopback_addr();
-        let config = format!(
-            r#"# Written by tests/e2e_moto.rs
-[server]
-listen = ["{listen}"]
-admin_listen = "{admin}"
-
-[log]
-level = "info,credvend=debug"
-format = "plain"
-
-[sts]
-region = "{REGION}"
-endpoint_url = "{moto_url}"
-
-[verify]
-# moto accepts AssumeRole without the External ID, so the enforcement probe would
-# refuse every mapping (and its extra AssumeRole calls would muddle the count).
-external_id_enforcement = "off"
-
-[mappings.{MAPPING}]
-role_arn = "{ROLE_ARN}"
-external_id = "{EXTERNAL_ID}"
-token_sha256 = ["{token_sha256}"]
-"#,
-            moto_url = moto.url(),
-        );
-        let config_path = dir.path().join("credvend.toml");
-        write_private_file(&config_path, &config);
+        let config_path = write_config(dir, moto, token_sha256, listen, admin);
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
         command
@@ -419,6 +482,46 @@ token_sha256 = ["{token_sha256}"]
     fn credentials_uri(&self) -> String {
         format!("http://{}/v1/credentials/{MAPPING}", self.listen)
     }
+}
+
+/// Writes the test's credvend config (mapping MAPPING → ROLE_ARN on moto) and returns
+/// its path.
+fn write_config(
+    dir: &TempDir,
+    moto: &Moto,
+    token_sha256: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> PathBuf {
+    let config = format!(
+        r#"# Written by tests/e2e_moto.rs
+[server]
+listen = ["{listen}"]
+admin_listen = "{admin}"
+
+[log]
+level = "info,credvend=debug"
+format = "plain"
+
+[sts]
+region = "{REGION}"
+endpoint_url = "{moto_url}"
+
+[verify]
+# moto accepts AssumeRole without the External ID, so the enforcement probe would
+# refuse every mapping (and its extra AssumeRole calls would muddle the count).
+external_id_enforcement = "off"
+
+[mappings.{MAPPING}]
+role_arn = "{ROLE_ARN}"
+external_id = "{EXTERNAL_ID}"
+token_sha256 = ["{token_sha256}"]
+"#,
+        moto_url = moto.url(),
+    );
+    let config_path = dir.path().join("credvend.toml");
+    write_private_file(&config_path, &config);
+    config_path
 }
 
 struct WorkerOutcome {
