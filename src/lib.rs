@@ -17,6 +17,10 @@
 //! - [`clock`]: the wall-clock seam (tests move time by hand).
 //! - [`secret`]: zeroizing, redacting holders for External IDs, tokens and keys.
 //! - [`telemetry`]: log setup.
+//! - [`metrics`]: every Prometheus family, registered once; bounded labels.
+//! - [`events`]: notable events whose `emit()` writes the log line and the metric
+//!   together.
+//! - [`notify`]: systemd `READY=1` / `RELOADING=1` / `STOPPING=1`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -24,6 +28,9 @@ pub mod clock;
 pub mod config;
 pub mod creds;
 pub mod daemon;
+pub mod events;
+pub mod metrics;
+pub mod notify;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use credvend::clock::SystemClock;
 use credvend::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
+use credvend::events::{ConfigReloadApplied, ConfigReloadRejected};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
 
@@ -194,6 +195,7 @@ async fn shutdown_signal() {
 
 /// SIGHUP re-reads and re-validates the whole configuration. A valid one is applied
 /// atomically; an invalid one is rejected whole and the running one keeps serving.
+/// systemd is told `RELOADING=1` before and `READY=1` after, whatever the outcome.
 async fn reload_on_sighup(path: PathBuf, mut current: Config, daemon: Arc<Daemon>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
@@ -205,6 +207,7 @@ async fn reload_on_sighup(path: PathBuf, mut current: Config, daemon: Arc<Daemon
     };
     while hup.recv().await.is_some() {
         info!(config = %path.display(), "Reload requested");
+        credvend::notify::reloading();
         match Config::load(&path) {
             Ok(new) => {
                 warn_restart_only_changes(&path, &current, &new);
@@ -212,19 +215,21 @@ async fn reload_on_sighup(path: PathBuf, mut current: Config, daemon: Arc<Daemon
                     warn!(warning = %warning, "Configuration warning");
                 }
                 daemon.apply_config(&new);
+                ConfigReloadApplied {
+                    path: &path,
+                    generation: daemon.generation(),
+                    mappings: new.mappings.len(),
+                }
+                .emit(daemon.metrics());
                 current = new;
             }
-            Err(problems) => {
-                for problem in &problems.problems {
-                    error!(
-                        file = %problem.file,
-                        key = %problem.key,
-                        reason = %problem.reason,
-                        "Reload rejected; the running configuration stays in force"
-                    );
-                }
+            Err(problems) => ConfigReloadRejected {
+                path: &path,
+                problems: &problems.problems,
             }
+            .emit(daemon.metrics()),
         }
+        credvend::notify::ready();
     }
 }
 
