@@ -105,11 +105,11 @@ fn every_metric_the_dashboard_queries_is_exported() {
         match value {
             serde_json::Value::Object(map) => {
                 for (key, value) in map {
-                    if key == "expr" || key == "query" || key == "definition" {
-                        if let Some(s) = value.as_str() {
-                            out.push_str(s);
-                            out.push('\n');
-                        }
+                    if matches!(key.as_str(), "expr" | "query" | "definition")
+                        && let Some(s) = value.as_str()
+                    {
+                        out.push_str(s);
+                        out.push('\n');
                     }
                     collect(value, out);
                 }
