@@ -19,6 +19,7 @@ use crate::cache::CredentialCache;
 use crate::clock::Clock;
 use crate::config::{Config, ServerConfig};
 use crate::creds::RoleAssumer;
+use crate::metrics::Metrics;
 use crate::server::access::AccessTable;
 use crate::server::admin::AdminEndpoint;
 use crate::server::credentials::CredentialEndpoint;
@@ -79,6 +80,8 @@ pub struct Daemon {
     listening: Arc<AtomicBool>,
     /// Incremented by every applied config (1 = the one started with).
     generation: AtomicU64,
+    /// Every metric family; served on the admin listener's `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Daemon {
@@ -88,7 +91,13 @@ impl Daemon {
             access: Arc::new(RwLock::new(Arc::new(AccessTable::new(config)))),
             listening: Arc::new(AtomicBool::new(false)),
             generation: AtomicU64::new(1),
+            metrics: new_metrics(config),
         }
+    }
+
+    /// The daemon's metrics (one registry per daemon, so tests can run many).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Applies a new validated config: tokens, hosts and mappings switch together;
@@ -97,6 +106,8 @@ impl Daemon {
         let access = Arc::new(AccessTable::new(config));
         self.cache.apply_config(config);
         *self.access.write().unwrap_or_else(|e| e.into_inner()) = access;
+        self.metrics
+            .sync_mappings(config.mappings.keys().map(String::as_str));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         info!(
             generation,
@@ -151,6 +162,7 @@ impl Daemon {
         let admin = AdminEndpoint {
             cache: self.cache.clone(),
             listening: self.listening.clone(),
+            metrics: self.metrics.clone(),
         };
         if let Ok(addr) = listeners.admin.local_addr() {
             info!(%addr, "Serving admin endpoints");
@@ -166,8 +178,10 @@ impl Daemon {
             stopped(),
         )));
         self.listening.store(true, Ordering::Release);
+        crate::notify::ready();
 
         shutdown.await;
+        crate::notify::stopping();
         info!("Shutting down: no new connections, draining in-flight requests");
         self.listening.store(false, Ordering::Release);
         let _ = stop_tx.send(true);
@@ -176,4 +190,11 @@ impl Daemon {
         }
         scheduler.abort();
     }
+}
+
+/// The metric set of a daemon starting with `config`: every mapping registered.
+fn new_metrics(config: &Config) -> Arc<Metrics> {
+    let metrics = Metrics::new();
+    metrics.sync_mappings(config.mappings.keys().map(String::as_str));
+    Arc::new(metrics)
 }

@@ -18,6 +18,10 @@
 //! - [`secret`]: zeroizing, redacting holders for External IDs, tokens and keys.
 //! - [`policy`]: onboarding: External IDs, the customer's permission and trust policies.
 //! - [`telemetry`]: log setup.
+//! - [`metrics`]: every Prometheus family, registered once; bounded labels.
+//! - [`events`]: notable events whose `emit()` writes the log line and the metric
+//!   together.
+//! - [`notify`]: systemd `READY=1` / `RELOADING=1` / `STOPPING=1`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -25,6 +29,9 @@ pub mod clock;
 pub mod config;
 pub mod creds;
 pub mod daemon;
+pub mod events;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod secret;
 pub mod server;

@@ -13,6 +13,7 @@ use credvend::clock::SystemClock;
 use credvend::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
+use credvend::events::{ConfigReloadApplied, ConfigReloadRejected};
 use credvend::policy::{self, Principal, TrustService};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
@@ -376,35 +377,59 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
 /// Completes on SIGTERM (systemd, Kubernetes, docker stop) or SIGINT (Ctrl-C in a
 /// terminal). Either means: stop accepting, finish what is in flight, exit 0.
-async fn shutdown_signal() {
+///
+/// The SIGTERM handler is installed when this is called, not when the future is first
+/// polled: systemd may send SIGTERM as soon as READY=1 is out, and a signal arriving
+/// before the handler exists takes the default action (killed, not a clean exit).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "Cannot listen for SIGTERM; only SIGINT will stop the daemon");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    async move {
+        let mut term = match term {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "Cannot listen for SIGTERM; only SIGINT will stop the daemon");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
+            _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "Shutdown requested"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
-        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "Shutdown requested"),
     }
 }
 
 /// SIGHUP re-reads and re-validates the whole configuration. A valid one is applied
 /// atomically; an invalid one is rejected whole and the running one keeps serving.
-async fn reload_on_sighup(path: PathBuf, mut current: Config, daemon: Arc<Daemon>) {
+/// systemd is told `RELOADING=1` before and `READY=1` after, whatever the outcome.
+///
+/// The SIGHUP handler is installed when this is called (before READY=1), for the same
+/// reason as in [`shutdown_signal`]: SIGHUP's default action terminates the process.
+fn reload_on_sighup(
+    path: PathBuf,
+    current: Config,
+    daemon: Arc<Daemon>,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "Cannot listen for SIGHUP; reload by restarting");
-            return;
+    let hup = signal(SignalKind::hangup());
+    async move {
+        match hup {
+            Ok(hup) => reload_loop(hup, path, current, daemon).await,
+            Err(e) => error!(error = %e, "Cannot listen for SIGHUP; reload by restarting"),
         }
-    };
+    }
+}
+
+async fn reload_loop(
+    mut hup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    mut current: Config,
+    daemon: Arc<Daemon>,
+) {
     while hup.recv().await.is_some() {
         info!(config = %path.display(), "Reload requested");
+        credvend::notify::reloading();
         match Config::load(&path) {
             Ok(new) => {
                 warn_restart_only_changes(&path, &current, &new);
@@ -412,19 +437,21 @@ async fn reload_on_sighup(path: PathBuf, mut current: Config, daemon: Arc<Daemon
                     warn!(warning = %warning, "Configuration warning");
                 }
                 daemon.apply_config(&new);
+                ConfigReloadApplied {
+                    path: &path,
+                    generation: daemon.generation(),
+                    mappings: new.mappings.len(),
+                }
+                .emit(daemon.metrics());
                 current = new;
             }
-            Err(problems) => {
-                for problem in &problems.problems {
-                    error!(
-                        file = %problem.file,
-                        key = %problem.key,
-                        reason = %problem.reason,
-                        "Reload rejected; the running configuration stays in force"
-                    );
-                }
+            Err(problems) => ConfigReloadRejected {
+                path: &path,
+                problems: &problems.problems,
             }
+            .emit(daemon.metrics()),
         }
+        credvend::notify::ready();
     }
 }
 

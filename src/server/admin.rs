@@ -1,29 +1,50 @@
-//! The admin listener: `/healthz` (liveness), `/readyz` (readiness). Metrics and
-//! `/status` are served here as well once they exist; nothing on this listener vends
-//! credentials or reveals a secret.
+//! The admin listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
+//! (Prometheus text format 0.0.4, see [`crate::metrics`]). `/status` is served here as
+//! well once it exists; nothing on this listener vends credentials or reveals a secret.
+//!
+//! Every admin request is counted in `credvend_http_requests_total` under a fixed
+//! `route` label (`metrics`, `healthz`, `readyz`, `status`, `other`), never its path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::time::Instant;
 
 use super::ConnInfo;
 use super::wire::{self, ApiError, Body};
 use crate::cache::CredentialCache;
+use crate::metrics::{self, Metrics, route};
 
 #[derive(Clone)]
 pub struct AdminEndpoint {
     pub cache: CredentialCache,
     /// Set once every credential listener is serving.
     pub listening: Arc<AtomicBool>,
+    /// The daemon's metrics, rendered by `/metrics` and counting admin requests.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminEndpoint {
     pub async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let route = route_of(request.uri().path());
+        let response = self.respond(&request, route);
+        self.metrics
+            .http_request(route, response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    fn respond(&self, request: &Request<Incoming>, route: &'static str) -> Response<Body> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return ApiError::MethodNotAllowed.into_response();
+        }
+        if route == route::METRICS {
+            return self.metrics_response();
         }
         match request.uri().path() {
             "/healthz" => {
@@ -49,5 +70,30 @@ impl AdminEndpoint {
             }
             _ => ApiError::NotFound.into_response(),
         }
+    }
+
+    /// `GET /metrics`: refreshes the gauges that mirror the cache, then renders.
+    fn metrics_response(&self) -> Response<Body> {
+        self.metrics
+            .observe_cache(&self.cache.status(), self.cache.sts_rate_limited_total());
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// The `route` label of an admin path: a fixed string, never the path itself.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/metrics" => route::METRICS,
+        "/healthz" => route::HEALTHZ,
+        "/readyz" => route::READYZ,
+        "/status" => route::STATUS,
+        _ => route::OTHER,
     }
 }

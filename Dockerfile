@@ -1,0 +1,60 @@
+# syntax=docker/dockerfile:1
+# credvend container image (DESIGN.md §8): build in a full Rust image, run the static-ish
+# binary in distroless (glibc, libgcc, CA certificates, no shell, uid 65532 "nonroot").
+#
+#   docker build -t credvend .
+#   docker run --rm -v /etc/credvend:/etc/credvend:ro -p 127.0.0.1:8901:8901 credvend
+#
+# Usage as a sidecar and the environment it reads: docs/operations.md.
+
+ARG RUST_VERSION=1
+
+FROM rust:${RUST_VERSION}-bookworm AS builder
+# aws-lc-sys (TLS for the AWS SDK) builds its C sources with cmake. Builder stage only,
+# never shipped, so the distribution's current cmake is fine.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+
+# Dependency layer: build every dependency against stub sources, so that a change to
+# src/ reuses this layer instead of recompiling the AWS SDK.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && cargo build --release --locked \
+ && rm -rf src
+
+COPY src ./src
+# COPY keeps the files' old mtimes; touch them so cargo rebuilds the crate itself.
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked \
+ && install -D -m 0755 target/release/credvend /out/usr/local/bin/credvend
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="credvend" \
+      org.opencontainers.image.description="Credential-vending sidecar: AWS container credentials for customer roles assumed with External IDs" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="UNLICENSED" \
+      org.opencontainers.image.documentation="docs/operations.md"
+
+COPY --from=builder /out/usr/local/bin/credvend /usr/local/bin/credvend
+# The example configuration, for reference only: mount the real one read-only at
+# /etc/credvend/credvend.toml (it holds External IDs and token hashes).
+COPY config/credvend.toml /usr/share/doc/credvend/credvend.toml.example
+
+# Smoke test: the binary runs on this base image (exec form: distroless has no shell).
+RUN ["/usr/local/bin/credvend", "--version"]
+
+# 8901: credential endpoint; 8902: admin (/metrics, /healthz, /readyz). Both bind
+# loopback by default: inside a pod the workers share the network namespace. To let
+# Prometheus scrape from outside, set CREDVEND_SERVER__ADMIN_LISTEN=0.0.0.0:8902 and
+# CREDVEND_SERVER__ALLOW_NON_LOOPBACK=true.
+EXPOSE 8901 8902
+# Numeric (distroless "nonroot"), so Kubernetes runAsNonRoot can verify it.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/credvend"]
+CMD ["serve", "--config", "/etc/credvend/credvend.toml"]

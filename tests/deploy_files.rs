@@ -1,0 +1,231 @@
+//! The operations files stay in step with the code: every metric the dashboard and the
+//! alert rules use is one credvend exports; the rules pass `promtool check rules`; the
+//! systemd unit passes `systemd-analyze verify` and keeps its hardening score.
+//!
+//! The external tools come from Debian packages (`prometheus` for promtool, `systemd`
+//! for systemd-analyze). Where one is missing the check is skipped with a note, unless
+//! `CREDVEND_REQUIRE_TOOLS=1` (set by CI, which installs them) makes that a failure.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, UNIX_EPOCH};
+
+use credvend::cache::{MappingState, Source};
+use credvend::creds::FailureReason;
+use credvend::metrics::{Metrics, route};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Whether `tool` runs; panics if it does not and tools are required.
+fn have(tool: &str) -> bool {
+    let found = Command::new(tool).arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CREDVEND_REQUIRE_TOOLS").is_none(),
+            "{tool} is required (CREDVEND_REQUIRE_TOOLS) but not installed"
+        );
+        eprintln!("{tool} not installed; skipping");
+    }
+    found
+}
+
+/// Every series name credvend exports, histogram series included.
+fn exported() -> BTreeSet<String> {
+    let m = Metrics::new();
+    m.sync_mappings(["x"]);
+    m.assume_role("x", Ok(()), Duration::from_millis(1));
+    m.assume_role("x", Err(FailureReason::Throttled), Duration::from_millis(1));
+    m.served("x", Source::Cache);
+    m.expiry("x", UNIX_EPOCH + Duration::from_secs(2_000_000_000));
+    m.set_state("x", MappingState::Fresh);
+    m.enforcement("x", Some(true));
+    m.http_request(route::CREDENTIALS, 200, Duration::from_micros(1));
+    m.auth_failure("missing_token");
+    m.sts_rate_limited();
+    m.config_reload(false);
+    let mut names = BTreeSet::new();
+    for line in m.render().lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            names.insert(name.to_string());
+            if kind == "histogram" || kind == "summary" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Identifiers in `text` that start with one of credvend's metric prefixes.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let rest = &bytes[i..];
+        if boundary && (rest.starts_with(b"credvend_") || rest.starts_with(b"process_")) {
+            let end = rest
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                .map_or(bytes.len(), |n| i + n);
+            // ASCII-only span, so always a char boundary.
+            names.insert(text[i..end].to_string());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+fn assert_all_exported(file: &str, text: &str) {
+    let exported = exported();
+    let used = metric_names(text);
+    assert!(!used.is_empty(), "{file} uses no credvend metric?");
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "{file} uses metrics credvend does not export: {unknown:?}\nexported: {exported:?}"
+    );
+}
+
+#[test]
+fn every_metric_the_dashboard_queries_is_exported() {
+    let text = std::fs::read_to_string(repo("config/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut exprs = String::new();
+    fn collect(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    if matches!(key.as_str(), "expr" | "query" | "definition")
+                        && let Some(s) = value.as_str()
+                    {
+                        out.push_str(s);
+                        out.push('\n');
+                    }
+                    collect(value, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    collect(&dashboard, &mut exprs);
+    assert_all_exported("config/grafana-dashboard.json", &exprs);
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(variables.contains(&"datasource") && variables.contains(&"mapping"));
+    assert!(exprs.contains("label_values(credvend_mapping_state, mapping)"));
+}
+
+#[test]
+fn every_metric_the_alert_rules_use_is_exported() {
+    let text = std::fs::read_to_string(repo("config/alerts.yml")).unwrap();
+    assert_all_exported("config/alerts.yml", &text);
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    if !have("promtool") {
+        return;
+    }
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(repo("config/alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The unit with its binary path pointed at the binary cargo built, since
+/// `systemd-analyze verify` insists that `ExecStart=` exists.
+fn unit_with_built_binary() -> (PathBuf, PathBuf) {
+    let unit = std::fs::read_to_string(repo("systemd/credvend.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/credvend serve"));
+    let dir = std::env::temp_dir().join(format!(
+        "credvend-unit-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("credvend.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/credvend", env!("CARGO_BIN_EXE_credvend")),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+#[test]
+fn systemd_unit_verifies_cleanly() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    let (dir, path) = unit_with_built_binary();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
+
+#[test]
+fn systemd_unit_exposure_stays_low() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(repo("systemd/credvend.service"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = stdout
+        .lines()
+        .find_map(|l| l.split("credvend.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{stdout}"));
+    assert!(score <= 1.5, "exposure {score} > 1.5:\n{stdout}");
+    for directive in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=\n",
+        "UMask=077",
+    ] {
+        let unit = std::fs::read_to_string(repo("systemd/credvend.service")).unwrap();
+        assert!(unit.contains(directive), "{directive:?} missing");
+    }
+}

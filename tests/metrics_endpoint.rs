@@ -1,0 +1,232 @@
+//! `GET /metrics` on the admin listener of a running daemon (DESIGN.md §7): the text
+//! format, the families present from the first scrape, the gauges that mirror the cache,
+//! bounded labels, no secrets, and series that follow config reloads.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::daemon::{self, config, mapping, role_arn, token};
+use support::fake_sts::{Role, TrustRule};
+use support::http::request;
+
+const EXTERNAL_ID: &str = "canary-external-id-0123456789";
+
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let r = request(admin, "GET", "/metrics", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    r.body
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_text_format_with_build_info_and_mappings() {
+    let token = token("metrics");
+    let (_sts, d) = daemon::start_with_sts(vec![mapping(
+        "acme-s3",
+        "vendor-sync",
+        Some(EXTERNAL_ID),
+        &token,
+    )])
+    .await;
+
+    let text = scrape(d.admin).await;
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "credvend_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "credvend_mappings"), Some(1.0), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            r#"credvend_mapping_state{mapping="acme-s3",state="empty"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"credvend_assume_role_failures_total{mapping="acme-s3",reason="access_denied"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    for family in [
+        "# TYPE credvend_assume_role_duration_seconds histogram",
+        "# TYPE credvend_http_request_duration_seconds histogram",
+        "# TYPE credvend_sts_rate_limited_total counter",
+        "# TYPE credvend_config_reloads_total counter",
+        "# TYPE credvend_external_id_enforced gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing from:\n{text}");
+    }
+    #[cfg(target_os = "linux")]
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+
+    // The first scrape itself is counted on the next one, under a fixed route.
+    let text = scrape(d.admin).await;
+    assert_eq!(
+        value(
+            &text,
+            r#"credvend_http_requests_total{code="200",route="metrics"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_vend_shows_up_as_state_and_expiry_and_no_secret_reaches_metrics() {
+    let token = token("vend");
+    let (sts, d) = daemon::start_with_sts(vec![mapping(
+        "acme-s3",
+        "vendor-sync",
+        Some(EXTERNAL_ID),
+        &token,
+    )])
+    .await;
+    sts.add_role(Role::new(
+        role_arn("vendor-sync"),
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+
+    let vend = request(
+        d.addr,
+        "GET",
+        "/v1/credentials/acme-s3",
+        &[("Authorization", &token)],
+    )
+    .await;
+    assert_eq!(vend.status, 200, "{}", vend.body);
+    let body = vend.json();
+    let expiration = humantime::parse_rfc3339(body["Expiration"].as_str().unwrap()).unwrap();
+    let expiration_secs = expiration
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+
+    // Paths never become label values, whatever a client asks for.
+    let probe = request(d.admin, "GET", "/no-such-admin-path-canary", &[]).await;
+    assert_eq!(probe.status, 404);
+
+    let text = scrape(d.admin).await;
+    assert_eq!(
+        value(
+            &text,
+            r#"credvend_mapping_state{mapping="acme-s3",state="fresh"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"credvend_credentials_expiry_timestamp_seconds{mapping="acme-s3"}"#
+        ),
+        Some(expiration_secs),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"credvend_http_requests_total{code="404",route="other"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    for secret in [
+        token.as_str(),
+        EXTERNAL_ID,
+        body["SecretAccessKey"].as_str().unwrap(),
+        body["Token"].as_str().unwrap(),
+        "no-such-admin-path-canary",
+    ] {
+        assert!(!text.contains(secret), "{secret:?} leaked into /metrics");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_removes_a_mapping_removes_its_series() {
+    let (a, b) = (token("a"), token("b"));
+    let (sts, d) = daemon::start_with_sts(vec![
+        mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &a),
+        mapping("beta-s3", "vendor-sync", Some(EXTERNAL_ID), &b),
+    ])
+    .await;
+    let text = scrape(d.admin).await;
+    assert!(text.contains(r#"mapping="beta-s3""#), "{text}");
+    assert_eq!(value(&text, "credvend_mappings"), Some(2.0));
+
+    d.daemon.apply_config(&config(
+        &sts.endpoint_url(),
+        vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &a)],
+    ));
+    let text = scrape(d.admin).await;
+    assert!(!text.contains("beta-s3"), "{text}");
+    assert!(text.contains(r#"mapping="acme-s3""#), "{text}");
+    assert_eq!(value(&text, "credvend_mappings"), Some(1.0));
+    d.stop().await;
+}
+
+/// `promtool check metrics` lints names, types, HELP text and units. Runs where
+/// promtool is installed (Debian package `prometheus`); set CREDVEND_REQUIRE_PROMTOOL=1
+/// to make its absence a failure (CI installs it).
+#[tokio::test]
+async fn promtool_check_metrics_is_clean() {
+    let required = std::env::var_os("CREDVEND_REQUIRE_PROMTOOL").is_some();
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(!required, "promtool not installed");
+        eprintln!("promtool not installed; skipping `promtool check metrics`");
+        return;
+    }
+    let token = token("promtool");
+    let (_sts, d) = daemon::start_with_sts(vec![mapping(
+        "acme-s3",
+        "vendor-sync",
+        Some(EXTERNAL_ID),
+        &token,
+    )])
+    .await;
+    let text = scrape(d.admin).await;
+    d.stop().await;
+
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
