@@ -32,9 +32,27 @@ ensure_component() {
   rustup component add "$component" || die "rustup component add $component failed"
 }
 
+# Debian packages for tools the tests run: promtool (package prometheus) lints the
+# metrics output and alert rules; systemd-analyze (package systemd) verifies the unit
+# file and its exposure score.
+ensure_debian_tools() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  ((${#missing[@]} == 0)) && return 0
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
+  log "installing Debian packages: ${missing[*]}"
+  local sudo=()
+  ((EUID == 0)) || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+}
+
 log "prerequisites"
 ensure_component fmt rustfmt
 ensure_component clippy clippy
+ensure_debian_tools
 scripts/setup-python.sh
 # tests/e2e_moto.rs finds the venv at <repo>/.venv by itself (CREDVEND_TEST_VENV
 # overrides it). Do not export CREDVEND_TEST_VENV here: credvend reads every

@@ -86,12 +86,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
+        let metrics = new_metrics(config);
         Self {
-            cache: CredentialCache::new(config, assumer, clock),
+            cache: CredentialCache::new(config, assumer, clock, metrics.clone()),
             access: Arc::new(RwLock::new(Arc::new(AccessTable::new(config)))),
             listening: Arc::new(AtomicBool::new(false)),
             generation: AtomicU64::new(1),
-            metrics: new_metrics(config),
+            metrics,
         }
     }
 
@@ -142,6 +143,7 @@ impl Daemon {
         let endpoint = CredentialEndpoint {
             access: self.access.clone(),
             cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
         };
         for listener in listeners.credentials {
             if let Ok(addr) = listener.local_addr() {

@@ -21,10 +21,11 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{MappingState, Source};
-use crate::config::Problem;
+use crate::config::{Enforcement, Problem};
 use crate::creds::AssumeError;
 use crate::metrics::Metrics;
 use crate::server::wire::{self, ApiError};
+use crate::verify::Verdict;
 
 /// STS issued credentials for `mapping`.
 #[derive(Debug)]
@@ -114,26 +115,29 @@ impl MappingStateChanged<'_> {
     }
 }
 
-/// Result of the External ID enforcement check (DESIGN.md §5).
+/// A conclusive result of the External ID enforcement check (DESIGN.md §5).
 #[derive(Debug)]
 pub struct TrustPolicyChecked<'a> {
     pub mapping: &'a str,
-    /// `Some(true)` both probes denied, `Some(false)` the role accepted one, `None`
-    /// not checked.
-    pub enforced: Option<bool>,
+    pub role_arn: &'a str,
+    /// The mapping's `external_id_enforcement` mode.
+    pub mode: Enforcement,
+    pub verdict: Verdict,
 }
 
 impl TrustPolicyChecked<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        match self.enforced {
-            Some(false) => warn!(
+        match self.verdict {
+            Verdict::NotEnforced(probe) => warn!(
                 mapping = %self.mapping,
-                "Role can be assumed without its External ID; its trust policy must require sts:ExternalId"
+                role_arn = %self.role_arn,
+                accepted = probe.describe(),
+                mode = self.mode.as_str(),
+                "Role does not enforce its External ID; its trust policy must require sts:ExternalId"
             ),
-            Some(true) => debug!(mapping = %self.mapping, "Role enforces its External ID"),
-            None => debug!(mapping = %self.mapping, "External ID enforcement not checked"),
+            Verdict::Enforced => debug!(mapping = %self.mapping, "Role enforces its External ID"),
         }
-        metrics.enforcement(self.mapping, self.enforced);
+        metrics.enforcement(self.mapping, Some(self.verdict == Verdict::Enforced));
     }
 }
 

@@ -186,17 +186,15 @@ async fn a_reload_that_removes_a_mapping_removes_its_series() {
     d.stop().await;
 }
 
-/// `promtool check metrics` lints names, types, HELP text and units. Runs where
-/// promtool is installed (Debian package `prometheus`); set CREDVEND_REQUIRE_PROMTOOL=1
-/// to make its absence a failure (CI installs it).
+/// `promtool check metrics` lints names, types, HELP text and units. promtool comes
+/// from the Debian package `prometheus`, which scripts/test.sh installs; its absence
+/// fails the test.
 #[tokio::test]
 async fn promtool_check_metrics_is_clean() {
-    let required = std::env::var_os("CREDVEND_REQUIRE_PROMTOOL").is_some();
-    if Command::new("promtool").arg("--version").output().is_err() {
-        assert!(!required, "promtool not installed");
-        eprintln!("promtool not installed; skipping `promtool check metrics`");
-        return;
-    }
+    assert!(
+        Command::new("promtool").arg("--version").output().is_ok(),
+        "promtool is not installed: run scripts/test.sh (installs the Debian package prometheus)"
+    );
     let token = token("promtool");
     let (_sts, d) = daemon::start_with_sts(vec![mapping(
         "acme-s3",
@@ -229,4 +227,63 @@ async fn promtool_check_metrics_is_clean() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Events bump their counters exactly once, with the mapping's label (DESIGN.md §7).
+#[tokio::test]
+async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
+    use support::fake_sts::Fault;
+    use support::http::get_with_token;
+    let token = token("counted");
+    let (sts, d) = daemon::start_with_sts(vec![mapping(
+        "acme-s3",
+        "vendor-sync",
+        Some(EXTERNAL_ID),
+        &token,
+    )])
+    .await;
+    sts.add_role(Role::new(
+        role_arn("vendor-sync"),
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    let path = "/v1/credentials/acme-s3";
+    assert_eq!(get_with_token(d.addr, path, &token).await.status, 200);
+    assert_eq!(get_with_token(d.addr, path, &token).await.status, 200);
+    assert_eq!(get_with_token(d.addr, path, "wrong").await.status, 403);
+    assert_eq!(request(d.addr, "GET", path, &[]).await.status, 401);
+    let text = scrape(d.admin).await;
+    let ok = r#"credvend_assume_role_total{mapping="acme-s3",result="success"}"#;
+    assert_eq!(value(&text, ok), Some(1.0), "{text}");
+    let fresh = r#"credvend_credentials_served_total{mapping="acme-s3",source="fresh"}"#;
+    let cache = r#"credvend_credentials_served_total{mapping="acme-s3",source="cache"}"#;
+    assert_eq!(value(&text, fresh), Some(1.0));
+    assert_eq!(value(&text, cache), Some(1.0));
+    let invalid = r#"credvend_auth_failures_total{reason="invalid_token"}"#;
+    let missing = r#"credvend_auth_failures_total{reason="missing_token"}"#;
+    assert_eq!(value(&text, invalid), Some(1.0), "{text}");
+    assert_eq!(value(&text, missing), Some(1.0), "{text}");
+    let requests_200 = r#"credvend_http_requests_total{code="200",route="credentials"}"#;
+    assert_eq!(value(&text, requests_200), Some(2.0), "{text}");
+
+    // One forced AccessDenied on the next refresh adds exactly one failure.
+    sts.push_fault(Fault::AccessDenied);
+    d.clock.advance(std::time::Duration::from_secs(26 * 60));
+    support::daemon::eventually("denied refresh", || {
+        sts.faults_fired().contains(&Fault::AccessDenied)
+    })
+    .await;
+    support::daemon::eventually("failed state", || {
+        d.daemon.cache.status()[0].state == credvend::cache::MappingState::Failed
+    })
+    .await;
+    let text = scrape(d.admin).await;
+    let denied = r#"credvend_assume_role_failures_total{mapping="acme-s3",reason="access_denied"}"#;
+    let error = r#"credvend_assume_role_total{mapping="acme-s3",result="error"}"#;
+    assert_eq!(value(&text, denied), Some(1.0), "{text}");
+    assert_eq!(value(&text, error), Some(1.0), "{text}");
+    let throttled = r#"credvend_assume_role_failures_total{mapping="acme-s3",reason="throttled"}"#;
+    assert_eq!(value(&text, throttled), Some(0.0));
+    let state = r#"credvend_mapping_state{mapping="acme-s3",state="failed"}"#;
+    assert_eq!(value(&text, state), Some(1.0), "{text}");
+    d.stop().await;
 }

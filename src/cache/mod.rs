@@ -29,11 +29,15 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::clock::Clock;
 use crate::config::{Config, Enforcement as EnforcementMode, Mapping, RefreshConfig};
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
+use crate::events::{
+    AssumeRoleFailed, AssumeRoleSucceeded, MappingStateChanged, TrustPolicyChecked,
+};
+use crate::metrics::Metrics;
 use crate::verify::{self, Enforcement, Probe, Verdict};
 
 pub mod budget;
@@ -234,6 +238,8 @@ struct Inner {
     slots: Mutex<HashMap<MappingKey, Slot>>,
     queue: scheduler::RefreshQueue,
     budget: StsBudget,
+    /// Assume-role results, state changes, enforcement results.
+    metrics: Arc<Metrics>,
 }
 
 /// The credential cache. Cheap to clone (shared state).
@@ -245,7 +251,12 @@ pub struct CredentialCache {
 impl CredentialCache {
     /// Builds the cache for `config`. Call [`CredentialCache::start`] inside a tokio
     /// runtime to run the refresh scheduler and prefetch.
-    pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        config: &Config,
+        assumer: Arc<dyn RoleAssumer>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let store = moka::sync::Cache::builder()
             .max_capacity(STORE_CAPACITY)
             .time_to_live(STORE_TTL)
@@ -259,6 +270,7 @@ impl CredentialCache {
                 slots: Mutex::new(HashMap::new()),
                 queue: scheduler::RefreshQueue::default(),
                 budget: StsBudget::new(config.sts.max_requests_per_second),
+                metrics,
             }),
         }
     }
@@ -531,7 +543,7 @@ impl Inner {
         // earlier than this: measuring the lifetime from here never makes a full-length
         // credential look short because the call itself took time.
         let sent_at = self.clock.now();
-        let mut result = self.assumer.assume_role(&input).await;
+        let mut result = self.assume_role_observed(spec, &input).await;
         if let Err(error) = &result
             && error.duration_too_long
             && input.duration > ONE_HOUR
@@ -546,7 +558,7 @@ impl Inner {
             }
             input.duration = ONE_HOUR;
             self.budget.acquire(priority).await;
-            result = self.assumer.assume_role(&input).await;
+            result = self.assume_role_observed(spec, &input).await;
         }
         let creds = result.map_err(FetchError::Sts)?;
         let now = self.clock.now();
@@ -578,6 +590,36 @@ impl Inner {
             issued_at: now,
             short_lived,
         }))
+    }
+
+    /// One AssumeRole, timed, with its success or failure event (log line + metrics).
+    /// The enforcement probes do not come through here: their expected AccessDenied
+    /// answers are not failures and must not page anyone.
+    async fn assume_role_observed(
+        &self,
+        spec: &MappingSpec,
+        input: &AssumeRoleInput,
+    ) -> Result<crate::creds::Credentials, AssumeError> {
+        let started = std::time::Instant::now();
+        let result = self.assumer.assume_role(input).await;
+        let duration = started.elapsed();
+        let mapping = spec.key.name();
+        match &result {
+            Ok(creds) => AssumeRoleSucceeded {
+                mapping,
+                duration,
+                access_key_id: &creds.access_key_id,
+                expiration: creds.expiration,
+            }
+            .emit(&self.metrics),
+            Err(error) => AssumeRoleFailed {
+                mapping,
+                duration,
+                error,
+            }
+            .emit(&self.metrics),
+        }
+        result
     }
 
     /// The External ID enforcement check (DESIGN.md §5), run before a mapping first
@@ -621,18 +663,13 @@ impl Inner {
                         slot.enforcement = verdict.into();
                         slot.enforcement_checked_at = Some(checked);
                     }
-                    match verdict {
-                        Verdict::Enforced => {
-                            debug!(mapping = %name, "Role enforces its External ID")
-                        }
-                        Verdict::NotEnforced(probe) => warn!(
-                            mapping = %name,
-                            role_arn = %spec.input.role_arn,
-                            accepted = probe.describe(),
-                            mode = spec.enforcement.as_str(),
-                            "Role does not enforce its External ID: its trust policy lacks the sts:ExternalId condition"
-                        ),
+                    TrustPolicyChecked {
+                        mapping: name,
+                        role_arn: &spec.input.role_arn,
+                        mode: spec.enforcement,
+                        verdict,
                     }
+                    .emit(&self.metrics);
                     Ok(verdict)
                 }
                 Err(error) => {
@@ -681,6 +718,7 @@ impl Inner {
             return;
         }
         let name = spec.key.name();
+        let before = flag_state(slot, &self.store, &spec.key, now);
         match outcome {
             Ok(entry) => {
                 self.store.insert(spec.key.clone(), entry.clone());
@@ -698,12 +736,11 @@ impl Inner {
                     rand::random::<f64>(),
                 );
                 self.queue.schedule(&spec.key, at);
-                info!(
+                debug!(
                     mapping = %name,
                     access_key_id = %entry.creds.access_key_id,
-                    expiration = %humantime::format_rfc3339_seconds(entry.creds.expiration),
                     next_refresh = %humantime::format_rfc3339_seconds(at),
-                    "Assumed role"
+                    "Credential cached; refresh scheduled"
                 );
             }
             Err(error) if error.is_terminal() => {
@@ -715,12 +752,11 @@ impl Inner {
                 let backoff = lifecycle::terminal_backoff(slot.terminal_failures);
                 slot.negative_until = Some(now + backoff);
                 slot.last_error = Some((error.clone(), now));
-                warn!(
+                debug!(
                     mapping = %name,
                     code = %error.code(),
                     retry_after_secs = backoff.as_secs(),
-                    error = %error,
-                    "Role refused the assumption; dropped its credentials"
+                    "Dropped the mapping's credentials; negatively cached"
                 );
             }
             Err(error) => {
@@ -743,15 +779,23 @@ impl Inner {
                 if valid || in_use {
                     self.queue.schedule(&spec.key, now + backoff);
                 }
-                warn!(
+                debug!(
                     mapping = %name,
                     code = %error.code(),
                     serving_previous = valid,
                     retry_in_ms = backoff.as_millis() as u64,
-                    error = %error,
-                    "AssumeRole failed"
+                    "Retry scheduled"
                 );
             }
+        }
+        let after = flag_state(slot, &self.store, &spec.key, now);
+        if after != before {
+            MappingStateChanged {
+                mapping: name,
+                from: before,
+                to: after,
+            }
+            .emit(&self.metrics);
         }
     }
 
@@ -770,6 +814,24 @@ impl Inner {
             return;
         }
         drop(Self::start_or_join(self, &spec, Priority::Background));
+    }
+}
+
+/// The state a slot is in once no fetch is in flight (for state-change events).
+fn flag_state(
+    slot: &Slot,
+    store: &moka::sync::Cache<MappingKey, Arc<Entry>>,
+    key: &MappingKey,
+    now: SystemTime,
+) -> MappingState {
+    let has_entry = store
+        .get(key)
+        .is_some_and(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN);
+    match (has_entry, slot.degraded, slot.failed) {
+        (true, true, _) => MappingState::Degraded,
+        (true, false, _) => MappingState::Fresh,
+        (false, _, true) => MappingState::Failed,
+        (false, _, false) => MappingState::Empty,
     }
 }
 

@@ -99,7 +99,12 @@ fn cache_for(
     mappings: Vec<Mapping>,
 ) -> CredentialCache {
     let cfg = config("http://127.0.0.1:9", mappings);
-    let cache = CredentialCache::new(&cfg, assumer, Arc::new(clock.clone()));
+    let cache = CredentialCache::new(
+        &cfg,
+        assumer,
+        Arc::new(clock.clone()),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
     cache.start();
     cache
 }

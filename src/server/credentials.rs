@@ -7,16 +7,18 @@
 //! secret key, session token, auth token or External ID.
 
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName};
 use hyper::{Method, Request, Response};
-use tracing::info;
 
 use super::ConnInfo;
 use super::access::{AccessTable, AuthFailure};
 use super::wire::{self, ApiError, Body};
 use crate::cache::{CredentialCache, VendError};
+use crate::events::{CredentialsRefused, CredentialsServed};
+use crate::metrics::{Metrics, route};
 
 /// Headers that mean a proxy forwarded the request.
 const PROXY_HEADERS: [HeaderName; 3] = [
@@ -36,30 +38,39 @@ pub struct CredentialEndpoint {
     /// Swapped whole on reload.
     pub access: Arc<RwLock<Arc<AccessTable>>>,
     pub cache: CredentialCache,
+    /// Request, served and auth-failure metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl CredentialEndpoint {
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
         let access = self
             .access
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let (mapping, result) = self.route(&access, &request, conn).await;
-        match result {
+        let response = match result {
             Ok(response) => response,
             Err(error) => {
-                info!(
-                    target: "credvend::audit",
-                    mapping = mapping.as_deref().unwrap_or("-"),
-                    client = %conn.peer,
-                    status = error.status().as_u16(),
-                    code = error.code(),
-                    "Credential request refused"
-                );
+                CredentialsRefused {
+                    mapping: mapping.as_deref(),
+                    client: conn.peer,
+                    error: &error,
+                }
+                .emit(&self.metrics);
                 error.into_response()
             }
-        }
+        };
+        let code = response.status().as_u16();
+        let route = if matches!(code, 404 | 405) {
+            route::OTHER
+        } else {
+            route::CREDENTIALS
+        };
+        self.metrics.http_request(route, code, started.elapsed());
+        response
     }
 
     async fn route(
@@ -111,16 +122,14 @@ impl CredentialEndpoint {
         let result = match self.cache.get(&mapping).await {
             Ok(vended) => {
                 let creds = &vended.entry.creds;
-                info!(
-                    target: "credvend::audit",
-                    mapping = %mapping,
-                    client = %conn.peer,
-                    status = 200u16,
-                    source = vended.source.as_str(),
-                    access_key_id = %creds.access_key_id,
-                    expiration = %wire::format_expiration(creds.expiration),
-                    "Credentials served"
-                );
+                CredentialsServed {
+                    mapping: &mapping,
+                    client: conn.peer,
+                    source: vended.source,
+                    access_key_id: &creds.access_key_id,
+                    expiration: creds.expiration,
+                }
+                .emit(&self.metrics);
                 Ok(wire::credentials_response(creds, role_arn))
             }
             Err(VendError::UnknownMapping) => Err(ApiError::AccessDenied {
