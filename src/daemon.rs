@@ -79,7 +79,9 @@ pub struct Daemon {
     /// Set once every listener is serving (readiness).
     listening: Arc<AtomicBool>,
     /// Incremented by every applied config (1 = the one started with).
-    generation: AtomicU64,
+    generation: Arc<AtomicU64>,
+    /// Wall-clock start time, for `/status`.
+    started_at: std::time::SystemTime,
     /// Every metric family; served on the admin listener's `/metrics`.
     metrics: Arc<Metrics>,
 }
@@ -87,11 +89,13 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
         let metrics = new_metrics(config);
+        let started_at = clock.now();
         Self {
             cache: CredentialCache::new(config, assumer, clock, metrics.clone()),
             access: Arc::new(RwLock::new(Arc::new(AccessTable::new(config)))),
             listening: Arc::new(AtomicBool::new(false)),
-            generation: AtomicU64::new(1),
+            generation: Arc::new(AtomicU64::new(1)),
+            started_at,
             metrics,
         }
     }
@@ -165,6 +169,8 @@ impl Daemon {
             cache: self.cache.clone(),
             listening: self.listening.clone(),
             metrics: self.metrics.clone(),
+            generation: self.generation.clone(),
+            started_at: self.started_at,
         };
         if let Ok(addr) = listeners.admin.local_addr() {
             info!(%addr, "Serving admin endpoints");

@@ -373,6 +373,11 @@ impl CredentialCache {
         }
     }
 
+    /// The cache's wall clock (the injected one).
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
     /// A snapshot of every configured mapping.
     pub fn status(&self) -> Vec<MappingStatus> {
         let inner = &self.inner;

@@ -1,12 +1,13 @@
 //! The admin listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
-//! (Prometheus text format 0.0.4, see [`crate::metrics`]). `/status` is served here as
-//! well once it exists; nothing on this listener vends credentials or reveals a secret.
+//! (Prometheus text format 0.0.4, see [`crate::metrics`]) and `/status` (JSON, see
+//! [`super::status`]). Nothing on this listener vends credentials or reveals a secret.
 //!
 //! Every admin request is counted in `credvend_http_requests_total` under a fixed
 //! `route` label (`metrics`, `healthz`, `readyz`, `status`, `other`), never its path.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -27,6 +28,10 @@ pub struct AdminEndpoint {
     pub listening: Arc<AtomicBool>,
     /// The daemon's metrics, rendered by `/metrics` and counting admin requests.
     pub metrics: Arc<Metrics>,
+    /// Config generation currently applied (for `/status`).
+    pub generation: Arc<AtomicU64>,
+    /// When the daemon started (for `/status`).
+    pub started_at: SystemTime,
 }
 
 impl AdminEndpoint {
@@ -67,6 +72,16 @@ impl AdminEndpoint {
                     )
                 };
                 wire::json_response(status, Bytes::from_static(body.as_bytes()))
+            }
+            "/status" => {
+                let document = super::status::document(
+                    &self.cache.status(),
+                    self.cache.now(),
+                    self.generation.load(Ordering::SeqCst),
+                    self.started_at,
+                );
+                let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
+                wire::json_response(StatusCode::OK, Bytes::from(body))
             }
             _ => ApiError::NotFound.into_response(),
         }

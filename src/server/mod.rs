@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 pub mod access;
 pub mod admin;
 pub mod credentials;
+pub mod status;
 pub mod wire;
 
 use wire::Body;
