@@ -1,0 +1,175 @@
+//! The daemon as a process, logging JSON at `trace`: every line is JSON, a vend makes
+//! exactly one audit line, and no secret — secret key, session token, auth token,
+//! External ID — reaches a log line, `/metrics`, `/status` or an error body
+//! (DESIGN.md §6, §7). Canary values make a leak impossible to miss.
+
+mod support;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credvend::clock::ManualClock;
+use credvend::secret::TokenHash;
+use support::fake_sts::{FakeSts, Role, TrustRule};
+use support::http::request;
+
+const EXTERNAL_ID: &str = "CANARYEXTID-5f1e2d3c4b5a69788796";
+const TOKEN: &str = "CANARYTOKEN-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_at_trace_carry_one_audit_line_per_vend_and_no_secret() {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock)).await;
+    sts.add_role(Role::new(
+        "arn:aws:iam::111122223333:role/vendor-sync",
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = std::env::temp_dir().join(format!("credvend-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("credvend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = ["{listen}"]
+admin_listen = "{admin}"
+
+[log]
+level = "info"
+
+[sts]
+endpoint_url = "{}"
+
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "{EXTERNAL_ID}"
+token_sha256 = ["{}"]
+"#,
+            sts.endpoint_url(),
+            TokenHash::of_token(TOKEN.as_bytes()).to_hex()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let log_path = dir.join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_credvend"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "trace")
+        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
+        .env("AWS_SECRET_ACCESS_KEY", "CANARYBASESECRET-vendor-base-key")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "credvend did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let path = "/v1/credentials/acme-s3";
+    let vended = request(listen, "GET", path, &[("Authorization", TOKEN)]).await;
+    assert_eq!(vended.status, 200, "{}", vended.body);
+    let body = vended.json();
+    let secret = body["SecretAccessKey"].as_str().unwrap().to_string();
+    let session = body["Token"].as_str().unwrap().to_string();
+    let access_key_id = body["AccessKeyId"].as_str().unwrap().to_string();
+    let wrong = request(
+        listen,
+        "GET",
+        path,
+        &[("Authorization", "CANARYWRONGTOKEN-1234")],
+    )
+    .await;
+    assert_eq!(wrong.status, 403);
+    let metrics = request(admin, "GET", "/metrics", &[]).await.body;
+    let status = request(admin, "GET", "/status", &[]).await.body;
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let mut log = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Every line is one JSON object.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 10, "trace level logs more than this: {log}");
+
+    // Exactly one audit line for the one vend, with the documented fields.
+    let served: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "credvend::audit" && l["message"] == "Credentials served")
+        .collect();
+    assert_eq!(served.len(), 1, "{log}");
+    let audit = served[0];
+    assert_eq!(audit["mapping"], "acme-s3");
+    assert_eq!(audit["status"], 200);
+    assert_eq!(audit["source"], "fresh");
+    assert_eq!(audit["access_key_id"], access_key_id.as_str());
+    assert_eq!(audit["expiration"], body["Expiration"]);
+    assert!(audit["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let refused = lines
+        .iter()
+        .filter(|l| l["target"] == "credvend::audit" && l["status"] == 403)
+        .count();
+    assert_eq!(refused, 1);
+
+    // No canary anywhere.
+    let places = [
+        ("log", log.as_str()),
+        ("/metrics", metrics.as_str()),
+        ("/status", status.as_str()),
+        ("403 body", wrong.body.as_str()),
+    ];
+    for (what, text) in places {
+        for (name, canary) in [
+            ("External ID", EXTERNAL_ID),
+            ("auth token", TOKEN),
+            ("wrong auth token", "CANARYWRONGTOKEN"),
+            ("secret access key", secret.as_str()),
+            ("session token", session.as_str()),
+            ("base secret key", "CANARYBASESECRET"),
+        ] {
+            assert!(!text.contains(canary), "{name} leaked into {what}");
+        }
+    }
+}
