@@ -33,6 +33,7 @@ pub mod events;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -1,20 +1,20 @@
 //! The `credvend` command: parse, load, init, run, map the outcome to an exit code
 //! (64 for bad configuration or usage, 1 for runtime failure).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use credvend::clock::SystemClock;
 use credvend::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
-use credvend::events::{ConfigReloadApplied, ConfigReloadRejected};
 use credvend::policy::{self, Principal, TrustService};
+use credvend::reload::{self, ConfigWatcher, Reloader, Trigger};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
 use credvend::verify::{self, s3::S3Target};
@@ -368,7 +368,11 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         mappings = config.mappings.len(),
         "credvend started"
     );
-    let reloader = tokio::spawn(reload_on_sighup(path, config, daemon.clone()));
+    let reloader = tokio::spawn(reload_on_sighup_and_changes(Reloader::new(
+        path,
+        config,
+        daemon.clone(),
+    )));
     daemon.run(listeners, limits, shutdown_signal()).await;
     reloader.abort();
     info!("credvend stopped");
@@ -400,82 +404,43 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// SIGHUP re-reads and re-validates the whole configuration. A valid one is applied
-/// atomically; an invalid one is rejected whole and the running one keeps serving.
-/// systemd is told `RELOADING=1` before and `READY=1` after, whatever the outcome.
+/// Reloads on SIGHUP and on changes to the configuration files (DESIGN.md §4; see
+/// [`credvend::reload`]).
 ///
 /// The SIGHUP handler is installed when this is called (before READY=1), for the same
 /// reason as in [`shutdown_signal`]: SIGHUP's default action terminates the process.
-fn reload_on_sighup(
-    path: PathBuf,
-    current: Config,
-    daemon: Arc<Daemon>,
-) -> impl std::future::Future<Output = ()> {
+fn reload_on_sighup_and_changes(reloader: Reloader) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let hup = signal(SignalKind::hangup());
     async move {
-        match hup {
-            Ok(hup) => reload_loop(hup, path, current, daemon).await,
-            Err(e) => error!(error = %e, "Cannot listen for SIGHUP; reload by restarting"),
-        }
-    }
-}
-
-async fn reload_loop(
-    mut hup: tokio::signal::unix::Signal,
-    path: PathBuf,
-    mut current: Config,
-    daemon: Arc<Daemon>,
-) {
-    while hup.recv().await.is_some() {
-        info!(config = %path.display(), "Reload requested");
-        credvend::notify::reloading();
-        match Config::load(&path) {
-            Ok(new) => {
-                warn_restart_only_changes(&path, &current, &new);
-                for warning in &new.warnings {
-                    warn!(warning = %warning, "Configuration warning");
-                }
-                daemon.apply_config(&new);
-                ConfigReloadApplied {
-                    path: &path,
-                    generation: daemon.generation(),
-                    mappings: new.mappings.len(),
-                }
-                .emit(daemon.metrics());
-                current = new;
+        let mut hup = match hup {
+            Ok(hup) => Some(hup),
+            Err(e) => {
+                error!(error = %e, "Cannot listen for SIGHUP; only file changes reload");
+                None
             }
-            Err(problems) => ConfigReloadRejected {
-                path: &path,
-                problems: &problems.problems,
-            }
-            .emit(daemon.metrics()),
+        };
+        loop {
+            // (Re)start the watch on the applied config's files: a reload may have
+            // changed which include directories exist.
+            let (files, include_dirs) = reloader.watch_targets();
+            let (watcher, mut changes) =
+                match ConfigWatcher::start(&files, &include_dirs, reload::DEBOUNCE) {
+                    Ok((watcher, changes)) => (Some(watcher), Some(changes)),
+                    Err(e) => {
+                        warn!(error = %e, "File watching unavailable; reload with SIGHUP");
+                        (None, None)
+                    }
+                };
+            let trigger = tokio::select! {
+                Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
+                Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
+                else => return,
+            };
+            drop(watcher);
+            // Config::load reads files: keep it off the async workers.
+            let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
+            debug!(?outcome, "Reload finished");
         }
-        credvend::notify::ready();
-    }
-}
-
-/// Settings that only take effect at start-up (sockets, STS client, log setup).
-fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
-    let mut changed = Vec::new();
-    if old.server.listen != new.server.listen || old.server.admin_listen != new.server.admin_listen
-    {
-        changed.push("server.listen/admin_listen");
-    }
-    if old.sts.region != new.sts.region
-        || old.sts.endpoint_url != new.sts.endpoint_url
-        || old.sts.source_role_arn != new.sts.source_role_arn
-    {
-        changed.push("sts");
-    }
-    if old.log.level != new.log.level || old.log.format != new.log.format {
-        changed.push("log");
-    }
-    if !changed.is_empty() {
-        warn!(
-            config = %path.display(),
-            sections = ?changed,
-            "These settings changed but take effect only after a restart"
-        );
     }
 }

@@ -44,6 +44,7 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
     Config {
         path: PathBuf::from("test.toml"),
         files: vec![PathBuf::from("test.toml")],
+        include_dirs: Vec::new(),
         server: ServerConfig {
             listen: vec!["127.0.0.1:0".parse().expect("literal address")],
             admin_listen: "127.0.0.1:0".parse().expect("literal address"),

@@ -38,6 +38,8 @@ pub(super) struct Loaded {
     pub report: Report,
     /// Main file first, then includes in load order.
     pub files: Vec<PathBuf>,
+    /// Directories the `include` globs look in.
+    pub include_dirs: Vec<PathBuf>,
 }
 
 /// Reads the main file, its includes and the environment. Returns `Err` only when the
@@ -71,7 +73,8 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
     let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
     let _ = note_mappings(&main_dict, &main_display, &mut mapping_files, &mut report);
 
-    for include in resolve_includes(main, &mut report) {
+    let (includes, include_dirs) = resolve_includes(main, &mut report);
+    for include in includes {
         if files.contains(&include) {
             continue;
         }
@@ -112,7 +115,11 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
     }
 
     report.set_figment(figment.merge(env));
-    Ok(Loaded { report, files })
+    Ok(Loaded {
+        report,
+        files,
+        include_dirs,
+    })
 }
 
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
@@ -166,20 +173,22 @@ fn note_mappings(
     duplicates
 }
 
-/// Expands the `include` globs into files, in order, each glob's matches sorted.
-fn resolve_includes(main: &Path, report: &mut Report) -> Vec<PathBuf> {
+/// Expands the `include` globs into files, in order, each glob's matches sorted. Also
+/// returns the directories the globs look in (watched for new drop-in files).
+fn resolve_includes(main: &Path, report: &mut Report) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let Some(value) = report.lookup(&["include"]).cloned() else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let patterns = match value.deserialize::<OneOrMany>() {
         Ok(list) => list.0,
         Err(e) => {
             report.problem(&["include"], e.kind.to_string());
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
     };
     let base_dir = main.parent().unwrap_or(Path::new(""));
     let mut out = Vec::new();
+    let mut dirs = Vec::new();
     for pattern in patterns {
         let full = if Path::new(&pattern).is_absolute() || base_dir.as_os_str().is_empty() {
             pattern.clone()
@@ -190,6 +199,19 @@ fn resolve_includes(main: &Path, report: &mut Report) -> Vec<PathBuf> {
                 glob::Pattern::escape(&base_dir.to_string_lossy())
             )
         };
+        // The directory a glob looks in, when only its last component has wildcards
+        // (`mappings.d/*.toml`): a file created there later must trigger a reload.
+        let full_path = Path::new(&pattern);
+        let dir = if full_path.is_absolute() {
+            full_path.parent().map(Path::to_path_buf)
+        } else {
+            full_path.parent().map(|p| base_dir.join(p))
+        };
+        if let Some(dir) = dir.filter(|d| !d.to_string_lossy().contains(['*', '?', '[']))
+            && !dirs.contains(&dir)
+        {
+            dirs.push(dir);
+        }
         let paths = match glob::glob(&full) {
             Ok(paths) => paths,
             Err(e) => {
@@ -216,7 +238,7 @@ fn resolve_includes(main: &Path, report: &mut Report) -> Vec<PathBuf> {
         matched.sort();
         out.extend(matched);
     }
-    out
+    (out, dirs)
 }
 
 /// A parsed TOML file as a figment provider whose metadata names the file, so values

@@ -47,6 +47,9 @@ pub struct Config {
     pub path: PathBuf,
     /// Every file read (main file first, then includes in order).
     pub files: Vec<PathBuf>,
+    /// Directories the `include` globs look in: a file appearing there is a config
+    /// change too (watched for hot reload).
+    pub include_dirs: Vec<PathBuf>,
     pub server: ServerConfig,
     pub log: LogConfig,
     pub sts: StsConfig,
@@ -167,8 +170,12 @@ impl Config {
     /// `min_remaining`, group/world-readable files, a mapping without External ID) are in
     /// [`Config::warnings`] for the caller to log.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let load::Loaded { mut report, files } = load::load(path)?;
-        let config = validate::build(&mut report, path.to_path_buf(), files);
+        let load::Loaded {
+            mut report,
+            files,
+            include_dirs,
+        } = load::load(path)?;
+        let config = validate::build(&mut report, path.to_path_buf(), files, include_dirs);
         let warnings = report.finish()?;
         // `build` returns `None` only after reporting a problem, so `finish` has
         // already returned the error in that case.

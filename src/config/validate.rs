@@ -40,7 +40,12 @@ const MAX_TAGS: usize = 50;
 const MAX_POLICY_ARNS: usize = 10;
 
 /// Builds the validated configuration, or leaves problems in `report`.
-pub(super) fn build(report: &mut Report, path: PathBuf, files: Vec<PathBuf>) -> Option<Config> {
+pub(super) fn build(
+    report: &mut Report,
+    path: PathBuf,
+    files: Vec<PathBuf>,
+    include_dirs: Vec<PathBuf>,
+) -> Option<Config> {
     check_top_level(report);
 
     let server = server(report);
@@ -53,6 +58,7 @@ pub(super) fn build(report: &mut Report, path: PathBuf, files: Vec<PathBuf>) -> 
     Some(Config {
         path,
         files,
+        include_dirs,
         server: server?,
         log: log?,
         sts: sts?,

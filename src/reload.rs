@@ -1,0 +1,250 @@
+//! Hot reload (DESIGN.md §4): `SIGHUP`, or a change on disk of the config file, an
+//! included file, or a file appearing in an include directory.
+//!
+//! Every reload re-reads and re-validates everything, then swaps atomically through
+//! [`Daemon::apply_config`]: only mappings whose AssumeRole inputs changed lose their
+//! credentials, removed mappings stop serving, new ones work at once, and requests in
+//! flight finish against the generation they started with. An invalid file is rejected
+//! whole — the running configuration keeps serving — with one ERROR per problem (file,
+//! key, reason) and `credvend_config_reloads_total{result="error"}`.
+//!
+//! File watching uses the `notify` crate on the *directories* holding the files, not the
+//! files: editors save by writing a new file and renaming it over the old one, and
+//! Kubernetes updates a mounted ConfigMap by swapping a symlink, both of which a watch
+//! on the old file would miss. Bursts of events are debounced, and a change only
+//! triggers a reload when the content of what credvend reads actually changed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::events::{ConfigReloadApplied, ConfigReloadRejected};
+
+/// Quiet period before a burst of file events becomes one reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: always reload (the operator asked).
+    Signal,
+    /// A file event: reload only if what credvend reads changed.
+    FileChange,
+}
+
+/// Outcome of one reload attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Rejected,
+    /// A file event, but the files' content is what is already applied.
+    Unchanged,
+}
+
+/// Re-reads, validates and applies the configuration.
+pub struct Reloader {
+    path: PathBuf,
+    daemon: Arc<Daemon>,
+    state: Mutex<State>,
+}
+
+struct State {
+    current: Config,
+    /// Digest of every file the current config was read from (plus the include
+    /// directories' listings), to ignore file events that change nothing.
+    digest: [u8; 32],
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, current: Config, daemon: Arc<Daemon>) -> Self {
+        let digest = content_digest(&current);
+        Self {
+            path,
+            daemon,
+            state: Mutex::new(State { current, digest }),
+        }
+    }
+
+    /// The files and include directories of the applied configuration.
+    pub fn watch_targets(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let state = self.lock();
+        (
+            state.current.files.clone(),
+            state.current.include_dirs.clone(),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One reload. systemd is told `RELOADING=1` before and `READY=1` after, whatever
+    /// the outcome.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let mut state = self.lock();
+        if trigger == Trigger::FileChange && content_digest(&state.current) == state.digest {
+            debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
+            return Outcome::Unchanged;
+        }
+        info!(config = %self.path.display(), trigger = ?trigger, "Reload requested");
+        crate::notify::reloading();
+        let outcome = match Config::load(&self.path) {
+            Ok(new) => {
+                warn_restart_only_changes(&self.path, &state.current, &new);
+                for warning in &new.warnings {
+                    warn!(warning = %warning, "Configuration warning");
+                }
+                self.daemon.apply_config(&new);
+                ConfigReloadApplied {
+                    path: &self.path,
+                    generation: self.daemon.generation(),
+                    mappings: new.mappings.len(),
+                }
+                .emit(self.daemon.metrics());
+                state.digest = content_digest(&new);
+                state.current = new;
+                Outcome::Applied
+            }
+            Err(problems) => {
+                ConfigReloadRejected {
+                    path: &self.path,
+                    problems: &problems.problems,
+                }
+                .emit(self.daemon.metrics());
+                // Remember what was rejected so the same bad content is not re-reported
+                // on every file event; a SIGHUP still retries it.
+                state.digest = content_digest(&state.current);
+                Outcome::Rejected
+            }
+        };
+        crate::notify::ready();
+        outcome
+    }
+}
+
+/// SHA-256 over the content of every file of `config` and the `.toml` files now in its
+/// include directories (so a new drop-in counts as a change).
+fn content_digest(config: &Config) -> [u8; 32] {
+    let mut paths: BTreeSet<PathBuf> = config.files.iter().cloned().collect();
+    for dir in &config.include_dirs {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    paths.insert(path);
+                }
+            }
+        }
+    }
+    let mut hasher = Sha256::new();
+    for path in paths {
+        hasher.update(path.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                hasher.update((bytes.len() as u64).to_be_bytes());
+                hasher.update(&bytes);
+            }
+            Err(_) => hasher.update(b"\xffmissing"),
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// Settings that only take effect at start-up (sockets, STS client, log setup).
+fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen || old.server.admin_listen != new.server.admin_listen
+    {
+        changed.push("server.listen/admin_listen");
+    }
+    if old.sts.region != new.sts.region
+        || old.sts.endpoint_url != new.sts.endpoint_url
+        || old.sts.source_role_arn != new.sts.source_role_arn
+        || old.sts.max_requests_per_second != new.sts.max_requests_per_second
+        || old.sts.call_timeout != new.sts.call_timeout
+    {
+        changed.push("sts");
+    }
+    if old.log.level != new.log.level || old.log.format != new.log.format {
+        changed.push("log");
+    }
+    if !changed.is_empty() {
+        warn!(
+            config = %path.display(),
+            sections = ?changed,
+            "These settings changed but take effect only after a restart"
+        );
+    }
+}
+
+/// A running watch on the configuration's directories. Dropping it stops watching.
+pub struct ConfigWatcher {
+    _debouncer: Debouncer<RecommendedWatcher>,
+}
+
+/// Why watching could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {path} for changes: {source}")]
+pub struct WatchError {
+    pub path: PathBuf,
+    #[source]
+    pub source: notify_debouncer_mini::notify::Error,
+}
+
+impl ConfigWatcher {
+    /// Watches the directories of `files` and `include_dirs`; every debounced burst of
+    /// events becomes one message on the returned channel.
+    pub fn start(
+        files: &[PathBuf],
+        include_dirs: &[PathBuf],
+        debounce: Duration,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<()>), WatchError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut debouncer =
+            new_debouncer(debounce, move |result: DebounceEventResult| match result {
+                Ok(events) if !events.is_empty() => {
+                    let _ = tx.send(());
+                }
+                Ok(_) => {}
+                Err(error) => warn!(%error, "Config file watch error"),
+            })
+            .map_err(|source| WatchError {
+                path: PathBuf::new(),
+                source,
+            })?;
+        let mut dirs: BTreeSet<PathBuf> = include_dirs.iter().cloned().collect();
+        for file in files {
+            let dir = match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            dirs.insert(dir);
+        }
+        for dir in dirs {
+            debouncer
+                .watcher()
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError {
+                    path: dir.clone(),
+                    source,
+                })?;
+            debug!(dir = %dir.display(), "Watching for configuration changes");
+        }
+        Ok((
+            Self {
+                _debouncer: debouncer,
+            },
+            rx,
+        ))
+    }
+}
