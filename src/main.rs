@@ -63,6 +63,28 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Print what a mapping's customer must install: the trust policy (with the
+    /// mapping's External ID and the vendor principal), the permissions policy for the
+    /// bucket, and the `credvend verify` command to run afterwards.
+    Onboard {
+        /// Mapping name from the configuration.
+        mapping: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The customer's bucket (for the permissions policy).
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Key prefix the vendor writes under.
+        #[arg(long, requires = "bucket")]
+        prefix: Option<String>,
+        /// Vendor account ID or role ARN to trust. Default: `sts.source_role_arn` when
+        /// credvend chains through one, else the account of credvend's own identity.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Also let an AWS service assume the role (redshift).
+        #[arg(long, value_enum)]
+        service: Vec<ServiceArg>,
+    },
     /// Check a mapping's role: External ID enforcement, the assumption itself, and with
     /// --bucket the five S3 permissions. Exit status 1 when anything fails.
     Verify {
@@ -261,6 +283,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("{text}");
             Ok(())
         }
+        Command::Onboard {
+            mapping,
+            config,
+            bucket,
+            prefix,
+            principal,
+            service,
+        } => onboard(mapping, config.config, bucket, prefix, principal, service),
         Command::Verify {
             mapping,
             config,
@@ -301,6 +331,74 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// `credvend onboard`: the documents one mapping's customer installs, and the check.
+fn onboard(
+    mapping: String,
+    path: PathBuf,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    principal: Option<String>,
+    service: Vec<ServiceArg>,
+) -> Result<(), Failure> {
+    let loaded = Config::load(&path).map_err(Failure::Config)?;
+    let Some(m) = loaded.mappings.get(&mapping).cloned() else {
+        return Err(Failure::Usage(format!(
+            "no mapping '{mapping}' in {}",
+            path.display()
+        )));
+    };
+    let Some(external_id) = m.external_id.as_ref() else {
+        return Err(Failure::Usage(format!(
+            "mapping '{mapping}' has no External ID; generate one with `credvend external-id new` and set external_id"
+        )));
+    };
+    let usage = |e: policy::PolicyError| Failure::Usage(e.to_string());
+    let services: Vec<TrustService> = service
+        .iter()
+        .map(|s| match s {
+            ServiceArg::Redshift => TrustService::Redshift,
+        })
+        .collect();
+    let principal = match (principal, &loaded.sts.source_role_arn) {
+        (Some(p), _) => Principal::parse(&p).map_err(usage)?,
+        // Chaining: customer roles are assumed by the vendor service role.
+        (None, Some(source)) => Principal::parse(source).map_err(usage)?,
+        (None, None) => block_on(own_principal(Some(path.clone())))??,
+    };
+    let trust =
+        policy::render_trust_policy(&principal, external_id.expose(), &services).map_err(usage)?;
+    println!("# Onboarding mapping '{mapping}': role {}", m.role_arn);
+    println!("#");
+    println!(
+        "# 1. The customer sets this trust policy on the role (it trusts {} only with the External ID):",
+        principal.arn()
+    );
+    println!("{trust}");
+    println!("#");
+    match &bucket {
+        Some(bucket) => {
+            let permissions =
+                policy::render_permissions_policy(bucket, prefix.as_deref()).map_err(usage)?;
+            println!("# 2. ... and attaches this permissions policy (bucket {bucket}):");
+            println!("{permissions}");
+        }
+        None => println!(
+            "# 2. ... and attaches the permissions policy: rerun with --bucket NAME to print it."
+        ),
+    }
+    let mut verify_cmd = format!("credvend verify {mapping} --config {}", path.display());
+    if let Some(bucket) = &bucket {
+        verify_cmd.push_str(&format!(" --bucket {bucket}"));
+    }
+    if let Some(prefix) = &prefix {
+        verify_cmd.push_str(&format!(" --prefix {prefix}"));
+    }
+    println!("#");
+    println!("# 3. Then check it:");
+    println!("{verify_cmd}");
+    Ok(())
 }
 
 /// Runs `future` on a fresh runtime (for one-shot commands).

@@ -349,9 +349,142 @@ fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
         list.starts_with("FAIL") && list.contains("NoSuchBucket"),
         "{text}"
     );
+    let get = text
+        .lines()
+        .find(|l| l.contains("s3:GetObject"))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(
-        text.contains("s3:GetObject") && text.contains("skipped"),
+        get.starts_with("FAIL") && get.contains("NoSuchBucket"),
         "{text}"
+    );
+}
+
+/// Sets up moto's IAM for the enforced-permissions test: two roles on bucket `bkt`,
+/// one with all five S3 permissions, one without `s3:PutObject`.
+const IAM_SETUP_PY: &str = r#"
+import boto3, json, sys
+kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1",
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+iam = boto3.client("iam", **kw)
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+    "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole",
+    "Condition": {"StringEquals": {"sts:ExternalId": "ext-123456"}}}]}
+five = ["s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject", "s3:GetBucketLocation"]
+for role, actions in [("full", five), ("noput", [a for a in five if a != "s3:PutObject"])]:
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+    iam.put_role_policy(RoleName=role, PolicyName="sync", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions,
+         "Resource": ["arn:aws:s3:::bkt", "arn:aws:s3:::bkt/*"]}]}))
+boto3.client("s3", **kw).create_bucket(Bucket="bkt")
+"#;
+
+/// `credvend verify --bucket` against moto with IAM enforcement on for S3: a role
+/// whose policy lacks `s3:PutObject` is reported as exactly that one S3 failure, a
+/// complete policy passes, and no probe object is left behind. moto enforces IAM after
+/// `INITIAL_NO_AUTH_ACTION_COUNT` requests; it is set to 3 before each run so that the
+/// two enforcement probes and the real AssumeRole go through (moto's STS cannot be
+/// satisfied under enforcement) and every S3 call is judged by the role's policy.
+#[test]
+fn verify_names_exactly_the_missing_s3_permission_under_moto_iam() {
+    let venv = Venv::locate();
+    let dir = TempDir::new("verify-iam");
+    let moto = Moto::start(&venv, &dir);
+    let setup = Command::new(venv.python())
+        .args(["-c", IAM_SETUP_PY, &moto.url()])
+        .env_clear()
+        .envs(base_env(&dir))
+        .output()
+        .expect("run python");
+    assert!(
+        setup.status.success(),
+        "moto IAM setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let hash = token_sha256_hex(&random_token());
+    let config = dir.path().join("verify.toml");
+    write_private_file(
+        &config,
+        &format!(
+            r#"
+[sts]
+endpoint_url = "{url}"
+
+[verify]
+external_id_enforcement = "warn"
+
+[mappings.full]
+role_arn = "arn:aws:iam::123456789012:role/full"
+external_id = "ext-123456"
+token_sha256 = ["{hash}"]
+
+[mappings.noput]
+role_arn = "arn:aws:iam::123456789012:role/noput"
+external_id = "ext-123456"
+token_sha256 = ["{hash2}"]
+"#,
+            url = moto.url(),
+            hash2 = token_sha256_hex(&random_token()),
+        ),
+    );
+    let verify = |mapping: &str| {
+        let reset = http_request_with_body(moto.addr, "/moto-api/reset-auth", "3")
+            .unwrap_or_else(|e| panic!("reset-auth: {e}"));
+        assert_eq!(reset.status, 200, "reset-auth: {}", reset.body);
+        let out = Command::new(env!("CARGO_BIN_EXE_credvend"))
+            .args(["verify", mapping, "--config"])
+            .arg(&config)
+            .args(["--bucket", "bkt", "--s3-endpoint-url", &moto.url()])
+            .env_clear()
+            .envs(base_env(&dir))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("run credvend verify");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let s3_lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|c| c.starts_with("s3:"))
+            })
+            .map(str::to_string)
+            .collect();
+        assert_eq!(s3_lines.len(), 5, "{text}");
+        (out.status.code(), text, s3_lines)
+    };
+
+    let (_, text, lines) = verify("full");
+    assert!(lines.iter().all(|l| l.starts_with("ok")), "{text}");
+
+    let (code, text, lines) = verify("noput");
+    assert_ne!(code, Some(0), "{text}");
+    let failed: Vec<&String> = lines.iter().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 1, "exactly one S3 failure:\n{text}");
+    assert!(failed[0].contains("s3:PutObject") && failed[0].contains("AccessDenied"));
+    assert!(
+        failed[0].contains(r#"add "s3:PutObject" on "arn:aws:s3:::bkt/*""#),
+        "{text}"
+    );
+
+    // Nothing left behind in the bucket.
+    let reset = http_request_with_body(moto.addr, "/moto-api/reset-auth", "inf").unwrap();
+    assert_eq!(reset.status, 200);
+    let listing = Command::new(venv.python())
+        .args([
+            "-c",
+            "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
+            &moto.url(),
+        ])
+        .env_clear()
+        .envs(base_env(&dir))
+        .output()
+        .expect("run python");
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).trim(),
+        "0",
+        "probe objects left: {}",
+        String::from_utf8_lossy(&listing.stderr)
     );
 }
 
@@ -818,6 +951,32 @@ fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<HttpResponse> {
+    http_exchange(addr, method, path, headers, "")
+}
+
+/// `POST path` with a plain-text body (moto's admin API).
+fn http_request_with_body(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> std::io::Result<HttpResponse> {
+    let length = body.len().to_string();
+    http_exchange(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "text/plain"), ("Content-Length", &length)],
+        body,
+    )
+}
+
+fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    request_body: &str,
+) -> std::io::Result<HttpResponse> {
     let invalid =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -828,6 +987,7 @@ fn http_request(
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(request_body);
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

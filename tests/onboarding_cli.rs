@@ -261,3 +261,107 @@ async fn verify_fails_for_a_role_without_the_condition_and_says_how_to_fix_it() 
     .await;
     assert_eq!(unknown.status.code(), Some(64));
 }
+
+#[test]
+fn policies_equal_the_guides_documents() {
+    let out = run(&["policy", "permissions", "--bucket", "syncoutput"], &[]);
+    let policy: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        policy,
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "CredvendSyncBucketAccess",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject", "s3:GetBucketLocation"],
+                "Resource": ["arn:aws:s3:::syncoutput", "arn:aws:s3:::syncoutput/*"]
+            }]
+        })
+    );
+    for (principal, expected) in [
+        (
+            "arn:aws:iam::568237466542:root",
+            "arn:aws:iam::568237466542:root",
+        ),
+        ("568237466542", "arn:aws:iam::568237466542:root"),
+        (
+            "arn:aws:iam::568237466542:role/vendor-sync",
+            "arn:aws:iam::568237466542:role/vendor-sync",
+        ),
+    ] {
+        let out = run(
+            &[
+                "policy",
+                "trust",
+                "--external-id",
+                "0000",
+                "--principal",
+                principal,
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let policy: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(
+            policy,
+            serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "CredvendAssumeWithExternalId",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": expected},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {"StringEquals": {"sts:ExternalId": "0000"}}
+                }]
+            })
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_prints_both_documents_and_the_verify_command() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let out = run_async(
+        vec![
+            "onboard".into(),
+            "acme-s3".into(),
+            "--config".into(),
+            f.config.display().to_string(),
+            "--bucket".into(),
+            "acme-data".into(),
+        ],
+        base_env(),
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    // The JSON documents are the non-comment blocks, in order.
+    let mut documents = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.starts_with("credvend ") {
+            if !current.trim().is_empty() {
+                documents.push(serde_json::from_str::<serde_json::Value>(&current).unwrap());
+            }
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    assert_eq!(documents.len(), 2, "{text}");
+    let trust = &documents[0]["Statement"][0];
+    assert_eq!(trust["Principal"]["AWS"], "arn:aws:iam::568237466542:root");
+    assert_eq!(
+        trust["Condition"]["StringEquals"]["sts:ExternalId"],
+        EXTERNAL_ID
+    );
+    assert_eq!(
+        documents[1]["Statement"][0]["Resource"][0],
+        "arn:aws:s3:::acme-data"
+    );
+    assert!(text.contains(&format!(
+        "credvend verify acme-s3 --config {} --bucket acme-data",
+        f.config.display()
+    )));
+}

@@ -221,7 +221,6 @@ pub async fn verify_mapping(
                     let detail = match check.result {
                         s3::CheckResult::Ok(detail) => detail,
                         s3::CheckResult::Failed { code, fix } => format!("{code}; fix: {fix}"),
-                        s3::CheckResult::Skipped(why) => format!("skipped: {why}"),
                     };
                     lines.push(Line {
                         check: check.action.into(),

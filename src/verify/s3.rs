@@ -34,8 +34,6 @@ pub enum CheckResult {
     Ok(String),
     /// Refused or failed, with the AWS error code and a fix.
     Failed { code: String, fix: String },
-    /// Not attempted because an earlier step it depends on failed.
-    Skipped(String),
 }
 
 impl Check {
@@ -170,8 +168,10 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
         Err(e) => checks.push(failed("s3:ListBucket", bucket, &e)),
     }
 
+    // Under `.credvend-verify/` so it is obviously ours and easy to find if a denied
+    // DeleteObject leaves it behind.
     let key = format!(
-        "{prefix}credvend-verify-{}.txt",
+        "{prefix}.credvend-verify/{}.txt",
         crate::policy::new_external_id().to_ascii_lowercase()
     );
     let put = s3
@@ -190,51 +190,51 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
         Err(e) => checks.push(failed("s3:PutObject", bucket, &e)),
     }
 
-    if written {
-        match s3.get_object().bucket(bucket).key(&key).send().await {
-            Ok(out) => {
-                let body = out.body.collect().await.map(|b| b.into_bytes());
-                let result = match body {
-                    Ok(bytes) if bytes.as_ref() == PROBE_BODY => {
-                        CheckResult::Ok("read the probe object back".into())
-                    }
-                    Ok(_) => CheckResult::Failed {
-                        code: "ContentMismatch".into(),
-                        fix: "the object read back differs from the one written".into(),
-                    },
-                    Err(_) => CheckResult::Failed {
-                        code: "ReadError".into(),
-                        fix: "retry; the body could not be read".into(),
-                    },
-                };
-                checks.push(Check {
-                    action: "s3:GetObject",
-                    result,
-                });
-            }
-            Err(e) => checks.push(failed("s3:GetObject", bucket, &e)),
-        }
-        match s3.delete_object().bucket(bucket).key(&key).send().await {
-            Ok(_) => checks.push(Check {
-                action: "s3:DeleteObject",
-                result: CheckResult::Ok("deleted the probe object".into()),
-            }),
-            Err(e) => {
-                let mut check = failed("s3:DeleteObject", bucket, &e);
-                if let CheckResult::Failed { fix, .. } = &mut check.result {
-                    fix.push_str(&format!("; remove s3://{bucket}/{key} by hand"));
+    // GetObject and DeleteObject are tested even when PutObject was denied: on a key
+    // that does not exist, an allowed GetObject answers NoSuchKey and an allowed
+    // DeleteObject succeeds, so each permission is judged on its own.
+    match s3.get_object().bucket(bucket).key(&key).send().await {
+        Ok(out) => {
+            let body = out.body.collect().await.map(|b| b.into_bytes());
+            let result = match body {
+                Ok(bytes) if bytes.as_ref() == PROBE_BODY => {
+                    CheckResult::Ok("read the probe object back".into())
                 }
-                checks.push(check);
-            }
-        }
-    } else {
-        for action in ["s3:GetObject", "s3:DeleteObject"] {
+                Ok(_) => CheckResult::Failed {
+                    code: "ContentMismatch".into(),
+                    fix: "the object read back differs from the one written".into(),
+                },
+                Err(_) => CheckResult::Failed {
+                    code: "ReadError".into(),
+                    fix: "retry; the body could not be read".into(),
+                },
+            };
             checks.push(Check {
-                action,
-                result: CheckResult::Skipped(
-                    "needs the probe object PutObject could not write".into(),
-                ),
+                action: "s3:GetObject",
+                result,
             });
+        }
+        Err(e) if !written && error_code(&e) == "NoSuchKey" => checks.push(Check {
+            action: "s3:GetObject",
+            result: CheckResult::Ok("allowed (no probe object to read: NoSuchKey)".into()),
+        }),
+        Err(e) => checks.push(failed("s3:GetObject", bucket, &e)),
+    }
+    match s3.delete_object().bucket(bucket).key(&key).send().await {
+        Ok(_) => checks.push(Check {
+            action: "s3:DeleteObject",
+            result: CheckResult::Ok(if written {
+                "deleted the probe object".into()
+            } else {
+                "allowed".into()
+            }),
+        }),
+        Err(e) => {
+            let mut check = failed("s3:DeleteObject", bucket, &e);
+            if let (true, CheckResult::Failed { fix, .. }) = (written, &mut check.result) {
+                fix.push_str(&format!("; remove s3://{bucket}/{key} by hand"));
+            }
+            checks.push(check);
         }
     }
     checks
