@@ -447,6 +447,11 @@ fn new_token() -> String {
 }
 
 async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    // Signal handlers first, before any socket is bound: once a listener accepts,
+    // a supervisor or test may send SIGTERM or SIGHUP, and a signal arriving before its
+    // handler exists takes the default action (the process dies).
+    let shutdown = shutdown_signal();
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     for warning in &config.warnings {
         warn!(warning = %warning, "Configuration warning");
     }
@@ -466,12 +471,11 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         mappings = config.mappings.len(),
         "credvend started"
     );
-    let reloader = tokio::spawn(reload_on_sighup_and_changes(Reloader::new(
-        path,
-        config,
-        daemon.clone(),
-    )));
-    daemon.run(listeners, limits, shutdown_signal()).await;
+    let reloader = tokio::spawn(reload_on_sighup_and_changes(
+        hup,
+        Reloader::new(path, config, daemon.clone()),
+    ));
+    daemon.run(listeners, limits, shutdown).await;
     reloader.abort();
     info!("credvend stopped");
     Ok(())
@@ -505,40 +509,39 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 /// Reloads on SIGHUP and on changes to the configuration files (DESIGN.md §4; see
 /// [`credvend::reload`]).
 ///
-/// The SIGHUP handler is installed when this is called (before READY=1), for the same
-/// reason as in [`shutdown_signal`]: SIGHUP's default action terminates the process.
-fn reload_on_sighup_and_changes(reloader: Reloader) -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let hup = signal(SignalKind::hangup());
-    async move {
-        let mut hup = match hup {
-            Ok(hup) => Some(hup),
-            Err(e) => {
-                error!(error = %e, "Cannot listen for SIGHUP; only file changes reload");
-                None
-            }
-        };
-        loop {
-            // (Re)start the watch on the applied config's files: a reload may have
-            // changed which include directories exist.
-            let (files, include_dirs) = reloader.watch_targets();
-            let (watcher, mut changes) =
-                match ConfigWatcher::start(&files, &include_dirs, reload::DEBOUNCE) {
-                    Ok((watcher, changes)) => (Some(watcher), Some(changes)),
-                    Err(e) => {
-                        warn!(error = %e, "File watching unavailable; reload with SIGHUP");
-                        (None, None)
-                    }
-                };
-            let trigger = tokio::select! {
-                Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
-                Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
-                else => return,
-            };
-            drop(watcher);
-            // Config::load reads files: keep it off the async workers.
-            let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
-            debug!(?outcome, "Reload finished");
+/// `hup` is the SIGHUP stream, installed by the caller before anything was bound:
+/// SIGHUP's default action terminates the process.
+async fn reload_on_sighup_and_changes(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    reloader: Reloader,
+) {
+    let mut hup = match hup {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            error!(error = %e, "Cannot listen for SIGHUP; only file changes reload");
+            None
         }
+    };
+    loop {
+        // (Re)start the watch on the applied config's files: a reload may have
+        // changed which include directories exist.
+        let (files, include_dirs) = reloader.watch_targets();
+        let (watcher, mut changes) =
+            match ConfigWatcher::start(&files, &include_dirs, reload::DEBOUNCE) {
+                Ok((watcher, changes)) => (Some(watcher), Some(changes)),
+                Err(e) => {
+                    warn!(error = %e, "File watching unavailable; reload with SIGHUP");
+                    (None, None)
+                }
+            };
+        let trigger = tokio::select! {
+            Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
+            Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
+            else => return,
+        };
+        drop(watcher);
+        // Config::load reads files: keep it off the async workers.
+        let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
+        debug!(?outcome, "Reload finished");
     }
 }
