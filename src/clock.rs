@@ -6,6 +6,13 @@
 //! [`SystemClock`]; tests use [`ManualClock`] and move time explicitly, which wakes any
 //! task sleeping in [`Clock::sleep_until`]. Latency bounds (`cold_wait`, STS call timeout)
 //! are not wall-clock decisions and use tokio's monotonic timer directly.
+//!
+//! The wall clock can step (NTP, VM resume, an operator), and a step back would make a
+//! credential look younger than it is. [`Clock::monotonic`] is the clock that never
+//! steps: the cache measures how long it has *held* a credential with it, so a credential
+//! is never served past the lifetime it arrived with, whatever the wall clock reads.
+//! [`ManualClock::advance`] moves both clocks (time passing); [`ManualClock::rewind`] and
+//! [`ManualClock::set`] move only the wall clock (a step).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +30,9 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> SystemTime;
     /// Completes once [`Clock::now`] has reached `deadline`.
     fn sleep_until(&self, deadline: SystemTime) -> Sleep;
+    /// Time elapsed on a clock that never steps, from an arbitrary fixed origin. Only
+    /// differences between two readings mean anything.
+    fn monotonic(&self) -> Duration;
 }
 
 /// The operating system's wall clock.
@@ -34,9 +44,18 @@ pub struct SystemClock;
 /// deadline can fire after such a jump.
 const MAX_SLEEP_SLICE: Duration = Duration::from_secs(15);
 
+/// Origin of [`SystemClock::monotonic`]: the first reading in this process.
+static MONOTONIC_ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+
+    fn monotonic(&self) -> Duration {
+        MONOTONIC_ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
     }
 
     fn sleep_until(&self, deadline: SystemTime) -> Sleep {
@@ -59,13 +78,18 @@ impl Clock for SystemClock {
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<watch::Sender<SystemTime>>,
+    /// Nanoseconds of [`Clock::monotonic`]; moved only by [`ManualClock::advance`].
+    monotonic_nanos: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ManualClock {
     /// A clock frozen at `start`.
     pub fn new(start: SystemTime) -> Self {
         let (tx, _rx) = watch::channel(start);
-        Self { now: Arc::new(tx) }
+        Self {
+            now: Arc::new(tx),
+            monotonic_nanos: Arc::default(),
+        }
     }
 
     /// A clock frozen at the current system time, truncated to whole seconds so that
@@ -78,17 +102,21 @@ impl ManualClock {
         Self::new(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     }
 
-    /// Moves time forward by `by`.
+    /// Moves time forward by `by`: both the wall and the monotonic clock.
     pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.monotonic_nanos
+            .fetch_add(nanos, std::sync::atomic::Ordering::SeqCst);
         self.now.send_modify(|t| *t += by);
     }
 
-    /// Moves time backward by `by` (a wall-clock step back, e.g. NTP correction).
+    /// Steps the wall clock backward by `by` (e.g. NTP correction); monotonic time does
+    /// not move.
     pub fn rewind(&self, by: Duration) {
         self.now.send_modify(|t| *t -= by);
     }
 
-    /// Sets the time.
+    /// Steps the wall clock to `to`; monotonic time does not move.
     pub fn set(&self, to: SystemTime) {
         self.now.send_replace(to);
     }
@@ -97,6 +125,13 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.now.borrow()
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_nanos(
+            self.monotonic_nanos
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
     fn sleep_until(&self, deadline: SystemTime) -> Sleep {

@@ -205,6 +205,8 @@ fn auth_failure_reason(error: &ApiError) -> Option<&'static str> {
         | ApiError::TrustPolicyUnsafe { .. }
         | ApiError::NotFound
         | ApiError::MethodNotAllowed
+        | ApiError::UriTooLong
+        | ApiError::BodyNotAllowed
         | ApiError::Unavailable { .. } => None,
     }
 }

@@ -85,16 +85,52 @@ impl MappingState {
     }
 }
 
+/// One reading of the injected clock: wall time (expiry, scheduling) and monotonic
+/// time (how long a credential has really been held; see [`Entry::remaining`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall: SystemTime,
+    pub monotonic: Duration,
+}
+
 /// A cached credential and what we knew when it arrived.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub creds: Arc<Credentials>,
     /// Our clock when STS answered.
     pub issued_at: SystemTime,
+    /// [`Now::monotonic`] when STS answered.
+    pub received_monotonic: Duration,
+    /// Time left on the credential, by our wall clock, when it arrived: the most it can
+    /// ever have left.
+    pub lifetime: Duration,
     /// STS handed back less than we asked for (see [`is_short`]). Such a credential is
     /// served below `min_remaining` (there is nothing better to serve, and refetching it
     /// on every request would be a tight loop) and refreshed at half its life.
     pub short_lived: bool,
+}
+
+impl Entry {
+    /// A credential that arrived at `now`.
+    pub fn new(creds: Arc<Credentials>, now: Now, short_lived: bool) -> Self {
+        Self {
+            lifetime: remaining(creds.expiration, now.wall),
+            creds,
+            issued_at: now.wall,
+            received_monotonic: now.monotonic,
+            short_lived,
+        }
+    }
+
+    /// Time left at `now`: the lesser of what `Expiration` says by the wall clock and
+    /// the lifetime it arrived with minus the monotonic time held since. They agree
+    /// while the wall clock runs true; after a step back the second still counts down,
+    /// so a credential is never served past its real expiry. (A step forward makes the
+    /// first one smaller: credentials are refetched early, never served late.)
+    pub fn remaining(&self, now: Now) -> Duration {
+        let held = now.monotonic.saturating_sub(self.received_monotonic);
+        remaining(self.creds.expiration, now.wall).min(self.lifetime.saturating_sub(held))
+    }
 }
 
 /// What the request path may do with a cached entry right now.
@@ -116,13 +152,8 @@ pub fn remaining(expiration: SystemTime, now: SystemTime) -> Duration {
 }
 
 /// Decides whether `entry` can be served at `now`.
-pub fn servability(
-    entry: &Entry,
-    now: SystemTime,
-    degraded: bool,
-    min_remaining: Duration,
-) -> Servable {
-    let left = remaining(entry.creds.expiration, now);
+pub fn servability(entry: &Entry, now: Now, degraded: bool, min_remaining: Duration) -> Servable {
+    let left = entry.remaining(now);
     if left <= EXPIRY_MARGIN {
         Servable::No
     } else if left >= min_remaining {
@@ -200,17 +231,45 @@ mod tests {
     }
 
     fn entry(expires_in: Duration, short_lived: bool) -> Entry {
-        Entry {
-            creds: Arc::new(Credentials {
-                access_key_id: "ASIATEST".into(),
-                secret_access_key: SecretValue::new("s"),
-                session_token: SecretValue::new("t"),
-                expiration: t0() + expires_in,
-                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
-            }),
-            issued_at: t0(),
-            short_lived,
+        let creds = Arc::new(Credentials {
+            access_key_id: "ASIATEST".into(),
+            secret_access_key: SecretValue::new("s"),
+            session_token: SecretValue::new("t"),
+            expiration: t0() + expires_in,
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
+        });
+        Entry::new(creds, at(Duration::ZERO), short_lived)
+    }
+
+    /// `by` after t0 on both clocks (time passing, no step).
+    fn at(by: Duration) -> Now {
+        Now {
+            wall: t0() + by,
+            monotonic: by,
         }
+    }
+
+    #[test]
+    fn a_wall_clock_step_back_does_not_extend_a_credential() {
+        let e = entry(60 * MIN, false);
+        // 50 minutes really pass, but the wall clock was stepped back two hours.
+        let stepped = Now {
+            wall: t0() + 50 * MIN - 120 * MIN,
+            monotonic: 50 * MIN,
+        };
+        assert_eq!(e.remaining(stepped), 10 * MIN);
+        assert_eq!(servability(&e, stepped, false, 20 * MIN), Servable::Stale);
+        let later = Now {
+            wall: stepped.wall + 9 * MIN,
+            monotonic: 59 * MIN,
+        };
+        assert_eq!(servability(&e, later, true, 20 * MIN), Servable::No);
+        // A step forward shortens it: refetched early, never served late.
+        let forward = Now {
+            wall: t0() + 2 * 60 * MIN,
+            monotonic: MIN,
+        };
+        assert_eq!(e.remaining(forward), Duration::ZERO);
     }
 
     #[test]
@@ -218,17 +277,17 @@ mod tests {
         let min_remaining = 20 * MIN;
         let e = entry(60 * MIN, false);
         assert_eq!(
-            servability(&e, t0(), false, min_remaining),
+            servability(&e, at(Duration::ZERO), false, min_remaining),
             Servable::Yes(Source::Cache)
         );
         assert_eq!(
-            servability(&e, t0() + 40 * MIN, false, min_remaining),
+            servability(&e, at(40 * MIN), false, min_remaining),
             Servable::Yes(Source::Cache)
         );
         assert_eq!(
             servability(
                 &e,
-                t0() + 40 * MIN + Duration::from_secs(1),
+                at(40 * MIN + Duration::from_secs(1)),
                 false,
                 min_remaining
             ),
@@ -240,17 +299,17 @@ mod tests {
     fn degraded_serves_until_the_expiry_margin_and_never_after() {
         let min_remaining = 20 * MIN;
         let e = entry(60 * MIN, false);
-        let just_before_margin = t0() + 59 * MIN - Duration::from_secs(1);
+        let just_before_margin = at(59 * MIN - Duration::from_secs(1));
         assert_eq!(
             servability(&e, just_before_margin, true, min_remaining),
             Servable::Yes(Source::Degraded)
         );
         assert_eq!(
-            servability(&e, t0() + 59 * MIN, true, min_remaining),
+            servability(&e, at(59 * MIN), true, min_remaining),
             Servable::No
         );
         assert_eq!(
-            servability(&e, t0() + 61 * MIN, true, min_remaining),
+            servability(&e, at(61 * MIN), true, min_remaining),
             Servable::No
         );
     }
@@ -259,13 +318,10 @@ mod tests {
     fn short_lived_credentials_are_served_below_min_remaining() {
         let e = entry(10 * MIN, true);
         assert_eq!(
-            servability(&e, t0(), false, 20 * MIN),
+            servability(&e, at(Duration::ZERO), false, 20 * MIN),
             Servable::Yes(Source::Cache)
         );
-        assert_eq!(
-            servability(&e, t0() + 9 * MIN, false, 20 * MIN),
-            Servable::No
-        );
+        assert_eq!(servability(&e, at(9 * MIN), false, 20 * MIN), Servable::No);
     }
 
     #[test]

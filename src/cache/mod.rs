@@ -46,7 +46,7 @@ pub mod scheduler;
 
 pub use budget::Priority;
 use budget::StsBudget;
-use lifecycle::{EXPIRY_MARGIN, Servable};
+use lifecycle::{EXPIRY_MARGIN, Now, Servable};
 pub use lifecycle::{Entry, MappingState, Source};
 
 /// Upper bound on cached credentials. One per configured mapping is needed; the bound
@@ -322,13 +322,13 @@ impl CredentialCache {
             .cloned()
             .ok_or(VendError::UnknownMapping)?;
         let min_remaining = table.refresh.min_remaining;
-        let now = inner.clock.now();
+        let now = inner.now();
 
         let mut fallback = None;
         {
             let mut slots = inner.lock_slots();
             let slot = slots.entry(spec.key.clone()).or_default();
-            slot.last_used = Some(now);
+            slot.last_used = Some(now.wall);
             if let Some(entry) = inner.store.get(&spec.key) {
                 match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
                     Servable::Yes(source) => return Ok(Vended { entry, source }),
@@ -338,7 +338,7 @@ impl CredentialCache {
             }
             if let (true, Some(until), Some((error, _))) =
                 (slot.failed, slot.negative_until, &slot.last_error)
-                && now < until
+                && now.wall < until
             {
                 return Err(error.clone().into_vend_error());
             }
@@ -347,10 +347,10 @@ impl CredentialCache {
         let rx = Inner::start_or_join(inner, &spec, Priority::Cold);
         let waited = tokio::time::timeout(table.refresh.cold_wait, wait_outcome(rx)).await;
         let degraded_fallback = |reason: &'static str| {
-            let now = inner.clock.now();
+            let now = inner.now();
             match fallback
                 .as_ref()
-                .filter(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN)
+                .filter(|e| e.remaining(now) > EXPIRY_MARGIN)
             {
                 Some(entry) => Ok(Vended {
                     entry: entry.clone(),
@@ -382,7 +382,7 @@ impl CredentialCache {
     pub fn status(&self) -> Vec<MappingStatus> {
         let inner = &self.inner;
         let table = inner.current_table();
-        let now = inner.clock.now();
+        let now = inner.now();
         let slots = inner.lock_slots();
         let mut out: Vec<MappingStatus> = table
             .by_name
@@ -392,7 +392,7 @@ impl CredentialCache {
                 let entry = inner
                     .store
                     .get(&spec.key)
-                    .filter(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN);
+                    .filter(|e| e.remaining(now) > EXPIRY_MARGIN);
                 MappingStatus {
                     name: name.clone(),
                     state: state_of(slot, entry.is_some()),
@@ -479,6 +479,14 @@ fn lost_fetch() -> FetchError {
 }
 
 impl Inner {
+    /// Both clocks, read once.
+    fn now(&self) -> Now {
+        Now {
+            wall: self.clock.now(),
+            monotonic: self.clock.monotonic(),
+        }
+    }
+
     fn current_table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -506,7 +514,7 @@ impl Inner {
             && let Some(entry) = self.store.get(&spec.key)
         {
             let min_remaining = self.current_table().refresh.min_remaining;
-            let now = self.clock.now();
+            let now = self.now();
             if let Servable::Yes(_) =
                 lifecycle::servability(&entry, now, slot.degraded, min_remaining)
             {
@@ -565,9 +573,24 @@ impl Inner {
             self.budget.acquire(priority).await;
             result = self.assume_role_observed(spec, &input).await;
         }
-        let creds = result.map_err(FetchError::Sts)?;
-        let now = self.clock.now();
-        let left = lifecycle::remaining(creds.expiration, now);
+        let mut creds = result.map_err(FetchError::Sts)?;
+        // STS sets Expiration by its own clock. A credential cannot outlive the duration
+        // we asked for, counted from when we asked: an Expiration further out than that
+        // means our wall clock is behind STS's (stepped back, or never synced), and
+        // trusting it would serve the credential past its real expiry by the size of
+        // the error. Use the bound in our clock's frame instead, for every decision and
+        // on the wire, which is the frame the SDKs on this host compare it against.
+        let latest = sent_at + input.duration;
+        if creds.expiration > latest + lifecycle::SHORT_TOLERANCE {
+            warn!(
+                mapping = %spec.key.name(),
+                ahead_secs = creds.expiration.duration_since(latest).unwrap_or_default().as_secs(),
+                "STS's Expiration is later than the session can last by this host's clock; the host clock is probably behind. Expiring the credential by the session duration instead"
+            );
+            creds.expiration = latest;
+        }
+        let now = self.now();
+        let left = lifecycle::remaining(creds.expiration, now.wall);
         if left <= EXPIRY_MARGIN {
             // Our clock or STS's is badly off; serving this would hand out a credential
             // that is (nearly) expired. Treat as transient and retry with backoff.
@@ -590,11 +613,7 @@ impl Inner {
                 "STS returned a credential shorter than requested; serving it and refreshing at half its life"
             );
         }
-        Ok(Arc::new(Entry {
-            creds: Arc::new(creds),
-            issued_at: now,
-            short_lived,
-        }))
+        Ok(Arc::new(Entry::new(Arc::new(creds), now, short_lived)))
     }
 
     /// One AssumeRole, timed, with its success or failure event (log line + metrics).
@@ -710,7 +729,8 @@ impl Inner {
     /// Records a fetch's outcome: cache, slot state, next refresh. Runs under the slots
     /// lock so that "publish, then clear in-flight" is atomic for joiners.
     fn publish(&self, spec: &MappingSpec, outcome: &Outcome) {
-        let now = self.clock.now();
+        let clock_now = self.now();
+        let now = clock_now.wall;
         let table = self.current_table();
         let current = table.by_key.contains_key(&spec.key);
         let mut slots = self.lock_slots();
@@ -723,7 +743,7 @@ impl Inner {
             return;
         }
         let name = spec.key.name();
-        let before = flag_state(slot, &self.store, &spec.key, now);
+        let before = flag_state(slot, &self.store, &spec.key, clock_now);
         match outcome {
             Ok(entry) => {
                 self.store.insert(spec.key.clone(), entry.clone());
@@ -772,7 +792,7 @@ impl Inner {
                 let valid = self
                     .store
                     .get(&spec.key)
-                    .is_some_and(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN);
+                    .is_some_and(|e| e.remaining(clock_now) > EXPIRY_MARGIN);
                 slot.degraded = valid;
                 if !valid {
                     self.store.invalidate(&spec.key);
@@ -793,7 +813,7 @@ impl Inner {
                 );
             }
         }
-        let after = flag_state(slot, &self.store, &spec.key, now);
+        let after = flag_state(slot, &self.store, &spec.key, clock_now);
         if after != before {
             MappingStateChanged {
                 mapping: name,
@@ -827,11 +847,11 @@ fn flag_state(
     slot: &Slot,
     store: &moka::sync::Cache<MappingKey, Arc<Entry>>,
     key: &MappingKey,
-    now: SystemTime,
+    now: Now,
 ) -> MappingState {
     let has_entry = store
         .get(key)
-        .is_some_and(|e| lifecycle::remaining(e.creds.expiration, now) > EXPIRY_MARGIN);
+        .is_some_and(|e| e.remaining(now) > EXPIRY_MARGIN);
     match (has_entry, slot.degraded, slot.failed) {
         (true, true, _) => MappingState::Degraded,
         (true, false, _) => MappingState::Fresh,

@@ -45,6 +45,9 @@ impl AdminEndpoint {
     }
 
     fn respond(&self, request: &Request<Incoming>, route: &'static str) -> Response<Body> {
+        if let Some(error) = super::framing_error(request) {
+            return error.into_response();
+        }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return ApiError::MethodNotAllowed.into_response();
         }

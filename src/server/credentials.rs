@@ -1,7 +1,7 @@
 //! The credential endpoint: `GET /v1/credentials/{mapping}` and `GET /v1/credentials`.
 //!
-//! Checks run cheapest and most hostile first: proxy headers, `Host`, method, path,
-//! token; only an authorised request reaches the cache. The query string is ignored
+//! Checks run cheapest and most hostile first: framing (URI length, no body), proxy
+//! headers, `Host`, method, path, token; only an authorised request reaches the cache. The query string is ignored
 //! (the JS SDK rewrites it). Every response is logged once on the `credvend::audit`
 //! target: mapping, client address, status, source, AccessKeyId and expiry — never the
 //! secret key, session token, auth token or External ID.
@@ -64,7 +64,7 @@ impl CredentialEndpoint {
             }
         };
         let code = response.status().as_u16();
-        let route = if matches!(code, 404 | 405) {
+        let route = if matches!(code, 400 | 404 | 405 | 414) {
             route::OTHER
         } else {
             route::CREDENTIALS
@@ -79,6 +79,9 @@ impl CredentialEndpoint {
         request: &Request<Incoming>,
         conn: ConnInfo,
     ) -> (Option<String>, Result<Response<Body>, ApiError>) {
+        if let Some(error) = super::framing_error(request) {
+            return (None, Err(error));
+        }
         let headers = request.headers();
         if PROXY_HEADERS.iter().any(|h| headers.contains_key(h)) {
             return (None, Err(ApiError::ProxiedRequest));

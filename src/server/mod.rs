@@ -8,15 +8,19 @@
 //! - header read time: hyper's `header_read_timeout`, which only works when the builder
 //!   has a timer, so one is always set;
 //! - header count and size: hyper answers 431 beyond them;
-//! - shutdown: in-flight requests get `shutdown_grace` to finish, then connections are
-//!   dropped.
+//! - URI length and request bodies: [`framing_error`], checked first by every handler
+//!   (414 beyond [`MAX_URI_BYTES`]; 400 for any body, which is never read);
+//! - shutdown: in-flight requests get `shutdown_grace` to finish, then the connection
+//!   tasks still running are aborted, so a request stuck behind a hung STS cannot hold
+//!   the process past the grace period.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
+use hyper::header;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -24,6 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub mod access;
@@ -32,7 +37,33 @@ pub mod credentials;
 pub mod status;
 pub mod wire;
 
-use wire::Body;
+use wire::{ApiError, Body};
+
+/// Longest request target (path plus query) accepted. SDK requests are
+/// `/v1/credentials/<mapping>` (≤ 80 bytes) plus, from the JS SDK, a short query string;
+/// hyper's own limit is 64 KiB, far more than any client of ours needs.
+pub const MAX_URI_BYTES: usize = 2048;
+
+/// The framing checks every handler runs before anything else: a request target longer
+/// than [`MAX_URI_BYTES`] (414), or a request carrying a body (400; credvend only
+/// serves GET and HEAD, and the body is never read, so a client cannot make us buffer
+/// anything). `None` when the request is acceptable so far.
+pub fn framing_error(request: &Request<Incoming>) -> Option<ApiError> {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return Some(ApiError::UriTooLong);
+    }
+    // hyper knows the framing: `Content-Length: 0` (or none) is an empty body; any other
+    // length, or `Transfer-Encoding`, is not.
+    if !request.body().is_end_stream() || request.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Some(ApiError::BodyNotAllowed);
+    }
+    None
+}
 
 /// Addresses of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +112,9 @@ pub async fn serve<H, F>(
     let local = listener.local_addr().ok();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // Every connection task, so that the ones still running when the grace period ends
+    // can be aborted (dropping their sockets) rather than outliving `serve`.
+    let mut connections = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -90,6 +124,9 @@ pub async fn serve<H, F>(
     tokio::pin!(shutdown);
 
     loop {
+        // Reap finished connection tasks, so the set holds no more than the connections
+        // alive since the last accept.
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -120,7 +157,7 @@ pub async fn serve<H, F>(
             async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%error, client = %peer, "Connection ended with an error");
             }
@@ -142,4 +179,7 @@ pub async fn serve<H, F>(
             "Shutdown grace elapsed; dropping remaining connections"
         ),
     }
+    // After a clean drain this only waits for tasks that are finishing; after the grace
+    // period it drops every connection still open.
+    connections.shutdown().await;
 }

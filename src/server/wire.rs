@@ -121,6 +121,11 @@ pub enum ApiError {
     NotFound,
     /// Not GET or HEAD.
     MethodNotAllowed,
+    /// Request target longer than [`super::MAX_URI_BYTES`].
+    UriTooLong,
+    /// The request carries a body (`Content-Length` > 0 or `Transfer-Encoding`); GET and
+    /// HEAD never need one, and it is never read.
+    BodyNotAllowed,
     /// Nothing servable yet; retry after the given seconds.
     Unavailable {
         mapping: Option<String>,
@@ -141,6 +146,8 @@ impl ApiError {
             | ApiError::TrustPolicyUnsafe { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::BodyNotAllowed => StatusCode::BAD_REQUEST,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -156,6 +163,8 @@ impl ApiError {
             ApiError::TrustPolicyUnsafe { .. } => "TrustPolicyUnsafe",
             ApiError::NotFound => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::UriTooLong => "UriTooLong",
+            ApiError::BodyNotAllowed => "BodyNotAllowed",
             ApiError::Unavailable { .. } => "CredentialsUnavailable",
         }
     }
@@ -184,6 +193,10 @@ impl ApiError {
             ),
             ApiError::NotFound => "not found; use GET /v1/credentials/{mapping}".into(),
             ApiError::MethodNotAllowed => "only GET and HEAD are allowed".into(),
+            ApiError::UriTooLong => {
+                format!("request target longer than {} bytes", super::MAX_URI_BYTES)
+            }
+            ApiError::BodyNotAllowed => "requests must not carry a body".into(),
             ApiError::Unavailable {
                 mapping: Some(mapping),
                 reason,
@@ -217,6 +230,11 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            ApiError::BodyNotAllowed => {
+                // The body is left unread, so the connection cannot carry another
+                // request: say so instead of letting hyper discover it.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

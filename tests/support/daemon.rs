@@ -125,6 +125,20 @@ pub async fn start_with_sts(mappings: Vec<Mapping>) -> (FakeSts, TestDaemon) {
     (sts, daemon)
 }
 
+/// Like [`start_with_sts`], with `tweak` applied to the config first (limits, timeouts,
+/// budget).
+pub async fn start_with_sts_and(
+    mappings: Vec<Mapping>,
+    tweak: impl FnOnce(&mut Config),
+) -> (FakeSts, TestDaemon) {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    let mut config = config(&sts.endpoint_url(), mappings);
+    tweak(&mut config);
+    let daemon = TestDaemon::start(config, clock).await;
+    (sts, daemon)
+}
+
 /// Polls `condition` every 5 ms until it holds; panics with `what` after 10 s. For
 /// waiting on background work (a refresh the clock made due), not for timing.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

@@ -166,6 +166,9 @@ pub struct StsCall {
     pub error_code: Option<String>,
     /// AccessKeyId of the credentials issued by a successful AssumeRole.
     pub issued_access_key_id: Option<String>,
+    /// Monotonic time the request arrived (before any latency fault), for measuring the
+    /// rate at which credvend calls STS.
+    pub received_at: Option<std::time::Instant>,
 }
 
 /// Handle to a running fake STS. Dropping it stops the server and releases hung calls.
@@ -380,6 +383,7 @@ async fn handle(
     state: Arc<Mutex<State>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Response<Full<Bytes>> {
+    let received_at = std::time::Instant::now();
     let (access_key_id, signing_region) = parse_authorization(&req);
     let body = match req.into_body().collect().await {
         Ok(body) => body.to_bytes(),
@@ -389,6 +393,7 @@ async fn handle(
     let mut call = parse_call(&params);
     call.access_key_id = access_key_id;
     call.signing_region = signing_region;
+    call.received_at = Some(received_at);
 
     let fault = if call.action == "AssumeRole" {
         lock(&state).take_fault(call.role_arn.as_deref())

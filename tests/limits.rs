@@ -1,0 +1,410 @@
+//! Bounds on every resource (DESIGN.md §6, issue 6 item 2), end to end against real
+//! listeners: header read time, header count and size, URI length, request bodies,
+//! concurrent connections, hostile bytes, and the shutdown grace period.
+//!
+//! Ordering is asserted, not speed: "the normal request finished before any slow client
+//! was cut off", "the stuck request ended because the daemon stopped, not because
+//! `cold_wait` ran out".
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use credvend::cache::MappingState;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::daemon::{self, eventually, mapping, role_arn, token};
+use support::fake_sts::{Fault, Role, TrustRule};
+use support::http::{RawResponse, get_with_token, request};
+
+const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
+const PATH: &str = "/v1/credentials/acme-s3";
+
+fn acme_role() -> Role {
+    Role::new(
+        role_arn("vendor-sync"),
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    )
+}
+
+fn acme(token: &str) -> Vec<credvend::config::Mapping> {
+    vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), token)]
+}
+
+/// Writes `bytes` (ignoring write errors: the server may answer and close before it has
+/// read everything) and returns whatever comes back before the connection ends.
+async fn exchange(addr: SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&bytes).await;
+        // Keep the write half open until the server closes: a FIN here could make the
+        // server stop early for a reason other than the one under test.
+        write
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let read_all = async {
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all)
+        .await
+        .expect("server answered or closed within 30 s");
+    drop(writer.await);
+    answer
+}
+
+fn status_of(answer: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP/1.1 response: {text:?}"))
+}
+
+fn assert_json_error(r: &RawResponse, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body = r.json();
+    assert_eq!(body["code"], code, "{}", r.body);
+    assert_eq!(body["Code"], code);
+    assert_eq!(body["message"], body["Message"]);
+    assert_eq!(body.as_object().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn two_hundred_half_requests_do_not_delay_a_normal_one_and_are_cut_off() {
+    let token = token("acme");
+    let header_read_timeout = Duration::from_secs(1);
+    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+        c.server.header_read_timeout = header_read_timeout;
+    })
+    .await;
+    sts.add_role(acme_role());
+    // Warm the cache so the normal request below measures the server, not STS.
+    assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
+
+    // 200 clients send half a request (request line and part of a header) and stop.
+    let half = format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthoriz");
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        // hyper's timer starts once it accepts the connection, so no earlier than this.
+        let sent = Instant::now();
+        let mut stream = TcpStream::connect(d.addr).await.expect("connect");
+        stream.write_all(half.as_bytes()).await.expect("write half");
+        slow.push(tokio::spawn(async move {
+            let mut answer = Vec::new();
+            // Ends when the server closes the connection (EOF or reset).
+            let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+                .await
+                .expect("slow client cut off within 30 s");
+            (sent, Instant::now(), answer)
+        }));
+    }
+
+    // A normal client is served while all 200 are still connected.
+    let r = get_with_token(d.addr, PATH, &token).await;
+    let served = Instant::now();
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    for task in slow {
+        let (sent, closed, answer) = task.await.unwrap();
+        assert!(
+            served < closed,
+            "a slow client was cut off before the normal request was served"
+        );
+        // hyper's timer (not a read error, not the client) ended it: never before the
+        // timeout, and with no response at all.
+        assert!(closed.duration_since(sent) >= header_read_timeout);
+        assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_at_the_header_read_timeout() {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+        c.server.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    sts.add_role(acme_role());
+    // One byte every 50 ms: each byte is progress, but the whole head would take far
+    // longer than the timeout. The timer covers the head, not the gap between bytes.
+    let head = format!(
+        "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: {}\r\n\r\n",
+        "a".repeat(200)
+    );
+    let mut stream = TcpStream::connect(d.addr).await.expect("connect");
+    let mut sent_all = true;
+    for byte in head.as_bytes() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            sent_all = false;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !sent_all,
+        "the server kept reading a {}-byte head for {} ms",
+        head.len(),
+        head.len() * 50
+    );
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(sts.assume_role_calls().len(), 0);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_get_431_and_others_are_still_served() {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
+    sts.add_role(acme_role());
+
+    let big = format!(
+        "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200 * 1024)
+    );
+    let answer = exchange(d.addr, big.into_bytes()).await;
+    assert_eq!(
+        status_of(&answer),
+        431,
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let mut many = format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-Header-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = exchange(d.addr, many.into_bytes()).await;
+    assert_eq!(
+        status_of(&answer),
+        431,
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Neither reached the handler (no STS call); a normal request still works.
+    assert_eq!(sts.assume_role_calls().len(), 0);
+    assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_uri_over_the_limit_gets_414_json_on_both_listeners() {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
+    sts.add_role(acme_role());
+
+    let long = format!("{PATH}?{}", "q".repeat(credvend::server::MAX_URI_BYTES));
+    let r = get_with_token(d.addr, &long, &token).await;
+    assert_json_error(&r, 414, "UriTooLong");
+    let r = request(
+        d.admin,
+        "GET",
+        &format!("/healthz?{}", "q".repeat(4096)),
+        &[],
+    )
+    .await;
+    assert_json_error(&r, 414, "UriTooLong");
+    assert_eq!(sts.assume_role_calls().len(), 0, "refused before the cache");
+
+    // Just inside the limit is an ordinary request (the query string is ignored).
+    let inside = format!(
+        "{PATH}?{}",
+        "q".repeat(credvend::server::MAX_URI_BYTES - PATH.len() - 1)
+    );
+    let r = get_with_token(d.addr, &inside, &token).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn requests_with_a_body_are_refused_without_reading_it() {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
+    sts.add_role(acme_role());
+    let head = |extra: &str| {
+        format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n{extra}\r\n")
+    };
+    let parse = |answer: Vec<u8>| {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+        let headers: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+        (status_of(&answer), headers, body.to_string())
+    };
+
+    for request in [
+        head("Content-Length: 10\r\n") + "0123456789",
+        // The body is promised but never sent: answering proves it was not waited for.
+        head("Content-Length: 100000\r\n") + "only a little",
+        head("Transfer-Encoding: chunked\r\n") + "5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let (status, headers, body) = parse(exchange(d.addr, request.into_bytes()).await);
+        assert_eq!(status, 400, "{body}");
+        assert!(headers.contains(&"content-type: application/json".to_string()));
+        assert!(headers.contains(&"connection: close".to_string()));
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        assert_eq!(body["code"], "BodyNotAllowed");
+        assert_eq!(body["Code"], "BodyNotAllowed");
+    }
+    assert_eq!(sts.assume_role_calls().len(), 0, "refused before the cache");
+
+    // An explicit empty body is no body.
+    let (status, _, body) = parse(
+        exchange(
+            d.addr,
+            (head("Content-Length: 0\r\nConnection: close\r\n")).into_bytes(),
+        )
+        .await,
+    );
+    assert_eq!(status, 200, "{body}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_free_slot() {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+        c.server.max_connections = 2;
+        // Long enough that the idle connections below are not cut off by it.
+        c.server.header_read_timeout = Duration::from_secs(60);
+    })
+    .await;
+    sts.add_role(acme_role());
+
+    // Two idle connections take both slots (accepted in connection order).
+    let first = TcpStream::connect(d.addr).await.expect("connect 1");
+    let mut second = TcpStream::connect(d.addr).await.expect("connect 2");
+    // The third connects (the kernel backlog holds it) but is not accepted.
+    let third = tokio::spawn({
+        let (addr, token) = (d.addr, token.clone());
+        async move { get_with_token(addr, PATH, &token).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "served past max_connections");
+
+    // A slot frees up: the waiting connection is served.
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("waiting connection served once a slot freed")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The connection that held the other slot all along still works.
+    let raw = format!(
+        "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+    );
+    second.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    second.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(status_of(&answer), 200);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn random_bytes_on_some_connections_do_not_disturb_other_clients() {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
+    sts.add_role(acme_role());
+    assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
+
+    // Seeded: a failure reproduces.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x00c0_ffee);
+    let mut hostile: Vec<Vec<u8>> = (0..24)
+        .map(|i| {
+            let len = 1 << (6 + i % 12); // 64 B .. 128 KiB
+            (0..len).map(|_| rng.r#gen::<u8>()).collect()
+        })
+        .collect();
+    hostile.push(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec());
+    hostile.push(vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ]);
+    hostile.push(b"\0\0\0\0\r\n\r\n".to_vec());
+    hostile.push(format!("{} / HTTP/1.1\r\n\r\n", "G".repeat(10_000)).into_bytes());
+    hostile.push(b"GET /v1/credentials/acme-s3 HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n".to_vec());
+
+    let addr = d.addr;
+    let attackers: Vec<_> = hostile
+        .into_iter()
+        .map(|bytes| tokio::spawn(exchange(addr, bytes)))
+        .collect();
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let token = token.clone();
+            tokio::spawn(async move { get_with_token(addr, PATH, &token).await })
+        })
+        .collect();
+    for client in clients {
+        let r = client.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for attacker in attackers {
+        let answer = attacker.await.expect("no panic");
+        // Either nothing (connection dropped) or a 4xx; never a 2xx or 5xx.
+        if !answer.is_empty() {
+            let status = status_of(&answer);
+            assert!((400..500).contains(&status), "{status}");
+        }
+    }
+    assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
+    assert_eq!(
+        sts.assume_role_calls().len(),
+        1,
+        "garbage never reached STS"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_a_request_stuck_on_a_hung_sts() {
+    let token = token("acme");
+    let cold_wait = Duration::from_secs(10);
+    let (sts, mut d) = daemon::start_with_sts_and(acme(&token), |c| {
+        c.server.shutdown_grace = Duration::from_millis(300);
+        // The request would otherwise wait this long for STS, then answer 503.
+        c.refresh.cold_wait = cold_wait;
+        c.sts.call_timeout = Duration::from_secs(30);
+    })
+    .await;
+    sts.add_role(acme_role());
+    sts.set_persistent_fault(Some(Fault::Hang));
+
+    let addr = d.addr;
+    let request =
+        format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n\r\n");
+    let started = Instant::now();
+    let stuck = tokio::spawn(exchange(addr, request.into_bytes()));
+    eventually("request waiting on the hung STS", || {
+        sts.faults_fired().contains(&Fault::Hang)
+            && d.daemon.cache.status()[0].state == MappingState::Fetching
+    })
+    .await;
+
+    let stopped = d.begin_shutdown();
+    stopped.await.expect("daemon task did not panic");
+    let answer = stuck.await.unwrap();
+    // The connection was dropped by the grace period, before cold_wait could end the
+    // request with a 503: no response at all.
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        started.elapsed() < cold_wait,
+        "the stuck request outlived the grace period"
+    );
+    assert!(TcpStream::connect(addr).await.is_err());
+    drop(sts);
+}
