@@ -54,7 +54,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clients::{ClientRun, Tools};
 use support::e2e::{
@@ -375,6 +375,7 @@ pub struct Verdict {
 
 #[test]
 fn real_clients_conform_to_the_wire_contract() {
+    let started = Instant::now();
     let tools = Tools::locate();
     let dir = TempDir::new("compat");
     let cases = plan();
@@ -384,12 +385,19 @@ fn real_clients_conform_to_the_wire_contract() {
         let go = scope.spawn(|| tools.build_go_client(dir.path()));
         let moto = Moto::start(&tools.venv, &dir);
         moto.create_bucket(&tools.venv, &dir, BUCKET);
-        let credvend = Credvend::start(&dir, &moto, &cases);
+        let mappings: Vec<&MappingSpec> = cases.iter().flat_map(|c| &c.mappings).collect();
+        let credvend = Credvend::start(&dir, &moto, "credvend", &mappings, "");
         (go.join().expect("go build thread"), (moto, credvend))
     });
     let tools = tools.with_go_client(go_build);
+    println!("compat: setup took {:.1?}", started.elapsed());
 
     let runs = run_cases(&cases, &tools, &dir, &credvend, &moto);
+    println!(
+        "compat: {} cases done at {:.1?}",
+        cases.len(),
+        started.elapsed()
+    );
     for (case, run) in cases.iter().zip(&runs) {
         println!("{}: {}", case.label(), run.summary());
     }
@@ -410,6 +418,11 @@ fn real_clients_conform_to_the_wire_contract() {
             .or_default() += 1;
     }
     let repeated: Vec<_> = per_session.iter().filter(|(_, n)| **n != 1).collect();
+    let control = refetch_loop_control(&tools, &dir, &moto);
+    println!(
+        "compat: refetch-loop control {control:?} at {:.1?}",
+        started.elapsed()
+    );
 
     let versions = tools.versions();
     let rendered = table::render(&verdicts, &versions);
@@ -431,9 +444,9 @@ fn real_clients_conform_to_the_wire_contract() {
         );
     }
     assert!(
-        failures.is_empty() && repeated.is_empty(),
+        failures.is_empty() && repeated.is_empty() && control.is_ok(),
         "{} of {} compatibility cases failed; sessions assumed more than once: \
-         {repeated:?}{report}\n\n{}",
+         {repeated:?}; refetch-loop control: {control:?}{report}\n\n{}",
         failures.len(),
         verdicts.len(),
         credvend.process.describe()
@@ -449,6 +462,56 @@ fn real_clients_conform_to_the_wire_contract() {
         "credvend serve must exit 0 on SIGTERM\n{}",
         credvend.process.describe()
     );
+}
+
+/// Negative control for every "exactly one credential request" assertion: it must be
+/// able to fail. A second credvend serves 15-minute sessions (a configuration credvend
+/// warns about, DESIGN.md §2): botocore refreshes credentials with less than 15 minutes
+/// left before every call, so one boto3 process making [`CALLS`] calls must show up as
+/// at least [`CALLS`] credential requests in the audit log.
+fn refetch_loop_control(tools: &Tools, dir: &TempDir, moto: &Moto) -> Result<(), String> {
+    const SHORT_LIVED: &str = r#"
+[refresh]
+session_duration = "15m"
+refresh_before = "10m"
+min_remaining = "5m"
+"#;
+    let mapping = MappingSpec::new(Client::Boto3, "control-short-lived");
+    let mut control = Credvend::start(dir, moto, "credvend-control", &[&mapping], SHORT_LIVED);
+    let case_dir = dir.path().join("control-short-lived");
+    std::fs::create_dir_all(&case_dir).expect("control dir");
+    let env = [
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            control.uri(Host::V4, Some(&mapping.name)),
+        ),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN", mapping.token.clone()),
+    ];
+    let run = tools.run(Client::Boto3, &env, &case_dir, "run", moto, true);
+    let requests = AuditLog::parse(&control.process.log())
+        .requests(&mapping.name)
+        .to_vec();
+    control.process.terminate(SHUTDOWN_TIMEOUT);
+    let checked = run
+        .all_succeeded()
+        .and_then(|()| run.acted_as(&[mapping.assumed_role_arn()]))
+        .and_then(|()| {
+            if requests.len() >= CALLS && requests.iter().all(|s| *s == 200) {
+                println!(
+                    "compat: control: one boto3 process with 15-minute credentials made {} \
+                     credential requests",
+                    requests.len()
+                );
+                Ok(())
+            } else {
+                Err(format!(
+                    "with 15-minute credentials botocore should fetch before each of its \
+                     {CALLS}+ calls, but credvend logged statuses {requests:?}: the audit \
+                     count would not see a refetch loop"
+                ))
+            }
+        });
+    checked.map_err(|problem| format!("{problem}\n{}", run.describe()))
 }
 
 /// Runs every case, [`PARALLEL_CASES`] at a time; results in case order.
@@ -671,10 +734,18 @@ pub struct Credvend {
 }
 
 impl Credvend {
-    fn start(dir: &TempDir, moto: &Moto, cases: &[Case]) -> Credvend {
+    /// Starts `credvend serve` named `name` (its config and log are `<dir>/<name>.toml`
+    /// and `.log`) with `mappings`, all prefetched, and `extra_config` appended.
+    fn start(
+        dir: &TempDir,
+        moto: &Moto,
+        name: &'static str,
+        mappings: &[&MappingSpec],
+        extra_config: &str,
+    ) -> Credvend {
         let port = free_dual_stack_port();
         let admin = free_loopback_addr();
-        let config_path = write_config(dir, moto, cases, port, admin);
+        let config_path = write_config(dir, moto, name, mappings, extra_config, port, admin);
         let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
         command
             .arg("serve")
@@ -687,7 +758,7 @@ impl Credvend {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", REGION)
             .env("RUST_BACKTRACE", "1");
-        let mut process = ChildGuard::spawn("credvend", command, &dir.path().join("credvend.log"));
+        let mut process = ChildGuard::spawn(name, command, &dir.path().join(format!("{name}.log")));
         // /readyz turns 200 once both listeners are bound and every (prefetch) mapping
         // holds credentials, so no case meets a cold miss.
         wait_until(
@@ -712,7 +783,9 @@ impl Credvend {
 fn write_config(
     dir: &TempDir,
     moto: &Moto,
-    cases: &[Case],
+    name: &str,
+    mappings: &[&MappingSpec],
+    extra_config: &str,
     port: u16,
     admin: SocketAddr,
 ) -> PathBuf {
@@ -734,10 +807,10 @@ endpoint_url = "{moto_url}"
 # moto lets AssumeRole through without the External ID, so the enforcement probe would
 # refuse every mapping (DESIGN.md §5; tests/external_id_enforcement.rs covers it).
 external_id_enforcement = "off"
-"#,
+{extra_config}"#,
         moto_url = moto.url(),
     );
-    for (index, mapping) in cases.iter().flat_map(|c| &c.mappings).enumerate() {
+    for (index, mapping) in mappings.iter().enumerate() {
         let _ = write!(
             config,
             r#"
@@ -752,7 +825,7 @@ prefetch = true
             hash = token_sha256_hex(&mapping.token),
         );
     }
-    let path = dir.path().join("credvend.toml");
+    let path = dir.path().join(format!("{name}.toml"));
     write_private_file(&path, &config);
     path
 }

@@ -118,7 +118,9 @@ pub fn render(verdicts: &[Verdict], versions: &BTreeMap<Client, String>) -> Stri
          as the mapping's assumed role. *Wrong token*: the client fails with its own error \
          within seconds, without crashing. *{CALLS} calls, 1 fetch*: {CALLS} API calls in \
          one process cost exactly one credential request (the AWS CLI: {CALLS} uploads in \
-         one `aws s3 cp --recursive`; Rust: one `SdkConfig`). *Token file rotated*: the \
+         one `aws s3 cp --recursive`; Rust: one `SdkConfig`); a control run against \
+         15-minute credentials shows boto3 fetching before every call, so the count does \
+         catch a refetch loop. *Token file rotated*: the \
          file is rewritten between two processes and the second one uses the new token."
     );
     for quirk in &quirks {
