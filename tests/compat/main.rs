@@ -309,15 +309,21 @@ impl MappingSpec {
     }
 }
 
-impl Case {
-    fn label(&self) -> String {
-        let check = match self.check {
+impl Check {
+    /// Short name used in mapping names and directory names.
+    fn slug(self) -> String {
+        match self {
             Check::Works(TokenSource::Env, host) => format!("env-{}", host.slug()),
             Check::Works(TokenSource::File, host) => format!("file-{}", host.slug()),
             Check::WrongToken => "wrong-token".to_owned(),
             Check::Rotation => "rotation".to_owned(),
-        };
-        format!("{}-{check}", self.client.slug())
+        }
+    }
+}
+
+impl Case {
+    fn label(&self) -> String {
+        format!("{}-{}", self.client.slug(), self.check.slug())
     }
 
     fn expect(&self) -> Expect {
@@ -334,21 +340,18 @@ fn plan() -> Vec<Case> {
     for client in Client::ALL {
         for source in [TokenSource::Env, TokenSource::File] {
             for host in Host::ALL {
-                let label = match source {
-                    TokenSource::Env => format!("env-{}", host.slug()),
-                    TokenSource::File => format!("file-{}", host.slug()),
-                };
+                let check = Check::Works(source, host);
                 cases.push(Case {
                     client,
-                    check: Check::Works(source, host),
-                    mappings: vec![MappingSpec::new(client, &label)],
+                    check,
+                    mappings: vec![MappingSpec::new(client, &check.slug())],
                 });
             }
         }
         cases.push(Case {
             client,
             check: Check::WrongToken,
-            mappings: vec![MappingSpec::new(client, "wrong-token")],
+            mappings: vec![MappingSpec::new(client, &Check::WrongToken.slug())],
         });
         if client.reads_token_file() {
             cases.push(Case {

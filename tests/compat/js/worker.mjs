@@ -20,15 +20,17 @@ const versionOf = (name) => {
   return JSON.parse(readFileSync(manifest, "utf8")).version;
 };
 
-const credentials = {
+// undefined: let the client build its default chain.
+const providers = {
   default: undefined,
   fromHttp: () => fromHttp(),
   fromContainerMetadata: () => fromContainerMetadata(),
-}[provider];
-if (!(provider in { default: 1, fromHttp: 1, fromContainerMetadata: 1 })) {
+};
+if (!Object.hasOwn(providers, provider)) {
   console.error(`unknown provider ${provider}`);
   process.exit(2);
 }
+const credentials = providers[provider];
 
 try {
   const client = new STSClient({
