@@ -5,7 +5,9 @@
 # Installs what the tests need by itself, into ignored folders or through rustup/apt:
 #   - rustfmt and clippy (rustup component add, when missing)
 #   - <repo>/.venv with moto, boto3 and the AWS CLI (scripts/setup-python.sh), which
-#     tests/e2e_moto.rs uses
+#     tests/e2e_moto.rs and tests/compat/ use
+#   - the JS SDK v3 into tests/compat/js/node_modules (scripts/setup-node.sh) and Go plus
+#     Debian's AWS SDK for Go v2 (scripts/setup-go.sh, apt-get) for tests/compat/
 #
 # Every step runs even when an earlier one failed, so one run reports everything;
 # the exit status is non-zero if any step failed. Tests run with cargo-nextest when
@@ -54,6 +56,8 @@ ensure_component fmt rustfmt
 ensure_component clippy clippy
 ensure_debian_tools
 scripts/setup-python.sh
+scripts/setup-node.sh
+scripts/setup-go.sh
 # tests/e2e_moto.rs finds the venv at <repo>/.venv by itself (CREDVEND_TEST_VENV
 # overrides it). Do not export CREDVEND_TEST_VENV here: credvend reads every
 # CREDVEND_* variable as a config override and rejects unknown keys, so the config

@@ -3,5 +3,6 @@
 //! `dead_code` allowances inside the modules.
 
 pub mod daemon;
+pub mod e2e;
 pub mod fake_sts;
 pub mod http;
