@@ -149,6 +149,14 @@ enum ServiceArg {
     Redshift,
 }
 
+impl From<ServiceArg> for TrustService {
+    fn from(service: ServiceArg) -> Self {
+        match service {
+            ServiceArg::Redshift => TrustService::Redshift,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Print a new random token (256 bits) and the `token_sha256` line for the config.
@@ -268,12 +276,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             policy::validate_external_id(&external_id)
                 .map_err(|e| Failure::Usage(e.to_string()))?;
-            let services: Vec<TrustService> = service
-                .iter()
-                .map(|s| match s {
-                    ServiceArg::Redshift => TrustService::Redshift,
-                })
-                .collect();
+            let services: Vec<TrustService> = service.into_iter().map(Into::into).collect();
             let principal = match principal {
                 Some(p) => Principal::parse(&p).map_err(|e| Failure::Usage(e.to_string()))?,
                 None => block_on(own_principal(config))??,
@@ -355,12 +358,7 @@ fn onboard(
         )));
     };
     let usage = |e: policy::PolicyError| Failure::Usage(e.to_string());
-    let services: Vec<TrustService> = service
-        .iter()
-        .map(|s| match s {
-            ServiceArg::Redshift => TrustService::Redshift,
-        })
-        .collect();
+    let services: Vec<TrustService> = service.into_iter().map(Into::into).collect();
     let principal = match (principal, &loaded.sts.source_role_arn) {
         (Some(p), _) => Principal::parse(&p).map_err(usage)?,
         // Chaining: customer roles are assumed by the vendor service role.
