@@ -39,7 +39,7 @@ for target in "${targets[@]}"; do
     fi
     echo "== $target"
     "$bin_dir/$target" "${args[@]}" "$scratch/$target" "fuzz/seeds/$target" 2>&1 \
-        | grep -E '^(#[0-9]+ +(INITED|DONE)|Done|==[0-9]+==|SUMMARY|panicked|thread)' || true
+        | grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|Done|==[0-9]+==|SUMMARY|panicked|thread)' || true
     # grep hides libFuzzer's progress lines; the pipeline status is the fuzzer's.
     [[ "${PIPESTATUS[0]}" == 0 ]] || { echo "fuzz target $target failed" >&2; exit 1; }
 done
