@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::creds::Credentials;
+use crate::server::wire::CredentialBody;
 
 /// A credential is never served with less than this left (DESIGN.md §3): SDKs need time
 /// to use it, and clocks on the worker's side may be a little ahead of ours.
@@ -89,6 +90,9 @@ impl MappingState {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub creds: Arc<Credentials>,
+    /// The 200 response body for these credentials, encoded once when they arrived and
+    /// shared by every response that serves them (no per-request serialisation).
+    pub body: CredentialBody,
     /// Our clock when STS answered.
     pub issued_at: SystemTime,
     /// STS handed back less than we asked for (see [`is_short`]). Such a credential is
@@ -200,14 +204,17 @@ mod tests {
     }
 
     fn entry(expires_in: Duration, short_lived: bool) -> Entry {
+        let creds = Credentials {
+            access_key_id: "ASIATEST".into(),
+            secret_access_key: SecretValue::new("s"),
+            session_token: SecretValue::new("t"),
+            expiration: t0() + expires_in,
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
+        };
         Entry {
-            creds: Arc::new(Credentials {
-                access_key_id: "ASIATEST".into(),
-                secret_access_key: SecretValue::new("s"),
-                session_token: SecretValue::new("t"),
-                expiration: t0() + expires_in,
-                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
-            }),
+            body: CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/r")
+                .expect("encodes"),
+            creds: Arc::new(creds),
             issued_at: t0(),
             short_lived,
         }
