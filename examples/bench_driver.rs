@@ -631,7 +631,7 @@ import boto3
 t1 = time.perf_counter()
 creds = boto3.Session().get_credentials().get_frozen_credentials()
 t2 = time.perf_counter()
-assert creds.access_key_id.startswith("ASIA"), creds.access_key_id
+assert creds.access_key.startswith("ASIA"), creds.access_key
 print(json.dumps({"import_s": t1 - t0, "creds_s": t2 - t1}))
 "#;
 

@@ -67,6 +67,12 @@ const STORE_CAPACITY: u64 = 100_000;
 /// this are dead and moka may drop them, freeing memory held by idle mappings.
 const STORE_TTL: Duration = Duration::from_secs(13 * 3600);
 
+/// Most AssumeRole calls in flight at once. The STS budget limits calls per second, but
+/// with a high `max_requests_per_second` a start-up prefetch of thousands of mappings
+/// would otherwise open thousands of concurrent connections (measured: ~600 MiB RSS for
+/// 10,000 mappings, and STS timeouts). Callers queue FIFO for a permit.
+const MAX_CONCURRENT_STS_CALLS: usize = 64;
+
 /// STS's cap for role chaining and the usual role `MaxSessionDuration`.
 const ONE_HOUR: Duration = Duration::from_secs(3600);
 
@@ -274,6 +280,8 @@ struct Inner {
     slots: Mutex<HashMap<MappingKey, Slot>>,
     queue: scheduler::RefreshQueue,
     budget: StsBudget,
+    /// Bounds concurrent AssumeRole calls ([`MAX_CONCURRENT_STS_CALLS`]).
+    sts_calls: tokio::sync::Semaphore,
     /// Assume-role results, state changes, enforcement results.
     metrics: Arc<Metrics>,
 }
@@ -306,6 +314,7 @@ impl CredentialCache {
                 slots: Mutex::new(HashMap::new()),
                 queue: scheduler::RefreshQueue::default(),
                 budget: StsBudget::new(config.sts.max_requests_per_second),
+                sts_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_STS_CALLS),
                 metrics,
             }),
         }
@@ -659,6 +668,8 @@ impl Inner {
         input: &AssumeRoleInput,
     ) -> Result<crate::creds::Credentials, AssumeError> {
         let started = std::time::Instant::now();
+        // The semaphore is never closed; if it were, call without a permit.
+        let _permit = self.sts_calls.acquire().await.ok();
         let result = self.assumer.assume_role(input).await;
         let duration = started.elapsed();
         let mapping = spec.key.name();
