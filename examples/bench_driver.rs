@@ -211,7 +211,7 @@ fn median(values: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
