@@ -8,9 +8,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
@@ -75,7 +76,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 /// The running daemon's shared state.
 pub struct Daemon {
     pub cache: CredentialCache,
-    access: Arc<RwLock<Arc<AccessTable>>>,
+    access: Arc<ArcSwap<AccessTable>>,
     /// Set once every listener is serving (readiness).
     listening: Arc<AtomicBool>,
     /// Incremented by every applied config (1 = the one started with).
@@ -92,7 +93,7 @@ impl Daemon {
         let started_at = clock.now();
         Self {
             cache: CredentialCache::new(config, assumer, clock, metrics.clone()),
-            access: Arc::new(RwLock::new(Arc::new(AccessTable::new(config)))),
+            access: Arc::new(ArcSwap::from_pointee(AccessTable::new(config))),
             listening: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(1)),
             started_at,
@@ -110,7 +111,7 @@ impl Daemon {
     pub fn apply_config(&self, config: &Config) {
         let access = Arc::new(AccessTable::new(config));
         self.cache.apply_config(config);
-        *self.access.write().unwrap_or_else(|e| e.into_inner()) = access;
+        self.access.store(access);
         self.metrics
             .sync_mappings(config.mappings.keys().map(String::as_str));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;

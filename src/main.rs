@@ -216,7 +216,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(LogFormatArg::Json) => LogFormat::Json,
                 None => loaded.log.format,
             };
-            credvend::telemetry::init(&loaded.log.level, format)
+            // Held until `serve` returns: dropping it flushes the queued log lines.
+            let _log_guard = credvend::telemetry::init(&loaded.log.level, format)
                 .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -381,8 +381,14 @@ impl Metrics {
     /// One HTTP request on `route` (one of [`route::ALL`]) answered with `code` after
     /// `duration`.
     pub fn http_request(&self, route: &'static str, code: u16, duration: Duration) {
+        // The status's own text avoids formatting (and allocating) the label per request.
+        let status = hyper::StatusCode::from_u16(code).ok();
+        let code_text = match &status {
+            Some(status) => status.as_str(),
+            None => "other",
+        };
         self.http_requests_total
-            .with_label_values(&[route, code.to_string().as_str()])
+            .with_label_values(&[route, code_text])
             .inc();
         self.http_request_duration_seconds
             .with_label_values(&[route])

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::creds::Credentials;
+use crate::server::wire::CredentialBody;
 
 /// A credential is never served with less than this left (DESIGN.md §3): SDKs need time
 /// to use it, and clocks on the worker's side may be a little ahead of ours.
@@ -97,6 +98,9 @@ pub struct Now {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub creds: Arc<Credentials>,
+    /// The 200 response body for these credentials, encoded once when they arrived and
+    /// shared by every response that serves them (no per-request serialisation).
+    pub body: CredentialBody,
     /// Our clock when STS answered.
     pub issued_at: SystemTime,
     /// [`Now::monotonic`] when STS answered.
@@ -112,10 +116,11 @@ pub struct Entry {
 
 impl Entry {
     /// A credential that arrived at `now`.
-    pub fn new(creds: Arc<Credentials>, now: Now, short_lived: bool) -> Self {
+    pub fn new(creds: Arc<Credentials>, body: CredentialBody, now: Now, short_lived: bool) -> Self {
         Self {
             lifetime: remaining(creds.expiration, now.wall),
             creds,
+            body,
             issued_at: now.wall,
             received_monotonic: now.monotonic,
             short_lived,
@@ -231,14 +236,16 @@ mod tests {
     }
 
     fn entry(expires_in: Duration, short_lived: bool) -> Entry {
-        let creds = Arc::new(Credentials {
+        let creds = Credentials {
             access_key_id: "ASIATEST".into(),
             secret_access_key: SecretValue::new("s"),
             session_token: SecretValue::new("t"),
             expiration: t0() + expires_in,
             assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
-        });
-        Entry::new(creds, at(Duration::ZERO), short_lived)
+        };
+        let body =
+            CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/r").expect("encodes");
+        Entry::new(Arc::new(creds), body, at(Duration::ZERO), short_lived)
     }
 
     /// `by` after t0 on both clocks (time passing, no step).

@@ -21,11 +21,19 @@
 //! - **Failures.** Transient ones keep serving the last credential (degraded) until
 //!   [`lifecycle::EXPIRY_MARGIN`] before expiry and retry with backoff; terminal ones
 //!   evict, answer `AssumeRoleDenied`, and are negatively cached with backoff.
+//! - **Hot path.** A cache hit takes no lock: the table is an [`ArcSwap`], the mapping's
+//!   last use is an atomic in its [`MappingSpec`], and a credential with at least
+//!   `min_remaining` left is served straight from the store (whether the mapping is
+//!   degraded does not matter above `min_remaining`). Only below that, or on a miss, does
+//!   `get` take the slots lock.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -38,6 +46,7 @@ use crate::events::{
     AssumeRoleFailed, AssumeRoleSucceeded, MappingStateChanged, TrustPolicyChecked,
 };
 use crate::metrics::Metrics;
+use crate::server::wire::CredentialBody;
 use crate::verify::{self, Enforcement, Probe, Verdict};
 
 pub mod budget;
@@ -57,6 +66,12 @@ const STORE_CAPACITY: u64 = 100_000;
 /// Longest a credential can live (STS maximum 12 h) plus a margin: entries older than
 /// this are dead and moka may drop them, freeing memory held by idle mappings.
 const STORE_TTL: Duration = Duration::from_secs(13 * 3600);
+
+/// Most AssumeRole calls in flight at once. The STS budget limits calls per second, but
+/// with a high `max_requests_per_second` a start-up prefetch of thousands of mappings
+/// would otherwise open thousands of concurrent connections (measured: ~600 MiB RSS for
+/// 10,000 mappings, and STS timeouts). Callers queue FIFO for a permit.
+const MAX_CONCURRENT_STS_CALLS: usize = 64;
 
 /// STS's cap for role chaining and the usual role `MaxSessionDuration`.
 const ONE_HOUR: Duration = Duration::from_secs(3600);
@@ -190,6 +205,35 @@ struct MappingSpec {
     input: AssumeRoleInput,
     prefetch: bool,
     enforcement: EnforcementMode,
+    /// Last request for this mapping (idle detection), nanoseconds since the Unix
+    /// epoch, 0 for never. An atomic rather than a slot field so that a cache hit takes
+    /// no lock; shared (same `Arc`) by every generation in which the mapping's key is
+    /// unchanged, so a reload does not make busy mappings look idle.
+    last_used: Arc<AtomicU64>,
+}
+
+impl MappingSpec {
+    /// Records a request at `now`. Skips the store unless the clock moved by at least a
+    /// millisecond, so a burst of hits on one mapping does not keep bouncing its cache
+    /// line between cores (idle detection works in hours).
+    fn touch(&self, now: SystemTime) {
+        let nanos = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .max(1);
+        let last = self.last_used.load(Ordering::Relaxed);
+        if nanos.abs_diff(last) >= 1_000_000 {
+            self.last_used.store(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// The last request for this mapping, if any.
+    fn last_used(&self) -> Option<SystemTime> {
+        match self.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(UNIX_EPOCH + Duration::from_nanos(nanos)),
+        }
+    }
 }
 
 /// The mapping table of one config generation.
@@ -218,8 +262,6 @@ struct Slot {
     negative_until: Option<SystemTime>,
     /// The role's MaxSessionDuration turned out shorter than our session duration.
     duration_cap: Option<Duration>,
-    /// Last request for this mapping (idle detection).
-    last_used: Option<SystemTime>,
     last_error: Option<(FetchError, SystemTime)>,
     last_success: Option<SystemTime>,
     /// Last conclusive External ID enforcement result (`Unknown` until one).
@@ -232,12 +274,14 @@ struct Slot {
 struct Inner {
     clock: Arc<dyn Clock>,
     assumer: Arc<dyn RoleAssumer>,
-    /// Current config generation; swapped whole on reload.
-    table: RwLock<Arc<Table>>,
+    /// Current config generation; swapped whole on reload. Lock-free to read.
+    table: ArcSwap<Table>,
     store: moka::sync::Cache<MappingKey, Arc<Entry>>,
     slots: Mutex<HashMap<MappingKey, Slot>>,
     queue: scheduler::RefreshQueue,
     budget: StsBudget,
+    /// Bounds concurrent AssumeRole calls ([`MAX_CONCURRENT_STS_CALLS`]).
+    sts_calls: tokio::sync::Semaphore,
     /// Assume-role results, state changes, enforcement results.
     metrics: Arc<Metrics>,
 }
@@ -265,11 +309,12 @@ impl CredentialCache {
             inner: Arc::new(Inner {
                 clock,
                 assumer,
-                table: RwLock::new(Arc::new(build_table(config))),
+                table: ArcSwap::from_pointee(build_table(config, None)),
                 store,
                 slots: Mutex::new(HashMap::new()),
                 queue: scheduler::RefreshQueue::default(),
                 budget: StsBudget::new(config.sts.max_requests_per_second),
+                sts_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_STS_CALLS),
                 metrics,
             }),
         }
@@ -293,11 +338,8 @@ impl CredentialCache {
     /// that were removed lose their cached credentials and state; unchanged ones keep
     /// them. New `prefetch` mappings start fetching.
     pub fn apply_config(&self, config: &Config) {
-        let new = Arc::new(build_table(config));
-        let old = {
-            let mut table = self.inner.table.write().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *table, new.clone())
-        };
+        let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
+        let old = self.inner.table.swap(new.clone());
         let mut slots = self.inner.lock_slots();
         for key in old.by_key.keys() {
             if !new.by_key.contains_key(key) {
@@ -315,20 +357,30 @@ impl CredentialCache {
     /// `cold_wait` for STS.
     pub async fn get(&self, name: &str) -> Result<Vended, VendError> {
         let inner = &self.inner;
-        let table = inner.current_table();
-        let spec = table
-            .by_name
-            .get(name)
-            .cloned()
-            .ok_or(VendError::UnknownMapping)?;
-        let min_remaining = table.refresh.min_remaining;
         let now = inner.now();
+        // Fast path, no lock: a credential with at least `min_remaining` left is served
+        // as it is (`lifecycle::servability` answers `Yes(Cache)` there whatever the
+        // slot's flags say).
+        let (spec, table) = {
+            let table = inner.table.load();
+            let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
+            spec.touch(now.wall);
+            if let Some(entry) = inner.store.get(&spec.key)
+                && entry.remaining(now) >= table.refresh.min_remaining
+            {
+                return Ok(Vended {
+                    entry,
+                    source: Source::Cache,
+                });
+            }
+            (spec.clone(), arc_swap::Guard::into_inner(table))
+        };
+        let min_remaining = table.refresh.min_remaining;
 
         let mut fallback = None;
         {
             let mut slots = inner.lock_slots();
             let slot = slots.entry(spec.key.clone()).or_default();
-            slot.last_used = Some(now.wall);
             if let Some(entry) = inner.store.get(&spec.key) {
                 match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
                     Servable::Yes(source) => return Ok(Vended { entry, source }),
@@ -488,7 +540,7 @@ impl Inner {
     }
 
     fn current_table(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.table.load_full()
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, HashMap<MappingKey, Slot>> {
@@ -605,6 +657,15 @@ impl Inner {
             }));
         }
         let short_lived = lifecycle::is_short(creds.expiration, sent_at, input.duration);
+        // Encode the response body once, here, for every request that will serve it.
+        let Some(body) = CredentialBody::encode(&creds, &spec.input.role_arn) else {
+            return Err(FetchError::Sts(AssumeError {
+                reason: FailureReason::Other,
+                code: "EncodingFailed".into(),
+                message: "the credential could not be encoded as JSON".into(),
+                duration_too_long: false,
+            }));
+        };
         if short_lived {
             warn!(
                 mapping = %spec.key.name(),
@@ -613,7 +674,12 @@ impl Inner {
                 "STS returned a credential shorter than requested; serving it and refreshing at half its life"
             );
         }
-        Ok(Arc::new(Entry::new(Arc::new(creds), now, short_lived)))
+        Ok(Arc::new(Entry::new(
+            Arc::new(creds),
+            body,
+            now,
+            short_lived,
+        )))
     }
 
     /// One AssumeRole, timed, with its success or failure event (log line + metrics).
@@ -625,6 +691,8 @@ impl Inner {
         input: &AssumeRoleInput,
     ) -> Result<crate::creds::Credentials, AssumeError> {
         let started = std::time::Instant::now();
+        // The semaphore is never closed; if it were, call without a permit.
+        let _permit = self.sts_calls.acquire().await.ok();
         let result = self.assumer.assume_role(input).await;
         let duration = started.elapsed();
         let mapping = spec.key.name();
@@ -798,8 +866,8 @@ impl Inner {
                     self.store.invalidate(&spec.key);
                 }
                 let in_use = spec.prefetch
-                    || slot
-                        .last_used
+                    || spec
+                        .last_used()
                         .is_some_and(|t| !is_idle(t, now, table.refresh.idle_timeout));
                 if valid || in_use {
                     self.queue.schedule(&spec.key, now + backoff);
@@ -831,7 +899,7 @@ impl Inner {
             return;
         };
         let now = self.clock.now();
-        let last_used = self.lock_slots().get(&key).and_then(|s| s.last_used);
+        let last_used = spec.last_used();
         let idle =
             !spec.prefetch && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
         if idle {
@@ -864,7 +932,9 @@ fn is_idle(last_used: SystemTime, now: SystemTime, idle_timeout: Duration) -> bo
     now.duration_since(last_used).unwrap_or(Duration::ZERO) > idle_timeout
 }
 
-fn build_table(config: &Config) -> Table {
+/// The table for `config`. Mappings whose key is unchanged from `previous` keep sharing
+/// its last-use record.
+fn build_table(config: &Config, previous: Option<&Table>) -> Table {
     let mut by_name = HashMap::new();
     let mut by_key = HashMap::new();
     for (name, mapping) in &config.mappings {
@@ -873,11 +943,18 @@ fn build_table(config: &Config) -> Table {
             name: Arc::from(name.as_str()),
             fingerprint: fingerprint(&input, config.sts.endpoint_url.as_deref()),
         };
+        let last_used = previous
+            .and_then(|table| table.by_key.get(&key))
+            .map_or_else(
+                || Arc::new(AtomicU64::new(0)),
+                |spec| spec.last_used.clone(),
+            );
         let spec = Arc::new(MappingSpec {
             key: key.clone(),
             input,
             prefetch: mapping.prefetch,
             enforcement: mapping.external_id_enforcement,
+            last_used,
         });
         by_name.insert(name.clone(), spec.clone());
         by_key.insert(key, spec);

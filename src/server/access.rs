@@ -10,7 +10,7 @@
 //! match is then confirmed in constant time.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
 use crate::secret::TokenHash;
@@ -128,9 +128,18 @@ impl AccessTable {
     /// Whether `host` (a `Host` header value) names this endpoint: a loopback name, a
     /// listen address, the address the client actually connected to, or a configured
     /// allowed host. Anything else is a DNS-rebinding attempt.
+    ///
+    /// Allocation-free unless the value has upper-case letters (SDKs send lower case).
     pub fn host_allowed(&self, host: &str, local: SocketAddr) -> bool {
-        let host = normalise_host(strip_port(host));
-        host == local.ip().to_string() || self.allowed_hosts.contains(&host)
+        let host = trim_host(strip_port(host));
+        if host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip()) {
+            return true;
+        }
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.allowed_hosts.contains(&host.to_ascii_lowercase())
+        } else {
+            self.allowed_hosts.contains(host)
+        }
     }
 }
 
@@ -150,12 +159,16 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Lower-case, without IPv6 brackets and without a trailing dot.
-fn normalise_host(host: &str) -> String {
+/// Without IPv6 brackets and without a trailing dot.
+fn trim_host(host: &str) -> &str {
     host.trim_start_matches('[')
         .trim_end_matches(']')
         .trim_end_matches('.')
-        .to_ascii_lowercase()
+}
+
+/// Lower-case, without IPv6 brackets and without a trailing dot.
+fn normalise_host(host: &str) -> String {
+    trim_host(host).to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! target: mapping, client address, status, source, AccessKeyId and expiry — never the
 //! secret key, session token, auth token or External ID.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName};
@@ -35,8 +37,8 @@ const MAX_MAPPING_LEN: usize = 64;
 /// Shared state of the credential listeners.
 #[derive(Clone)]
 pub struct CredentialEndpoint {
-    /// Swapped whole on reload.
-    pub access: Arc<RwLock<Arc<AccessTable>>>,
+    /// Swapped whole on reload; lock-free to read on every request.
+    pub access: Arc<ArcSwap<AccessTable>>,
     pub cache: CredentialCache,
     /// Request, served and auth-failure metrics.
     pub metrics: Arc<Metrics>,
@@ -45,17 +47,13 @@ pub struct CredentialEndpoint {
 impl CredentialEndpoint {
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let access = self
-            .access
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let access = self.access.load_full();
         let (mapping, result) = self.route(&access, &request, conn).await;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
                 CredentialsRefused {
-                    mapping: mapping.as_deref(),
+                    mapping,
                     client: conn.peer,
                     error: &error,
                 }
@@ -73,12 +71,14 @@ impl CredentialEndpoint {
         response
     }
 
-    async fn route(
+    /// Checks and serves one request. The mapping name comes back borrowed (from the
+    /// request or the access table) for the audit line: no allocation on success.
+    async fn route<'a>(
         &self,
-        access: &AccessTable,
-        request: &Request<Incoming>,
+        access: &'a AccessTable,
+        request: &'a Request<Incoming>,
         conn: ConnInfo,
-    ) -> (Option<String>, Result<Response<Body>, ApiError>) {
+    ) -> (Option<&'a str>, Result<Response<Body>, ApiError>) {
         if let Some(error) = super::framing_error(request) {
             return (None, Err(error));
         }
@@ -102,54 +102,48 @@ impl CredentialEndpoint {
         };
         let token = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         let mapping = match access.authorize(requested, token) {
-            Ok(mapping) => mapping.to_string(),
+            Ok(mapping) => mapping,
             Err(AuthFailure::MissingToken) => {
-                return (requested.map(str::to_string), Err(ApiError::MissingToken));
+                return (requested, Err(ApiError::MissingToken));
             }
             Err(AuthFailure::Denied) => {
-                let requested = requested.map(str::to_string);
                 return (
-                    requested.clone(),
-                    Err(ApiError::AccessDenied { mapping: requested }),
+                    requested,
+                    Err(ApiError::AccessDenied {
+                        mapping: requested.map(str::to_string),
+                    }),
                 );
             }
         };
-        let Some(role_arn) = access.role_arn(&mapping) else {
-            return (
-                Some(mapping.clone()),
-                Err(ApiError::AccessDenied {
-                    mapping: Some(mapping),
-                }),
-            );
-        };
-        let result = match self.cache.get(&mapping).await {
+        let result = match self.cache.get(mapping).await {
             Ok(vended) => {
                 let creds = &vended.entry.creds;
                 CredentialsServed {
-                    mapping: &mapping,
+                    mapping,
                     client: conn.peer,
                     source: vended.source,
                     access_key_id: &creds.access_key_id,
                     expiration: creds.expiration,
                 }
                 .emit(&self.metrics);
-                Ok(wire::credentials_response(creds, role_arn))
+                // The body was encoded once when the credential arrived.
+                Ok(wire::shared_credentials_response(&vended.entry.body))
             }
             Err(VendError::UnknownMapping) => Err(ApiError::AccessDenied {
-                mapping: Some(mapping.clone()),
+                mapping: Some(mapping.to_string()),
             }),
             Err(VendError::Denied(error)) => Err(ApiError::AssumeRoleDenied {
-                mapping: mapping.clone(),
+                mapping: mapping.to_string(),
                 code: error.code,
             }),
             Err(VendError::UnsafeTrustPolicy(_)) => Err(ApiError::TrustPolicyUnsafe {
-                mapping: mapping.clone(),
+                mapping: mapping.to_string(),
             }),
             Err(VendError::Unavailable {
                 retry_after_secs,
                 reason,
             }) => Err(ApiError::Unavailable {
-                mapping: Some(mapping.clone()),
+                mapping: Some(mapping.to_string()),
                 retry_after_secs,
                 reason,
             }),

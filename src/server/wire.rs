@@ -8,6 +8,12 @@
 //! {"AccessKeyId":"ASIA…","SecretAccessKey":"…","Token":"…","Expiration":"2026-11-28T01:23:45Z","AccountId":"111122223333","RoleArn":"arn:aws:iam::111122223333:role/sync"}
 //! ```
 //!
+//! The success body is built **once per credential**, when STS answers
+//! ([`CredentialBody::encode`], called by the cache), and every request then sends a
+//! reference-counted view of it ([`shared_credentials_response`]): no per-request
+//! serialisation or allocation of the body. The buffer zeroizes itself when the last
+//! reference to it drops (see [`CredentialBody`] for what that does and does not cover).
+//!
 //! `Expiration` is UTC with a capital `Z` and no fraction (JS and Rust reject offsets;
 //! botocore, Go and Java fail without a zone). There is no `Code` field: the Rust SDK
 //! treats any `Code` other than `Success` as an error.
@@ -16,11 +22,14 @@
 //! Go read the lower-case pair, JS the capitalised one), and the status of
 //! [`ApiError::status`]. 429 is never used: the Rust and Java SDKs treat it as fatal.
 
+use std::fmt;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::creds::Credentials;
 
@@ -31,7 +40,7 @@ const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 #[derive(Serialize)]
-struct CredentialBody<'a> {
+struct CredentialJson<'a> {
     #[serde(rename = "AccessKeyId")]
     access_key_id: &'a str,
     #[serde(rename = "SecretAccessKey")]
@@ -67,21 +76,80 @@ pub fn account_of_arn(arn: &str) -> Option<&str> {
     (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
 }
 
-/// The 200 response for `creds`. `role_arn` is the mapping's IAM role ARN.
+/// The encoded 200 body of one credential, shared by every response that serves it.
+///
+/// Secret hygiene, and the trade-off made for speed: the body necessarily contains the
+/// secret key and session token in clear. It lives in one heap buffer owned by a
+/// zeroizing wrapper; [`Bytes`] handed to hyper are reference-counted views of that same
+/// buffer (`Bytes::from_owner`), so cloning one per request copies no secret, and the
+/// buffer is overwritten with zeros when the cached entry *and* every in-flight response
+/// have dropped it. What it does not cover, exactly as before this type existed: hyper
+/// may copy a small body into its own write buffer, and the kernel's socket buffers hold
+/// the bytes until sent; neither is zeroized. Compared with serialising per request
+/// (which left one un-zeroized `Vec` per response on the heap), the shared body leaves
+/// strictly fewer copies of the secret around. `Debug` is redacted.
+#[derive(Clone)]
+pub struct CredentialBody(Bytes);
+
+/// Owner of the body buffer: zeroizes it on drop.
+struct ZeroizingBuffer(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl CredentialBody {
+    /// Encodes `creds` for the mapping whose IAM role is `role_arn`. `None` only if
+    /// serialisation failed, which a struct of strings cannot.
+    pub fn encode(creds: &Credentials, role_arn: &str) -> Option<CredentialBody> {
+        let expiration = format_expiration(creds.expiration);
+        let json = CredentialJson {
+            access_key_id: &creds.access_key_id,
+            secret_access_key: creds.secret_access_key.expose(),
+            token: creds.session_token.expose(),
+            expiration,
+            account_id: account_of_arn(&creds.assumed_role_arn)
+                .or_else(|| account_of_arn(role_arn)),
+            role_arn,
+        };
+        // Reserve more than any escaping can need, so the buffer is never reallocated:
+        // a reallocation would free an un-zeroized copy of the secrets.
+        let values = json.access_key_id.len()
+            + json.secret_access_key.len()
+            + json.token.len()
+            + json.role_arn.len();
+        let mut buffer = Zeroizing::new(Vec::with_capacity(values * 6 + 256));
+        serde_json::to_writer(&mut *buffer, &json).ok()?;
+        Some(CredentialBody(Bytes::from_owner(ZeroizingBuffer(buffer))))
+    }
+
+    /// The body, as a cheap reference-counted view.
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for CredentialBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialBody(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+/// The 200 response for an already-encoded credential body (the request path).
+pub fn shared_credentials_response(body: &CredentialBody) -> Response<Body> {
+    json_response(StatusCode::OK, body.bytes())
+}
+
+/// The 200 response for `creds`, encoding the body now. `role_arn` is the mapping's IAM
+/// role ARN. The request path uses [`shared_credentials_response`] instead.
 pub fn credentials_response(creds: &Credentials, role_arn: &str) -> Response<Body> {
-    let body = CredentialBody {
-        access_key_id: &creds.access_key_id,
-        secret_access_key: creds.secret_access_key.expose(),
-        token: creds.session_token.expose(),
-        expiration: format_expiration(creds.expiration),
-        account_id: account_of_arn(&creds.assumed_role_arn).or_else(|| account_of_arn(role_arn)),
-        role_arn,
-    };
-    // Serialising a struct of strings cannot fail; if it ever did, answer 503 rather
-    // than panic or send a partial body.
-    match serde_json::to_vec(&body) {
-        Ok(bytes) => json_response(StatusCode::OK, Bytes::from(bytes)),
-        Err(_) => ApiError::Unavailable {
+    match CredentialBody::encode(creds, role_arn) {
+        Some(body) => shared_credentials_response(&body),
+        // If serialisation ever failed, answer 503 rather than panic or send a partial
+        // body.
+        None => ApiError::Unavailable {
             mapping: None,
             retry_after_secs: 1,
             reason: "internal serialisation error",
@@ -293,6 +361,27 @@ mod tests {
         let response = ApiError::MethodNotAllowed.into_response();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()["allow"], "GET, HEAD");
+    }
+
+    #[test]
+    fn shared_body_debug_is_redacted() {
+        let creds = Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: SecretValue::new("CANARY-SECRET-KEY"),
+            session_token: SecretValue::new("CANARY-SESSION-TOKEN"),
+            expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_829_025),
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/sync/s".into(),
+        };
+        let body =
+            CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/sync").expect("encodes");
+        let shown = format!("{body:?}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(shown.contains("redacted"));
+        // The shared bytes are the full body.
+        assert!(
+            body.bytes()
+                .starts_with(b"{\"AccessKeyId\":\"ASIAEXAMPLE\"")
+        );
     }
 
     #[test]

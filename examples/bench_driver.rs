@@ -1,0 +1,821 @@
+//! The benchmark harness of issue 7; `scripts/bench.sh` builds it in release mode and
+//! runs `bench_driver all`. Figures come from runs that measure their baseline in the
+//! same run, never from timed tests.
+//!
+//! The driver hosts the in-repo fake STS (`tests/support/fake_sts.rs`) in-process, writes
+//! TOML configs into a temporary directory, and runs the **real `credvend serve` binary**
+//! as a child process against it (base credentials from the environment), so every
+//! figure covers the shipped binary: config loading, logging, metrics, hyper.
+//!
+//! Scenarios (`bench_driver SCENARIO`; `all` runs them in this order):
+//! - `throughput`: credvend's cache-hit path vs `examples/bare_hyper.rs` answering the
+//!   same body bytes, `wrk --latency` at fixed connection counts, alternating A B A B.
+//!   Prints req/s, p50 and p99 for both, the ratios per pair and their median.
+//! - `herd`: 1,000 concurrent first requests for one mapping while STS takes 300 ms:
+//!   AssumeRole calls and the latency distribution.
+//! - `scale`: 10,000 mappings: validate+load time (`credvend check-config`), start to
+//!   listening, time until all are warm, RSS warm, a SIGHUP reload changing one mapping
+//!   (time until that mapping serves its new credential) and the STS calls it caused.
+//! - `ttfc`: time to first credential of fresh boto3 processes, through credvend (warm)
+//!   vs boto3's own AssumeRole provider, STS with 50 ms latency; STS calls for each.
+//!
+//! Environment: `BENCH_DURATION` (wrk seconds per run, default 10), `BENCH_CONNECTIONS`
+//! (comma-separated, default `16,128`), `BENCH_PAIRS` (default 3), `BENCH_MAPPINGS`
+//! (default 10000), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
+//! `.venv/bin/python`), `BENCH_TARGET` (where the release binaries are, default
+//! `target/release`). Every wait is bounded; load goes to 127.0.0.1 only.
+
+#[path = "../tests/support/fake_sts.rs"]
+mod fake_sts;
+#[path = "../tests/support/http.rs"]
+mod http;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credvend::clock::SystemClock;
+use fake_sts::{FakeSts, Fault, Role, TrustRule};
+use sha2::{Digest, Sha256};
+
+const ACCOUNT: &str = "111122223333";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn target_dir() -> PathBuf {
+    PathBuf::from(std::env::var("BENCH_TARGET").unwrap_or_else(|_| "target/release".into()))
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+fn role_arn(name: &str) -> String {
+    format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+}
+
+/// 64 hex characters, distinct per `i`.
+fn token(i: usize) -> String {
+    format!("{i:016x}{}", "0123456789abcdef".repeat(3))
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+struct MappingSpec {
+    name: String,
+    role: String,
+    external_id: String,
+    token: String,
+    prefetch: bool,
+}
+
+struct ConfigSpec<'a> {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    sts: &'a str,
+    log_level: &'a str,
+    max_rps: u32,
+    mappings: &'a [MappingSpec],
+}
+
+fn write_config(path: &Path, spec: &ConfigSpec<'_>) {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(256 + spec.mappings.len() * 300);
+    let _ = write!(
+        out,
+        "[server]\nlisten = [\"{}\"]\nadmin_listen = \"{}\"\nmax_connections = 4096\n\n\
+         [log]\nlevel = \"{}\"\n\n[sts]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+         max_requests_per_second = {}\n\n[verify]\nexternal_id_enforcement = \"off\"\n\n",
+        spec.listen, spec.admin, spec.log_level, spec.sts, spec.max_rps
+    );
+    for m in spec.mappings {
+        let _ = write!(
+            out,
+            "[mappings.{}]\nrole_arn = \"{}\"\nexternal_id = \"{}\"\ntoken_sha256 = [\"{}\"]\nprefetch = {}\n\n",
+            m.name,
+            role_arn(&m.role),
+            m.external_id,
+            sha256_hex(&m.token),
+            m.prefetch
+        );
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out).expect("write config");
+    set_private(&tmp);
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_credvend(config: &Path, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = Command::new(target_dir().join("credvend"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
+        .env("AWS_SECRET_ACCESS_KEY", "vendor-base-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn credvend (build it with cargo build --release first)");
+    Proc(child)
+}
+
+/// Polls until a TCP connect to `addr` succeeds; the time it took.
+async fn wait_listening(addr: SocketAddr, started: Instant, limit: Duration) -> Duration {
+    while started.elapsed() < limit {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{addr} not listening within {limit:?}");
+}
+
+/// Polls `GET /readyz` until 200; the time since `started`.
+async fn wait_ready(admin: SocketAddr, started: Instant, limit: Duration) -> Duration {
+    while started.elapsed() < limit {
+        if tokio::net::TcpStream::connect(admin).await.is_ok()
+            && http::request(admin, "GET", "/readyz", &[]).await.status == 200
+        {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("credvend not ready within {limit:?}");
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if !n.is_multiple_of(2) {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// throughput
+
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: bool,
+}
+
+fn parse_latency_us(text: &str) -> Option<f64> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))?;
+    let value: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => value,
+        "ms" => value * 1e3,
+        "s" => value * 1e6,
+        _ => return None,
+    })
+}
+
+fn run_wrk(url: &str, token: &str, connections: u32, seconds: u32) -> WrkResult {
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--timeout",
+            "5s",
+            "--latency",
+            "-H",
+            &format!("Authorization: {token}"),
+            url,
+        ])
+        .output()
+        .expect("run wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut result = WrkResult {
+        rps: 0.0,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        errors: false,
+    };
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", value] => result.rps = value.parse().unwrap_or(0.0),
+            ["50%", value] => result.p50_us = parse_latency_us(value).unwrap_or(f64::NAN),
+            ["99%", value] => result.p99_us = parse_latency_us(value).unwrap_or(f64::NAN),
+            ["Non-2xx", ..] | ["Socket", "errors:", ..] => result.errors = true,
+            _ => {}
+        }
+    }
+    result
+}
+
+async fn throughput(dir: &Path) {
+    let seconds: u32 = env_or("BENCH_DURATION", 10);
+    let pairs: usize = env_or("BENCH_PAIRS", 3);
+    let connections: Vec<u32> = std::env::var("BENCH_CONNECTIONS")
+        .unwrap_or_else(|_| "16,128".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let sts = FakeSts::start(Arc::new(SystemClock)).await;
+    sts.add_role(Role::new(
+        role_arn("bench-hot"),
+        TrustRule::RequireExternalId("bench-external-id".into()),
+    ));
+    let mappings = [MappingSpec {
+        name: "hot".into(),
+        role: "bench-hot".into(),
+        external_id: "bench-external-id".into(),
+        token: token(1),
+        prefetch: true,
+    }];
+    let mut results = Vec::new();
+    // Audit line on (the default `info`), then off (`warn`) for its cost.
+    for level in ["info", "warn"] {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let bare: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.join(format!("throughput-{level}.toml"));
+        write_config(
+            &config,
+            &ConfigSpec {
+                listen,
+                admin,
+                sts: &sts.endpoint_url(),
+                log_level: level,
+                max_rps: 20,
+                mappings: &mappings,
+            },
+        );
+        let credvend = spawn_credvend(&config, &dir.join(format!("throughput-{level}.log")));
+        wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
+        // The exact body credvend sends, for the bare server.
+        let response =
+            http::get_with_token(listen, "/v1/credentials/hot", &mappings[0].token).await;
+        assert_eq!(
+            response.status, 200,
+            "credvend cache hit: {}",
+            response.body
+        );
+        let body_file = dir.join("body.json");
+        std::fs::write(&body_file, response.body.as_bytes()).expect("body file");
+        set_private(&body_file);
+        let bare_proc = Proc(
+            Command::new(target_dir().join("examples/bare_hyper"))
+                .arg(bare.to_string())
+                .arg(&body_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn bare_hyper"),
+        );
+        wait_listening(bare, Instant::now(), Duration::from_secs(10)).await;
+        let credvend_url = format!("http://{listen}/v1/credentials/hot");
+        let bare_url = format!("http://{bare}/v1/credentials/hot");
+        println!(
+            "\n== throughput: cache hit vs bare hyper (log level {level}; body {} bytes; wrk -t1 {seconds}s; load {})",
+            response.body.len(),
+            uptime()
+        );
+        // Short warm-up of both, not counted.
+        run_wrk(&bare_url, &mappings[0].token, 16, 1);
+        run_wrk(&credvend_url, &mappings[0].token, 16, 1);
+        let pair_count = if level == "info" { pairs } else { 1 };
+        for &c in &connections {
+            let mut rps_ratios = Vec::new();
+            let mut p99_ratios = Vec::new();
+            println!(
+                "  connections {c}:\n    pair  bare req/s  p50     p99      | credvend req/s  p50     p99      | req/s ratio  p99 ratio"
+            );
+            for pair in 1..=pair_count {
+                let a = run_wrk(&bare_url, &mappings[0].token, c, seconds);
+                let b = run_wrk(&credvend_url, &mappings[0].token, c, seconds);
+                let rps_ratio = b.rps / a.rps;
+                let p99_ratio = b.p99_us / a.p99_us;
+                rps_ratios.push(rps_ratio);
+                p99_ratios.push(p99_ratio);
+                println!(
+                    "    {pair}     {:>10.0}  {:>6.0}us {:>7.0}us | {:>14.0}  {:>6.0}us {:>7.0}us | {:>11.3}  {:>9.3}{}",
+                    a.rps,
+                    a.p50_us,
+                    a.p99_us,
+                    b.rps,
+                    b.p50_us,
+                    b.p99_us,
+                    rps_ratio,
+                    p99_ratio,
+                    if a.errors || b.errors {
+                        "  (errors!)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let rps_median = median(&mut rps_ratios);
+            let p99_median = median(&mut p99_ratios);
+            println!(
+                "    median ratio: throughput {rps_median:.3} (target >= 0.85), p99 {p99_median:.3} (target <= 1.5)  [load {}]",
+                uptime()
+            );
+            results.push((level, c, rps_median, p99_median));
+        }
+        drop(bare_proc);
+        drop(credvend);
+    }
+    let stats = sts.assume_role_calls().len();
+    println!(
+        "  STS AssumeRole calls during throughput runs: {stats} (one prefetch per credvend start)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// herd
+
+async fn herd(dir: &Path) {
+    let requests: usize = env_or("BENCH_HERD", 1000);
+    let sts = FakeSts::start(Arc::new(SystemClock)).await;
+    sts.add_role(Role::new(
+        role_arn("bench-herd"),
+        TrustRule::RequireExternalId("herd-external-id".into()),
+    ));
+    sts.set_persistent_fault(Some(Fault::Latency(Duration::from_millis(300))));
+    let mappings = [MappingSpec {
+        name: "herd".into(),
+        role: "bench-herd".into(),
+        external_id: "herd-external-id".into(),
+        token: token(2),
+        prefetch: false,
+    }];
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("herd.toml");
+    write_config(
+        &config,
+        &ConfigSpec {
+            listen,
+            admin,
+            sts: &sts.endpoint_url(),
+            log_level: "info",
+            max_rps: 20,
+            mappings: &mappings,
+        },
+    );
+    let _credvend = spawn_credvend(&config, &dir.join("herd.log"));
+    wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
+    // Connect every client first, then release all requests at once.
+    let barrier = Arc::new(tokio::sync::Barrier::new(requests));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..requests {
+        let barrier = barrier.clone();
+        let token = mappings[0].token.clone();
+        tasks.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(listen).await.ok()?;
+            let request = format!(
+                "GET /v1/credentials/herd HTTP/1.1\r\nHost: {listen}\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+            );
+            barrier.wait().await;
+            let started = Instant::now();
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut raw = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+                .await
+                .ok()?
+                .ok()?;
+            let elapsed = started.elapsed();
+            let status: u16 = String::from_utf8_lossy(&raw)
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((status, elapsed))
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut failed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.ok().flatten() {
+            Some((status, elapsed)) => {
+                *statuses.entry(status).or_default() += 1;
+                latencies.push(elapsed);
+            }
+            None => failed += 1,
+        }
+    }
+    latencies.sort();
+    let calls = sts.assume_role_calls().len();
+    println!(
+        "\n== cold herd: {requests} concurrent first requests, STS latency 300 ms, cold_wait 800 ms (load {})",
+        uptime()
+    );
+    println!("  STS AssumeRole calls: {calls} (target 1)");
+    println!("  statuses: {statuses:?}, client errors: {failed}");
+    println!(
+        "  latency: min {}  p50 {}  p90 {}  p99 {}  max {}",
+        ms(latencies.first().copied().unwrap_or_default()),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 90.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// scale
+
+async fn scale(dir: &Path) {
+    let count: usize = env_or("BENCH_MAPPINGS", 10_000);
+    let sts = FakeSts::start(Arc::new(SystemClock)).await;
+    let mut mappings = Vec::with_capacity(count);
+    for i in 0..count {
+        let role = format!("bench-scale-{i}");
+        sts.add_role(Role::new(role_arn(&role), TrustRule::AnyExternalId));
+        mappings.push(MappingSpec {
+            name: format!("m{i:05}"),
+            role,
+            external_id: format!("external-id-{i:05}"),
+            token: token(100_000 + i),
+            prefetch: true,
+        });
+    }
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("scale.toml");
+    let sts_url = sts.endpoint_url();
+    let spec = |mappings: &[MappingSpec]| {
+        write_config(
+            &config,
+            &ConfigSpec {
+                listen,
+                admin,
+                sts: &sts_url,
+                log_level: "info",
+                max_rps: 100_000,
+                mappings,
+            },
+        )
+    };
+    spec(&mappings);
+    let size = std::fs::metadata(&config).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "\n== scale: {count} mappings, all prefetch, config {} KiB (load {})",
+        size / 1024,
+        uptime()
+    );
+
+    let started = Instant::now();
+    let check = Command::new(target_dir().join("credvend"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run check-config");
+    let validate = started.elapsed();
+    println!(
+        "  validate + load (credvend check-config, whole process): {} (exit {})",
+        ms(validate),
+        check.code().unwrap_or(-1)
+    );
+
+    let started = Instant::now();
+    let credvend = spawn_credvend(&config, &dir.join("scale.log"));
+    let listening = wait_listening(listen, started, Duration::from_secs(30)).await;
+    println!("  start to listening: {} (target <= 2 s)", ms(listening));
+    let (rss_cold, _) = rss_kib(credvend.pid());
+    let warm = wait_ready(admin, started, Duration::from_secs(300)).await;
+    let calls_warm = sts.assume_role_calls().len();
+    // Let moka's housekeeping settle before reading memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss, hwm) = rss_kib(credvend.pid());
+    println!(
+        "  all warm (/readyz) after {}: {calls_warm} AssumeRole calls",
+        ms(warm)
+    );
+    println!(
+        "  RSS: {:.1} MiB at listening, {:.1} MiB warm (peak {:.1} MiB) (target <= 64 MiB warm)",
+        rss_cold as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+
+    // Reload changing one mapping's External ID (part of its fingerprint).
+    let target = 4242 % count;
+    let path = format!("/v1/credentials/{}", mappings[target].name);
+    let before = http::get_with_token(listen, &path, &mappings[target].token).await;
+    let old_key = before.json()["AccessKeyId"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    mappings[target].external_id = format!("external-id-{target:05}-rotated");
+    let calls_before = sts.assume_role_calls().len();
+    spec(&mappings);
+    let started = Instant::now();
+    let hup = Command::new("kill")
+        .args(["-HUP", &credvend.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success(), "SIGHUP delivered");
+    let mut reloaded = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        let response = http::get_with_token(listen, &path, &mappings[target].token).await;
+        if response.status == 200 && response.json()["AccessKeyId"].as_str() != Some(&old_key) {
+            reloaded = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Wait out the file watcher's debounce too (it reloads the same file once more).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = sts.assume_role_calls();
+    let new_calls: Vec<String> = after[calls_before..]
+        .iter()
+        .map(|c| c.role_arn.clone().unwrap_or_default())
+        .collect();
+    println!(
+        "  SIGHUP reload changing 1 mapping: new credential served after {} (target <= 300 ms)",
+        reloaded.map_or_else(|| "NEVER".into(), ms)
+    );
+    println!(
+        "  AssumeRole calls caused by the reload: {} {:?} (target: 1, the changed mapping {})",
+        new_calls.len(),
+        new_calls,
+        role_arn(&mappings[target].role)
+    );
+    let (rss_after, _) = rss_kib(credvend.pid());
+    println!("  RSS after reload: {:.1} MiB", rss_after as f64 / 1024.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// time to first credential
+
+const TTFC_SCRIPT: &str = r#"
+import json, sys, time
+t0 = time.perf_counter()
+import boto3
+t1 = time.perf_counter()
+creds = boto3.Session().get_credentials().get_frozen_credentials()
+t2 = time.perf_counter()
+assert creds.access_key.startswith("ASIA"), creds.access_key
+print(json.dumps({"import_s": t1 - t0, "creds_s": t2 - t1}))
+"#;
+
+struct Ttfc {
+    creds: Vec<Duration>,
+    process: Vec<Duration>,
+}
+
+fn run_python(python: &Path, envs: &[(String, String)], n: usize) -> Ttfc {
+    let mut out = Ttfc {
+        creds: Vec::new(),
+        process: Vec::new(),
+    };
+    for _ in 0..n {
+        let started = Instant::now();
+        let output = Command::new(python)
+            .args(["-c", TTFC_SCRIPT])
+            .env_clear()
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run python");
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let parsed: Option<serde_json::Value> = serde_json::from_str(text.trim()).ok();
+        match parsed.and_then(|v| v["creds_s"].as_f64()) {
+            Some(secs) if output.status.success() => {
+                out.creds.push(Duration::from_secs_f64(secs));
+                out.process.push(elapsed);
+            }
+            _ => {
+                eprintln!(
+                    "  python failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+            }
+        }
+    }
+    out.creds.sort();
+    out.process.sort();
+    out
+}
+
+async fn ttfc(dir: &Path) {
+    let n: usize = env_or("BENCH_PROCESSES", 100);
+    let python =
+        PathBuf::from(std::env::var("BENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into()));
+    let sts = FakeSts::start(Arc::new(SystemClock)).await;
+    sts.add_role(Role::new(
+        role_arn("bench-ttfc"),
+        TrustRule::RequireExternalId("ttfc-external-id".into()),
+    ));
+    sts.set_persistent_fault(Some(Fault::Latency(Duration::from_millis(50))));
+    let mappings = [MappingSpec {
+        name: "ttfc".into(),
+        role: "bench-ttfc".into(),
+        external_id: "ttfc-external-id".into(),
+        token: token(3),
+        prefetch: true,
+    }];
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join("ttfc.toml");
+    write_config(
+        &config,
+        &ConfigSpec {
+            listen,
+            admin,
+            sts: &sts.endpoint_url(),
+            log_level: "info",
+            max_rps: 20,
+            mappings: &mappings,
+        },
+    );
+    let _credvend = spawn_credvend(&config, &dir.join("ttfc.log"));
+    wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
+    let calls_warm = sts.assume_role_calls().len();
+
+    let base_env = vec![
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
+    ];
+    let mut via_credvend = base_env.clone();
+    via_credvend.extend([
+        ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
+            format!("http://{listen}/v1/credentials/ttfc"),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
+            mappings[0].token.clone(),
+        ),
+    ]);
+    let aws_config = dir.join("aws-config");
+    let aws_credentials = dir.join("aws-credentials");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[profile bench]\nrole_arn = {}\nexternal_id = ttfc-external-id\nsource_profile = base\nregion = us-east-1\n\n[profile base]\nregion = us-east-1\n",
+            role_arn("bench-ttfc")
+        ),
+    )
+    .expect("aws config");
+    std::fs::write(
+        &aws_credentials,
+        "[base]\naws_access_key_id = AKIAVENDORBASE000000\naws_secret_access_key = vendor-base-secret\n",
+    )
+    .expect("aws credentials");
+    let mut via_assume_role = base_env;
+    via_assume_role.extend([
+        ("AWS_CONFIG_FILE".into(), aws_config.display().to_string()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            aws_credentials.display().to_string(),
+        ),
+        ("AWS_PROFILE".into(), "bench".into()),
+        ("AWS_ENDPOINT_URL_STS".into(), sts.endpoint_url()),
+    ]);
+
+    println!(
+        "\n== time to first credential, fresh boto3 process x{n}, STS latency 50 ms (load {})",
+        uptime()
+    );
+    let a = run_python(&python, &via_credvend, n);
+    let calls_credvend = sts.assume_role_calls().len() - calls_warm;
+    let b = run_python(&python, &via_assume_role, n);
+    let calls_assume = sts.assume_role_calls().len() - calls_warm - calls_credvend;
+    let line = |name: &str, t: &Ttfc| {
+        println!(
+            "  {name:<34} ok {:>3}  credential p50 {}  p90 {}  | whole process p50 {}",
+            t.creds.len(),
+            ms(percentile(&t.creds, 50.0)),
+            ms(percentile(&t.creds, 90.0)),
+            ms(percentile(&t.process, 50.0)),
+        );
+    };
+    line("through credvend (warm)", &a);
+    line("boto3 AssumeRole provider", &b);
+    let ratio = percentile(&b.creds, 50.0).as_secs_f64() / percentile(&a.creds, 50.0).as_secs_f64();
+    let process_ratio =
+        percentile(&b.process, 50.0).as_secs_f64() / percentile(&a.process, 50.0).as_secs_f64();
+    println!(
+        "  ratio (p50, Session() to credential): {ratio:.1}x faster (target >= 5x); whole process incl. interpreter and import: {process_ratio:.2}x"
+    );
+    println!(
+        "  STS AssumeRole calls for {n} processes: credvend {calls_credvend} (+{calls_warm} prefetch before), boto3 {calls_assume} (target: 1 vs {n})"
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let dir = std::env::temp_dir().join(format!("credvend-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    println!(
+        "credvend benchmark harness — scenario {scenario}, nproc {}, load {}, work dir {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        uptime(),
+        dir.display()
+    );
+    match scenario.as_str() {
+        "throughput" => throughput(&dir).await,
+        "herd" => herd(&dir).await,
+        "scale" => scale(&dir).await,
+        "ttfc" => ttfc(&dir).await,
+        "all" => {
+            throughput(&dir).await;
+            herd(&dir).await;
+            scale(&dir).await;
+            ttfc(&dir).await;
+        }
+        other => {
+            eprintln!("unknown scenario {other}: throughput | herd | scale | ttfc | all");
+            std::process::exit(64);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
