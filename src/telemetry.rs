@@ -9,7 +9,7 @@
 //! dropping audit lines), which writes them to stderr through a buffer and flushes
 //! whenever its queue is empty. Under load that is one `write` per batch instead of one per request,
 //! which is most of what the INFO audit line of every vend used to cost (see
-//! docs/performance.md). The returned [`LogGuard`] flushes on drop: `main` holds it for
+//! README, Performance). The returned [`LogGuard`] flushes on drop: `main` holds it for
 //! the life of the daemon. A `SIGKILL` can lose the lines still queued.
 
 use std::io::IsTerminal;
