@@ -24,18 +24,18 @@
 //! Every process is killed on drop, so a failing assertion leaks nothing; their logs
 //! live in a temp directory that is kept (and named in the panic output) on failure.
 
-use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod support;
 
-use sha2::{Digest, Sha256};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use support::e2e::{
+    ChildGuard, Moto, TempDir, Venv, base_env, free_loopback_addr, http_get, http_post_text,
+    http_request, random_token, run_bounded, token_sha256_hex, wait_until, write_private_file,
+};
 
 const MAPPING: &str = "e2e-s3";
 const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/e2e-sync";
@@ -45,8 +45,6 @@ const ASSUMED_ROLE_ARN: &str = "arn:aws:sts::111122223333:assumed-role/e2e-sync/
 const EXTERNAL_ID: &str = "e2e-ExternalId-6Tq9wZ2vLk4pR8sN";
 const REGION: &str = "us-east-1";
 
-/// How long moto (a Python process importing a lot) may take to answer.
-const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long credvend may take to validate its config, bind and report ready.
 const CREDVEND_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for one boto3 worker run; a hang must fail, not stall the suite.
@@ -78,7 +76,7 @@ print(json.dumps({"Arn": identity["Arn"], "Account": identity["Account"], "metho
 #[test]
 fn boto3_worker_gets_the_mapped_role_through_credvend() {
     let venv = Venv::locate();
-    let dir = TempDir::new("success");
+    let dir = TempDir::new("e2e-success");
     let moto = Moto::start(&venv, &dir);
     let token = random_token();
     let credvend = Credvend::start(&dir, &moto, &token_sha256_hex(&token));
@@ -209,7 +207,7 @@ fn boto3_worker_gets_the_mapped_role_through_credvend() {
 #[test]
 fn wrong_token_fails_the_worker_promptly_without_calling_sts() {
     let venv = Venv::locate();
-    let dir = TempDir::new("wrong-token");
+    let dir = TempDir::new("e2e-wrong-token");
     let moto = Moto::start(&venv, &dir);
     let token = random_token();
     let mut credvend = Credvend::start(&dir, &moto, &token_sha256_hex(&token));
@@ -262,9 +260,6 @@ fn wrong_token_fails_the_worker_promptly_without_calling_sts() {
     );
 }
 
-// --- the processes ------------------------------------------------------------------
-
-/// The Python venv holding moto and boto3.
 /// `credvend verify --bucket` against moto's S3: the five permission checks run for
 /// real with the assumed credentials. moto's STS lets AssumeRole through without an
 /// External ID, so the enforcement line must say NOT ENFORCED and the exit status is 1
@@ -272,7 +267,7 @@ fn wrong_token_fails_the_worker_promptly_without_calling_sts() {
 #[test]
 fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
     let venv = Venv::locate();
-    let dir = TempDir::new("verify");
+    let dir = TempDir::new("e2e-verify");
     let moto = Moto::start(&venv, &dir);
     let config = write_config(
         &dir,
@@ -282,22 +277,7 @@ fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
         free_loopback_addr(),
     );
     let bucket = "credvend-e2e-verify";
-    let create = Command::new(venv.python())
-        .args([
-            "-c",
-            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
-            &moto.url(),
-            bucket,
-        ])
-        .env_clear()
-        .envs(base_env(&dir))
-        .output()
-        .expect("run python");
-    assert!(
-        create.status.success(),
-        "create bucket: {}",
-        String::from_utf8_lossy(&create.stderr)
-    );
+    moto.create_bucket(&venv, &dir, bucket);
 
     let verify = |bucket: &str| {
         Command::new(env!("CARGO_BIN_EXE_credvend"))
@@ -305,7 +285,7 @@ fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
             .arg(&config)
             .args(["--bucket", bucket, "--s3-endpoint-url", &moto.url()])
             .env_clear()
-            .envs(base_env(&dir))
+            .envs(base_env(dir.path()))
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .output()
@@ -387,14 +367,9 @@ boto3.client("s3", **kw).create_bucket(Bucket="bkt")
 #[test]
 fn verify_names_exactly_the_missing_s3_permission_under_moto_iam() {
     let venv = Venv::locate();
-    let dir = TempDir::new("verify-iam");
+    let dir = TempDir::new("e2e-verify-iam");
     let moto = Moto::start(&venv, &dir);
-    let setup = Command::new(venv.python())
-        .args(["-c", IAM_SETUP_PY, &moto.url()])
-        .env_clear()
-        .envs(base_env(&dir))
-        .output()
-        .expect("run python");
+    let setup = venv.run_python(dir.path(), IAM_SETUP_PY, &[&moto.url()]);
     assert!(
         setup.status.success(),
         "moto IAM setup: {}",
@@ -427,7 +402,7 @@ token_sha256 = ["{hash2}"]
         ),
     );
     let verify = |mapping: &str| {
-        let reset = http_request_with_body(moto.addr, "/moto-api/reset-auth", "3")
+        let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "3")
             .unwrap_or_else(|e| panic!("reset-auth: {e}"));
         assert_eq!(reset.status, 200, "reset-auth: {}", reset.body);
         let out = Command::new(env!("CARGO_BIN_EXE_credvend"))
@@ -435,7 +410,7 @@ token_sha256 = ["{hash2}"]
             .arg(&config)
             .args(["--bucket", "bkt", "--s3-endpoint-url", &moto.url()])
             .env_clear()
-            .envs(base_env(&dir))
+            .envs(base_env(dir.path()))
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .output()
@@ -468,18 +443,13 @@ token_sha256 = ["{hash2}"]
     );
 
     // Nothing left behind in the bucket.
-    let reset = http_request_with_body(moto.addr, "/moto-api/reset-auth", "inf").unwrap();
+    let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "inf").unwrap();
     assert_eq!(reset.status, 200);
-    let listing = Command::new(venv.python())
-        .args([
-            "-c",
-            "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
-            &moto.url(),
-        ])
-        .env_clear()
-        .envs(base_env(&dir))
-        .output()
-        .expect("run python");
+    let listing = venv.run_python(
+        dir.path(),
+        "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
+        &[&moto.url()],
+    );
     assert_eq!(
         String::from_utf8_lossy(&listing.stdout).trim(),
         "0",
@@ -488,90 +458,7 @@ token_sha256 = ["{hash2}"]
     );
 }
 
-struct Venv {
-    root: PathBuf,
-}
-
-impl Venv {
-    fn locate() -> Venv {
-        let root = std::env::var_os("CREDVEND_TEST_VENV")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-        let venv = Venv { root };
-        let hint = "run scripts/setup-python.sh (scripts/test.sh does it for you) or set \
-                    CREDVEND_TEST_VENV to a venv with the packages in \
-                    scripts/python-requirements.txt";
-        for tool in [venv.python(), venv.moto_server()] {
-            assert!(
-                tool.is_file(),
-                "e2e test needs {} from the Python venv: {hint}",
-                tool.display()
-            );
-        }
-        let check = Command::new(venv.python())
-            .args(["-c", "import boto3, moto"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", venv.python().display()));
-        assert!(
-            check.status.success(),
-            "venv {} cannot import boto3 and moto: {}\n{hint}",
-            venv.root.display(),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        venv
-    }
-
-    fn python(&self) -> PathBuf {
-        self.root.join("bin/python")
-    }
-
-    fn moto_server(&self) -> PathBuf {
-        self.root.join("bin/moto_server")
-    }
-}
-
-/// A moto server on a free loopback port.
-struct Moto {
-    process: ChildGuard,
-    addr: SocketAddr,
-}
-
-impl Moto {
-    fn start(venv: &Venv, dir: &TempDir) -> Moto {
-        let addr = free_loopback_addr();
-        let mut command = Command::new(venv.moto_server());
-        command
-            .args(["-H", "127.0.0.1", "-p", &addr.port().to_string()])
-            .env_clear()
-            .envs(base_env(dir));
-        let mut process = ChildGuard::spawn("moto", command, &dir.path().join("moto.log"));
-        wait_until(MOTO_START_TIMEOUT, &mut process, "moto to answer", || {
-            http_request(addr, "GET", "/moto-api/", &[]).is_ok_and(|r| r.status == 200)
-        });
-        Moto { process, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The AssumeRole calls moto served, oldest first.
-    fn assumed_roles(&self) -> Vec<serde_json::Value> {
-        let response = http_request(self.addr, "GET", "/moto-api/data.json", &[])
-            .unwrap_or_else(|e| panic!("GET moto data.json: {e}"));
-        assert_eq!(response.status, 200, "moto data.json: {}", response.body);
-        let data: serde_json::Value = serde_json::from_str(&response.body)
-            .unwrap_or_else(|e| panic!("moto data.json is not JSON: {e}"));
-        match &data["sts"]["AssumedRole"] {
-            serde_json::Value::Array(calls) => calls.clone(),
-            // moto lists a model only once its backend exists, i.e. after a first call.
-            serde_json::Value::Null => Vec::new(),
-            other => panic!("unexpected sts.AssumedRole in moto data.json: {other}"),
-        }
-    }
-}
+// --- the processes ------------------------------------------------------------------
 
 /// `credvend serve` with a config written for this test.
 struct Credvend {
@@ -591,7 +478,7 @@ impl Credvend {
             .arg("--config")
             .arg(&config_path)
             .env_clear()
-            .envs(base_env(dir))
+            .envs(base_env(dir.path()))
             // The vendor's base identity: moto accepts any key.
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -602,7 +489,7 @@ impl Credvend {
             CREDVEND_READY_TIMEOUT,
             &mut process,
             "credvend /readyz to answer 200",
-            || http_request(admin, "GET", "/readyz", &[]).is_ok_and(|r| r.status == 200),
+            || http_get(admin, "/readyz", &[]).is_ok_and(|r| r.status == 200),
         );
         assert!(
             TcpStream::connect_timeout(&listen, Duration::from_secs(2)).is_ok(),
@@ -657,6 +544,7 @@ token_sha256 = ["{token_sha256}"]
     config_path
 }
 
+/// A finished worker run ([`run_worker`] fails the test if the worker hangs).
 struct WorkerOutcome {
     status: ExitStatus,
     stdout: String,
@@ -674,223 +562,34 @@ fn run_worker(
 ) -> WorkerOutcome {
     static RUNS: AtomicU32 = AtomicU32::new(0);
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
-    let stdout_path = dir.path().join(format!("worker-{run}.out"));
-    let stderr_path = dir.path().join(format!("worker-{run}.err"));
-
     let mut command = Command::new(venv.python());
     command
         .args(["-c", WORKER_PY, &moto.url(), REGION])
         .env_clear()
-        .envs(base_env(dir))
+        .envs(base_env(dir.path()))
         .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials_uri)
-        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token)
-        .stdin(Stdio::null())
-        .stdout(create_file(&stdout_path))
-        .stderr(create_file(&stderr_path));
-    let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start the boto3 worker: {e}"));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the boto3 worker") {
-            break status;
-        }
-        if started.elapsed() > WORKER_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "boto3 worker still running after {WORKER_TIMEOUT:?}; stderr so far: {}",
-                read_lossy(&stderr_path)
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token);
+    let outcome = run_bounded(
+        command,
+        dir.path(),
+        &format!("worker-{run}"),
+        WORKER_TIMEOUT,
+    );
+    let Some(status) = outcome.status else {
+        panic!(
+            "boto3 worker still running after {WORKER_TIMEOUT:?}; stderr so far: {}",
+            outcome.stderr
+        );
     };
     WorkerOutcome {
         status,
-        stdout: read_lossy(&stdout_path),
-        stderr: read_lossy(&stderr_path),
-        elapsed: started.elapsed(),
-    }
-}
-
-/// Environment every child starts from: nothing inherited but `PATH`, no AWS
-/// configuration files, no instance metadata. (`env_clear` first removes every other
-/// `AWS_*` and `CREDVEND_*` variable of the test's own environment.)
-fn base_env(dir: &TempDir) -> Vec<(&'static str, OsString)> {
-    vec![
-        (
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-        ),
-        ("HOME", dir.path().as_os_str().to_owned()),
-        ("LANG", "C.UTF-8".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("AWS_CONFIG_FILE", "/dev/null".into()),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
-    ]
-}
-
-/// A child process whose stdout and stderr go to a log file; killed and reaped on
-/// drop so that a failing assertion never leaves it running.
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-    log_path: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(name: &'static str, mut command: Command, log_path: &Path) -> ChildGuard {
-        let log = create_file(log_path);
-        let log_for_stderr = log
-            .try_clone()
-            .unwrap_or_else(|e| panic!("dup {}: {e}", log_path.display()));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}"));
-        ChildGuard {
-            name,
-            child,
-            log_path: log_path.to_owned(),
-        }
-    }
-
-    /// `Some(status)` once the process has exited.
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("wait for {}: {e}", self.name))
-    }
-
-    fn log(&self) -> String {
-        read_lossy(&self.log_path)
-    }
-
-    /// The last part of the log, for failure messages.
-    fn describe(&self) -> String {
-        const TAIL: usize = 6000;
-        let log = self.log();
-        let start = log.len().saturating_sub(TAIL);
-        let start = (start..log.len())
-            .find(|&i| log.is_char_boundary(i))
-            .unwrap_or(log.len());
-        format!(
-            "--- {} log ({}) ---\n{}\n--- end of {} log ---",
-            self.name,
-            self.log_path.display(),
-            &log[start..],
-            self.name
-        )
-    }
-
-    /// Sends SIGTERM and waits up to `timeout` for the exit.
-    fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(sent, "could not send SIGTERM to {}", self.name);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exit_status() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `ready` until it holds; fails early, with the log, if the process exits.
-fn wait_until(
-    timeout: Duration,
-    process: &mut ChildGuard,
-    what: &str,
-    mut ready: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = process.exit_status() {
-            panic!(
-                "{} exited ({status}) while waiting for {what}\n{}",
-                process.name,
-                process.describe()
-            );
-        }
-        if ready() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                process.describe()
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        elapsed: outcome.elapsed,
     }
 }
 
 // --- helpers ------------------------------------------------------------------------
-
-/// A directory under the system temp dir, removed on drop unless the test failed.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!(
-            "credvend-e2e-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("e2e: keeping {} for inspection", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A loopback address with a port that was free a moment ago.
-fn free_loopback_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0")
-}
-
-/// 256 random bits, hex: the shape `credvend token new` prints.
-fn random_token() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
-}
-
-/// `token_sha256` of a token exactly as sent: no trimming, no newline.
-fn token_sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
 
 /// `YYYY-MM-DDTHH:MM:SSZ` exactly.
 fn is_aws_utc_timestamp(value: &str) -> bool {
@@ -903,139 +602,4 @@ fn is_aws_utc_timestamp(value: &str) -> bool {
             19 => b == b'Z',
             _ => b.is_ascii_digit(),
         })
-}
-
-fn create_file(path: &Path) -> File {
-    File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
-}
-
-/// Writes a file readable by its owner only (credvend warns about anything wider).
-fn write_private_file(path: &Path, contents: &str) {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    file.write_all(contents.as_bytes())
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default()
-}
-
-struct HttpResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl HttpResponse {
-    /// The value of a header (name case-insensitive).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A minimal HTTP/1.1 client (one request per connection), so the test needs no HTTP
-/// crate and sees the response exactly as sent.
-fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<HttpResponse> {
-    http_exchange(addr, method, path, headers, "")
-}
-
-/// `POST path` with a plain-text body (moto's admin API).
-fn http_request_with_body(
-    addr: SocketAddr,
-    path: &str,
-    body: &str,
-) -> std::io::Result<HttpResponse> {
-    let length = body.len().to_string();
-    http_exchange(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "text/plain"), ("Content-Length", &length)],
-        body,
-    )
-}
-
-fn http_exchange(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    request_body: &str,
-) -> std::io::Result<HttpResponse> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(request_body);
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| invalid("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let response = HttpResponse {
-        status,
-        headers,
-        body: String::new(),
-    };
-    if response
-        .header("transfer-encoding")
-        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body).ok_or_else(|| invalid("bad chunked body"))?;
-    }
-    Ok(HttpResponse {
-        body: String::from_utf8_lossy(&body).into_owned(),
-        ..response
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_field = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_field.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
 }

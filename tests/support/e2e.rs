@@ -1,6 +1,6 @@
 //! Real processes for end-to-end tests: the project's Python venv, a moto server, child
-//! processes that are killed on drop, temp directories kept on failure, and a blocking
-//! raw HTTP/1.1 GET for readiness probes.
+//! processes that are killed on drop, temp directories kept on failure, and a minimal
+//! blocking HTTP/1.1 client for readiness probes, moto's admin API and raw responses.
 //!
 //! Everything here is synchronous (std only): end-to-end tests drive external programs
 //! and wait for them, so they need no runtime. Every wait has a bound, so a hung child
@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -75,6 +75,20 @@ impl Venv {
     pub fn bin(&self, name: &str) -> PathBuf {
         self.root.join("bin").join(name)
     }
+
+    /// Runs `python -c script args…` from [`base_env`] (`HOME` = `home`), stdin closed,
+    /// to completion.
+    pub fn run_python(&self, home: &Path, script: &str, args: &[&str]) -> Output {
+        Command::new(self.python())
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .env_clear()
+            .envs(base_env(home))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python().display()))
+    }
 }
 
 /// Environment every child starts from: nothing inherited but `PATH`, no AWS
@@ -121,20 +135,13 @@ impl Moto {
 
     /// Creates an S3 bucket with static test credentials (moto accepts any key).
     pub fn create_bucket(&self, venv: &Venv, dir: &TempDir, bucket: &str) {
-        let output = Command::new(venv.python())
-            .args([
-                "-c",
-                "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1], \
-                 region_name='us-east-1', aws_access_key_id='testing', \
-                 aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
-                &self.url(),
-                bucket,
-            ])
-            .env_clear()
-            .envs(base_env(dir.path()))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run python to create a bucket");
+        let output = venv.run_python(
+            dir.path(),
+            "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1], \
+             region_name='us-east-1', aws_access_key_id='testing', \
+             aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
+            &[&self.url(), bucket],
+        );
         assert!(
             output.status.success(),
             "create bucket {bucket} on moto: {}",
@@ -417,45 +424,124 @@ pub fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// A response from [`http_get`].
+/// A response from [`http_request`] (and [`http_get`], [`http_post_text`]).
 pub struct HttpResponse {
     pub status: u16,
+    /// Header names as sent, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, decoded when it came chunked.
     pub body: String,
 }
 
-/// A minimal blocking HTTP/1.1 GET (one request per connection, `Connection: close`,
-/// no chunked decoding): enough for readiness probes and moto's JSON API.
+impl HttpResponse {
+    /// The value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path`: readiness probes and moto's JSON API.
 pub fn http_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    http_request(addr, "GET", path, headers)
+}
+
+/// A minimal blocking HTTP/1.1 client (one request per connection, `Connection: close`),
+/// so tests need no HTTP crate and see the response as sent (a chunked body is decoded).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    http_exchange(addr, method, path, headers, "")
+}
+
+/// `POST path` with a plain-text body (moto's admin API, e.g. `/moto-api/reset-auth`).
+pub fn http_post_text(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<HttpResponse> {
+    let length = body.len().to_string();
+    http_exchange(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "text/plain"), ("Content-Length", &length)],
+        body,
+    )
+}
+
+fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    request_body: &str,
 ) -> std::io::Result<HttpResponse> {
     let invalid =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(request_body);
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
+
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| invalid("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split("\r\n")
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines
         .next()
         .and_then(|line| line.split(' ').nth(1))
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| invalid("bad status line"))?;
-    Ok(HttpResponse {
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let response = HttpResponse {
         status,
-        body: String::from_utf8_lossy(&raw[split + 4..]).into_owned(),
+        headers,
+        body: String::new(),
+    };
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
+        body = dechunk(&body).ok_or_else(|| invalid("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        body: String::from_utf8_lossy(&body).into_owned(),
+        ..response
     })
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body; `None` when it is malformed.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_field = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_field.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
 }
