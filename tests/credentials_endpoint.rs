@@ -21,28 +21,13 @@ fn acme_role() -> Role {
     )
 }
 
-/// A daemon with one mapping, `acme-s3`, whose role requires [`EXTERNAL_ID`]; returns
-/// the fake STS, the daemon and the mapping's token.
-async fn start_acme() -> (support::fake_sts::FakeSts, daemon::TestDaemon, String) {
-    let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![mapping(
-        "acme-s3",
-        "vendor-sync",
-        Some(EXTERNAL_ID),
-        &token,
-    )])
-    .await;
-    sts.add_role(acme_role());
-    (sts, d, token)
-}
-
 fn parse_expiration(value: &str) -> SystemTime {
     humantime::parse_rfc3339(value).unwrap_or_else(|e| panic!("bad Expiration {value:?}: {e}"))
 }
 
 #[tokio::test]
 async fn success_is_the_exact_ecs_json_with_the_external_id_sent() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
 
     let r = get_with_token(d.addr, "/v1/credentials/acme-s3", &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -253,7 +238,7 @@ async fn errors_have_documented_statuses_codes_and_bodies() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_cold_requests_make_one_assume_role() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     // Slow STS widens the window in which every request is a miss.
     sts.push_fault(Fault::Latency(Duration::from_millis(300)));
 
@@ -282,7 +267,7 @@ async fn two_hundred_concurrent_cold_requests_make_one_assume_role() {
 
 #[tokio::test]
 async fn refresh_happens_in_the_background_and_every_served_credential_has_min_remaining() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     let path = "/v1/credentials/acme-s3";
 
     let first = get_with_token(d.addr, path, &token).await.json();
@@ -333,7 +318,7 @@ async fn refresh_happens_in_the_background_and_every_served_credential_has_min_r
 
 #[tokio::test]
 async fn refresh_is_ahead_of_time_and_requests_do_not_wait_for_it() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await.json();
 
@@ -365,7 +350,7 @@ async fn refresh_is_ahead_of_time_and_requests_do_not_wait_for_it() {
 
 #[tokio::test]
 async fn sts_failing_keeps_serving_the_cached_credential_then_recovers() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await.json();
 
@@ -399,7 +384,7 @@ async fn sts_failing_keeps_serving_the_cached_credential_then_recovers() {
 
 #[tokio::test]
 async fn access_denied_evicts_and_answers_assume_role_denied() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     let path = "/v1/credentials/acme-s3";
     assert_eq!(get_with_token(d.addr, path, &token).await.status, 200);
 
@@ -424,7 +409,7 @@ async fn access_denied_evicts_and_answers_assume_role_denied() {
 
 #[tokio::test]
 async fn cold_miss_slower_than_cold_wait_is_503_then_served_from_cache() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     sts.push_fault(Fault::Latency(Duration::from_millis(1500)));
     let path = "/v1/credentials/acme-s3";
 
@@ -444,7 +429,7 @@ async fn cold_miss_slower_than_cold_wait_is_503_then_served_from_cache() {
 
 #[tokio::test]
 async fn shutdown_completes_requests_in_flight() {
-    let (sts, mut d, token) = start_acme().await;
+    let (sts, mut d, token) = daemon::start_acme(EXTERNAL_ID).await;
     sts.push_fault(Fault::Latency(Duration::from_millis(500)));
     let addr = d.addr;
     let in_flight = tokio::spawn({

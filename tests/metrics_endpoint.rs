@@ -6,8 +6,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use support::daemon::{self, config, mapping, role_arn, token};
-use support::fake_sts::{Role, TrustRule};
+use support::daemon::{self, config, mapping, token};
 use support::http::request;
 
 const EXTERNAL_ID: &str = "canary-external-id-0123456789";
@@ -29,14 +28,7 @@ async fn scrape(admin: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn metrics_are_served_in_text_format_with_build_info_and_mappings() {
-    let token = token("metrics");
-    let (_sts, d) = daemon::start_with_sts(vec![mapping(
-        "acme-s3",
-        "vendor-sync",
-        Some(EXTERNAL_ID),
-        &token,
-    )])
-    .await;
+    let (_sts, d, _token) = daemon::start_acme(EXTERNAL_ID).await;
 
     let text = scrape(d.admin).await;
     assert_eq!(
@@ -94,18 +86,7 @@ async fn metrics_are_served_in_text_format_with_build_info_and_mappings() {
 
 #[tokio::test]
 async fn a_vend_shows_up_as_state_and_expiry_and_no_secret_reaches_metrics() {
-    let token = token("vend");
-    let (sts, d) = daemon::start_with_sts(vec![mapping(
-        "acme-s3",
-        "vendor-sync",
-        Some(EXTERNAL_ID),
-        &token,
-    )])
-    .await;
-    sts.add_role(Role::new(
-        role_arn("vendor-sync"),
-        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
-    ));
+    let (_sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
 
     let vend = request(
         d.addr,
@@ -195,14 +176,7 @@ async fn promtool_check_metrics_is_clean() {
         Command::new("promtool").arg("--version").output().is_ok(),
         "promtool is not installed: run scripts/test.sh (installs the Debian package prometheus)"
     );
-    let token = token("promtool");
-    let (_sts, d) = daemon::start_with_sts(vec![mapping(
-        "acme-s3",
-        "vendor-sync",
-        Some(EXTERNAL_ID),
-        &token,
-    )])
-    .await;
+    let (_sts, d, _token) = daemon::start_acme(EXTERNAL_ID).await;
     let text = scrape(d.admin).await;
     d.stop().await;
 
@@ -234,18 +208,7 @@ async fn promtool_check_metrics_is_clean() {
 async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
     use support::fake_sts::Fault;
     use support::http::get_with_token;
-    let token = token("counted");
-    let (sts, d) = daemon::start_with_sts(vec![mapping(
-        "acme-s3",
-        "vendor-sync",
-        Some(EXTERNAL_ID),
-        &token,
-    )])
-    .await;
-    sts.add_role(Role::new(
-        role_arn("vendor-sync"),
-        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
-    ));
+    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
     let path = "/v1/credentials/acme-s3";
     assert_eq!(get_with_token(d.addr, path, &token).await.status, 200);
     assert_eq!(get_with_token(d.addr, path, &token).await.status, 200);

@@ -150,3 +150,21 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The common case: mapping `acme-s3` → role `vendor-sync`, whose trust policy requires
+/// `external_id`. Returns the fake STS, the daemon and the mapping's token.
+pub async fn start_acme(external_id: &str) -> (FakeSts, TestDaemon, String) {
+    let token = token("acme");
+    let (sts, d) = start_with_sts(vec![mapping(
+        "acme-s3",
+        "vendor-sync",
+        Some(external_id),
+        &token,
+    )])
+    .await;
+    sts.add_role(super::fake_sts::Role::new(
+        role_arn("vendor-sync"),
+        super::fake_sts::TrustRule::RequireExternalId(external_id.into()),
+    ));
+    (sts, d, token)
+}
