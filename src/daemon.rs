@@ -110,10 +110,12 @@ impl Daemon {
     /// only mappings whose AssumeRole inputs changed lose their cached credentials.
     pub fn apply_config(&self, config: &Config) {
         let access = Arc::new(AccessTable::new(config));
-        self.cache.apply_config(config);
-        self.access.store(access);
+        // Metrics first: events for a mapping the metric set does not know are dropped,
+        // and the cache starts fetching new mappings as soon as it has the config.
         self.metrics
             .sync_mappings(config.mappings.keys().map(String::as_str));
+        self.cache.apply_config(config);
+        self.access.store(access);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         info!(
             generation,

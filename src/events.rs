@@ -320,6 +320,7 @@ mod tests {
     #[test]
     fn served_writes_one_audit_line_and_counts_the_same_mapping_and_source() {
         let metrics = Metrics::new();
+        metrics.sync_mappings(["acme-s3"]);
         let lines = logged(|| {
             CredentialsServed {
                 mapping: "acme-s3",
@@ -385,6 +386,7 @@ mod tests {
     #[test]
     fn terminal_assume_failure_is_an_error_line_and_a_reason_count() {
         let metrics = Metrics::new();
+        metrics.sync_mappings(["x"]);
         let error = AssumeError {
             reason: FailureReason::AccessDenied,
             code: "AccessDenied".into(),
@@ -421,6 +423,7 @@ mod tests {
     #[test]
     fn entering_degraded_warns_and_sets_the_state() {
         let metrics = Metrics::new();
+        metrics.sync_mappings(["x"]);
         let lines = logged(|| {
             MappingStateChanged {
                 mapping: "x",

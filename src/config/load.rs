@@ -59,19 +59,24 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
     let env = Env::prefixed(ENV_PREFIX)
         .ignore(&[&CONFIG_PATH_VAR[ENV_PREFIX.len()..]])
         .split("__");
-    let main_provider = TomlFile::new(main, main_dict.clone());
-
     // The include list may itself be overridden from the environment, so it is read
-    // from the main file merged with the environment.
-    let base = Figment::from(main_provider.clone()).merge(env.clone());
+    // from the main file merged with the environment. Mappings play no part in it and
+    // are left out: with thousands of them, every copy of the tree costs (figment
+    // copies a provider's data once to merge it and once more to look a value up).
+    let without_mappings: Dict = main_dict
+        .iter()
+        .filter(|(key, _)| key.as_str() != "mappings")
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let base = Figment::from(TomlFile::new(main, without_mappings)).merge(env.clone());
     let mut report = Report::new(base, main_display.clone());
     report.check_private_file(main, &main_display);
 
-    let mut files = vec![main.to_path_buf()];
-    let mut figment = Figment::from(main_provider);
     // Which file defines each mapping, to reject a name defined twice.
     let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
     let _ = note_mappings(&main_dict, &main_display, &mut mapping_files, &mut report);
+    let mut files = vec![main.to_path_buf()];
+    let mut figment = Figment::from(TomlFile::new(main, main_dict));
 
     let (includes, include_dirs) = resolve_includes(main, &mut report);
     for include in includes {
@@ -422,6 +427,12 @@ impl Report {
         path: &[&str],
     ) -> Option<(T, BTreeSet<String>)> {
         let mut broken = BTreeSet::new();
+        // Common case first: the table decodes as it is, straight from the merged tree.
+        if let Some(value @ Value::Dict(..)) = self.lookup(path)
+            && let Ok(decoded) = value.deserialize::<T>()
+        {
+            return Some((decoded, broken));
+        }
         let (tag, mut dict) = match self.lookup(path) {
             None => return Some((T::default(), broken)),
             Some(Value::Dict(tag, dict)) => (*tag, dict.clone()),

@@ -37,8 +37,13 @@
 //! Per-mapping counters are initialised to 0 for every known label value when a
 //! mapping is registered, so the first failure is a visible `0 → 1` step for
 //! `increase()` in alert rules rather than a series appearing at 1.
+//!
+//! The six `mapping`-labelled families live in [`per_mapping`] (compact atomics, text
+//! written directly) rather than in the crate's metric vectors, which cost ~11 KB per
+//! mapping; everything else is a plain `prometheus` collector in [`Metrics::registry`].
 
-use std::collections::BTreeSet;
+mod per_mapping;
+
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +54,7 @@ use prometheus::{
 
 use crate::cache::{MappingState, MappingStatus, Source};
 use crate::creds::FailureReason;
+use per_mapping::PerMapping;
 
 /// `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -82,9 +88,6 @@ pub const AUTH_FAILURE_REASONS: [&str; 4] = [
     "invalid_host",
 ];
 
-/// Values of the `source` label of `credvend_credentials_served_total`.
-const SOURCES: [Source; 3] = [Source::Cache, Source::Fresh, Source::Degraded];
-
 /// STS latency: a healthy regional call takes 20–200 ms; the call timeout is at most
 /// 1 min, but anything past 10 s is already a failure in practice.
 const STS_BUCKETS: &[f64] = &[
@@ -103,22 +106,17 @@ const ERROR: &str = "error";
 /// Every metric family of credvend, in one registry of its own.
 pub struct Metrics {
     registry: Registry,
-    assume_role_total: IntCounterVec,
-    assume_role_failures_total: IntCounterVec,
+    /// The `mapping`-labelled families.
+    per_mapping: PerMapping,
     assume_role_duration_seconds: HistogramVec,
-    credentials_served_total: IntCounterVec,
-    credentials_expiry_timestamp_seconds: IntGaugeVec,
-    mapping_state: IntGaugeVec,
-    external_id_enforced: IntGaugeVec,
     http_requests_total: IntCounterVec,
     http_request_duration_seconds: HistogramVec,
     auth_failures_total: IntCounterVec,
     sts_rate_limited_total: IntCounter,
     config_reloads_total: IntCounterVec,
     mappings: IntGauge,
-    /// Mapping names that currently have series, so a reload can delete the series of
-    /// the ones it removed.
-    known_mappings: Mutex<BTreeSet<String>>,
+    /// Serialises changes to the set of mappings (reloads).
+    mappings_writer: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -176,48 +174,13 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let metrics = Self {
-            assume_role_total: counter_vec(
-                r,
-                "credvend_assume_role_total",
-                "AssumeRole calls for a customer role, by mapping and result (success|error).",
-                &["mapping", "result"],
-            ),
-            assume_role_failures_total: counter_vec(
-                r,
-                "credvend_assume_role_failures_total",
-                "Failed AssumeRole calls, by mapping and classified reason; access_denied covers a wrong External ID, a missing role and a revoked trust alike.",
-                &["mapping", "reason"],
-            ),
+            per_mapping: PerMapping::default(),
             assume_role_duration_seconds: histogram_vec(
                 r,
                 "credvend_assume_role_duration_seconds",
                 "Duration of AssumeRole calls to STS, by result.",
                 &["result"],
                 STS_BUCKETS,
-            ),
-            credentials_served_total: counter_vec(
-                r,
-                "credvend_credentials_served_total",
-                "Credentials served to workers, by mapping and source (cache|fresh|degraded).",
-                &["mapping", "source"],
-            ),
-            credentials_expiry_timestamp_seconds: gauge_vec(
-                r,
-                "credvend_credentials_expiry_timestamp_seconds",
-                "Unix time at which the credential credvend holds for a mapping expires.",
-                &["mapping"],
-            ),
-            mapping_state: gauge_vec(
-                r,
-                "credvend_mapping_state",
-                "1 for the mapping's current lifecycle state, 0 for the others (empty|fetching|fresh|refreshing|degraded|failed).",
-                &["mapping", "state"],
-            ),
-            external_id_enforced: gauge_vec(
-                r,
-                "credvend_external_id_enforced",
-                "Whether the customer role's trust policy enforces the External ID: 1 enforced, 0 not enforced (unsafe), -1 unknown or not checked.",
-                &["mapping"],
             ),
             http_requests_total: counter_vec(
                 r,
@@ -257,7 +220,7 @@ impl Metrics {
                 IntGauge::new("credvend_mappings", "Mappings in the applied configuration.")
                     .expect("valid gauge"),
             ),
-            known_mappings: Mutex::new(BTreeSet::new()),
+            mappings_writer: Mutex::new(()),
             registry,
         };
 
@@ -303,9 +266,11 @@ impl Metrics {
 
     /// Everything, in Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        TextEncoder::new()
+        let mut text = TextEncoder::new()
             .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|error| format!("# credvend: cannot encode metrics: {error}\n"))
+            .unwrap_or_else(|error| format!("# credvend: cannot encode metrics: {error}\n"));
+        self.per_mapping.render(&mut text);
+        text
     }
 
     /// One AssumeRole call for `mapping` finished after `duration`.
@@ -316,24 +281,15 @@ impl Metrics {
         duration: Duration,
     ) {
         let result = if outcome.is_ok() { SUCCESS } else { ERROR };
-        self.assume_role_total
-            .with_label_values(&[mapping, result])
-            .inc();
         self.assume_role_duration_seconds
             .with_label_values(&[result])
             .observe(duration.as_secs_f64());
-        if let Err(reason) = outcome {
-            self.assume_role_failures_total
-                .with_label_values(&[mapping, reason.as_str()])
-                .inc();
-        }
+        self.per_mapping.with(mapping, |s| s.assume_role(outcome));
     }
 
     /// A credential for `mapping` was served from `source`.
     pub fn served(&self, mapping: &str, source: Source) {
-        self.credentials_served_total
-            .with_label_values(&[mapping, source.as_str()])
-            .inc();
+        self.per_mapping.with(mapping, |s| s.served(source));
     }
 
     /// The credential now held for `mapping` expires at `expiration`.
@@ -342,26 +298,18 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        self.credentials_expiry_timestamp_seconds
-            .with_label_values(&[mapping])
-            .set(secs);
+        self.per_mapping.with(mapping, |s| s.set_expiry(secs));
     }
 
     /// `mapping` no longer holds a credential credvend keeps fresh (idle, failed,
     /// removed): its expiry series goes away instead of aging into a false alert.
     pub fn clear_expiry(&self, mapping: &str) {
-        let _ = self
-            .credentials_expiry_timestamp_seconds
-            .remove_label_values(&[mapping]);
+        self.per_mapping.with(mapping, |s| s.clear_expiry());
     }
 
     /// `mapping` is now in `state`: that state's series is 1, the others 0.
     pub fn set_state(&self, mapping: &str, state: MappingState) {
-        for candidate in MappingState::ALL {
-            self.mapping_state
-                .with_label_values(&[mapping, candidate.as_str()])
-                .set(i64::from(candidate == state));
-        }
+        self.per_mapping.with(mapping, |s| s.set_state(state));
     }
 
     /// Result of the External ID enforcement check (DESIGN.md §5): `Some(true)` the
@@ -373,9 +321,7 @@ impl Metrics {
             Some(false) => 0,
             None => -1,
         };
-        self.external_id_enforced
-            .with_label_values(&[mapping])
-            .set(value);
+        self.per_mapping.with(mapping, |s| s.set_enforced(value));
     }
 
     /// One HTTP request on `route` (one of [`route::ALL`]) answered with `code` after
@@ -430,30 +376,25 @@ impl Metrics {
     /// Makes the metric set follow the configured mappings: sets `credvend_mappings`,
     /// registers new mappings (counters at 0, state `empty`, enforcement unknown) and
     /// forgets removed ones. Mappings present before keep their series untouched.
+    /// Events for a mapping that is not registered are dropped: call this before the
+    /// cache starts working on a new configuration.
     pub fn sync_mappings<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let wanted: BTreeSet<String> = names.into_iter().map(str::to_string).collect();
-        let mut known = self
-            .known_mappings
+        let _writer = self
+            .mappings_writer
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for removed in known.difference(&wanted) {
-            self.remove_series(removed);
-        }
-        for added in wanted.difference(&known) {
-            self.init_series(added);
-        }
-        self.set_mappings(wanted.len());
-        *known = wanted;
+        let count = self.per_mapping.sync(names);
+        self.set_mappings(count);
     }
 
     /// Removes every series labelled with `mapping`, so a mapping removed by a reload
     /// does not linger in scrapes.
     pub fn forget_mapping(&self, mapping: &str) {
-        self.known_mappings
+        let _writer = self
+            .mappings_writer
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(mapping);
-        self.remove_series(mapping);
+            .unwrap_or_else(|e| e.into_inner());
+        self.per_mapping.remove(mapping);
     }
 
     /// Refreshes the gauges that mirror the cache (state, expiry) from a snapshot and
@@ -479,50 +420,6 @@ impl Metrics {
             }
         }
         self.sts_rate_limited_catch_up(sts_rate_limited_total);
-    }
-
-    fn init_series(&self, mapping: &str) {
-        for result in [SUCCESS, ERROR] {
-            self.assume_role_total.with_label_values(&[mapping, result]);
-        }
-        for reason in FailureReason::ALL {
-            self.assume_role_failures_total
-                .with_label_values(&[mapping, reason.as_str()]);
-        }
-        for source in SOURCES {
-            self.credentials_served_total
-                .with_label_values(&[mapping, source.as_str()]);
-        }
-        self.set_state(mapping, MappingState::Empty);
-        self.enforcement(mapping, None);
-    }
-
-    fn remove_series(&self, mapping: &str) {
-        // Removing a label set that was never created is an error we do not care about.
-        for result in [SUCCESS, ERROR] {
-            let _ = self
-                .assume_role_total
-                .remove_label_values(&[mapping, result]);
-        }
-        for reason in FailureReason::ALL {
-            let _ = self
-                .assume_role_failures_total
-                .remove_label_values(&[mapping, reason.as_str()]);
-        }
-        for source in SOURCES {
-            let _ = self
-                .credentials_served_total
-                .remove_label_values(&[mapping, source.as_str()]);
-        }
-        for state in MappingState::ALL {
-            let _ = self
-                .mapping_state
-                .remove_label_values(&[mapping, state.as_str()]);
-        }
-        let _ = self
-            .credentials_expiry_timestamp_seconds
-            .remove_label_values(&[mapping]);
-        let _ = self.external_id_enforced.remove_label_values(&[mapping]);
     }
 }
 
@@ -678,6 +575,7 @@ mod tests {
     #[test]
     fn mapping_state_is_one_hot() {
         let m = Metrics::new();
+        m.sync_mappings(["acme-s3"]);
         m.set_state("acme-s3", MappingState::Fresh);
         m.set_state("acme-s3", MappingState::Degraded);
         let text = m.render();
@@ -779,6 +677,7 @@ mod tests {
     #[test]
     fn observe_cache_mirrors_state_and_drops_expiry_of_unmaintained_mappings() {
         let m = Metrics::new();
+        m.sync_mappings(["active", "idle", "lapsing"]);
         let expires = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let status = |name: &str, state, expires_at, next_refresh| MappingStatus {
             name: name.to_string(),
