@@ -2,7 +2,6 @@
 //! how long to back off. No I/O, no locks, no clock reads: callers pass `now`, so every
 //! rule here is unit-tested with plain values.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::creds::Credentials;
@@ -97,8 +96,12 @@ pub struct Now {
 /// A cached credential and what we knew when it arrived.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub creds: Arc<Credentials>,
-    /// The 200 response body for these credentials, encoded once when they arrived and
+    /// `ASIA…`, for the audit line and `/status` (not a secret).
+    pub access_key_id: String,
+    /// `Expiration` as STS returned it.
+    pub expiration: SystemTime,
+    /// The only copy of the secret key and session token credvend keeps: the 200
+    /// response body for these credentials, encoded once when they arrived and
     /// shared by every response that serves them (no per-request serialisation).
     pub body: CredentialBody,
     /// Our clock when STS answered.
@@ -116,10 +119,13 @@ pub struct Entry {
 
 impl Entry {
     /// A credential that arrived at `now`.
-    pub fn new(creds: Arc<Credentials>, body: CredentialBody, now: Now, short_lived: bool) -> Self {
+    /// The secrets live on only in `body` (zeroized when the last response using it is
+    /// gone); `creds` is dropped, and zeroized, by the caller.
+    pub fn new(creds: &Credentials, body: CredentialBody, now: Now, short_lived: bool) -> Self {
         Self {
             lifetime: remaining(creds.expiration, now.wall),
-            creds,
+            access_key_id: creds.access_key_id.clone(),
+            expiration: creds.expiration,
             body,
             issued_at: now.wall,
             received_monotonic: now.monotonic,
@@ -134,7 +140,7 @@ impl Entry {
     /// first one smaller: credentials are refetched early, never served late.)
     pub fn remaining(&self, now: Now) -> Duration {
         let held = now.monotonic.saturating_sub(self.received_monotonic);
-        remaining(self.creds.expiration, now.wall).min(self.lifetime.saturating_sub(held))
+        remaining(self.expiration, now.wall).min(self.lifetime.saturating_sub(held))
     }
 }
 
@@ -245,7 +251,7 @@ mod tests {
         };
         let body =
             CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/r").expect("encodes");
-        Entry::new(Arc::new(creds), body, at(Duration::ZERO), short_lived)
+        Entry::new(&creds, body, at(Duration::ZERO), short_lived)
     }
 
     /// `by` after t0 on both clocks (time passing, no step).

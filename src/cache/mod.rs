@@ -448,8 +448,8 @@ impl CredentialCache {
                 MappingStatus {
                     name: name.clone(),
                     state: state_of(slot, entry.is_some()),
-                    expires_at: entry.as_ref().map(|e| e.creds.expiration),
-                    access_key_id: entry.as_ref().map(|e| e.creds.access_key_id.clone()),
+                    expires_at: entry.as_ref().map(|e| e.expiration),
+                    access_key_id: entry.as_ref().map(|e| e.access_key_id.clone()),
                     last_success: slot.and_then(|s| s.last_success),
                     last_error: slot.and_then(|s| s.last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),
@@ -674,12 +674,7 @@ impl Inner {
                 "STS returned a credential shorter than requested; serving it and refreshing at half its life"
             );
         }
-        Ok(Arc::new(Entry::new(
-            Arc::new(creds),
-            body,
-            now,
-            short_lived,
-        )))
+        Ok(Arc::new(Entry::new(&creds, body, now, short_lived)))
     }
 
     /// One AssumeRole, timed, with its success or failure event (log line + metrics).
@@ -823,7 +818,7 @@ impl Inner {
                 slot.last_success = Some(now);
                 let at = lifecycle::refresh_at(
                     now,
-                    entry.creds.expiration,
+                    entry.expiration,
                     table.refresh.refresh_before,
                     entry.short_lived,
                     rand::random::<f64>(),
@@ -831,7 +826,7 @@ impl Inner {
                 self.queue.schedule(&spec.key, at);
                 debug!(
                     mapping = %name,
-                    access_key_id = %entry.creds.access_key_id,
+                    access_key_id = %entry.access_key_id,
                     next_refresh = %humantime::format_rfc3339_seconds(at),
                     "Credential cached; refresh scheduled"
                 );

@@ -208,7 +208,7 @@ async fn short_credentials_are_served_and_refreshed_at_half_life_without_a_loop(
         tick().await;
         settle(&cache, "m").await;
         let v = cache.get("m").await.unwrap();
-        assert!(lifecycle::remaining(v.entry.creds.expiration, clock.now()) > EXPIRY_MARGIN);
+        assert!(lifecycle::remaining(v.entry.expiration, clock.now()) > EXPIRY_MARGIN);
     }
     let calls = assumer.calls();
     assert!((11..=14).contains(&calls), "{calls} calls in an hour");
@@ -308,20 +308,12 @@ async fn reload_invalidates_only_changed_mappings() {
         assumer.clone(),
         vec![keep.clone(), change.clone(), gone],
     );
-    let keep_before = cache
-        .get("keep")
-        .await
-        .unwrap()
-        .entry
-        .creds
-        .access_key_id
-        .clone();
+    let keep_before = cache.get("keep").await.unwrap().entry.access_key_id.clone();
     let change_before = cache
         .get("change")
         .await
         .unwrap()
         .entry
-        .creds
         .access_key_id
         .clone();
     cache.get("gone").await.unwrap();
@@ -332,10 +324,10 @@ async fn reload_invalidates_only_changed_mappings() {
     cache.apply_config(&config("http://127.0.0.1:9", vec![keep, changed]));
 
     let keep_after = cache.get("keep").await.unwrap();
-    assert_eq!(keep_after.entry.creds.access_key_id, keep_before);
+    assert_eq!(keep_after.entry.access_key_id, keep_before);
     assert_eq!(keep_after.source, Source::Cache);
     let change_after = cache.get("change").await.unwrap();
-    assert_ne!(change_after.entry.creds.access_key_id, change_before);
+    assert_ne!(change_after.entry.access_key_id, change_before);
     assert_eq!(change_after.source, Source::Fresh);
     let last = assumer.calls.lock().unwrap().last().cloned().unwrap();
     assert_eq!(

@@ -117,13 +117,13 @@ impl CredentialEndpoint {
         };
         let result = match self.cache.get(mapping).await {
             Ok(vended) => {
-                let creds = &vended.entry.creds;
+                let entry = &vended.entry;
                 CredentialsServed {
                     mapping,
                     client: conn.peer,
                     source: vended.source,
-                    access_key_id: &creds.access_key_id,
-                    expiration: creds.expiration,
+                    access_key_id: &entry.access_key_id,
+                    expiration: entry.expiration,
                 }
                 .emit(&self.metrics);
                 // The body was encoded once when the credential arrived.

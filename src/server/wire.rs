@@ -94,6 +94,20 @@ pub struct CredentialBody(Bytes);
 /// Owner of the body buffer: zeroizes it on drop.
 struct ZeroizingBuffer(Zeroizing<Vec<u8>>);
 
+/// A writer that only counts bytes: the exact length of a body before it is written.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl AsRef<[u8]> for ZeroizingBuffer {
     fn as_ref(&self) -> &[u8] {
         &self.0
@@ -114,14 +128,14 @@ impl CredentialBody {
                 .or_else(|| account_of_arn(role_arn)),
             role_arn,
         };
-        // Reserve more than any escaping can need, so the buffer is never reallocated:
-        // a reallocation would free an un-zeroized copy of the secrets.
-        let values = json.access_key_id.len()
-            + json.secret_access_key.len()
-            + json.token.len()
-            + json.role_arn.len();
-        let mut buffer = Zeroizing::new(Vec::with_capacity(values * 6 + 256));
+        // Measure first, then write into a buffer of exactly that size: the buffer is
+        // never reallocated (a reallocation would free an un-zeroized copy of the
+        // secrets) and holds no slack (10,000 cached credentials, one body each).
+        let mut length = ByteCount(0);
+        serde_json::to_writer(&mut length, &json).ok()?;
+        let mut buffer = Zeroizing::new(Vec::with_capacity(length.0));
         serde_json::to_writer(&mut *buffer, &json).ok()?;
+        debug_assert_eq!(buffer.len(), buffer.capacity());
         Some(CredentialBody(Bytes::from_owner(ZeroizingBuffer(buffer))))
     }
 

@@ -554,7 +554,7 @@ impl State {
         let n = self.serial;
         let access_key_id = format!("ASIAFAKE{n:012}");
         let secret_access_key = format!("fakeSecretAccessKey/{n:020}");
-        let session_token = format!("FakeSessionToken//{n:012}//{}", "x".repeat(32));
+        let session_token = fake_session_token(n);
         let account = credvend::creds::account_from_arn(&role_arn).unwrap_or("000000000000");
         let role_name = role_arn.rsplit('/').next().unwrap_or_default();
         let assumed_role_arn =
@@ -794,4 +794,22 @@ fn parse_call(params: &[(String, String)]) -> StsCall {
         source_identity: get("SourceIdentity"),
         ..StsCall::default()
     }
+}
+
+/// Real STS session tokens are base64 of roughly 700–1,200 characters; the fake's have
+/// the same shape and a length of 1,024, so memory and body-size figures from the fake
+/// are the ones production sees.
+fn fake_session_token(serial: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut token = format!("FakeSessionToken//{serial:012}//");
+    let mut state = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while token.len() < 1022 {
+        // xorshift64: deterministic, varied filler.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        token.push(char::from(ALPHABET[(state % 64) as usize]));
+    }
+    token.push_str("==");
+    token
 }
