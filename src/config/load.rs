@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::Env;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::de::DeserializeOwned;
@@ -130,7 +130,7 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
 fn read_toml(path: &Path) -> Result<Dict, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("cannot read file: {e}"))?;
-    Toml::from_str::<Dict>(&text).map_err(|e| without_snippet(&e.to_string()))
+    toml::from_str::<Dict>(&text).map_err(|e| without_snippet(&e.to_string()))
 }
 
 /// toml's parse errors quote the offending source line; that line may be an
