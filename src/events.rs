@@ -24,7 +24,7 @@ use crate::cache::{MappingState, Source};
 use crate::config::{Enforcement, Problem};
 use crate::creds::AssumeError;
 use crate::metrics::Metrics;
-use crate::server::wire::{self, ApiError};
+use crate::server::wire::ApiError;
 use crate::verify::Verdict;
 
 /// STS issued credentials for `mapping`.
@@ -43,7 +43,7 @@ impl AssumeRoleSucceeded<'_> {
             mapping = %self.mapping,
             duration_ms = self.duration.as_millis() as u64,
             access_key_id = %self.access_key_id,
-            expiration = %wire::format_expiration(self.expiration),
+            expiration = %humantime::format_rfc3339_seconds(self.expiration),
             "AssumeRole succeeded"
         );
         metrics.assume_role(self.mapping, Ok(()), self.duration);
@@ -160,7 +160,7 @@ impl CredentialsServed<'_> {
             status = 200u16,
             source = self.source.as_str(),
             access_key_id = %self.access_key_id,
-            expiration = %wire::format_expiration(self.expiration),
+            expiration = %humantime::format_rfc3339_seconds(self.expiration),
             "Credentials served"
         );
         metrics.served(self.mapping, self.source);
