@@ -272,28 +272,12 @@ impl ConfigReloadRejected<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
     use super::*;
     use crate::creds::FailureReason;
-
-    /// Captures log output as JSON lines.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testing::CapturedOutput;
 
     fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
-        let captured = Captured::default();
+        let captured = CapturedOutput::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
@@ -302,9 +286,8 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, f);
-        let bytes = captured.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
+        captured
+            .text()
             .lines()
             .map(|l| serde_json::from_str(l).expect("JSON log line"))
             .collect()

@@ -213,26 +213,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogGuard, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sink the test can read while the writer thread owns its clone.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
+    use crate::testing::CapturedOutput as Captured;
 
     #[test]
     fn an_isolated_line_is_written_without_waiting_for_more() {

@@ -80,3 +80,30 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
         warnings: Vec::new(),
     }
 }
+
+/// An in-memory `Write` whose clones share one buffer: hand a clone to a log writer or
+/// subscriber, read what arrived with [`CapturedOutput::text`].
+#[derive(Clone, Default)]
+pub struct CapturedOutput(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedOutput {
+    /// Everything written so far (lossy UTF-8).
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
