@@ -31,7 +31,7 @@
 //! configuration (at most 64 characters each), never from a request path: a request for
 //! an unknown mapping is counted under a `route`/`code`, not under its name. No label
 //! value ever carries a token, an External ID or a key. A mapping removed by a reload
-//! loses all of its series ([`Metrics::sync_mappings`] / [`Metrics::forget_mapping`]),
+//! loses all of its series ([`Metrics::sync_mappings`]),
 //! so stale series vanish instead of lingering until restart.
 //!
 //! Per-mapping counters are initialised to 0 for every known label value when a
@@ -259,11 +259,6 @@ impl Metrics {
         metrics
     }
 
-    /// The registry, for tests and for registering extra collectors.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Everything, in Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut text = TextEncoder::new()
@@ -369,7 +364,7 @@ impl Metrics {
     }
 
     /// Sets `credvend_mappings`.
-    pub fn set_mappings(&self, count: usize) {
+    fn set_mappings(&self, count: usize) {
         self.mappings.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
@@ -385,16 +380,6 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner());
         let count = self.per_mapping.sync(names);
         self.set_mappings(count);
-    }
-
-    /// Removes every series labelled with `mapping`, so a mapping removed by a reload
-    /// does not linger in scrapes.
-    pub fn forget_mapping(&self, mapping: &str) {
-        let _writer = self
-            .mappings_writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        self.per_mapping.remove(mapping);
     }
 
     /// Refreshes the gauges that mirror the cache (state, expiry) from a snapshot and
@@ -627,15 +612,6 @@ mod tests {
             ),
             Some(1.0)
         );
-    }
-
-    #[test]
-    fn forget_mapping_removes_every_series_of_that_mapping() {
-        let m = exercised();
-        m.forget_mapping("acme-s3");
-        let text = m.render();
-        assert!(!text.contains("acme-s3"), "{text}");
-        assert!(text.contains(r#"mapping="beta-s3""#));
     }
 
     #[test]

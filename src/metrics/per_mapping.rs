@@ -139,16 +139,6 @@ impl PerMapping {
         len
     }
 
-    /// Drops `mapping`'s series. Callers serialise writers.
-    pub fn remove(&self, mapping: &str) {
-        let current = self.series.load();
-        if current.contains_key(mapping) {
-            let mut next = HashMap::clone(&current);
-            next.remove(mapping);
-            self.series.store(Arc::new(next));
-        }
-    }
-
     /// Appends the six families in text format 0.0.4 to `out`. Families without a
     /// series are left out, as the crate's encoder does.
     pub fn render(&self, out: &mut String) {
