@@ -8,6 +8,9 @@
 //! - `response/*`: building the 200 response: `shared` (the request path: a view of the
 //!   body encoded once per credential) vs `encode_per_request` (what the request path did
 //!   before: serialise the body for every request).
+//! - `audit_line/*`: emitting the INFO audit line of one vend (`CredentialsServed`)
+//!   through the subscriber `serve` installs, plain and JSON, into `io::sink`; and with
+//!   the level at `warn`, where the line is off.
 //!
 //! Run with `cargo bench --bench hot_path`. Not part of `cargo test`.
 
@@ -154,6 +157,41 @@ fn response(c: &mut Criterion) {
     group.finish();
 }
 
+fn audit_line(c: &mut Criterion) {
+    use credvend::cache::Source;
+    use credvend::config::LogFormat;
+    use credvend::events::CredentialsServed;
+    use tracing_subscriber::EnvFilter;
+
+    let metrics = Metrics::new();
+    let client: SocketAddr = "127.0.0.1:53124".parse().unwrap();
+    let expiration = SystemTime::now() + Duration::from_secs(3600);
+    let mut group = c.benchmark_group("audit_line");
+    for (label, level, format) in [
+        ("plain", "info", LogFormat::Plain),
+        ("json", "info", LogFormat::Json),
+        ("off", "warn", LogFormat::Plain),
+    ] {
+        let subscriber =
+            credvend::telemetry::subscriber(EnvFilter::new(level), format, std::io::sink);
+        tracing::subscriber::with_default(subscriber, || {
+            group.bench_function(label, |b| {
+                b.iter(|| {
+                    CredentialsServed {
+                        mapping: std::hint::black_box("m00000"),
+                        client,
+                        source: Source::Cache,
+                        access_key_id: "ASIAQEXAMPLE00000001",
+                        expiration,
+                    }
+                    .emit(&metrics)
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short runs: the machine is shared; the relative figures are what matter.
@@ -161,6 +199,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = token_check, mapping_lookup, response
+    targets = token_check, mapping_lookup, response, audit_line
 }
 criterion_main!(benches);

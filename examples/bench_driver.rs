@@ -53,6 +53,46 @@ fn target_dir() -> PathBuf {
     PathBuf::from(std::env::var("BENCH_TARGET").unwrap_or_else(|_| "target/release".into()))
 }
 
+/// Where the throughput runs place their processes: `BENCH_PIN=SERVER_CPUS:WRK_CPUS`
+/// (`taskset -c` lists). The default on a machine with 2 or more CPUs is `0:1`: the
+/// server under test on CPU 0, wrk on CPU 1, so neither trades places with the other
+/// between runs and each server's rate is what one core of it delivers. `BENCH_PIN=off`
+/// lets the scheduler place everything.
+fn pin_spec() -> Option<(String, String)> {
+    let spec = std::env::var("BENCH_PIN").unwrap_or_else(|_| {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            "0:1".into()
+        } else {
+            "off".into()
+        }
+    });
+    spec.split_once(':')
+        .map(|(server, wrk)| (server.to_string(), wrk.to_string()))
+}
+
+fn pinned(program: impl AsRef<std::ffi::OsStr>, role: Placement) -> Command {
+    match pin_spec() {
+        Some((server, wrk)) => {
+            let mut command = Command::new("taskset");
+            command
+                .arg("-c")
+                .arg(match role {
+                    Placement::Server => server,
+                    Placement::LoadGenerator => wrk,
+                })
+                .arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Placement {
+    Server,
+    LoadGenerator,
+}
+
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -140,7 +180,7 @@ impl Drop for Proc {
 
 fn spawn_credvend(config: &Path, log: &Path) -> Proc {
     let log = std::fs::File::create(log).expect("log file");
-    let child = Command::new(target_dir().join("credvend"))
+    let child = pinned(target_dir().join("credvend"), Placement::Server)
         .args(["serve", "--config"])
         .arg(config)
         .env_clear()
@@ -229,6 +269,8 @@ fn uptime() -> String {
 
 struct WrkResult {
     rps: f64,
+    /// Server CPU time (user + system) per request, in microseconds.
+    cpu_us: f64,
     p50_us: f64,
     p99_us: f64,
     errors: bool,
@@ -247,8 +289,36 @@ fn parse_latency_us(text: &str) -> Option<f64> {
     })
 }
 
-fn run_wrk(url: &str, token: &str, connections: u32, seconds: u32) -> WrkResult {
-    let output = Command::new("wrk")
+/// User + system CPU time of process `pid` so far (`/proc/PID/stat`, clock ticks).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Runs wrk against `url`; `server` is the pid whose CPU time is charged to the run.
+fn run_wrk(url: &str, token: &str, connections: u32, seconds: u32, server: u32) -> WrkResult {
+    let ticks_before = cpu_ticks(server);
+    let output = pinned("wrk", Placement::LoadGenerator)
         .args([
             "-t1",
             &format!("-c{connections}"),
@@ -262,9 +332,11 @@ fn run_wrk(url: &str, token: &str, connections: u32, seconds: u32) -> WrkResult 
         ])
         .output()
         .expect("run wrk (apt-get install wrk)");
+    let ticks = cpu_ticks(server).saturating_sub(ticks_before);
     let text = String::from_utf8_lossy(&output.stdout);
     let mut result = WrkResult {
         rps: 0.0,
+        cpu_us: f64::NAN,
         p50_us: f64::NAN,
         p99_us: f64::NAN,
         errors: false,
@@ -273,6 +345,11 @@ fn run_wrk(url: &str, token: &str, connections: u32, seconds: u32) -> WrkResult 
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", value] => result.rps = value.parse().unwrap_or(0.0),
+            [count, "requests", "in", ..] => {
+                if let Ok(count) = count.parse::<f64>() {
+                    result.cpu_us = ticks as f64 / clock_ticks_per_second() * 1e6 / count;
+                }
+            }
             ["50%", value] => result.p50_us = parse_latency_us(value).unwrap_or(f64::NAN),
             ["99%", value] => result.p99_us = parse_latency_us(value).unwrap_or(f64::NAN),
             ["Non-2xx", ..] | ["Socket", "errors:", ..] => result.errors = true,
@@ -302,7 +379,6 @@ async fn throughput(dir: &Path) {
         token: token(1),
         prefetch: true,
     }];
-    let mut results = Vec::new();
     // Audit line on (the default `info`), then off (`warn`) for its cost.
     for level in ["info", "warn"] {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -334,7 +410,7 @@ async fn throughput(dir: &Path) {
         std::fs::write(&body_file, response.body.as_bytes()).expect("body file");
         set_private(&body_file);
         let bare_proc = Proc(
-            Command::new(target_dir().join("examples/bare_hyper"))
+            pinned(target_dir().join("examples/bare_hyper"), Placement::Server)
                 .arg(bare.to_string())
                 .arg(&body_file)
                 .stdin(Stdio::null())
@@ -347,37 +423,48 @@ async fn throughput(dir: &Path) {
         let credvend_url = format!("http://{listen}/v1/credentials/hot");
         let bare_url = format!("http://{bare}/v1/credentials/hot");
         println!(
-            "\n== throughput: cache hit vs bare hyper (log level {level}; body {} bytes; wrk -t1 {seconds}s; load {})",
+            "\n== throughput: cache hit vs bare hyper (log level {level}; body {} bytes; wrk -t1 {seconds}s; {}; load {})",
             response.body.len(),
+            match pin_spec() {
+                Some((server, wrk)) => format!("servers on CPU {server}, wrk on CPU {wrk}"),
+                None => "unpinned".into(),
+            },
             uptime()
         );
         // Short warm-up of both, not counted.
-        run_wrk(&bare_url, &mappings[0].token, 16, 1);
-        run_wrk(&credvend_url, &mappings[0].token, 16, 1);
+        let (bare_pid, credvend_pid) = (bare_proc.pid(), credvend.pid());
+        run_wrk(&bare_url, &mappings[0].token, 16, 1, bare_pid);
+        run_wrk(&credvend_url, &mappings[0].token, 16, 1, credvend_pid);
         let pair_count = if level == "info" { pairs } else { 1 };
         for &c in &connections {
             let mut rps_ratios = Vec::new();
             let mut p99_ratios = Vec::new();
+            let mut cpu_ratios = Vec::new();
             println!(
-                "  connections {c}:\n    pair  bare req/s  p50     p99      | credvend req/s  p50     p99      | req/s ratio  p99 ratio"
+                "  connections {c}:\n    pair  bare req/s  p50     p99      cpu/req | credvend req/s  p50     p99      cpu/req | req/s ratio  p99 ratio  cpu/req ratio"
             );
             for pair in 1..=pair_count {
-                let a = run_wrk(&bare_url, &mappings[0].token, c, seconds);
-                let b = run_wrk(&credvend_url, &mappings[0].token, c, seconds);
+                let a = run_wrk(&bare_url, &mappings[0].token, c, seconds, bare_pid);
+                let b = run_wrk(&credvend_url, &mappings[0].token, c, seconds, credvend_pid);
                 let rps_ratio = b.rps / a.rps;
                 let p99_ratio = b.p99_us / a.p99_us;
+                let cpu_ratio = b.cpu_us / a.cpu_us;
                 rps_ratios.push(rps_ratio);
                 p99_ratios.push(p99_ratio);
+                cpu_ratios.push(cpu_ratio);
                 println!(
-                    "    {pair}     {:>10.0}  {:>6.0}us {:>7.0}us | {:>14.0}  {:>6.0}us {:>7.0}us | {:>11.3}  {:>9.3}{}",
+                    "    {pair}     {:>10.0}  {:>6.0}us {:>7.0}us {:>5.1}us | {:>14.0}  {:>6.0}us {:>7.0}us {:>5.1}us | {:>11.3}  {:>9.3}  {:>13.3}{}",
                     a.rps,
                     a.p50_us,
                     a.p99_us,
+                    a.cpu_us,
                     b.rps,
                     b.p50_us,
                     b.p99_us,
+                    b.cpu_us,
                     rps_ratio,
                     p99_ratio,
+                    cpu_ratio,
                     if a.errors || b.errors {
                         "  (errors!)"
                     } else {
@@ -387,11 +474,11 @@ async fn throughput(dir: &Path) {
             }
             let rps_median = median(&mut rps_ratios);
             let p99_median = median(&mut p99_ratios);
+            let cpu_median = median(&mut cpu_ratios);
             println!(
-                "    median ratio: throughput {rps_median:.3} (target >= 0.85), p99 {p99_median:.3} (target <= 1.5)  [load {}]",
+                "    median ratio: throughput {rps_median:.3} (target >= 0.85), p99 {p99_median:.3} (target <= 1.5), server CPU per request {cpu_median:.3}  [load {}]",
                 uptime()
             );
-            results.push((level, c, rps_median, p99_median));
         }
         drop(bare_proc);
         drop(credvend);
