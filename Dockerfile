@@ -57,6 +57,8 @@ RUN ["/usr/local/bin/credvend", "--version"]
 # Prometheus scrape from outside, set CREDVEND_SERVER__ADMIN_LISTEN=0.0.0.0:8902 and
 # CREDVEND_SERVER__ALLOW_NON_LOOPBACK=true.
 EXPOSE 8901 8902
+# glibc allocator settings, as in systemd/credvend.service (RSS with many mappings).
+ENV MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=131072
 # Numeric (distroless "nonroot"), so Kubernetes runAsNonRoot can verify it.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/credvend"]

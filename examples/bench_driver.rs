@@ -178,13 +178,37 @@ impl Drop for Proc {
     }
 }
 
+/// The glibc allocator settings (`MALLOC_*`) of `systemd/credvend.service`'s
+/// `Environment=` lines, so the benchmarks run credvend as it is deployed.
+fn shipped_allocator_env() -> Vec<(String, String)> {
+    let unit = std::fs::read_to_string("systemd/credvend.service").unwrap_or_default();
+    let env: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| key.starts_with("MALLOC_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(
+        !env.is_empty(),
+        "no MALLOC_ settings found in systemd/credvend.service"
+    );
+    env
+}
+
 fn spawn_credvend(config: &Path, log: &Path) -> Proc {
+    spawn_credvend_with(config, log, &shipped_allocator_env())
+}
+
+fn spawn_credvend_with(config: &Path, log: &Path, allocator_env: &[(String, String)]) -> Proc {
     let log = std::fs::File::create(log).expect("log file");
     let child = pinned(target_dir().join("credvend"), Placement::Server)
         .args(["serve", "--config"])
         .arg(config)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(allocator_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
         .env("AWS_SECRET_ACCESS_KEY", "vendor-base-secret")
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -640,6 +664,8 @@ async fn scale(dir: &Path) {
         check.code().unwrap_or(-1)
     );
 
+    let allocator_env = shipped_allocator_env();
+    println!("  allocator settings from systemd/credvend.service: {allocator_env:?}");
     let started = Instant::now();
     let credvend = spawn_credvend(&config, &dir.join("scale.log"));
     let listening = wait_listening(listen, started, Duration::from_secs(30)).await;
@@ -706,6 +732,18 @@ async fn scale(dir: &Path) {
     );
     let (rss_after, _) = rss_kib(credvend.pid());
     println!("  RSS after reload: {:.1} MiB", rss_after as f64 / 1024.0);
+    drop(credvend);
+
+    // The same start without the unit's allocator settings, for comparison.
+    let started = Instant::now();
+    let credvend = spawn_credvend_with(&config, &dir.join("scale-defaults.log"), &[]);
+    wait_ready(admin, started, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_defaults, _) = rss_kib(credvend.pid());
+    println!(
+        "  RSS warm with glibc's default allocator settings (no MALLOC_*): {:.1} MiB",
+        rss_defaults as f64 / 1024.0
+    );
 }
 
 // ---------------------------------------------------------------------------------------
