@@ -730,8 +730,33 @@ async fn scale(dir: &Path) {
         new_calls,
         role_arn(&mappings[target].role)
     );
+    if new_calls.len() != 1 {
+        // Show what the daemon logged about the reload and the mapping.
+        let log = std::fs::read_to_string(dir.join("scale.log")).unwrap_or_default();
+        for line in log.lines().filter(|l| {
+            l.contains("eload") || l.contains(&mappings[target].name) || l.contains("WARN")
+        }) {
+            println!("    log: {line}");
+        }
+    }
     let (rss_after, _) = rss_kib(credvend.pid());
     println!("  RSS after reload: {:.1} MiB", rss_after as f64 / 1024.0);
+    // Further reloads of the same file: is the growth retained memory that the next
+    // reload reuses, or does every reload add to it?
+    let mut after_more = Vec::new();
+    for _ in 0..3 {
+        let hup = Command::new("kill")
+            .args(["-HUP", &credvend.pid().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hup.success(), "SIGHUP delivered");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        after_more.push(format!("{:.1}", rss_kib(credvend.pid()).0 as f64 / 1024.0));
+    }
+    println!(
+        "  RSS after 3 more reloads of the same file: {} MiB",
+        after_more.join(", ")
+    );
     drop(credvend);
 
     // The same start without the unit's allocator settings, for comparison.
