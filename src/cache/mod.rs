@@ -396,7 +396,7 @@ impl CredentialCache {
             }
         }
 
-        let rx = Inner::start_or_join(inner, &spec, Priority::Cold);
+        let rx = Inner::start_or_join(inner, &spec, Caller::Request);
         let waited = tokio::time::timeout(table.refresh.cold_wait, wait_outcome(rx)).await;
         let degraded_fallback = |reason: &'static str| {
             let now = inner.now();
@@ -504,7 +504,7 @@ impl CredentialCache {
             running.spawn(wait_outcome(Inner::start_or_join(
                 inner,
                 &spec,
-                Priority::Background,
+                Caller::Prefetch,
             )));
         }
         let inner = inner.clone();
@@ -513,12 +513,10 @@ impl CredentialCache {
                 running.join_next().await;
                 // A reload may have replaced this generation meanwhile; its own
                 // prefetch pass covers the new table.
-                if !inner.current_table().by_key.contains_key(&spec.key)
-                    || inner.store.contains_key(&spec.key)
-                {
+                if !inner.current_table().by_key.contains_key(&spec.key) {
                     continue;
                 }
-                let rx = Inner::start_or_join(&inner, &spec, Priority::Background);
+                let rx = Inner::start_or_join(&inner, &spec, Caller::Prefetch);
                 running.spawn(wait_outcome(rx));
             }
             while running.join_next().await.is_some() {}
@@ -576,31 +574,38 @@ impl Inner {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the mapping's in-flight fetch or starts one. For a cold caller that finds a
-    /// servable credential already published (a fetch finished between its cache check
-    /// and this call), returns that credential instead of calling STS again.
+    /// Joins the mapping's in-flight fetch or starts one. A fetch that finished between
+    /// the caller's own cache check and this call is seen here, under the slots lock
+    /// that `publish` holds while it stores a credential: instead of calling STS a
+    /// second time, a request gets that credential if it is servable as is, and a
+    /// prefetch gets whatever credential is there (the mapping is warm; refreshing it
+    /// is the scheduler's job). A refresh always fetches.
     fn start_or_join(
         self: &Arc<Self>,
         spec: &Arc<MappingSpec>,
-        priority: Priority,
+        caller: Caller,
     ) -> watch::Receiver<Option<Outcome>> {
         let mut slots = self.lock_slots();
         let slot = slots.entry(spec.key.clone()).or_default();
         if let Some(rx) = &slot.inflight {
             return rx.clone();
         }
-        if priority == Priority::Cold
+        if caller != Caller::Refresh
             && let Some(entry) = self.store.get(&spec.key)
         {
-            let min_remaining = self.current_table().refresh.min_remaining;
-            let now = self.now();
-            if let Servable::Yes(_) =
-                lifecycle::servability(&entry, now, slot.degraded, min_remaining)
-            {
+            let usable = caller == Caller::Prefetch || {
+                let min_remaining = self.current_table().refresh.min_remaining;
+                matches!(
+                    lifecycle::servability(&entry, self.now(), slot.degraded, min_remaining),
+                    Servable::Yes(_)
+                )
+            };
+            if usable {
                 let (_tx, rx) = watch::channel(Some(Ok(entry)));
                 return rx;
             }
         }
+        let priority = caller.priority();
         let (tx, rx) = watch::channel(None);
         slot.inflight = Some(rx.clone());
         let duration_cap = slot.duration_cap;
@@ -928,7 +933,28 @@ impl Inner {
             debug!(mapping = %key.name(), "Mapping idle; not refreshing");
             return;
         }
-        drop(Self::start_or_join(self, &spec, Priority::Background));
+        drop(Self::start_or_join(self, &spec, Caller::Refresh));
+    }
+}
+
+/// Who wants a fetch: decides its STS priority and what a credential already in the
+/// store means (see [`Inner::start_or_join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// A request is waiting for it.
+    Request,
+    /// Warming a `prefetch` mapping that had no credential.
+    Prefetch,
+    /// The scheduler: a refresh or retry is due.
+    Refresh,
+}
+
+impl Caller {
+    fn priority(self) -> Priority {
+        match self {
+            Caller::Request => Priority::Cold,
+            Caller::Prefetch | Caller::Refresh => Priority::Background,
+        }
     }
 }
 

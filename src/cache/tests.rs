@@ -340,3 +340,34 @@ async fn reload_invalidates_only_changed_mappings() {
     ));
     assert_eq!(assumer.calls(), 4);
 }
+
+/// A prefetch that reaches a mapping just after another fetch published its credential
+/// (a request's cold fetch finishing while a reload's prefetch pass runs) takes that
+/// credential instead of calling STS again. The refresh path still always fetches.
+#[tokio::test]
+async fn prefetch_takes_a_credential_published_meanwhile_instead_of_fetching_again() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(
+        &clock,
+        assumer.clone(),
+        vec![mapping("m", "role-m", Some("external-id-m"), "t1")],
+    );
+    let served = cache.get("m").await.unwrap();
+    assert_eq!(assumer.calls(), 1);
+
+    // What the prefetch pass does once it has decided (before the fetch above finished)
+    // that "m" needs warming.
+    let spec = cache.inner.current_table().by_name["m"].clone();
+    let outcome = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Prefetch)).await;
+    assert_eq!(
+        outcome.unwrap().access_key_id,
+        served.entry.access_key_id,
+        "the prefetch got the published credential"
+    );
+    assert_eq!(assumer.calls(), 1, "no second AssumeRole");
+
+    let refreshed = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Refresh)).await;
+    assert_ne!(refreshed.unwrap().access_key_id, served.entry.access_key_id);
+    assert_eq!(assumer.calls(), 2, "a due refresh does call STS");
+}
