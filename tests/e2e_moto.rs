@@ -173,9 +173,25 @@ fn boto3_worker_gets_the_mapped_role_through_credvend() {
         "credvend must serve the credentials moto issued"
     );
 
+    // SIGTERM ends `serve` cleanly.
+    let mut credvend = credvend;
+    let status = credvend.process.terminate(SHUTDOWN_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "credvend serve must exit 0 on SIGTERM\n{}",
+        credvend.process.describe()
+    );
+
     // Secrets never reach the log (DESIGN.md §6): the token, the External ID and the
-    // credentials moto issued are canaries.
+    // credentials moto issued are canaries. Read after exit, when every buffered line
+    // has been written.
     let log = credvend.process.log();
+    let access_key_id = call["access_key_id"].as_str().unwrap_or_default();
+    assert!(
+        !access_key_id.is_empty() && log.contains(access_key_id),
+        "the audit line (with the AccessKeyId) is in the log being checked:\n{log}"
+    );
     let canaries = [
         ("authorization token", token.as_str()),
         ("External ID", EXTERNAL_ID),
@@ -192,16 +208,6 @@ fn boto3_worker_gets_the_mapped_role_through_credvend() {
         assert!(!value.is_empty(), "moto record lacks the {what}: {call}");
         assert!(!log.contains(value), "credvend's log contains the {what}");
     }
-
-    // SIGTERM ends `serve` cleanly.
-    let mut credvend = credvend;
-    let status = credvend.process.terminate(SHUTDOWN_TIMEOUT);
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "credvend serve must exit 0 on SIGTERM\n{}",
-        credvend.process.describe()
-    );
 }
 
 #[test]

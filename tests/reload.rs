@@ -178,6 +178,19 @@ async fn until_status(d: &Daemon, path: &str, token: &str, status: u16) {
     }
 }
 
+/// Waits (bounded) until a line of the daemon's log satisfies `matches`.
+async fn until_logged(d: &Daemon, matches: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.log().lines().any(&matches) {
+        assert!(
+            Instant::now() < deadline,
+            "expected line never logged; log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_changes_apply_only_what_changed_and_bad_edits_keep_the_old_config() {
     let sts = fake_sts().await;
@@ -227,13 +240,13 @@ async fn file_changes_apply_only_what_changed_and_bad_edits_keep_the_old_config(
             .status,
         200
     );
-    let log = d.log();
-    assert!(
-        log.lines().any(|l| l.contains("ERROR")
-            && l.contains(&d.config.display().to_string())
-            && l.contains("Reload rejected")),
-        "{log}"
-    );
+    // The line and the counter come from one function; the line reaches the file
+    // within the log writer's batch window (10 ms), so wait for it.
+    let config = d.config.display().to_string();
+    until_logged(&d, |l| {
+        l.contains("ERROR") && l.contains(&config) && l.contains("Reload rejected")
+    })
+    .await;
 
     // Fixing the file with a changed External ID for a: a is refetched, b is kept.
     let calls_before = sts.assume_role_calls().len();

@@ -404,6 +404,10 @@ fn real_clients_conform_to_the_wire_contract() {
     for (case, run) in cases.iter().zip(&runs) {
         println!("{}: {}", case.label(), run.summary());
     }
+    // Stop credvend first: on exit it writes out every buffered log line, so the audit
+    // log read next is complete (lines otherwise reach the file within 10 ms).
+    let mut credvend = credvend;
+    let shutdown = credvend.process.terminate(SHUTDOWN_TIMEOUT);
     let audit = AuditLog::parse(&credvend.process.log());
     let verdicts: Vec<Verdict> = cases
         .iter()
@@ -430,9 +434,6 @@ fn real_clients_conform_to_the_wire_contract() {
     let versions = tools.versions();
     let rendered = table::render(&verdicts, &versions);
     table::write(&rendered);
-
-    let mut credvend = credvend;
-    let shutdown = credvend.process.terminate(SHUTDOWN_TIMEOUT);
 
     let failures: Vec<&Verdict> = verdicts.iter().filter(|v| v.result.is_err()).collect();
     let mut report = String::new();
@@ -491,10 +492,11 @@ min_remaining = "5m"
         ("AWS_CONTAINER_AUTHORIZATION_TOKEN", mapping.token.clone()),
     ];
     let run = tools.run(Client::Boto3, &env, &case_dir, "run", moto, true);
+    // Stopped first, so the log holds every line (see `main`).
+    control.process.terminate(SHUTDOWN_TIMEOUT);
     let requests = AuditLog::parse(&control.process.log())
         .requests(&mapping.name)
         .to_vec();
-    control.process.terminate(SHUTDOWN_TIMEOUT);
     let checked = run
         .all_succeeded()
         .and_then(|()| run.acted_as(&[mapping.assumed_role_arn()]))
