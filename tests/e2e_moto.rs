@@ -259,7 +259,13 @@ fn wrong_token_fails_the_worker_promptly_without_calling_sts() {
         assumed.is_empty(),
         "an unauthorised request must not reach STS: {assumed:#?}"
     );
+    // Stopped first: on exit credvend writes out every buffered line.
+    credvend.process.terminate(SHUTDOWN_TIMEOUT);
     let log = credvend.process.log();
+    assert!(
+        log.contains("Credential request refused"),
+        "the refusals' audit lines are in the log being checked:\n{log}"
+    );
     assert!(
         !log.contains(&wrong_token) && !log.contains(&token),
         "credvend's log contains a token"
