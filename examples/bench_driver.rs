@@ -231,6 +231,63 @@ async fn wait_listening(addr: SocketAddr, started: Instant, limit: Duration) -> 
     panic!("{addr} not listening within {limit:?}");
 }
 
+/// A fake STS with one role that requires `external_id`, answering every call after
+/// `latency`, and the one mapping `name` (token `token(token_index)`) that assumes it.
+async fn one_role_sts(
+    name: &str,
+    external_id: &str,
+    token_index: usize,
+    prefetch: bool,
+    latency: Option<Duration>,
+) -> (FakeSts, MappingSpec) {
+    let sts = FakeSts::start(Arc::new(SystemClock)).await;
+    let role = format!("bench-{name}");
+    sts.add_role(Role::new(
+        role_arn(&role),
+        TrustRule::RequireExternalId(external_id.into()),
+    ));
+    if let Some(latency) = latency {
+        sts.set_persistent_fault(Some(Fault::Latency(latency)));
+    }
+    let mapping = MappingSpec {
+        name: name.into(),
+        role,
+        external_id: external_id.into(),
+        token: token(token_index),
+        prefetch,
+    };
+    (sts, mapping)
+}
+
+/// credvend for `mappings` on `sts` at `log_level`: writes `<stem>.toml`, starts it with
+/// its log in `<stem>.log`, waits until `/readyz` answers 200 and returns the process and
+/// its credential listener.
+async fn start_credvend(
+    dir: &Path,
+    stem: &str,
+    sts: &FakeSts,
+    log_level: &str,
+    mappings: &[MappingSpec],
+) -> (Proc, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.join(format!("{stem}.toml"));
+    write_config(
+        &config,
+        &ConfigSpec {
+            listen,
+            admin,
+            sts: &sts.endpoint_url(),
+            log_level,
+            max_rps: 20,
+            mappings,
+        },
+    );
+    let credvend = spawn_credvend(&config, &dir.join(format!("{stem}.log")));
+    wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
+    (credvend, listen)
+}
+
 /// Polls `GET /readyz` until 200; the time since `started`.
 async fn wait_ready(admin: SocketAddr, started: Instant, limit: Duration) -> Duration {
     while started.elapsed() < limit {
@@ -391,37 +448,13 @@ async fn throughput(dir: &Path) {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    let sts = FakeSts::start(Arc::new(SystemClock)).await;
-    sts.add_role(Role::new(
-        role_arn("bench-hot"),
-        TrustRule::RequireExternalId("bench-external-id".into()),
-    ));
-    let mappings = [MappingSpec {
-        name: "hot".into(),
-        role: "bench-hot".into(),
-        external_id: "bench-external-id".into(),
-        token: token(1),
-        prefetch: true,
-    }];
+    let (sts, mapping) = one_role_sts("hot", "bench-external-id", 1, true, None).await;
+    let mappings = [mapping];
     // Audit line on (the default `info`), then off (`warn`) for its cost.
     for level in ["info", "warn"] {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let (credvend, listen) =
+            start_credvend(dir, &format!("throughput-{level}"), &sts, level, &mappings).await;
         let bare: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = dir.join(format!("throughput-{level}.toml"));
-        write_config(
-            &config,
-            &ConfigSpec {
-                listen,
-                admin,
-                sts: &sts.endpoint_url(),
-                log_level: level,
-                max_rps: 20,
-                mappings: &mappings,
-            },
-        );
-        let credvend = spawn_credvend(&config, &dir.join(format!("throughput-{level}.log")));
-        wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
         // The exact body credvend sends, for the bare server.
         let response =
             http::get_with_token(listen, "/v1/credentials/hot", &mappings[0].token).await;
@@ -518,35 +551,10 @@ async fn throughput(dir: &Path) {
 
 async fn herd(dir: &Path) {
     let requests: usize = env_or("BENCH_HERD", 1000);
-    let sts = FakeSts::start(Arc::new(SystemClock)).await;
-    sts.add_role(Role::new(
-        role_arn("bench-herd"),
-        TrustRule::RequireExternalId("herd-external-id".into()),
-    ));
-    sts.set_persistent_fault(Some(Fault::Latency(Duration::from_millis(300))));
-    let mappings = [MappingSpec {
-        name: "herd".into(),
-        role: "bench-herd".into(),
-        external_id: "herd-external-id".into(),
-        token: token(2),
-        prefetch: false,
-    }];
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = dir.join("herd.toml");
-    write_config(
-        &config,
-        &ConfigSpec {
-            listen,
-            admin,
-            sts: &sts.endpoint_url(),
-            log_level: "info",
-            max_rps: 20,
-            mappings: &mappings,
-        },
-    );
-    let _credvend = spawn_credvend(&config, &dir.join("herd.log"));
-    wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
+    let latency = Some(Duration::from_millis(300));
+    let (sts, mapping) = one_role_sts("herd", "herd-external-id", 2, false, latency).await;
+    let mappings = [mapping];
+    let (_credvend, listen) = start_credvend(dir, "herd", &sts, "info", &mappings).await;
     // Connect every client first, then release all requests at once.
     let barrier = Arc::new(tokio::sync::Barrier::new(requests));
     let mut tasks = tokio::task::JoinSet::new();
@@ -832,35 +840,10 @@ async fn ttfc(dir: &Path) {
     let n: usize = env_or("BENCH_PROCESSES", 100);
     let python =
         PathBuf::from(std::env::var("BENCH_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into()));
-    let sts = FakeSts::start(Arc::new(SystemClock)).await;
-    sts.add_role(Role::new(
-        role_arn("bench-ttfc"),
-        TrustRule::RequireExternalId("ttfc-external-id".into()),
-    ));
-    sts.set_persistent_fault(Some(Fault::Latency(Duration::from_millis(50))));
-    let mappings = [MappingSpec {
-        name: "ttfc".into(),
-        role: "bench-ttfc".into(),
-        external_id: "ttfc-external-id".into(),
-        token: token(3),
-        prefetch: true,
-    }];
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = dir.join("ttfc.toml");
-    write_config(
-        &config,
-        &ConfigSpec {
-            listen,
-            admin,
-            sts: &sts.endpoint_url(),
-            log_level: "info",
-            max_rps: 20,
-            mappings: &mappings,
-        },
-    );
-    let _credvend = spawn_credvend(&config, &dir.join("ttfc.log"));
-    wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
+    let latency = Some(Duration::from_millis(50));
+    let (sts, mapping) = one_role_sts("ttfc", "ttfc-external-id", 3, true, latency).await;
+    let mappings = [mapping];
+    let (_credvend, listen) = start_credvend(dir, "ttfc", &sts, "info", &mappings).await;
     let calls_warm = sts.assume_role_calls().len();
 
     let base_env = vec![

@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use support::e2e::{
-    ChildGuard, Moto, TempDir, Venv, base_env, free_loopback_addr, http_get, http_post_text,
-    http_request, random_token, run_bounded, token_sha256_hex, wait_until, write_private_file,
+    ChildGuard, Moto, REGION, TempDir, Venv, base_env, free_loopback_addr, http_post_text,
+    http_request, random_token, run_bounded, token_sha256_hex, write_private_file,
 };
 
 const MAPPING: &str = "e2e-s3";
@@ -43,7 +43,6 @@ const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/e2e-sync";
 const SESSION_NAME: &str = "credvend-e2e-s3";
 const ASSUMED_ROLE_ARN: &str = "arn:aws:sts::111122223333:assumed-role/e2e-sync/credvend-e2e-s3";
 const EXTERNAL_ID: &str = "e2e-ExternalId-6Tq9wZ2vLk4pR8sN";
-const REGION: &str = "us-east-1";
 
 /// How long credvend may take to validate its config, bind and report ready.
 const CREDVEND_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -483,26 +482,8 @@ impl Credvend {
         let listen = free_loopback_addr();
         let admin = free_loopback_addr();
         let config_path = write_config(dir, moto, token_sha256, listen, admin);
-
-        let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_clear()
-            .envs(base_env(dir.path()))
-            // The vendor's base identity: moto accepts any key.
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("RUST_BACKTRACE", "1");
-        let mut process = ChildGuard::spawn("credvend", command, &dir.path().join("credvend.log"));
-        wait_until(
-            CREDVEND_READY_TIMEOUT,
-            &mut process,
-            "credvend /readyz to answer 200",
-            || http_get(admin, "/readyz", &[]).is_ok_and(|r| r.status == 200),
-        );
+        let process =
+            moto.spawn_credvend(dir, "credvend", &config_path, admin, CREDVEND_READY_TIMEOUT);
         assert!(
             TcpStream::connect_timeout(&listen, Duration::from_secs(2)).is_ok(),
             "credvend is ready but its credential listener {listen} refuses connections\n{}",
@@ -535,21 +516,13 @@ admin_listen = "{admin}"
 level = "info,credvend=debug"
 format = "plain"
 
-[sts]
-region = "{REGION}"
-endpoint_url = "{moto_url}"
-
-[verify]
-# moto accepts AssumeRole without the External ID, so the enforcement probe would
-# refuse every mapping (and its extra AssumeRole calls would muddle the count).
-external_id_enforcement = "off"
-
+{moto_sections}
 [mappings.{MAPPING}]
 role_arn = "{ROLE_ARN}"
 external_id = "{EXTERNAL_ID}"
 token_sha256 = ["{token_sha256}"]
 "#,
-        moto_url = moto.url(),
+        moto_sections = moto.credvend_config_sections(),
     );
     let config_path = dir.path().join("credvend.toml");
     write_private_file(&config_path, &config);

@@ -131,6 +131,15 @@ struct Fixture {
     config: PathBuf,
 }
 
+impl Fixture {
+    /// Runs `credvend args… --config <the fixture's config>` with [`base_env`].
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["--config".to_owned(), self.config.display().to_string()]);
+        run_async(args, base_env()).await
+    }
+}
+
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -183,18 +192,9 @@ fn base_env() -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn trust_policy_defaults_to_the_daemons_own_account() {
     let f = fixture(TrustRule::NoExternalIdRequired).await;
-    let out = run_async(
-        vec![
-            "policy".into(),
-            "trust".into(),
-            "--external-id".into(),
-            EXTERNAL_ID.into(),
-            "--config".into(),
-            f.config.display().to_string(),
-        ],
-        base_env(),
-    )
-    .await;
+    let out = f
+        .run(&["policy", "trust", "--external-id", EXTERNAL_ID])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let policy: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     // The fake's base identity is arn:aws:iam::568237466542:user/vendor.
@@ -210,16 +210,7 @@ async fn trust_policy_defaults_to_the_daemons_own_account() {
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_passes_for_a_role_that_enforces_its_external_id() {
     let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
-    let out = run_async(
-        vec![
-            "verify".into(),
-            "acme-s3".into(),
-            "--config".into(),
-            f.config.display().to_string(),
-        ],
-        base_env(),
-    )
-    .await;
+    let out = f.run(&["verify", "acme-s3"]).await;
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
@@ -233,32 +224,14 @@ async fn verify_passes_for_a_role_that_enforces_its_external_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_fails_for_a_role_without_the_condition_and_says_how_to_fix_it() {
     let f = fixture(TrustRule::NoExternalIdRequired).await;
-    let out = run_async(
-        vec![
-            "verify".into(),
-            "acme-s3".into(),
-            "--config".into(),
-            f.config.display().to_string(),
-        ],
-        base_env(),
-    )
-    .await;
+    let out = f.run(&["verify", "acme-s3"]).await;
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("NOT ENFORCED"), "{text}");
     assert!(text.contains("sts:ExternalId"), "{text}");
     assert!(!text.contains(EXTERNAL_ID) && !stderr(&out).contains(EXTERNAL_ID));
 
-    let unknown = run_async(
-        vec![
-            "verify".into(),
-            "nope".into(),
-            "--config".into(),
-            f.config.display().to_string(),
-        ],
-        base_env(),
-    )
-    .await;
+    let unknown = f.run(&["verify", "nope"]).await;
     assert_eq!(unknown.status.code(), Some(64));
 }
 
@@ -321,18 +294,9 @@ fn policies_equal_the_guides_documents() {
 #[tokio::test(flavor = "multi_thread")]
 async fn onboard_prints_both_documents_and_the_verify_command() {
     let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
-    let out = run_async(
-        vec![
-            "onboard".into(),
-            "acme-s3".into(),
-            "--config".into(),
-            f.config.display().to_string(),
-            "--bucket".into(),
-            "acme-data".into(),
-        ],
-        base_env(),
-    )
-    .await;
+    let out = f
+        .run(&["onboard", "acme-s3", "--bucket", "acme-data"])
+        .await;
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     // The JSON documents are the non-comment blocks, in order.

@@ -50,7 +50,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -58,13 +57,13 @@ use std::time::{Duration, Instant};
 
 use clients::{ClientRun, Tools};
 use support::e2e::{
-    ChildGuard, Moto, TempDir, base_env, free_dual_stack_port, free_loopback_addr, http_get,
-    random_token, token_sha256_hex, wait_until, write_private_file,
+    ChildGuard, Moto, TempDir, free_dual_stack_port, free_loopback_addr, random_token,
+    token_sha256_hex, write_private_file,
 };
 
 /// API calls each successful process makes on one client; all must share one fetch.
 pub const CALLS: usize = 20;
-pub const REGION: &str = "us-east-1";
+pub use support::e2e::REGION;
 pub const ACCOUNT: &str = "111122223333";
 pub const BUCKET: &str = "credvend-compat";
 /// Bound for one client process; a hang must fail the case, not stall the suite.
@@ -751,27 +750,7 @@ impl Credvend {
         let port = free_dual_stack_port();
         let admin = free_loopback_addr();
         let config_path = write_config(dir, moto, name, mappings, extra_config, port, admin);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_clear()
-            .envs(base_env(dir.path()))
-            // The vendor's base identity: moto accepts any key.
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("RUST_BACKTRACE", "1");
-        let mut process = ChildGuard::spawn(name, command, &dir.path().join(format!("{name}.log")));
-        // /readyz turns 200 once both listeners are bound and every (prefetch) mapping
-        // holds credentials, so no case meets a cold miss.
-        wait_until(
-            CREDVEND_READY_TIMEOUT,
-            &mut process,
-            "credvend /readyz to answer 200",
-            || http_get(admin, "/readyz", &[]).is_ok_and(|r| r.status == 200),
-        );
+        let process = moto.spawn_credvend(dir, name, &config_path, admin, CREDVEND_READY_TIMEOUT);
         Credvend { process, port }
     }
 
@@ -804,16 +783,8 @@ admin_listen = "{admin}"
 level = "info"
 format = "json"
 
-[sts]
-region = "{REGION}"
-endpoint_url = "{moto_url}"
-
-[verify]
-# moto lets AssumeRole through without the External ID, so the enforcement probe would
-# refuse every mapping (DESIGN.md §5; tests/external_id_enforcement.rs covers it).
-external_id_enforcement = "off"
-{extra_config}"#,
-        moto_url = moto.url(),
+{moto_sections}{extra_config}"#,
+        moto_sections = moto.credvend_config_sections(),
     );
     for (index, mapping) in mappings.iter().enumerate() {
         let _ = write!(

@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 
 /// How long moto (a Python process importing a lot) may take to answer.
 pub const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The region every end-to-end test talks to moto in.
+pub const REGION: &str = "us-east-1";
 
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
@@ -131,6 +133,58 @@ impl Moto {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The `[sts]` and `[verify]` sections of a credvend config that uses this moto.
+    pub fn credvend_config_sections(&self) -> String {
+        format!(
+            r#"
+[sts]
+region = "{REGION}"
+endpoint_url = "{url}"
+
+[verify]
+# moto lets AssumeRole through without the External ID, so the enforcement probe would
+# refuse every mapping (DESIGN.md §5; tests/external_id_enforcement.rs covers the probe
+# against the fake STS), and its extra AssumeRole calls would muddle the counts.
+external_id_enforcement = "off"
+"#,
+            url = self.url()
+        )
+    }
+
+    /// Starts `credvend serve --config config` as the child `name` (its log is
+    /// `<dir>/<name>.log`) with a static base identity moto accepts, and waits until
+    /// `/readyz` on `admin` answers 200: both listeners bound and every prefetch
+    /// mapping warm.
+    pub fn spawn_credvend(
+        &self,
+        dir: &TempDir,
+        name: &'static str,
+        config: &Path,
+        admin: SocketAddr,
+        ready_timeout: Duration,
+    ) -> ChildGuard {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_clear()
+            .envs(base_env(dir.path()))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("RUST_BACKTRACE", "1");
+        let log = dir.path().join(format!("{name}.log"));
+        let mut process = ChildGuard::spawn(name, command, &log);
+        wait_until(
+            ready_timeout,
+            &mut process,
+            "credvend /readyz to answer 200",
+            || http_get(admin, "/readyz", &[]).is_ok_and(|r| r.status == 200),
+        );
+        process
     }
 
     /// Creates an S3 bucket with static test credentials (moto accepts any key).
