@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use support::e2e::{
     ChildGuard, Moto, REGION, TempDir, Venv, base_env, free_loopback_addr, http_post_text,
-    http_request, random_token, run_bounded, token_sha256_hex, write_private_file,
+    http_request, random_token, run_bounded, spawn_credvend, token_sha256_hex, write_private_file,
 };
 
 const MAPPING: &str = "e2e-s3";
@@ -482,8 +482,7 @@ impl Credvend {
         let listen = free_loopback_addr();
         let admin = free_loopback_addr();
         let config_path = write_config(dir, moto, token_sha256, listen, admin);
-        let process =
-            moto.spawn_credvend(dir, "credvend", &config_path, admin, CREDVEND_READY_TIMEOUT);
+        let process = spawn_credvend(dir, "credvend", &config_path, admin, CREDVEND_READY_TIMEOUT);
         assert!(
             TcpStream::connect_timeout(&listen, Duration::from_secs(2)).is_ok(),
             "credvend is ready but its credential listener {listen} refuses connections\n{}",

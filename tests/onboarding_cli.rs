@@ -26,17 +26,6 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
     command.output().expect("run credvend")
 }
 
-/// Runs the binary off the async runtime so the in-process fake STS keeps serving.
-async fn run_async(args: Vec<String>, envs: Vec<(String, String)>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        run(&args, &envs)
-    })
-    .await
-    .unwrap()
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
@@ -132,11 +121,17 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// Runs `credvend args… --config <the fixture's config>` with [`base_env`].
+    /// Runs `credvend args… --config <the fixture's config>` with [`BASE_ENV`], off the
+    /// async runtime so the in-process fake STS keeps serving.
     async fn run(&self, args: &[&str]) -> Output {
         let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         args.extend(["--config".to_owned(), self.config.display().to_string()]);
-        run_async(args, base_env()).await
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(&args, &BASE_ENV)
+        })
+        .await
+        .unwrap()
     }
 }
 
@@ -180,14 +175,13 @@ token_sha256 = ["{}"]
     Fixture { sts, dir, config }
 }
 
-fn base_env() -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), "AKIAVENDORBASE000000".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "vendor-base-secret".into()),
-        ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
-        ("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()),
-    ]
-}
+/// The vendor's static base identity; no shared AWS config files.
+const BASE_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000"),
+    ("AWS_SECRET_ACCESS_KEY", "vendor-base-secret"),
+    ("AWS_CONFIG_FILE", "/dev/null"),
+    ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trust_policy_defaults_to_the_daemons_own_account() {

@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 use clients::{ClientRun, Tools};
 use support::e2e::{
     ChildGuard, Moto, TempDir, free_dual_stack_port, free_loopback_addr, random_token,
-    token_sha256_hex, write_private_file,
+    spawn_credvend, token_sha256_hex, write_private_file,
 };
 
 /// API calls each successful process makes on one client; all must share one fetch.
@@ -750,7 +750,7 @@ impl Credvend {
         let port = free_dual_stack_port();
         let admin = free_loopback_addr();
         let config_path = write_config(dir, moto, name, mappings, extra_config, port, admin);
-        let process = moto.spawn_credvend(dir, name, &config_path, admin, CREDVEND_READY_TIMEOUT);
+        let process = spawn_credvend(dir, name, &config_path, admin, CREDVEND_READY_TIMEOUT);
         Credvend { process, port }
     }
 

@@ -153,40 +153,6 @@ external_id_enforcement = "off"
         )
     }
 
-    /// Starts `credvend serve --config config` as the child `name` (its log is
-    /// `<dir>/<name>.log`) with a static base identity moto accepts, and waits until
-    /// `/readyz` on `admin` answers 200: both listeners bound and every prefetch
-    /// mapping warm.
-    pub fn spawn_credvend(
-        &self,
-        dir: &TempDir,
-        name: &'static str,
-        config: &Path,
-        admin: SocketAddr,
-        ready_timeout: Duration,
-    ) -> ChildGuard {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env_clear()
-            .envs(base_env(dir.path()))
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("RUST_BACKTRACE", "1");
-        let log = dir.path().join(format!("{name}.log"));
-        let mut process = ChildGuard::spawn(name, command, &log);
-        wait_until(
-            ready_timeout,
-            &mut process,
-            "credvend /readyz to answer 200",
-            || http_get(admin, "/readyz", &[]).is_ok_and(|r| r.status == 200),
-        );
-        process
-    }
-
     /// Creates an S3 bucket with static test credentials (moto accepts any key).
     pub fn create_bucket(&self, venv: &Venv, dir: &TempDir, bucket: &str) {
         let output = venv.run_python(
@@ -299,6 +265,39 @@ impl Drop for ChildGuard {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Starts `credvend serve --config config` as the child `name` (its log is
+/// `<dir>/<name>.log`) with a static base identity (moto accepts any key), and waits until
+/// `/readyz` on `admin` answers 200: both listeners bound and every prefetch
+/// mapping warm.
+pub fn spawn_credvend(
+    dir: &TempDir,
+    name: &'static str,
+    config: &Path,
+    admin: SocketAddr,
+    ready_timeout: Duration,
+) -> ChildGuard {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .envs(base_env(dir.path()))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env("RUST_BACKTRACE", "1");
+    let log = dir.path().join(format!("{name}.log"));
+    let mut process = ChildGuard::spawn(name, command, &log);
+    wait_until(
+        ready_timeout,
+        &mut process,
+        "credvend /readyz to answer 200",
+        || http_get(admin, "/readyz", &[]).is_ok_and(|r| r.status == 200),
+    );
+    process
 }
 
 /// Polls `ready` until it holds; fails early, with the log, if the process exits.
