@@ -129,6 +129,19 @@ impl Daemon {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// The admin endpoints over this daemon's state, as [`Daemon::run`] serves them on
+    /// the admin listener. Its `/readyz` answers "listeners not bound yet" until `run` is
+    /// serving every listener, and again once shutdown has begun.
+    pub fn admin_endpoint(&self) -> AdminEndpoint {
+        AdminEndpoint {
+            cache: self.cache.clone(),
+            listening: self.listening.clone(),
+            metrics: self.metrics.clone(),
+            generation: self.generation.clone(),
+            started_at: self.started_at,
+        }
+    }
+
     /// Serves until `shutdown` completes, then drains every listener within the grace
     /// period and stops the refresh scheduler.
     pub async fn run(
@@ -168,13 +181,7 @@ impl Daemon {
                 stopped(),
             )));
         }
-        let admin = AdminEndpoint {
-            cache: self.cache.clone(),
-            listening: self.listening.clone(),
-            metrics: self.metrics.clone(),
-            generation: self.generation.clone(),
-            started_at: self.started_at,
-        };
+        let admin = self.admin_endpoint();
         if let Ok(addr) = listeners.admin.local_addr() {
             info!(%addr, "Serving admin endpoints");
         }

@@ -2,14 +2,21 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credvend::clock::ManualClock;
-use credvend::config::Enforcement;
-use support::daemon::{TestDaemon, config, eventually, mapping, role_arn, token};
+use credvend::cache::MappingState;
+use credvend::clock::{Clock, ManualClock};
+use credvend::config::{Config, Enforcement};
+use credvend::daemon::{Daemon, Listeners};
+use credvend::server::{Limits, serve};
+use serde_json::json;
+use support::daemon::{TestDaemon, assumer, config, eventually, mapping, role_arn, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
-use support::http::{get_with_token, request};
+use support::http::{RawResponse, get_with_token, request};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 const EXTERNAL_ID: &str = "status-canary-external-id-4242";
 
@@ -68,37 +75,345 @@ async fn status_reports_each_mapping_without_secrets() {
     d.stop().await;
 }
 
+/// `GET /readyz` on `admin`.
+async fn readyz(admin: SocketAddr) -> RawResponse {
+    request(admin, "GET", "/readyz", &[]).await
+}
+
+const READY: &str = r#"{"status":"ready"}"#;
+const NOT_WARM: &str = r#"{"status":"starting","reason":"prefetch mappings not warm yet"}"#;
+const NOT_BOUND: &str = r#"{"status":"starting","reason":"listeners not bound yet"}"#;
+
+#[track_caller]
+fn assert_readyz(response: &RawResponse, status: u16, body: &str, when: &str) {
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (status, body),
+        "/readyz {when}"
+    );
+}
+
+/// A config whose STS calls may be held by the test for as long as a loaded machine
+/// needs: the SDK's call timeout must not end a held call first.
+fn patient(mut config: Config) -> Config {
+    config.sts.call_timeout = Duration::from_secs(120);
+    config
+}
+
+fn prefetched(name: &str) -> credvend::config::Mapping {
+    let mut m = mapping(name, name, None, &token(name));
+    m.prefetch = true;
+    m
+}
+
 #[tokio::test]
 async fn readyz_waits_for_prefetch_mappings_and_healthz_is_always_up() {
     let clock = ManualClock::starting_now();
     let sts = FakeSts::start(Arc::new(clock.clone())).await;
     sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
-    // The prefetch fetch is slow: readiness must wait for it.
-    sts.push_fault(Fault::Latency(Duration::from_millis(700)));
-    let mut warm = mapping("warm", "warm", None, &token("warm"));
-    warm.prefetch = true;
-    let d = TestDaemon::start(config(&sts.endpoint_url(), vec![warm]), clock).await;
+    // The prefetch's STS call is held until the test has looked at /readyz: "not ready
+    // yet" is observed while the fetch is certainly in flight, however slow the machine.
+    let hold = sts.hold_assume_role();
+    let d = TestDaemon::start(
+        patient(config(&sts.endpoint_url(), vec![prefetched("warm")])),
+        clock,
+    )
+    .await;
 
+    hold.wait_held(1).await;
     let healthz = request(d.admin, "GET", "/healthz", &[]).await;
-    assert_eq!(healthz.status, 200);
-    eventually("listeners bound", || {
-        d.daemon.cache.status()[0].state == credvend::cache::MappingState::Fetching
-    })
-    .await;
-    let early = request(d.admin, "GET", "/readyz", &[]).await;
-    assert_eq!(early.status, 503, "{}", early.body);
-    assert!(early.body.contains("prefetch"));
+    assert_eq!(
+        (healthz.status, healthz.body.as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
+    assert_eq!(d.daemon.cache.status()[0].state, MappingState::Fetching);
+    assert_readyz(
+        &readyz(d.admin).await,
+        503,
+        NOT_WARM,
+        "while the prefetch is held",
+    );
+
+    hold.release();
     eventually("prefetched", || {
-        d.daemon.cache.status()[0].state == credvend::cache::MappingState::Fresh
+        d.daemon.cache.status()[0].state == MappingState::Fresh
     })
     .await;
-    let ready = request(d.admin, "GET", "/readyz", &[]).await;
-    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_readyz(
+        &readyz(d.admin).await,
+        200,
+        READY,
+        "once the prefetch landed",
+    );
+    let calls = sts.assume_role_calls();
+    assert_eq!(calls.len(), 1, "prefetch fetched without a request");
+    assert!(calls[0].held, "the prefetch's call was the one held");
+    assert_eq!(calls[0].status, Some(200));
+    d.stop().await;
+}
+
+/// A transient STS failure (503) of a prefetch leaves the mapping without a credential
+/// and the daemon unready; the retry comes after the transient backoff (1 s on the
+/// injected clock for a first failure, see src/cache/lifecycle.rs) and, once it succeeds,
+/// `/readyz` is ready. Nothing retries before the clock moves, so "unready" is stable.
+#[tokio::test]
+async fn readyz_stays_unready_after_a_transient_prefetch_failure_until_the_retry_succeeds() {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    sts.push_fault(Fault::ServiceUnavailable);
+    let d = TestDaemon::start(
+        config(&sts.endpoint_url(), vec![prefetched("warm")]),
+        clock.clone(),
+    )
+    .await;
+
+    eventually("the failed prefetch is published", || {
+        d.daemon.cache.status()[0].last_error.is_some()
+    })
+    .await;
+    assert_eq!(sts.faults_fired(), vec![Fault::ServiceUnavailable]);
+    let failed = &d.daemon.cache.status()[0];
+    assert_eq!(failed.state, MappingState::Empty);
+    assert_eq!(
+        failed.next_refresh,
+        Some(clock.now() + Duration::from_secs(1)),
+        "a failed prefetch schedules its retry after the first transient backoff"
+    );
+    assert_readyz(
+        &readyz(d.admin).await,
+        503,
+        NOT_WARM,
+        "after a transient failure",
+    );
+    let status = request(d.admin, "GET", "/status", &[]).await.json();
+    assert_eq!(status["mappings"]["warm"]["state"], "empty");
+    assert_eq!(
+        status["mappings"]["warm"]["last_error"]["code"],
+        "ServiceUnavailable"
+    );
     assert_eq!(
         sts.assume_role_calls().len(),
         1,
-        "prefetch fetched without a request"
+        "no retry before the backoff"
     );
-    assert_eq!(sts.faults_fired().len(), 1);
+
+    clock.advance(Duration::from_secs(1));
+    eventually("the retry landed", || {
+        d.daemon.cache.status()[0].state == MappingState::Fresh
+    })
+    .await;
+    assert_readyz(
+        &readyz(d.admin).await,
+        200,
+        READY,
+        "once the retry succeeded",
+    );
+    let calls = sts.assume_role_calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!((calls[1].fault.clone(), calls[1].status), (None, Some(200)));
+    sts.assert_no_pending_faults();
+    d.stop().await;
+}
+
+/// A prefetch mapping whose role refuses us (terminal) counts as settled: one broken
+/// customer role must not keep the sidecar unready for every other mapping. `/status`
+/// shows the failure.
+#[tokio::test]
+async fn readyz_is_ready_when_a_prefetch_role_refuses_for_good() {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    sts.add_role(
+        Role::new(role_arn("broken"), TrustRule::NoExternalIdRequired).fault(Fault::AccessDenied),
+    );
+    let d = TestDaemon::start(
+        config(
+            &sts.endpoint_url(),
+            vec![prefetched("warm"), prefetched("broken")],
+        ),
+        clock,
+    )
+    .await;
+
+    eventually("both prefetches published", || {
+        let states: Vec<_> = d.daemon.cache.status().iter().map(|s| s.state).collect();
+        states == [MappingState::Failed, MappingState::Fresh]
+    })
+    .await;
+    assert_readyz(&readyz(d.admin).await, 200, READY, "with one role refusing");
+    let denied: Vec<_> = sts
+        .assume_role_calls()
+        .into_iter()
+        .filter(|c| c.fault.is_some())
+        .map(|c| (c.role_arn, c.fault))
+        .collect();
+    assert_eq!(
+        denied,
+        vec![(Some(role_arn("broken")), Some(Fault::AccessDenied))]
+    );
+    let status = request(d.admin, "GET", "/status", &[]).await.json();
+    assert_eq!(status["mappings"]["broken"]["state"], "failed");
+    assert_eq!(
+        status["mappings"]["broken"]["last_error"]["code"],
+        "AccessDenied"
+    );
+    assert_eq!(status["mappings"]["warm"]["state"], "fresh");
+    d.stop().await;
+}
+
+/// "listeners not bound yet": the daemon's admin endpoints say so until `Daemon::run` is
+/// serving every listener, and again once shutdown has begun (in-flight probes during
+/// the drain see the daemon unready). The real admin listener only serves inside `run`,
+/// so a second listener serves the same daemon's admin endpoints around it. The reason
+/// takes precedence over the prefetch one.
+///
+/// Current-thread runtime (the default): `run` starts the prefetch and sets the flag in
+/// one poll, so by the time the held STS call arrives the flag is set.
+#[tokio::test]
+async fn readyz_says_listeners_not_bound_before_run_serves_and_after_shutdown() {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    let hold = sts.hold_assume_role();
+    let config = patient(config(&sts.endpoint_url(), vec![prefetched("warm")]));
+    let listeners = Listeners::bind(&config.server).await.expect("bind");
+    let admin = listeners.admin_addr().expect("admin addr");
+    let limits = Limits::from_config(&config.server);
+    let daemon = Arc::new(Daemon::new(
+        &config,
+        Arc::new(assumer(&config).await),
+        Arc::new(clock.clone()),
+    ));
+
+    let probe_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind probe");
+    let probe = probe_listener.local_addr().expect("probe addr");
+    let (stop_probe, probe_stopped) = oneshot::channel::<()>();
+    let endpoint = daemon.admin_endpoint();
+    let probe_server = tokio::spawn(serve(
+        probe_listener,
+        move |request, conn| {
+            let endpoint = endpoint.clone();
+            async move { endpoint.handle(request, conn).await }
+        },
+        limits.clone(),
+        async {
+            let _ = probe_stopped.await;
+        },
+    ));
+
+    assert_readyz(&readyz(probe).await, 503, NOT_BOUND, "before run");
+    assert!(sts.calls().is_empty(), "nothing fetched before run");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn({
+        let daemon = daemon.clone();
+        async move {
+            daemon
+                .run(listeners, limits, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }
+    });
+    hold.wait_held(1).await;
+    for addr in [probe, admin] {
+        assert_readyz(
+            &readyz(addr).await,
+            503,
+            NOT_WARM,
+            "while serving, prefetch held",
+        );
+    }
+    hold.release();
+    eventually("prefetched", || {
+        daemon.cache.status()[0].state == MappingState::Fresh
+    })
+    .await;
+    for addr in [probe, admin] {
+        assert_readyz(&readyz(addr).await, 200, READY, "while serving, prefetched");
+    }
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("daemon stops within 30 s")
+        .expect("daemon task did not panic");
+    assert_readyz(&readyz(probe).await, 503, NOT_BOUND, "after shutdown");
+
+    let _ = stop_probe.send(());
+    tokio::time::timeout(Duration::from_secs(30), probe_server)
+        .await
+        .expect("probe listener stops within 30 s")
+        .expect("probe listener did not panic");
+}
+
+/// `/status` reports the generation of the config in force and the mapping set of that
+/// generation. Every applied config counts, an unchanged one too (telling unchanged
+/// files apart is the reload watcher's job, see src/reload.rs); a mapping kept across the
+/// reload keeps its credential.
+#[tokio::test]
+async fn status_generation_counts_applied_configs_and_shows_the_new_mapping_set() {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    for role in ["role-a", "role-b", "role-c"] {
+        sts.add_role(Role::new(role_arn(role), TrustRule::NoExternalIdRequired));
+    }
+    let token_b = token("b");
+    let first = config(
+        &sts.endpoint_url(),
+        vec![
+            mapping("map-a", "role-a", None, &token("a")),
+            mapping("map-b", "role-b", None, &token_b),
+        ],
+    );
+    let second = config(
+        &sts.endpoint_url(),
+        vec![
+            mapping("map-b", "role-b", None, &token_b),
+            mapping("map-c", "role-c", None, &token("c")),
+        ],
+    );
+    let d = TestDaemon::start(first, clock).await;
+    let vended = get_with_token(d.addr, "/v1/credentials/map-b", &token_b).await;
+    assert_eq!(vended.status, 200, "{}", vended.body);
+    let key_b = vended.json()["AccessKeyId"].clone();
+
+    let status = |admin| async move {
+        let r = request(admin, "GET", "/status", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let status = r.json();
+        let names: Vec<String> = status["mappings"]
+            .as_object()
+            .expect("mappings object")
+            .keys()
+            .cloned()
+            .collect();
+        (status["config_generation"].clone(), names, status)
+    };
+    let (generation, names, _) = status(d.admin).await;
+    assert_eq!(
+        (generation, names),
+        (json!(1), vec!["map-a".into(), "map-b".into()])
+    );
+
+    d.daemon.apply_config(&second);
+    let (generation, names, after) = status(d.admin).await;
+    assert_eq!(
+        (generation, names),
+        (json!(2), vec!["map-b".into(), "map-c".into()])
+    );
+    assert_eq!(d.daemon.generation(), 2);
+    assert_eq!(after["mappings"]["map-b"]["state"], "fresh");
+    assert_eq!(after["mappings"]["map-b"]["access_key_id"], key_b);
+    assert_eq!(after["mappings"]["map-c"]["state"], "empty");
+
+    d.daemon.apply_config(&second);
+    let (generation, names, _) = status(d.admin).await;
+    assert_eq!(
+        (generation, names),
+        (json!(3), vec!["map-b".into(), "map-c".into()])
+    );
+    assert_eq!(sts.assume_role_calls().len(), 1, "reloads fetched nothing");
     d.stop().await;
 }

@@ -31,6 +31,12 @@
 //! logged with the fault that fired, so a test can prove its fault was exercised
 //! ([`FakeSts::faults_fired`], [`FakeSts::assert_no_pending_faults`]).
 //!
+//! **Holding calls.** [`FakeSts::hold_assume_role`] makes AssumeRole calls wait inside
+//! the fake until the test releases them ([`Hold::release`]), whatever fault they took:
+//! a test can observe credvend while a fetch is in flight for as long as it needs,
+//! instead of racing a [`Fault::Latency`] window. Held calls are marked
+//! ([`StsCall::held`]) and counted ([`Hold::wait_held`]).
+//!
 //! **Identity.** Credentials the fake issues are remembered: GetCallerIdentity signed
 //! with one answers the assumed-role ARN it was issued for (so a test can prove a client
 //! acts as the mapping's role), anything else answers the base identity (default
@@ -169,6 +175,66 @@ pub struct StsCall {
     /// Monotonic time the request arrived (before any latency fault), for measuring the
     /// rate at which credvend calls STS.
     pub received_at: Option<std::time::Instant>,
+    /// The call waited on a [`Hold`] before it was answered.
+    pub held: bool,
+}
+
+/// A gate on AssumeRole answers, from [`FakeSts::hold_assume_role`]. Calls arriving while
+/// it is closed wait (after taking their fault, before any latency) until
+/// [`Hold::release`], or until the fake stops. Cheap to clone; clones share the gate.
+#[derive(Clone)]
+pub struct Hold {
+    released: Arc<watch::Sender<bool>>,
+    /// Calls that have reached the gate while it was closed, so far.
+    arrived: Arc<watch::Sender<usize>>,
+}
+
+impl Hold {
+    fn new() -> Self {
+        Self {
+            released: Arc::new(watch::channel(false).0),
+            arrived: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Opens the gate: every held call is answered, and later calls pass straight through.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    pub fn is_released(&self) -> bool {
+        *self.released.borrow()
+    }
+
+    /// Calls that have waited (or are waiting) at the gate so far.
+    pub fn held(&self) -> usize {
+        *self.arrived.borrow()
+    }
+
+    /// Waits until at least `n` calls have reached the gate; panics after 30 s.
+    pub async fn wait_held(&self, n: usize) {
+        let mut arrived = self.arrived.subscribe();
+        let reached = tokio::time::timeout(
+            Duration::from_secs(30),
+            arrived.wait_for(|count| *count >= n),
+        )
+        .await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "fake STS: {} AssumeRole call(s) reached the hold within 30 s, expected {n}",
+            self.held()
+        );
+    }
+
+    /// Holds one call until released or until `shutdown`.
+    async fn wait(&self, shutdown: &mut watch::Receiver<bool>) {
+        let mut released = self.released.subscribe();
+        self.arrived.send_modify(|count| *count += 1);
+        tokio::select! {
+            _ = released.wait_for(|open| *open) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
 }
 
 /// Handle to a running fake STS. Dropping it stops the server and releases hung calls.
@@ -191,6 +257,8 @@ struct State {
     calls: Vec<StsCall>,
     /// Numbers request IDs and issued credentials.
     serial: u64,
+    /// The gate AssumeRole calls wait at, if a test installed one.
+    hold: Option<Hold>,
 }
 
 impl FakeSts {
@@ -210,6 +278,7 @@ impl FakeSts {
             issued: HashMap::new(),
             calls: Vec::new(),
             serial: 0,
+            hold: None,
         }));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
@@ -269,6 +338,14 @@ impl FakeSts {
     pub fn set_base_identity(&self, arn: impl Into<String>) -> &Self {
         self.state().base_identity_arn = arn.into();
         self
+    }
+
+    /// Holds every AssumeRole call from now on until the returned [`Hold`] is released
+    /// (replacing any earlier hold, which stays as it is for the calls it holds).
+    pub fn hold_assume_role(&self) -> Hold {
+        let hold = Hold::new();
+        self.state().hold = Some(hold.clone());
+        hold
     }
 
     /// Every call received so far, in arrival order.
@@ -395,11 +472,17 @@ async fn handle(
     call.signing_region = signing_region;
     call.received_at = Some(received_at);
 
-    let fault = if call.action == "AssumeRole" {
-        lock(&state).take_fault(call.role_arn.as_deref())
+    let (fault, hold) = if call.action == "AssumeRole" {
+        let mut state = lock(&state);
+        let fault = state.take_fault(call.role_arn.as_deref());
+        (fault, state.hold.clone().filter(|hold| !hold.is_released()))
     } else {
-        None
+        (None, None)
     };
+    if let Some(hold) = hold {
+        call.held = true;
+        hold.wait(&mut shutdown).await;
+    }
     if let Some(Fault::Latency(delay)) = fault {
         tokio::time::sleep(delay).await;
     }
