@@ -394,14 +394,16 @@ async fn status_generation_counts_applied_configs_and_shows_the_new_mapping_set(
     let (generation, names, _) = status(d.admin).await;
     assert_eq!(
         (generation, names),
-        (json!(1), vec!["map-a".into(), "map-b".into()])
+        (json!(1), vec!["map-a".into(), "map-b".into()]),
+        "generation and mappings as started"
     );
 
     d.daemon.apply_config(&second);
     let (generation, names, after) = status(d.admin).await;
     assert_eq!(
         (generation, names),
-        (json!(2), vec!["map-b".into(), "map-c".into()])
+        (json!(2), vec!["map-b".into(), "map-c".into()]),
+        "generation and mappings after the first reload"
     );
     assert_eq!(d.daemon.generation(), 2);
     assert_eq!(after["mappings"]["map-b"]["state"], "fresh");
@@ -412,7 +414,8 @@ async fn status_generation_counts_applied_configs_and_shows_the_new_mapping_set(
     let (generation, names, _) = status(d.admin).await;
     assert_eq!(
         (generation, names),
-        (json!(3), vec!["map-b".into(), "map-c".into()])
+        (json!(3), vec!["map-b".into(), "map-c".into()]),
+        "generation and mappings after reapplying the same config"
     );
     assert_eq!(sts.assume_role_calls().len(), 1, "reloads fetched nothing");
     d.stop().await;

@@ -56,8 +56,18 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts `config` against `sts` with `clock`.
     pub async fn start(config: Config, clock: ManualClock) -> TestDaemon {
-        let assumer = assumer(&config).await;
         let listeners = Listeners::bind(&config.server).await.expect("bind");
+        Self::start_with_listeners(config, clock, listeners).await
+    }
+
+    /// Like [`TestDaemon::start`], serving `listeners` the test bound itself (they need
+    /// not be the addresses `config.server` names; `addr` is the first credential one).
+    pub async fn start_with_listeners(
+        config: Config,
+        clock: ManualClock,
+        listeners: Listeners,
+    ) -> TestDaemon {
+        let assumer = assumer(&config).await;
         let addr = listeners.credential_addrs()[0];
         let admin = listeners.admin_addr().expect("admin addr");
         let daemon = Arc::new(Daemon::new(

@@ -63,6 +63,23 @@ pub async fn request(
     parse(raw)
 }
 
+/// Sends `head` exactly as given (request line and headers, ending in a blank line:
+/// nothing is added, not even a `Host`) and reads the whole response. The request should
+/// carry `Connection: close`, or be HTTP/1.0, so that the server ends the connection.
+pub async fn send_raw(addr: SocketAddr, head: &str) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to credvend");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 30 s")
+        .expect("read response");
+    parse(raw)
+}
+
 /// `GET path` with `Authorization: token`.
 pub async fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> RawResponse {
     request(addr, "GET", path, &[("Authorization", token)]).await
