@@ -796,3 +796,36 @@ async fn prefetch_runs_at_most_64_fetches_at_a_time_and_fetches_every_mapping() 
     );
     assert_eq!(sts.max_in_flight(), 64, "most calls ever in flight");
 }
+
+/// A reload that gives a mapping another role keeps its metric series (the name is
+/// the same) but not what they say about the old role: at the next scrape
+/// (`observe_cache`, as `GET /metrics` runs it) `credvend_external_id_enforced` is back
+/// to unknown until the new role has been checked.
+#[tokio::test]
+async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_gauge() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    sts.open();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
+    old.external_id_enforcement = EnforcementMode::Warn;
+    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    cache.get("m").await.expect("vends");
+    let scrape = || {
+        metrics.observe_cache(&cache.status(), cache.sts_rate_limited_total());
+        mapping_series(&metrics, "credvend_external_id_enforced", "m")
+    };
+    assert_eq!(scrape().as_deref(), Some("1"), "the old role was checked");
+
+    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
+    new.external_id_enforcement = EnforcementMode::Warn;
+    reload(&cache, &metrics, vec![new]);
+    assert_eq!(cache.status()[0].enforcement, Enforcement::Unknown);
+    assert_eq!(
+        scrape().as_deref(),
+        Some("-1"),
+        "the new role has not been checked"
+    );
+    cache.get("m").await.expect("vends");
+    assert_eq!(scrape().as_deref(), Some("1"), "the new role was checked");
+}
