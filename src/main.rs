@@ -312,6 +312,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(bucket) = &bucket {
                 policy::validate_bucket_name(bucket).map_err(|e| Failure::Usage(e.to_string()))?;
             }
+            // The same rules and normal form as `policy permissions --prefix`, so the
+            // probe object goes exactly where that policy grants access.
+            let prefix = prefix
+                .map(|p| policy::validate_prefix(&p))
+                .transpose()
+                .map_err(|e| Failure::Usage(e.to_string()))?;
             let target = bucket.map(|bucket| S3Target {
                 bucket,
                 prefix,

@@ -469,6 +469,208 @@ token_sha256 = ["{hash2}"]
     );
 }
 
+/// Sets up moto's IAM for the `--prefix` test: role `sync` whose permissions policy is
+/// argv[2] (what `credvend policy permissions --prefix` printed), and bucket `bkt`.
+const PREFIX_SETUP_PY: &str = r#"
+import boto3, json, sys
+kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1",
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+iam = boto3.client("iam", **kw)
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+    "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole",
+    "Condition": {"StringEquals": {"sts:ExternalId": "ext-123456"}}}]}
+iam.create_role(RoleName="sync", AssumeRolePolicyDocument=json.dumps(trust))
+iam.put_role_policy(RoleName="sync", PolicyName="sync", PolicyDocument=sys.argv[2])
+boto3.client("s3", **kw).create_bucket(Bucket="bkt")
+"#;
+
+/// `credvend verify --bucket --prefix` against moto with IAM enforcement on (see the
+/// test above), the role holding exactly what `credvend policy permissions --bucket bkt
+/// --prefix sync/` prints. The probe lists and writes under the prefix, so verifying
+/// that prefix passes all five S3 checks; another prefix, or none, fails exactly the
+/// three object permissions, each fix naming the prefixed resource and the `--prefix`
+/// command that grants it. moto ignores the policy's `s3:prefix` condition on
+/// ListBucket (it evaluates only StringEquals), so ListBucket passes for any prefix
+/// here; that the listing asked for the prefix is read from moto's request log. A
+/// prefix `policy permissions` refuses is refused by `verify` too, before any AWS call.
+#[test]
+fn verify_prefix_probes_under_the_prefix_its_policy_grants() {
+    let venv = Venv::locate();
+    let dir = TempDir::new("e2e-verify-prefix");
+    let moto = Moto::start(&venv, &dir);
+    let policy = Command::new(env!("CARGO_BIN_EXE_credvend"))
+        .args([
+            "policy",
+            "permissions",
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "sync/",
+        ])
+        .env_clear()
+        .envs(base_env(dir.path()))
+        .output()
+        .expect("run credvend policy permissions");
+    assert!(
+        policy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&policy.stderr)
+    );
+    let policy = String::from_utf8_lossy(&policy.stdout).to_string();
+    let setup = venv.run_python(dir.path(), PREFIX_SETUP_PY, &[&moto.url(), &policy]);
+    assert!(
+        setup.status.success(),
+        "moto IAM setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let config = dir.path().join("verify.toml");
+    write_private_file(
+        &config,
+        &format!(
+            r#"
+[sts]
+endpoint_url = "{url}"
+
+[verify]
+external_id_enforcement = "warn"
+
+[mappings.sync]
+role_arn = "arn:aws:iam::123456789012:role/sync"
+external_id = "ext-123456"
+token_sha256 = ["{hash}"]
+"#,
+            url = moto.url(),
+            hash = token_sha256_hex(&random_token()),
+        ),
+    );
+    let run = |prefix: Option<&str>| {
+        let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "3")
+            .unwrap_or_else(|e| panic!("reset-auth: {e}"));
+        assert_eq!(reset.status, 200, "reset-auth: {}", reset.body);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
+        command
+            .args(["verify", "sync", "--config"])
+            .arg(&config)
+            .args(["--bucket", "bkt", "--s3-endpoint-url", &moto.url()]);
+        if let Some(prefix) = prefix {
+            command.args(["--prefix", prefix]);
+        }
+        command
+            .env_clear()
+            .envs(base_env(dir.path()))
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("run credvend verify")
+    };
+    let s3_lines = |out: &std::process::Output| -> (String, Vec<String>) {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|c| c.starts_with("s3:"))
+            })
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            lines.len(),
+            5,
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (text, lines)
+    };
+    let line = |lines: &[String], action: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(action))
+            .unwrap_or_else(|| panic!("no {action} line in {lines:#?}"))
+            .clone()
+    };
+    const OBJECT_ACTIONS: [&str; 3] = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"];
+
+    // The granted prefix, written as the customer might (trailing slash or not).
+    for granted in ["sync/", "sync"] {
+        let (text, lines) = s3_lines(&run(Some(granted)));
+        assert!(lines.iter().all(|l| l.starts_with("ok")), "{text}");
+        assert!(
+            line(&lines, "s3:ListBucket").contains("listed s3://bkt/sync/"),
+            "{text}"
+        );
+        assert!(
+            line(&lines, "s3:PutObject").contains("wrote s3://bkt/sync/.credvend-verify/"),
+            "{text}"
+        );
+    }
+    let requests = moto.process.log();
+    assert!(
+        requests.lines().any(|l| l.contains("GET /bkt")
+            && l.contains("list-type=2")
+            && (l.contains("prefix=sync/") || l.contains("prefix=sync%2F"))),
+        "no ListObjectsV2 with prefix sync/ in moto's log:\n{}",
+        moto.process.describe()
+    );
+
+    // A prefix the policy does not grant, and none at all (the bucket's top level).
+    for (prefix, resource, command) in [
+        (
+            Some("other"),
+            "arn:aws:s3:::bkt/other/*",
+            "credvend policy permissions --bucket bkt --prefix other`",
+        ),
+        (
+            None,
+            "arn:aws:s3:::bkt/*",
+            "credvend policy permissions --bucket bkt`",
+        ),
+    ] {
+        let out = run(prefix);
+        let (text, lines) = s3_lines(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        for action in ["s3:GetBucketLocation", "s3:ListBucket"] {
+            assert!(line(&lines, action).starts_with("ok"), "{action}:\n{text}");
+        }
+        for action in OBJECT_ACTIONS {
+            let failed = line(&lines, action);
+            assert!(
+                failed.starts_with("FAIL") && failed.contains("AccessDenied"),
+                "{action} under {prefix:?}:\n{text}"
+            );
+            assert!(
+                failed.contains(&format!("add \"{action}\" on \"{resource}\""))
+                    && failed.contains(command),
+                "{action}'s fix under {prefix:?}:\n{text}"
+            );
+        }
+    }
+
+    // What `policy permissions --prefix` refuses, `verify --prefix` refuses too.
+    let out = run(Some("/sync"));
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/sync"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    // The passing runs deleted their probe objects; the failing ones wrote none.
+    let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "inf").unwrap();
+    assert_eq!(reset.status, 200);
+    let listing = venv.run_python(
+        dir.path(),
+        "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
+        &[&moto.url()],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).trim(),
+        "0",
+        "probe objects left: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+}
+
 // --- the processes ------------------------------------------------------------------
 
 /// `credvend serve` with a config written for this test.

@@ -778,17 +778,26 @@ impl Inner {
             let checked = self.clock.now();
             match result {
                 Ok(verdict) => {
-                    if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
-                        slot.enforcement = verdict.into();
-                        slot.enforcement_checked_at = Some(checked);
+                    // No slot: a reload removed or changed the mapping while the probes
+                    // ran. The verdict is about a role no mapping uses any more, and a
+                    // mapping now bearing the same name must not report it as its own.
+                    let current = match self.lock_slots().get_mut(&spec.key) {
+                        Some(slot) => {
+                            slot.enforcement = verdict.into();
+                            slot.enforcement_checked_at = Some(checked);
+                            true
+                        }
+                        None => false,
+                    };
+                    if current {
+                        TrustPolicyChecked {
+                            mapping: name,
+                            role_arn: &spec.input.role_arn,
+                            mode: spec.enforcement,
+                            verdict,
+                        }
+                        .emit(&self.metrics);
                     }
-                    TrustPolicyChecked {
-                        mapping: name,
-                        role_arn: &spec.input.role_arn,
-                        mode: spec.enforcement,
-                        verdict,
-                    }
-                    .emit(&self.metrics);
                     Ok(verdict)
                 }
                 Err(error) => {

@@ -118,17 +118,22 @@ fn state(cache: &CredentialCache, name: &str) -> MappingState {
         .expect("mapping in status")
 }
 
+/// Waits until `name` has no fetch in flight, after first letting every task that can
+/// run do so: without that, a refresh the scheduler is about to start (the clock just
+/// moved) would not be in flight yet, and this would return before it even began.
+/// On this single-threaded runtime the scheduler, woken by the clock move, is queued
+/// ahead of the test task, and it marks the fetch in flight before it yields.
 async fn settle(cache: &CredentialCache, name: &str) {
-    for _ in 0..2000 {
-        if !matches!(
-            state(cache, name),
-            MappingState::Fetching | MappingState::Refreshing
-        ) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while matches!(
+        state(cache, name),
+        MappingState::Fetching | MappingState::Refreshing
+    ) {
+        assert!(std::time::Instant::now() < deadline, "{name} never settled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    panic!("{name} never settled");
 }
 
 /// Lets the scheduler task react to a clock move.
@@ -159,7 +164,6 @@ async fn idle_mappings_stop_refreshing_but_prefetch_ones_do_not() {
     // 7 hours in 10-minute steps with no request for "idle".
     for _ in 0..42 {
         clock.advance(10 * MIN);
-        tick().await;
         settle(&cache, "warm").await;
         settle(&cache, "idle").await;
     }
@@ -205,7 +209,6 @@ async fn short_credentials_are_served_and_refreshed_at_half_life_without_a_loop(
     // One hour in 1-minute steps: a refresh every ~5 minutes (half of 10), not more.
     for _ in 0..60 {
         clock.advance(MIN);
-        tick().await;
         settle(&cache, "m").await;
         let v = cache.get("m").await.unwrap();
         assert!(lifecycle::remaining(v.entry.expiration, clock.now()) > EXPIRY_MARGIN);
@@ -230,7 +233,6 @@ async fn duration_over_the_role_maximum_retries_once_at_one_hour_and_remembers()
     assert_eq!(assumer.durations(), vec![4 * 3600, 3600]);
     // The next refresh asks for 1 h straight away.
     clock.advance(30 * MIN);
-    tick().await;
     settle(&cache, "m").await;
     assert_eq!(assumer.durations(), vec![4 * 3600, 3600, 3600]);
 }
@@ -370,4 +372,460 @@ async fn prefetch_takes_a_credential_published_meanwhile_instead_of_fetching_aga
     let refreshed = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Refresh)).await;
     assert_ne!(refreshed.unwrap().access_key_id, served.entry.access_key_id);
     assert_eq!(assumer.calls(), 2, "a due refresh does call STS");
+}
+
+// --- fetches that outlive their mapping; the STS concurrency bound -------------------
+
+/// A RoleAssumer that holds every call at a gate until the test lets it through, and
+/// counts the calls inside it. Issues credentials for the duration asked; refuses the
+/// External ID enforcement probes with AccessDenied (the role enforces its External ID).
+struct Gated {
+    clock: ManualClock,
+    /// One permit per call allowed to finish; starts empty.
+    gate: tokio::sync::Semaphore,
+    calls: Mutex<Vec<AssumeRoleInput>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Gated {
+    fn new(clock: &ManualClock) -> Arc<Self> {
+        Arc::new(Self {
+            clock: clock.clone(),
+            gate: tokio::sync::Semaphore::new(0),
+            calls: Mutex::new(Vec::new()),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
+        })
+    }
+
+    /// Lets `n` more calls finish.
+    fn release(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+
+    /// Lets every call, present and future, through.
+    fn open(&self) {
+        self.release(1_000_000);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits (real time, generously: the machine may be loaded) until `done` holds.
+    async fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting until {what}: {} calls, {} in flight",
+                self.calls(),
+                self.in_flight()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl RoleAssumer for Gated {
+    fn assume_role<'a>(
+        &'a self,
+        input: &'a AssumeRoleInput,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(input.clone());
+                calls.len()
+            };
+            let inside = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(inside, Ordering::SeqCst);
+            self.gate
+                .acquire()
+                .await
+                .expect("the gate is never closed")
+                .forget();
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if input.session_name == verify::PROBE_SESSION_NAME {
+                return Err(AssumeError {
+                    reason: FailureReason::AccessDenied,
+                    code: "AccessDenied".into(),
+                    message: "gated: the role requires its External ID".into(),
+                    duration_too_long: false,
+                });
+            }
+            Ok(Credentials {
+                access_key_id: format!("ASIAGATED{n:08}"),
+                secret_access_key: SecretValue::new("secret"),
+                session_token: SecretValue::new("token"),
+                expiration: self.clock.now() + input.duration,
+                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
+            })
+        })
+    }
+}
+
+/// A started cache for `mappings` (with a `cold_wait` no test here runs into), whose
+/// metrics know the mappings, as the daemon sets them up.
+fn gated_cache(
+    clock: &ManualClock,
+    sts: &Arc<Gated>,
+    metrics: &Arc<crate::metrics::Metrics>,
+    mappings: Vec<Mapping>,
+) -> CredentialCache {
+    let cfg = gated_config(mappings);
+    metrics.sync_mappings(cfg.mappings.keys().map(String::as_str));
+    let cache = CredentialCache::new(&cfg, sts.clone(), Arc::new(clock.clone()), metrics.clone());
+    cache.start();
+    cache
+}
+
+fn gated_config(mappings: Vec<Mapping>) -> Config {
+    let mut cfg = config("http://127.0.0.1:9", mappings);
+    cfg.refresh.cold_wait = Duration::from_secs(600);
+    cfg
+}
+
+/// A reload, in the daemon's order (src/daemon.rs): metrics first, then the cache.
+fn reload(cache: &CredentialCache, metrics: &crate::metrics::Metrics, mappings: Vec<Mapping>) {
+    let cfg = gated_config(mappings);
+    metrics.sync_mappings(cfg.mappings.keys().map(String::as_str));
+    cache.apply_config(&cfg);
+}
+
+fn key_of(cache: &CredentialCache, name: &str) -> MappingKey {
+    cache.inner.current_table().by_name[name].key.clone()
+}
+
+/// The value of the per-mapping series `family{mapping="name"}`, if it is exported.
+fn mapping_series(metrics: &crate::metrics::Metrics, family: &str, name: &str) -> Option<String> {
+    let prefix = format!("{family}{{mapping=\"{name}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+}
+
+/// Nothing of the mapping under `key` is left in the cache: no credential, no slot, no
+/// refresh scheduled.
+#[track_caller]
+fn assert_forgotten(cache: &CredentialCache, key: &MappingKey) {
+    assert!(
+        !cache.inner.store.contains_key(key),
+        "a credential is cached for {key:?}, which is no longer configured"
+    );
+    assert!(
+        !cache.inner.lock_slots().contains_key(key),
+        "{key:?} has a slot again after the reload dropped it"
+    );
+    assert_eq!(
+        cache.inner.queue.due_at(key),
+        None,
+        "a refresh is scheduled for {key:?}, which is no longer configured"
+    );
+}
+
+/// A cold fetch still inside AssumeRole when a reload removes its mapping lands in
+/// nothing: the request that was waiting for it finishes with the generation it started
+/// in (src/daemon.rs), but the credential is not cached, the mapping's slot, refresh and
+/// metric series do not come back, no later request is served, and nothing refreshes
+/// the removed mapping as time passes.
+#[tokio::test]
+async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let other = mapping("other", "other", Some("external-id-other"), "t2");
+    let cache = gated_cache(
+        &clock,
+        &sts,
+        &metrics,
+        vec![
+            mapping("m", "role-m", Some("external-id-m"), "t1"),
+            other.clone(),
+        ],
+    );
+    let removed = key_of(&cache, "m");
+    let request = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get("m").await }
+    });
+    sts.wait_until("the fetch for m is inside AssumeRole", |s| {
+        s.in_flight() == 1
+    })
+    .await;
+    assert_eq!(state(&cache, "m"), MappingState::Fetching);
+
+    reload(&cache, &metrics, vec![other]);
+    sts.open();
+    let served = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the waiting request finished")
+        .expect("the request task did not panic");
+    assert_eq!(
+        served
+            .expect("the in-flight request gets its fetch's result")
+            .source,
+        Source::Fresh
+    );
+
+    assert!(matches!(
+        cache.get("m").await,
+        Err(VendError::UnknownMapping)
+    ));
+    assert_forgotten(&cache, &removed);
+    assert!(cache.status().iter().all(|s| s.name != "m"));
+    let text = metrics.render();
+    assert!(
+        !text.contains("mapping=\"m\""),
+        "the removed mapping's series came back:\n{text}"
+    );
+    // Two hours pass in refresh-sized steps: the removed mapping is never fetched again.
+    for _ in 0..12 {
+        clock.advance(10 * MIN);
+        tick().await;
+    }
+    assert_eq!(sts.calls(), 1, "STS was called for a removed mapping");
+    assert_forgotten(&cache, &removed);
+}
+
+/// The same, when the reload keeps the name but changes the role: the old fetch (here
+/// still in its External ID enforcement check) cannot fill in for the new mapping, whose
+/// first request fetches for the new role, and the old role's check result does not
+/// show up as the new mapping's `credvend_external_id_enforced`.
+#[tokio::test]
+async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
+    old.external_id_enforcement = EnforcementMode::Warn;
+    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    let old_key = key_of(&cache, "m");
+    let request = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get("m").await }
+    });
+    sts.wait_until("the first enforcement probe is inside AssumeRole", |s| {
+        s.in_flight() == 1
+    })
+    .await;
+    assert_eq!(
+        sts.calls.lock().unwrap()[0].session_name,
+        verify::PROBE_SESSION_NAME
+    );
+
+    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
+    new.external_id_enforcement = EnforcementMode::Warn;
+    reload(&cache, &metrics, vec![new]);
+    let new_key = key_of(&cache, "m");
+    assert_ne!(new_key, old_key);
+    sts.open();
+    let served = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the waiting request finished")
+        .expect("the request task did not panic")
+        .expect("the in-flight request gets its fetch's result");
+    let old_calls = sts.calls();
+    assert_eq!(
+        old_calls, 3,
+        "two probes and the real call for the old role"
+    );
+
+    assert_forgotten(&cache, &old_key);
+    let status = cache.status();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].state, MappingState::Empty);
+    assert_eq!(status[0].enforcement, Enforcement::Unknown);
+    assert!(status[0].last_success.is_none());
+    assert_eq!(
+        mapping_series(&metrics, "credvend_external_id_enforced", "m").as_deref(),
+        Some("-1"),
+        "the new role has not been checked; the old role's verdict is not its own"
+    );
+
+    let vended = cache.get("m").await.expect("the new mapping vends");
+    assert_eq!(vended.source, Source::Fresh);
+    assert_ne!(vended.entry.access_key_id, served.entry.access_key_id);
+    let calls = sts.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), old_calls + 3, "probes and the real call again");
+    assert!(
+        calls[old_calls..]
+            .iter()
+            .all(|c| c.role_arn == crate::testing::role_arn("role-new")),
+        "the new mapping's calls go to the new role"
+    );
+    assert_eq!(
+        mapping_series(&metrics, "credvend_external_id_enforced", "m").as_deref(),
+        Some("1")
+    );
+}
+
+/// Requests for 200 cold mappings at once: at most 64 AssumeRole calls are in flight
+/// (the STS connection bound in src/cache/mod.rs), the bound is reached, each finished
+/// call lets a waiting one in, and every request is served.
+#[tokio::test]
+async fn at_most_64_assume_role_calls_are_in_flight() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let names: Vec<String> = (0..200).map(|i| format!("m{i:03}")).collect();
+    let cache = gated_cache(
+        &clock,
+        &sts,
+        &metrics,
+        names.iter().map(|n| mapping(n, n, None, n)).collect(),
+    );
+    let requests: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (cache, name) = (cache.clone(), name.clone());
+            tokio::spawn(async move { cache.get(&name).await })
+        })
+        .collect();
+    sts.wait_until("64 calls are in flight", |s| s.in_flight() >= 64)
+        .await;
+    // On this single-threaded runtime, every task that can run does before the test
+    // resumes from a sleep: all 200 fetches have had their chance to call STS.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sts.in_flight(), 64, "calls in flight");
+    assert_eq!(sts.calls(), 64, "calls made");
+
+    sts.release(10);
+    sts.wait_until("10 waiting fetches took the freed places", |s| {
+        s.calls() >= 74
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sts.in_flight(), 64, "calls in flight after 10 finished");
+    assert_eq!(sts.calls(), 74);
+
+    sts.open();
+    for request in requests {
+        let vended = tokio::time::timeout(Duration::from_secs(30), request)
+            .await
+            .expect("request finished")
+            .expect("no panic")
+            .expect("served");
+        assert_eq!(vended.source, Source::Fresh);
+    }
+    assert_eq!(sts.calls(), 200, "one call per mapping");
+    assert_eq!(sts.max_in_flight(), 64, "most calls ever in flight");
+}
+
+/// 200 `prefetch` mappings at start: the prefetch pass starts at most 64 fetches at a
+/// time (the rest are not even started, so they hold no memory), feeds in one more as
+/// each finishes, and in the end every mapping has been fetched exactly once.
+#[tokio::test]
+async fn prefetch_runs_at_most_64_fetches_at_a_time_and_fetches_every_mapping() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let names: Vec<String> = (0..200).map(|i| format!("p{i:03}")).collect();
+    let cache = gated_cache(
+        &clock,
+        &sts,
+        &metrics,
+        names
+            .iter()
+            .map(|n| {
+                let mut m = mapping(n, n, None, n);
+                m.prefetch = true;
+                m
+            })
+            .collect(),
+    );
+    let fetching = |cache: &CredentialCache| {
+        cache
+            .status()
+            .iter()
+            .filter(|s| s.state == MappingState::Fetching)
+            .count()
+    };
+    sts.wait_until("64 prefetches are in flight", |s| s.in_flight() >= 64)
+        .await;
+    // Single-threaded runtime: everything that could start has, once the sleep ends.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sts.in_flight(), 64, "calls in flight");
+    assert_eq!(fetching(&cache), 64, "prefetches started");
+    assert!(!cache.prefetch_settled());
+
+    sts.release(10);
+    sts.wait_until("10 more prefetches started", |s| s.calls() >= 74)
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(sts.in_flight(), 64, "calls in flight after 10 finished");
+    assert_eq!(fetching(&cache), 64, "prefetches running after 10 finished");
+
+    sts.open();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cache.prefetch_settled() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefetch never settled: {} calls",
+            sts.calls()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut called: Vec<String> = sts
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.session_name.clone())
+        .collect();
+    called.sort();
+    let expected: Vec<String> = names.iter().map(|n| format!("credvend-{n}")).collect();
+    assert_eq!(called, expected, "each mapping fetched exactly once");
+    assert!(
+        cache
+            .status()
+            .iter()
+            .all(|s| s.state == MappingState::Fresh)
+    );
+    assert_eq!(sts.max_in_flight(), 64, "most calls ever in flight");
+}
+
+/// A reload that gives a mapping another role keeps its metric series (the name is
+/// the same) but not what they say about the old role: at the next scrape
+/// (`observe_cache`, as `GET /metrics` runs it) `credvend_external_id_enforced` is back
+/// to unknown until the new role has been checked.
+#[tokio::test]
+async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_gauge() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    sts.open();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
+    old.external_id_enforcement = EnforcementMode::Warn;
+    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    cache.get("m").await.expect("vends");
+    let scrape = || {
+        metrics.observe_cache(&cache.status(), cache.sts_rate_limited_total());
+        mapping_series(&metrics, "credvend_external_id_enforced", "m")
+    };
+    assert_eq!(scrape().as_deref(), Some("1"), "the old role was checked");
+
+    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
+    new.external_id_enforcement = EnforcementMode::Warn;
+    reload(&cache, &metrics, vec![new]);
+    assert_eq!(cache.status()[0].enforcement, Enforcement::Unknown);
+    assert_eq!(
+        scrape().as_deref(),
+        Some("-1"),
+        "the new role has not been checked"
+    );
+    cache.get("m").await.expect("vends");
+    assert_eq!(scrape().as_deref(), Some("1"), "the new role was checked");
 }

@@ -69,7 +69,7 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     let base = Figment::from(TomlFile::new(main, without_mappings)).merge(env.clone());
-    let mut report = Report::new(base, main_display.clone());
+    let mut report = Report::new(base, main, main_display.clone());
     report.check_private_file(main, &main_display);
 
     // Which file defines each mapping, to reject a name defined twice.
@@ -277,16 +277,19 @@ impl Provider for TomlFile {
 pub(super) struct Report {
     figment: Figment,
     root: Value,
+    /// The main file, as given.
+    main_file: PathBuf,
     main: String,
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
 }
 
 impl Report {
-    fn new(figment: Figment, main: String) -> Self {
+    fn new(figment: Figment, main_file: &Path, main: String) -> Self {
         let mut report = Self {
             figment: Figment::new(),
             root: Value::from(Dict::new()),
+            main_file: main_file.to_path_buf(),
             main,
             problems: Vec::new(),
             warnings: Vec::new(),
@@ -328,6 +331,11 @@ impl Report {
             }
         }
         (depth, value)
+    }
+
+    /// The main config file.
+    pub fn main_file(&self) -> &Path {
+        &self.main_file
     }
 
     /// The file a value at `path` came from, if it came from a file.

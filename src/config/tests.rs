@@ -675,6 +675,97 @@ fn external_id_file_loses_exactly_one_trailing_newline() {
     });
 }
 
+/// A relative `external_id_file` resolves against the directory of the file that set it
+/// (see src/config/validate.rs): an included file's own directory, so a drop-in in
+/// `mappings.d/` can say `ids/acme.txt`; the main file's directory for the main file and
+/// for an environment override; never the working directory. Each candidate file holds
+/// a different ID, so reading the wrong one shows up as the wrong value.
+#[test]
+fn external_id_file_resolves_against_the_directory_of_the_file_that_set_it() {
+    Jail::expect_with(|jail| {
+        // The working directory is the jail; the config lives in etc/ below it.
+        write(jail, "ids/acme.txt", "from-the-working-directory\n");
+        write(jail, "etc/ids/acme.txt", "from-the-main-files-directory\n");
+        write(
+            jail,
+            "etc/mappings.d/ids/acme.txt",
+            "from-the-included-files-directory\n",
+        );
+        let main = write(
+            jail,
+            "etc/credvend.toml",
+            &format!(
+                "include = [\"mappings.d/*.toml\"]\n{}",
+                config_text(
+                    "",
+                    &[
+                        ("external_id", ""),
+                        ("external_id_file", "\"ids/acme.txt\"")
+                    ],
+                )
+            ),
+        );
+        write(
+            jail,
+            "etc/mappings.d/10-beta.toml",
+            &format!(
+                "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id_file = \"ids/acme.txt\"\ntoken_sha256 = [\"{TOKEN_B}\"]\n"
+            ),
+        );
+        let id = |config: &Config, name: &str| {
+            config.mappings[name]
+                .external_id
+                .as_ref()
+                .map(|id| id.expose().to_owned())
+        };
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            id(&config, "beta").as_deref(),
+            Some("from-the-included-files-directory"),
+            "a mapping in mappings.d/ reads mappings.d/ids/acme.txt"
+        );
+        assert_eq!(
+            id(&config, "acme").as_deref(),
+            Some("from-the-main-files-directory"),
+            "a mapping in the main file reads etc/ids/acme.txt"
+        );
+
+        // A missing file is reported at the key, with the path tried: the included
+        // file's directory joined with the value.
+        let beta = write(
+            jail,
+            "etc/mappings.d/10-beta.toml",
+            &format!(
+                "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id_file = \"ids/missing.txt\"\ntoken_sha256 = [\"{TOKEN_B}\"]\n"
+            ),
+        );
+        let error = Config::load(&main).unwrap_err();
+        let problem = error
+            .problems
+            .iter()
+            .find(|p| p.key == "mappings.beta.external_id_file")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(problem.file, beta.display().to_string());
+        let tried = jail.directory().join("etc/mappings.d/ids/missing.txt");
+        assert!(
+            problem
+                .reason
+                .contains(&format!("cannot read {}", tried.display())),
+            "{error}"
+        );
+
+        // Set from the environment, the path is the main file's business.
+        jail.set_env("CREDVEND_MAPPINGS__BETA__EXTERNAL_ID_FILE", "ids/acme.txt");
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            id(&config, "beta").as_deref(),
+            Some("from-the-main-files-directory"),
+            "an environment override resolves against the main file's directory"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn external_ids_never_appear_in_output() {
     // A mistyped External ID: serde would normally echo the value.

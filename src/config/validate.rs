@@ -838,8 +838,9 @@ fn external_id(
             // mappings.d/ can say `external_id_file = "ids/acme"`.
             let base = report
                 .origin_file(&file_key)
-                .or_else(|| report.origin_file(&[]))
-                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| report.main_file().to_path_buf())
+                .parent()
+                .map(Path::to_path_buf)
                 .unwrap_or_default();
             let path = base.join(file);
             let text = match fs::read_to_string(&path) {

@@ -382,7 +382,8 @@ impl Metrics {
         self.set_mappings(count);
     }
 
-    /// Refreshes the gauges that mirror the cache (state, expiry) from a snapshot and
+    /// Refreshes the gauges that mirror the cache (state, expiry, External ID
+    /// enforcement) from a snapshot and
     /// catches `credvend_sts_rate_limited_total` up with the STS budget's count. Called
     /// at scrape time, so those gauges are right even where no event updated them.
     ///
@@ -390,9 +391,16 @@ impl Metrics {
     /// scheduled or in flight, or it is degraded) — if the credential lapses meanwhile,
     /// the last, now past, timestamp stays so the "no successful refresh" alert keeps
     /// firing — and removed for idle, empty and failed mappings.
+    ///
+    /// Enforcement follows the cache's record, which a reload that changes a mapping's
+    /// role resets: the series, kept because the name is, must not go on showing the
+    /// old role's verdict.
     pub fn observe_cache(&self, statuses: &[MappingStatus], sts_rate_limited_total: u64) {
         for status in statuses {
             self.set_state(&status.name, status.state);
+            let enforcement = status.enforcement.gauge();
+            self.per_mapping
+                .with(&status.name, |s| s.set_enforced(enforcement));
             let maintained = status.next_refresh.is_some()
                 || matches!(
                     status.state,

@@ -54,24 +54,33 @@ pub struct S3Target {
     pub endpoint_url: Option<String>,
 }
 
-fn resource_for(action: &str, bucket: &str) -> String {
+/// The resource `action` needs for the probe: object actions on the keys under
+/// `prefix` (`""` or `PATH/`), as `credvend policy permissions` grants them.
+fn resource_for(action: &str, bucket: &str, prefix: &str) -> String {
     match action {
         "s3:GetBucketLocation" | "s3:ListBucket" => format!("arn:aws:s3:::{bucket}"),
-        _ => format!("arn:aws:s3:::{bucket}/*"),
+        _ => format!("arn:aws:s3:::{bucket}/{prefix}*"),
     }
 }
 
 fn failed<E: ProvideErrorMetadata>(
     action: &'static str,
     bucket: &str,
+    prefix: &str,
     error: &SdkError<E>,
 ) -> Check {
     let code = error_code(error);
     let fix = match code.as_str() {
-        "AccessDenied" | "AllAccessDisabled" => format!(
-            "add \"{action}\" on \"{}\" to the role's permissions policy (`credvend policy permissions --bucket {bucket}`), and check the bucket policy and KMS key policy",
-            resource_for(action, bucket)
-        ),
+        "AccessDenied" | "AllAccessDisabled" => {
+            let mut command = format!("credvend policy permissions --bucket {bucket}");
+            if !prefix.is_empty() {
+                command.push_str(&format!(" --prefix {}", prefix.trim_end_matches('/')));
+            }
+            format!(
+                "add \"{action}\" on \"{}\" to the role's permissions policy (`{command}`), and check the bucket policy and KMS key policy",
+                resource_for(action, bucket, prefix)
+            )
+        }
         "NoSuchBucket" => {
             format!("bucket \"{bucket}\" does not exist (check the name and account)")
         }
@@ -130,6 +139,11 @@ async fn client(target: &S3Target, creds: &Credentials, region: &str) -> aws_sdk
 /// Runs the five checks in order.
 pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
     let bucket = target.bucket.as_str();
+    let prefix = target
+        .prefix
+        .as_deref()
+        .map(|p| format!("{}/", p.trim_end_matches('/')))
+        .unwrap_or_default();
     let mut checks = Vec::with_capacity(5);
     let mut s3 = client(target, creds, &target.region).await;
 
@@ -148,14 +162,9 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
                 result: CheckResult::Ok(format!("bucket is in {region}")),
             });
         }
-        Err(e) => checks.push(failed("s3:GetBucketLocation", bucket, &e)),
+        Err(e) => checks.push(failed("s3:GetBucketLocation", bucket, &prefix, &e)),
     }
 
-    let prefix = target
-        .prefix
-        .as_deref()
-        .map(|p| format!("{}/", p.trim_end_matches('/')))
-        .unwrap_or_default();
     let mut list = s3.list_objects_v2().bucket(bucket).max_keys(1);
     if !prefix.is_empty() {
         list = list.prefix(prefix.clone());
@@ -165,7 +174,7 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
             action: "s3:ListBucket",
             result: CheckResult::Ok(format!("listed s3://{bucket}/{prefix}")),
         }),
-        Err(e) => checks.push(failed("s3:ListBucket", bucket, &e)),
+        Err(e) => checks.push(failed("s3:ListBucket", bucket, &prefix, &e)),
     }
 
     // Under `.credvend-verify/` so it is obviously ours and easy to find if a denied
@@ -187,7 +196,7 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
             action: "s3:PutObject",
             result: CheckResult::Ok(format!("wrote s3://{bucket}/{key}")),
         }),
-        Err(e) => checks.push(failed("s3:PutObject", bucket, &e)),
+        Err(e) => checks.push(failed("s3:PutObject", bucket, &prefix, &e)),
     }
 
     // GetObject and DeleteObject are tested even when PutObject was denied: on a key
@@ -218,7 +227,7 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
             action: "s3:GetObject",
             result: CheckResult::Ok("allowed (no probe object to read: NoSuchKey)".into()),
         }),
-        Err(e) => checks.push(failed("s3:GetObject", bucket, &e)),
+        Err(e) => checks.push(failed("s3:GetObject", bucket, &prefix, &e)),
     }
     match s3.delete_object().bucket(bucket).key(&key).send().await {
         Ok(_) => checks.push(Check {
@@ -230,7 +239,7 @@ pub async fn probe(target: &S3Target, creds: &Credentials) -> Vec<Check> {
             }),
         }),
         Err(e) => {
-            let mut check = failed("s3:DeleteObject", bucket, &e);
+            let mut check = failed("s3:DeleteObject", bucket, &prefix, &e);
             if let (true, CheckResult::Failed { fix, .. }) = (written, &mut check.result) {
                 fix.push_str(&format!("; remove s3://{bucket}/{key} by hand"));
             }
