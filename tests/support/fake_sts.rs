@@ -31,6 +31,12 @@
 //! logged with the fault that fired, so a test can prove its fault was exercised
 //! ([`FakeSts::faults_fired`], [`FakeSts::assert_no_pending_faults`]).
 //!
+//! **Holding calls.** [`FakeSts::hold_assume_role`] parks every AssumeRole that arrives
+//! until the returned [`AssumeRoleHold`] is released (or dropped): an STS that is slow
+//! for exactly as long as the test needs, with no wall-clock margin. The held calls are
+//! counted on arrival ([`AssumeRoleHold::wait_for_held`]), then answered as usual
+//! (one-shot and persistent faults apply after the hold) and logged with `held: true`.
+//!
 //! **Identity.** Credentials the fake issues are remembered: GetCallerIdentity signed
 //! with one answers the assumed-role ARN it was issued for (so a test can prove a client
 //! acts as the mapping's role), anything else answers the base identity (default
@@ -169,6 +175,8 @@ pub struct StsCall {
     /// Monotonic time the request arrived (before any latency fault), for measuring the
     /// rate at which credvend calls STS.
     pub received_at: Option<std::time::Instant>,
+    /// The call was parked by an [`AssumeRoleHold`] before it was answered.
+    pub held: bool,
 }
 
 /// Handle to a running fake STS. Dropping it stops the server and releases hung calls.
@@ -191,6 +199,10 @@ struct State {
     calls: Vec<StsCall>,
     /// Numbers request IDs and issued credentials.
     serial: u64,
+    /// Set while an [`AssumeRoleHold`] is active: `false` holds, `true` releases.
+    hold: Option<watch::Receiver<bool>>,
+    /// AssumeRole calls parked by the active hold right now.
+    held_now: usize,
 }
 
 impl FakeSts {
@@ -210,6 +222,8 @@ impl FakeSts {
             issued: HashMap::new(),
             calls: Vec::new(),
             serial: 0,
+            hold: None,
+            held_now: 0,
         }));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
@@ -310,6 +324,29 @@ impl FakeSts {
         );
     }
 
+    /// Parks every AssumeRole that arrives from now on until the returned hold is
+    /// released or dropped. Calls already being answered are not affected. A new hold
+    /// replaces (and releases) the previous one.
+    pub fn hold_assume_role(&self) -> AssumeRoleHold {
+        let (release, rx) = watch::channel(false);
+        let previous = self.state().hold.replace(rx);
+        drop(previous);
+        AssumeRoleHold {
+            state: self.state.clone(),
+            release,
+        }
+    }
+
+    /// The faults that shaped answers to AssumeRole calls for `role_arn`, in order.
+    pub fn faults_fired_for(&self, role_arn: &str) -> Vec<Fault> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.role_arn.as_deref() == Some(role_arn))
+            .filter_map(|c| c.fault.clone())
+            .collect()
+    }
+
     /// Stops the server, waits for it, and re-raises any panic from a request handler.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -323,6 +360,59 @@ impl FakeSts {
 
     fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+}
+
+/// Holds AssumeRole calls at the fake until released; see [`FakeSts::hold_assume_role`].
+/// Dropping it releases them.
+pub struct AssumeRoleHold {
+    state: Arc<Mutex<State>>,
+    release: watch::Sender<bool>,
+}
+
+impl AssumeRoleHold {
+    /// AssumeRole calls parked by this hold right now.
+    pub fn held(&self) -> usize {
+        lock(&self.state).held_now
+    }
+
+    /// Waits until at least `n` calls are parked; panics after 30 s (a generous bound
+    /// for background work on a loaded machine, not a timing assertion).
+    #[track_caller]
+    pub fn wait_for_held(&self, n: usize) -> impl std::future::Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while self.held() < n {
+                if tokio::time::Instant::now() > deadline {
+                    panic!(
+                        "fake STS: {} AssumeRole call(s) held after 30 s, waited for {n} \
+                         (at {caller})",
+                        self.held()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Lets every parked call (and every later one) through.
+    pub fn release(self) {}
+}
+
+impl Drop for AssumeRoleHold {
+    fn drop(&mut self) {
+        let _ = self.release.send(true);
+    }
+}
+
+/// Counts a parked call while it is parked, whether it is released or abandoned (the
+/// client hung up and hyper dropped the handler).
+struct HeldGuard(Arc<Mutex<State>>);
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        lock(&self.0).held_now -= 1;
     }
 }
 
@@ -394,6 +484,27 @@ async fn handle(
     call.access_key_id = access_key_id;
     call.signing_region = signing_region;
     call.received_at = Some(received_at);
+
+    if call.action == "AssumeRole" {
+        let gate = {
+            let mut s = lock(&state);
+            match s.hold.clone() {
+                Some(rx) if !*rx.borrow() => {
+                    s.held_now += 1;
+                    Some(rx)
+                }
+                _ => None,
+            }
+        };
+        if let Some(mut rx) = gate {
+            let _guard = HeldGuard(state.clone());
+            call.held = true;
+            tokio::select! {
+                _ = rx.wait_for(|released| *released) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        }
+    }
 
     let fault = if call.action == "AssumeRole" {
         lock(&state).take_fault(call.role_arn.as_deref())
