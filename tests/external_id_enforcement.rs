@@ -24,7 +24,12 @@ async fn start(rule: TrustRule, mode: Mode) -> (FakeSts, TestDaemon, String) {
     let token = token("acme");
     let mut m = mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &token);
     m.external_id_enforcement = mode;
-    let d = TestDaemon::start(config(&sts.endpoint_url(), vec![m]), clock).await;
+    let mut config = config(&sts.endpoint_url(), vec![m]);
+    // A first vend makes three STS calls in a row (two probes, the real call); the
+    // request must get their answer, not run out of the default 800 ms cold wait on a
+    // loaded machine.
+    config.refresh.cold_wait = Duration::from_secs(10);
+    let d = TestDaemon::start(config, clock).await;
     (sts, d, token)
 }
 

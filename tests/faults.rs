@@ -26,6 +26,16 @@ use support::http::{RawResponse, get_with_token};
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
 const MIN: Duration = Duration::from_secs(60);
 
+/// Cold misses in these tests are meant to be answered by what STS answers, not by
+/// `cold_wait` running out first: a wait far beyond what a loaded machine needs for a
+/// round trip to the in-process fake (the default, 800 ms, would be the margin).
+const COLD_WAIT: Duration = Duration::from_secs(10);
+
+/// Fake STS and daemon sharing a manual clock, with [`COLD_WAIT`].
+async fn start(mappings: Vec<Mapping>) -> (FakeSts, TestDaemon) {
+    daemon::start_with_sts_and(mappings, |c| c.refresh.cold_wait = COLD_WAIT).await
+}
+
 fn acme_role() -> Role {
     Role::new(
         role_arn("vendor-sync"),
@@ -232,7 +242,7 @@ async fn throttling_storm_stays_within_the_sts_budget_and_cold_misses_go_first()
 #[tokio::test]
 async fn five_xx_flaps_never_reach_clients_that_have_a_credential() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![acme(&token)]).await;
+    let (sts, d) = start(vec![acme(&token)]).await;
     sts.add_role(acme_role());
     let path = "/v1/credentials/acme-s3";
 
@@ -409,7 +419,7 @@ async fn an_sts_hang_times_out_at_call_timeout_then_serves_degraded() {
 #[tokio::test]
 async fn malformed_xml_is_a_transient_failure_not_a_denial() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![acme(&token)]).await;
+    let (sts, d) = start(vec![acme(&token)]).await;
     sts.add_role(acme_role());
     let path = "/v1/credentials/acme-s3";
 
@@ -452,7 +462,7 @@ async fn malformed_xml_is_a_transient_failure_not_a_denial() {
 #[tokio::test]
 async fn expired_base_token_is_re_resolved_once_then_succeeds() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![acme(&token)]).await;
+    let (sts, d) = start(vec![acme(&token)]).await;
     sts.add_role(acme_role());
     let path = "/v1/credentials/acme-s3";
 
@@ -501,7 +511,7 @@ fn one_more_failure(sts: &FakeSts, failed: &mut usize) {
 #[tokio::test]
 async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![acme(&token)]).await;
+    let (sts, d) = start(vec![acme(&token)]).await;
     sts.add_role(acme_role());
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await;
@@ -557,7 +567,7 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
 #[tokio::test]
 async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![acme(&token)]).await;
+    let (sts, d) = start(vec![acme(&token)]).await;
     sts.add_role(acme_role().lifetime(10 * MIN));
     let path = "/v1/credentials/acme-s3";
 
@@ -601,7 +611,7 @@ async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop(
 #[tokio::test]
 async fn a_clock_jump_past_expiry_never_serves_the_expired_credential() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(vec![acme(&token)]).await;
+    let (sts, d) = start(vec![acme(&token)]).await;
     sts.add_role(acme_role());
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await;
@@ -629,17 +639,15 @@ async fn a_clock_step_back_never_serves_past_the_real_expiry_and_recovers() {
     let sts = FakeSts::start(Arc::new(truth.clone())).await;
     sts.add_role(acme_role());
     sts.add_role(Role::new(role_arn("beta"), TrustRule::NoExternalIdRequired));
-    let d = TestDaemon::start(
-        config(
-            &sts.endpoint_url(),
-            vec![
-                acme(&acme_token),
-                mapping("beta-s3", "beta", None, &beta_token),
-            ],
-        ),
-        host.clone(),
-    )
-    .await;
+    let mut config = config(
+        &sts.endpoint_url(),
+        vec![
+            acme(&acme_token),
+            mapping("beta-s3", "beta", None, &beta_token),
+        ],
+    );
+    config.refresh.cold_wait = COLD_WAIT;
+    let d = TestDaemon::start(config, host.clone()).await;
     let acme_path = "/v1/credentials/acme-s3";
     let beta_path = "/v1/credentials/beta-s3";
     let both = |by: Duration| {
