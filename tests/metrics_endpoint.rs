@@ -1,6 +1,6 @@
-//! `GET /metrics` on the admin listener of a running daemon (DESIGN.md §7): the text
-//! format, the families present from the first scrape, the gauges that mirror the cache,
-//! bounded labels, no secrets, and series that follow config reloads.
+//! `GET /metrics` on the admin listener of a running daemon (see src/metrics/mod.rs):
+//! the text format, the families present from the first scrape, the gauges that mirror
+//! the cache, bounded labels, no secrets, and series that follow config reloads.
 
 mod support;
 
@@ -203,7 +203,7 @@ async fn promtool_check_metrics_is_clean() {
     );
 }
 
-/// Events bump their counters exactly once, with the mapping's label (DESIGN.md §7).
+/// Events bump their counters exactly once, with the mapping's label.
 #[tokio::test]
 async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
     use support::fake_sts::Fault;
