@@ -4,10 +4,10 @@
 //!
 //! Wall time is a [`ManualClock`]; real time only passes where a fault needs it
 //! (latency, hang, the STS budget), with margins meant for a loaded machine. A slow STS
-//! whose slowness a test relies on is an [`AssumeRoleHold`], not a latency that must
-//! outlast the test's own work. After every clock step, background work is awaited with
-//! `settled`, which waits until the refresh or retry the step made due has run and
-//! landed, and returns the state it reached.
+//! whose slowness a test relies on is held at the fake (`hold_assume_role`), not a
+//! latency that must outlast the test's own work. After every clock step, background
+//! work is awaited with `settled`, which waits until the refresh or retry the step made
+//! due has run and landed, and returns the state it reached.
 
 mod support;
 
