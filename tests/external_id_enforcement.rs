@@ -1,4 +1,5 @@
-//! External ID enforcement check (DESIGN.md §5) against the fake STS's trust rules.
+//! External ID enforcement check (see src/verify/mod.rs) against the fake STS's trust
+//! rules.
 
 mod support;
 
@@ -9,7 +10,7 @@ use credvend::cache::MappingState;
 use credvend::clock::ManualClock;
 use credvend::config::Enforcement as Mode;
 use credvend::verify::{Enforcement, PROBE_SESSION_NAME};
-use support::daemon::{TestDaemon, config, eventually, mapping, role_arn, token};
+use support::daemon::{TestDaemon, config, mapping, role_arn, settled, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
 use support::http::get_with_token;
 
@@ -23,7 +24,12 @@ async fn start(rule: TrustRule, mode: Mode) -> (FakeSts, TestDaemon, String) {
     let token = token("acme");
     let mut m = mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &token);
     m.external_id_enforcement = mode;
-    let d = TestDaemon::start(config(&sts.endpoint_url(), vec![m]), clock).await;
+    let mut config = config(&sts.endpoint_url(), vec![m]);
+    // A first vend makes three STS calls in a row (two probes, the real call); the
+    // request must get their answer, not run out of the default 800 ms cold wait on a
+    // loaded machine.
+    config.refresh.cold_wait = Duration::from_secs(10);
+    let d = TestDaemon::start(config, clock).await;
     (sts, d, token)
 }
 
@@ -57,6 +63,11 @@ async fn a_role_that_enforces_its_external_id_vends_after_two_refused_probes() {
         assert_eq!(probe.duration_seconds, Some(900));
     }
     assert_eq!(calls[2].external_id.as_deref(), Some(EXTERNAL_ID));
+    assert_eq!(
+        sts.faults_fired(),
+        vec![],
+        "refused by trust, not by a fault"
+    );
     assert_eq!(status(&d).enforcement, Enforcement::Enforced);
     d.stop().await;
 }
@@ -144,16 +155,25 @@ async fn an_inconclusive_first_check_fails_closed_with_503_then_retries() {
     assert_eq!(r.json()["code"], "CredentialsUnavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(sts.faults_fired(), vec![Fault::Throttling]);
+    let calls = sts.assume_role_calls();
+    assert_eq!(calls.len(), 1, "no real call after an unknown check");
+    assert_eq!(calls[0].fault, Some(Fault::Throttling));
     assert_eq!(
-        sts.assume_role_calls().len(),
-        1,
-        "no real call after an unknown check"
+        calls[0].session_name.as_deref(),
+        Some(PROBE_SESSION_NAME),
+        "the throttled call was the first probe"
     );
+    assert_eq!(calls[0].external_id, None);
     assert_eq!(status(&d).enforcement, Enforcement::Unknown);
 
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(status(&d).enforcement, Enforcement::Enforced);
+    // The whole check again (two refused probes), then the real call.
+    let calls = sts.assume_role_calls();
+    assert_eq!(calls.len(), 4);
+    assert_eq!(calls[3].external_id.as_deref(), Some(EXTERNAL_ID));
+    assert_eq!(sts.faults_fired(), vec![Fault::Throttling]);
     d.stop().await;
 }
 
@@ -167,35 +187,41 @@ async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_pol
     assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
     assert_eq!(sts.assume_role_calls().len(), 3);
 
-    // Refreshes within the day do not probe again.
-    for _ in 0..5 {
-        d.clock.advance(Duration::from_secs(30 * 60));
-        get_with_token(d.addr, PATH, &token).await;
-        eventually("refresh settled", || {
-            !matches!(
-                status(&d).state,
-                MappingState::Refreshing | MappingState::Fetching
-            )
-        })
-        .await;
-    }
     let probes = |sts: &FakeSts| {
         sts.assume_role_calls()
             .iter()
             .filter(|c| c.session_name.as_deref() == Some(PROBE_SESSION_NAME))
             .count()
     };
-    assert_eq!(probes(&sts), 2);
+    // Refreshes within the day do not probe again: each half-hour step makes one
+    // refresh due (served from cache meanwhile), and it is one plain call.
+    for step in 1..=5 {
+        d.clock.advance(Duration::from_secs(30 * 60));
+        assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
+        assert_eq!(settled(&d, "acme-s3").await.state, MappingState::Fresh);
+        assert_eq!(
+            sts.assume_role_calls().len(),
+            3 + step,
+            "calls by step {step}"
+        );
+        assert_eq!(probes(&sts), 2, "probes by step {step}");
+    }
 
     // A transient failure during a recheck keeps the last conclusive result.
     d.clock.advance(Duration::from_secs(24 * 3600));
     sts.push_fault(Fault::Throttling);
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    eventually("recheck attempted", || {
-        sts.faults_fired() == vec![Fault::Throttling]
-    })
-    .await;
+    assert_eq!(settled(&d, "acme-s3").await.state, MappingState::Fresh);
+    assert_eq!(sts.faults_fired(), vec![Fault::Throttling]);
+    let recheck = &sts.assume_role_calls()[8];
+    assert_eq!(recheck.fault, Some(Fault::Throttling));
+    assert_eq!(
+        recheck.session_name.as_deref(),
+        Some(PROBE_SESSION_NAME),
+        "the throttled call was the recheck's probe"
+    );
+    assert_eq!(probes(&sts), 3);
     assert_eq!(status(&d).enforcement, Enforcement::Enforced);
 
     // The customer drops the condition; the next conclusive recheck refuses the role
@@ -205,13 +231,22 @@ async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_pol
         TrustRule::NoExternalIdRequired,
     ));
     d.clock.advance(Duration::from_secs(25 * 3600));
-    get_with_token(d.addr, PATH, &token).await;
-    eventually("loosened policy detected", || {
-        status(&d).enforcement == Enforcement::NotEnforced
-    })
-    .await;
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    assert_eq!(settled(&d, "acme-s3").await.state, MappingState::Failed);
+    assert_eq!(status(&d).enforcement, Enforcement::NotEnforced);
+    let calls = sts.assume_role_calls();
+    assert_eq!(
+        calls.len(),
+        11,
+        "one accepted probe settles it; no real call"
+    );
+    assert_eq!(calls[10].session_name.as_deref(), Some(PROBE_SESSION_NAME));
+    assert_eq!(calls[10].status, Some(200));
+    let r = get_with_token(d.addr, PATH, &token).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    assert_eq!(sts.faults_fired(), vec![Fault::Throttling]);
     d.stop().await;
 }

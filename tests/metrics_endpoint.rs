@@ -1,6 +1,6 @@
-//! `GET /metrics` on the admin listener of a running daemon (DESIGN.md §7): the text
-//! format, the families present from the first scrape, the gauges that mirror the cache,
-//! bounded labels, no secrets, and series that follow config reloads.
+//! `GET /metrics` on the admin listener of a running daemon (see src/metrics/mod.rs):
+//! the text format, the families present from the first scrape, the gauges that mirror
+//! the cache, bounded labels, no secrets, and series that follow config reloads.
 
 mod support;
 
@@ -203,7 +203,7 @@ async fn promtool_check_metrics_is_clean() {
     );
 }
 
-/// Events bump their counters exactly once, with the mapping's label (DESIGN.md §7).
+/// Events bump their counters exactly once, with the mapping's label.
 #[tokio::test]
 async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
     use support::fake_sts::Fault;
@@ -231,14 +231,14 @@ async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
     // One forced AccessDenied on the next refresh adds exactly one failure.
     sts.push_fault(Fault::AccessDenied);
     d.clock.advance(std::time::Duration::from_secs(26 * 60));
-    support::daemon::eventually("denied refresh", || {
-        sts.faults_fired().contains(&Fault::AccessDenied)
-    })
-    .await;
-    support::daemon::eventually("failed state", || {
-        d.daemon.cache.status()[0].state == credvend::cache::MappingState::Failed
-    })
-    .await;
+    assert_eq!(
+        support::daemon::settled(&d, "acme-s3").await.state,
+        credvend::cache::MappingState::Failed
+    );
+    assert_eq!(sts.faults_fired(), vec![Fault::AccessDenied]);
+    let calls = sts.assume_role_calls();
+    assert_eq!(calls.len(), 2, "the vend, then the denied refresh");
+    assert_eq!(calls[1].fault, Some(Fault::AccessDenied));
     let text = scrape(d.admin).await;
     let denied = r#"credvend_assume_role_failures_total{mapping="acme-s3",reason="access_denied"}"#;
     let error = r#"credvend_assume_role_total{mapping="acme-s3",result="error"}"#;

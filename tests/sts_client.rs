@@ -206,6 +206,11 @@ async fn trust_rules_deny_missing_and_wrong_external_ids() {
     assert!(err.message.contains("no-such-role"), "{}", err.message);
 
     assert_eq!(h.fake.assume_role_calls().len(), 3, "exactly one call each");
+    assert_eq!(
+        h.fake.faults_fired(),
+        vec![],
+        "refused by trust, not by a fault"
+    );
 }
 
 #[tokio::test]
@@ -384,7 +389,7 @@ async fn persistent_expired_token_gives_up_after_one_retry() {
 
 #[tokio::test]
 async fn hang_times_out_within_the_call_timeout() {
-    let call_timeout = Duration::from_millis(300);
+    let call_timeout = Duration::from_secs(1);
     let h = harness_with(
         call_timeout,
         TrustRule::RequireExternalId(EXTERNAL_ID.to_owned()),
@@ -392,14 +397,20 @@ async fn hang_times_out_within_the_call_timeout() {
     .await;
     h.fake.push_fault(Fault::Hang);
 
+    // The fake never answers a hung call, so only the call timeout can end it. The
+    // upper bound allows ten times the timeout for a loaded machine; the outer one
+    // turns a call that is never bounded into a failure instead of a stuck test.
     let started = Instant::now();
-    let err = h.assumer.assume_role(&input()).await.unwrap_err();
+    let err = tokio::time::timeout(30 * call_timeout, h.assumer.assume_role(&input()))
+        .await
+        .expect("a hung STS call was never given up")
+        .unwrap_err();
     let elapsed = started.elapsed();
 
     assert_eq!(err.reason, FailureReason::Timeout, "{err}");
     assert!(elapsed >= call_timeout, "gave up early: {elapsed:?}");
     assert!(
-        elapsed < call_timeout + Duration::from_secs(2),
+        elapsed < 10 * call_timeout,
         "not bounded by the call timeout: {elapsed:?}"
     );
     let calls = h.fake.assume_role_calls();
@@ -646,4 +657,11 @@ async fn one_shot_faults_take_precedence_over_role_and_persistent_faults() {
     // GetCallerIdentity is never faulted.
     h.fake.set_persistent_fault(Some(Fault::Hang));
     h.assumer.get_caller_identity().await.expect("not faulted");
+    assert_eq!(
+        h.fake.faults_fired().len(),
+        4,
+        "{:?}",
+        h.fake.faults_fired()
+    );
+    assert_eq!(h.fake.calls().last().unwrap().fault, None);
 }

@@ -178,3 +178,53 @@ pub async fn start_acme(external_id: &str) -> (FakeSts, TestDaemon, String) {
     ));
     (sts, d, token)
 }
+
+/// Waits until mapping `name` is settled at the daemon's current clock reading: no
+/// fetch in flight, and no refresh or retry due (every one the clock made due has run
+/// and landed). Returns the mapping's status at that point, for the caller to assert
+/// the state it reached.
+///
+/// Unlike polling "nothing in flight" alone, this cannot pass before background work
+/// the clock just made due has even started: a due refresh shows as `next_refresh <=
+/// now` until the scheduler has taken it, and the scheduler registers the fetch in the
+/// same step as it takes the refresh off its queue (see src/cache/mod.rs,
+/// `on_refresh_due`). Panics with the last status after 30 s (a bound for a loaded
+/// machine, not a timing assertion).
+#[track_caller]
+pub fn settled<'a>(
+    d: &'a TestDaemon,
+    name: &'a str,
+) -> impl std::future::Future<Output = credvend::cache::MappingStatus> + 'a {
+    use credvend::cache::MappingState;
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // Let tasks woken by a clock step run before the first look.
+            tokio::task::yield_now().await;
+            let now = d.daemon.cache.now();
+            let status = d
+                .daemon
+                .cache
+                .status()
+                .into_iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("mapping {name} not configured (at {caller})"));
+            let in_flight = matches!(
+                status.state,
+                MappingState::Fetching | MappingState::Refreshing
+            );
+            let due = status.next_refresh.is_some_and(|at| at <= now);
+            if !in_flight && !due {
+                return status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "mapping {name} not settled after 30 s (in flight: {in_flight}, refresh \
+                     due: {due}): {status:?} (at {caller})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

@@ -372,6 +372,16 @@ impl FakeSts {
             .collect()
     }
 
+    /// The faults that shaped answers to AssumeRole calls for `role_arn`, in order.
+    pub fn faults_fired_for(&self, role_arn: &str) -> Vec<Fault> {
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.role_arn.as_deref() == Some(role_arn))
+            .filter_map(|c| c.fault.clone())
+            .collect()
+    }
+
     /// One-shot faults queued but not yet consumed.
     pub fn pending_faults(&self) -> usize {
         self.state().one_shot_faults.len()
