@@ -16,7 +16,9 @@
 # binary, tests/ and examples/. Every step runs even when an earlier one failed, so one
 # run reports everything; the exit status is non-zero if any step failed. Tests run with
 # cargo-nextest when it is installed (profile `ci` in .config/nextest.toml: per-test
-# timeout, no fail-fast), otherwise with `cargo test`.
+# timeout, no fail-fast), otherwise with `cargo test`. tests/compat fails when the
+# committed client table (README.md, docs/compat-table.md) differs from its results;
+# `UPDATE_COMPAT_TABLE=1 scripts/test.sh` rewrites it.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
