@@ -2,12 +2,10 @@
 //!
 //! The fuzz input is everything a client sends on one connection (pipelined requests,
 //! garbage, half a request). It is written into an in-memory duplex stream served by
-//! hyper's HTTP/1 connection with the limits the daemon uses (`server::Limits`: header
-//! timer, 32 headers, 16 KiB of head) and `CredentialEndpoint::handle` behind it, then
-//! the client half is closed. Unlike the daemon, the harness's connection allows that
-//! half-close: with hyper's default a request still in flight when the client's EOF
-//! is read is dropped unanswered, which left most seeds with no response to check. The
-//! cache is real; its `RoleAssumer` hands out fixed credentials in-process, so no
+//! hyper's HTTP/1 connection with the daemon's settings (`server::connection_builder`:
+//! header timer, 32 headers, 16 KiB of head, half-close allowed) and
+//! `CredentialEndpoint::handle` behind it, then the client half is closed. The cache is
+//! real; its `RoleAssumer` hands out fixed credentials in-process, so no
 //! network is involved.
 //!
 //! Checked on every input:
@@ -36,9 +34,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use credvend::cache::CredentialCache;
@@ -184,15 +181,9 @@ async fn serve(harness: &Harness, data: &[u8], answered: Arc<Mutex<Vec<Answered>
             ))
         }
     });
-    // The builder settings of `server::serve`, plus half-close (see the module doc).
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(harness.limits.header_read_timeout)
-        .max_headers(harness.limits.max_headers)
-        .max_header_size(harness.limits.max_header_bytes)
-        .half_close(true);
-    let connection = builder.serve_connection(TokioIo::new(server), service);
+    // The connection settings of `server::serve`.
+    let connection = credvend::server::connection_builder(&harness.limits)
+        .serve_connection(TokioIo::new(server), service);
 
     let data = data.to_vec();
     let client_side = async move {
