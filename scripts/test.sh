@@ -9,10 +9,16 @@
 #   - the JS SDK v3 into tests/compat/js/node_modules (scripts/setup-node.sh) and Go plus
 #     Debian's AWS SDK for Go v2 (scripts/setup-go.sh, apt-get) for tests/compat/
 #
-# Every step runs even when an earlier one failed, so one run reports everything;
-# the exit status is non-zero if any step failed. Tests run with cargo-nextest when
-# it is installed (profile `ci` in .config/nextest.toml: per-test timeout, no
-# fail-fast), otherwise with `cargo test`.
+# Steps: fmt, clippy, a `cargo check` of the cargo-fuzz crate in fuzz/ (its own
+# workspace, which nothing else builds; its seeds are replayed by tests/fuzz_seeds.rs),
+# doctests, one pass of each criterion benchmark in test mode (proves the benches still
+# build and run, and is not counted as tests), then the tests of the library, the
+# binary, tests/ and examples/. Every step runs even when an earlier one failed, so one
+# run reports everything; the exit status is non-zero if any step failed. Tests run with
+# cargo-nextest when it is installed (profile `ci` in .config/nextest.toml: per-test
+# timeout, no fail-fast), otherwise with `cargo test`. tests/compat fails when the
+# committed client table (README.md, docs/compat-table.md) differs from its results;
+# `UPDATE_COMPAT_TABLE=1 scripts/test.sh` rewrites it.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -92,14 +98,27 @@ run_step() {
 
 run_step fmt cargo fmt --all --check
 run_step clippy cargo clippy --locked --all-targets -- -D warnings
-
+# The fuzz targets are thin wrappers around fuzz/checks/*.rs, which the main crate's
+# tests compile too; this catches drift in the wrappers, fuzz/Cargo.toml and
+# fuzz/Cargo.lock (--locked: update it when the main crate's dependencies change, see
+# fuzz/README.md). Into the main target dir, so there is one directory to cache and
+# clean; a cold check of the fuzz crate's dependency tree costs about 1.5 CPU-minutes.
+run_step fuzz-build cargo check --locked --manifest-path fuzz/Cargo.toml \
+  --target-dir "$target_dir" --bins
+# Doctests and the benchmark smoke run go before the tests so that the test summary
+# closes the output (nextest does not run doctests at all).
+run_step doctests cargo test --locked --doc
+# benches/ (harness = false, criterion): `cargo test` runs each benchmark once, without
+# measuring. `--bench '*'` selects only bench targets (`--benches` would also pick the
+# library, whose tests the next step runs).
+run_step bench-smoke cargo test --locked --bench '*'
+# Every target but the benchmarks (examples hold no tests today; they are built in test
+# mode so one that gains a #[test] is run).
+test_targets=(--lib --bins --tests --examples)
 if cargo nextest --version >/dev/null 2>&1; then
-  # nextest does not run doctests: run them first so nextest's summary line closes the
-  # output.
-  run_step doctests cargo test --locked --doc
-  run_step tests cargo nextest run --locked --profile ci --workspace --all-targets
+  run_step tests cargo nextest run --locked --profile ci --workspace "${test_targets[@]}"
 else
-  run_step tests cargo test --locked --workspace --all-targets --no-fail-fast
+  run_step tests cargo test --locked --workspace "${test_targets[@]}" --no-fail-fast
 fi
 
 if ((${#failed[@]} > 0)); then

@@ -408,3 +408,44 @@ async fn shutdown_grace_bounds_a_request_stuck_on_a_hung_sts() {
     assert!(TcpStream::connect(addr).await.is_err());
     drop(sts);
 }
+
+/// A client may close its sending half once its request is out (`shutdown(SHUT_WR)`,
+/// as `nc -N` does): the answer must still arrive. The FIN is sent only once the
+/// request is waiting on a slow STS, so the server reads the EOF while the handler is
+/// still running (the connection is not allowed to drop the request then).
+#[tokio::test]
+async fn a_request_followed_by_a_half_close_is_still_answered() {
+    let token = token("acme");
+    let latency = Duration::from_secs(2);
+    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+        c.refresh.cold_wait = Duration::from_secs(20);
+    })
+    .await;
+    sts.add_role(acme_role().fault(Fault::Latency(latency)));
+
+    let stream = TcpStream::connect(d.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let request =
+        format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n\r\n");
+    write.write_all(request.as_bytes()).await.expect("write");
+    // (The fake records a delayed call once it answers, so the fetch's state tells when
+    // it is under way.)
+    eventually("the request waiting on the slow STS", || {
+        d.daemon.cache.status()[0].state == MappingState::Fetching
+    })
+    .await;
+    write.shutdown().await.expect("half-close");
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut answer))
+        .await
+        .expect("answered or closed within 30 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.contains("\"AccessKeyId\""),
+        "a half-closed request got {answer:?} instead of its credentials"
+    );
+    assert_eq!(sts.faults_fired(), vec![Fault::Latency(latency)]);
+    d.stop().await;
+}

@@ -98,6 +98,22 @@ impl Limits {
     }
 }
 
+/// The HTTP/1 connection settings of every listener: the header timer, count and size
+/// bounds of `limits`, and half-close. Public so that the fuzz harness
+/// (`fuzz/checks/http_request.rs`) serves its connections exactly like the daemon.
+pub fn connection_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        // A client may close its sending half once its request is out; hyper's default
+        // then drops the request in flight and the client gets no answer at all.
+        .half_close(true);
+    builder
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then drains in-flight
 /// requests for at most `limits.shutdown_grace`.
 pub async fn serve<H, F>(
@@ -115,12 +131,7 @@ pub async fn serve<H, F>(
     // Every connection task, so that the ones still running when the grace period ends
     // can be aborted (dropping their sockets) rather than outliving `serve`.
     let mut connections = JoinSet::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_header_size(limits.max_header_bytes);
+    let builder = connection_builder(&limits);
     tokio::pin!(shutdown);
 
     loop {

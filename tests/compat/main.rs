@@ -35,10 +35,12 @@
 //! case asserts that exact behaviour instead ([`Expect::ClientRefuses`]), so a client
 //! upgrade that changes it fails here and the README gets updated.
 //!
-//! The run writes `docs/compat-table.md` and the block between
-//! `<!-- compat-table:begin -->` and `<!-- compat-table:end -->` in README.md (nothing
-//! else), then fails listing every case that did not meet its expectation. A client
-//! that is not installed fails the test with instructions; nothing is ever skipped.
+//! The run renders the compatibility table and compares it with `docs/compat-table.md`
+//! and the block between `<!-- compat-table:begin -->` and `<!-- compat-table:end -->`
+//! in README.md: a stale committed table fails the test with a diff (run with
+//! `UPDATE_COMPAT_TABLE=1` to rewrite both, nothing else). It fails listing every case
+//! that did not meet its expectation too. A client that is not installed fails the
+//! test with instructions; nothing is ever skipped.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -432,7 +434,7 @@ fn real_clients_conform_to_the_wire_contract() {
 
     let versions = tools.versions();
     let rendered = table::render(&verdicts, &versions);
-    table::write(&rendered);
+    let table = table::check_committed(&rendered);
 
     let failures: Vec<&Verdict> = verdicts.iter().filter(|v| v.result.is_err()).collect();
     let mut report = String::new();
@@ -449,10 +451,11 @@ fn real_clients_conform_to_the_wire_contract() {
     assert!(
         failures.is_empty() && repeated.is_empty() && control.is_ok(),
         "{} of {} compatibility cases failed; sessions assumed more than once: \
-         {repeated:?}; refetch-loop control: {control:?}{report}\n\n{}",
+         {repeated:?}; refetch-loop control: {control:?}{report}\n\n{}\n\n{}",
         failures.len(),
         verdicts.len(),
-        credvend.process.describe()
+        credvend.process.describe(),
+        table.as_ref().err().map_or("", String::as_str),
     );
     assert_eq!(
         per_session.len(),
@@ -465,6 +468,10 @@ fn real_clients_conform_to_the_wire_contract() {
         "credvend serve must exit 0 on SIGTERM\n{}",
         credvend.process.describe()
     );
+    // Every case met its expectation; the committed table must say so.
+    if let Err(stale) = table {
+        panic!("{stale}");
+    }
 }
 
 /// Negative control for every "exactly one credential request" assertion: it must be
