@@ -150,19 +150,33 @@ impl Clock for ManualClock {
 mod tests {
     use super::*;
 
+    /// Polls `future` once, without waiting: `true` if it completed.
+    fn completes_now(future: &mut Sleep) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        future.as_mut().poll(&mut cx).is_ready()
+    }
+
     #[tokio::test]
     async fn manual_clock_wakes_sleepers_when_advanced() {
         let clock = ManualClock::starting_now();
         let start = clock.now();
-        let sleeper = tokio::spawn(clock.sleep_until(start + Duration::from_secs(60)));
-        tokio::task::yield_now().await;
+        // Polled by hand after each move, so "not yet" is a fact about the sleeper, not
+        // about whether a spawned task happened to run before the assertion.
+        let mut sleeper = clock.sleep_until(start + Duration::from_secs(60));
+        assert!(!completes_now(&mut sleeper), "woke before time moved");
         clock.advance(Duration::from_secs(30));
+        assert!(!completes_now(&mut sleeper), "woke before its deadline");
+        clock.advance(Duration::from_secs(29));
+        assert!(!completes_now(&mut sleeper), "woke a second early");
+        clock.advance(Duration::from_secs(1));
+        assert!(completes_now(&mut sleeper), "did not wake at its deadline");
+        // A sleeper in another task is woken by the move, not only when polled.
+        let waiter = tokio::spawn(clock.sleep_until(start + Duration::from_secs(120)));
         tokio::task::yield_now().await;
-        assert!(!sleeper.is_finished(), "woke before its deadline");
-        clock.advance(Duration::from_secs(30));
-        tokio::time::timeout(Duration::from_secs(5), sleeper)
+        clock.advance(Duration::from_secs(60));
+        tokio::time::timeout(Duration::from_secs(30), waiter)
             .await
-            .expect("sleeper did not wake at its deadline")
+            .expect("a sleeping task was not woken at its deadline")
             .unwrap();
     }
 
