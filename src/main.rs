@@ -521,6 +521,9 @@ async fn reload_on_sighup_and_changes(
             None
         }
     };
+    // Set after every reload: no watch ran while it did, so a change made meanwhile
+    // has no event coming and is looked for on disk once the new watch is in place.
+    let mut look_on_disk = false;
     loop {
         // (Re)start the watch on the applied config's files: a reload may have
         // changed which include directories exist.
@@ -533,14 +536,21 @@ async fn reload_on_sighup_and_changes(
                     (None, None)
                 }
             };
-        let trigger = tokio::select! {
-            Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
-            Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
-            else => return,
+        let changed_meanwhile = std::mem::take(&mut look_on_disk)
+            && tokio::task::block_in_place(|| reloader.changed_on_disk());
+        let trigger = if changed_meanwhile {
+            Trigger::FileChange
+        } else {
+            tokio::select! {
+                Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
+                Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
+                else => return,
+            }
         };
         drop(watcher);
         // Config::load reads files: keep it off the async workers.
         let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
         debug!(?outcome, "Reload finished");
+        look_on_disk = true;
     }
 }

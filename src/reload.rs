@@ -66,7 +66,7 @@ struct State {
 
 impl Reloader {
     pub fn new(path: PathBuf, current: Config, daemon: Arc<Daemon>) -> Self {
-        let digest = content_digest(&current);
+        let (_, digest) = content_digest(&current);
         Self {
             path,
             daemon,
@@ -91,7 +91,11 @@ impl Reloader {
     /// the outcome.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut state = self.lock();
-        if trigger == Trigger::FileChange && content_digest(&state.current) == state.digest {
+        // The files are digested before they are read: a write landing while they are
+        // loaded then shows as a change at the next check, instead of passing for what
+        // was applied.
+        let (paths, before) = content_digest(&state.current);
+        if trigger == Trigger::FileChange && before == state.digest {
             debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
             return Outcome::Unchanged;
         }
@@ -110,7 +114,16 @@ impl Reloader {
                     mappings: new.mappings.len(),
                 }
                 .emit(self.daemon.metrics());
-                state.digest = content_digest(&new);
+                // Same files as before (an edit): the digest taken before the load. A
+                // file added or removed: digest the new set now (a write to it during
+                // this reload would be taken for applied; rare, and the next write to
+                // it reloads).
+                let new_paths = digest_paths(&new);
+                state.digest = if new_paths == paths {
+                    before
+                } else {
+                    digest_of(&new_paths)
+                };
                 state.current = new;
                 Outcome::Applied
             }
@@ -122,18 +135,32 @@ impl Reloader {
                 .emit(self.daemon.metrics());
                 // Remember what was rejected so the same bad content is not re-reported
                 // on every file event; a SIGHUP still retries it.
-                state.digest = content_digest(&state.current);
+                state.digest = before;
                 Outcome::Rejected
             }
         };
         crate::notify::ready();
         outcome
     }
+
+    /// Whether the files now differ from what the last reload applied or rejected (what
+    /// a [`Trigger::FileChange`] reload would act on). Logs nothing, changes nothing:
+    /// for a caller that was not watching for a while (while a reload ran) to catch up.
+    pub fn changed_on_disk(&self) -> bool {
+        let state = self.lock();
+        content_digest(&state.current).1 != state.digest
+    }
 }
 
-/// SHA-256 over the content of every file of `config` and the `.toml` files now in its
-/// include directories (so a new drop-in counts as a change).
-fn content_digest(config: &Config) -> [u8; 32] {
+/// The files of `config` and the `.toml` files now in its include directories (so a new
+/// drop-in counts as a change), with the SHA-256 of their paths and content.
+fn content_digest(config: &Config) -> (BTreeSet<PathBuf>, [u8; 32]) {
+    let paths = digest_paths(config);
+    let digest = digest_of(&paths);
+    (paths, digest)
+}
+
+fn digest_paths(config: &Config) -> BTreeSet<PathBuf> {
     let mut paths: BTreeSet<PathBuf> = config.files.iter().cloned().collect();
     for dir in &config.include_dirs {
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -145,11 +172,15 @@ fn content_digest(config: &Config) -> [u8; 32] {
             }
         }
     }
+    paths
+}
+
+fn digest_of(paths: &BTreeSet<PathBuf>) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for path in paths {
         hasher.update(path.as_os_str().as_encoded_bytes());
         hasher.update([0]);
-        match std::fs::read(&path) {
+        match std::fs::read(path) {
             Ok(bytes) => {
                 hasher.update((bytes.len() as u64).to_be_bytes());
                 hasher.update(&bytes);
