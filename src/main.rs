@@ -521,9 +521,9 @@ async fn reload_on_sighup_and_changes(
             None
         }
     };
-    // Set after every reload: no watch ran while it did, so a change made meanwhile
-    // has no event coming and is looked for on disk once the new watch is in place.
-    let mut look_on_disk = false;
+    // Set at start and after every reload: no watch ran until now, so a change made
+    // meanwhile has no event coming and is looked for on disk once the watch is in place.
+    let mut look_on_disk = true;
     loop {
         // (Re)start the watch on the applied config's files: a reload may have
         // changed which include directories exist.
