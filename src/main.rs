@@ -457,23 +457,24 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let assumer = StsAssumer::from_env(StsSettings::from(&config.sts))
         .await
         .context("cannot set up the STS client")?;
-    let listeners = Listeners::bind(&config.server).await?;
-    let limits = Limits::from_config(&config.server);
     let daemon = Arc::new(Daemon::new(
         &config,
         Arc::new(assumer),
         Arc::new(SystemClock),
     ));
+    let (server, mappings) = (config.server.clone(), config.mappings.len());
+    // The reloader digests the files it was started with before anything listens: a
+    // change made once credvend is seen up is then always a change to reload.
+    let reloader = Reloader::new(path.clone(), config, daemon.clone());
+    let listeners = Listeners::bind(&server).await?;
+    let limits = Limits::from_config(&server);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %path.display(),
-        mappings = config.mappings.len(),
+        mappings,
         "credvend started"
     );
-    let reloader = tokio::spawn(reload_on_sighup_and_changes(
-        hup,
-        Reloader::new(path, config, daemon.clone()),
-    ));
+    let reloader = tokio::spawn(reload_on_sighup_and_changes(hup, reloader));
     daemon.run(listeners, limits, shutdown).await;
     reloader.abort();
     info!("credvend stopped");

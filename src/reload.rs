@@ -19,8 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_mini::notify::{
+    self, Event, EventHandler, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind,
+};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -220,7 +223,44 @@ fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
 
 /// A running watch on the configuration's directories. Dropping it stops watching.
 pub struct ConfigWatcher {
-    _debouncer: Debouncer<RecommendedWatcher>,
+    _debouncer: Debouncer<ChangeWatcher>,
+}
+
+/// The platform's watcher, without the events that only say a file was opened or read
+/// (inotify reports every open): credvend reads its files right after (re)starting a
+/// watch, and would otherwise wake itself up every debounce period; an operator or a
+/// backup reading them changes nothing either. A close after writing is kept.
+struct ChangeWatcher(RecommendedWatcher);
+
+impl Watcher for ChangeWatcher {
+    fn new<F: EventHandler>(mut handler: F, config: notify::Config) -> notify::Result<Self> {
+        RecommendedWatcher::new(
+            move |event: notify::Result<Event>| {
+                if !matches!(&event, Ok(event) if only_reads(&event.kind)) {
+                    handler.handle_event(event);
+                }
+            },
+            config,
+        )
+        .map(Self)
+    }
+
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        self.0.watch(path, mode)
+    }
+
+    fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
+        self.0.unwatch(path)
+    }
+
+    fn kind() -> WatcherKind {
+        RecommendedWatcher::kind()
+    }
+}
+
+/// An access that cannot have changed the file: anything but a close after writing.
+fn only_reads(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
 /// Why watching could not start.
@@ -241,18 +281,20 @@ impl ConfigWatcher {
         debounce: Duration,
     ) -> Result<(Self, mpsc::UnboundedReceiver<()>), WatchError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut debouncer =
-            new_debouncer(debounce, move |result: DebounceEventResult| match result {
+        let mut debouncer = new_debouncer_opt::<_, ChangeWatcher>(
+            notify_debouncer_mini::Config::default().with_timeout(debounce),
+            move |result: DebounceEventResult| match result {
                 Ok(events) if !events.is_empty() => {
                     let _ = tx.send(());
                 }
                 Ok(_) => {}
                 Err(error) => warn!(%error, "Config file watch error"),
-            })
-            .map_err(|source| WatchError {
-                path: PathBuf::new(),
-                source,
-            })?;
+            },
+        )
+        .map_err(|source| WatchError {
+            path: PathBuf::new(),
+            source,
+        })?;
         let mut dirs: BTreeSet<PathBuf> = include_dirs.iter().cloned().collect();
         for file in files {
             let dir = match file.parent() {
@@ -277,5 +319,66 @@ impl ConfigWatcher {
             },
             rx,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind};
+
+    #[test]
+    fn opening_or_reading_a_file_is_not_a_change_writing_it_is() {
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Read,
+            AccessKind::Any,
+        ] {
+            assert!(only_reads(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(!only_reads(&change), "{change:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_is_not_woken_by_reads_and_is_by_writes() {
+        let dir = std::env::temp_dir().join(format!("credvend-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("credvend.toml");
+        std::fs::write(&file, "# one").unwrap();
+        let debounce = Duration::from_millis(20);
+        let (_watcher, mut changes) =
+            ConfigWatcher::start(std::slice::from_ref(&file), &[], debounce).unwrap();
+
+        // What the reloader does right after starting a watch: read the files.
+        for _ in 0..3 {
+            std::fs::read(&file).unwrap();
+        }
+        // Many debounce periods: an event for those reads would be out by now. (On a
+        // stalled machine this can pass without having checked; it cannot fail wrongly.)
+        tokio::time::sleep(debounce * 25).await;
+        assert!(
+            changes.try_recv().is_err(),
+            "reading the file woke the watch"
+        );
+
+        std::fs::write(&file, "# two").unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(20), changes.recv()).await;
+        assert_eq!(
+            woke,
+            Ok(Some(())),
+            "writing the file did not wake the watch"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
