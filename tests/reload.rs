@@ -198,13 +198,18 @@ fn prepare(sts: &FakeSts, label: &str) -> Daemon {
     let _ = std::fs::remove_dir_all(&dir);
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
+    // Two ports free a moment ago: the kernel may hand out the same one twice.
+    let listen = free_addr();
+    let admin = std::iter::repeat_with(free_addr)
+        .find(|a| *a != listen)
+        .unwrap();
     let mut d = Daemon {
         child: Command::new("true").spawn().unwrap(),
         config: etc.join("credvend.toml"),
         etc,
         dir,
-        listen: free_addr(),
-        admin: free_addr(),
+        listen,
+        admin,
         sts_url: sts.endpoint_url(),
     };
     let _ = d.child.wait();
@@ -715,7 +720,8 @@ impl InProcess {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("mappings.d")).unwrap();
         let main = dir.join("credvend.toml");
-        let admin = free_addr().to_string();
+        // Port 0 for both listeners, told apart by address (both loopback).
+        let admin = "127.0.0.2:0".to_string();
         let text = main_file(
             "mappings.d/*.toml",
             ("127.0.0.1:0", &admin),
