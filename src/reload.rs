@@ -12,7 +12,13 @@
 //! files: editors save by writing a new file and renaming it over the old one, and
 //! Kubernetes updates a mounted ConfigMap by swapping a symlink, both of which a watch
 //! on the old file would miss. Bursts of events are debounced, and a change only
-//! triggers a reload when the content of what credvend reads actually changed.
+//! triggers a reload when the content of what credvend reads actually changed. Events
+//! that only say a file was opened or read are ignored.
+//!
+//! No watch runs while a reload does (nor before the first one is set up): once the new
+//! watch is in place, the caller asks [`Reloader::changed_on_disk`], so a change made in
+//! between is reloaded rather than lost. For the same reason the files are digested
+//! before they are read.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
