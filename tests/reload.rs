@@ -293,6 +293,36 @@ async fn until_logged(d: &Daemon, matches: impl Fn(&str) -> bool) {
     until_logged_times(d, 1, matches).await;
 }
 
+/// Waits (bounded) until a line satisfying `matches` follows the last line satisfying
+/// `after`.
+async fn until_logged_after(
+    d: &Daemon,
+    after: impl Fn(&str) -> bool,
+    matches: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let log = d.log();
+        let lines: Vec<&str> = log.lines().collect();
+        if let Some(i) = lines.iter().rposition(|l| after(l))
+            && lines[i + 1..].iter().any(|l| matches(l))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected line never logged after the marker; log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A line saying the watch (re)started is complete: the include directory is watched
+/// last.
+fn watch_started(line: &str) -> bool {
+    line.contains("Watching for configuration changes") && line.contains("mappings.d")
+}
+
 /// Waits (bounded) until `times` lines of the daemon's log satisfy `matches`.
 async fn until_logged_times(d: &Daemon, times: usize, matches: impl Fn(&str) -> bool) {
     let deadline = Instant::now() + PATIENCE;
@@ -500,7 +530,9 @@ async fn file_events_that_change_nothing_do_not_reload_and_a_bad_edit_is_reporte
     let sts = fake_sts().await;
     let a = mapping("a", "role-a", "external-id-a-1", TOKEN_A);
     let d = start(&sts, "dedup", &a).await;
-    until_logged(&d, |l| l.contains("Watching for configuration changes")).await;
+    // What follows are file events that change nothing, so nothing to find on disk if
+    // they fell where no watch runs: each is made once the watch is up.
+    until_logged(&d, watch_started).await;
 
     // The same bytes saved again (a new file renamed over the old, as editors do) and an
     // unrelated file created next to it: file events, but nothing credvend reads changed.
@@ -517,8 +549,10 @@ async fn file_events_that_change_nothing_do_not_reload_and_a_bad_edit_is_reporte
     d.write(&d.config, "this is not toml [");
     d.until_reloads("bad edit rejected", |_, rejected| rejected >= 1.0)
         .await;
-    until_logged(&d, |l| l.contains("ERROR") && l.contains("Reload rejected")).await;
+    let rejected = |l: &str| l.contains("ERROR") && l.contains("Reload rejected");
+    until_logged(&d, rejected).await;
     // ...once: a later event that leaves the bad content as it was is not a new report.
+    until_logged_after(&d, rejected, watch_started).await;
     let unchanged = d.logged(UNCHANGED);
     std::fs::write(d.etc.join("notes.txt"), "still not configuration").unwrap();
     until_logged_times(&d, unchanged + 1, |l| l.contains(UNCHANGED)).await;
@@ -550,9 +584,7 @@ async fn without_file_watching_sighup_still_reloads_and_watching_resumes_when_it
     let b = mapping("b", "role-b", "external-id-b-1", TOKEN_B);
     let d = start(&sts, "nowatch", &a).await;
     let include_dir = d.etc.join("mappings.d");
-    let watching =
-        |l: &str| l.contains("Watching for configuration changes") && l.contains("mappings.d");
-    until_logged(&d, watching).await;
+    until_logged(&d, watch_started).await;
 
     // The include directory vanishes: its parent's watch reports it, the watch is
     // restarted and cannot watch a directory that is gone.
@@ -578,7 +610,7 @@ async fn without_file_watching_sighup_still_reloads_and_watching_resumes_when_it
     d.hup();
     d.until_reloads("second SIGHUP applied", |applied, _| applied >= 2.0)
         .await;
-    until_logged_times(&d, 2, watching).await;
+    until_logged_times(&d, 2, watch_started).await;
     assert!(d.logged("Watching for configuration changes") > watches);
     d.write(
         &include_dir.join("c.toml"),
