@@ -463,23 +463,24 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let assumer = StsAssumer::from_env(StsSettings::from(&config.sts))
         .await
         .context("cannot set up the STS client")?;
-    let listeners = Listeners::bind(&config.server).await?;
-    let limits = Limits::from_config(&config.server);
     let daemon = Arc::new(Daemon::new(
         &config,
         Arc::new(assumer),
         Arc::new(SystemClock),
     ));
+    let (server, mappings) = (config.server.clone(), config.mappings.len());
+    // The reloader digests the files it was started with before anything listens: a
+    // change made once credvend is seen up is then always a change to reload.
+    let reloader = Reloader::new(path.clone(), config, daemon.clone());
+    let listeners = Listeners::bind(&server).await?;
+    let limits = Limits::from_config(&server);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %path.display(),
-        mappings = config.mappings.len(),
+        mappings,
         "credvend started"
     );
-    let reloader = tokio::spawn(reload_on_sighup_and_changes(
-        hup,
-        Reloader::new(path, config, daemon.clone()),
-    ));
+    let reloader = tokio::spawn(reload_on_sighup_and_changes(hup, reloader));
     daemon.run(listeners, limits, shutdown).await;
     reloader.abort();
     info!("credvend stopped");
@@ -527,6 +528,9 @@ async fn reload_on_sighup_and_changes(
             None
         }
     };
+    // Set at start and after every reload: no watch ran until now, so a change made
+    // meanwhile has no event coming and is looked for on disk once the watch is in place.
+    let mut look_on_disk = true;
     loop {
         // (Re)start the watch on the applied config's files: a reload may have
         // changed which include directories exist.
@@ -539,14 +543,21 @@ async fn reload_on_sighup_and_changes(
                     (None, None)
                 }
             };
-        let trigger = tokio::select! {
-            Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
-            Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
-            else => return,
+        let changed_meanwhile = std::mem::take(&mut look_on_disk)
+            && tokio::task::block_in_place(|| reloader.changed_on_disk());
+        let trigger = if changed_meanwhile {
+            Trigger::FileChange
+        } else {
+            tokio::select! {
+                Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
+                Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
+                else => return,
+            }
         };
         drop(watcher);
         // Config::load reads files: keep it off the async workers.
         let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
         debug!(?outcome, "Reload finished");
+        look_on_disk = true;
     }
 }

@@ -12,15 +12,24 @@
 //! files: editors save by writing a new file and renaming it over the old one, and
 //! Kubernetes updates a mounted ConfigMap by swapping a symlink, both of which a watch
 //! on the old file would miss. Bursts of events are debounced, and a change only
-//! triggers a reload when the content of what credvend reads actually changed.
+//! triggers a reload when the content of what credvend reads actually changed. Events
+//! that only say a file was opened or read are ignored.
+//!
+//! No watch runs while a reload does (nor before the first one is set up): once the new
+//! watch is in place, the caller asks [`Reloader::changed_on_disk`], so a change made in
+//! between is reloaded rather than lost. For the same reason the files are digested
+//! before they are read.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_mini::notify::{
+    self, Event, EventHandler, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind,
+};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -66,7 +75,7 @@ struct State {
 
 impl Reloader {
     pub fn new(path: PathBuf, current: Config, daemon: Arc<Daemon>) -> Self {
-        let digest = content_digest(&current);
+        let (_, digest) = content_digest(&current);
         Self {
             path,
             daemon,
@@ -91,7 +100,11 @@ impl Reloader {
     /// the outcome.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut state = self.lock();
-        if trigger == Trigger::FileChange && content_digest(&state.current) == state.digest {
+        // The files are digested before they are read: a write landing while they are
+        // loaded then shows as a change at the next check, instead of passing for what
+        // was applied.
+        let (paths, before) = content_digest(&state.current);
+        if trigger == Trigger::FileChange && before == state.digest {
             debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
             return Outcome::Unchanged;
         }
@@ -110,7 +123,16 @@ impl Reloader {
                     mappings: new.mappings.len(),
                 }
                 .emit(self.daemon.metrics());
-                state.digest = content_digest(&new);
+                // Same files as before (an edit): the digest taken before the load. A
+                // file added or removed: digest the new set now (a write to it during
+                // this reload would be taken for applied; rare, and the next write to
+                // it reloads).
+                let new_paths = digest_paths(&new);
+                state.digest = if new_paths == paths {
+                    before
+                } else {
+                    digest_of(&new_paths)
+                };
                 state.current = new;
                 Outcome::Applied
             }
@@ -122,18 +144,32 @@ impl Reloader {
                 .emit(self.daemon.metrics());
                 // Remember what was rejected so the same bad content is not re-reported
                 // on every file event; a SIGHUP still retries it.
-                state.digest = content_digest(&state.current);
+                state.digest = before;
                 Outcome::Rejected
             }
         };
         crate::notify::ready();
         outcome
     }
+
+    /// Whether the files now differ from what the last reload applied or rejected (what
+    /// a [`Trigger::FileChange`] reload would act on). Logs nothing, changes nothing:
+    /// for a caller that was not watching for a while (while a reload ran) to catch up.
+    pub fn changed_on_disk(&self) -> bool {
+        let state = self.lock();
+        content_digest(&state.current).1 != state.digest
+    }
 }
 
-/// SHA-256 over the content of every file of `config` and the `.toml` files now in its
-/// include directories (so a new drop-in counts as a change).
-fn content_digest(config: &Config) -> [u8; 32] {
+/// The files of `config` and the `.toml` files now in its include directories (so a new
+/// drop-in counts as a change), with the SHA-256 of their paths and content.
+fn content_digest(config: &Config) -> (BTreeSet<PathBuf>, [u8; 32]) {
+    let paths = digest_paths(config);
+    let digest = digest_of(&paths);
+    (paths, digest)
+}
+
+fn digest_paths(config: &Config) -> BTreeSet<PathBuf> {
     let mut paths: BTreeSet<PathBuf> = config.files.iter().cloned().collect();
     for dir in &config.include_dirs {
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -145,11 +181,15 @@ fn content_digest(config: &Config) -> [u8; 32] {
             }
         }
     }
+    paths
+}
+
+fn digest_of(paths: &BTreeSet<PathBuf>) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for path in paths {
         hasher.update(path.as_os_str().as_encoded_bytes());
         hasher.update([0]);
-        match std::fs::read(&path) {
+        match std::fs::read(path) {
             Ok(bytes) => {
                 hasher.update((bytes.len() as u64).to_be_bytes());
                 hasher.update(&bytes);
@@ -189,7 +229,44 @@ fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
 
 /// A running watch on the configuration's directories. Dropping it stops watching.
 pub struct ConfigWatcher {
-    _debouncer: Debouncer<RecommendedWatcher>,
+    _debouncer: Debouncer<ChangeWatcher>,
+}
+
+/// The platform's watcher, without the events that only say a file was opened or read
+/// (inotify reports every open): credvend reads its files right after (re)starting a
+/// watch, and would otherwise wake itself up every debounce period; an operator or a
+/// backup reading them changes nothing either. A close after writing is kept.
+struct ChangeWatcher(RecommendedWatcher);
+
+impl Watcher for ChangeWatcher {
+    fn new<F: EventHandler>(mut handler: F, config: notify::Config) -> notify::Result<Self> {
+        RecommendedWatcher::new(
+            move |event: notify::Result<Event>| {
+                if !matches!(&event, Ok(event) if only_reads(&event.kind)) {
+                    handler.handle_event(event);
+                }
+            },
+            config,
+        )
+        .map(Self)
+    }
+
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        self.0.watch(path, mode)
+    }
+
+    fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
+        self.0.unwatch(path)
+    }
+
+    fn kind() -> WatcherKind {
+        RecommendedWatcher::kind()
+    }
+}
+
+/// An access that cannot have changed the file: anything but a close after writing.
+fn only_reads(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
 /// Why watching could not start.
@@ -210,18 +287,20 @@ impl ConfigWatcher {
         debounce: Duration,
     ) -> Result<(Self, mpsc::UnboundedReceiver<()>), WatchError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut debouncer =
-            new_debouncer(debounce, move |result: DebounceEventResult| match result {
+        let mut debouncer = new_debouncer_opt::<_, ChangeWatcher>(
+            notify_debouncer_mini::Config::default().with_timeout(debounce),
+            move |result: DebounceEventResult| match result {
                 Ok(events) if !events.is_empty() => {
                     let _ = tx.send(());
                 }
                 Ok(_) => {}
                 Err(error) => warn!(%error, "Config file watch error"),
-            })
-            .map_err(|source| WatchError {
-                path: PathBuf::new(),
-                source,
-            })?;
+            },
+        )
+        .map_err(|source| WatchError {
+            path: PathBuf::new(),
+            source,
+        })?;
         let mut dirs: BTreeSet<PathBuf> = include_dirs.iter().cloned().collect();
         for file in files {
             let dir = match file.parent() {
@@ -246,5 +325,66 @@ impl ConfigWatcher {
             },
             rx,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind};
+
+    #[test]
+    fn opening_or_reading_a_file_is_not_a_change_writing_it_is() {
+        for read in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Read,
+            AccessKind::Any,
+        ] {
+            assert!(only_reads(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(!only_reads(&change), "{change:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_is_not_woken_by_reads_and_is_by_writes() {
+        let dir = std::env::temp_dir().join(format!("credvend-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("credvend.toml");
+        std::fs::write(&file, "# one").unwrap();
+        let debounce = Duration::from_millis(20);
+        let (_watcher, mut changes) =
+            ConfigWatcher::start(std::slice::from_ref(&file), &[], debounce).unwrap();
+
+        // What the reloader does right after starting a watch: read the files.
+        for _ in 0..3 {
+            std::fs::read(&file).unwrap();
+        }
+        // Many debounce periods: an event for those reads would be out by now. (On a
+        // stalled machine this can pass without having checked; it cannot fail wrongly.)
+        tokio::time::sleep(debounce * 25).await;
+        assert!(
+            changes.try_recv().is_err(),
+            "reading the file woke the watch"
+        );
+
+        std::fs::write(&file, "# two").unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(20), changes.recv()).await;
+        assert_eq!(
+            woke,
+            Ok(Some(())),
+            "writing the file did not wake the watch"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
