@@ -191,6 +191,10 @@ struct State {
     calls: Vec<StsCall>,
     /// Numbers request IDs and issued credentials.
     serial: u64,
+    /// `true` while the AssumeRole gate is shut ([`FakeSts::gate_assume_role`]).
+    assume_role_gate: watch::Sender<bool>,
+    /// AssumeRole calls waiting at the gate right now.
+    gated_assume_role_calls: usize,
 }
 
 impl FakeSts {
@@ -210,6 +214,8 @@ impl FakeSts {
             issued: HashMap::new(),
             calls: Vec::new(),
             serial: 0,
+            assume_role_gate: watch::channel(false).0,
+            gated_assume_role_calls: 0,
         }));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, state.clone(), shutdown_rx));
@@ -293,6 +299,29 @@ impl FakeSts {
             .iter()
             .filter_map(|c| c.fault.clone())
             .collect()
+    }
+
+    /// Shuts the AssumeRole gate: every AssumeRole call that arrives from now on waits
+    /// until [`FakeSts::open_assume_role_gate`] (or the fake stops). A call waits at the
+    /// gate before it takes a fault or is logged, so it shows in
+    /// [`FakeSts::gated_assume_role_calls`], not in [`FakeSts::calls`]. GetCallerIdentity
+    /// is never gated. For tests that must order events around an STS call in flight: the
+    /// call lasts exactly until the test says, however slow the machine, where a
+    /// [`Fault::Latency`] lasts a guessed time.
+    pub fn gate_assume_role(&self) -> &Self {
+        self.state().assume_role_gate.send_replace(true);
+        self
+    }
+
+    /// Opens the AssumeRole gate: the calls waiting at it (and every later one) proceed.
+    pub fn open_assume_role_gate(&self) -> &Self {
+        self.state().assume_role_gate.send_replace(false);
+        self
+    }
+
+    /// AssumeRole calls waiting at the gate right now (received, not yet answered).
+    pub fn gated_assume_role_calls(&self) -> usize {
+        self.state().gated_assume_role_calls
     }
 
     /// One-shot faults queued but not yet consumed.
@@ -395,6 +424,9 @@ async fn handle(
     call.signing_region = signing_region;
     call.received_at = Some(received_at);
 
+    if call.action == "AssumeRole" {
+        wait_at_assume_role_gate(&state, &mut shutdown).await;
+    }
     let fault = if call.action == "AssumeRole" {
         lock(&state).take_fault(call.role_arn.as_deref())
     } else {
@@ -411,6 +443,30 @@ async fn handle(
             let _ = shutdown.wait_for(|stop| *stop).await;
             xml_response(StatusCode::SERVICE_UNAVAILABLE, String::new())
         }
+    }
+}
+
+/// Parks an AssumeRole call while the gate is shut ([`FakeSts::gate_assume_role`]),
+/// counted in [`FakeSts::gated_assume_role_calls`] until the gate opens, the fake stops,
+/// or the client hangs up (hyper then drops this future, and the count with it).
+async fn wait_at_assume_role_gate(state: &Mutex<State>, shutdown: &mut watch::Receiver<bool>) {
+    struct Waiting<'a>(&'a Mutex<State>);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            lock(self.0).gated_assume_role_calls -= 1;
+        }
+    }
+    let (mut gate, _waiting) = {
+        let mut guard = lock(state);
+        if !*guard.assume_role_gate.borrow() {
+            return;
+        }
+        guard.gated_assume_role_calls += 1;
+        (guard.assume_role_gate.subscribe(), Waiting(state))
+    };
+    tokio::select! {
+        _ = gate.wait_for(|shut| !*shut) => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
     }
 }
 
