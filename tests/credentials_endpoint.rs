@@ -346,7 +346,7 @@ async fn two_hundred_concurrent_cold_requests_make_one_assume_role() {
 
 #[tokio::test]
 async fn refresh_happens_in_the_background_and_every_served_credential_has_min_remaining() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = start_acme_and(|c| c.sts.call_timeout = HELD_CALL_TIMEOUT).await;
     let path = "/v1/credentials/acme-s3";
 
     let first = get_with_token(d.addr, path, &token).await.json();
@@ -426,7 +426,7 @@ async fn refresh_happens_in_the_background_and_every_served_credential_has_min_r
 
 #[tokio::test]
 async fn refresh_is_ahead_of_time_and_requests_do_not_wait_for_it() {
-    let (sts, d, token) = start_acme().await;
+    let (sts, d, token) = start_acme_and(|c| c.sts.call_timeout = HELD_CALL_TIMEOUT).await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await.json();
 
