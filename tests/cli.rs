@@ -163,18 +163,21 @@ fn version_is_printed() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports: both probes stay bound until both are read, so the
+/// kernel cannot hand out the same port twice.
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 #[test]
 fn serve_exits_0_on_sigterm_after_binding() {
     let scratch = Scratch::new("serve");
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin) = free_ports();
     let path = scratch.write(
         "credvend.toml",
         &format!(
@@ -204,9 +207,18 @@ token_sha256 = ["{}"]
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "admin listener never came up");
+        if let Some(exit) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            panic!("credvend exited ({exit}) before its admin listener came up: {stderr}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("admin listener never came up");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = Command::new("kill")

@@ -7,12 +7,22 @@ use std::time::{Duration, SystemTime};
 
 use credvend::cache::MappingState;
 use credvend::clock::Clock;
+use credvend::config::Config;
 
-use support::daemon::{self, eventually, mapping, role_arn, token};
-use support::fake_sts::{Fault, Role, TrustRule};
-use support::http::{get_with_token, request};
+use support::daemon::{self, TestDaemon, eventually, mapping, role_arn, token};
+use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
+use support::http::{RawResponse, get_with_token, request};
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
+
+/// `cold_wait` of every test here that is not about `cold_wait`: the most a config may
+/// set. A cold request then waits for STS as long as a loaded machine needs, so a 503
+/// only ever means what a test made it mean.
+const PATIENT_COLD_WAIT: Duration = Duration::from_secs(10);
+
+/// `sts.call_timeout` of the tests that hold AssumeRole calls at the fake STS: a held
+/// call ends when the test releases it, never because the SDK gave up first.
+const HELD_CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn acme_role() -> Role {
     Role::new(
@@ -21,13 +31,66 @@ fn acme_role() -> Role {
     )
 }
 
+/// Mapping `acme-s3` → role `vendor-sync` (External ID required), with
+/// [`PATIENT_COLD_WAIT`] and then `tweak` applied to the config.
+async fn start_acme_and(tweak: impl FnOnce(&mut Config)) -> (FakeSts, TestDaemon, String) {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts_and(
+        vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &token)],
+        |c| {
+            c.refresh.cold_wait = PATIENT_COLD_WAIT;
+            tweak(c);
+        },
+    )
+    .await;
+    sts.add_role(acme_role());
+    (sts, d, token)
+}
+
+async fn start_acme() -> (FakeSts, TestDaemon, String) {
+    start_acme_and(|_| {}).await
+}
+
+/// `credvend_credentials_served_total{mapping="acme-s3",source=…}` right now: how many
+/// requests were answered from `source` (`cache`, `fresh` or `degraded`).
+fn served_from(d: &TestDaemon, source: &str) -> u64 {
+    let text = d.daemon.metrics().render();
+    let labels = [
+        r#"mapping="acme-s3""#.to_string(),
+        format!(r#"source="{source}""#),
+    ];
+    text.lines()
+        .filter(|l| l.starts_with("credvend_credentials_served_total{"))
+        .find(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no served_total series for source {source} in:\n{text}"))
+}
+
+/// `n` concurrent `GET /v1/credentials/acme-s3`, answered in any order.
+async fn concurrent_requests(d: &TestDaemon, token: &str, n: usize) -> Vec<RawResponse> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, token) = (d.addr, token.to_string());
+            tokio::spawn(
+                async move { get_with_token(addr, "/v1/credentials/acme-s3", &token).await },
+            )
+        })
+        .collect();
+    let mut responses = Vec::with_capacity(n);
+    for task in tasks {
+        responses.push(task.await.expect("request task"));
+    }
+    responses
+}
+
 fn parse_expiration(value: &str) -> SystemTime {
     humantime::parse_rfc3339(value).unwrap_or_else(|e| panic!("bad Expiration {value:?}: {e}"))
 }
 
 #[tokio::test]
 async fn success_is_the_exact_ecs_json_with_the_external_id_sent() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (sts, d, token) = start_acme().await;
 
     let r = get_with_token(d.addr, "/v1/credentials/acme-s3", &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -96,10 +159,13 @@ async fn success_is_the_exact_ecs_json_with_the_external_id_sent() {
 async fn mapping_is_resolved_from_the_token_and_query_strings_are_ignored() {
     let acme = token("acme");
     let beta = token("beta");
-    let (sts, d) = daemon::start_with_sts(vec![
-        mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
-        mapping("beta-s3", "beta-sync", None, &beta),
-    ])
+    let (sts, d) = daemon::start_with_sts_and(
+        vec![
+            mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
+            mapping("beta-s3", "beta-sync", None, &beta),
+        ],
+        |c| c.refresh.cold_wait = PATIENT_COLD_WAIT,
+    )
     .await;
     sts.add_role(acme_role());
     sts.add_role(Role::new(
@@ -153,10 +219,13 @@ fn assert_error(r: &support::http::RawResponse, status: u16, code: &str) {
 async fn errors_have_documented_statuses_codes_and_bodies() {
     let acme = token("acme");
     let beta = token("beta");
-    let (sts, d) = daemon::start_with_sts(vec![
-        mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
-        mapping("beta-s3", "beta-sync", None, &beta),
-    ])
+    let (sts, d) = daemon::start_with_sts_and(
+        vec![
+            mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
+            mapping("beta-s3", "beta-sync", None, &beta),
+        ],
+        |c| c.refresh.cold_wait = PATIENT_COLD_WAIT,
+    )
     .await;
     sts.add_role(acme_role());
     let path = "/v1/credentials/acme-s3";
@@ -238,36 +307,46 @@ async fn errors_have_documented_statuses_codes_and_bodies() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_cold_requests_make_one_assume_role() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
-    // Slow STS widens the window in which every request is a miss.
-    sts.push_fault(Fault::Latency(Duration::from_millis(300)));
-
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let token = token.clone();
-        let addr = d.addr;
-        tasks.push(tokio::spawn(async move {
-            get_with_token(addr, "/v1/credentials/acme-s3", &token).await
-        }));
+    let (sts, d, token) = start_acme_and(|c| {
+        c.refresh.cold_wait = Duration::from_secs(1);
+        c.sts.call_timeout = HELD_CALL_TIMEOUT;
+    })
+    .await;
+    // STS holds the fetch until every request has given up on it: all 200 are cold
+    // misses, concurrent with the one fetch in flight, however slow the machine is.
+    let hold = sts.hold_assume_role();
+    for r in concurrent_requests(&d, &token, 200).await {
+        assert_error(&r, 503, "CredentialsUnavailable");
     }
+    assert_eq!(
+        hold.held(),
+        1,
+        "200 concurrent cold misses reached STS as one AssumeRole"
+    );
+    assert!(sts.assume_role_calls().is_empty(), "nothing answered yet");
+
+    // The fetch outlived the requests that gave up on it; its credential is everyone's.
+    hold.release();
+    eventually("the held fetch published", || {
+        d.daemon.cache.status()[0].state == MappingState::Fresh
+    })
+    .await;
     let mut keys = std::collections::HashSet::new();
-    for task in tasks {
-        let r = task.await.unwrap();
+    for r in concurrent_requests(&d, &token, 200).await {
         assert_eq!(r.status, 200, "{}", r.body);
         keys.insert(r.json()["AccessKeyId"].as_str().unwrap().to_string());
     }
-    assert_eq!(sts.assume_role_calls().len(), 1);
-    assert_eq!(
-        sts.faults_fired(),
-        vec![Fault::Latency(Duration::from_millis(300))]
-    );
     assert_eq!(keys.len(), 1, "everyone got the same credential");
+    let calls = sts.assume_role_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].issued_access_key_id.as_ref(), keys.iter().next());
+    assert_eq!(sts.faults_fired(), vec![]);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn refresh_happens_in_the_background_and_every_served_credential_has_min_remaining() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (sts, d, token) = start_acme_and(|c| c.sts.call_timeout = HELD_CALL_TIMEOUT).await;
     let path = "/v1/credentials/acme-s3";
 
     let first = get_with_token(d.addr, path, &token).await.json();
@@ -275,36 +354,61 @@ async fn refresh_happens_in_the_background_and_every_served_credential_has_min_r
     let mut last_key = first["AccessKeyId"].as_str().unwrap().to_string();
     let mut refreshes = 0;
 
-    // Walk six hours in 2-minute steps, requesting at every step.
-    for _ in 0..180 {
+    // Walk six hours in 2-minute steps, requesting at every step. STS is held during
+    // each request: a request that waited on STS would wait out `cold_wait` and not be
+    // served from the cache.
+    for step in 1..=180 {
+        let due_at = d.daemon.cache.status()[0]
+            .next_refresh
+            .expect("a fresh credential has its refresh scheduled");
+        let hold = sts.hold_assume_role();
         d.clock.advance(Duration::from_secs(120));
+        let due = due_at <= d.clock.now();
+        if due {
+            eventually("the due refresh reached STS", || hold.held() == 1).await;
+        }
         let calls_before = sts.assume_role_calls().len();
+        let from_cache = served_from(&d, "cache");
+
         let r = get_with_token(d.addr, path, &token).await;
-        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.status, 200, "step {step}: {}", r.body);
         let body = r.json();
         let left = parse_expiration(body["Expiration"].as_str().unwrap())
             .duration_since(d.clock.now())
             .unwrap_or_default();
         assert!(
             left >= Duration::from_secs(20 * 60),
-            "served a credential with only {left:?} left"
+            "step {step}: served a credential with only {left:?} left"
         );
-        let key = body["AccessKeyId"].as_str().unwrap().to_string();
-        if key != last_key {
+        assert_eq!(
+            body["AccessKeyId"].as_str(),
+            Some(last_key.as_str()),
+            "step {step}: the cached credential, while any refresh is still held at STS"
+        );
+        assert_eq!(
+            served_from(&d, "cache"),
+            from_cache + 1,
+            "step {step}: the request was not answered from the cache"
+        );
+        // The only STS call of a step is the scheduler's, and only when it was due.
+        assert_eq!(sts.assume_role_calls().len(), calls_before);
+        assert_eq!(
+            hold.held(),
+            usize::from(due),
+            "step {step}: refresh due: {due}"
+        );
+
+        hold.release();
+        if due {
+            eventually("the refresh published", || {
+                let status = &d.daemon.cache.status()[0];
+                status.state == MappingState::Fresh
+                    && status.access_key_id.as_deref() != Some(last_key.as_str())
+            })
+            .await;
             refreshes += 1;
-            last_key = key;
+            last_key = d.daemon.cache.status()[0].access_key_id.clone().unwrap();
         }
-        // Requests never wait on STS: any call in this step was the scheduler's.
-        assert!(sts.assume_role_calls().len() <= calls_before + 1);
-        // A refresh takes milliseconds against minutes of clock steps: let it land
-        // before moving time again, as it would in real time.
-        eventually("no fetch in flight", || {
-            !matches!(
-                d.daemon.cache.status()[0].state,
-                MappingState::Refreshing | MappingState::Fetching
-            )
-        })
-        .await;
     }
     // 6 h of 1 h sessions refreshed 35 min (+ up to 3.5 min jitter) early, observed on
     // a 2-minute grid: one every 22 to 26 minutes.
@@ -312,31 +416,37 @@ async fn refresh_happens_in_the_background_and_every_served_credential_has_min_r
         (13..=17).contains(&refreshes),
         "{refreshes} refreshes in 6 h"
     );
+    assert_eq!(sts.assume_role_calls().len(), 1 + refreshes);
     assert!(first_expiry < d.clock.now());
     d.stop().await;
 }
 
 #[tokio::test]
 async fn refresh_is_ahead_of_time_and_requests_do_not_wait_for_it() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (sts, d, token) = start_acme_and(|c| c.sts.call_timeout = HELD_CALL_TIMEOUT).await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await.json();
 
-    // The refresh will be slow; requests during it must still be answered from cache.
-    sts.push_fault(Fault::Latency(Duration::from_secs(3)));
+    // The refresh is held at STS until the request below has been answered.
+    let hold = sts.hold_assume_role();
     // 26 minutes in: past the refresh point (60 - 35 = 25 min, jitter only earlier).
     d.clock.advance(Duration::from_secs(26 * 60));
-    eventually("background refresh in flight", || {
-        d.daemon.cache.status()[0].state == MappingState::Refreshing
+    eventually("background refresh held at STS", || {
+        hold.held() == 1 && d.daemon.cache.status()[0].state == MappingState::Refreshing
     })
     .await;
-    let started = tokio::time::Instant::now();
+    let from_cache = served_from(&d, "cache");
     let during = get_with_token(d.addr, path, &token).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "request waited on the refresh"
-    );
+    assert_eq!(during.status, 200, "{}", during.body);
     assert_eq!(during.json()["AccessKeyId"], first["AccessKeyId"]);
+    assert_eq!(
+        served_from(&d, "cache"),
+        from_cache + 1,
+        "the request waited on the refresh instead of being answered from the cache"
+    );
+    assert_eq!(hold.held(), 1, "the refresh is still held");
+
+    hold.release();
     eventually("refresh published", || {
         d.daemon.cache.status()[0].access_key_id.as_deref() != first["AccessKeyId"].as_str()
     })
@@ -344,13 +454,13 @@ async fn refresh_is_ahead_of_time_and_requests_do_not_wait_for_it() {
     let after = get_with_token(d.addr, path, &token).await.json();
     assert_ne!(after["AccessKeyId"], first["AccessKeyId"]);
     assert_eq!(sts.assume_role_calls().len(), 2);
-    assert_eq!(sts.faults_fired().len(), 1);
+    assert_eq!(sts.faults_fired(), vec![]);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn sts_failing_keeps_serving_the_cached_credential_then_recovers() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (sts, d, token) = start_acme().await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await.json();
 
@@ -384,7 +494,7 @@ async fn sts_failing_keeps_serving_the_cached_credential_then_recovers() {
 
 #[tokio::test]
 async fn access_denied_evicts_and_answers_assume_role_denied() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (sts, d, token) = start_acme().await;
     let path = "/v1/credentials/acme-s3";
     assert_eq!(get_with_token(d.addr, path, &token).await.status, 200);
 
@@ -409,13 +519,21 @@ async fn access_denied_evicts_and_answers_assume_role_denied() {
 
 #[tokio::test]
 async fn cold_miss_slower_than_cold_wait_is_503_then_served_from_cache() {
-    let (sts, d, token) = daemon::start_acme(EXTERNAL_ID).await;
-    sts.push_fault(Fault::Latency(Duration::from_millis(1500)));
+    let (sts, d, token) = start_acme_and(|c| {
+        c.refresh.cold_wait = Duration::from_millis(800);
+        c.sts.call_timeout = HELD_CALL_TIMEOUT;
+    })
+    .await;
     let path = "/v1/credentials/acme-s3";
+    // STS answers only once the request has given up: slower than cold_wait by
+    // construction.
+    let hold = sts.hold_assume_role();
 
     let r = get_with_token(d.addr, path, &token).await;
     assert_error(&r, 503, "CredentialsUnavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(hold.held(), 1, "the request gave up, the fetch did not");
+    hold.release();
     eventually("fetch completed in the background", || {
         d.daemon.cache.status()[0].state == MappingState::Fresh
     })
@@ -423,27 +541,39 @@ async fn cold_miss_slower_than_cold_wait_is_503_then_served_from_cache() {
     let r = get_with_token(d.addr, path, &token).await;
     assert_eq!(r.status, 200);
     assert_eq!(sts.assume_role_calls().len(), 1);
-    assert_eq!(sts.faults_fired().len(), 1);
+    assert_eq!(sts.faults_fired(), vec![]);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn shutdown_completes_requests_in_flight() {
-    let (sts, mut d, token) = daemon::start_acme(EXTERNAL_ID).await;
-    sts.push_fault(Fault::Latency(Duration::from_millis(500)));
+    let (sts, mut d, token) = start_acme_and(|c| {
+        c.sts.call_timeout = HELD_CALL_TIMEOUT;
+        // The grace period is not what this test is about: longer than it can take.
+        c.server.shutdown_grace = Duration::from_secs(120);
+    })
+    .await;
+    let hold = sts.hold_assume_role();
     let addr = d.addr;
     let in_flight = tokio::spawn({
         let token = token.clone();
         async move { get_with_token(addr, "/v1/credentials/acme-s3", &token).await }
     });
     eventually("request waiting on STS", || {
-        d.daemon.cache.status()[0].state == MappingState::Fetching
+        hold.held() == 1 && d.daemon.cache.status()[0].state == MappingState::Fetching
     })
     .await;
     let stopped = d.begin_shutdown();
+    // STS answers only once the daemon has stopped listening: the request is in flight
+    // across the shutdown.
+    eventually("the listener closed", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    hold.release();
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    tokio::time::timeout(Duration::from_secs(10), stopped)
+    tokio::time::timeout(Duration::from_secs(30), stopped)
         .await
         .expect("daemon stopped")
         .unwrap();

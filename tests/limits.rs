@@ -16,12 +16,17 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::daemon::{self, eventually, mapping, role_arn, token};
-use support::fake_sts::{Fault, Role, TrustRule};
+use credvend::config::Config;
+use support::daemon::{self, TestDaemon, eventually, mapping, role_arn, token};
+use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
 use support::http::{RawResponse, get_with_token, request};
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
 const PATH: &str = "/v1/credentials/acme-s3";
+
+/// `cold_wait` here: the most a config may set, so that a cold request is answered 200
+/// however loaded the machine (no test here is about `cold_wait`).
+const PATIENT_COLD_WAIT: Duration = Duration::from_secs(10);
 
 fn acme_role() -> Role {
     Role::new(
@@ -32,6 +37,75 @@ fn acme_role() -> Role {
 
 fn acme(token: &str) -> Vec<credvend::config::Mapping> {
     vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), token)]
+}
+
+/// Mapping `acme-s3` for `token`, [`PATIENT_COLD_WAIT`], then `tweak`.
+async fn start(token: &str, tweak: impl FnOnce(&mut Config)) -> (FakeSts, TestDaemon) {
+    let (sts, d) = daemon::start_with_sts_and(acme(token), |c| {
+        c.refresh.cold_wait = PATIENT_COLD_WAIT;
+        tweak(c);
+    })
+    .await;
+    sts.add_role(acme_role());
+    (sts, d)
+}
+
+/// Sends one keep-alive `GET PATH` on `stream` and reads exactly its response; returns
+/// the status. The connection stays open.
+async fn round_trip(stream: &mut TcpStream, token: &str) -> u16 {
+    let head = format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write request");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
+            .await
+            .expect("response within 30 s")
+            .expect("read response");
+        assert!(n > 0, "connection closed after {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+            if body.len() >= length {
+                return status_of(&answer);
+            }
+        }
+    }
+}
+
+/// Connections waiting in the kernel's accept queue of the listening socket at `addr`
+/// (`rx_queue` of a LISTEN socket in `/proc/net/tcp`): connected, never accepted.
+#[cfg(target_os = "linux")]
+fn accept_queue(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr} is not IPv4")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[1] == local && f[3] == "0A")
+        .and_then(|f| f[4].split_once(':').map(|(_, rx)| rx.to_string()))
+        .and_then(|rx| usize::from_str_radix(&rx, 16).ok())
+        .unwrap_or_else(|| panic!("no listening socket {local} in /proc/net/tcp"))
 }
 
 /// Writes `bytes` (ignoring write errors: the server may answer and close before it has
@@ -83,12 +157,14 @@ fn assert_json_error(r: &RawResponse, status: u16, code: &str) {
 #[tokio::test]
 async fn two_hundred_half_requests_do_not_delay_a_normal_one_and_are_cut_off() {
     let token = token("acme");
-    let header_read_timeout = Duration::from_secs(1);
-    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+    // Long enough that 200 connects and one normal request fit inside it on a loaded
+    // machine (tens of milliseconds on a quiet one); the slow clients are cut off when
+    // it ends, which is also this test's running time.
+    let header_read_timeout = Duration::from_secs(5);
+    let (_sts, d) = start(&token, |c| {
         c.server.header_read_timeout = header_read_timeout;
     })
     .await;
-    sts.add_role(acme_role());
     // Warm the cache so the normal request below measures the server, not STS.
     assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
 
@@ -103,17 +179,23 @@ async fn two_hundred_half_requests_do_not_delay_a_normal_one_and_are_cut_off() {
         slow.push(tokio::spawn(async move {
             let mut answer = Vec::new();
             // Ends when the server closes the connection (EOF or reset).
-            let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
                 .await
-                .expect("slow client cut off within 30 s");
+                .expect("slow client cut off within 60 s");
             (sent, Instant::now(), answer)
         }));
     }
+    let setup = slow.len();
 
     // A normal client is served while all 200 are still connected.
     let r = get_with_token(d.addr, PATH, &token).await;
     let served = Instant::now();
     assert_eq!(r.status, 200, "{}", r.body);
+    let still_connected = slow.iter().filter(|task| !task.is_finished()).count();
+    assert_eq!(
+        still_connected, setup,
+        "slow clients were cut off before the normal request was served"
+    );
 
     for task in slow {
         let (sent, closed, answer) = task.await.unwrap();
@@ -132,11 +214,10 @@ async fn two_hundred_half_requests_do_not_delay_a_normal_one_and_are_cut_off() {
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_at_the_header_read_timeout() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+    let (sts, d) = start(&token, |c| {
         c.server.header_read_timeout = Duration::from_millis(500);
     })
     .await;
-    sts.add_role(acme_role());
     // One byte every 50 ms: each byte is progress, but the whole head would take far
     // longer than the timeout. The timer covers the head, not the gap between bytes.
     let head = format!(
@@ -168,8 +249,7 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_header_read_timeout() 
 #[tokio::test]
 async fn oversized_or_too_many_headers_get_431_and_others_are_still_served() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
-    sts.add_role(acme_role());
+    let (sts, d) = start(&token, |_| {}).await;
 
     let big = format!(
         "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\nX-Big: {}\r\n\r\n",
@@ -205,8 +285,7 @@ async fn oversized_or_too_many_headers_get_431_and_others_are_still_served() {
 #[tokio::test]
 async fn a_uri_over_the_limit_gets_414_json_on_both_listeners() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
-    sts.add_role(acme_role());
+    let (sts, d) = start(&token, |_| {}).await;
 
     let long = format!("{PATH}?{}", "q".repeat(credvend::server::MAX_URI_BYTES));
     let r = get_with_token(d.addr, &long, &token).await;
@@ -234,8 +313,7 @@ async fn a_uri_over_the_limit_gets_414_json_on_both_listeners() {
 #[tokio::test]
 async fn requests_with_a_body_are_refused_without_reading_it() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
-    sts.add_role(acme_role());
+    let (sts, d) = start(&token, |_| {}).await;
     let head = |extra: &str| {
         format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n{extra}\r\n")
     };
@@ -277,49 +355,69 @@ async fn requests_with_a_body_are_refused_without_reading_it() {
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts_and(acme(&token), |c| {
+    let (_sts, d) = start(&token, |c| {
         c.server.max_connections = 2;
-        // Long enough that the idle connections below are not cut off by it.
-        c.server.header_read_timeout = Duration::from_secs(60);
+        // Long enough that the idle connection below is not cut off by it.
+        c.server.header_read_timeout = Duration::from_secs(300);
     })
     .await;
-    sts.add_role(acme_role());
 
-    // Two idle connections take both slots (accepted in connection order).
-    let first = TcpStream::connect(d.addr).await.expect("connect 1");
-    let mut second = TcpStream::connect(d.addr).await.expect("connect 2");
-    // The third connects (the kernel backlog holds it) but is not accepted.
-    let third = tokio::spawn({
-        let (addr, token) = (d.addr, token.clone());
-        async move { get_with_token(addr, PATH, &token).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "served past max_connections");
+    // Two connections take both slots: `idle` holds one, `probe` the other. The server
+    // accepts in connection order, so a request answered on `probe` means both are in.
+    let idle = TcpStream::connect(d.addr).await.expect("connect idle");
+    let mut probe = TcpStream::connect(d.addr).await.expect("connect probe");
+    assert_eq!(round_trip(&mut probe, &token).await, 200);
 
-    // A slot frees up: the waiting connection is served.
-    drop(first);
-    let r = tokio::time::timeout(Duration::from_secs(10), third)
-        .await
-        .expect("waiting connection served once a slot freed")
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-
-    // The connection that held the other slot all along still works.
+    // The third connects (the kernel backlog holds it) and sends a whole request.
+    let mut third = TcpStream::connect(d.addr).await.expect("connect third");
     let raw = format!(
         "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
     );
-    second.write_all(raw.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    second.read_to_end(&mut answer).await.unwrap();
-    assert_eq!(status_of(&answer), 200);
+    third.write_all(raw.as_bytes()).await.expect("write third");
+    let third = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        third.read_to_end(&mut answer).await.expect("read third");
+        answer
+    });
+    // Each round trip on `probe` takes the server through more turns of its event loop
+    // after the third connection arrived: a server that accepted it would have served it
+    // (a cache hit) well before ten of them are done. No timing involved.
+    for _ in 0..10 {
+        assert_eq!(round_trip(&mut probe, &token).await, 200);
+    }
+    assert!(!third.is_finished(), "served past max_connections");
+    // Not accepted at all: it waits in the kernel, costing the daemon nothing.
+    #[cfg(target_os = "linux")]
+    assert_eq!(
+        accept_queue(d.addr),
+        1,
+        "the third connection is not waiting in the accept queue"
+    );
+
+    // A slot frees up: the waiting connection is served.
+    drop(idle);
+    let answer = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("waiting connection served once a slot freed")
+        .unwrap();
+    assert_eq!(
+        status_of(&answer),
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    #[cfg(target_os = "linux")]
+    assert_eq!(accept_queue(d.addr), 0);
+
+    // The connection that held the other slot all along still works.
+    assert_eq!(round_trip(&mut probe, &token).await, 200);
     d.stop().await;
 }
 
 #[tokio::test]
 async fn random_bytes_on_some_connections_do_not_disturb_other_clients() {
     let token = token("acme");
-    let (sts, d) = daemon::start_with_sts(acme(&token)).await;
-    sts.add_role(acme_role());
+    let (sts, d) = start(&token, |_| {}).await;
     assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
 
     // Seeded: a failure reproduces.
@@ -373,15 +471,15 @@ async fn random_bytes_on_some_connections_do_not_disturb_other_clients() {
 #[tokio::test]
 async fn shutdown_grace_bounds_a_request_stuck_on_a_hung_sts() {
     let token = token("acme");
-    let cold_wait = Duration::from_secs(10);
-    let (sts, mut d) = daemon::start_with_sts_and(acme(&token), |c| {
+    // The request would otherwise wait this long for STS, then answer 503: far longer
+    // than this test can take, so only the grace period can end it.
+    let cold_wait = Duration::from_secs(120);
+    let (sts, mut d) = start(&token, |c| {
         c.server.shutdown_grace = Duration::from_millis(300);
-        // The request would otherwise wait this long for STS, then answer 503.
         c.refresh.cold_wait = cold_wait;
-        c.sts.call_timeout = Duration::from_secs(30);
+        c.sts.call_timeout = Duration::from_secs(300);
     })
     .await;
-    sts.add_role(acme_role());
     sts.set_persistent_fault(Some(Fault::Hang));
 
     let addr = d.addr;
@@ -396,7 +494,10 @@ async fn shutdown_grace_bounds_a_request_stuck_on_a_hung_sts() {
     .await;
 
     let stopped = d.begin_shutdown();
-    stopped.await.expect("daemon task did not panic");
+    tokio::time::timeout(Duration::from_secs(60), stopped)
+        .await
+        .expect("the daemon stopped although a request was stuck")
+        .expect("daemon task did not panic");
     let answer = stuck.await.unwrap();
     // The connection was dropped by the grace period, before cold_wait could end the
     // request with a 503: no response at all.

@@ -19,11 +19,22 @@ use support::http::request;
 const EXTERNAL_ID: &str = "CANARYEXTID-5f1e2d3c4b5a69788796";
 const TOKEN: &str = "CANARYTOKEN-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// Two distinct free loopback addresses: both probes stay bound until both are read, so
+/// the kernel cannot hand out the same port twice.
+fn free_addrs() -> (SocketAddr, SocketAddr) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+/// Kills the daemon if the test panics before it exits.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +45,7 @@ async fn json_logs_at_trace_carry_one_audit_line_per_vend_and_no_secret() {
         "arn:aws:iam::111122223333:role/vendor-sync",
         TrustRule::RequireExternalId(EXTERNAL_ID.into()),
     ));
-    let (listen, admin) = (free_addr(), free_addr());
+    let (listen, admin) = free_addrs();
     let dir = std::env::temp_dir().join(format!("credvend-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("credvend.toml");
@@ -48,6 +59,11 @@ admin_listen = "{admin}"
 
 [log]
 level = "info"
+
+[refresh]
+# The most a config may set: the one vend below is a cold miss, and it must not get a
+# 503 because a loaded machine made the fake STS slower than the default 800 ms.
+cold_wait = "10s"
 
 [sts]
 endpoint_url = "{}"
@@ -68,7 +84,7 @@ token_sha256 = ["{}"]
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let log_path = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_credvend"))
+    let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&config)
         .env_clear()
@@ -83,13 +99,22 @@ token_sha256 = ["{}"]
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    let mut child = Running(child);
+    let log_so_far = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if tokio::net::TcpStream::connect(admin).await.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "credvend did not start");
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!("credvend exited ({exit}) before serving:\n{}", log_so_far());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "credvend did not start within 60 s:\n{}",
+            log_so_far()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -112,14 +137,14 @@ token_sha256 = ["{}"]
     let status = request(admin, "GET", "/status", &[]).await.body;
 
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
         .await
         .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(exit.code(), Some(0), "{}", log_so_far());
     let mut log = String::new();
     std::fs::File::open(&log_path)
         .unwrap()

@@ -44,12 +44,15 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports: both probes stay bound until both are read, so the
+/// kernel cannot hand out the same port twice.
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
 }
 
 fn signal(child: &Child, name: &str) {
@@ -60,14 +63,16 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success(), "kill -{name}");
 }
 
-/// Receives datagrams until one contains `wanted`; returns every message seen.
-fn wait_for(socket: &UnixDatagram, wanted: &str, seen: &mut Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+/// Receives datagrams until one contains `wanted`; returns every message seen. Fails as
+/// soon as `child` has exited and everything it sent has been read.
+fn wait_for(socket: &UnixDatagram, child: &mut Child, wanted: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut buf = [0u8; 4096];
+    let mut exited = None;
     loop {
         assert!(
             Instant::now() < deadline,
-            "no {wanted:?} within 20 s; got {seen:?}"
+            "no {wanted:?} within 60 s; got {seen:?}"
         );
         match socket.recv(&mut buf) {
             Ok(n) => {
@@ -80,7 +85,14 @@ fn wait_for(socket: &UnixDatagram, wanted: &str, seen: &mut Vec<String>) {
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                // Nothing queued after the child was seen gone: nothing more will come.
+                if let Some(exit) = exited {
+                    panic!("credvend exited ({exit}) before sending {wanted:?}; got {seen:?}");
+                }
+                exited = child.try_wait().unwrap();
+            }
             Err(e) => panic!("recv: {e}"),
         }
     }
@@ -95,7 +107,7 @@ fn ready_reloading_and_stopping_reach_the_notify_socket() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
 
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin) = free_ports();
     let config = scratch.0.join("credvend.toml");
     let mut file = std::fs::File::create(&config).unwrap();
     write!(
@@ -135,7 +147,7 @@ token_sha256 = ["{}"]
     let mut child = Running(child);
     let mut seen = Vec::new();
 
-    wait_for(&socket, "READY=1", &mut seen);
+    wait_for(&socket, &mut child.0, "READY=1", &mut seen);
     // READY means serving: the admin listener answers right away.
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok(),
@@ -144,18 +156,18 @@ token_sha256 = ["{}"]
 
     seen.clear();
     signal(&child.0, "HUP");
-    wait_for(&socket, "RELOADING=1", &mut seen);
+    wait_for(&socket, &mut child.0, "RELOADING=1", &mut seen);
     assert!(
         seen.last().unwrap().contains("MONOTONIC_USEC="),
         "RELOADING=1 carries MONOTONIC_USEC: {seen:?}"
     );
-    wait_for(&socket, "READY=1", &mut seen);
+    wait_for(&socket, &mut child.0, "READY=1", &mut seen);
 
     seen.clear();
     signal(&child.0, "TERM");
-    wait_for(&socket, "STOPPING=1", &mut seen);
+    wait_for(&socket, &mut child.0, "STOPPING=1", &mut seen);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let exit = loop {
         if let Some(exit) = child.0.try_wait().unwrap() {
             break exit;
