@@ -116,7 +116,7 @@ impl MappingStateChanged<'_> {
 }
 
 /// A conclusive result of the External ID enforcement check
-/// (docs/design.md, Security model).
+/// (docs/design.md, Credential lifecycle).
 #[derive(Debug)]
 pub struct TrustPolicyChecked<'a> {
     pub mapping: &'a str,

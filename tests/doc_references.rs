@@ -12,7 +12,7 @@
 //! - each reference of the form `docs/design.md, Wire contract` names headings of the
 //!   design document. The section text runs to the next `)`, `]`, `.`, `,`, `;`, `:` or
 //!   the end of the line, and may name two sections joined by " and ". Keep such a
-//!   reference on one line;
+//!   reference on one line. A form in angle brackets (`<Heading>`) cites nothing;
 //! - each reference of the form `README.md, "Onboarding a customer"` (a Markdown file, a
 //!   comma, a heading in double quotes) names a heading of that file;
 //! - the old external design brief is named nowhere, and no section-sign number or bare
@@ -303,7 +303,8 @@ impl Checker {
                         target.display()
                     ));
                 }
-            } else if target == Path::new(DESIGN_DOC) {
+            } else if target == Path::new(DESIGN_DOC) && !after.starts_with('<') {
+                // (`<Heading>` in angle brackets describes the form; it cites nothing.)
                 let end = after
                     .find([')', ']', '.', ',', ';', ':', '"', '`', '|', '*'])
                     .unwrap_or(after.len());
@@ -555,6 +556,10 @@ fn the_checker_reports_each_kind_of_broken_reference() {
         (
             "src/example.rs",
             format!("every *{md} file, {{name}}{md}, tissue 3"),
+        ),
+        (
+            "src/example.rs",
+            format!("cite it as \"{DESIGN_DOC}, <Heading>\""),
         ),
         (
             "src/example.rs",

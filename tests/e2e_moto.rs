@@ -9,7 +9,8 @@
 //!    signed with the returned credentials answers the assumed-role ARN.
 //! 2. `credvend serve --config <temp file>` with dummy base credentials, `[sts]
 //!    endpoint_url` pointing at moto and `[verify] external_id_enforcement = "off"`
-//!    (moto cannot enforce External IDs the way AWS does: docs/design.md, Security model).
+//!    (moto cannot enforce External IDs the way AWS does; the check is described in
+//!    docs/design.md, Credential lifecycle).
 //! 3. A boto3 "worker" from the venv whose environment holds nothing AWS-related but
 //!    `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN`
 //!    (no keys, no profile files, no instance metadata), exactly as a launcher sets it.

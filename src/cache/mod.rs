@@ -741,9 +741,9 @@ impl Inner {
         result
     }
 
-    /// The External ID enforcement check (docs/design.md, Security model), run before a
-    /// mapping first vends and again once `recheck_interval` has passed since the last
-    /// conclusive result. Under `require`:
+    /// The External ID enforcement check (docs/design.md, Credential lifecycle), run
+    /// before a mapping first vends and again once `recheck_interval` has passed since
+    /// the last conclusive result. Under `require`:
     /// - a role that accepts a probe is refused ([`FetchError::UnsafeTrustPolicy`]);
     /// - an inconclusive check (STS throttled, down) *before any conclusive result*
     ///   fails closed: the fetch fails transiently (503 `CredentialsUnavailable`) and is

@@ -308,9 +308,10 @@ impl Metrics {
         self.per_mapping.with(mapping, |s| s.set_state(state));
     }
 
-    /// Result of the External ID enforcement check (docs/design.md, Security model):
-    /// `Some(true)` the role refused both probes, `Some(false)` it accepted one (unsafe),
-    /// `None` not checked (yet, or `external_id_enforcement = "off"`).
+    /// Result of the External ID enforcement check
+    /// (docs/design.md, Credential lifecycle): `Some(true)` the role refused both probes,
+    /// `Some(false)` it accepted one (unsafe), `None` not checked (yet, or
+    /// `external_id_enforcement = "off"`).
     pub fn enforcement(&self, mapping: &str, enforced: Option<bool>) {
         let value = match enforced {
             Some(true) => 1,
