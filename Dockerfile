@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# credvend container image (DESIGN.md §8): build in a full Rust image, run the static-ish
-# binary in distroless (glibc, libgcc, CA certificates, no shell, uid 65532 "nonroot").
+# credvend container image (docs/design.md, Operations): build in a full Rust image, run
+# the static-ish binary in distroless (glibc, libgcc, CA certificates, no shell, uid 65532
+# "nonroot").
 #
 #   docker build -t credvend .
 #   docker run --rm -v /etc/credvend:/etc/credvend:ro -p 127.0.0.1:8901:8901 credvend

@@ -1,4 +1,4 @@
-//! criterion micro-benchmarks of the credential request path (issue 7):
+//! criterion micro-benchmarks of the credential request path:
 //!
 //! - `token_check/*`: [`AccessTable::authorize`] — SHA-256 of the presented token plus
 //!   the constant-time compare, by mapping name and by token (no mapping in the path),

@@ -1,5 +1,5 @@
-//! The physical-limit baseline of the benchmark harness (issue 7): a bare hyper 1
-//! HTTP/1.1 server, same hyper, tokio runtime and connection settings as credvend
+//! The physical-limit baseline of the benchmark harness (`scripts/bench.sh`): a bare
+//! hyper 1 HTTP/1.1 server, same hyper, tokio runtime and connection settings as credvend
 //! (`TCP_NODELAY`, header read timeout with a timer), answering every request with a
 //! fixed JSON body and the headers credvend sends. No routing, no auth, no cache, no
 //! metrics, no logging: whatever credvend costs beyond this is credvend's own.

@@ -1,6 +1,6 @@
-//! The benchmark harness of issue 7; `scripts/bench.sh` builds it in release mode and
-//! runs `bench_driver all`. Figures come from runs that measure their baseline in the
-//! same run, never from timed tests.
+//! The benchmark harness (README.md, "Performance"); `scripts/bench.sh` builds it in
+//! release mode and runs `bench_driver all`. Figures come from runs that measure their
+//! baseline in the same run, never from timed tests.
 //!
 //! The driver hosts the in-repo fake STS (`tests/support/fake_sts.rs`) in-process, writes
 //! TOML configs into a temporary directory, and runs the **real `credvend serve` binary**

@@ -1,4 +1,4 @@
-//! Load and soak driver (issue 6, item 6; not part of CI): runs the real `credvend serve`
+//! Load and soak driver (docs/soak.md; not part of CI): runs the real `credvend serve`
 //! binary against the in-repo fake STS under continuous client load, with SIGHUP
 //! reloads and an injected STS outage, and reports what clients saw.
 //!
@@ -55,7 +55,8 @@ use fake_sts::{FakeSts, Fault, Role, TrustRule};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// A credential served with this little left breaks the contract (DESIGN.md §3).
+/// A credential served with this little left breaks the contract
+/// (docs/design.md, Credential lifecycle).
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 /// Recovery allowance after STS returns: one transient backoff cap.
 const RECOVERY_ALLOWANCE: Duration = Duration::from_secs(60);

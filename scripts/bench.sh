@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Benchmark harness (issue 7): builds release binaries, then runs every scenario of
-# examples/bench_driver.rs against the real credvend binary and the in-repo fake STS:
-# cache-hit throughput vs a bare hyper server (wrk, A B A B), the 1,000-request cold
-# herd, 10,000 mappings, and boto3 time to first credential. Optionally the criterion
-# micro-benchmarks (BENCH_MICRO=1).
+# Benchmark harness (README.md, "Performance"): builds release binaries, then runs every
+# scenario of examples/bench_driver.rs against the real credvend binary and the in-repo
+# fake STS: cache-hit throughput vs a bare hyper server (wrk, A B A B), the 1,000-request
+# cold herd, 10,000 mappings, and boto3 time to first credential. Optionally the
+# criterion micro-benchmarks (BENCH_MICRO=1).
 #
 #   scripts/bench.sh [throughput|herd|scale|ttfc|all]
 #

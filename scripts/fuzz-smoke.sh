@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz regression smoke run (issue 6, item 5): builds the cargo-fuzz targets in fuzz/
+# Fuzz regression smoke run (fuzz/README.md): builds the cargo-fuzz targets in fuzz/
 # and runs each one over its committed seed corpus (fuzz/seeds/<target>) plus a short
 # bounded fuzzing burst. Any crash, leak or timeout fails the script.
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load and soak run (issue 6, item 6; NOT part of CI): the release credvend binary
+# Load and soak run (docs/soak.md; NOT part of CI): the release credvend binary
 # against the in-repo fake STS for 10 minutes under continuous client load, with
 # credentials living ~2 minutes (refreshed at half-life), a SIGHUP reload every 20 s
 # (one in five deliberately invalid) and a 90 s STS outage starting at 4 minutes.

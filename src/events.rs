@@ -1,8 +1,8 @@
-//! Notable events, each one struct whose [`emit`](CredentialsServed::emit) writes the
-//! log line *and* updates the metrics with the same labels, so logs and metrics never
-//! disagree (the `internal_events` pattern of vector, see STYLE.md).
+//! Notable events, each one struct whose [`emit`](CredentialsServed::emit) writes the log
+//! line *and* updates the metrics with the same labels, so logs and metrics never
+//! disagree (the `internal_events` pattern of vector; docs/design.md, Telemetry).
 //!
-//! Log levels follow the issue: INFO for lifecycle and operator actions (a reload
+//! Log levels: INFO for lifecycle and operator actions (a reload
 //! applied or rejected, the audit line of every credential response), WARN for degraded
 //! serving and unsafe trust policies, ERROR for what needs a human (a customer role that
 //! refuses us). Fields come first, then a capitalised sentence.
@@ -115,7 +115,8 @@ impl MappingStateChanged<'_> {
     }
 }
 
-/// A conclusive result of the External ID enforcement check (DESIGN.md §5).
+/// A conclusive result of the External ID enforcement check
+/// (docs/design.md, Credential lifecycle).
 #[derive(Debug)]
 pub struct TrustPolicyChecked<'a> {
     pub mapping: &'a str,

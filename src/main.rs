@@ -512,7 +512,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Reloads on SIGHUP and on changes to the configuration files (DESIGN.md §4; see
+/// Reloads on SIGHUP and on changes to the configuration files (docs/design.md, Reload; see
 /// [`credvend::reload`]).
 ///
 /// `hup` is the SIGHUP stream, installed by the caller before anything was bound:

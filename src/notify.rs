@@ -1,5 +1,5 @@
-//! systemd service notifications (`Type=notify`, DESIGN.md §8) through the `sd-notify`
-//! crate, pinned to 0.5.0 (0.4's `notify` took an extra `unset_env` flag).
+//! systemd service notifications (`Type=notify`; docs/design.md, Operations) through the
+//! `sd-notify` crate, pinned to 0.5.0 (0.4's `notify` took an extra `unset_env` flag).
 //!
 //! - [`ready`]: `READY=1` once every listener is bound and serving; systemd holds back
 //!   units ordered after credvend until then.

@@ -1,5 +1,5 @@
 //! Onboarding documents: External IDs, and the permission and trust policies a
-//! customer installs on the IAM role credvend assumes (DESIGN.md §1, §5; issue 3).
+//! customer installs on the IAM role credvend assumes (README.md, "Onboarding a customer").
 //!
 //! Everything here is pure: no I/O, no clock, no AWS calls. The CLI (`credvend
 //! external-id new`, `credvend policy permissions|trust`, `credvend onboard`) feeds it
@@ -52,9 +52,9 @@ use serde_json::{Value, json};
 /// variables and conditions as we use them, and what every AWS guide prints.
 pub const POLICY_VERSION: &str = "2012-10-17";
 
-/// Length of the External IDs credvend generates. §5 asks for at least 32; 40
-/// alphanumerics carry about 238 bits, far beyond guessing, and stay well inside
-/// STS's 1224-character limit.
+/// Length of the External IDs credvend generates. The vendor's IAM-role guide asks for at
+/// least 32; 40 alphanumerics carry about 238 bits, far beyond guessing, and stay well
+/// inside STS's 1224-character limit.
 pub const GENERATED_EXTERNAL_ID_LEN: usize = 40;
 
 /// STS `ExternalId` bounds (AssumeRole API reference: minimum length 2, maximum 1224).
@@ -62,7 +62,7 @@ pub const EXTERNAL_ID_MIN_LEN: usize = 2;
 /// See [`EXTERNAL_ID_MIN_LEN`].
 pub const EXTERNAL_ID_MAX_LEN: usize = 1224;
 
-/// The five S3 actions the sync workers need (DESIGN.md §1), in the guide's order.
+/// The five S3 actions the sync workers need, in the order of the vendor's IAM-role guide.
 pub const S3_ACTIONS: [&str; 5] = [
     "s3:GetObject",
     "s3:ListBucket",
@@ -419,7 +419,8 @@ impl PolicyDocument {
     }
 }
 
-/// The permissions policy the customer attaches to the role (DESIGN.md §5).
+/// The permissions policy the customer attaches to the role
+/// (README.md, "Onboarding a customer").
 ///
 /// Without a prefix: one statement, the five actions on `arn:aws:s3:::NAME` and
 /// `arn:aws:s3:::NAME/*`. With a prefix (validated and normalised by
@@ -746,9 +747,9 @@ impl FromStr for TrustService {
     }
 }
 
-/// The trust policy the customer sets on the role (DESIGN.md §5): the vendor principal
-/// may `sts:AssumeRole` only with `sts:ExternalId` equal to `external_id`, which is
-/// validated first.
+/// The trust policy the customer sets on the role (README.md, "Onboarding a customer"):
+/// the vendor principal may `sts:AssumeRole` only with `sts:ExternalId` equal to
+/// `external_id`, which is validated first.
 pub fn trust_policy(
     principal: &Principal,
     external_id: &str,

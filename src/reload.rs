@@ -1,5 +1,5 @@
-//! Hot reload (DESIGN.md §4): `SIGHUP`, or a change on disk of the config file, an
-//! included file, or a file appearing in an include directory.
+//! Hot reload (docs/design.md, Reload): `SIGHUP`, or a change on disk of the config file,
+//! an included file, or a file appearing in an include directory.
 //!
 //! Every reload re-reads and re-validates everything, then swaps atomically through
 //! [`Daemon::apply_config`]: only mappings whose AssumeRole inputs changed lose their

@@ -1,5 +1,5 @@
 //! The credential endpoint end to end: real listeners, the real STS client, the fake
-//! STS, a manual clock. Wire contract (DESIGN.md §2) and lifecycle (§3).
+//! STS, a manual clock. docs/design.md, Wire contract and Credential lifecycle.
 
 mod support;
 

@@ -9,7 +9,8 @@
 //!    signed with the returned credentials answers the assumed-role ARN.
 //! 2. `credvend serve --config <temp file>` with dummy base credentials, `[sts]
 //!    endpoint_url` pointing at moto and `[verify] external_id_enforcement = "off"`
-//!    (moto cannot enforce External IDs the way AWS does, DESIGN.md §5).
+//!    (moto cannot enforce External IDs the way AWS does; the check is described in
+//!    docs/design.md, Credential lifecycle).
 //! 3. A boto3 "worker" from the venv whose environment holds nothing AWS-related but
 //!    `AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN`
 //!    (no keys, no profile files, no instance metadata), exactly as a launcher sets it.
@@ -39,7 +40,7 @@ use support::e2e::{
 
 const MAPPING: &str = "e2e-s3";
 const ROLE_ARN: &str = "arn:aws:iam::111122223333:role/e2e-sync";
-/// Default session name is `credvend-<mapping>` (DESIGN.md §4).
+/// Default session name is `credvend-<mapping>` (docs/design.md, Configuration).
 const SESSION_NAME: &str = "credvend-e2e-s3";
 const ASSUMED_ROLE_ARN: &str = "arn:aws:sts::111122223333:assumed-role/e2e-sync/credvend-e2e-s3";
 const EXTERNAL_ID: &str = "e2e-ExternalId-6Tq9wZ2vLk4pR8sN";
@@ -123,7 +124,7 @@ fn boto3_worker_gets_the_mapped_role_through_credvend() {
         );
     }
 
-    // The raw response, as every SDK parses it (DESIGN.md §2).
+    // The raw response, as every SDK parses it (docs/design.md, Wire contract).
     let response = http_request(
         credvend.listen,
         "GET",
@@ -193,9 +194,9 @@ fn boto3_worker_gets_the_mapped_role_through_credvend() {
         credvend.process.describe()
     );
 
-    // Secrets never reach the log (DESIGN.md §6): the token, the External ID and the
-    // credentials moto issued are canaries. Read after exit, when every buffered line
-    // has been written.
+    // Secrets never reach the log (docs/design.md, Security model): the token, the
+    // External ID and the credentials moto issued are canaries. Read after exit, when
+    // every buffered line has been written.
     let log = credvend.process.log();
     let access_key_id = call["access_key_id"].as_str().unwrap_or_default();
     assert!(

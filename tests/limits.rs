@@ -1,4 +1,4 @@
-//! Bounds on every resource (DESIGN.md §6, issue 6 item 2), end to end against real
+//! Bounds on every resource (docs/design.md, Operations), end to end against real
 //! listeners: header read time, header count and size, URI length, request bodies,
 //! concurrent connections, hostile bytes, and the shutdown grace period.
 //!

@@ -1,7 +1,8 @@
 //! The daemon as a process, logging JSON at `trace`: every line is JSON, a vend makes
 //! exactly one audit line, and no secret — secret key, session token, auth token,
 //! External ID — reaches a log line, `/metrics`, `/status` or an error body
-//! (DESIGN.md §6, §7). Canary values make a leak impossible to miss.
+//! (docs/design.md, Security model and Telemetry). Canary values make a leak impossible
+//! to miss.
 
 mod support;
 

@@ -1,4 +1,5 @@
-//! Onboarding commands (DESIGN.md §5) through the real binary; STS is the fake.
+//! Onboarding commands (README.md, "Onboarding a customer") through the real binary; STS
+//! is the fake.
 
 mod support;
 

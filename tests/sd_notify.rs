@@ -1,6 +1,6 @@
-//! systemd `Type=notify` (DESIGN.md §8): the binary sends `READY=1` once its listeners
-//! are serving, `RELOADING=1` … `READY=1` around a SIGHUP reload and `STOPPING=1` on
-//! SIGTERM, to the datagram socket named by `NOTIFY_SOCKET`.
+//! systemd `Type=notify` (docs/design.md, Operations): the binary sends `READY=1` once
+//! its listeners are serving, `RELOADING=1` … `READY=1` around a SIGHUP reload and
+//! `STOPPING=1` on SIGTERM, to the datagram socket named by `NOTIFY_SOCKET`.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;

@@ -7,8 +7,9 @@
 //! - a rejected config lists at least one problem, each naming a file and a non-empty
 //!   reason; when the file is valid TOML, every problem attributed to the main file
 //!   also names a key (only a file that cannot be parsed at all has no key to name);
-//! - an accepted config satisfies the §4 invariants the rest of the daemon relies on
-//!   (every mapping has a token, durations in range, lifetime arithmetic holds).
+//! - an accepted config satisfies the configuration invariants the rest of the daemon
+//!   relies on (every mapping has a token, durations in range, lifetime arithmetic
+//!   holds).
 //!
 //! Environment overrides are not fuzzed: the environment is process-wide and the
 //! config tests cover them with figment's `Jail`.

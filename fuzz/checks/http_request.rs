@@ -284,7 +284,8 @@ fn parse_head(bytes: &[u8]) -> Option<(u16, Option<usize>, usize)> {
     Some((status, content_length, head_len))
 }
 
-/// The wire contract of DESIGN.md §2 for one response of the credential endpoint.
+/// The wire contract (docs/design.md, Wire contract) for one response of the credential
+/// endpoint.
 fn check_handler_response(r: &Answered) {
     let header = |name: &str| {
         r.headers

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use crate::creds::Credentials;
 use crate::server::wire::CredentialBody;
 
-/// A credential is never served with less than this left (DESIGN.md §3): SDKs need time
-/// to use it, and clocks on the worker's side may be a little ahead of ours.
+/// A credential is never served with less than this left
+/// (docs/design.md, Credential lifecycle): SDKs need time to use it, and clocks on the
+/// worker's side may be a little ahead of ours.
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 /// STS may hand back a credential a little shorter than asked (its clock vs ours); only a
@@ -45,7 +46,8 @@ impl Source {
     }
 }
 
-/// Per-mapping state (DESIGN.md §3), reported in `/status` and metrics.
+/// Per-mapping state (docs/design.md, Credential lifecycle), reported in `/status` and
+/// metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MappingState {
     /// No credential and nothing in flight.

@@ -4,7 +4,7 @@
 //! and a [`Clock`]. Output: [`CredentialCache::get`], which the HTTP layer calls once per
 //! authorised request.
 //!
-//! How the pieces fit (DESIGN.md §3):
+//! How the pieces fit (docs/design.md, Credential lifecycle):
 //! - **Store.** Credentials live in a bounded moka cache keyed by [`MappingKey`] — the
 //!   mapping name plus a fingerprint of every AssumeRole input — so a reload that changes
 //!   a mapping's inputs can never serve the old role's credentials. moka's own expiry is
@@ -741,9 +741,9 @@ impl Inner {
         result
     }
 
-    /// The External ID enforcement check (DESIGN.md §5), run before a mapping first
-    /// vends and again once `recheck_interval` has passed since the last conclusive
-    /// result. Under `require`:
+    /// The External ID enforcement check (docs/design.md, Credential lifecycle), run
+    /// before a mapping first vends and again once `recheck_interval` has passed since
+    /// the last conclusive result. Under `require`:
     /// - a role that accepts a probe is refused ([`FetchError::UnsafeTrustPolicy`]);
     /// - an inconclusive check (STS throttled, down) *before any conclusive result*
     ///   fails closed: the fetch fails transiently (503 `CredentialsUnavailable`) and is

@@ -1,4 +1,4 @@
-//! Configuration: types, loading and validation (DESIGN.md §4).
+//! Configuration: types, loading and validation (docs/design.md, Configuration).
 //!
 //! Inputs: one TOML file (default [`DEFAULT_CONFIG_PATH`]), the files its `include`
 //! globs match (only `[mappings.*]` tables are allowed there), then environment
@@ -6,7 +6,7 @@
 //! `CREDVEND_REFRESH__COLD_WAIT=1s`). `CREDVEND_CONFIG` names the file and is not a key.
 //! External ID files named by `external_id_file` are read during validation.
 //!
-//! Output: a [`Config`] in which every invariant of §4 holds, or a [`ConfigError`]
+//! Output: a [`Config`] in which every validation rule holds, or a [`ConfigError`]
 //! listing every problem found, one `FILE: KEY: REASON` line each (the CLI exits 64).
 //! Validation runs before anything binds or spawns, and on reload a config that fails it
 //! is rejected whole.
@@ -40,7 +40,8 @@ pub const CONFIG_PATH_ENV: &str = load::CONFIG_PATH_VAR;
 /// Default configuration file path.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/credvend/credvend.toml";
 
-/// Validated, resolved configuration. Every invariant of DESIGN.md §4 holds.
+/// Validated, resolved configuration. Every validation rule holds
+/// (docs/design.md, Configuration).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The main file this configuration was loaded from.

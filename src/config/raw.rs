@@ -1,4 +1,5 @@
-//! Raw serde shapes of the configuration file (DESIGN.md §4), before validation.
+//! Raw serde shapes of the configuration file (docs/design.md, Configuration), before
+//! validation.
 //!
 //! Every field is optional here: defaults and "required" checks belong to validation,
 //! so that a missing `role_arn` is one more collected problem rather than a serde error

@@ -1,4 +1,5 @@
-//! Validation: raw sections → resolved [`Config`], every rule of DESIGN.md §4 and §6.
+//! Validation: raw sections → resolved [`Config`], every rule of
+//! docs/design.md, Configuration and Security model.
 //!
 //! Runs on the merged figment held by [`Report`]. Each section and each mapping is
 //! decoded on its own, so a broken one does not hide problems in the others, and every
@@ -29,7 +30,8 @@ const MIN_SESSION: Duration = Duration::from_secs(900);
 const MAX_SESSION: Duration = Duration::from_secs(43_200);
 /// Role chaining caps a session at one hour whatever the role allows.
 const MAX_CHAINED_SESSION: Duration = Duration::from_secs(3_600);
-/// Below this, botocore and the Java SDK refetch on every call (DESIGN.md §2).
+/// Below this, botocore and the Java SDK refetch on every call
+/// (docs/design.md, Credential lifecycle).
 const SDK_REFRESH_WINDOW: Duration = Duration::from_secs(15 * 60);
 const MAX_COLD_WAIT: Duration = Duration::from_secs(10);
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -444,7 +446,8 @@ fn refresh(report: &mut Report, chaining: Option<bool>) -> Option<Refresh> {
     })
 }
 
-/// STS bounds, the role-chaining cap and the lifetime arithmetic of DESIGN.md §2.
+/// STS bounds, the role-chaining cap and the lifetime arithmetic
+/// (docs/design.md, Credential lifecycle).
 fn check_session_duration(
     report: &mut Report,
     path: &[&str],

@@ -1,5 +1,6 @@
-//! Classification of AssumeRole failures (DESIGN.md §3, §7).
-//! (Implemented by the STS-layer work.)
+//! Classification of AssumeRole failures
+//! (docs/design.md, Credential lifecycle and Telemetry). (Implemented by the STS-layer
+//! work.)
 
 use std::fmt;
 

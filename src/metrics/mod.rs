@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §7), every family registered once, here.
+//! Prometheus metrics (docs/design.md, Telemetry), every family registered once, here.
 //!
 //! [`Metrics`] owns its own [`prometheus::Registry`] (not the process-global default),
 //! so every daemon — and every test — has an independent set. It is served as Prometheus
@@ -80,7 +80,8 @@ pub mod route {
 
 /// Values of the `reason` label of `credvend_auth_failures_total`: the first two are
 /// [`crate::server::access::AuthFailure::as_str`]; the last two are requests refused
-/// before a token was looked at (§2: proxied requests, foreign `Host`).
+/// before a token was looked at (proxied requests, foreign `Host`;
+/// docs/design.md, Wire contract).
 pub const AUTH_FAILURE_REASONS: [&str; 4] = [
     "missing_token",
     "invalid_token",
@@ -307,9 +308,10 @@ impl Metrics {
         self.per_mapping.with(mapping, |s| s.set_state(state));
     }
 
-    /// Result of the External ID enforcement check (DESIGN.md §5): `Some(true)` the
-    /// role refused both probes, `Some(false)` it accepted one (unsafe), `None` not
-    /// checked (yet, or `external_id_enforcement = "off"`).
+    /// Result of the External ID enforcement check
+    /// (docs/design.md, Credential lifecycle): `Some(true)` the role refused both probes,
+    /// `Some(false)` it accepted one (unsafe), `None` not checked (yet, or
+    /// `external_id_enforcement = "off"`).
     pub fn enforcement(&self, mapping: &str, enforced: Option<bool>) {
         let value = match enforced {
             Some(true) => 1,

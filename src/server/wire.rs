@@ -1,4 +1,5 @@
-//! The ECS container-credentials wire format (DESIGN.md §2), byte for byte.
+//! The ECS container-credentials wire format (docs/design.md, Wire contract), byte for
+//! byte.
 //!
 //! Success: status 200, `Content-Type: application/json`, `Cache-Control: no-store`,
 //! a `Content-Length`, never compressed, and one JSON object whose keys are cased exactly

@@ -1,4 +1,4 @@
-//! External ID enforcement check (DESIGN.md §5).
+//! External ID enforcement check (docs/design.md, Credential lifecycle).
 //!
 //! A customer role whose trust policy forgets `Condition.StringEquals.sts:ExternalId`
 //! can be assumed by anyone who can reach the vendor's principal — any other customer

@@ -1,8 +1,9 @@
 //! Conformance suite: the real AWS clients against the real `credvend` binary.
 //!
-//! credvend's promise is that a worker's SDK needs no code change (DESIGN.md §2). This
-//! test proves it with the clients themselves, each in its own process (the Rust SDK in
-//! its own runtime with its own injected environment):
+//! credvend's promise is that a worker's SDK needs no code change
+//! (docs/design.md, Wire contract). This test proves it with the clients themselves, each
+//! in its own process (the Rust SDK in its own runtime with its own injected
+//! environment):
 //!
 //! | client | how it runs | source of the pin |
 //! |---|---|---|
@@ -191,8 +192,8 @@ pub enum RequestStatuses {
     All(u16),
 }
 
-/// Known, documented client behaviours that differ from DESIGN.md §2 (footnotes in the
-/// table).
+/// Known, documented client behaviours that differ from docs/design.md, Wire contract
+/// (footnotes in the table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Quirk {
     /// `fromContainerMetadata` accepts only the hosts `localhost` and `127.0.0.1`.
@@ -301,7 +302,7 @@ impl MappingSpec {
     }
 
     /// The identity moto's GetCallerIdentity reports for credentials of this mapping
-    /// (default session name `credvend-<mapping>`, DESIGN.md §4).
+    /// (default session name `credvend-<mapping>`: docs/design.md, Configuration).
     pub fn assumed_role_arn(&self) -> String {
         format!(
             "arn:aws:sts::{ACCOUNT}:assumed-role/{}/credvend-{}",
@@ -474,11 +475,11 @@ fn real_clients_conform_to_the_wire_contract() {
     }
 }
 
-/// Negative control for every "exactly one credential request" assertion: it must be
-/// able to fail. A second credvend serves 15-minute sessions (a configuration credvend
-/// warns about, DESIGN.md §2): botocore refreshes credentials with less than 15 minutes
-/// left before every call, so one boto3 process making [`CALLS`] calls must show up as
-/// at least [`CALLS`] credential requests in the audit log.
+/// Negative control for every "exactly one credential request" assertion: it must be able
+/// to fail. A second credvend serves 15-minute sessions (a configuration credvend warns
+/// about: docs/design.md, Credential lifecycle): botocore refreshes credentials with less
+/// than 15 minutes left before every call, so one boto3 process making [`CALLS`] calls
+/// must show up as at least [`CALLS`] credential requests in the audit log.
 fn refetch_loop_control(tools: &Tools, dir: &TempDir, moto: &Moto) -> Result<(), String> {
     const SHORT_LIVED: &str = r#"
 [refresh]

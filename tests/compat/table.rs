@@ -118,8 +118,9 @@ pub fn render(verdicts: &[Verdict], versions: &BTreeMap<Client, String>) -> Stri
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "✓ works as DESIGN.md §2 expects. Each client runs in its own process with only the \
-         container-credentials variables (`AWS_CONTAINER_CREDENTIALS_FULL_URI` with the host \
+        "✓ works as the wire contract expects (docs/design.md, Wire contract). Each client \
+         runs in its own process with only the container-credentials variables \
+         (`AWS_CONTAINER_CREDENTIALS_FULL_URI` with the host \
          shown, and the token from `AWS_CONTAINER_AUTHORIZATION_TOKEN` or from \
          `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`), against moto's STS and S3: it must act \
          as the mapping's assumed role. *Wrong token*: the client fails with its own error \

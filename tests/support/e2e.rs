@@ -145,8 +145,9 @@ endpoint_url = "{url}"
 
 [verify]
 # moto lets AssumeRole through without the External ID, so the enforcement probe would
-# refuse every mapping (DESIGN.md §5; tests/external_id_enforcement.rs covers the probe
-# against the fake STS), and its extra AssumeRole calls would muddle the counts.
+# refuse every mapping (docs/design.md, Credential lifecycle;
+# tests/external_id_enforcement.rs covers the probe against the fake STS), and its extra
+# AssumeRole calls would muddle the counts.
 external_id_enforcement = "off"
 "#,
             url = self.url()
