@@ -454,7 +454,11 @@ mod tests {
             ]
         );
         for partition in Partition::ALL {
-            assert_eq!(Partition::parse(partition.as_str()), Some(partition));
+            assert_eq!(
+                Partition::parse(partition.as_str()),
+                Some(partition),
+                "{partition}"
+            );
             let arn = format!("arn:{partition}:iam::{ACCOUNT}:role/r");
             assert_eq!(RoleArn::parse(&arn).unwrap().partition(), partition);
         }

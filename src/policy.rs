@@ -987,40 +987,20 @@ mod tests {
     }
 
     #[test]
-    fn external_id_length_boundaries() {
+    fn external_id_rules_are_aws_names_worded_for_the_cli() {
+        // The rules themselves are pinned in src/aws_names.rs; here, which error each
+        // broken rule becomes.
+        assert_eq!(validate_external_id("Az09+=,.@:/_-"), Ok(()));
         assert_eq!(
             validate_external_id("a"),
             Err(PolicyError::ExternalIdLength { length: 1 })
         );
         assert_eq!(
-            validate_external_id(""),
-            Err(PolicyError::ExternalIdLength { length: 0 })
+            validate_external_id("tab\there"),
+            Err(PolicyError::ExternalIdCharacter { position: 4 })
         );
-        assert_eq!(validate_external_id("ab"), Ok(()));
-        assert_eq!(validate_external_id(&"a".repeat(1224)), Ok(()));
-        assert_eq!(
-            validate_external_id(&"a".repeat(1225)),
-            Err(PolicyError::ExternalIdLength { length: 1225 })
-        );
-    }
-
-    #[test]
-    fn external_id_charset() {
-        assert_eq!(validate_external_id("Az09+=,.@:/_-"), Ok(()));
-        for (id, position) in [
-            ("abc def", 4),
-            ("abc*", 4),
-            ("\"quoted\"", 1),
-            ("tab\there", 4),
-            ("ümlaut", 1),
-            ("new\n", 4),
-        ] {
-            assert_eq!(
-                validate_external_id(id),
-                Err(PolicyError::ExternalIdCharacter { position }),
-                "{id:?}"
-            );
-        }
+        let message = validate_external_id("a").unwrap_err().to_string();
+        assert!(message.contains("2 to 1224"), "{message}");
     }
 
     #[test]
@@ -1233,11 +1213,12 @@ mod tests {
             "arn:aws:s3:::bucket",
             "arn:aws:iam:us-east-1:568237466542:role/x",
             "arn:aws-mars:iam::568237466542:role/x",
+            "arn:aws-mars:iam::568237466542:root",
             "arn:aws-cn:iam::568237466542:root",
             "arn:aws-iso:iam::568237466542:root",
             "*",
         ] {
-            let err = Principal::parse(input).unwrap_err();
+            let err = Principal::parse(input).expect_err(input);
             assert!(
                 matches!(err, PolicyError::Principal { .. }),
                 "{input:?}: {err:?}"
