@@ -9,7 +9,8 @@
 use std::net::Ipv6Addr;
 
 use crate::aws_names::{
-    self, ExternalIdError, PolicyArn, RoleArn, SessionNameError, check_external_id,
+    EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN, ExternalIdError, PolicyArn, RoleArn,
+    SESSION_NAME_MAX_LEN, SESSION_NAME_MIN_LEN, SessionNameError, check_external_id,
     check_role_session_name,
 };
 use crate::secret::TokenHash;
@@ -33,25 +34,21 @@ pub(super) fn policy_arn(arn: &str) -> Result<(), String> {
 
 /// The External ID rules of [`check_external_id`]. The reason never shows the value.
 pub(super) fn external_id(value: &str) -> Result<(), String> {
-    match check_external_id(value) {
-        Ok(()) => Ok(()),
-        Err(ExternalIdError::Length { length }) => Err(format!(
-            "an External ID must be {}–{} characters; this one has {length} (value not shown)",
-            aws_names::EXTERNAL_ID_MIN_LEN,
-            aws_names::EXTERNAL_ID_MAX_LEN,
-        )),
-        Err(ExternalIdError::Character { position, blank }) => {
-            let hint = if blank {
+    check_external_id(value).map_err(|err| match err {
+        ExternalIdError::Length { length } => format!(
+            "an External ID must be {EXTERNAL_ID_MIN_LEN}–{EXTERNAL_ID_MAX_LEN} characters; \
+             this one has {length} (value not shown)"
+        ),
+        ExternalIdError::Character { position, blank } => format!(
+            "an External ID may contain only A-Z a-z 0-9 and +=,.@:/_-; character \
+             {position} is not allowed{} (value not shown)",
+            if blank {
                 " (whitespace or a control character: a second trailing newline?)"
             } else {
                 ""
-            };
-            Err(format!(
-                "an External ID may contain only A-Z a-z 0-9 and +=,.@:/_-; character \
-                 {position} is not allowed{hint} (value not shown)"
-            ))
-        }
-    }
+            }
+        ),
+    })
 }
 
 /// Role session name (the rules: [`check_role_session_name`]).
@@ -65,17 +62,15 @@ pub(super) fn source_identity(value: &str) -> Result<(), String> {
 }
 
 fn iam_name(value: &str, what: &str) -> Result<(), String> {
-    match check_role_session_name(value) {
-        Ok(()) => Ok(()),
-        Err(SessionNameError::Length { length }) => Err(format!(
-            "`{value}`: a {what} must be {}–{} characters, not {length}",
-            aws_names::SESSION_NAME_MIN_LEN,
-            aws_names::SESSION_NAME_MAX_LEN,
-        )),
-        Err(SessionNameError::Character) => Err(format!(
-            "`{value}`: a {what} may contain only letters, digits and _+=,.@-"
-        )),
-    }
+    check_role_session_name(value).map_err(|err| match err {
+        SessionNameError::Length { length } => format!(
+            "`{value}`: a {what} must be {SESSION_NAME_MIN_LEN}–{SESSION_NAME_MAX_LEN} \
+             characters, not {length}"
+        ),
+        SessionNameError::Character => {
+            format!("`{value}`: a {what} may contain only letters, digits and _+=,.@-")
+        }
+    })
 }
 
 /// Mapping names appear in URL paths and metric labels: `[A-Za-z0-9_.-]`, 1–64.
