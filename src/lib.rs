@@ -5,6 +5,9 @@
 //! caches the session credentials and refreshes them ahead of expiry.
 //!
 //! Module map:
+//! - [`aws_names`]: AWS names with their rules, each written once (partitions, account
+//!   IDs, role and policy ARNs, External IDs, session names); a leaf that `config`,
+//!   `policy` and `server` take them from.
 //! - [`config`]: the TOML file (plus includes and `CREDVEND_` env overrides), validated
 //!   whole before anything binds.
 //! - [`creds`]: the [`creds::Credentials`] type, the [`creds::RoleAssumer`] seam and the
@@ -24,6 +27,7 @@
 //! - [`notify`]: systemd `READY=1` / `RELOADING=1` / `STOPPING=1`.
 #![forbid(unsafe_code)]
 
+pub mod aws_names;
 pub mod cache;
 pub mod clock;
 pub mod config;

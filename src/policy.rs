@@ -31,8 +31,8 @@
 //! pretty-prints any `Value` (keys sorted) and parses back to the same document.
 //!
 //! ARNs are rendered for the commercial `aws` partition (`arn:aws:s3:::`,
-//! `arn:aws:iam::ACCOUNT:root`); role principals in `aws-cn` and `aws-us-gov` are
-//! passed through as given.
+//! `arn:aws:iam::ACCOUNT:root`); role principals in any partition credvend knows
+//! ([`crate::aws_names::Partition`]) are passed through as given.
 //!
 //! Error messages never contain an External ID (it is a shared secret between the
 //! vendor and one customer); they name the rule that failed and, for a bad character,
@@ -48,6 +48,11 @@ use rand::rngs::OsRng;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::aws_names::{
+    AccountId, Arn, EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN, ExternalIdError, Partition, RoleArn,
+    check_external_id,
+};
+
 /// IAM policy language version; `2012-10-17` is the only one that supports policy
 /// variables and conditions as we use them, and what every AWS guide prints.
 pub const POLICY_VERSION: &str = "2012-10-17";
@@ -56,11 +61,6 @@ pub const POLICY_VERSION: &str = "2012-10-17";
 /// least 32; 40 alphanumerics carry about 238 bits, far beyond guessing, and stay well
 /// inside STS's 1224-character limit.
 pub const GENERATED_EXTERNAL_ID_LEN: usize = 40;
-
-/// STS `ExternalId` bounds (AssumeRole API reference: minimum length 2, maximum 1224).
-pub const EXTERNAL_ID_MIN_LEN: usize = 2;
-/// See [`EXTERNAL_ID_MIN_LEN`].
-pub const EXTERNAL_ID_MAX_LEN: usize = 1224;
 
 /// The five S3 actions the sync workers need, in the order of the vendor's IAM-role guide.
 pub const S3_ACTIONS: [&str; 5] = [
@@ -89,12 +89,6 @@ pub const REDSHIFT_SERVICE_PRINCIPALS: [&str; 2] = [
 
 /// Maximum S3 object key length in bytes; a prefix longer than this can match nothing.
 const S3_MAX_KEY_BYTES: usize = 1024;
-
-/// Maximum IAM role path length (IAM CreateRole API reference).
-const IAM_MAX_PATH_LEN: usize = 512;
-
-/// Maximum IAM role name length (IAM CreateRole API reference).
-const IAM_MAX_ROLE_NAME_LEN: usize = 64;
 
 /// Everything this module can reject. Messages never contain an External ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,24 +233,16 @@ pub fn new_external_id() -> String {
         .collect()
 }
 
-/// Checks an External ID against STS's rules: 2–1224 characters of
-/// `[A-Za-z0-9+=,.@:/_-]`. Customer-supplied legacy IDs may use the punctuation;
-/// generated ones are alphanumeric.
+/// Checks an External ID against STS's rules ([`check_external_id`]: 2–1224
+/// characters of `[A-Za-z0-9+=,.@:/_-]`). Customer-supplied legacy IDs may use the
+/// punctuation; generated ones are alphanumeric.
 pub fn validate_external_id(s: &str) -> Result<(), PolicyError> {
-    let length = s.chars().count();
-    if !(EXTERNAL_ID_MIN_LEN..=EXTERNAL_ID_MAX_LEN).contains(&length) {
-        return Err(PolicyError::ExternalIdLength { length });
-    }
-    if let Some(index) = s.chars().position(|c| !is_external_id_char(c)) {
-        return Err(PolicyError::ExternalIdCharacter {
-            position: index + 1,
-        });
-    }
-    Ok(())
-}
-
-fn is_external_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(c)
+    check_external_id(s).map_err(|err| match err {
+        ExternalIdError::Length { length } => PolicyError::ExternalIdLength { length },
+        ExternalIdError::Character { position, .. } => {
+            PolicyError::ExternalIdCharacter { position }
+        }
+    })
 }
 
 /// Suffixes S3 reserves for other bucket-shaped resources (S3 "General purpose bucket
@@ -507,14 +493,15 @@ pub enum Principal {
     /// This is the guide's default.
     Account(String),
     /// One specific vendor IAM role ARN ("restrict assumption to a role"), kept as
-    /// given: `arn:{aws,aws-cn,aws-us-gov}:iam::ACCOUNT:role/[path/]name`.
+    /// given: `arn:PARTITION:iam::ACCOUNT:role/[path/]name` ([`RoleArn`]'s rules, and no
+    /// wildcard in the path).
     Role(String),
 }
 
 impl Principal {
     /// Parses `--principal`: a 12-digit account ID, `arn:aws:iam::ACCOUNT:root`, or an
-    /// IAM role ARN (with optional path) in the `aws`, `aws-cn` or `aws-us-gov`
-    /// partition. Surrounding whitespace is ignored.
+    /// IAM role ARN (with optional path) in any partition of
+    /// [`crate::aws_names::Partition`]. Surrounding whitespace is ignored.
     pub fn parse(s: &str) -> Result<Self, PolicyError> {
         let input = s.trim();
         let fail = |reason: String| {
@@ -523,15 +510,19 @@ impl Principal {
                 reason,
             })
         };
-        if is_account_id(input) {
+        if AccountId::is_valid(input) {
             return Ok(Self::Account(input.to_owned()));
         }
-        let Some(arn) = Arn::parse(input) else {
+        let Ok(arn) = Arn::parse(input) else {
             return fail(
                 "expected a 12-digit account ID, arn:aws:iam::ACCOUNT:root or \
                  arn:aws:iam::ACCOUNT:role/NAME"
                     .to_owned(),
             );
+        };
+        let partition = match arn.known_partition() {
+            Ok(partition) => partition,
+            Err(why) => return fail(why.to_string()),
         };
         if arn.service != "iam" || !arn.region.is_empty() {
             return fail(format!(
@@ -539,25 +530,31 @@ impl Principal {
                 arn.service
             ));
         }
-        if !is_account_id(arn.account) {
+        if !AccountId::is_valid(arn.account) {
             return fail("the account field must be exactly 12 digits".to_owned());
         }
         if arn.resource == "root" {
-            return account_root(arn.partition, arn.account).map_err(|reason| {
-                PolicyError::Principal {
-                    input: s.to_owned(),
-                    reason,
-                }
+            return account_root(partition, arn.account).map_err(|reason| PolicyError::Principal {
+                input: s.to_owned(),
+                reason,
             });
         }
-        let Some(role) = arn.resource.strip_prefix("role/") else {
+        if !arn.resource.starts_with("role/") {
             return fail(format!(
                 "only an account root or a role can be trusted, not {:?}",
                 arn.resource
             ));
+        }
+        let role = match RoleArn::parse(input) {
+            Ok(role) => role,
+            Err(why) => return fail(why.to_string()),
         };
-        if let Err(reason) = validate_role_path_and_name(role) {
-            return fail(reason);
+        // IAM allows `*` and `?` in a role's path, but a principal is matched
+        // literally: a wildcard there is refused by IAM and must not reach the policy.
+        if let Some(c) = role.path().chars().find(|c| matches!(c, '*' | '?')) {
+            return fail(format!(
+                "a role principal may not contain the wildcard {c:?}"
+            ));
         }
         Ok(Self::Role(input.to_owned()))
     }
@@ -577,8 +574,12 @@ impl Principal {
                 reason,
             })
         };
-        let Some(parsed) = Arn::parse(arn.trim()) else {
+        let Ok(parsed) = Arn::parse(arn.trim()) else {
             return fail("not an ARN".to_owned());
+        };
+        let partition = match parsed.known_partition() {
+            Ok(partition) => partition,
+            Err(why) => return fail(why.to_string()),
         };
         if !matches!(parsed.service, "iam" | "sts") || !parsed.region.is_empty() {
             return fail(format!(
@@ -586,13 +587,13 @@ impl Principal {
                 parsed.service
             ));
         }
-        if !is_account_id(parsed.account) {
+        if !AccountId::is_valid(parsed.account) {
             return fail("the account field must be exactly 12 digits".to_owned());
         }
         if parsed.resource.is_empty() {
             return fail("the ARN names no identity".to_owned());
         }
-        account_root(parsed.partition, parsed.account).map_err(|reason| PolicyError::CallerArn {
+        account_root(partition, parsed.account).map_err(|reason| PolicyError::CallerArn {
             arn: arn.to_owned(),
             reason,
         })
@@ -624,90 +625,14 @@ impl FromStr for Principal {
 /// An account root principal. Only the `aws` partition: [`Principal::Account`] renders
 /// as `arn:aws:iam::...:root`, and silently printing the wrong partition would give the
 /// customer a policy that never matches. Other partitions name a role instead.
-fn account_root(partition: &str, account: &str) -> Result<Principal, String> {
-    if partition == "aws" {
+fn account_root(partition: Partition, account: &str) -> Result<Principal, String> {
+    if partition == Partition::Aws {
         Ok(Principal::Account(account.to_owned()))
     } else {
         Err(format!(
             "account principals are supported only in the aws partition; in {partition} \
              pass a role ARN (arn:{partition}:iam::{account}:role/NAME) with --principal"
         ))
-    }
-}
-
-fn is_account_id(s: &str) -> bool {
-    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// `PATH/NAME` after `role/`. Role names: 1–64 of `[A-Za-z0-9+=,.@_-]`. Path segments:
-/// printable ASCII other than `/`, but never `*` or `?`, since a wildcard is not
-/// allowed in a role principal and would otherwise reach the trust policy.
-fn validate_role_path_and_name(role: &str) -> Result<(), String> {
-    let (path, name) = match role.rsplit_once('/') {
-        Some((path, name)) => (Some(path), name),
-        None => (None, role),
-    };
-    if name.is_empty() || name.len() > IAM_MAX_ROLE_NAME_LEN {
-        return Err(format!(
-            "the role name must be 1 to {IAM_MAX_ROLE_NAME_LEN} characters"
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "+=,.@_-".contains(*c)))
-    {
-        return Err(format!(
-            "the role name may contain only [A-Za-z0-9+=,.@_-], not {c:?}"
-        ));
-    }
-    if let Some(path) = path {
-        // The IAM path is "/" + path + "/".
-        if path.len() + 2 > IAM_MAX_PATH_LEN {
-            return Err(format!(
-                "the role path must be at most {IAM_MAX_PATH_LEN} characters"
-            ));
-        }
-        for segment in path.split('/') {
-            if segment.is_empty() {
-                return Err("the role path has an empty segment ('//')".to_owned());
-            }
-            if let Some(c) = segment
-                .chars()
-                .find(|c| !matches!(c, '!'..='~') || matches!(c, '*' | '?'))
-            {
-                return Err(format!("the role path may not contain {c:?}"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `arn:partition:service:region:account:resource`, borrowed from the input.
-struct Arn<'a> {
-    partition: &'a str,
-    service: &'a str,
-    region: &'a str,
-    account: &'a str,
-    resource: &'a str,
-}
-
-impl<'a> Arn<'a> {
-    fn parse(s: &'a str) -> Option<Self> {
-        let mut parts = s.splitn(6, ':');
-        if parts.next()? != "arn" {
-            return None;
-        }
-        let partition = parts.next()?;
-        if !matches!(partition, "aws" | "aws-cn" | "aws-us-gov") {
-            return None;
-        }
-        Some(Self {
-            partition,
-            service: parts.next()?,
-            region: parts.next()?,
-            account: parts.next()?,
-            resource: parts.next()?,
-        })
     }
 }
 
@@ -1063,40 +988,20 @@ mod tests {
     }
 
     #[test]
-    fn external_id_length_boundaries() {
+    fn external_id_rules_are_aws_names_worded_for_the_cli() {
+        // The rules themselves are pinned in src/aws_names.rs; here, which error each
+        // broken rule becomes.
+        assert_eq!(validate_external_id("Az09+=,.@:/_-"), Ok(()));
         assert_eq!(
             validate_external_id("a"),
             Err(PolicyError::ExternalIdLength { length: 1 })
         );
         assert_eq!(
-            validate_external_id(""),
-            Err(PolicyError::ExternalIdLength { length: 0 })
+            validate_external_id("tab\there"),
+            Err(PolicyError::ExternalIdCharacter { position: 4 })
         );
-        assert_eq!(validate_external_id("ab"), Ok(()));
-        assert_eq!(validate_external_id(&"a".repeat(1224)), Ok(()));
-        assert_eq!(
-            validate_external_id(&"a".repeat(1225)),
-            Err(PolicyError::ExternalIdLength { length: 1225 })
-        );
-    }
-
-    #[test]
-    fn external_id_charset() {
-        assert_eq!(validate_external_id("Az09+=,.@:/_-"), Ok(()));
-        for (id, position) in [
-            ("abc def", 4),
-            ("abc*", 4),
-            ("\"quoted\"", 1),
-            ("tab\there", 4),
-            ("ümlaut", 1),
-            ("new\n", 4),
-        ] {
-            assert_eq!(
-                validate_external_id(id),
-                Err(PolicyError::ExternalIdCharacter { position }),
-                "{id:?}"
-            );
-        }
+        let message = validate_external_id("a").unwrap_err().to_string();
+        assert!(message.contains("2 to 1224"), "{message}");
     }
 
     #[test]
@@ -1278,6 +1183,9 @@ mod tests {
             "arn:aws:iam::568237466542:role/service-role/vendor/sync.role@x=y,z+w_v",
             "arn:aws-cn:iam::568237466542:role/vendor-sync",
             "arn:aws-us-gov:iam::568237466542:role/vendor-sync",
+            "arn:aws-iso:iam::568237466542:role/x",
+            "arn:aws-eusc:iam::568237466542:role/vendor-sync",
+            "arn:aws:iam::568237466542:role/path//name",
         ] {
             let principal = Principal::parse(arn).unwrap();
             assert_eq!(principal, Principal::Role(arn.to_owned()));
@@ -1297,7 +1205,7 @@ mod tests {
             "arn:aws:iam::56823746654:root",
             "arn:aws:iam::568237466542:user/alice",
             "arn:aws:iam::568237466542:role/",
-            "arn:aws:iam::568237466542:role/path//name",
+            "arn:aws:iam::568237466542:role//name",
             "arn:aws:iam::568237466542:role/*",
             "arn:aws:iam::568237466542:role/a*/name",
             "arn:aws:iam::568237466542:role/bad name",
@@ -1305,11 +1213,13 @@ mod tests {
             "arn:aws:sts::568237466542:assumed-role/vendor/session",
             "arn:aws:s3:::bucket",
             "arn:aws:iam:us-east-1:568237466542:role/x",
-            "arn:aws-iso:iam::568237466542:role/x",
+            "arn:aws-mars:iam::568237466542:role/x",
+            "arn:aws-mars:iam::568237466542:root",
             "arn:aws-cn:iam::568237466542:root",
+            "arn:aws-iso:iam::568237466542:root",
             "*",
         ] {
-            let err = Principal::parse(input).unwrap_err();
+            let err = Principal::parse(input).expect_err(input);
             assert!(
                 matches!(err, PolicyError::Principal { .. }),
                 "{input:?}: {err:?}"
@@ -1322,6 +1232,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("role ARN"), "{message}");
+        let message = Principal::parse("arn:aws:iam::568237466542:role/a*/name")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("wildcard '*'"), "{message}");
+        let message = Principal::parse("arn:aws-mars:iam::568237466542:role/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("unknown partition `aws-mars`"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1346,6 +1267,8 @@ mod tests {
             "arn:aws:sts::1234:assumed-role/r/s",
             "arn:aws:sts::568237466542:",
             "arn:aws-cn:sts::568237466542:assumed-role/r/s",
+            "arn:aws-iso-f:sts::568237466542:assumed-role/r/s",
+            "arn:aws-mars:sts::568237466542:assumed-role/r/s",
         ] {
             assert!(
                 matches!(

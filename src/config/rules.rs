@@ -1,109 +1,30 @@
 //! Format rules for single values (ARNs, names, IDs, regions…), as pure functions.
 //!
-//! Each returns `Err(reason)` with a sentence an operator can act on. The character
-//! sets and lengths are the ones STS and IAM enforce (AssumeRole API reference), so a
-//! value that passes here is not rejected by STS for its shape. Reasons about an
+//! Each returns `Err(reason)` with a sentence an operator can act on. The AWS names
+//! (ARNs, External IDs, session names) take their rules from [`crate::aws_names`], the
+//! ones STS and IAM enforce, so a value that passes here is not rejected by STS for its
+//! shape; this module only words the reason for the config report. Reasons about an
 //! External ID never include the value.
 
 use std::net::Ipv6Addr;
 
+use crate::aws_names::{
+    EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN, ExternalIdError, PolicyArn, RoleArn,
+    SESSION_NAME_MAX_LEN, SESSION_NAME_MIN_LEN, SessionNameError, check_external_id,
+    check_role_session_name,
+};
 use crate::secret::TokenHash;
 
-/// AWS partitions whose IAM ARNs we accept.
-const PARTITIONS: &[&str] = &[
-    "aws",
-    "aws-cn",
-    "aws-us-gov",
-    "aws-iso",
-    "aws-iso-b",
-    "aws-iso-e",
-    "aws-iso-f",
-    "aws-eusc",
-];
-
-/// `[\w+=,.@-]`: the character set of role names, session names and source identities.
-fn is_iam_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
-}
-
-/// Splits `arn:PARTITION:iam::ACCOUNT:RESOURCE`, checking partition and service.
-fn iam_arn_parts(arn: &str) -> Result<(&str, &str), String> {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let [prefix, partition, service, region, account, resource] = parts[..] else {
-        return Err("expected arn:PARTITION:iam::ACCOUNT:RESOURCE".to_owned());
-    };
-    if prefix != "arn" {
-        return Err("must start with `arn:`".to_owned());
-    }
-    if !PARTITIONS.contains(&partition) {
-        return Err(format!(
-            "unknown partition `{partition}`; expected one of {}",
-            PARTITIONS.join(", ")
-        ));
-    }
-    if service != "iam" {
-        return Err(format!("service is `{service}`, expected `iam`"));
-    }
-    if !region.is_empty() {
-        return Err("IAM ARNs have an empty region field (`iam::`)".to_owned());
-    }
-    Ok((account, resource))
-}
-
-fn is_account_id(account: &str) -> bool {
-    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// `/` or `/seg/…/` inside `role/…` or `policy/…`: printable ASCII, at most 512.
-fn check_iam_path_and_name(rest: &str, max_name: usize, what: &str) -> Result<(), String> {
-    let name = rest.rsplit('/').next().unwrap_or(rest);
-    let path = &rest[..rest.len() - name.len()];
-    if path.len() > 511 || !path.chars().all(|c| ('\u{21}'..='\u{7e}').contains(&c)) {
-        return Err(format!(
-            "{what} path must be printable ASCII of at most 512 characters"
-        ));
-    }
-    if name.is_empty() || name.chars().count() > max_name {
-        return Err(format!("{what} name must be 1–{max_name} characters"));
-    }
-    if !name.chars().all(is_iam_name_char) {
-        return Err(format!(
-            "{what} name `{name}` may contain only letters, digits and _+=,.@-"
-        ));
-    }
-    Ok(())
-}
-
-/// `arn:PARTITION:iam::<12 digits>:role/[PATH/]NAME`, NAME 1–64 of `[\w+=,.@-]`.
+/// `arn:PARTITION:iam::<12 digits>:role/[PATH/]NAME` (the rules: [`RoleArn`]).
 pub(super) fn role_arn(arn: &str) -> Result<(), String> {
-    let check = || -> Result<(), String> {
-        let (account, resource) = iam_arn_parts(arn)?;
-        if !is_account_id(account) {
-            return Err("the account ID must be 12 digits".to_owned());
-        }
-        let rest = resource
-            .strip_prefix("role/")
-            .ok_or("the resource must be `role/[PATH/]NAME`")?;
-        check_iam_path_and_name(rest, 64, "role")
-    };
-    check().map_err(|why| {
+    RoleArn::parse(arn).map(drop).map_err(|why| {
         format!("`{arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME): {why}")
     })
 }
 
-/// `arn:PARTITION:iam::(<12 digits>|aws):policy/[PATH/]NAME`, NAME 1–128.
+/// `arn:PARTITION:iam::(<12 digits>|aws):policy/[PATH/]NAME` (the rules: [`PolicyArn`]).
 pub(super) fn policy_arn(arn: &str) -> Result<(), String> {
-    let check = || -> Result<(), String> {
-        let (account, resource) = iam_arn_parts(arn)?;
-        if account != "aws" && !is_account_id(account) {
-            return Err("the account must be 12 digits, or `aws` for a managed policy".to_owned());
-        }
-        let rest = resource
-            .strip_prefix("policy/")
-            .ok_or("the resource must be `policy/[PATH/]NAME`")?;
-        check_iam_path_and_name(rest, 128, "policy")
-    };
-    check().map_err(|why| {
+    PolicyArn::parse(arn).map(drop).map_err(|why| {
         format!(
             "`{arn}` is not an IAM policy ARN (arn:aws:iam::aws:policy/NAME or \
              arn:aws:iam::123456789012:policy/NAME): {why}"
@@ -111,56 +32,45 @@ pub(super) fn policy_arn(arn: &str) -> Result<(), String> {
     })
 }
 
-/// 2–1224 characters of `[A-Za-z0-9+=,.@:/_-]`. The reason never shows the value.
+/// The External ID rules of [`check_external_id`]. The reason never shows the value.
 pub(super) fn external_id(value: &str) -> Result<(), String> {
-    let len = value.chars().count();
-    if !(2..=1224).contains(&len) {
-        return Err(format!(
-            "an External ID must be 2–1224 characters; this one has {len} (value not shown)"
-        ));
-    }
-    if let Some((pos, c)) = value
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+=,.@:/_-".contains(*c)))
-    {
-        let hint = if c.is_whitespace() || c.is_control() {
-            " (whitespace or a control character: a second trailing newline?)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "an External ID may contain only A-Z a-z 0-9 and +=,.@:/_-; character {} is \
-             not allowed{hint} (value not shown)",
-            pos + 1
-        ));
-    }
-    Ok(())
+    check_external_id(value).map_err(|err| match err {
+        ExternalIdError::Length { length } => format!(
+            "an External ID must be {EXTERNAL_ID_MIN_LEN}–{EXTERNAL_ID_MAX_LEN} characters; \
+             this one has {length} (value not shown)"
+        ),
+        ExternalIdError::Character { position, blank } => format!(
+            "an External ID may contain only A-Z a-z 0-9 and +=,.@:/_-; character \
+             {position} is not allowed{} (value not shown)",
+            if blank {
+                " (whitespace or a control character: a second trailing newline?)"
+            } else {
+                ""
+            }
+        ),
+    })
 }
 
-/// Role session name: 2–64 of `[\w+=,.@-]`.
+/// Role session name (the rules: [`check_role_session_name`]).
 pub(super) fn session_name(value: &str) -> Result<(), String> {
     iam_name(value, "session name")
 }
 
-/// Source identity: 2–64 of `[\w+=,.@-]`, not starting with `aws:`.
+/// Source identity: the same rules as a session name.
 pub(super) fn source_identity(value: &str) -> Result<(), String> {
     iam_name(value, "source identity")
 }
 
 fn iam_name(value: &str, what: &str) -> Result<(), String> {
-    let len = value.chars().count();
-    if !(2..=64).contains(&len) {
-        return Err(format!(
-            "`{value}`: a {what} must be 2–64 characters, not {len}"
-        ));
-    }
-    if !value.chars().all(is_iam_name_char) {
-        return Err(format!(
-            "`{value}`: a {what} may contain only letters, digits and _+=,.@-"
-        ));
-    }
-    Ok(())
+    check_role_session_name(value).map_err(|err| match err {
+        SessionNameError::Length { length } => format!(
+            "`{value}`: a {what} must be {SESSION_NAME_MIN_LEN}–{SESSION_NAME_MAX_LEN} \
+             characters, not {length}"
+        ),
+        SessionNameError::Character => {
+            format!("`{value}`: a {what} may contain only letters, digits and _+=,.@-")
+        }
+    })
 }
 
 /// Mapping names appear in URL paths and metric labels: `[A-Za-z0-9_.-]`, 1–64.

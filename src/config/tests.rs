@@ -845,16 +845,27 @@ mod rules_unit {
     use super::super::rules;
 
     #[test]
-    fn arns() {
-        assert!(rules::role_arn("arn:aws:iam::111122223333:role/vendor-sync").is_ok());
-        assert!(rules::role_arn("arn:aws-cn:iam::111122223333:role/a/b/c+=,.@-_").is_ok());
-        assert!(rules::role_arn("arn:aws-us-gov:iam::111122223333:role/x").is_ok());
-        assert!(rules::role_arn("arn:aws:iam::111122223333:role/").is_err());
-        assert!(rules::role_arn("arn:aws:sts::111122223333:role/x").is_err());
-        assert!(rules::role_arn("arn:aws:iam:us-east-1:111122223333:role/x").is_err());
-        assert!(rules::policy_arn("arn:aws:iam::aws:policy/service-role/AmazonS3Thing").is_ok());
-        assert!(rules::policy_arn("arn:aws:iam::111122223333:policy/mine").is_ok());
-        assert!(rules::policy_arn("arn:aws:iam::someone:policy/mine").is_err());
+    fn arn_reasons_name_the_value_and_the_rule() {
+        // The ARN rules are pinned in src/aws_names.rs; here, the config's wording.
+        assert_eq!(
+            rules::role_arn("arn:aws:iam::111122223333:role/vendor-sync"),
+            Ok(())
+        );
+        assert_eq!(
+            rules::role_arn("arn:aws:sts::111122223333:role/x").unwrap_err(),
+            "`arn:aws:sts::111122223333:role/x` is not an IAM role ARN \
+             (arn:aws:iam::123456789012:role/NAME): service is `sts`, expected `iam`"
+        );
+        assert_eq!(
+            rules::policy_arn("arn:aws:iam::aws:policy/service-role/AmazonS3Thing"),
+            Ok(())
+        );
+        assert_eq!(
+            rules::policy_arn("arn:aws:iam::someone:policy/mine").unwrap_err(),
+            "`arn:aws:iam::someone:policy/mine` is not an IAM policy ARN \
+             (arn:aws:iam::aws:policy/NAME or arn:aws:iam::123456789012:policy/NAME): the \
+             account must be 12 digits, or `aws` for a managed policy"
+        );
     }
 
     #[test]

@@ -741,15 +741,11 @@ fn mapping(
         }
     }
 
-    if let Some(identity) = &raw.source_identity {
-        if let Err(reason) = rules::source_identity(identity) {
-            fail!("source_identity", reason);
-        } else if identity.to_ascii_lowercase().starts_with("aws:") {
-            fail!(
-                "source_identity",
-                format!("`{identity}`: may not start with `aws:`")
-            );
-        }
+    // STS reserves the `aws:` prefix; the character set already excludes its `:`.
+    if let Some(identity) = &raw.source_identity
+        && let Err(reason) = rules::source_identity(identity)
+    {
+        fail!("source_identity", reason);
     }
 
     let region = match &raw.region {

@@ -72,36 +72,3 @@ pub trait RoleAssumer: Send + Sync + 'static {
         Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
     >;
 }
-
-/// The account ID of an ARN (its fifth colon-separated field), e.g. `111122223333` for
-/// `arn:aws:iam::111122223333:role/sync`. `None` when the ARN has no account field.
-pub fn account_from_arn(arn: &str) -> Option<&str> {
-    let mut fields = arn.splitn(6, ':');
-    if fields.next() != Some("arn") {
-        return None;
-    }
-    let account = fields.nth(3)?;
-    // The resource field must exist too, or this was not an ARN.
-    fields.next()?;
-    (!account.is_empty()).then_some(account)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn account_is_the_fifth_field() {
-        assert_eq!(
-            account_from_arn("arn:aws:iam::111122223333:role/sync"),
-            Some("111122223333")
-        );
-        assert_eq!(
-            account_from_arn("arn:aws:sts::111122223333:assumed-role/sync/credvend-acme"),
-            Some("111122223333")
-        );
-        assert_eq!(account_from_arn("arn:aws:s3:::bucket"), None);
-        assert_eq!(account_from_arn("arn:aws:iam::111122223333"), None);
-        assert_eq!(account_from_arn("not-an-arn"), None);
-    }
-}

@@ -32,6 +32,7 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use crate::aws_names::AccountId;
 use crate::creds::Credentials;
 
 /// The response body type of every credvend endpoint.
@@ -69,12 +70,6 @@ struct ErrorBody<'a> {
 /// `YYYY-MM-DDTHH:MM:SSZ` in UTC.
 pub fn format_expiration(at: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
-}
-
-/// The account ID field of an ARN (`arn:partition:service:region:ACCOUNT:resource`).
-pub fn account_of_arn(arn: &str) -> Option<&str> {
-    let account = arn.split(':').nth(4)?;
-    (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
 }
 
 /// The encoded 200 body of one credential, shared by every response that serves it.
@@ -120,13 +115,16 @@ impl CredentialBody {
     /// serialisation failed, which a struct of strings cannot.
     pub fn encode(creds: &Credentials, role_arn: &str) -> Option<CredentialBody> {
         let expiration = format_expiration(creds.expiration);
+        // The account STS named in the assumed-role ARN, else the one of the mapping's
+        // role (the config has checked that it has one).
+        let account_id =
+            AccountId::of_arn(&creds.assumed_role_arn).or_else(|| AccountId::of_arn(role_arn));
         let json = CredentialJson {
             access_key_id: &creds.access_key_id,
             secret_access_key: creds.secret_access_key.expose(),
             token: creds.session_token.expose(),
             expiration,
-            account_id: account_of_arn(&creds.assumed_role_arn)
-                .or_else(|| account_of_arn(role_arn)),
+            account_id: account_id.as_ref().map(AccountId::as_str),
             role_arn,
         };
         // Measure first, then write into a buffer of exactly that size: the buffer is
@@ -397,15 +395,5 @@ mod tests {
             body.bytes()
                 .starts_with(b"{\"AccessKeyId\":\"ASIAEXAMPLE\"")
         );
-    }
-
-    #[test]
-    fn account_comes_from_the_arn() {
-        assert_eq!(
-            account_of_arn("arn:aws:sts::111122223333:assumed-role/a/b"),
-            Some("111122223333")
-        );
-        assert_eq!(account_of_arn("arn:aws:iam::aws:policy/x"), None);
-        assert_eq!(account_of_arn("nonsense"), None);
     }
 }

@@ -648,7 +648,7 @@ impl State {
         let access_key_id = format!("ASIAFAKE{n:012}");
         let secret_access_key = format!("fakeSecretAccessKey/{n:020}");
         let session_token = fake_session_token(n);
-        let account = credvend::creds::account_from_arn(&role_arn).unwrap_or("000000000000");
+        let account = account_of(&role_arn);
         let role_name = role_arn.rsplit('/').next().unwrap_or_default();
         let assumed_role_arn =
             format!("arn:aws:sts::{account}:assumed-role/{role_name}/{session_name}");
@@ -692,9 +692,7 @@ impl State {
 
     fn get_caller_identity(&mut self, call: &StsCall) -> Outcome {
         let arn = self.caller_arn(call);
-        let account = credvend::creds::account_from_arn(&arn)
-            .unwrap_or("000000000000")
-            .to_owned();
+        let account = account_of(&arn);
         let user_id = match arn.split_once(":assumed-role/") {
             Some((_, rest)) => format!(
                 "AROAFAKE000000000000:{}",
@@ -731,13 +729,19 @@ enum Outcome {
     Hang,
 }
 
+/// The account of an ARN, or all zeros when it names none.
+fn account_of(arn: &str) -> String {
+    credvend::aws_names::AccountId::of_arn(arn)
+        .map_or_else(|| "000000000000".to_owned(), |a| a.as_str().to_owned())
+}
+
 fn validation_error(message: String) -> Outcome {
     Outcome::Error(StatusCode::BAD_REQUEST, "ValidationError", message)
 }
 
 fn fault_outcome(fault: &Fault, call: &StsCall, caller: String) -> Outcome {
     let role = call.role_arn.as_deref().unwrap_or_default();
-    let account = credvend::creds::account_from_arn(&caller).unwrap_or("000000000000");
+    let account = account_of(&caller);
     match fault {
         Fault::Throttling => Outcome::Error(
             StatusCode::BAD_REQUEST,
