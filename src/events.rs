@@ -20,12 +20,11 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::cache::{MappingState, Source};
 use crate::config::{Enforcement, Problem};
 use crate::creds::AssumeError;
 use crate::metrics::Metrics;
+use crate::model::{MappingState, Source, Verdict};
 use crate::server::wire::ApiError;
-use crate::verify::Verdict;
 
 /// STS issued credentials for `mapping`.
 #[derive(Debug)]

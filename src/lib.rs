@@ -35,6 +35,7 @@ pub mod creds;
 pub mod daemon;
 pub mod events;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod policy;
 pub mod reload;

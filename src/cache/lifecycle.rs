@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::creds::Credentials;
+pub use crate::model::{MappingState, Source};
 use crate::server::wire::CredentialBody;
 
 /// A credential is never served with less than this left
@@ -24,68 +25,6 @@ pub const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// not a timer, drive the retry).
 pub const TERMINAL_BACKOFF_MIN: Duration = Duration::from_secs(30);
 pub const TERMINAL_BACKOFF_MAX: Duration = Duration::from_secs(600);
-
-/// Where a served credential came from (metric label `source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Served from cache in the healthy state.
-    Cache,
-    /// Fetched from STS for this request (a cold miss).
-    Fresh,
-    /// Served from cache while refreshes are failing.
-    Degraded,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Cache => "cache",
-            Source::Fresh => "fresh",
-            Source::Degraded => "degraded",
-        }
-    }
-}
-
-/// Per-mapping state (docs/design.md, Credential lifecycle), reported in `/status` and
-/// metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MappingState {
-    /// No credential and nothing in flight.
-    Empty,
-    /// First fetch in flight; nothing to serve yet.
-    Fetching,
-    /// A servable credential; no fetch in flight.
-    Fresh,
-    /// A servable credential while its replacement is being fetched.
-    Refreshing,
-    /// Refresh failing transiently; the last credential is served until
-    /// [`EXPIRY_MARGIN`] before its expiry.
-    Degraded,
-    /// Terminal error (the role refused us); negatively cached with backoff.
-    Failed,
-}
-
-impl MappingState {
-    pub const ALL: [MappingState; 6] = [
-        MappingState::Empty,
-        MappingState::Fetching,
-        MappingState::Fresh,
-        MappingState::Refreshing,
-        MappingState::Degraded,
-        MappingState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MappingState::Empty => "empty",
-            MappingState::Fetching => "fetching",
-            MappingState::Fresh => "fresh",
-            MappingState::Refreshing => "refreshing",
-            MappingState::Degraded => "degraded",
-            MappingState::Failed => "failed",
-        }
-    }
-}
 
 /// One reading of the injected clock: wall time (expiry, scheduling) and monotonic
 /// time (how long a credential has really been held; see [`Entry::remaining`]).

@@ -46,17 +46,19 @@ use crate::events::{
     AssumeRoleFailed, AssumeRoleSucceeded, MappingStateChanged, TrustPolicyChecked,
 };
 use crate::metrics::Metrics;
+use crate::model::{Enforcement, Probe, Verdict};
 use crate::server::wire::CredentialBody;
-use crate::verify::{self, Enforcement, Probe, Verdict};
+use crate::verify;
 
 pub mod budget;
 pub mod lifecycle;
 pub mod scheduler;
 
+pub use crate::model::{FetchError, MappingState, MappingStatus, Source};
 pub use budget::Priority;
 use budget::StsBudget;
+pub use lifecycle::Entry;
 use lifecycle::{EXPIRY_MARGIN, Now, Servable};
-pub use lifecycle::{Entry, MappingState, Source};
 
 /// Upper bound on cached credentials. One per configured mapping is needed; the bound
 /// only matters if a config ever grows past it, in which case the least recently used
@@ -125,74 +127,11 @@ pub enum VendError {
     },
 }
 
-/// Point-in-time view of one mapping, for `/status` and readiness.
-#[derive(Debug, Clone)]
-pub struct MappingStatus {
-    pub name: String,
-    pub state: MappingState,
-    pub expires_at: Option<SystemTime>,
-    pub access_key_id: Option<String>,
-    pub last_success: Option<SystemTime>,
-    pub last_error: Option<(FetchError, SystemTime)>,
-    pub next_refresh: Option<SystemTime>,
-    pub prefetch: bool,
-    /// External ID enforcement check result and when it was last conclusive.
-    pub enforcement: Enforcement,
-    pub enforcement_checked_at: Option<SystemTime>,
-    pub enforcement_mode: EnforcementMode,
-}
-
-/// Why a fetch produced no credential.
-#[derive(Debug, Clone)]
-pub enum FetchError {
-    /// STS refused or failed (classified).
-    Sts(AssumeError),
-    /// The enforcement check found the role accepting a probe (`require` mode).
-    UnsafeTrustPolicy(Probe),
-}
-
-impl FetchError {
-    /// Terminal errors evict, answer 403 and are negatively cached.
-    pub fn is_terminal(&self) -> bool {
-        match self {
-            FetchError::Sts(error) => error.reason.is_terminal(),
-            FetchError::UnsafeTrustPolicy(_) => true,
-        }
-    }
-
-    /// AWS error code, or `TrustPolicyUnsafe`.
-    pub fn code(&self) -> &str {
-        match self {
-            FetchError::Sts(error) => &error.code,
-            FetchError::UnsafeTrustPolicy(_) => "TrustPolicyUnsafe",
-        }
-    }
-
-    /// The STS failure reason, if STS failed.
-    pub fn reason(&self) -> Option<FailureReason> {
-        match self {
-            FetchError::Sts(error) => Some(error.reason),
-            FetchError::UnsafeTrustPolicy(_) => None,
-        }
-    }
-
-    fn into_vend_error(self) -> VendError {
-        match self {
+impl From<FetchError> for VendError {
+    fn from(error: FetchError) -> Self {
+        match error {
             FetchError::Sts(error) => VendError::Denied(error),
             FetchError::UnsafeTrustPolicy(probe) => VendError::UnsafeTrustPolicy(probe),
-        }
-    }
-}
-
-impl fmt::Display for FetchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FetchError::Sts(error) => write!(f, "{error}"),
-            FetchError::UnsafeTrustPolicy(probe) => write!(
-                f,
-                "TrustPolicyUnsafe: the role can be assumed {}",
-                probe.describe()
-            ),
         }
     }
 }
@@ -392,7 +331,7 @@ impl CredentialCache {
                 (slot.failed, slot.negative_until, &slot.last_error)
                 && now.wall < until
             {
-                return Err(error.clone().into_vend_error());
+                return Err(error.clone().into());
             }
         }
 
@@ -419,7 +358,7 @@ impl CredentialCache {
                 entry,
                 source: Source::Fresh,
             }),
-            Ok(Err(error)) if error.is_terminal() => Err(error.into_vend_error()),
+            Ok(Err(error)) if error.is_terminal() => Err(error.into()),
             Ok(Err(_transient)) => degraded_fallback("STS unavailable"),
             Err(_elapsed) => degraded_fallback("STS slower than cold_wait"),
         }

@@ -52,8 +52,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::cache::{MappingState, MappingStatus, Source};
 use crate::creds::FailureReason;
+use crate::model::{MappingState, MappingStatus, Source};
 use per_mapping::PerMapping;
 
 /// `Content-Type` of [`Metrics::render`]'s output.

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{MappingState, Source};
 use crate::creds::FailureReason;
+use crate::model::{MappingState, Source};
 
 /// `credvend_credentials_expiry_timestamp_seconds` has no series for this mapping.
 const NO_EXPIRY: i64 = i64::MIN;

@@ -9,8 +9,8 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::cache::MappingStatus;
 use crate::creds::FailureReason;
+use crate::model::MappingStatus;
 
 fn time(at: Option<SystemTime>) -> Value {
     at.map_or(Value::Null, |t| {

@@ -23,68 +23,7 @@ pub const PROBE_SESSION_NAME: &str = "credvend-external-id-check";
 /// The shortest session STS allows.
 const PROBE_DURATION: Duration = Duration::from_secs(900);
 
-/// What the check found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Both probes were refused: the role requires the External ID.
-    Enforced,
-    /// The role accepted a probe; which one.
-    NotEnforced(Probe),
-}
-
-/// The two probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    WithoutExternalId,
-    WrongExternalId,
-}
-
-impl Probe {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Probe::WithoutExternalId => "without an External ID",
-            Probe::WrongExternalId => "with a wrong External ID",
-        }
-    }
-}
-
-/// Enforcement state as reported in metrics (`credvend_external_id_enforced`) and
-/// `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Enforcement {
-    #[default]
-    Unknown,
-    Enforced,
-    NotEnforced,
-}
-
-impl Enforcement {
-    /// Gauge value: 1 enforced, 0 not, -1 unknown.
-    pub fn gauge(self) -> i64 {
-        match self {
-            Enforcement::Enforced => 1,
-            Enforcement::NotEnforced => 0,
-            Enforcement::Unknown => -1,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Enforcement::Enforced => "enforced",
-            Enforcement::NotEnforced => "not_enforced",
-            Enforcement::Unknown => "unknown",
-        }
-    }
-}
-
-impl From<Verdict> for Enforcement {
-    fn from(verdict: Verdict) -> Self {
-        match verdict {
-            Verdict::Enforced => Enforcement::Enforced,
-            Verdict::NotEnforced(_) => Enforcement::NotEnforced,
-        }
-    }
-}
+pub use crate::model::{Enforcement, Probe, Verdict};
 
 /// The probe inputs for a mapping's real AssumeRole input.
 pub fn probe_inputs(input: &AssumeRoleInput) -> [(Probe, AssumeRoleInput); 2] {
