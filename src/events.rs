@@ -24,7 +24,7 @@ use crate::config::{Enforcement, Problem};
 use crate::creds::AssumeError;
 use crate::metrics::Metrics;
 use crate::model::{MappingState, Source, Verdict};
-use crate::server::wire::ApiError;
+use crate::protocol::ApiError;
 
 /// STS issued credentials for `mapping`.
 #[derive(Debug)]

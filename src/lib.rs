@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod policy;
+pub mod protocol;
 pub mod reload;
 pub mod secret;
 pub mod server;

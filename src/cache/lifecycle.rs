@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::creds::Credentials;
 pub use crate::model::{MappingState, Source};
-use crate::server::wire::CredentialBody;
+use crate::protocol::CredentialBody;
 
 /// A credential is never served with less than this left
 /// (docs/design.md, Credential lifecycle): SDKs need time to use it, and clocks on the

@@ -47,7 +47,7 @@ use crate::events::{
 };
 use crate::metrics::Metrics;
 use crate::model::{Enforcement, Probe, Verdict};
-use crate::server::wire::CredentialBody;
+use crate::protocol::CredentialBody;
 use crate::verify;
 
 pub mod budget;

@@ -39,10 +39,7 @@ pub mod wire;
 
 use wire::{ApiError, Body};
 
-/// Longest request target (path plus query) accepted. SDK requests are
-/// `/v1/credentials/<mapping>` (≤ 80 bytes) plus, from the JS SDK, a short query string;
-/// hyper's own limit is 64 KiB, far more than any client of ours needs.
-pub const MAX_URI_BYTES: usize = 2048;
+pub use crate::protocol::MAX_URI_BYTES;
 
 /// The framing checks every handler runs before anything else: a request target longer
 /// than [`MAX_URI_BYTES`] (414), or a request carrying a body (400; credvend only

@@ -1,0 +1,244 @@
+//! The ECS container-credentials wire vocabulary (docs/design.md, Wire contract), byte
+//! for byte: the 200 body of a credential and every error a request can get, with its
+//! status and code. A leaf: the cache encodes a body here once when STS answers, the
+//! events count errors by code, and `server::wire` turns both into HTTP responses.
+//!
+//! The credential body is one JSON object whose keys are cased exactly as the SDKs
+//! read them:
+//!
+//! ```json
+//! {"AccessKeyId":"ASIA…","SecretAccessKey":"…","Token":"…","Expiration":"2026-11-28T01:23:45Z","AccountId":"111122223333","RoleArn":"arn:aws:iam::111122223333:role/sync"}
+//! ```
+//!
+//! It is built **once per credential** ([`CredentialBody::encode`]) and zeroizes itself
+//! when the last reference to it drops (see [`CredentialBody`] for what that does and
+//! does not cover).
+//!
+//! `Expiration` is UTC with a capital `Z` and no fraction (JS and Rust reject offsets;
+//! botocore, Go and Java fail without a zone). There is no `Code` field: the Rust SDK
+//! treats any `Code` other than `Success` as an error.
+
+use std::fmt;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::aws_names::AccountId;
+use crate::creds::Credentials;
+
+/// Longest request target (path plus query) accepted. SDK requests are
+/// `/v1/credentials/<mapping>` (≤ 80 bytes) plus, from the JS SDK, a short query string;
+/// hyper's own limit is 64 KiB, far more than any client of ours needs.
+pub const MAX_URI_BYTES: usize = 2048;
+
+#[derive(Serialize)]
+struct CredentialJson<'a> {
+    #[serde(rename = "AccessKeyId")]
+    access_key_id: &'a str,
+    #[serde(rename = "SecretAccessKey")]
+    secret_access_key: &'a str,
+    #[serde(rename = "Token")]
+    token: &'a str,
+    #[serde(rename = "Expiration")]
+    expiration: String,
+    #[serde(rename = "AccountId", skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
+    #[serde(rename = "RoleArn")]
+    role_arn: &'a str,
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` in UTC.
+pub fn format_expiration(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The encoded 200 body of one credential, shared by every response that serves it.
+///
+/// Secret hygiene, and the trade-off made for speed: the body necessarily contains the
+/// secret key and session token in clear. It lives in one heap buffer owned by a
+/// zeroizing wrapper; [`Bytes`] handed to hyper are reference-counted views of that same
+/// buffer (`Bytes::from_owner`), so cloning one per request copies no secret, and the
+/// buffer is overwritten with zeros when the cached entry *and* every in-flight response
+/// have dropped it. What it does not cover, exactly as before this type existed: hyper
+/// may copy a small body into its own write buffer, and the kernel's socket buffers hold
+/// the bytes until sent; neither is zeroized. Compared with serialising per request
+/// (which left one un-zeroized `Vec` per response on the heap), the shared body leaves
+/// strictly fewer copies of the secret around. `Debug` is redacted.
+#[derive(Clone)]
+pub struct CredentialBody(Bytes);
+
+/// Owner of the body buffer: zeroizes it on drop.
+struct ZeroizingBuffer(Zeroizing<Vec<u8>>);
+
+/// A writer that only counts bytes: the exact length of a body before it is written.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for ZeroizingBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl CredentialBody {
+    /// Encodes `creds` for the mapping whose IAM role is `role_arn`. `None` only if
+    /// serialisation failed, which a struct of strings cannot.
+    pub fn encode(creds: &Credentials, role_arn: &str) -> Option<CredentialBody> {
+        let expiration = format_expiration(creds.expiration);
+        // The account STS named in the assumed-role ARN, else the one of the mapping's
+        // role (the config has checked that it has one).
+        let account_id =
+            AccountId::of_arn(&creds.assumed_role_arn).or_else(|| AccountId::of_arn(role_arn));
+        let json = CredentialJson {
+            access_key_id: &creds.access_key_id,
+            secret_access_key: creds.secret_access_key.expose(),
+            token: creds.session_token.expose(),
+            expiration,
+            account_id: account_id.as_ref().map(AccountId::as_str),
+            role_arn,
+        };
+        // Measure first, then write into a buffer of exactly that size: the buffer is
+        // never reallocated (a reallocation would free an un-zeroized copy of the
+        // secrets) and holds no slack (10,000 cached credentials, one body each).
+        let mut length = ByteCount(0);
+        serde_json::to_writer(&mut length, &json).ok()?;
+        let mut buffer = Zeroizing::new(Vec::with_capacity(length.0));
+        serde_json::to_writer(&mut *buffer, &json).ok()?;
+        debug_assert_eq!(buffer.len(), buffer.capacity());
+        Some(CredentialBody(Bytes::from_owner(ZeroizingBuffer(buffer))))
+    }
+
+    /// The body, as a cheap reference-counted view.
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for CredentialBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialBody(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+/// Every way a credential request can fail, with its documented status and code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// No `Authorization` header.
+    MissingToken,
+    /// Token not valid for this mapping, or no such mapping: indistinguishable on
+    /// purpose, so a token cannot be used to discover mapping names.
+    AccessDenied { mapping: Option<String> },
+    /// `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present: the request came through
+    /// a proxy, which is how SSRF reaches a metadata-style endpoint.
+    ProxiedRequest,
+    /// `Host` is not one of ours (DNS rebinding).
+    InvalidHost,
+    /// The customer role refused the assumption.
+    AssumeRoleDenied { mapping: String, code: String },
+    /// The mapping's trust policy does not enforce its External ID.
+    TrustPolicyUnsafe { mapping: String },
+    /// Not a credentials path.
+    NotFound,
+    /// Not GET or HEAD.
+    MethodNotAllowed,
+    /// Request target longer than [`MAX_URI_BYTES`].
+    UriTooLong,
+    /// The request carries a body (`Content-Length` > 0 or `Transfer-Encoding`); GET and
+    /// HEAD never need one, and it is never read.
+    BodyNotAllowed,
+    /// Nothing servable yet; retry after the given seconds.
+    Unavailable {
+        mapping: Option<String>,
+        retry_after_secs: u64,
+        reason: &'static str,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status. Exhaustive on purpose: a new variant forces a decision.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingToken => StatusCode::UNAUTHORIZED,
+            ApiError::AccessDenied { .. }
+            | ApiError::ProxiedRequest
+            | ApiError::InvalidHost
+            | ApiError::AssumeRoleDenied { .. }
+            | ApiError::TrustPolicyUnsafe { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::BodyNotAllowed => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `code` / `Code` value.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingToken => "Unauthorized",
+            ApiError::AccessDenied { .. } => "AccessDenied",
+            ApiError::ProxiedRequest => "ProxiedRequestRejected",
+            ApiError::InvalidHost => "InvalidHost",
+            ApiError::AssumeRoleDenied { .. } => "AssumeRoleDenied",
+            ApiError::TrustPolicyUnsafe { .. } => "TrustPolicyUnsafe",
+            ApiError::NotFound => "NotFound",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::UriTooLong => "UriTooLong",
+            ApiError::BodyNotAllowed => "BodyNotAllowed",
+            ApiError::Unavailable { .. } => "CredentialsUnavailable",
+        }
+    }
+
+    /// The `message` / `Message` value: names the mapping and the reason, never a secret
+    /// and never internals.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::MissingToken => {
+                "missing Authorization header (set AWS_CONTAINER_AUTHORIZATION_TOKEN)".into()
+            }
+            ApiError::AccessDenied {
+                mapping: Some(mapping),
+            } => format!("token is not valid for mapping '{mapping}'"),
+            ApiError::AccessDenied { mapping: None } => "token is not valid".into(),
+            ApiError::ProxiedRequest => {
+                "requests through a proxy (X-Forwarded-For, Forwarded, X-Real-IP) are refused"
+                    .into()
+            }
+            ApiError::InvalidHost => "Host header is not an address of this endpoint".into(),
+            ApiError::AssumeRoleDenied { mapping, code } => format!(
+                "the role of mapping '{mapping}' refused the assumption ({code}); check its trust policy and External ID"
+            ),
+            ApiError::TrustPolicyUnsafe { mapping } => format!(
+                "the role of mapping '{mapping}' can be assumed without its External ID; refusing to vend until its trust policy requires sts:ExternalId"
+            ),
+            ApiError::NotFound => "not found; use GET /v1/credentials/{mapping}".into(),
+            ApiError::MethodNotAllowed => "only GET and HEAD are allowed".into(),
+            ApiError::UriTooLong => {
+                format!("request target longer than {} bytes", MAX_URI_BYTES)
+            }
+            ApiError::BodyNotAllowed => "requests must not carry a body".into(),
+            ApiError::Unavailable {
+                mapping: Some(mapping),
+                reason,
+                ..
+            } => format!("credentials for mapping '{mapping}' are not available yet: {reason}"),
+            ApiError::Unavailable {
+                mapping: None,
+                reason,
+                ..
+            } => format!("credentials are not available yet: {reason}"),
+        }
+    }
+}
