@@ -40,13 +40,13 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::{Config, Enforcement as EnforcementMode, Mapping, RefreshConfig};
+use crate::config::{Config, Enforcement as EnforcementMode, RefreshConfig};
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
 use crate::events::{
     AssumeRoleFailed, AssumeRoleSucceeded, MappingStateChanged, TrustPolicyChecked,
 };
 use crate::metrics::Metrics;
-use crate::model::{Enforcement, Probe, Verdict};
+use crate::model::{Enforcement, Probe};
 use crate::protocol::CredentialBody;
 use crate::verify;
 
@@ -682,16 +682,9 @@ impl Inner {
 
     /// The External ID enforcement check (docs/design.md, Credential lifecycle), run
     /// before a mapping first vends and again once `recheck_interval` has passed since
-    /// the last conclusive result. Under `require`:
-    /// - a role that accepts a probe is refused ([`FetchError::UnsafeTrustPolicy`]);
-    /// - an inconclusive check (STS throttled, down) *before any conclusive result*
-    ///   fails closed: the fetch fails transiently (503 `CredentialsUnavailable`) and is
-    ///   retried with backoff, because vending for a role we could not check is exactly
-    ///   the hole the check exists to close;
-    /// - an inconclusive *recheck* keeps the last conclusive result: a role that proved
-    ///   safe yesterday keeps vending through an STS hiccup today.
-    ///
-    /// `warn` vends either way and logs at WARN; `off` skips the check.
+    /// the last conclusive result: runs the probes when due, records and reports a
+    /// conclusive verdict, and leaves what that means for the mapping to
+    /// [`verify::trust_decision`]. `off` skips the check.
     async fn check_trust(&self, spec: &MappingSpec, priority: Priority) -> Result<(), FetchError> {
         if spec.enforcement == EnforcementMode::Off {
             return Ok(());
@@ -706,16 +699,16 @@ impl Inner {
                     (s.enforcement, s.enforcement_checked_at)
                 })
         };
-        let due = checked_at.is_none_or(|at| now >= at + recheck);
+        let due = verify::check_due(checked_at, now, recheck);
         let name = spec.key.name();
-        let outcome = if due {
+        let this_round = if due {
             let result =
                 verify::check_external_id_enforcement(self.assumer.as_ref(), &spec.input, || {
                     self.budget.acquire(priority)
                 })
                 .await;
-            let checked = self.clock.now();
-            match result {
+            let concluded_at = self.clock.now();
+            Some(match result {
                 Ok(verdict) => {
                     // No slot: a reload removed or changed the mapping while the probes
                     // ran. The verdict is about a role no mapping uses any more, and a
@@ -723,7 +716,7 @@ impl Inner {
                     let current = match self.lock_slots().get_mut(&spec.key) {
                         Some(slot) => {
                             slot.enforcement = verdict.into();
-                            slot.enforcement_checked_at = Some(checked);
+                            slot.enforcement_checked_at = Some(concluded_at);
                             true
                         }
                         None => false,
@@ -748,25 +741,11 @@ impl Inner {
                     );
                     Err(error)
                 }
-            }
-        } else {
-            Ok(match known {
-                Enforcement::NotEnforced => Verdict::NotEnforced(Probe::WithoutExternalId),
-                _ => Verdict::Enforced,
             })
+        } else {
+            None
         };
-        match (spec.enforcement, outcome) {
-            (_, Ok(Verdict::Enforced)) | (EnforcementMode::Warn, _) => Ok(()),
-            (_, Ok(Verdict::NotEnforced(probe))) => Err(FetchError::UnsafeTrustPolicy(probe)),
-            (_, Err(error)) if error.reason.is_terminal() => Err(FetchError::Sts(error)),
-            (_, Err(error)) => match known {
-                Enforcement::Enforced => Ok(()),
-                Enforcement::NotEnforced => {
-                    Err(FetchError::UnsafeTrustPolicy(Probe::WithoutExternalId))
-                }
-                Enforcement::Unknown => Err(FetchError::Sts(error)),
-            },
-        }
+        verify::trust_decision(spec.enforcement, known, this_round)
     }
 
     /// Records a fetch's outcome: cache, slot state, next refresh. Runs under the slots
@@ -934,7 +913,7 @@ fn build_table(config: &Config, previous: Option<&Table>) -> Table {
     let mut by_name = HashMap::new();
     let mut by_key = HashMap::new();
     for (name, mapping) in &config.mappings {
-        let input = assume_role_input(mapping);
+        let input = AssumeRoleInput::for_mapping(mapping);
         let key = MappingKey {
             name: Arc::from(name.as_str()),
             fingerprint: fingerprint(&input, config.sts.endpoint_url.as_deref()),
@@ -960,21 +939,6 @@ fn build_table(config: &Config, previous: Option<&Table>) -> Table {
         by_key,
         refresh: config.refresh.clone(),
         recheck_interval: config.verify.recheck_interval,
-    }
-}
-
-/// The AssumeRole call a mapping makes.
-pub fn assume_role_input(mapping: &Mapping) -> AssumeRoleInput {
-    AssumeRoleInput {
-        role_arn: mapping.role_arn.clone(),
-        session_name: mapping.session_name.clone(),
-        external_id: mapping.external_id.clone(),
-        duration: mapping.session_duration,
-        session_policy: mapping.session_policy.clone(),
-        policy_arns: mapping.policy_arns.clone(),
-        tags: mapping.tags.clone(),
-        source_identity: mapping.source_identity.clone(),
-        region: mapping.region.clone(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::config::Mapping;
 use crate::creds::Credentials;
 use crate::secret::SecretValue;
 use crate::testing::{config, mapping};

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use crate::config::Mapping;
 use crate::secret::{ExternalId, SecretValue};
 
 pub mod error;
@@ -57,6 +58,24 @@ pub struct AssumeRoleInput {
     pub source_identity: Option<String>,
     /// STS region for this call.
     pub region: String,
+}
+
+impl AssumeRoleInput {
+    /// The AssumeRole call a mapping makes (the cache's fetches, the enforcement
+    /// probes' base and `credvend verify`).
+    pub fn for_mapping(mapping: &Mapping) -> Self {
+        AssumeRoleInput {
+            role_arn: mapping.role_arn.clone(),
+            session_name: mapping.session_name.clone(),
+            external_id: mapping.external_id.clone(),
+            duration: mapping.session_duration,
+            session_policy: mapping.session_policy.clone(),
+            policy_arns: mapping.policy_arns.clone(),
+            tags: mapping.tags.clone(),
+            source_identity: mapping.source_identity.clone(),
+            region: mapping.region.clone(),
+        }
+    }
 }
 
 /// Obtains credentials for a role. Implementations classify every failure.

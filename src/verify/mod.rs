@@ -11,9 +11,11 @@
 //! duration (the minimum, so MaxSessionDuration cannot interfere) and a session name
 //! that makes them recognisable in the customer's CloudTrail.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use crate::config::Enforcement as EnforcementMode;
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
+use crate::model::FetchError;
 use crate::policy;
 use crate::secret::ExternalId;
 
@@ -70,6 +72,54 @@ where
     Ok(Verdict::Enforced)
 }
 
+/// Whether a mapping's check is due at `now`: it never reached a conclusive result, or
+/// `recheck_interval` has passed since the last one (`checked_at`).
+pub fn check_due(
+    checked_at: Option<SystemTime>,
+    now: SystemTime,
+    recheck_interval: Duration,
+) -> bool {
+    checked_at.is_none_or(|at| now >= at + recheck_interval)
+}
+
+/// What the check means for a mapping in `mode` that may vend only if this is `Ok`.
+/// `known` is the last conclusive result; `checked` is this round's outcome, `None`
+/// when no check was due (the last conclusive result stands). Under `require`:
+/// - a role that accepts a probe is refused ([`FetchError::UnsafeTrustPolicy`]);
+/// - an inconclusive check (STS throttled, down) *before any conclusive result*
+///   fails closed: the fetch fails transiently (503 `CredentialsUnavailable`) and is
+///   retried with backoff, because vending for a role we could not check is exactly
+///   the hole the check exists to close;
+/// - an inconclusive *recheck* keeps the last conclusive result: a role that proved
+///   safe yesterday keeps vending through an STS hiccup today;
+/// - a terminal STS error other than AccessDenied fails the fetch with it.
+///
+/// `warn` vends either way (the cache logs at WARN); `off` vends without a check.
+pub fn trust_decision(
+    mode: EnforcementMode,
+    known: Enforcement,
+    checked: Option<Result<Verdict, AssumeError>>,
+) -> Result<(), FetchError> {
+    let outcome = checked.unwrap_or(Ok(match known {
+        Enforcement::NotEnforced => Verdict::NotEnforced(Probe::WithoutExternalId),
+        _ => Verdict::Enforced,
+    }));
+    match (mode, outcome) {
+        (EnforcementMode::Off, _) | (_, Ok(Verdict::Enforced)) | (EnforcementMode::Warn, _) => {
+            Ok(())
+        }
+        (_, Ok(Verdict::NotEnforced(probe))) => Err(FetchError::UnsafeTrustPolicy(probe)),
+        (_, Err(error)) if error.reason.is_terminal() => Err(FetchError::Sts(error)),
+        (_, Err(error)) => match known {
+            Enforcement::Enforced => Ok(()),
+            Enforcement::NotEnforced => {
+                Err(FetchError::UnsafeTrustPolicy(Probe::WithoutExternalId))
+            }
+            Enforcement::Unknown => Err(FetchError::Sts(error)),
+        },
+    }
+}
+
 pub mod s3;
 
 /// One line of `credvend verify` output.
@@ -95,7 +145,7 @@ pub async fn verify_mapping(
     mapping: &crate::config::Mapping,
     bucket: Option<s3::S3Target>,
 ) -> Vec<Line> {
-    let input = crate::cache::assume_role_input(mapping);
+    let input = AssumeRoleInput::for_mapping(mapping);
     let mut lines = Vec::new();
     let trust_fix = "add \"Condition\": {\"StringEquals\": {\"sts:ExternalId\": \"<the mapping's External ID>\"}} to the role's trust policy (`credvend policy trust --external-id …` prints it)";
     match check_external_id_enforcement(assumer, &input, || async {}).await {
@@ -176,4 +226,110 @@ pub async fn verify_mapping(
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn sts_error(reason: FailureReason) -> AssumeError {
+        AssumeError {
+            reason,
+            code: reason.as_str().to_string(),
+            message: "scripted".to_string(),
+            duration_too_long: false,
+        }
+    }
+
+    /// The decision, as a short word for readable assertions.
+    fn decide(
+        mode: EnforcementMode,
+        known: Enforcement,
+        checked: Option<Result<Verdict, AssumeError>>,
+    ) -> String {
+        match trust_decision(mode, known, checked) {
+            Ok(()) => "vend".to_string(),
+            Err(FetchError::UnsafeTrustPolicy(probe)) => format!("unsafe {probe:?}"),
+            Err(FetchError::Sts(error)) => format!("sts {}", error.reason.as_str()),
+        }
+    }
+
+    #[test]
+    fn require_vends_only_for_a_role_that_refused_both_probes() {
+        use EnforcementMode::Require;
+        let enforced = Some(Ok(Verdict::Enforced));
+        let wrong = Some(Ok(Verdict::NotEnforced(Probe::WrongExternalId)));
+        assert_eq!(decide(Require, Enforcement::Unknown, enforced), "vend");
+        assert_eq!(
+            decide(Require, Enforcement::Enforced, wrong),
+            "unsafe WrongExternalId"
+        );
+    }
+
+    #[test]
+    fn require_fails_closed_on_a_first_inconclusive_check_and_keeps_a_known_result_after() {
+        use EnforcementMode::Require;
+        let throttled = || Some(Err(sts_error(FailureReason::Throttled)));
+        assert_eq!(
+            decide(Require, Enforcement::Unknown, throttled()),
+            "sts throttled"
+        );
+        assert_eq!(decide(Require, Enforcement::Enforced, throttled()), "vend");
+        assert_eq!(
+            decide(Require, Enforcement::NotEnforced, throttled()),
+            "unsafe WithoutExternalId"
+        );
+    }
+
+    #[test]
+    fn a_terminal_sts_error_fails_the_fetch_even_after_a_safe_result() {
+        let terminal = FailureReason::ALL
+            .into_iter()
+            .find(|r| r.is_terminal() && *r != FailureReason::AccessDenied)
+            .expect("a terminal reason other than AccessDenied");
+        assert_eq!(
+            decide(
+                EnforcementMode::Require,
+                Enforcement::Enforced,
+                Some(Err(sts_error(terminal)))
+            ),
+            format!("sts {}", terminal.as_str())
+        );
+    }
+
+    #[test]
+    fn no_check_due_means_the_last_conclusive_result_stands() {
+        use EnforcementMode::Require;
+        assert_eq!(decide(Require, Enforcement::Enforced, None), "vend");
+        assert_eq!(
+            decide(Require, Enforcement::NotEnforced, None),
+            "unsafe WithoutExternalId"
+        );
+    }
+
+    #[test]
+    fn warn_and_off_vend_whatever_the_check_says() {
+        for mode in [EnforcementMode::Warn, EnforcementMode::Off] {
+            let accepted = Some(Ok(Verdict::NotEnforced(Probe::WithoutExternalId)));
+            let throttled = Some(Err(sts_error(FailureReason::Throttled)));
+            assert_eq!(decide(mode, Enforcement::Unknown, accepted), "vend");
+            assert_eq!(decide(mode, Enforcement::Unknown, throttled), "vend");
+            assert_eq!(decide(mode, Enforcement::NotEnforced, None), "vend");
+        }
+    }
+
+    #[test]
+    fn a_check_is_due_first_and_then_once_the_recheck_interval_has_passed() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let every = Duration::from_secs(3600);
+        assert!(check_due(None, at, every));
+        assert!(!check_due(
+            Some(at),
+            at + every - Duration::from_secs(1),
+            every
+        ));
+        assert!(check_due(Some(at), at + every, every));
+    }
 }
