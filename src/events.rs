@@ -11,7 +11,7 @@
 //! addresses, AWS error codes, AccessKeyIds (not secrets) and expiry times. No event has
 //! a field for a secret key, session token, auth token or External ID.
 //!
-//! Call sites: config reloads are emitted from `main.rs`. The assume-role, served/refused
+//! Call sites: config reloads are emitted from `reload.rs`. The assume-role, served/refused
 //! and state events are for the cache and the credential endpoint to call.
 
 use std::net::SocketAddr;

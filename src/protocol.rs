@@ -242,3 +242,32 @@ impl ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::secret::SecretValue;
+
+    #[test]
+    fn shared_body_debug_is_redacted() {
+        let creds = Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: SecretValue::new("CANARY-SECRET-KEY"),
+            session_token: SecretValue::new("CANARY-SESSION-TOKEN"),
+            expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_829_025),
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/sync/s".into(),
+        };
+        let body =
+            CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/sync").expect("encodes");
+        let shown = format!("{body:?}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(shown.contains("redacted"));
+        // The shared bytes are the full body.
+        assert!(
+            body.bytes()
+                .starts_with(b"{\"AccessKeyId\":\"ASIAEXAMPLE\"")
+        );
+    }
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::creds::Credentials;
-pub use crate::model::{MappingState, Source};
+use crate::model::Source;
 use crate::protocol::CredentialBody;
 
 /// A credential is never served with less than this left

@@ -78,10 +78,10 @@ pub mod route {
     pub const ALL: [&str; 6] = [CREDENTIALS, METRICS, HEALTHZ, READYZ, STATUS, OTHER];
 }
 
-/// Values of the `reason` label of `credvend_auth_failures_total`: the first two are
-/// [`crate::server::access::AuthFailure::as_str`]; the last two are requests refused
-/// before a token was looked at (proxied requests, foreign `Host`;
-/// docs/design.md, Wire contract).
+/// Values of the `reason` label of `credvend_auth_failures_total`, as the refusal event
+/// derives them from the wire error (src/events.rs): the first two are token refusals;
+/// the last two are requests refused before a token was looked at (proxied requests,
+/// foreign `Host`; docs/design.md, Wire contract).
 pub const AUTH_FAILURE_REASONS: [&str; 4] = [
     "missing_token",
     "invalid_token",
@@ -674,7 +674,7 @@ mod tests {
             last_error: None,
             next_refresh,
             prefetch: false,
-            enforcement: crate::verify::Enforcement::Unknown,
+            enforcement: crate::model::Enforcement::Unknown,
             enforcement_checked_at: None,
             enforcement_mode: crate::config::Enforcement::Off,
         };
