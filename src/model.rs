@@ -1,9 +1,10 @@
 //! The mapping vocabulary shared by the cache, the metrics, the events, the HTTP layer
 //! and the enforcement check: a mapping's lifecycle state, where a served credential
 //! came from, the `/status` view of one mapping, why a fetch failed, and the External ID
-//! enforcement verdict. Types only, no behaviour beyond naming themselves; a leaf below
-//! `verify`, `metrics`, `events`, `cache` and `server`, so none of them has to reach
-//! into another for a word they share.
+//! enforcement verdict. Types with small accessors only (label strings, gauge values,
+//! error codes), no I/O and no decisions; a leaf below `verify`, `metrics`, `events`,
+//! `cache` and `server`, so none of them has to reach into another for a word they
+//! share.
 
 use std::fmt;
 use std::time::SystemTime;

@@ -17,7 +17,7 @@
 //!   documented shape (6 string fields for 200, `code/message/Code/Message` otherwise),
 //!   `Retry-After` on 503, only the statuses the endpoint documents (401, 403, 404,
 //!   405 and 503, 400 for a request with a body, 414 for an over-long target; see
-//!   `ApiError` in src/server/wire.rs), never 429;
+//!   `ApiError` in src/protocol.rs), never 429;
 //! - after them, at most one response that hyper wrote itself for a request it could
 //!   not parse (4xx/5xx), then nothing;
 //! - the External ID never appears in the output, and error bodies carry no credential.
