@@ -150,25 +150,9 @@ impl fmt::Debug for CredentialBody {
     }
 }
 
-/// The 200 response for an already-encoded credential body (the request path).
+/// The 200 response for an already-encoded credential body.
 pub fn shared_credentials_response(body: &CredentialBody) -> Response<Body> {
     json_response(StatusCode::OK, body.bytes())
-}
-
-/// The 200 response for `creds`, encoding the body now. `role_arn` is the mapping's IAM
-/// role ARN. The request path uses [`shared_credentials_response`] instead.
-pub fn credentials_response(creds: &Credentials, role_arn: &str) -> Response<Body> {
-    match CredentialBody::encode(creds, role_arn) {
-        Some(body) => shared_credentials_response(&body),
-        // If serialisation ever failed, answer 503 rather than panic or send a partial
-        // body.
-        None => ApiError::Unavailable {
-            mapping: None,
-            retry_after_secs: 1,
-            reason: "internal serialisation error",
-        }
-        .into_response(),
-    }
 }
 
 /// A JSON response with the headers every credvend response carries.
@@ -344,7 +328,9 @@ mod tests {
             expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_829_025),
             assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/sync/credvend-acme".into(),
         };
-        let response = credentials_response(&creds, "arn:aws:iam::111122223333:role/sync");
+        let body =
+            CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/sync").expect("encodes");
+        let response = shared_credentials_response(&body);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["cache-control"], "no-store");
