@@ -78,9 +78,9 @@ pub mod route {
     pub const ALL: [&str; 6] = [CREDENTIALS, METRICS, HEALTHZ, READYZ, STATUS, OTHER];
 }
 
-/// Values of the `reason` label of `credvend_auth_failures_total`: the first two are
-/// [`crate::server::access::AuthFailure::as_str`]; the last two are requests refused
-/// before a token was looked at (proxied requests, foreign `Host`;
+/// Values of the `reason` label of `credvend_auth_failures_total` (chosen per refusal in
+/// `src/events.rs`): the first two are a missing and a wrong token; the last two are
+/// requests refused before a token was looked at (proxied requests, foreign `Host`;
 /// docs/design.md, Wire contract).
 pub const AUTH_FAILURE_REASONS: [&str; 4] = [
     "missing_token",
