@@ -312,10 +312,12 @@ impl RoleArn {
         })
     }
 
+    #[cfg(test)]
     pub fn partition(&self) -> Partition {
         self.partition
     }
 
+    #[cfg(test)]
     pub fn account(&self) -> &AccountId {
         &self.account
     }
@@ -325,6 +327,7 @@ impl RoleArn {
         &self.path
     }
 
+    #[cfg(test)]
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -360,6 +363,7 @@ impl PolicyArn {
         Ok(PolicyArn(value.to_owned()))
     }
 
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         &self.0
     }

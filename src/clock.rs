@@ -3,7 +3,8 @@
 //! Credential expiry is wall-clock time (`Expiration` is an absolute UTC instant chosen by
 //! STS), so every lifecycle decision — is this credential still servable, when is its
 //! refresh due, is this mapping idle — asks a [`Clock`] rather than the OS. Production uses
-//! [`SystemClock`]; tests use [`ManualClock`] and move time explicitly, which wakes any
+//! [`SystemClock`]; tests use `ManualClock` (compiled for tests and the `test-util`
+//! feature only) and move time explicitly, which wakes any
 //! task sleeping in [`Clock::sleep_until`]. Latency bounds (`cold_wait`, STS call timeout)
 //! are not wall-clock decisions and use tokio's monotonic timer directly.
 //!
@@ -11,14 +12,16 @@
 //! credential look younger than it is. [`Clock::monotonic`] is the clock that never
 //! steps: the cache measures how long it has *held* a credential with it, so a credential
 //! is never served past the lifetime it arrived with, whatever the wall clock reads.
-//! [`ManualClock::advance`] moves both clocks (time passing); [`ManualClock::rewind`] and
-//! [`ManualClock::set`] move only the wall clock (a step).
+//! `ManualClock::advance` moves both clocks (time passing); `ManualClock::rewind` and
+//! `ManualClock::set` move only the wall clock (a step).
 
 use std::future::Future;
 use std::pin::Pin;
+#[cfg(any(test, feature = "test-util"))]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+#[cfg(any(test, feature = "test-util"))]
 use tokio::sync::watch;
 
 /// A boxed future returned by [`Clock::sleep_until`].
@@ -75,6 +78,7 @@ impl Clock for SystemClock {
 ///
 /// Cloning shares the same time. Moving time forward (or back) wakes every sleeper whose
 /// deadline has been reached.
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<watch::Sender<SystemTime>>,
@@ -82,6 +86,7 @@ pub struct ManualClock {
     monotonic_nanos: Arc<std::sync::atomic::AtomicU64>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl ManualClock {
     /// A clock frozen at `start`.
     pub fn new(start: SystemTime) -> Self {
@@ -122,6 +127,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.now.borrow()

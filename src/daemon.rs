@@ -54,7 +54,8 @@ impl Listeners {
         })
     }
 
-    /// The bound credential addresses (useful with port 0).
+    /// The bound credential addresses (useful with port 0; tests only).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn credential_addrs(&self) -> Vec<SocketAddr> {
         self.credentials
             .iter()
@@ -62,6 +63,8 @@ impl Listeners {
             .collect()
     }
 
+    /// The bound admin address (tests only).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
     }

@@ -211,17 +211,6 @@ fn auth_failure_reason(error: &ApiError) -> Option<&'static str> {
     }
 }
 
-/// An STS call had to wait for credvend's own STS budget.
-#[derive(Debug)]
-pub struct StsRateLimited;
-
-impl StsRateLimited {
-    pub fn emit(&self, metrics: &Metrics) {
-        debug!("STS budget exhausted; call waits for a token");
-        metrics.sts_rate_limited();
-    }
-}
-
 /// A reload (SIGHUP or file change) was validated and applied.
 #[derive(Debug)]
 pub struct ConfigReloadApplied<'a> {

@@ -53,6 +53,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod verify;

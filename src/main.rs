@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing::{debug, error, info, warn};
 
 use credvend::clock::SystemClock;
-use credvend::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
+use credvend::config::{CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
 use credvend::policy::{self, Principal, TrustService};
@@ -139,7 +139,7 @@ enum PolicyCommand {
         #[arg(long, value_enum)]
         service: Vec<ServiceArg>,
         /// Configuration whose [sts] section is used to find the default principal.
-        #[arg(long, env = "CREDVEND_CONFIG")]
+        #[arg(long, env = CONFIG_PATH_ENV)]
         config: Option<PathBuf>,
     },
 }
@@ -166,7 +166,7 @@ enum TokenCommand {
 #[derive(clap::Args)]
 struct ConfigArg {
     /// Configuration file.
-    #[arg(long, env = "CREDVEND_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    #[arg(long, env = CONFIG_PATH_ENV, default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
 }
 

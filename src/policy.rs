@@ -14,21 +14,20 @@
 //!    which is to stop *another* customer of the vendor from pointing the vendor at
 //!    this customer's role (the confused-deputy problem).
 //! 2. The customer creates an IAM role and attaches the **permissions policy**
-//!    ([`permissions_policy`]): the five S3 actions credvend's workers need on the
+//!    ([`render_permissions_policy`]): the five S3 actions credvend's workers need on the
 //!    bucket, optionally narrowed to one key prefix.
-//! 3. The customer sets the role's **trust policy** ([`trust_policy`]): the vendor's
+//! 3. The customer sets the role's **trust policy** ([`render_trust_policy`]): the vendor's
 //!    account root (or one vendor role) may call `sts:AssumeRole`, but only when it
 //!    presents the External ID. With `--service redshift` a second statement lets the
 //!    Redshift service assume the role for Redshift Serverless COPY/UNLOAD.
 //! 4. The customer sends the role ARN back; `credvend verify` proves the role enforces
 //!    the External ID and grants the five permissions.
 //!
-//! Documents are `serde_json::Value`s so callers and tests can compare them
-//! structurally. For printing, [`render_permissions_policy`] and
-//! [`render_trust_policy`] keep IAM's conventional key order (`Version` before
-//! `Statement`, `Sid` and `Effect` first), which a `Value` cannot: without serde_json's
-//! `preserve_order` feature its maps sort keys alphabetically. [`render_policy`]
-//! pretty-prints any `Value` (keys sorted) and parses back to the same document.
+//! Both documents are rendered as pretty JSON in IAM's conventional key order
+//! (`Version` before `Statement`, `Sid` and `Effect` first), which a
+//! `serde_json::Value` cannot keep: without serde_json's `preserve_order` feature its
+//! maps sort keys alphabetically. The tests parse the rendered text back into a
+//! `Value` to compare documents structurally.
 //!
 //! ARNs are rendered for the commercial `aws` partition (`arn:aws:s3:::`,
 //! `arn:aws:iam::ACCOUNT:root`); role principals in any partition credvend knows
@@ -395,30 +394,20 @@ impl PolicyDocument {
         }
     }
 
-    fn to_value(&self) -> Value {
-        // Only strings and `Value`s inside: serialising into a `Value` cannot fail.
-        serde_json::to_value(self).expect("policy documents always serialise")
-    }
-
     fn to_pretty(&self) -> String {
         serde_json::to_string_pretty(self).expect("policy documents always serialise")
     }
 }
 
 /// The permissions policy the customer attaches to the role
-/// (README.md, "Onboarding a customer").
+/// (README.md, "Onboarding a customer"), as pretty JSON in IAM's conventional key
+/// order, ready to paste into the IAM console.
 ///
 /// Without a prefix: one statement, the five actions on `arn:aws:s3:::NAME` and
 /// `arn:aws:s3:::NAME/*`. With a prefix (validated and normalised by
 /// [`validate_prefix`]): three statements, object actions on `NAME/PATH/*`,
 /// `s3:ListBucket` on `NAME` with an `s3:prefix` condition, and
 /// `s3:GetBucketLocation` on `NAME` (the comments in the body say why three).
-pub fn permissions_policy(bucket: &str, prefix: Option<&str>) -> Result<Value, PolicyError> {
-    Ok(permissions_document(bucket, prefix)?.to_value())
-}
-
-/// [`permissions_policy`] as pretty JSON in IAM's conventional key order, ready to
-/// paste into the IAM console.
 pub fn render_permissions_policy(
     bucket: &str,
     prefix: Option<&str>,
@@ -672,18 +661,10 @@ impl FromStr for TrustService {
     }
 }
 
-/// The trust policy the customer sets on the role (README.md, "Onboarding a customer"):
-/// the vendor principal may `sts:AssumeRole` only with `sts:ExternalId` equal to
-/// `external_id`, which is validated first.
-pub fn trust_policy(
-    principal: &Principal,
-    external_id: &str,
-    services: &[TrustService],
-) -> Result<Value, PolicyError> {
-    Ok(trust_document(principal, external_id, services)?.to_value())
-}
-
-/// [`trust_policy`] as pretty JSON in IAM's conventional key order.
+/// The trust policy the customer sets on the role (README.md, "Onboarding a customer"),
+/// as pretty JSON in IAM's conventional key order: the vendor principal may
+/// `sts:AssumeRole` only with `sts:ExternalId` equal to `external_id`, which is
+/// validated first.
 pub fn render_trust_policy(
     principal: &Principal,
     external_id: &str,
@@ -730,19 +711,29 @@ fn trust_document(
     Ok(PolicyDocument::new(statements))
 }
 
-/// Pretty-prints any policy `Value` (keys sorted; see the module docs for the
-/// order-preserving renderers). Parses back to an equal `Value`.
-pub fn render_policy(policy: &Value) -> String {
-    // `{:#}` is serde_json's infallible pretty printer for `Value`, identical to
-    // `to_string_pretty` (pinned by a test).
-    format!("{policy:#}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const VENDOR_ACCOUNT: &str = "568237466542";
+
+    /// The printed permissions policy, parsed back, to compare structurally.
+    fn permissions_policy(bucket: &str, prefix: Option<&str>) -> Result<Value, PolicyError> {
+        render_permissions_policy(bucket, prefix).map(|text| parsed(&text))
+    }
+
+    /// The printed trust policy, parsed back, to compare structurally.
+    fn trust_policy(
+        principal: &Principal,
+        external_id: &str,
+        services: &[TrustService],
+    ) -> Result<Value, PolicyError> {
+        render_trust_policy(principal, external_id, services).map(|text| parsed(&text))
+    }
+
+    fn parsed(text: &str) -> Value {
+        serde_json::from_str(text).expect("a rendered policy is JSON")
+    }
 
     fn bucket_rule(name: &str) -> BucketNameRule {
         match validate_bucket_name(name) {
@@ -865,15 +856,6 @@ mod tests {
         assert!(pos("Effect") < pos("Principal"));
         assert!(pos("Principal") < pos("Action"));
         assert!(pos("Action") < pos("Condition"));
-    }
-
-    #[test]
-    fn render_policy_is_pretty_json_that_round_trips() {
-        let policy = permissions_policy("syncoutput", Some("p")).unwrap();
-        let text = render_policy(&policy);
-        assert_eq!(text, serde_json::to_string_pretty(&policy).unwrap());
-        assert!(text.contains('\n'));
-        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), policy);
     }
 
     #[test]

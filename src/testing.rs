@@ -45,13 +45,11 @@ pub fn mapping(name: &str, role: &str, external_id: Option<&str>, token: &str) -
 /// machine is. A test about either bound sets its own.
 pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
     Config {
-        path: PathBuf::from("test.toml"),
         files: vec![PathBuf::from("test.toml")],
         include_dirs: Vec::new(),
         server: ServerConfig {
             listen: vec!["127.0.0.1:0".parse().expect("literal address")],
             admin_listen: "127.0.0.1:0".parse().expect("literal address"),
-            allow_non_loopback: false,
             allowed_hosts: Vec::new(),
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(5),

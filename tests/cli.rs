@@ -137,6 +137,35 @@ fn missing_config_file_is_a_configuration_error() {
 }
 
 #[test]
+fn credvend_config_names_the_config_file_when_config_is_not_given() {
+    // The example config is valid: read through the variable, check-config accepts it.
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("CREDVEND_CONFIG", &example)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A file that is not there: the error names the variable's path, not the default.
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("CREDVEND_CONFIG", "/nonexistent/from-env.toml")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent/from-env.toml"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
 fn token_new_prints_a_256_bit_token_and_its_hash_line() {
     let out = Command::new(BIN).args(["token", "new"]).output().unwrap();
     assert!(out.status.success());

@@ -42,7 +42,7 @@ fn exported() -> BTreeSet<String> {
     m.enforcement("x", Some(true));
     m.http_request(route::CREDENTIALS, 200, Duration::from_micros(1));
     m.auth_failure("missing_token");
-    m.sts_rate_limited();
+    m.sts_rate_limited_catch_up(1);
     m.config_reload(false);
     let mut names = BTreeSet::new();
     for line in m.render().lines() {

@@ -45,8 +45,6 @@ pub struct Entry {
     /// response body for these credentials, encoded once when they arrived and
     /// shared by every response that serves them (no per-request serialisation).
     pub body: CredentialBody,
-    /// Our clock when STS answered.
-    pub issued_at: SystemTime,
     /// [`Now::monotonic`] when STS answered.
     pub received_monotonic: Duration,
     /// Time left on the credential, by our wall clock, when it arrived: the most it can
@@ -68,7 +66,6 @@ impl Entry {
             access_key_id: creds.access_key_id.clone(),
             expiration: creds.expiration,
             body,
-            issued_at: now.wall,
             received_monotonic: now.monotonic,
             short_lived,
         }

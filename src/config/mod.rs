@@ -44,8 +44,6 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/credvend/credvend.toml";
 /// (docs/design.md, Configuration).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The main file this configuration was loaded from.
-    pub path: PathBuf,
     /// Every file read (main file first, then includes in order).
     pub files: Vec<PathBuf>,
     /// Directories the `include` globs look in: a file appearing there is a config
@@ -69,8 +67,6 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Admin listener (/metrics /healthz /readyz /status). Default `127.0.0.1:8902`.
     pub admin_listen: SocketAddr,
-    /// Permit non-loopback listen addresses. Default false.
-    pub allow_non_loopback: bool,
     /// Extra `Host` header values (host part, lower-case, without port) to accept.
     pub allowed_hosts: Vec<String>,
     /// Max concurrent connections per listener set. Default 1024.
@@ -176,7 +172,7 @@ impl Config {
             files,
             include_dirs,
         } = load::load(path)?;
-        let config = validate::build(&mut report, path.to_path_buf(), files, include_dirs);
+        let config = validate::build(&mut report, files, include_dirs);
         let warnings = report.finish()?;
         // `build` returns `None` only after reporting a problem, so `finish` has
         // already returned the error in that case.

@@ -101,7 +101,6 @@ fn defaults_are_applied() {
         ]
     );
     assert_eq!(s.admin_listen, "127.0.0.1:8902".parse().unwrap());
-    assert!(!s.allow_non_loopback);
     assert!(s.allowed_hosts.is_empty());
     assert_eq!(s.max_connections, 1024);
     assert_eq!(s.header_read_timeout, Duration::from_secs(5));

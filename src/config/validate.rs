@@ -44,7 +44,6 @@ const MAX_POLICY_ARNS: usize = 10;
 /// Builds the validated configuration, or leaves problems in `report`.
 pub(super) fn build(
     report: &mut Report,
-    path: PathBuf,
     files: Vec<PathBuf>,
     include_dirs: Vec<PathBuf>,
 ) -> Option<Config> {
@@ -58,7 +57,6 @@ pub(super) fn build(
     let mappings = mappings(report, sts.as_ref(), refresh.as_ref(), verify.as_ref());
 
     Some(Config {
-        path,
         files,
         include_dirs,
         server: server?,
@@ -235,7 +233,6 @@ fn server(report: &mut Report) -> Option<ServerConfig> {
     Some(ServerConfig {
         listen,
         admin_listen: admin_listen?,
-        allow_non_loopback,
         allowed_hosts,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         header_read_timeout: header_read_timeout?,

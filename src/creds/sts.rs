@@ -39,7 +39,9 @@ use aws_sdk_sts::config::{Region, SharedIdentityCache};
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::assume_role::AssumeRoleOutput;
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
+#[cfg(any(test, feature = "test-util"))]
 use aws_smithy_async::rt::sleep::{SharedAsyncSleep, TokioSleep};
+#[cfg(any(test, feature = "test-util"))]
 use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
 
 use super::{AssumeError, AssumeRoleInput, Credentials, FailureReason, RoleAssumer};
@@ -166,8 +168,9 @@ impl StsAssumer {
         Ok(Self::from_base_config(settings, base).await)
     }
 
-    /// Test (and embedding) constructor: base credentials from `provider`, nothing read
-    /// from the environment.
+    /// Test constructor: base credentials from `provider`, nothing read from the
+    /// environment.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn with_credentials_provider(
         settings: StsSettings,
         provider: SharedCredentialsProvider,
@@ -211,11 +214,6 @@ impl StsAssumer {
             sdk_config,
             clients: Mutex::new(ClientSet::new(0)),
         }
-    }
-
-    /// The settings this assumer was built with.
-    pub fn settings(&self) -> &StsSettings {
-        &self.settings
     }
 
     /// Who the base identity (after chaining through `source_role_arn`, if set) is.

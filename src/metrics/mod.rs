@@ -78,10 +78,10 @@ pub mod route {
     pub const ALL: [&str; 6] = [CREDENTIALS, METRICS, HEALTHZ, READYZ, STATUS, OTHER];
 }
 
-/// Values of the `reason` label of `credvend_auth_failures_total`, as the refusal event
-/// derives them from the wire error (src/events.rs): the first two are token refusals;
-/// the last two are requests refused before a token was looked at (proxied requests,
-/// foreign `Host`; docs/design.md, Wire contract).
+/// Values of the `reason` label of `credvend_auth_failures_total` (chosen per refusal in
+/// `src/events.rs`): the first two are a missing and a wrong token; the last two are
+/// requests refused before a token was looked at (proxied requests, foreign `Host`;
+/// docs/design.md, Wire contract).
 pub const AUTH_FAILURE_REASONS: [&str; 4] = [
     "missing_token",
     "invalid_token",
@@ -343,14 +343,9 @@ impl Metrics {
         self.auth_failures_total.with_label_values(&[reason]).inc();
     }
 
-    /// An STS call waited on credvend's own STS budget.
-    pub fn sts_rate_limited(&self) {
-        self.sts_rate_limited_total.inc();
-    }
-
     /// Raises `credvend_sts_rate_limited_total` to `total` if it is behind (for a
     /// component that keeps its own running count, such as the STS budget). Never
-    /// lowers it, so mixing this with [`Metrics::sts_rate_limited`] cannot double-count.
+    /// lowers it, so a scrape that finds the budget's count unchanged adds nothing.
     pub fn sts_rate_limited_catch_up(&self, total: u64) {
         let current = self.sts_rate_limited_total.get();
         if total > current {
@@ -463,7 +458,7 @@ mod tests {
         m.enforcement("acme-s3", Some(true));
         m.http_request(route::CREDENTIALS, 200, Duration::from_micros(80));
         m.auth_failure("invalid_token");
-        m.sts_rate_limited();
+        m.sts_rate_limited_catch_up(1);
         m.config_reload(true);
         m
     }
@@ -651,7 +646,7 @@ mod tests {
     #[test]
     fn rate_limited_catch_up_never_double_counts() {
         let m = Metrics::new();
-        m.sts_rate_limited();
+        m.sts_rate_limited_catch_up(1);
         m.sts_rate_limited_catch_up(3);
         m.sts_rate_limited_catch_up(2);
         assert_eq!(

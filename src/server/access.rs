@@ -24,18 +24,7 @@ pub enum AuthFailure {
     Denied,
 }
 
-impl AuthFailure {
-    /// Metric label value (`credvend_auth_failures_total{reason}`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthFailure::MissingToken => "missing_token",
-            AuthFailure::Denied => "invalid_token",
-        }
-    }
-}
-
 struct MappingAccess {
-    role_arn: String,
     tokens: Vec<TokenHash>,
 }
 
@@ -58,7 +47,6 @@ impl AccessTable {
             mappings.insert(
                 name.clone(),
                 MappingAccess {
-                    role_arn: mapping.role_arn.clone(),
                     tokens: mapping.token_sha256.clone(),
                 },
             );
@@ -118,11 +106,6 @@ impl AccessTable {
                 }
             }
         }
-    }
-
-    /// The IAM role ARN of `mapping`.
-    pub fn role_arn(&self, mapping: &str) -> Option<&str> {
-        self.mappings.get(mapping).map(|m| m.role_arn.as_str())
     }
 
     /// Whether `host` (a `Host` header value) names this endpoint: a loopback name, a

@@ -19,7 +19,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::creds::Credentials;
 pub use crate::protocol::{ApiError, CredentialBody, format_expiration};
 
 /// The response body type of every credvend endpoint.
@@ -41,22 +40,6 @@ struct ErrorBody<'a> {
 /// The 200 response for an already-encoded credential body (the request path).
 pub fn shared_credentials_response(body: &CredentialBody) -> Response<Body> {
     json_response(StatusCode::OK, body.bytes())
-}
-
-/// The 200 response for `creds`, encoding the body now. `role_arn` is the mapping's IAM
-/// role ARN. The request path uses [`shared_credentials_response`] instead.
-pub fn credentials_response(creds: &Credentials, role_arn: &str) -> Response<Body> {
-    match CredentialBody::encode(creds, role_arn) {
-        Some(body) => shared_credentials_response(&body),
-        // If serialisation ever failed, answer 503 rather than panic or send a partial
-        // body.
-        None => ApiError::Unavailable {
-            mapping: None,
-            retry_after_secs: 1,
-            reason: "internal serialisation error",
-        }
-        .into_response(),
-    }
 }
 
 /// A JSON response with the headers every credvend response carries.
@@ -108,6 +91,7 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::creds::Credentials;
     use crate::secret::SecretValue;
     use http_body_util::BodyExt;
     use std::time::{Duration, SystemTime};
@@ -126,7 +110,9 @@ mod tests {
             expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_829_025),
             assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/sync/credvend-acme".into(),
         };
-        let response = credentials_response(&creds, "arn:aws:iam::111122223333:role/sync");
+        let body =
+            CredentialBody::encode(&creds, "arn:aws:iam::111122223333:role/sync").expect("encodes");
+        let response = shared_credentials_response(&body);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "application/json");
         assert_eq!(response.headers()["cache-control"], "no-store");
