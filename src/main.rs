@@ -1,20 +1,22 @@
 //! The `credvend` command: parse, load, init, run, map the outcome to an exit code
 //! (64 for bad configuration or usage, 1 for runtime failure).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use credvend::clock::SystemClock;
-use credvend::config::{CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
+use credvend::config::{
+    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat, Mapping,
+};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
 use credvend::policy::{self, Principal, TrustService};
-use credvend::reload::{self, ConfigWatcher, Reloader, Trigger};
+use credvend::reload::{self, Reloader};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
 use credvend::verify::{self, s3::S3Target};
@@ -302,13 +304,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             prefix,
             s3_endpoint_url,
         } => {
-            let loaded = Config::load(&config.config).map_err(Failure::Config)?;
-            let Some(mapping_config) = loaded.mappings.get(&mapping).cloned() else {
-                return Err(Failure::Usage(format!(
-                    "no mapping '{mapping}' in {}",
-                    config.config.display()
-                )));
-            };
+            let (loaded, mapping_config) = load_mapping(&config.config, &mapping)?;
             if let Some(bucket) = &bucket {
                 policy::validate_bucket_name(bucket).map_err(|e| Failure::Usage(e.to_string()))?;
             }
@@ -352,13 +348,7 @@ fn onboard(
     principal: Option<String>,
     service: Vec<ServiceArg>,
 ) -> Result<(), Failure> {
-    let loaded = Config::load(&path).map_err(Failure::Config)?;
-    let Some(m) = loaded.mappings.get(&mapping).cloned() else {
-        return Err(Failure::Usage(format!(
-            "no mapping '{mapping}' in {}",
-            path.display()
-        )));
-    };
+    let (loaded, m) = load_mapping(&path, &mapping)?;
     let Some(external_id) = m.external_id.as_ref() else {
         return Err(Failure::Usage(format!(
             "mapping '{mapping}' has no External ID; generate one with `credvend external-id new` and set external_id"
@@ -404,6 +394,19 @@ fn onboard(
     println!("# 3. Then check it:");
     println!("{verify_cmd}");
     Ok(())
+}
+
+/// Loads the configuration at `path` and finds the mapping named `name` in it (for the
+/// commands that take a mapping name).
+fn load_mapping(path: &Path, name: &str) -> Result<(Config, Mapping), Failure> {
+    let loaded = Config::load(path).map_err(Failure::Config)?;
+    let Some(mapping) = loaded.mappings.get(name).cloned() else {
+        return Err(Failure::Usage(format!(
+            "no mapping '{name}' in {}",
+            path.display()
+        )));
+    };
+    Ok((loaded, mapping))
 }
 
 /// Runs `future` on a fresh runtime (for one-shot commands).
@@ -480,7 +483,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         mappings,
         "credvend started"
     );
-    let reloader = tokio::spawn(reload_on_sighup_and_changes(hup, reloader));
+    let reloader = tokio::spawn(reload::run(hup, reloader));
     daemon.run(listeners, limits, shutdown).await;
     reloader.abort();
     info!("credvend stopped");
@@ -509,55 +512,5 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
             _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "Shutdown requested"),
         }
-    }
-}
-
-/// Reloads on SIGHUP and on changes to the configuration files (docs/design.md, Reload; see
-/// [`credvend::reload`]).
-///
-/// `hup` is the SIGHUP stream, installed by the caller before anything was bound:
-/// SIGHUP's default action terminates the process.
-async fn reload_on_sighup_and_changes(
-    hup: std::io::Result<tokio::signal::unix::Signal>,
-    reloader: Reloader,
-) {
-    let mut hup = match hup {
-        Ok(hup) => Some(hup),
-        Err(e) => {
-            error!(error = %e, "Cannot listen for SIGHUP; only file changes reload");
-            None
-        }
-    };
-    // Set at start and after every reload: no watch ran until now, so a change made
-    // meanwhile has no event coming and is looked for on disk once the watch is in place.
-    let mut look_on_disk = true;
-    loop {
-        // (Re)start the watch on the applied config's files: a reload may have
-        // changed which include directories exist.
-        let (files, include_dirs) = reloader.watch_targets();
-        let (watcher, mut changes) =
-            match ConfigWatcher::start(&files, &include_dirs, reload::DEBOUNCE) {
-                Ok((watcher, changes)) => (Some(watcher), Some(changes)),
-                Err(e) => {
-                    warn!(error = %e, "File watching unavailable; reload with SIGHUP");
-                    (None, None)
-                }
-            };
-        let changed_meanwhile = std::mem::take(&mut look_on_disk)
-            && tokio::task::block_in_place(|| reloader.changed_on_disk());
-        let trigger = if changed_meanwhile {
-            Trigger::FileChange
-        } else {
-            tokio::select! {
-                Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
-                Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
-                else => return,
-            }
-        };
-        drop(watcher);
-        // Config::load reads files: keep it off the async workers.
-        let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
-        debug!(?outcome, "Reload finished");
-        look_on_disk = true;
     }
 }

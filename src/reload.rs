@@ -32,7 +32,7 @@ use notify_debouncer_mini::notify::{
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::daemon::Daemon;
@@ -325,6 +325,52 @@ impl ConfigWatcher {
             },
             rx,
         ))
+    }
+}
+
+/// Reloads on SIGHUP and on changes to the configuration files, until neither can
+/// arrive any more.
+///
+/// `hup` is the SIGHUP stream, installed by the caller before anything was bound:
+/// SIGHUP's default action terminates the process.
+pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Reloader) {
+    let mut hup = match hup {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            error!(error = %e, "Cannot listen for SIGHUP; only file changes reload");
+            None
+        }
+    };
+    // Set at start and after every reload: no watch ran until now, so a change made
+    // meanwhile has no event coming and is looked for on disk once the watch is in place.
+    let mut look_on_disk = true;
+    loop {
+        // (Re)start the watch on the applied config's files: a reload may have
+        // changed which include directories exist.
+        let (files, include_dirs) = reloader.watch_targets();
+        let (watcher, mut changes) = match ConfigWatcher::start(&files, &include_dirs, DEBOUNCE) {
+            Ok((watcher, changes)) => (Some(watcher), Some(changes)),
+            Err(e) => {
+                warn!(error = %e, "File watching unavailable; reload with SIGHUP");
+                (None, None)
+            }
+        };
+        let changed_meanwhile = std::mem::take(&mut look_on_disk)
+            && tokio::task::block_in_place(|| reloader.changed_on_disk());
+        let trigger = if changed_meanwhile {
+            Trigger::FileChange
+        } else {
+            tokio::select! {
+                Some(_) = async { hup.as_mut()?.recv().await } => Trigger::Signal,
+                Some(()) = async { changes.as_mut()?.recv().await } => Trigger::FileChange,
+                else => return,
+            }
+        };
+        drop(watcher);
+        // Config::load reads files: keep it off the async workers.
+        let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
+        debug!(?outcome, "Reload finished");
+        look_on_disk = true;
     }
 }
 
