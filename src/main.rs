@@ -43,7 +43,7 @@ enum Command {
         config: ConfigArg,
         /// Log format; overrides `[log] format`.
         #[arg(long, value_enum)]
-        log_format: Option<LogFormatArg>,
+        log_format: Option<LogFormat>,
     },
     /// Validate the configuration and print a summary of the mappings.
     CheckConfig {
@@ -85,7 +85,7 @@ enum Command {
         principal: Option<String>,
         /// Also let an AWS service assume the role (redshift).
         #[arg(long, value_enum)]
-        service: Vec<ServiceArg>,
+        service: Vec<TrustService>,
     },
     /// Check a mapping's role: External ID enforcement, the assumption itself, and with
     /// --bucket the five S3 permissions. Exit status 1 when anything fails.
@@ -139,24 +139,11 @@ enum PolicyCommand {
         /// Also let an AWS service assume the role (redshift: Redshift Serverless
         /// UNLOAD/COPY).
         #[arg(long, value_enum)]
-        service: Vec<ServiceArg>,
+        service: Vec<TrustService>,
         /// Configuration whose [sts] section is used to find the default principal.
         #[arg(long, env = CONFIG_PATH_ENV)]
         config: Option<PathBuf>,
     },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ServiceArg {
-    Redshift,
-}
-
-impl From<ServiceArg> for TrustService {
-    fn from(service: ServiceArg) -> Self {
-        match service {
-            ServiceArg::Redshift => TrustService::Redshift,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -170,12 +157,6 @@ struct ConfigArg {
     /// Configuration file.
     #[arg(long, env = CONFIG_PATH_ENV, default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormatArg {
-    Plain,
-    Json,
 }
 
 /// How a command failed.
@@ -213,11 +194,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve { config, log_format } => {
             let loaded = Config::load(&config.config).map_err(Failure::Config)?;
-            let format = match log_format {
-                Some(LogFormatArg::Plain) => LogFormat::Plain,
-                Some(LogFormatArg::Json) => LogFormat::Json,
-                None => loaded.log.format,
-            };
+            let format = log_format.unwrap_or(loaded.log.format);
             // Held until `serve` returns: dropping it flushes the queued log lines.
             let _log_guard = credvend::telemetry::init(&loaded.log.level, format)
                 .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
@@ -279,12 +256,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             policy::validate_external_id(&external_id)
                 .map_err(|e| Failure::Usage(e.to_string()))?;
-            let services: Vec<TrustService> = service.into_iter().map(Into::into).collect();
             let principal = match principal {
                 Some(p) => Principal::parse(&p).map_err(|e| Failure::Usage(e.to_string()))?,
                 None => block_on(own_principal(config))??,
             };
-            let text = policy::render_trust_policy(&principal, &external_id, &services)
+            let text = policy::render_trust_policy(&principal, &external_id, &service)
                 .map_err(|e| Failure::Usage(e.to_string()))?;
             println!("{text}");
             Ok(())
@@ -346,7 +322,7 @@ fn onboard(
     bucket: Option<String>,
     prefix: Option<String>,
     principal: Option<String>,
-    service: Vec<ServiceArg>,
+    service: Vec<TrustService>,
 ) -> Result<(), Failure> {
     let (loaded, m) = load_mapping(&path, &mapping)?;
     let Some(external_id) = m.external_id.as_ref() else {
@@ -355,7 +331,6 @@ fn onboard(
         )));
     };
     let usage = |e: policy::PolicyError| Failure::Usage(e.to_string());
-    let services: Vec<TrustService> = service.into_iter().map(Into::into).collect();
     let principal = match (principal, &loaded.sts.source_role_arn) {
         (Some(p), _) => Principal::parse(&p).map_err(usage)?,
         // Chaining: customer roles are assumed by the vendor service role.
@@ -363,7 +338,7 @@ fn onboard(
         (None, None) => block_on(own_principal(Some(path.clone())))??,
     };
     let trust =
-        policy::render_trust_policy(&principal, external_id.expose(), &services).map_err(usage)?;
+        policy::render_trust_policy(&principal, external_id.expose(), &service).map_err(usage)?;
     println!("# Onboarding mapping '{mapping}': role {}", m.role_arn);
     println!("#");
     println!(

@@ -157,10 +157,12 @@ fn account_root(partition: Partition, account: &str) -> Result<Principal, String
     }
 }
 
-/// AWS services the trust policy can additionally let assume the role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// AWS services the trust policy can additionally let assume the role; also the
+/// `--service` values of `credvend policy trust` and `credvend onboard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum TrustService {
-    /// Redshift (Serverless or provisioned) running COPY/UNLOAD with this role.
+    // Redshift (Serverless or provisioned) running COPY/UNLOAD with this role. A plain
+    // comment: a doc comment here would become per-value help in `--help`.
     Redshift,
 }
 
