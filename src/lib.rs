@@ -34,7 +34,7 @@
 //!   auth, host checks) and the admin endpoint.
 //! - [`daemon`]: binds the pieces for one config generation and runs the listeners.
 //! - [`reload`]: re-reads, validates and applies the config on SIGHUP or a file change.
-//! - [`testing`]: fixtures for tests (hidden from the docs; no daemon behaviour).
+//! - `testing`: fixtures for tests (hidden from the docs; no daemon behaviour).
 #![forbid(unsafe_code)]
 
 pub mod aws_names;

@@ -38,9 +38,9 @@
 //! mapping is registered, so the first failure is a visible `0 → 1` step for
 //! `increase()` in alert rules rather than a series appearing at 1.
 //!
-//! The six `mapping`-labelled families live in [`per_mapping`] (compact atomics, text
+//! The six `mapping`-labelled families live in `per_mapping` (compact atomics, text
 //! written directly) rather than in the crate's metric vectors, which cost ~11 KB per
-//! mapping; everything else is a plain `prometheus` collector in [`Metrics::registry`].
+//! mapping; everything else is a plain `prometheus` collector in `Metrics::registry`.
 
 mod per_mapping;
 
