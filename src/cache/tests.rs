@@ -2,15 +2,19 @@
 //! clock, no HTTP.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::lifecycle::EXPIRY_MARGIN;
+use super::request::{Caller, wait_outcome};
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::Mapping;
-use crate::creds::Credentials;
+use crate::config::{Enforcement as EnforcementMode, Mapping};
+use crate::creds::{AssumeRoleInput, Credentials, FailureReason};
 use crate::secret::SecretValue;
 use crate::testing::{config, mapping};
+use crate::verify;
 
 const MIN: Duration = Duration::from_secs(60);
 
