@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::budget::Priority;
-use super::lifecycle::{self, EXPIRY_MARGIN};
+use super::lifecycle;
 use super::table::MappingSpec;
 use super::{Entry, Inner, Outcome};
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason};
@@ -72,7 +72,7 @@ impl Inner {
         }
         let now = self.now();
         let left = lifecycle::remaining(creds.expiration, now.wall);
-        if left <= EXPIRY_MARGIN {
+        if !lifecycle::is_alive(left) {
             // Our clock or STS's is badly off; serving this would hand out a credential
             // that is (nearly) expired. Treat as transient and retry with backoff.
             return Err(FetchError::Sts(AssumeError {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::debug;
 
-use super::lifecycle::{self, EXPIRY_MARGIN, Now};
+use super::lifecycle::{self, Now};
 use super::request::Caller;
 use super::table::MappingSpec;
 use super::{Entry, Inner, MappingKey, MappingState, Outcome, Slot};
@@ -80,7 +80,7 @@ impl Inner {
                 let valid = self
                     .store
                     .get(&spec.key)
-                    .is_some_and(|e| e.remaining(clock_now) > EXPIRY_MARGIN);
+                    .is_some_and(|e| e.is_alive(clock_now));
                 slot.degraded = valid;
                 if !valid {
                     self.store.invalidate(&spec.key);
@@ -137,9 +137,7 @@ fn flag_state(
     key: &MappingKey,
     now: Now,
 ) -> MappingState {
-    let has_entry = store
-        .get(key)
-        .is_some_and(|e| e.remaining(now) > EXPIRY_MARGIN);
+    let has_entry = store.get(key).is_some_and(|e| e.is_alive(now));
     match (has_entry, slot.degraded, slot.failed) {
         (true, true, _) => MappingState::Degraded,
         (true, false, _) => MappingState::Fresh,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::budget::Priority;
-use super::lifecycle::{self, EXPIRY_MARGIN, Servable};
+use super::lifecycle::{self, Servable};
 use super::table::MappingSpec;
 use super::{CredentialCache, Inner, Outcome, Source, VendError, Vended};
 use crate::creds::{AssumeError, FailureReason};
@@ -19,14 +19,16 @@ impl CredentialCache {
     pub async fn get(&self, name: &str) -> Result<Vended, VendError> {
         let inner = &self.inner;
         let now = inner.now();
-        // Fast path, no lock: a credential with at least `min_remaining` left is served
-        // as it is (`lifecycle::servability` answers `Yes(Cache)` there whatever the
-        // slot's flags say).
+        // Fast path, no lock: a live credential with at least `min_remaining` left is
+        // served as it is (`lifecycle::servability` answers `Yes(Cache)` there whatever
+        // the slot's flags say). The liveness test matters only when `min_remaining` is
+        // configured inside the expiry margin.
         let (spec, table) = {
             let table = inner.table.load();
             let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
             spec.touch(now.wall);
             if let Some(entry) = inner.store.get(&spec.key)
+                && entry.is_alive(now)
                 && entry.remaining(now) >= table.refresh.min_remaining
             {
                 return Ok(Vended {
@@ -61,10 +63,7 @@ impl CredentialCache {
         let waited = tokio::time::timeout(table.refresh.cold_wait, wait_outcome(rx)).await;
         let degraded_fallback = |reason: &'static str| {
             let now = inner.now();
-            match fallback
-                .as_ref()
-                .filter(|e| e.remaining(now) > EXPIRY_MARGIN)
-            {
+            match fallback.as_ref().filter(|e| e.is_alive(now)) {
                 Some(entry) => Ok(Vended {
                     entry: entry.clone(),
                     source: Source::Degraded,

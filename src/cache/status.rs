@@ -1,6 +1,5 @@
 //! The status snapshot: a [`MappingStatus`] per configured mapping, and readiness.
 
-use super::lifecycle::EXPIRY_MARGIN;
 use super::{CredentialCache, MappingState, MappingStatus, Slot};
 use crate::model::Enforcement;
 
@@ -16,10 +15,7 @@ impl CredentialCache {
             .iter()
             .map(|(name, spec)| {
                 let slot = slots.get(&spec.key);
-                let entry = inner
-                    .store
-                    .get(&spec.key)
-                    .filter(|e| e.remaining(now) > EXPIRY_MARGIN);
+                let entry = inner.store.get(&spec.key).filter(|e| e.is_alive(now));
                 MappingStatus {
                     name: name.clone(),
                     state: state_of(slot, entry.is_some()),

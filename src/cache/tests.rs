@@ -223,6 +223,33 @@ async fn short_credentials_are_served_and_refreshed_at_half_life_without_a_loop(
 }
 
 #[tokio::test]
+async fn a_min_remaining_inside_the_expiry_margin_never_serves_a_dying_credential() {
+    // `min_remaining` under the expiry margin is only a config warning. No scheduler
+    // runs here (the cache is not started), as for a mapping whose refreshes stopped.
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let mut cfg = config("http://127.0.0.1:9", vec![mapping("m", "r", None, "t")]);
+    cfg.refresh.min_remaining = Duration::from_secs(30);
+    let cache = CredentialCache::new(
+        &cfg,
+        assumer.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let first = cache.get("m").await.unwrap();
+    assert_eq!(first.source, Source::Fresh);
+    // 45 s left: above min_remaining, inside the 60 s expiry margin.
+    clock.advance(60 * MIN - Duration::from_secs(45));
+    let next = cache.get("m").await.unwrap();
+    assert_eq!(
+        (next.source, assumer.calls()),
+        (Source::Fresh, 2),
+        "a credential with 45 s left was served from cache instead of refetched"
+    );
+    assert_ne!(next.entry.access_key_id, first.entry.access_key_id);
+}
+
+#[tokio::test]
 async fn duration_over_the_role_maximum_retries_once_at_one_hour_and_remembers() {
     let clock = ManualClock::starting_now();
     let assumer = Scripted::new(&clock, vec![Step::TooLong]);
