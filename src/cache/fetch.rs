@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
-
 use super::budget::Priority;
 use super::lifecycle;
 use super::table::MappingSpec;
 use super::{Entry, Inner, Outcome};
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason};
-use crate::events::{AssumeRoleFailed, AssumeRoleSucceeded};
+use crate::events::{
+    AssumeRoleFailed, AssumeRoleSucceeded, ExpirationClamped, SessionDurationCapped,
+    ShortCredentialReceived,
+};
 use crate::model::FetchError;
 use crate::protocol::CredentialBody;
 
@@ -42,11 +43,11 @@ impl Inner {
             && error.duration_too_long
             && input.duration > ONE_HOUR
         {
-            warn!(
-                mapping = %spec.key.name(),
-                requested_secs = input.duration.as_secs(),
-                "Role's MaxSessionDuration is shorter than session_duration; retrying at 1h and keeping that cap until the mapping changes"
-            );
+            SessionDurationCapped {
+                mapping: spec.key.name(),
+                requested: input.duration,
+            }
+            .emit();
             if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
                 slot.duration_cap = Some(ONE_HOUR);
             }
@@ -63,11 +64,11 @@ impl Inner {
         // on the wire, which is the frame the SDKs on this host compare it against.
         let latest = sent_at + input.duration;
         if creds.expiration > latest + lifecycle::SHORT_TOLERANCE {
-            warn!(
-                mapping = %spec.key.name(),
-                ahead_secs = creds.expiration.duration_since(latest).unwrap_or_default().as_secs(),
-                "STS's Expiration is later than the session can last by this host's clock; the host clock is probably behind. Expiring the credential by the session duration instead"
-            );
+            ExpirationClamped {
+                mapping: spec.key.name(),
+                ahead: creds.expiration.duration_since(latest).unwrap_or_default(),
+            }
+            .emit();
             creds.expiration = latest;
         }
         let now = self.now();
@@ -96,12 +97,12 @@ impl Inner {
             }));
         };
         if short_lived {
-            warn!(
-                mapping = %spec.key.name(),
-                requested_secs = input.duration.as_secs(),
-                received_secs = left.as_secs(),
-                "STS returned a credential shorter than requested; serving it and refreshing at half its life"
-            );
+            ShortCredentialReceived {
+                mapping: spec.key.name(),
+                requested: input.duration,
+                received: left,
+            }
+            .emit();
         }
         Ok(Arc::new(Entry::new(&creds, body, now, short_lived)))
     }

@@ -1,13 +1,11 @@
 //! Running the External ID enforcement check for a mapping before it vends, and again
 //! when a recheck is due (the check itself and what its verdict means are in `verify`).
 
-use tracing::warn;
-
 use super::Inner;
 use super::budget::Priority;
 use super::table::MappingSpec;
 use crate::config::Enforcement as EnforcementMode;
-use crate::events::TrustPolicyChecked;
+use crate::events::{TrustCheckInconclusive, TrustPolicyChecked};
 use crate::model::{Enforcement, FetchError};
 use crate::verify;
 
@@ -69,12 +67,12 @@ impl Inner {
                     Ok(verdict)
                 }
                 Err(error) => {
-                    warn!(
-                        mapping = %name,
-                        code = %error.code,
-                        previous = known.as_str(),
-                        "External ID enforcement check inconclusive"
-                    );
+                    TrustCheckInconclusive {
+                        mapping: name,
+                        code: &error.code,
+                        previous: known,
+                    }
+                    .emit();
                     Err(error)
                 }
             })
