@@ -28,8 +28,9 @@ impl CredentialCache {
             let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
             spec.touch(now.wall);
             if let Some(entry) = inner.store.get(&spec.key)
-                && entry.is_alive(now)
-                && entry.remaining(now) >= table.refresh.min_remaining
+                && let left = entry.remaining(now)
+                && lifecycle::is_alive(left)
+                && left >= table.refresh.min_remaining
             {
                 return Ok(Vended {
                     entry,
