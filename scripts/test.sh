@@ -9,8 +9,9 @@
 #   - the JS SDK v3 into tests/compat/js/node_modules (scripts/setup-node.sh) and Go plus
 #     Debian's AWS SDK for Go v2 (scripts/setup-go.sh, apt-get) for tests/compat/
 #
-# Steps: fmt, clippy, a `cargo check` of the cargo-fuzz crate in fuzz/ (its own
-# workspace, which nothing else builds; its seeds are replayed by tests/fuzz_seeds.rs),
+# Steps: fmt, clippy, rustdoc (broken or private doc links fail), a `cargo check` of
+# the cargo-fuzz crate in fuzz/ (its own workspace, which nothing else builds; its
+# seeds are replayed by tests/fuzz_seeds.rs),
 # doctests, one pass of each criterion benchmark in test mode (proves the benches still
 # build and run, and is not counted as tests), then the tests of the library, the
 # binary, tests/ and examples/. Every step runs even when an earlier one failed, so one
@@ -98,6 +99,9 @@ run_step() {
 
 run_step fmt cargo fmt --all --check
 run_step clippy cargo clippy --locked --all-targets -- -D warnings
+# The library's API docs build without broken or private links (a module doc that
+# names a moved or private item fails here, not in a reader's browser).
+run_step rustdoc env RUSTDOCFLAGS="-D warnings" cargo doc --locked --lib --no-deps
 # The fuzz targets are thin wrappers around fuzz/checks/*.rs, which the main crate's
 # tests compile too; this catches drift in the wrappers, fuzz/Cargo.toml and
 # fuzz/Cargo.lock (--locked: update it when the main crate's dependencies change, see

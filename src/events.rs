@@ -11,8 +11,10 @@
 //! addresses, AWS error codes, AccessKeyIds (not secrets) and expiry times. No event has
 //! a field for a secret key, session token, auth token or External ID.
 //!
-//! Call sites: config reloads are emitted from `reload.rs`. The assume-role, served/refused
-//! and state events are for the cache and the credential endpoint to call.
+//! Call sites: config reloads are emitted from `reload.rs`. The assume-role, state,
+//! enforcement-check and STS-answer events are the cache's; served/refused are the
+//! credential endpoint's. An event with no metric (the `Log only` ones) has an `emit()`
+//! that takes no [`Metrics`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -138,6 +140,89 @@ impl TrustPolicyChecked<'_> {
             Verdict::Enforced => debug!(mapping = %self.mapping, "Role enforces its External ID"),
         }
         metrics.enforcement(self.mapping, Some(self.verdict == Verdict::Enforced));
+    }
+}
+
+/// The role's MaxSessionDuration is shorter than the mapping's session duration: the
+/// fetch retries at one hour and keeps that cap until the mapping changes. Log only.
+#[derive(Debug)]
+pub struct SessionDurationCapped<'a> {
+    pub mapping: &'a str,
+    /// The session duration STS rejected.
+    pub requested: Duration,
+}
+
+impl SessionDurationCapped<'_> {
+    pub fn emit(&self) {
+        warn!(
+            mapping = %self.mapping,
+            requested_secs = self.requested.as_secs(),
+            "Role's MaxSessionDuration is shorter than session_duration; retrying at 1h and keeping that cap until the mapping changes"
+        );
+    }
+}
+
+/// STS's `Expiration` lies further out than the requested session could last by this
+/// host's clock (the host clock is behind); the credential expires by the session
+/// duration instead. Log only.
+#[derive(Debug)]
+pub struct ExpirationClamped<'a> {
+    pub mapping: &'a str,
+    /// How far STS's `Expiration` was past the latest possible one.
+    pub ahead: Duration,
+}
+
+impl ExpirationClamped<'_> {
+    pub fn emit(&self) {
+        warn!(
+            mapping = %self.mapping,
+            ahead_secs = self.ahead.as_secs(),
+            "STS's Expiration is later than the session can last by this host's clock; the host clock is probably behind. Expiring the credential by the session duration instead"
+        );
+    }
+}
+
+/// STS returned a credential shorter than requested; it is served and refreshed at half
+/// its life. Log only.
+#[derive(Debug)]
+pub struct ShortCredentialReceived<'a> {
+    pub mapping: &'a str,
+    pub requested: Duration,
+    /// Time left on the credential when it arrived.
+    pub received: Duration,
+}
+
+impl ShortCredentialReceived<'_> {
+    pub fn emit(&self) {
+        warn!(
+            mapping = %self.mapping,
+            requested_secs = self.requested.as_secs(),
+            received_secs = self.received.as_secs(),
+            "STS returned a credential shorter than requested; serving it and refreshing at half its life"
+        );
+    }
+}
+
+/// The External ID enforcement check could not conclude: a probe got an STS error other
+/// than AccessDenied (`verify::trust_decision` decides what that means for the
+/// mapping). Log only.
+#[derive(Debug)]
+pub struct TrustCheckInconclusive<'a> {
+    pub mapping: &'a str,
+    /// The AWS error code the inconclusive probe got.
+    pub code: &'a str,
+    /// The last conclusive result.
+    pub previous: crate::model::Enforcement,
+}
+
+impl TrustCheckInconclusive<'_> {
+    pub fn emit(&self) {
+        warn!(
+            mapping = %self.mapping,
+            code = %self.code,
+            previous = self.previous.as_str(),
+            "External ID enforcement check inconclusive"
+        );
     }
 }
 
@@ -447,6 +532,74 @@ mod tests {
                 r#"credvend_config_reloads_total{result="success"}"#
             ),
             Some(0.0)
+        );
+    }
+
+    #[test]
+    fn the_cache_warnings_about_sts_answers_write_one_warn_line_each_with_their_fields() {
+        let lines = logged(|| {
+            SessionDurationCapped {
+                mapping: "m1",
+                requested: Duration::from_secs(4 * 3600),
+            }
+            .emit();
+            ExpirationClamped {
+                mapping: "m2",
+                ahead: Duration::from_secs(300),
+            }
+            .emit();
+            ShortCredentialReceived {
+                mapping: "m3",
+                requested: Duration::from_secs(3600),
+                received: Duration::from_secs(600),
+            }
+            .emit();
+            TrustCheckInconclusive {
+                mapping: "m4",
+                code: "Throttling",
+                previous: crate::model::Enforcement::Enforced,
+            }
+            .emit();
+        });
+        let seen: Vec<_> = lines
+            .iter()
+            .map(|l| (l["level"].as_str(), l["mapping"].as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("WARN"), Some("m1")),
+                (Some("WARN"), Some("m2")),
+                (Some("WARN"), Some("m3")),
+                (Some("WARN"), Some("m4")),
+            ]
+        );
+        assert_eq!(lines[0]["requested_secs"], 14400);
+        assert!(
+            lines[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Role's MaxSessionDuration is shorter"))
+        );
+        assert_eq!(lines[1]["ahead_secs"], 300);
+        assert!(
+            lines[1]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("host clock is probably behind"))
+        );
+        assert_eq!(
+            (&lines[2]["requested_secs"], &lines[2]["received_secs"]),
+            (&serde_json::json!(3600), &serde_json::json!(600))
+        );
+        assert_eq!(
+            (lines[3]["code"].as_str(), lines[3]["previous"].as_str()),
+            (
+                Some("Throttling"),
+                Some(crate::model::Enforcement::Enforced.as_str())
+            )
+        );
+        assert_eq!(
+            lines[3]["message"],
+            "External ID enforcement check inconclusive"
         );
     }
 }

@@ -80,6 +80,20 @@ impl Entry {
         let held = now.monotonic.saturating_sub(self.received_monotonic);
         remaining(self.expiration, now.wall).min(self.lifetime.saturating_sub(held))
     }
+
+    /// Whether this credential may still be served at all at `now` (more than
+    /// [`EXPIRY_MARGIN`] left; see [`is_alive`]). Every "is there a usable credential"
+    /// decision in the cache asks this.
+    pub fn is_alive(&self, now: Now) -> bool {
+        is_alive(self.remaining(now))
+    }
+}
+
+/// Whether a credential with `left` to live may still be served: more than
+/// [`EXPIRY_MARGIN`]. The one rule behind [`Entry::is_alive`], also applied to a
+/// credential as STS returns it, before it is an [`Entry`].
+pub fn is_alive(left: Duration) -> bool {
+    left > EXPIRY_MARGIN
 }
 
 /// What the request path may do with a cached entry right now.
@@ -102,10 +116,10 @@ pub fn remaining(expiration: SystemTime, now: SystemTime) -> Duration {
 
 /// Decides whether `entry` can be served at `now`.
 pub fn servability(entry: &Entry, now: Now, degraded: bool, min_remaining: Duration) -> Servable {
-    let left = entry.remaining(now);
-    if left <= EXPIRY_MARGIN {
-        Servable::No
-    } else if left >= min_remaining {
+    if !entry.is_alive(now) {
+        return Servable::No;
+    }
+    if entry.remaining(now) >= min_remaining {
         Servable::Yes(Source::Cache)
     } else if degraded {
         Servable::Yes(Source::Degraded)
@@ -221,6 +235,24 @@ mod tests {
             monotonic: MIN,
         };
         assert_eq!(e.remaining(forward), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_credential_is_alive_only_with_more_than_the_expiry_margin_left() {
+        assert!(is_alive(EXPIRY_MARGIN + Duration::from_secs(1)));
+        assert!(!is_alive(EXPIRY_MARGIN));
+        assert!(!is_alive(Duration::ZERO));
+        let e = entry(60 * MIN, false);
+        assert!(e.is_alive(at(Duration::ZERO)));
+        assert!(e.is_alive(at(59 * MIN - Duration::from_secs(1))));
+        assert!(!e.is_alive(at(59 * MIN)));
+        assert!(!e.is_alive(at(2 * 60 * MIN)));
+        // By the monotonic clock too: a wall clock stepped back does not revive it.
+        let stepped = Now {
+            wall: t0(),
+            monotonic: 59 * MIN,
+        };
+        assert!(!e.is_alive(stepped));
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //! clock, no HTTP.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::lifecycle::EXPIRY_MARGIN;
+use super::request::{Caller, wait_outcome};
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::Mapping;
-use crate::creds::Credentials;
+use crate::config::{Enforcement as EnforcementMode, Mapping};
+use crate::creds::{AssumeRoleInput, Credentials, FailureReason};
 use crate::secret::SecretValue;
 use crate::testing::{config, mapping};
+use crate::verify;
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -216,6 +220,33 @@ async fn short_credentials_are_served_and_refreshed_at_half_life_without_a_loop(
     }
     let calls = assumer.calls();
     assert!((11..=14).contains(&calls), "{calls} calls in an hour");
+}
+
+#[tokio::test]
+async fn a_min_remaining_inside_the_expiry_margin_never_serves_a_dying_credential() {
+    // `min_remaining` under the expiry margin is only a config warning. No scheduler
+    // runs here (the cache is not started), as for a mapping whose refreshes stopped.
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let mut cfg = config("http://127.0.0.1:9", vec![mapping("m", "r", None, "t")]);
+    cfg.refresh.min_remaining = Duration::from_secs(30);
+    let cache = CredentialCache::new(
+        &cfg,
+        assumer.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let first = cache.get("m").await.unwrap();
+    assert_eq!(first.source, Source::Fresh);
+    // 45 s left: above min_remaining, inside the 60 s expiry margin.
+    clock.advance(60 * MIN - Duration::from_secs(45));
+    let next = cache.get("m").await.unwrap();
+    assert_eq!(
+        (next.source, assumer.calls()),
+        (Source::Fresh, 2),
+        "a credential with 45 s left was served from cache instead of refetched"
+    );
+    assert_ne!(next.entry.access_key_id, first.entry.access_key_id);
 }
 
 #[tokio::test]

@@ -187,7 +187,7 @@ pub async fn start_acme(external_id: &str) -> (FakeSts, TestDaemon, String) {
 /// Unlike polling "nothing in flight" alone, this cannot pass before background work
 /// the clock just made due has even started: a due refresh shows as `next_refresh <=
 /// now` until the scheduler has taken it, and the scheduler registers the fetch in the
-/// same step as it takes the refresh off its queue (see src/cache/mod.rs,
+/// same step as it takes the refresh off its queue (see src/cache/publish.rs,
 /// `on_refresh_due`). Panics with the last status after 30 s (a bound for a loaded
 /// machine, not a timing assertion).
 #[track_caller]

@@ -1,0 +1,141 @@
+//! Fetching: one AssumeRole within the STS budget and the concurrency bound, with the
+//! MaxSessionDuration fallback, the clock-skew clamp and the checks on what STS returned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::budget::Priority;
+use super::lifecycle;
+use super::table::MappingSpec;
+use super::{Entry, Inner, Outcome};
+use crate::creds::{AssumeError, AssumeRoleInput, FailureReason};
+use crate::events::{
+    AssumeRoleFailed, AssumeRoleSucceeded, ExpirationClamped, SessionDurationCapped,
+    ShortCredentialReceived,
+};
+use crate::model::FetchError;
+use crate::protocol::CredentialBody;
+
+/// STS's cap for role chaining and the usual role `MaxSessionDuration`.
+const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+impl Inner {
+    /// One AssumeRole for `spec`, within the STS budget, with the MaxSessionDuration
+    /// fallback.
+    pub(super) async fn fetch(
+        &self,
+        spec: &MappingSpec,
+        priority: Priority,
+        duration_cap: Option<Duration>,
+    ) -> Outcome {
+        self.check_trust(spec, priority).await?;
+        let mut input = spec.input.clone();
+        if let Some(cap) = duration_cap {
+            input.duration = input.duration.min(cap);
+        }
+        self.budget.acquire(priority).await;
+        // STS computes Expiration from its own clock when it answers, which is no
+        // earlier than this: measuring the lifetime from here never makes a full-length
+        // credential look short because the call itself took time.
+        let sent_at = self.clock.now();
+        let mut result = self.assume_role_observed(spec, &input).await;
+        if let Err(error) = &result
+            && error.duration_too_long
+            && input.duration > ONE_HOUR
+        {
+            SessionDurationCapped {
+                mapping: spec.key.name(),
+                requested: input.duration,
+            }
+            .emit();
+            if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
+                slot.duration_cap = Some(ONE_HOUR);
+            }
+            input.duration = ONE_HOUR;
+            self.budget.acquire(priority).await;
+            result = self.assume_role_observed(spec, &input).await;
+        }
+        let mut creds = result.map_err(FetchError::Sts)?;
+        // STS sets Expiration by its own clock. A credential cannot outlive the duration
+        // we asked for, counted from when we asked: an Expiration further out than that
+        // means our wall clock is behind STS's (stepped back, or never synced), and
+        // trusting it would serve the credential past its real expiry by the size of
+        // the error. Use the bound in our clock's frame instead, for every decision and
+        // on the wire, which is the frame the SDKs on this host compare it against.
+        let latest = sent_at + input.duration;
+        if creds.expiration > latest + lifecycle::SHORT_TOLERANCE {
+            ExpirationClamped {
+                mapping: spec.key.name(),
+                ahead: creds.expiration.duration_since(latest).unwrap_or_default(),
+            }
+            .emit();
+            creds.expiration = latest;
+        }
+        let now = self.now();
+        let left = lifecycle::remaining(creds.expiration, now.wall);
+        if !lifecycle::is_alive(left) {
+            // Our clock or STS's is badly off; serving this would hand out a credential
+            // that is (nearly) expired. Treat as transient and retry with backoff.
+            return Err(FetchError::Sts(AssumeError {
+                reason: FailureReason::Other,
+                code: "ExpiredOnArrival".into(),
+                message: format!(
+                    "STS returned a credential with {}s left; check the host clock",
+                    left.as_secs()
+                ),
+                duration_too_long: false,
+            }));
+        }
+        let short_lived = lifecycle::is_short(creds.expiration, sent_at, input.duration);
+        // Encode the response body once, here, for every request that will serve it.
+        let Some(body) = CredentialBody::encode(&creds, &spec.input.role_arn) else {
+            return Err(FetchError::Sts(AssumeError {
+                reason: FailureReason::Other,
+                code: "EncodingFailed".into(),
+                message: "the credential could not be encoded as JSON".into(),
+                duration_too_long: false,
+            }));
+        };
+        if short_lived {
+            ShortCredentialReceived {
+                mapping: spec.key.name(),
+                requested: input.duration,
+                received: left,
+            }
+            .emit();
+        }
+        Ok(Arc::new(Entry::new(&creds, body, now, short_lived)))
+    }
+
+    /// One AssumeRole, timed, with its success or failure event (log line + metrics).
+    /// The enforcement probes do not come through here: their expected AccessDenied
+    /// answers are not failures and must not page anyone.
+    pub(super) async fn assume_role_observed(
+        &self,
+        spec: &MappingSpec,
+        input: &AssumeRoleInput,
+    ) -> Result<crate::creds::Credentials, AssumeError> {
+        let started = std::time::Instant::now();
+        // The semaphore is never closed; if it were, call without a permit.
+        let _permit = self.sts_calls.acquire().await.ok();
+        let result = self.assumer.assume_role(input).await;
+        let duration = started.elapsed();
+        let mapping = spec.key.name();
+        match &result {
+            Ok(creds) => AssumeRoleSucceeded {
+                mapping,
+                duration,
+                access_key_id: &creds.access_key_id,
+                expiration: creds.expiration,
+            }
+            .emit(&self.metrics),
+            Err(error) => AssumeRoleFailed {
+                mapping,
+                duration,
+                error,
+            }
+            .emit(&self.metrics),
+        }
+        result
+    }
+}

@@ -1,0 +1,89 @@
+//! A mapping's identity: [`MappingKey`], its name plus a fingerprint of every AssumeRole
+//! input, so that a config change that would change the STS call changes the key.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::creds::AssumeRoleInput;
+
+/// Identity of a mapping's credentials: its name plus a fingerprint of every
+/// AssumeRole input. Two configs produce the same key only if they would make the same
+/// STS call.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingKey {
+    name: Arc<str>,
+    fingerprint: [u8; 16],
+}
+
+impl MappingKey {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for MappingKey {
+    // The fingerprint covers the External ID; it is not shown anywhere.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MappingKey({})", self.name)
+    }
+}
+
+impl MappingKey {
+    /// The key of mapping `name` whose STS call is `input` (against `endpoint`, if set).
+    pub(super) fn new(name: &str, input: &AssumeRoleInput, endpoint: Option<&str>) -> Self {
+        Self {
+            name: Arc::from(name),
+            fingerprint: fingerprint(input, endpoint),
+        }
+    }
+}
+
+/// SHA-256 over every AssumeRole input, length-prefixed so no two different inputs
+/// serialise alike.
+fn fingerprint(input: &AssumeRoleInput, endpoint: Option<&str>) -> [u8; 16] {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(input.role_arn.as_bytes());
+    field(input.session_name.as_bytes());
+    match &input.external_id {
+        Some(id) => {
+            field(b"1");
+            field(id.expose().as_bytes());
+        }
+        None => field(b"0"),
+    }
+    field(&input.duration.as_secs().to_be_bytes());
+    field(
+        input
+            .session_policy
+            .as_deref()
+            .unwrap_or("\0none")
+            .as_bytes(),
+    );
+    for arn in &input.policy_arns {
+        field(arn.as_bytes());
+    }
+    field(b"tags");
+    for (k, v) in &input.tags {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    field(
+        input
+            .source_identity
+            .as_deref()
+            .unwrap_or("\0none")
+            .as_bytes(),
+    );
+    field(input.region.as_bytes());
+    field(endpoint.unwrap_or("\0default").as_bytes());
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}

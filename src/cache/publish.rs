@@ -1,0 +1,151 @@
+//! Publishing a fetch's outcome: store or evict the credential, update the slot's
+//! flags and backoff, schedule the next refresh or retry, report state changes; and the
+//! scheduler's callback that starts a due refresh.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::debug;
+
+use super::lifecycle::{self, Now};
+use super::request::Caller;
+use super::table::MappingSpec;
+use super::{Entry, Inner, MappingKey, MappingState, Outcome, Slot};
+use crate::events::MappingStateChanged;
+
+impl Inner {
+    /// Records a fetch's outcome: cache, slot state, next refresh. Runs under the slots
+    /// lock so that "publish, then clear in-flight" is atomic for joiners.
+    pub(super) fn publish(&self, spec: &MappingSpec, outcome: &Outcome) {
+        let clock_now = self.now();
+        let now = clock_now.wall;
+        let table = self.current_table();
+        let current = table.by_key.contains_key(&spec.key);
+        let mut slots = self.lock_slots();
+        let Some(slot) = slots.get_mut(&spec.key) else {
+            // The mapping was removed or changed while the fetch ran.
+            return;
+        };
+        slot.inflight = None;
+        if !current {
+            return;
+        }
+        let name = spec.key.name();
+        let before = flag_state(slot, &self.store, &spec.key, clock_now);
+        match outcome {
+            Ok(entry) => {
+                self.store.insert(spec.key.clone(), entry.clone());
+                slot.degraded = false;
+                slot.failed = false;
+                slot.transient_failures = 0;
+                slot.terminal_failures = 0;
+                slot.negative_until = None;
+                slot.last_success = Some(now);
+                let at = lifecycle::refresh_at(
+                    now,
+                    entry.expiration,
+                    table.refresh.refresh_before,
+                    entry.short_lived,
+                    rand::random::<f64>(),
+                );
+                self.queue.schedule(&spec.key, at);
+                debug!(
+                    mapping = %name,
+                    access_key_id = %entry.access_key_id,
+                    next_refresh = %humantime::format_rfc3339_seconds(at),
+                    "Credential cached; refresh scheduled"
+                );
+            }
+            Err(error) if error.is_terminal() => {
+                self.store.invalidate(&spec.key);
+                self.queue.cancel(&spec.key);
+                slot.degraded = false;
+                slot.failed = true;
+                slot.terminal_failures = slot.terminal_failures.saturating_add(1);
+                let backoff = lifecycle::terminal_backoff(slot.terminal_failures);
+                slot.negative_until = Some(now + backoff);
+                slot.last_error = Some((error.clone(), now));
+                debug!(
+                    mapping = %name,
+                    code = %error.code(),
+                    retry_after_secs = backoff.as_secs(),
+                    "Dropped the mapping's credentials; negatively cached"
+                );
+            }
+            Err(error) => {
+                slot.transient_failures = slot.transient_failures.saturating_add(1);
+                slot.last_error = Some((error.clone(), now));
+                let backoff =
+                    lifecycle::transient_backoff(slot.transient_failures, rand::random::<f64>());
+                let valid = self
+                    .store
+                    .get(&spec.key)
+                    .is_some_and(|e| e.is_alive(clock_now));
+                slot.degraded = valid;
+                if !valid {
+                    self.store.invalidate(&spec.key);
+                }
+                let in_use = spec.prefetch
+                    || spec
+                        .last_used()
+                        .is_some_and(|t| !is_idle(t, now, table.refresh.idle_timeout));
+                if valid || in_use {
+                    self.queue.schedule(&spec.key, now + backoff);
+                }
+                debug!(
+                    mapping = %name,
+                    code = %error.code(),
+                    serving_previous = valid,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "Retry scheduled"
+                );
+            }
+        }
+        let after = flag_state(slot, &self.store, &spec.key, clock_now);
+        if after != before {
+            MappingStateChanged {
+                mapping: name,
+                from: before,
+                to: after,
+            }
+            .emit(&self.metrics);
+        }
+    }
+
+    /// Scheduler callback: refresh `key` unless it is gone or idle.
+    pub(super) fn on_refresh_due(self: &Arc<Self>, key: MappingKey) {
+        let table = self.current_table();
+        let Some(spec) = table.by_key.get(&key).cloned() else {
+            return;
+        };
+        let now = self.clock.now();
+        let last_used = spec.last_used();
+        let idle =
+            !spec.prefetch && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
+        if idle {
+            debug!(mapping = %key.name(), "Mapping idle; not refreshing");
+            return;
+        }
+        drop(Self::start_or_join(self, &spec, Caller::Refresh));
+    }
+}
+
+/// The state a slot is in once no fetch is in flight (for state-change events).
+fn flag_state(
+    slot: &Slot,
+    store: &moka::sync::Cache<MappingKey, Arc<Entry>>,
+    key: &MappingKey,
+    now: Now,
+) -> MappingState {
+    let has_entry = store.get(key).is_some_and(|e| e.is_alive(now));
+    match (has_entry, slot.degraded, slot.failed) {
+        (true, true, _) => MappingState::Degraded,
+        (true, false, _) => MappingState::Fresh,
+        (false, _, true) => MappingState::Failed,
+        (false, _, false) => MappingState::Empty,
+    }
+}
+
+fn is_idle(last_used: SystemTime, now: SystemTime, idle_timeout: Duration) -> bool {
+    now.duration_since(last_used).unwrap_or(Duration::ZERO) > idle_timeout
+}

@@ -1,0 +1,176 @@
+//! The request path and single flight: [`CredentialCache::get`] and
+//! [`Inner::start_or_join`], which every caller (requests, prefetch, the scheduler) goes
+//! through to join the mapping's fetch in flight or start one.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::budget::Priority;
+use super::lifecycle::{self, Servable};
+use super::table::MappingSpec;
+use super::{CredentialCache, Inner, Outcome, Source, VendError, Vended};
+use crate::creds::{AssumeError, FailureReason};
+use crate::model::FetchError;
+
+impl CredentialCache {
+    /// Credentials for mapping `name`, from cache when possible. Waits at most
+    /// `cold_wait` for STS.
+    pub async fn get(&self, name: &str) -> Result<Vended, VendError> {
+        let inner = &self.inner;
+        let now = inner.now();
+        // Fast path, no lock: a live credential with at least `min_remaining` left is
+        // served as it is (`lifecycle::servability` answers `Yes(Cache)` there whatever
+        // the slot's flags say). The liveness test matters only when `min_remaining` is
+        // configured inside the expiry margin.
+        let (spec, table) = {
+            let table = inner.table.load();
+            let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
+            spec.touch(now.wall);
+            if let Some(entry) = inner.store.get(&spec.key)
+                && let left = entry.remaining(now)
+                && lifecycle::is_alive(left)
+                && left >= table.refresh.min_remaining
+            {
+                return Ok(Vended {
+                    entry,
+                    source: Source::Cache,
+                });
+            }
+            (spec.clone(), arc_swap::Guard::into_inner(table))
+        };
+        let min_remaining = table.refresh.min_remaining;
+
+        let mut fallback = None;
+        {
+            let mut slots = inner.lock_slots();
+            let slot = slots.entry(spec.key.clone()).or_default();
+            if let Some(entry) = inner.store.get(&spec.key) {
+                match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
+                    Servable::Yes(source) => return Ok(Vended { entry, source }),
+                    Servable::Stale => fallback = Some(entry),
+                    Servable::No => {}
+                }
+            }
+            if let (true, Some(until), Some((error, _))) =
+                (slot.failed, slot.negative_until, &slot.last_error)
+                && now.wall < until
+            {
+                return Err(error.clone().into());
+            }
+        }
+
+        let rx = Inner::start_or_join(inner, &spec, Caller::Request);
+        let waited = tokio::time::timeout(table.refresh.cold_wait, wait_outcome(rx)).await;
+        let degraded_fallback = |reason: &'static str| {
+            let now = inner.now();
+            match fallback.as_ref().filter(|e| e.is_alive(now)) {
+                Some(entry) => Ok(Vended {
+                    entry: entry.clone(),
+                    source: Source::Degraded,
+                }),
+                None => Err(VendError::Unavailable {
+                    retry_after_secs: 1,
+                    reason,
+                }),
+            }
+        };
+        match waited {
+            Ok(Ok(entry)) => Ok(Vended {
+                entry,
+                source: Source::Fresh,
+            }),
+            Ok(Err(error)) if error.is_terminal() => Err(error.into()),
+            Ok(Err(_transient)) => degraded_fallback("STS unavailable"),
+            Err(_elapsed) => degraded_fallback("STS slower than cold_wait"),
+        }
+    }
+}
+
+impl Inner {
+    /// Joins the mapping's in-flight fetch or starts one. A fetch that finished between
+    /// the caller's own cache check and this call is seen here, under the slots lock
+    /// that `publish` holds while it stores a credential: instead of calling STS a
+    /// second time, a request gets that credential if it is servable as is, and a
+    /// prefetch gets whatever credential is there (the mapping is warm; refreshing it
+    /// is the scheduler's job). A refresh always fetches.
+    pub(super) fn start_or_join(
+        self: &Arc<Self>,
+        spec: &Arc<MappingSpec>,
+        caller: Caller,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let mut slots = self.lock_slots();
+        let slot = slots.entry(spec.key.clone()).or_default();
+        if let Some(rx) = &slot.inflight {
+            return rx.clone();
+        }
+        if caller != Caller::Refresh
+            && let Some(entry) = self.store.get(&spec.key)
+        {
+            let usable = caller == Caller::Prefetch || {
+                let min_remaining = self.current_table().refresh.min_remaining;
+                matches!(
+                    lifecycle::servability(&entry, self.now(), slot.degraded, min_remaining),
+                    Servable::Yes(_)
+                )
+            };
+            if usable {
+                let (_tx, rx) = watch::channel(Some(Ok(entry)));
+                return rx;
+            }
+        }
+        let priority = caller.priority();
+        let (tx, rx) = watch::channel(None);
+        slot.inflight = Some(rx.clone());
+        let duration_cap = slot.duration_cap;
+        drop(slots);
+
+        let inner = self.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            let outcome = inner.fetch(&spec, priority, duration_cap).await;
+            inner.publish(&spec, &outcome);
+            // Receivers may all be gone (requests timed out); the cache has the result.
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+}
+
+/// Who wants a fetch: decides its STS priority and what a credential already in the
+/// store means (see [`Inner::start_or_join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Caller {
+    /// A request is waiting for it.
+    Request,
+    /// Warming a `prefetch` mapping that had no credential.
+    Prefetch,
+    /// The scheduler: a refresh or retry is due.
+    Refresh,
+}
+
+impl Caller {
+    pub(super) fn priority(self) -> Priority {
+        match self {
+            Caller::Request => Priority::Cold,
+            Caller::Prefetch | Caller::Refresh => Priority::Background,
+        }
+    }
+}
+
+pub(super) async fn wait_outcome(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().unwrap_or_else(|| Err(lost_fetch())),
+        Err(_) => Err(lost_fetch()),
+    }
+}
+
+/// The fetch task vanished without publishing (it panicked). Transient by design.
+fn lost_fetch() -> FetchError {
+    FetchError::Sts(AssumeError {
+        reason: FailureReason::Other,
+        code: "FetchAborted".into(),
+        message: "the credential fetch ended without a result".into(),
+        duration_too_long: false,
+    })
+}

@@ -1,0 +1,89 @@
+//! One config generation's mapping table: a [`MappingSpec`] per mapping (the fixed
+//! AssumeRole input and settings, plus the shared last-use record) by name and by key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::MappingKey;
+use crate::config::{Config, Enforcement as EnforcementMode, RefreshConfig};
+use crate::creds::AssumeRoleInput;
+
+/// Everything about one mapping that is fixed for a given config generation.
+pub(super) struct MappingSpec {
+    pub(super) key: MappingKey,
+    pub(super) input: AssumeRoleInput,
+    pub(super) prefetch: bool,
+    pub(super) enforcement: EnforcementMode,
+    /// Last request for this mapping (idle detection), nanoseconds since the Unix
+    /// epoch, 0 for never. An atomic rather than a slot field so that a cache hit takes
+    /// no lock; shared (same `Arc`) by every generation in which the mapping's key is
+    /// unchanged, so a reload does not make busy mappings look idle.
+    pub(super) last_used: Arc<AtomicU64>,
+}
+
+impl MappingSpec {
+    /// Records a request at `now`. Skips the store unless the clock moved by at least a
+    /// millisecond, so a burst of hits on one mapping does not keep bouncing its cache
+    /// line between cores (idle detection works in hours).
+    pub(super) fn touch(&self, now: SystemTime) {
+        let nanos = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .max(1);
+        let last = self.last_used.load(Ordering::Relaxed);
+        if nanos.abs_diff(last) >= 1_000_000 {
+            self.last_used.store(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// The last request for this mapping, if any.
+    pub(super) fn last_used(&self) -> Option<SystemTime> {
+        match self.last_used.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(UNIX_EPOCH + Duration::from_nanos(nanos)),
+        }
+    }
+}
+
+/// The mapping table of one config generation.
+pub(super) struct Table {
+    pub(super) by_name: HashMap<String, Arc<MappingSpec>>,
+    pub(super) by_key: HashMap<MappingKey, Arc<MappingSpec>>,
+    pub(super) refresh: RefreshConfig,
+    /// `[verify] recheck_interval`.
+    pub(super) recheck_interval: Duration,
+}
+
+/// The table for `config`. Mappings whose key is unchanged from `previous` keep sharing
+/// its last-use record.
+pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
+    let mut by_name = HashMap::new();
+    let mut by_key = HashMap::new();
+    for (name, mapping) in &config.mappings {
+        let input = AssumeRoleInput::for_mapping(mapping);
+        let key = MappingKey::new(name, &input, config.sts.endpoint_url.as_deref());
+        let last_used = previous
+            .and_then(|table| table.by_key.get(&key))
+            .map_or_else(
+                || Arc::new(AtomicU64::new(0)),
+                |spec| spec.last_used.clone(),
+            );
+        let spec = Arc::new(MappingSpec {
+            key: key.clone(),
+            input,
+            prefetch: mapping.prefetch,
+            enforcement: mapping.external_id_enforcement,
+            last_used,
+        });
+        by_name.insert(name.clone(), spec.clone());
+        by_key.insert(key, spec);
+    }
+    Table {
+        by_name,
+        by_key,
+        refresh: config.refresh.clone(),
+        recheck_interval: config.verify.recheck_interval,
+    }
+}

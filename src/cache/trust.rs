@@ -1,0 +1,84 @@
+//! Running the External ID enforcement check for a mapping before it vends, and again
+//! when a recheck is due (the check itself and what its verdict means are in `verify`).
+
+use super::Inner;
+use super::budget::Priority;
+use super::table::MappingSpec;
+use crate::config::Enforcement as EnforcementMode;
+use crate::events::{TrustCheckInconclusive, TrustPolicyChecked};
+use crate::model::{Enforcement, FetchError};
+use crate::verify;
+
+impl Inner {
+    /// The External ID enforcement check (docs/design.md, Credential lifecycle), run
+    /// before a mapping first vends and again once `recheck_interval` has passed since
+    /// the last conclusive result: runs the probes when due, records and reports a
+    /// conclusive verdict, and leaves what that means for the mapping to
+    /// [`verify::trust_decision`]. `off` skips the check.
+    pub(super) async fn check_trust(
+        &self,
+        spec: &MappingSpec,
+        priority: Priority,
+    ) -> Result<(), FetchError> {
+        if spec.enforcement == EnforcementMode::Off {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let recheck = self.current_table().recheck_interval;
+        let (known, checked_at) = {
+            let slots = self.lock_slots();
+            slots
+                .get(&spec.key)
+                .map_or((Enforcement::Unknown, None), |s| {
+                    (s.enforcement, s.enforcement_checked_at)
+                })
+        };
+        let due = verify::check_due(checked_at, now, recheck);
+        let name = spec.key.name();
+        let this_round = if due {
+            let result =
+                verify::check_external_id_enforcement(self.assumer.as_ref(), &spec.input, || {
+                    self.budget.acquire(priority)
+                })
+                .await;
+            let concluded_at = self.clock.now();
+            Some(match result {
+                Ok(verdict) => {
+                    // No slot: a reload removed or changed the mapping while the probes
+                    // ran. The verdict is about a role no mapping uses any more, and a
+                    // mapping now bearing the same name must not report it as its own.
+                    let current = match self.lock_slots().get_mut(&spec.key) {
+                        Some(slot) => {
+                            slot.enforcement = verdict.into();
+                            slot.enforcement_checked_at = Some(concluded_at);
+                            true
+                        }
+                        None => false,
+                    };
+                    if current {
+                        TrustPolicyChecked {
+                            mapping: name,
+                            role_arn: &spec.input.role_arn,
+                            mode: spec.enforcement,
+                            verdict,
+                        }
+                        .emit(&self.metrics);
+                    }
+                    Ok(verdict)
+                }
+                Err(error) => {
+                    TrustCheckInconclusive {
+                        mapping: name,
+                        code: &error.code,
+                        previous: known,
+                    }
+                    .emit();
+                    Err(error)
+                }
+            })
+        } else {
+            None
+        };
+        verify::trust_decision(spec.enforcement, known, this_round)
+    }
+}
