@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Enforcement, Problem};
+use crate::config::{EnforcementMode, Problem};
 use crate::creds::AssumeError;
 use crate::metrics::Metrics;
 use crate::model::{MappingState, Source, Verdict};
@@ -123,7 +123,7 @@ pub struct TrustPolicyChecked<'a> {
     pub mapping: &'a str,
     pub role_arn: &'a str,
     /// The mapping's `external_id_enforcement` mode.
-    pub mode: Enforcement,
+    pub mode: EnforcementMode,
     pub verdict: Verdict,
 }
 
@@ -212,7 +212,7 @@ pub struct TrustCheckInconclusive<'a> {
     /// The AWS error code the inconclusive probe got.
     pub code: &'a str,
     /// The last conclusive result.
-    pub previous: crate::model::Enforcement,
+    pub previous: crate::model::EnforcementStatus,
 }
 
 impl TrustCheckInconclusive<'_> {
@@ -557,7 +557,7 @@ mod tests {
             TrustCheckInconclusive {
                 mapping: "m4",
                 code: "Throttling",
-                previous: crate::model::Enforcement::Enforced,
+                previous: crate::model::EnforcementStatus::Enforced,
             }
             .emit();
         });
@@ -594,7 +594,7 @@ mod tests {
             (lines[3]["code"].as_str(), lines[3]["previous"].as_str()),
             (
                 Some("Throttling"),
-                Some(crate::model::Enforcement::Enforced.as_str())
+                Some(crate::model::EnforcementStatus::Enforced.as_str())
             )
         );
         assert_eq!(

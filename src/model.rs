@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use crate::config::Enforcement as EnforcementMode;
+use crate::config::EnforcementMode;
 use crate::creds::{AssumeError, FailureReason};
 
 /// Where a served credential came from (metric label `source`).
@@ -102,37 +102,37 @@ impl Probe {
 /// Enforcement state as reported in metrics (`credvend_external_id_enforced`) and
 /// `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Enforcement {
+pub enum EnforcementStatus {
     #[default]
     Unknown,
     Enforced,
     NotEnforced,
 }
 
-impl Enforcement {
+impl EnforcementStatus {
     /// Gauge value: 1 enforced, 0 not, -1 unknown.
     pub fn gauge(self) -> i64 {
         match self {
-            Enforcement::Enforced => 1,
-            Enforcement::NotEnforced => 0,
-            Enforcement::Unknown => -1,
+            EnforcementStatus::Enforced => 1,
+            EnforcementStatus::NotEnforced => 0,
+            EnforcementStatus::Unknown => -1,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Enforcement::Enforced => "enforced",
-            Enforcement::NotEnforced => "not_enforced",
-            Enforcement::Unknown => "unknown",
+            EnforcementStatus::Enforced => "enforced",
+            EnforcementStatus::NotEnforced => "not_enforced",
+            EnforcementStatus::Unknown => "unknown",
         }
     }
 }
 
-impl From<Verdict> for Enforcement {
+impl From<Verdict> for EnforcementStatus {
     fn from(verdict: Verdict) -> Self {
         match verdict {
-            Verdict::Enforced => Enforcement::Enforced,
-            Verdict::NotEnforced(_) => Enforcement::NotEnforced,
+            Verdict::Enforced => EnforcementStatus::Enforced,
+            Verdict::NotEnforced(_) => EnforcementStatus::NotEnforced,
         }
     }
 }
@@ -149,7 +149,7 @@ pub struct MappingStatus {
     pub next_refresh: Option<SystemTime>,
     pub prefetch: bool,
     /// External ID enforcement check result and when it was last conclusive.
-    pub enforcement: Enforcement,
+    pub enforcement: EnforcementStatus,
     pub enforcement_checked_at: Option<SystemTime>,
     pub enforcement_mode: EnforcementMode,
 }

@@ -52,7 +52,7 @@ pub enum Trigger {
 
 /// Outcome of one reload attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ReloadOutcome {
     Applied,
     Rejected,
     /// A file event, but the files' content is what is already applied.
@@ -98,7 +98,7 @@ impl Reloader {
 
     /// One reload. systemd is told `RELOADING=1` before and `READY=1` after, whatever
     /// the outcome.
-    pub fn reload(&self, trigger: Trigger) -> Outcome {
+    pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let mut state = self.lock();
         // The files are digested before they are read: a write landing while they are
         // loaded then shows as a change at the next check, instead of passing for what
@@ -106,7 +106,7 @@ impl Reloader {
         let (paths, before) = content_digest(&state.current);
         if trigger == Trigger::FileChange && before == state.digest {
             debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
-            return Outcome::Unchanged;
+            return ReloadOutcome::Unchanged;
         }
         info!(config = %self.path.display(), trigger = ?trigger, "Reload requested");
         crate::notify::reloading();
@@ -134,7 +134,7 @@ impl Reloader {
                     digest_of(&new_paths)
                 };
                 state.current = new;
-                Outcome::Applied
+                ReloadOutcome::Applied
             }
             Err(problems) => {
                 ConfigReloadRejected {
@@ -145,7 +145,7 @@ impl Reloader {
                 // Remember what was rejected so the same bad content is not re-reported
                 // on every file event; a SIGHUP still retries it.
                 state.digest = before;
-                Outcome::Rejected
+                ReloadOutcome::Rejected
             }
         };
         crate::notify::ready();

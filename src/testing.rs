@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{
-    Config, Enforcement, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
+    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
     VerifyConfig,
 };
 use crate::secret::{ExternalId, TokenHash};
@@ -35,7 +35,7 @@ pub fn mapping(name: &str, role: &str, external_id: Option<&str>, token: &str) -
         source_identity: None,
         region: "us-east-1".to_string(),
         prefetch: false,
-        external_id_enforcement: Enforcement::Off,
+        external_id_enforcement: EnforcementMode::Off,
     }
 }
 
@@ -74,7 +74,7 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
             idle_timeout: Duration::from_secs(6 * 3600),
         },
         verify: VerifyConfig {
-            external_id_enforcement: Enforcement::Off,
+            external_id_enforcement: EnforcementMode::Off,
             recheck_interval: Duration::from_secs(24 * 3600),
         },
         mappings: mappings.into_iter().map(|m| (m.name.clone(), m)).collect(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use credvend::cache::MappingState;
 use credvend::clock::{Clock, ManualClock};
-use credvend::config::{Config, Enforcement};
+use credvend::config::{Config, EnforcementMode};
 use credvend::daemon::{Daemon, Listeners};
 use credvend::server::{Limits, serve};
 use serde_json::json;
@@ -35,7 +35,7 @@ async fn status_reports_each_mapping_without_secrets() {
     let good_token = token("good");
     let bad_token = token("bad");
     let mut good = mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &good_token);
-    good.external_id_enforcement = Enforcement::Require;
+    good.external_id_enforcement = EnforcementMode::Require;
     let bad = mapping("beta-s3", "revoked", Some(EXTERNAL_ID), &bad_token);
     let d = TestDaemon::start(config(&sts.endpoint_url(), vec![good, bad]), clock).await;
 

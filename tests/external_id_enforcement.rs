@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use credvend::cache::MappingState;
 use credvend::clock::ManualClock;
-use credvend::config::Enforcement as Mode;
-use credvend::verify::{Enforcement, PROBE_SESSION_NAME};
+use credvend::config::EnforcementMode as Mode;
+use credvend::verify::{EnforcementStatus, PROBE_SESSION_NAME};
 use support::daemon::{TestDaemon, config, mapping, role_arn, settled, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
 use support::http::get_with_token;
@@ -68,7 +68,7 @@ async fn a_role_that_enforces_its_external_id_vends_after_two_refused_probes() {
         vec![],
         "refused by trust, not by a fault"
     );
-    assert_eq!(status(&d).enforcement, Enforcement::Enforced);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::Enforced);
     d.stop().await;
 }
 
@@ -90,7 +90,7 @@ async fn require_refuses_a_role_without_the_condition_and_never_serves_the_probe
         .clone()
         .expect("probe got credentials");
     assert!(!r.body.contains(&probe_key));
-    assert_eq!(status(&d).enforcement, Enforcement::NotEnforced);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::NotEnforced);
     assert_eq!(status(&d).state, MappingState::Failed);
 
     // Negatively cached: asking again does not probe again at once.
@@ -129,7 +129,7 @@ async fn warn_vends_but_flags_the_role() {
         calls[1].issued_access_key_id.as_deref(),
         "the real call's credential, not the probe's"
     );
-    assert_eq!(status(&d).enforcement, Enforcement::NotEnforced);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::NotEnforced);
     d.stop().await;
 }
 
@@ -138,7 +138,7 @@ async fn off_skips_the_check() {
     let (sts, d, token) = start(TrustRule::NoExternalIdRequired, Mode::Off).await;
     assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
     assert_eq!(sts.assume_role_calls().len(), 1);
-    assert_eq!(status(&d).enforcement, Enforcement::Unknown);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::Unknown);
     d.stop().await;
 }
 
@@ -164,11 +164,11 @@ async fn an_inconclusive_first_check_fails_closed_with_503_then_retries() {
         "the throttled call was the first probe"
     );
     assert_eq!(calls[0].external_id, None);
-    assert_eq!(status(&d).enforcement, Enforcement::Unknown);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::Unknown);
 
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(status(&d).enforcement, Enforcement::Enforced);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::Enforced);
     // The whole check again (two refused probes), then the real call.
     let calls = sts.assume_role_calls();
     assert_eq!(calls.len(), 4);
@@ -222,7 +222,7 @@ async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_pol
         "the throttled call was the recheck's probe"
     );
     assert_eq!(probes(&sts), 3);
-    assert_eq!(status(&d).enforcement, Enforcement::Enforced);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::Enforced);
 
     // The customer drops the condition; the next conclusive recheck refuses the role
     // and drops its credentials.
@@ -235,7 +235,7 @@ async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_pol
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
     assert_eq!(settled(&d, "acme-s3").await.state, MappingState::Failed);
-    assert_eq!(status(&d).enforcement, Enforcement::NotEnforced);
+    assert_eq!(status(&d).enforcement, EnforcementStatus::NotEnforced);
     let calls = sts.assume_role_calls();
     assert_eq!(
         calls.len(),

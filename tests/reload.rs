@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use credvend::clock::ManualClock;
 use credvend::config::Config;
-use credvend::reload::{Outcome, Reloader, Trigger};
+use credvend::reload::{ReloadOutcome, Reloader, Trigger};
 use credvend::secret::TokenHash;
 use credvend::testing::CapturedOutput;
 use support::daemon::TestDaemon;
@@ -836,7 +836,7 @@ async fn a_token_rotated_or_revoked_by_reload_is_refused_at_once_and_the_credent
         r.write_main("127.0.0.1:0", "", &a(tokens));
         assert_eq!(
             r.reloader.reload(Trigger::FileChange),
-            Outcome::Applied,
+            ReloadOutcome::Applied,
             "{what}"
         );
         // The very first request after the reload returned: no grace period.
@@ -876,49 +876,79 @@ async fn a_file_event_reloads_only_changed_content_and_reports_a_bad_edit_once()
     std::fs::write(r.dir.join("notes.txt"), "not configuration").unwrap();
     std::fs::write(r.dir.join("mappings.d/README"), "not configuration").unwrap();
     assert!(!r.reloader.changed_on_disk());
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Unchanged);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Unchanged
+    );
     assert_eq!((r.reloads(), generation()), ((0.0, 0.0), 1));
 
     // A new drop-in is a change.
     write_atomically(&r.dir.join("mappings.d/b.toml"), &drop_in("b"));
     assert!(r.reloader.changed_on_disk());
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Applied);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
     assert_eq!((r.reloads(), generation()), ((1.0, 0.0), 2));
     assert_eq!(r.get("b", TOKEN_B).await.status, 200);
 
     // A bad edit is rejected and counted once; file events that leave it as it is are
     // not reloads, and the running configuration keeps serving.
     r.write_main("127.0.0.1:0", "bogus = 1", &a);
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Rejected);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Rejected
+    );
     assert_eq!(r.reloads(), (1.0, 1.0));
     assert!(!r.reloader.changed_on_disk());
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Unchanged);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Unchanged
+    );
     std::fs::write(r.dir.join("notes.txt"), "still not configuration").unwrap();
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Unchanged);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Unchanged
+    );
     assert_eq!((r.reloads(), generation()), ((1.0, 1.0), 2));
     assert_eq!(r.get("a", TOKEN_A).await.status, 200);
     assert_eq!(r.get("b", TOKEN_B).await.status, 200);
 
     // SIGHUP retries the same bad content and reports it again.
-    assert_eq!(r.reloader.reload(Trigger::Signal), Outcome::Rejected);
+    assert_eq!(r.reloader.reload(Trigger::Signal), ReloadOutcome::Rejected);
     assert_eq!(r.reloads(), (1.0, 2.0));
     // A different bad edit is a change, reported.
     r.write_main("127.0.0.1:0", "bogus = 2", &a);
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Rejected);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Rejected
+    );
     assert_eq!(r.reloads(), (1.0, 3.0));
     // Fixed: applied.
     r.write_main("127.0.0.1:0", "", &a);
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Applied);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
     assert_eq!((r.reloads(), generation()), ((2.0, 3.0), 3));
     // SIGHUP with nothing changed still reloads: the operator asked.
-    assert_eq!(r.reloader.reload(Trigger::Signal), Outcome::Applied);
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Unchanged);
+    assert_eq!(r.reloader.reload(Trigger::Signal), ReloadOutcome::Applied);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Unchanged
+    );
     assert_eq!((r.reloads(), generation()), ((3.0, 3.0), 4));
     // The drop-in removed: a change.
     std::fs::remove_file(r.dir.join("mappings.d/b.toml")).unwrap();
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Applied);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
     assert_access_denied(&r.get("b", TOKEN_B).await, "b removed");
-    assert_eq!(r.reloader.reload(Trigger::FileChange), Outcome::Unchanged);
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Unchanged
+    );
 }
 
 /// Runs `f` with this thread's log events captured as JSON objects (debug and up).
@@ -964,7 +994,7 @@ async fn restart_only_settings_are_warned_about_and_the_rest_of_the_reload_appli
     // [sts] call_timeout changes in the same edit that adds mapping b.
     r.write_main("127.0.0.1:0", r#"call_timeout = "7s""#, &format!("{a}{b}"));
     let (outcome, logs) = with_logs(|| r.reloader.reload(Trigger::FileChange));
-    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(outcome, ReloadOutcome::Applied);
     assert_eq!(restart_warnings(&logs), [r#"["sts"]"#]);
     assert_eq!(r.get("b", TOKEN_B).await.status, 200, "b was applied");
 
@@ -973,7 +1003,7 @@ async fn restart_only_settings_are_warned_about_and_the_rest_of_the_reload_appli
     let elsewhere = free_addr().to_string();
     r.write_main(&elsewhere, r#"call_timeout = "7s""#, &a);
     let (outcome, logs) = with_logs(|| r.reloader.reload(Trigger::FileChange));
-    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(outcome, ReloadOutcome::Applied);
     assert_eq!(
         restart_warnings(&logs),
         [r#"["server.listen/admin_listen"]"#]
@@ -984,7 +1014,7 @@ async fn restart_only_settings_are_warned_about_and_the_rest_of_the_reload_appli
     // An edit that touches neither: no such warning.
     r.write_main(&elsewhere, r#"call_timeout = "7s""#, &format!("{a}{b}"));
     let (outcome, logs) = with_logs(|| r.reloader.reload(Trigger::FileChange));
-    assert_eq!(outcome, Outcome::Applied);
+    assert_eq!(outcome, ReloadOutcome::Applied);
     assert_eq!(restart_warnings(&logs), Vec::<String>::new());
     assert_eq!(r.get("b", TOKEN_B).await.status, 200);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::budget::Priority;
 use super::lifecycle;
 use super::table::MappingSpec;
-use super::{Entry, Inner, Outcome};
+use super::{Entry, FetchOutcome, Inner};
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason};
 use crate::events::{
     AssumeRoleFailed, AssumeRoleSucceeded, ExpirationClamped, SessionDurationCapped,
@@ -27,7 +27,7 @@ impl Inner {
         spec: &MappingSpec,
         priority: Priority,
         duration_cap: Option<Duration>,
-    ) -> Outcome {
+    ) -> FetchOutcome {
         self.check_trust(spec, priority).await?;
         let mut input = spec.input.clone();
         if let Some(cap) = duration_cap {

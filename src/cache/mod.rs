@@ -57,7 +57,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::creds::{AssumeError, RoleAssumer};
 use crate::metrics::Metrics;
-use crate::model::{Enforcement, Probe};
+use crate::model::{EnforcementStatus, Probe};
 
 pub mod budget;
 mod fetch;
@@ -131,13 +131,13 @@ impl From<FetchError> for VendError {
 }
 
 /// What a fetch produced, as every caller joined to it sees it.
-type Outcome = Result<Arc<Entry>, FetchError>;
+type FetchOutcome = Result<Arc<Entry>, FetchError>;
 
 /// Mutable per-mapping state, always accessed under [`Inner::slots`].
 #[derive(Default)]
 struct Slot {
     /// The fetch in flight, if any; callers join it instead of starting another.
-    inflight: Option<watch::Receiver<Option<Outcome>>>,
+    inflight: Option<watch::Receiver<Option<FetchOutcome>>>,
     /// The last refresh failed transiently and the cached credential is being served
     /// past `min_remaining`.
     degraded: bool,
@@ -158,7 +158,7 @@ struct Slot {
     /// When the last successful fetch was published.
     last_success: Option<SystemTime>,
     /// Last conclusive External ID enforcement result (`Unknown` until one).
-    enforcement: Enforcement,
+    enforcement: EnforcementStatus,
     /// When `enforcement` was last established; a recheck is due `recheck_interval`
     /// later.
     enforcement_checked_at: Option<SystemTime>,

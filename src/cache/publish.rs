@@ -10,13 +10,13 @@ use tracing::debug;
 use super::lifecycle::{self, Now};
 use super::request::Caller;
 use super::table::MappingSpec;
-use super::{Entry, Inner, MappingKey, MappingState, Outcome, Slot};
+use super::{Entry, FetchOutcome, Inner, MappingKey, MappingState, Slot};
 use crate::events::MappingStateChanged;
 
 impl Inner {
     /// Records a fetch's outcome: cache, slot state, next refresh. Runs under the slots
     /// lock so that "publish, then clear in-flight" is atomic for joiners.
-    pub(super) fn publish(&self, spec: &MappingSpec, outcome: &Outcome) {
+    pub(super) fn publish(&self, spec: &MappingSpec, outcome: &FetchOutcome) {
         let clock_now = self.now();
         let now = clock_now.wall;
         let table = self.current_table();

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::budget::Priority;
 use super::lifecycle::{self, Servable};
 use super::table::MappingSpec;
-use super::{CredentialCache, Inner, Outcome, Source, VendError, Vended};
+use super::{CredentialCache, FetchOutcome, Inner, Source, VendError, Vended};
 use crate::creds::{AssumeError, FailureReason};
 use crate::model::FetchError;
 
@@ -98,7 +98,7 @@ impl Inner {
         self: &Arc<Self>,
         spec: &Arc<MappingSpec>,
         caller: Caller,
-    ) -> watch::Receiver<Option<Outcome>> {
+    ) -> watch::Receiver<Option<FetchOutcome>> {
         let mut slots = self.lock_slots();
         let slot = slots.entry(spec.key.clone()).or_default();
         if let Some(rx) = &slot.inflight {
@@ -158,7 +158,7 @@ impl Caller {
     }
 }
 
-pub(super) async fn wait_outcome(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+pub(super) async fn wait_outcome(mut rx: watch::Receiver<Option<FetchOutcome>>) -> FetchOutcome {
     match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone().unwrap_or_else(|| Err(lost_fetch())),
         Err(_) => Err(lost_fetch()),

@@ -1,7 +1,7 @@
 //! The status snapshot: a [`MappingStatus`] per configured mapping, and readiness.
 
 use super::{CredentialCache, MappingState, MappingStatus, Slot};
-use crate::model::Enforcement;
+use crate::model::EnforcementStatus;
 
 impl CredentialCache {
     /// A snapshot of every configured mapping.
@@ -25,7 +25,7 @@ impl CredentialCache {
                     last_error: slot.and_then(|s| s.last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),
                     prefetch: spec.prefetch,
-                    enforcement: slot.map_or(Enforcement::Unknown, |s| s.enforcement),
+                    enforcement: slot.map_or(EnforcementStatus::Unknown, |s| s.enforcement),
                     enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at),
                     enforcement_mode: spec.enforcement,
                 }

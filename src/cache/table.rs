@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::MappingKey;
-use crate::config::{Config, Enforcement as EnforcementMode, RefreshConfig};
+use crate::config::{Config, EnforcementMode, RefreshConfig};
 use crate::creds::AssumeRoleInput;
 
 /// Everything about one mapping that is fixed for a given config generation.

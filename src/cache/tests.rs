@@ -10,7 +10,7 @@ use super::lifecycle::EXPIRY_MARGIN;
 use super::request::{Caller, wait_outcome};
 use super::*;
 use crate::clock::ManualClock;
-use crate::config::{Enforcement as EnforcementMode, Mapping};
+use crate::config::{EnforcementMode, Mapping};
 use crate::creds::{AssumeRoleInput, Credentials, FailureReason};
 use crate::secret::SecretValue;
 use crate::testing::{config, mapping};
@@ -679,7 +679,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
     let status = cache.status();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].state, MappingState::Empty);
-    assert_eq!(status[0].enforcement, Enforcement::Unknown);
+    assert_eq!(status[0].enforcement, EnforcementStatus::Unknown);
     assert!(status[0].last_success.is_none());
     assert_eq!(
         mapping_series(&metrics, "credvend_external_id_enforced", "m").as_deref(),
@@ -852,7 +852,7 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
     new.external_id_enforcement = EnforcementMode::Warn;
     reload(&cache, &metrics, vec![new]);
-    assert_eq!(cache.status()[0].enforcement, Enforcement::Unknown);
+    assert_eq!(cache.status()[0].enforcement, EnforcementStatus::Unknown);
     assert_eq!(
         scrape().as_deref(),
         Some("-1"),

@@ -4,9 +4,9 @@
 use super::Inner;
 use super::budget::Priority;
 use super::table::MappingSpec;
-use crate::config::Enforcement as EnforcementMode;
+use crate::config::EnforcementMode;
 use crate::events::{TrustCheckInconclusive, TrustPolicyChecked};
-use crate::model::{Enforcement, FetchError};
+use crate::model::{EnforcementStatus, FetchError};
 use crate::verify;
 
 impl Inner {
@@ -29,7 +29,7 @@ impl Inner {
             let slots = self.lock_slots();
             slots
                 .get(&spec.key)
-                .map_or((Enforcement::Unknown, None), |s| {
+                .map_or((EnforcementStatus::Unknown, None), |s| {
                     (s.enforcement, s.enforcement_checked_at)
                 })
         };

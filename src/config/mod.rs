@@ -124,7 +124,7 @@ pub struct RefreshConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Enforcement {
+pub enum EnforcementMode {
     Require,
     Warn,
     Off,
@@ -133,7 +133,7 @@ pub enum Enforcement {
 #[derive(Debug, Clone)]
 pub struct VerifyConfig {
     /// Default Require.
-    pub external_id_enforcement: Enforcement,
+    pub external_id_enforcement: EnforcementMode,
     /// Default 24 h.
     pub recheck_interval: Duration,
 }
@@ -160,7 +160,7 @@ pub struct Mapping {
     pub region: String,
     pub prefetch: bool,
     /// Mapping's own or `[verify].external_id_enforcement`.
-    pub external_id_enforcement: Enforcement,
+    pub external_id_enforcement: EnforcementMode,
 }
 
 impl Config {
@@ -226,13 +226,13 @@ impl Config {
     }
 }
 
-impl Enforcement {
+impl EnforcementMode {
     /// The config-file spelling: `require`, `warn` or `off`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Enforcement::Require => "require",
-            Enforcement::Warn => "warn",
-            Enforcement::Off => "off",
+            EnforcementMode::Require => "require",
+            EnforcementMode::Warn => "warn",
+            EnforcementMode::Off => "off",
         }
     }
 }

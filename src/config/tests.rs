@@ -118,7 +118,10 @@ fn defaults_are_applied() {
     assert_eq!(r.min_remaining, Duration::from_secs(20 * 60));
     assert_eq!(r.cold_wait, Duration::from_millis(800));
     assert_eq!(r.idle_timeout, Duration::from_secs(6 * 3600));
-    assert_eq!(config.verify.external_id_enforcement, Enforcement::Require);
+    assert_eq!(
+        config.verify.external_id_enforcement,
+        EnforcementMode::Require
+    );
     assert_eq!(
         config.verify.recheck_interval,
         Duration::from_secs(24 * 3600)
@@ -136,7 +139,7 @@ fn defaults_are_applied() {
     assert_eq!(m.source_identity, None);
     assert_eq!(m.region, "us-east-1");
     assert!(!m.prefetch);
-    assert_eq!(m.external_id_enforcement, Enforcement::Require);
+    assert_eq!(m.external_id_enforcement, EnforcementMode::Require);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     assert_eq!(config.files.len(), 1);
 }
@@ -170,12 +173,12 @@ fn mapping_settings_override_globals() {
     assert_eq!(m.session_name, "custom");
     assert_eq!(m.region, "ap-southeast-2");
     assert!(m.prefetch);
-    assert_eq!(m.external_id_enforcement, Enforcement::Off);
+    assert_eq!(m.external_id_enforcement, EnforcementMode::Off);
     assert_eq!(m.tags["tenant"], "acme");
     assert_eq!(m.source_identity.as_deref(), Some("sync-acme"));
     assert_eq!(m.policy_arns.len(), 1);
     assert!(m.session_policy.is_some());
-    assert_eq!(config.verify.external_id_enforcement, Enforcement::Warn);
+    assert_eq!(config.verify.external_id_enforcement, EnforcementMode::Warn);
 }
 
 #[test]

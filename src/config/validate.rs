@@ -20,7 +20,7 @@ use super::raw::{
 };
 use super::rules;
 use super::{
-    Config, Enforcement, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
+    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
     VerifyConfig,
 };
 use crate::secret::{ExternalId, TokenHash};
@@ -494,12 +494,12 @@ fn enforcement(
     report: &mut Report,
     path: &[&str],
     raw: Option<&str>,
-) -> Option<Option<Enforcement>> {
+) -> Option<Option<EnforcementMode>> {
     match raw {
         None => Some(None),
-        Some("require") => Some(Some(Enforcement::Require)),
-        Some("warn") => Some(Some(Enforcement::Warn)),
-        Some("off") => Some(Some(Enforcement::Off)),
+        Some("require") => Some(Some(EnforcementMode::Require)),
+        Some("warn") => Some(Some(EnforcementMode::Warn)),
+        Some("off") => Some(Some(EnforcementMode::Off)),
         Some(other) => {
             report.problem(
                 path,
@@ -538,7 +538,7 @@ fn verify(report: &mut Report) -> Option<VerifyConfig> {
         return None;
     }
     Some(VerifyConfig {
-        external_id_enforcement: enforcement?.unwrap_or(Enforcement::Require),
+        external_id_enforcement: enforcement?.unwrap_or(EnforcementMode::Require),
         recheck_interval: recheck?,
     })
 }
@@ -766,7 +766,8 @@ fn mapping(
     // check refuses the role). Say so now rather than at 3 a.m.
     let effective_enforcement =
         enforcement.and_then(|own| own.or_else(|| verify.map(|v| v.external_id_enforcement)));
-    if matches!(external_id, Some(None)) && effective_enforcement == Some(Enforcement::Require) {
+    if matches!(external_id, Some(None)) && effective_enforcement == Some(EnforcementMode::Require)
+    {
         fail!(
             "external_id",
             "missing: with external_id_enforcement = \"require\" a mapping without an \

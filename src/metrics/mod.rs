@@ -669,9 +669,9 @@ mod tests {
             last_error: None,
             next_refresh,
             prefetch: false,
-            enforcement: crate::model::Enforcement::Unknown,
+            enforcement: crate::model::EnforcementStatus::Unknown,
             enforcement_checked_at: None,
-            enforcement_mode: crate::config::Enforcement::Off,
+            enforcement_mode: crate::config::EnforcementMode::Off,
         };
         m.observe_cache(
             &[

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::Enforcement as EnforcementMode;
+use crate::config::EnforcementMode;
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
 use crate::model::FetchError;
 use crate::policy;
@@ -25,7 +25,7 @@ pub const PROBE_SESSION_NAME: &str = "credvend-external-id-check";
 /// The shortest session STS allows.
 const PROBE_DURATION: Duration = Duration::from_secs(900);
 
-pub use crate::model::{Enforcement, Probe, Verdict};
+pub use crate::model::{EnforcementStatus, Probe, Verdict};
 
 /// The probe inputs for a mapping's real AssumeRole input.
 pub fn probe_inputs(input: &AssumeRoleInput) -> [(Probe, AssumeRoleInput); 2] {
@@ -97,11 +97,11 @@ pub fn check_due(
 /// `warn` vends either way (the cache logs at WARN); `off` vends without a check.
 pub fn trust_decision(
     mode: EnforcementMode,
-    known: Enforcement,
+    known: EnforcementStatus,
     checked: Option<Result<Verdict, AssumeError>>,
 ) -> Result<(), FetchError> {
     let outcome = checked.unwrap_or(Ok(match known {
-        Enforcement::NotEnforced => Verdict::NotEnforced(Probe::WithoutExternalId),
+        EnforcementStatus::NotEnforced => Verdict::NotEnforced(Probe::WithoutExternalId),
         _ => Verdict::Enforced,
     }));
     match (mode, outcome) {
@@ -111,11 +111,11 @@ pub fn trust_decision(
         (_, Ok(Verdict::NotEnforced(probe))) => Err(FetchError::UnsafeTrustPolicy(probe)),
         (_, Err(error)) if error.reason.is_terminal() => Err(FetchError::Sts(error)),
         (_, Err(error)) => match known {
-            Enforcement::Enforced => Ok(()),
-            Enforcement::NotEnforced => {
+            EnforcementStatus::Enforced => Ok(()),
+            EnforcementStatus::NotEnforced => {
                 Err(FetchError::UnsafeTrustPolicy(Probe::WithoutExternalId))
             }
-            Enforcement::Unknown => Err(FetchError::Sts(error)),
+            EnforcementStatus::Unknown => Err(FetchError::Sts(error)),
         },
     }
 }
@@ -246,7 +246,7 @@ mod tests {
     /// The decision, as a short word for readable assertions.
     fn decide(
         mode: EnforcementMode,
-        known: Enforcement,
+        known: EnforcementStatus,
         checked: Option<Result<Verdict, AssumeError>>,
     ) -> String {
         match trust_decision(mode, known, checked) {
@@ -261,9 +261,12 @@ mod tests {
         use EnforcementMode::Require;
         let enforced = Some(Ok(Verdict::Enforced));
         let wrong = Some(Ok(Verdict::NotEnforced(Probe::WrongExternalId)));
-        assert_eq!(decide(Require, Enforcement::Unknown, enforced), "vend");
         assert_eq!(
-            decide(Require, Enforcement::Enforced, wrong),
+            decide(Require, EnforcementStatus::Unknown, enforced),
+            "vend"
+        );
+        assert_eq!(
+            decide(Require, EnforcementStatus::Enforced, wrong),
             "unsafe WrongExternalId"
         );
     }
@@ -273,12 +276,15 @@ mod tests {
         use EnforcementMode::Require;
         let throttled = || Some(Err(sts_error(FailureReason::Throttled)));
         assert_eq!(
-            decide(Require, Enforcement::Unknown, throttled()),
+            decide(Require, EnforcementStatus::Unknown, throttled()),
             "sts throttled"
         );
-        assert_eq!(decide(Require, Enforcement::Enforced, throttled()), "vend");
         assert_eq!(
-            decide(Require, Enforcement::NotEnforced, throttled()),
+            decide(Require, EnforcementStatus::Enforced, throttled()),
+            "vend"
+        );
+        assert_eq!(
+            decide(Require, EnforcementStatus::NotEnforced, throttled()),
             "unsafe WithoutExternalId"
         );
     }
@@ -292,7 +298,7 @@ mod tests {
         assert_eq!(
             decide(
                 EnforcementMode::Require,
-                Enforcement::Enforced,
+                EnforcementStatus::Enforced,
                 Some(Err(sts_error(terminal)))
             ),
             format!("sts {}", terminal.as_str())
@@ -302,9 +308,9 @@ mod tests {
     #[test]
     fn no_check_due_means_the_last_conclusive_result_stands() {
         use EnforcementMode::Require;
-        assert_eq!(decide(Require, Enforcement::Enforced, None), "vend");
+        assert_eq!(decide(Require, EnforcementStatus::Enforced, None), "vend");
         assert_eq!(
-            decide(Require, Enforcement::NotEnforced, None),
+            decide(Require, EnforcementStatus::NotEnforced, None),
             "unsafe WithoutExternalId"
         );
     }
@@ -314,9 +320,9 @@ mod tests {
         for mode in [EnforcementMode::Warn, EnforcementMode::Off] {
             let accepted = Some(Ok(Verdict::NotEnforced(Probe::WithoutExternalId)));
             let throttled = Some(Err(sts_error(FailureReason::Throttled)));
-            assert_eq!(decide(mode, Enforcement::Unknown, accepted), "vend");
-            assert_eq!(decide(mode, Enforcement::Unknown, throttled), "vend");
-            assert_eq!(decide(mode, Enforcement::NotEnforced, None), "vend");
+            assert_eq!(decide(mode, EnforcementStatus::Unknown, accepted), "vend");
+            assert_eq!(decide(mode, EnforcementStatus::Unknown, throttled), "vend");
+            assert_eq!(decide(mode, EnforcementStatus::NotEnforced, None), "vend");
         }
     }
 
