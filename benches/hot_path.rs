@@ -25,9 +25,10 @@ use credvend::cache::CredentialCache;
 use credvend::clock::SystemClock;
 use credvend::creds::{AssumeError, AssumeRoleInput, Credentials, RoleAssumer};
 use credvend::metrics::Metrics;
+use credvend::protocol::CredentialBody;
 use credvend::secret::SecretValue;
 use credvend::server::access::AccessTable;
-use credvend::server::wire::{self, CredentialBody};
+use credvend::server::wire;
 use credvend::testing::{config, mapping};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -162,9 +163,9 @@ fn response(c: &mut Criterion) {
 }
 
 fn audit_line(c: &mut Criterion) {
-    use credvend::cache::Source;
     use credvend::config::LogFormat;
     use credvend::events::CredentialsServed;
+    use credvend::model::Source;
     use tracing_subscriber::EnvFilter;
 
     let metrics = Metrics::new();

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credvend::cache::MappingState;
 use credvend::clock::{Clock, ManualClock};
 use credvend::config::{Config, EnforcementMode};
 use credvend::daemon::{Daemon, Listeners};
+use credvend::model::MappingState;
 use credvend::server::{Limits, serve};
 use serde_json::json;
 use support::daemon::{TestDaemon, assumer, config, eventually, mapping, role_arn, token};

@@ -5,9 +5,9 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use credvend::cache::MappingState;
 use credvend::clock::Clock;
 use credvend::config::Config;
+use credvend::model::MappingState;
 
 use support::daemon::{self, TestDaemon, eventually, mapping, role_arn, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use credvend::cache::{MappingState, Source};
 use credvend::creds::FailureReason;
 use credvend::metrics::{Metrics, route};
+use credvend::model::{MappingState, Source};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

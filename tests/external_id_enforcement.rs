@@ -6,10 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credvend::cache::MappingState;
 use credvend::clock::ManualClock;
 use credvend::config::EnforcementMode as Mode;
-use credvend::verify::{EnforcementStatus, PROBE_SESSION_NAME};
+use credvend::model::EnforcementStatus;
+use credvend::model::MappingState;
+use credvend::verify::PROBE_SESSION_NAME;
 use support::daemon::{TestDaemon, config, mapping, role_arn, settled, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
 use support::http::get_with_token;
@@ -33,7 +34,7 @@ async fn start(rule: TrustRule, mode: Mode) -> (FakeSts, TestDaemon, String) {
     (sts, d, token)
 }
 
-fn status(d: &TestDaemon) -> credvend::cache::MappingStatus {
+fn status(d: &TestDaemon) -> credvend::model::MappingStatus {
     d.daemon.cache.status().remove(0)
 }
 

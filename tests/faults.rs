@@ -15,9 +15,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use credvend::cache::{MappingState, MappingStatus};
 use credvend::clock::{Clock, ManualClock};
 use credvend::config::Mapping;
+use credvend::model::{MappingState, MappingStatus};
 
 use support::daemon::{self, TestDaemon, config, eventually, mapping, role_arn, settled, token};
 use support::fake_sts::{FakeSts, Fault, Role, StsCall, TrustRule};

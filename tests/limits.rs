@@ -11,7 +11,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use credvend::cache::MappingState;
+use credvend::model::MappingState;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -287,7 +287,7 @@ async fn a_uri_over_the_limit_gets_414_json_on_both_listeners() {
     let token = token("acme");
     let (sts, d) = start(&token, |_| {}).await;
 
-    let long = format!("{PATH}?{}", "q".repeat(credvend::server::MAX_URI_BYTES));
+    let long = format!("{PATH}?{}", "q".repeat(credvend::protocol::MAX_URI_BYTES));
     let r = get_with_token(d.addr, &long, &token).await;
     assert_json_error(&r, 414, "UriTooLong");
     let r = request(
@@ -303,7 +303,7 @@ async fn a_uri_over_the_limit_gets_414_json_on_both_listeners() {
     // Just inside the limit is an ordinary request (the query string is ignored).
     let inside = format!(
         "{PATH}?{}",
-        "q".repeat(credvend::server::MAX_URI_BYTES - PATH.len() - 1)
+        "q".repeat(credvend::protocol::MAX_URI_BYTES - PATH.len() - 1)
     );
     let r = get_with_token(d.addr, &inside, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);

@@ -233,7 +233,7 @@ async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
     d.clock.advance(std::time::Duration::from_secs(26 * 60));
     assert_eq!(
         support::daemon::settled(&d, "acme-s3").await.state,
-        credvend::cache::MappingState::Failed
+        credvend::model::MappingState::Failed
     );
     assert_eq!(sts.faults_fired(), vec![Fault::AccessDenied]);
     let calls = sts.assume_role_calls();

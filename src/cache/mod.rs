@@ -71,7 +71,7 @@ mod status;
 mod table;
 mod trust;
 
-pub use crate::model::{FetchError, MappingState, MappingStatus, Source};
+use crate::model::{FetchError, MappingState, MappingStatus, Source};
 pub use budget::Priority;
 use budget::StsBudget;
 pub use key::MappingKey;

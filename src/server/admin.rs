@@ -17,9 +17,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::ConnInfo;
-use super::wire::{self, ApiError, Body};
+use super::wire::{self, Body};
 use crate::cache::CredentialCache;
 use crate::metrics::{self, Metrics, route};
+use crate::protocol::ApiError;
 
 #[derive(Clone)]
 pub struct AdminEndpoint {

@@ -17,10 +17,11 @@ use hyper::{Method, Request, Response};
 
 use super::ConnInfo;
 use super::access::{AccessTable, AuthFailure};
-use super::wire::{self, ApiError, Body};
+use super::wire::{self, Body};
 use crate::cache::{CredentialCache, VendError};
 use crate::events::{CredentialsRefused, CredentialsServed};
 use crate::metrics::{Metrics, route};
+use crate::protocol::ApiError;
 
 /// Headers that mean a proxy forwarded the request.
 const PROXY_HEADERS: [HeaderName; 3] = [

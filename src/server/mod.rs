@@ -37,9 +37,10 @@ pub mod credentials;
 pub mod status;
 pub mod wire;
 
-use wire::{ApiError, Body};
+use crate::protocol::ApiError;
+use wire::Body;
 
-pub use crate::protocol::MAX_URI_BYTES;
+use crate::protocol::MAX_URI_BYTES;
 
 /// The framing checks every handler runs before anything else: a request target longer
 /// than [`MAX_URI_BYTES`] (414), or a request carrying a body (400; credvend only

@@ -19,7 +19,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-pub use crate::protocol::{ApiError, CredentialBody, format_expiration};
+use crate::protocol::{ApiError, CredentialBody};
 
 /// The response body type of every credvend endpoint.
 pub type Body = Full<Bytes>;

@@ -25,7 +25,7 @@ pub const PROBE_SESSION_NAME: &str = "credvend-external-id-check";
 /// The shortest session STS allows.
 const PROBE_DURATION: Duration = Duration::from_secs(900);
 
-pub use crate::model::{EnforcementStatus, Probe, Verdict};
+use crate::model::{EnforcementStatus, Probe, Verdict};
 
 /// The probe inputs for a mapping's real AssumeRole input.
 pub fn probe_inputs(input: &AssumeRoleInput) -> [(Probe, AssumeRoleInput); 2] {

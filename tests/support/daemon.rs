@@ -194,8 +194,8 @@ pub async fn start_acme(external_id: &str) -> (FakeSts, TestDaemon, String) {
 pub fn settled<'a>(
     d: &'a TestDaemon,
     name: &'a str,
-) -> impl std::future::Future<Output = credvend::cache::MappingStatus> + 'a {
-    use credvend::cache::MappingState;
+) -> impl std::future::Future<Output = credvend::model::MappingStatus> + 'a {
+    use credvend::model::MappingState;
     let caller = std::panic::Location::caller();
     async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
