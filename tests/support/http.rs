@@ -42,7 +42,6 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> RawResponse {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to credvend");
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         head.push_str(&format!("Host: {addr}\r\n"));
@@ -51,16 +50,7 @@ pub async fn request(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("Connection: close\r\n\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .expect("write request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .expect("response within 30 s")
-        .expect("read response");
-    parse(raw)
+    send_raw(addr, &head).await
 }
 
 /// Sends `head` exactly as given (request line and headers, ending in a blank line:
