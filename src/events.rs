@@ -348,23 +348,9 @@ impl ConfigReloadRejected<'_> {
 mod tests {
     use super::*;
     use crate::creds::FailureReason;
-    use crate::testing::CapturedOutput;
 
     fn logged(f: impl FnOnce()) -> Vec<serde_json::Value> {
-        let captured = CapturedOutput::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        captured
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON log line"))
-            .collect()
+        crate::testing::json_logs(f).1
     }
 
     fn sample(metrics: &Metrics, series: &str) -> Option<f64> {

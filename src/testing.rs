@@ -108,3 +108,23 @@ impl std::io::Write for CapturedOutput {
         Ok(())
     }
 }
+
+/// Runs `f` with this thread's log events (debug and up) captured as JSON objects, one
+/// per line the subscriber wrote; returns `f`'s result and the events.
+pub fn json_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
+    let captured = CapturedOutput::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let lines = captured
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    (out, lines)
+}

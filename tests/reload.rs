@@ -17,7 +17,6 @@ use credvend::clock::ManualClock;
 use credvend::config::Config;
 use credvend::reload::{ReloadOutcome, Reloader, Trigger};
 use credvend::secret::TokenHash;
-use credvend::testing::CapturedOutput;
 use support::daemon::TestDaemon;
 use support::fake_sts::{FakeSts, Role, TrustRule};
 use support::http::{RawResponse, get_with_token, request};
@@ -953,21 +952,7 @@ async fn a_file_event_reloads_only_changed_content_and_reports_a_bad_edit_once()
 
 /// Runs `f` with this thread's log events captured as JSON objects (debug and up).
 fn with_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
-    let captured = CapturedOutput::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let lines = captured
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
-    (out, lines)
+    credvend::testing::json_logs(f)
 }
 
 /// The `sections` of every restart-only warning in `logs`.
