@@ -100,6 +100,31 @@ fn patient(mut config: Config) -> Config {
     config
 }
 
+/// A manual clock and a fake STS on it that knows role `warm` (no External ID).
+async fn sts_knowing_warm() -> (ManualClock, FakeSts) {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    (clock, sts)
+}
+
+/// Waits until the daemon's (first) mapping is fresh (`fetched` names the fetch that
+/// makes it so), then asserts `/readyz` answers ready.
+async fn assert_ready_once_fresh(d: &TestDaemon, fetched: &str, when: &str) {
+    eventually(fetched, || {
+        d.daemon.cache.status()[0].state == MappingState::Fresh
+    })
+    .await;
+    assert_readyz(&readyz(d.admin).await, 200, READY, when);
+}
+
+/// `/status` (the JSON `status`) shows mapping `name` in `state`, its last error `code`.
+#[track_caller]
+fn assert_status_error(status: &serde_json::Value, name: &str, state: &str, code: &str) {
+    assert_eq!(status["mappings"][name]["state"], state);
+    assert_eq!(status["mappings"][name]["last_error"]["code"], code);
+}
+
 fn prefetched(name: &str) -> credvend::config::Mapping {
     let mut m = mapping(name, name, None, &token(name));
     m.prefetch = true;
@@ -108,9 +133,7 @@ fn prefetched(name: &str) -> credvend::config::Mapping {
 
 #[tokio::test]
 async fn readyz_waits_for_prefetch_mappings_and_healthz_is_always_up() {
-    let clock = ManualClock::starting_now();
-    let sts = FakeSts::start(Arc::new(clock.clone())).await;
-    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    let (clock, sts) = sts_knowing_warm().await;
     // The prefetch's STS call is held until the test has looked at /readyz: "not ready
     // yet" is observed while the fetch is certainly in flight, however slow the machine.
     let hold = sts.hold_assume_role();
@@ -135,16 +158,7 @@ async fn readyz_waits_for_prefetch_mappings_and_healthz_is_always_up() {
     );
 
     hold.release();
-    eventually("prefetched", || {
-        d.daemon.cache.status()[0].state == MappingState::Fresh
-    })
-    .await;
-    assert_readyz(
-        &readyz(d.admin).await,
-        200,
-        READY,
-        "once the prefetch landed",
-    );
+    assert_ready_once_fresh(&d, "prefetched", "once the prefetch landed").await;
     let calls = sts.assume_role_calls();
     assert_eq!(calls.len(), 1, "prefetch fetched without a request");
     assert!(calls[0].held, "the prefetch's call was the one held");
@@ -158,9 +172,7 @@ async fn readyz_waits_for_prefetch_mappings_and_healthz_is_always_up() {
 /// `/readyz` is ready. Nothing retries before the clock moves, so "unready" is stable.
 #[tokio::test]
 async fn readyz_stays_unready_after_a_transient_prefetch_failure_until_the_retry_succeeds() {
-    let clock = ManualClock::starting_now();
-    let sts = FakeSts::start(Arc::new(clock.clone())).await;
-    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    let (clock, sts) = sts_knowing_warm().await;
     sts.push_fault(Fault::ServiceUnavailable);
     let d = TestDaemon::start(
         config(&sts.endpoint_url(), vec![prefetched("warm")]),
@@ -187,11 +199,7 @@ async fn readyz_stays_unready_after_a_transient_prefetch_failure_until_the_retry
         "after a transient failure",
     );
     let status = request(d.admin, "GET", "/status", &[]).await.json();
-    assert_eq!(status["mappings"]["warm"]["state"], "empty");
-    assert_eq!(
-        status["mappings"]["warm"]["last_error"]["code"],
-        "ServiceUnavailable"
-    );
+    assert_status_error(&status, "warm", "empty", "ServiceUnavailable");
     assert_eq!(
         sts.assume_role_calls().len(),
         1,
@@ -199,16 +207,7 @@ async fn readyz_stays_unready_after_a_transient_prefetch_failure_until_the_retry
     );
 
     clock.advance(Duration::from_secs(1));
-    eventually("the retry landed", || {
-        d.daemon.cache.status()[0].state == MappingState::Fresh
-    })
-    .await;
-    assert_readyz(
-        &readyz(d.admin).await,
-        200,
-        READY,
-        "once the retry succeeded",
-    );
+    assert_ready_once_fresh(&d, "the retry landed", "once the retry succeeded").await;
     let calls = sts.assume_role_calls();
     assert_eq!(calls.len(), 2);
     assert_eq!((calls[1].fault.clone(), calls[1].status), (None, Some(200)));
@@ -221,9 +220,7 @@ async fn readyz_stays_unready_after_a_transient_prefetch_failure_until_the_retry
 /// shows the failure.
 #[tokio::test]
 async fn readyz_is_ready_when_a_prefetch_role_refuses_for_good() {
-    let clock = ManualClock::starting_now();
-    let sts = FakeSts::start(Arc::new(clock.clone())).await;
-    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    let (clock, sts) = sts_knowing_warm().await;
     sts.add_role(
         Role::new(role_arn("broken"), TrustRule::NoExternalIdRequired).fault(Fault::AccessDenied),
     );
@@ -253,11 +250,7 @@ async fn readyz_is_ready_when_a_prefetch_role_refuses_for_good() {
         vec![(Some(role_arn("broken")), Some(Fault::AccessDenied))]
     );
     let status = request(d.admin, "GET", "/status", &[]).await.json();
-    assert_eq!(status["mappings"]["broken"]["state"], "failed");
-    assert_eq!(
-        status["mappings"]["broken"]["last_error"]["code"],
-        "AccessDenied"
-    );
+    assert_status_error(&status, "broken", "failed", "AccessDenied");
     assert_eq!(status["mappings"]["warm"]["state"], "fresh");
     d.stop().await;
 }
@@ -272,9 +265,7 @@ async fn readyz_is_ready_when_a_prefetch_role_refuses_for_good() {
 /// one poll, so by the time the held STS call arrives the flag is set.
 #[tokio::test]
 async fn readyz_says_listeners_not_bound_before_run_serves_and_after_shutdown() {
-    let clock = ManualClock::starting_now();
-    let sts = FakeSts::start(Arc::new(clock.clone())).await;
-    sts.add_role(Role::new(role_arn("warm"), TrustRule::NoExternalIdRequired));
+    let (clock, sts) = sts_knowing_warm().await;
     let hold = sts.hold_assume_role();
     let config = patient(config(&sts.endpoint_url(), vec![prefetched("warm")]));
     let listeners = Listeners::bind(&config.server).await.expect("bind");

@@ -1,11 +1,14 @@
 //! The `credvend` binary as an operator uses it: exit codes, messages, signals.
 
+mod support;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use credvend::secret::TokenHash;
+use support::config_file::{loopback_server_toml, sts_and_acme_toml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_credvend");
 
@@ -209,22 +212,8 @@ fn serve_exits_0_on_sigterm_after_binding() {
     let (port, admin) = free_ports();
     let path = scratch.write(
         "credvend.toml",
-        &format!(
-            r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:{admin}"
-
-[sts]
-endpoint_url = "http://127.0.0.1:9"
-
-[mappings.acme-s3]
-role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
-external_id = "acme-external-id-0123456789"
-token_sha256 = ["{}"]
-"#,
-            hash("t")
-        ),
+        &(loopback_server_toml(port, admin)
+            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
     );
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])

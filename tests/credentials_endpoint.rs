@@ -51,6 +51,23 @@ async fn start_acme() -> (FakeSts, TestDaemon, String) {
     start_acme_and(|_| {}).await
 }
 
+/// [`start_acme`] plus mapping `beta-s3` → role `beta-sync` (no External ID), whose
+/// role the fake STS does not know until the test adds it. Returns the two tokens.
+async fn start_acme_and_beta() -> (FakeSts, TestDaemon, String, String) {
+    let acme = token("acme");
+    let beta = token("beta");
+    let (sts, d) = daemon::start_with_sts_and(
+        vec![
+            mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
+            mapping("beta-s3", "beta-sync", None, &beta),
+        ],
+        |c| c.refresh.cold_wait = PATIENT_COLD_WAIT,
+    )
+    .await;
+    sts.add_role(acme_role());
+    (sts, d, acme, beta)
+}
+
 /// `credvend_credentials_served_total{mapping="acme-s3",source=…}` right now: how many
 /// requests were answered from `source` (`cache`, `fresh` or `degraded`).
 fn served_from(d: &TestDaemon, source: &str) -> u64 {
@@ -157,17 +174,7 @@ async fn success_is_the_exact_ecs_json_with_the_external_id_sent() {
 
 #[tokio::test]
 async fn mapping_is_resolved_from_the_token_and_query_strings_are_ignored() {
-    let acme = token("acme");
-    let beta = token("beta");
-    let (sts, d) = daemon::start_with_sts_and(
-        vec![
-            mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
-            mapping("beta-s3", "beta-sync", None, &beta),
-        ],
-        |c| c.refresh.cold_wait = PATIENT_COLD_WAIT,
-    )
-    .await;
-    sts.add_role(acme_role());
+    let (sts, d, acme, beta) = start_acme_and_beta().await;
     sts.add_role(Role::new(
         role_arn("beta-sync"),
         TrustRule::NoExternalIdRequired,
@@ -217,17 +224,7 @@ fn assert_error(r: &support::http::RawResponse, status: u16, code: &str) {
 
 #[tokio::test]
 async fn errors_have_documented_statuses_codes_and_bodies() {
-    let acme = token("acme");
-    let beta = token("beta");
-    let (sts, d) = daemon::start_with_sts_and(
-        vec![
-            mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme),
-            mapping("beta-s3", "beta-sync", None, &beta),
-        ],
-        |c| c.refresh.cold_wait = PATIENT_COLD_WAIT,
-    )
-    .await;
-    sts.add_role(acme_role());
+    let (sts, d, acme, beta) = start_acme_and_beta().await;
     let path = "/v1/credentials/acme-s3";
 
     assert_error(

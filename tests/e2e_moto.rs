@@ -28,7 +28,7 @@
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -314,14 +314,7 @@ fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
     moto.create_bucket(&venv, &dir, bucket);
 
     let verify = |bucket: &str| {
-        Command::new(env!("CARGO_BIN_EXE_credvend"))
-            .args(["verify", MAPPING, "--config"])
-            .arg(&config)
-            .args(["--bucket", bucket, "--s3-endpoint-url", &moto.url()])
-            .env_clear()
-            .envs(base_env(dir.path()))
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+        verify_command(&dir, &moto, &config, MAPPING, bucket)
             .output()
             .expect("run credvend verify")
     };
@@ -373,9 +366,9 @@ fn verify_exercises_the_five_s3_permissions_and_flags_moto_trust() {
     );
 }
 
-/// Sets up moto's IAM for the enforced-permissions test: two roles on bucket `bkt`,
-/// one with all five S3 permissions, one without `s3:PutObject`.
-const IAM_SETUP_PY: &str = r#"
+/// What every moto IAM setup below starts with: a boto3 client `iam` on moto (argv[1])
+/// and `trust`, a trust policy for account 123456789012 with External ID `ext-123456`.
+const IAM_SETUP_PREAMBLE_PY: &str = r#"
 import boto3, json, sys
 kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1",
           aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -383,13 +376,22 @@ iam = boto3.client("iam", **kw)
 trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
     "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole",
     "Condition": {"StringEquals": {"sts:ExternalId": "ext-123456"}}}]}
+"#;
+
+/// What every moto IAM setup below ends with: bucket `bkt`.
+const IAM_SETUP_BUCKET_PY: &str = r#"
+boto3.client("s3", **kw).create_bucket(Bucket="bkt")
+"#;
+
+/// Sets up moto's IAM for the enforced-permissions test: two roles on bucket `bkt`,
+/// one with all five S3 permissions, one without `s3:PutObject`.
+const IAM_SETUP_PY: &str = r#"
 five = ["s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject", "s3:GetBucketLocation"]
 for role, actions in [("full", five), ("noput", [a for a in five if a != "s3:PutObject"])]:
     iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
     iam.put_role_policy(RoleName=role, PolicyName="sync", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions,
          "Resource": ["arn:aws:s3:::bkt", "arn:aws:s3:::bkt/*"]}]}))
-boto3.client("s3", **kw).create_bucket(Bucket="bkt")
 "#;
 
 /// `credvend verify --bucket` against moto with IAM enforcement on for S3: a role
@@ -403,62 +405,15 @@ fn verify_names_exactly_the_missing_s3_permission_under_moto_iam() {
     let venv = Venv::locate();
     let dir = TempDir::new("e2e-verify-iam");
     let moto = Moto::start(&venv, &dir);
-    let setup = venv.run_python(dir.path(), IAM_SETUP_PY, &[&moto.url()]);
-    assert!(
-        setup.status.success(),
-        "moto IAM setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let hash = token_sha256_hex(&random_token());
-    let config = dir.path().join("verify.toml");
-    write_private_file(
-        &config,
-        &format!(
-            r#"
-[sts]
-endpoint_url = "{url}"
-
-[verify]
-external_id_enforcement = "warn"
-
-[mappings.full]
-role_arn = "arn:aws:iam::123456789012:role/full"
-external_id = "ext-123456"
-token_sha256 = ["{hash}"]
-
-[mappings.noput]
-role_arn = "arn:aws:iam::123456789012:role/noput"
-external_id = "ext-123456"
-token_sha256 = ["{hash2}"]
-"#,
-            url = moto.url(),
-            hash2 = token_sha256_hex(&random_token()),
-        ),
-    );
+    run_moto_iam_setup(&venv, &dir, IAM_SETUP_PY, &[&moto.url()]);
+    let config = write_iam_verify_config(&dir, &moto, &["full", "noput"]);
     let verify = |mapping: &str| {
-        let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "3")
-            .unwrap_or_else(|e| panic!("reset-auth: {e}"));
-        assert_eq!(reset.status, 200, "reset-auth: {}", reset.body);
-        let out = Command::new(env!("CARGO_BIN_EXE_credvend"))
-            .args(["verify", mapping, "--config"])
-            .arg(&config)
-            .args(["--bucket", "bkt", "--s3-endpoint-url", &moto.url()])
-            .env_clear()
-            .envs(base_env(dir.path()))
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
+        moto_reset_auth(&moto, "3");
+        let out = verify_command(&dir, &moto, &config, mapping, "bkt")
             .output()
             .expect("run credvend verify");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let s3_lines: Vec<String> = text
-            .lines()
-            .filter(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|c| c.starts_with("s3:"))
-            })
-            .map(str::to_string)
-            .collect();
+        let s3_lines = s3_check_lines(&text);
         assert_eq!(s3_lines.len(), 5, "{text}");
         (out.status.code(), text, s3_lines)
     };
@@ -477,34 +432,14 @@ token_sha256 = ["{hash2}"]
     );
 
     // Nothing left behind in the bucket.
-    let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "inf").unwrap();
-    assert_eq!(reset.status, 200);
-    let listing = venv.run_python(
-        dir.path(),
-        "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
-        &[&moto.url()],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&listing.stdout).trim(),
-        "0",
-        "probe objects left: {}",
-        String::from_utf8_lossy(&listing.stderr)
-    );
+    assert_no_probe_objects_left(&venv, &dir, &moto);
 }
 
 /// Sets up moto's IAM for the `--prefix` test: role `sync` whose permissions policy is
 /// argv[2] (what `credvend policy permissions --prefix` printed), and bucket `bkt`.
 const PREFIX_SETUP_PY: &str = r#"
-import boto3, json, sys
-kw = dict(endpoint_url=sys.argv[1], region_name="us-east-1",
-          aws_access_key_id="testing", aws_secret_access_key="testing")
-iam = boto3.client("iam", **kw)
-trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-    "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole",
-    "Condition": {"StringEquals": {"sts:ExternalId": "ext-123456"}}}]}
 iam.create_role(RoleName="sync", AssumeRolePolicyDocument=json.dumps(trust))
 iam.put_role_policy(RoleName="sync", PolicyName="sync", PolicyDocument=sys.argv[2])
-boto3.client("s3", **kw).create_bucket(Bucket="bkt")
 "#;
 
 /// `credvend verify --bucket --prefix` against moto with IAM enforcement on (see the
@@ -540,63 +475,19 @@ fn verify_prefix_probes_under_the_prefix_its_policy_grants() {
         String::from_utf8_lossy(&policy.stderr)
     );
     let policy = String::from_utf8_lossy(&policy.stdout).to_string();
-    let setup = venv.run_python(dir.path(), PREFIX_SETUP_PY, &[&moto.url(), &policy]);
-    assert!(
-        setup.status.success(),
-        "moto IAM setup: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let config = dir.path().join("verify.toml");
-    write_private_file(
-        &config,
-        &format!(
-            r#"
-[sts]
-endpoint_url = "{url}"
-
-[verify]
-external_id_enforcement = "warn"
-
-[mappings.sync]
-role_arn = "arn:aws:iam::123456789012:role/sync"
-external_id = "ext-123456"
-token_sha256 = ["{hash}"]
-"#,
-            url = moto.url(),
-            hash = token_sha256_hex(&random_token()),
-        ),
-    );
+    run_moto_iam_setup(&venv, &dir, PREFIX_SETUP_PY, &[&moto.url(), &policy]);
+    let config = write_iam_verify_config(&dir, &moto, &["sync"]);
     let run = |prefix: Option<&str>| {
-        let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "3")
-            .unwrap_or_else(|e| panic!("reset-auth: {e}"));
-        assert_eq!(reset.status, 200, "reset-auth: {}", reset.body);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
-        command
-            .args(["verify", "sync", "--config"])
-            .arg(&config)
-            .args(["--bucket", "bkt", "--s3-endpoint-url", &moto.url()]);
+        moto_reset_auth(&moto, "3");
+        let mut command = verify_command(&dir, &moto, &config, "sync", "bkt");
         if let Some(prefix) = prefix {
             command.args(["--prefix", prefix]);
         }
-        command
-            .env_clear()
-            .envs(base_env(dir.path()))
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .output()
-            .expect("run credvend verify")
+        command.output().expect("run credvend verify")
     };
     let s3_lines = |out: &std::process::Output| -> (String, Vec<String>) {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let lines: Vec<String> = text
-            .lines()
-            .filter(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|c| c.starts_with("s3:"))
-            })
-            .map(str::to_string)
-            .collect();
+        let lines = s3_check_lines(&text);
         assert_eq!(
             lines.len(),
             5,
@@ -679,19 +570,7 @@ token_sha256 = ["{hash}"]
     assert!(out.stdout.is_empty(), "{out:?}");
 
     // The passing runs deleted their probe objects; the failing ones wrote none.
-    let reset = http_post_text(moto.addr, "/moto-api/reset-auth", "inf").unwrap();
-    assert_eq!(reset.status, 200);
-    let listing = venv.run_python(
-        dir.path(),
-        "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
-        &[&moto.url()],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&listing.stdout).trim(),
-        "0",
-        "probe objects left: {}",
-        String::from_utf8_lossy(&listing.stderr)
-    );
+    assert_no_probe_objects_left(&venv, &dir, &moto);
 }
 
 // --- the processes ------------------------------------------------------------------
@@ -799,6 +678,107 @@ fn run_worker(
 }
 
 // --- helpers ------------------------------------------------------------------------
+
+/// `credvend verify <mapping> --config <config> --bucket <bucket>` against moto's S3,
+/// with static test base credentials and nothing else from the environment. The
+/// caller may add arguments (`--prefix`) before running it.
+fn verify_command(
+    dir: &TempDir,
+    moto: &Moto,
+    config: &Path,
+    mapping: &str,
+    bucket: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
+    command
+        .args(["verify", mapping, "--config"])
+        .arg(config)
+        .args(["--bucket", bucket, "--s3-endpoint-url", &moto.url()])
+        .env_clear()
+        .envs(base_env(dir.path()))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    command
+}
+
+/// The `s3:*` check lines of `verify`'s output, in order.
+fn s3_check_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|c| c.starts_with("s3:"))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs `roles_py` (roles and policies) between [`IAM_SETUP_PREAMBLE_PY`] and
+/// [`IAM_SETUP_BUCKET_PY`] in the venv; fails the test with the script's stderr if it
+/// fails.
+fn run_moto_iam_setup(venv: &Venv, dir: &TempDir, roles_py: &str, args: &[&str]) {
+    let script = format!("{IAM_SETUP_PREAMBLE_PY}{roles_py}{IAM_SETUP_BUCKET_PY}");
+    let setup = venv.run_python(dir.path(), &script, args);
+    assert!(
+        setup.status.success(),
+        "moto IAM setup: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+}
+
+/// Writes `verify.toml` for the moto IAM tests: STS on moto, External ID enforcement
+/// `warn`, and a mapping per role of [`IAM_SETUP_PREAMBLE_PY`]'s account, named like
+/// the role (External ID `ext-123456`, a fresh random token each). Returns its path.
+fn write_iam_verify_config(dir: &TempDir, moto: &Moto, roles: &[&str]) -> PathBuf {
+    let mut config = format!(
+        r#"
+[sts]
+endpoint_url = "{url}"
+
+[verify]
+external_id_enforcement = "warn"
+"#,
+        url = moto.url(),
+    );
+    for role in roles {
+        config.push_str(&format!(
+            r#"
+[mappings.{role}]
+role_arn = "arn:aws:iam::123456789012:role/{role}"
+external_id = "ext-123456"
+token_sha256 = ["{hash}"]
+"#,
+            hash = token_sha256_hex(&random_token()),
+        ));
+    }
+    let path = dir.path().join("verify.toml");
+    write_private_file(&path, &config);
+    path
+}
+
+/// Lets moto serve `count` more requests before it enforces IAM (`"inf"`: never).
+fn moto_reset_auth(moto: &Moto, count: &str) {
+    let reset = http_post_text(moto.addr, "/moto-api/reset-auth", count)
+        .unwrap_or_else(|e| panic!("reset-auth: {e}"));
+    assert_eq!(reset.status, 200, "reset-auth: {}", reset.body);
+}
+
+/// Bucket `bkt` holds no objects: `verify` deleted the probe objects it wrote (listed
+/// with IAM enforcement off).
+fn assert_no_probe_objects_left(venv: &Venv, dir: &TempDir, moto: &Moto) {
+    moto_reset_auth(moto, "inf");
+    let listing = venv.run_python(
+        dir.path(),
+        "import boto3,sys; print(boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').list_objects_v2(Bucket='bkt').get('KeyCount'))",
+        &[&moto.url()],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).trim(),
+        "0",
+        "probe objects left: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+}
 
 /// `YYYY-MM-DDTHH:MM:SSZ` exactly.
 fn is_aws_utc_timestamp(value: &str) -> bool {

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use credvend::clock::ManualClock;
-use credvend::secret::TokenHash;
+use support::config_file::sts_and_acme_toml;
+use support::e2e::write_private_file;
 use support::fake_sts::{FakeSts, Role, TrustRule};
 use support::http::request;
 
@@ -50,9 +51,9 @@ async fn json_logs_at_trace_carry_one_audit_line_per_vend_and_no_secret() {
     let dir = std::env::temp_dir().join(format!("credvend-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("credvend.toml");
-    std::fs::write(
+    write_private_file(
         &config,
-        format!(
+        &format!(
             r#"
 [server]
 listen = ["{listen}"]
@@ -66,24 +67,10 @@ level = "info"
 # 503 because a loaded machine made the fake STS slower than the default 800 ms.
 cold_wait = "10s"
 
-[sts]
-endpoint_url = "{}"
-
-[mappings.acme-s3]
-role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
-external_id = "{EXTERNAL_ID}"
-token_sha256 = ["{}"]
-"#,
-            sts.endpoint_url(),
-            TokenHash::of_token(TOKEN.as_bytes()).to_hex()
+{sts_and_acme}"#,
+            sts_and_acme = sts_and_acme_toml(&sts.endpoint_url(), EXTERNAL_ID, TOKEN),
         ),
-    )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    );
     let log_path = dir.join("stderr.log");
     let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
         .args(["serve", "--log-format", "json", "--config"])

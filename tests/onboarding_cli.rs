@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use credvend::clock::ManualClock;
-use credvend::secret::TokenHash;
+use support::config_file::sts_and_acme_toml;
 use support::fake_sts::{FakeSts, Role, TrustRule};
 
 const BIN: &str = env!("CARGO_BIN_EXE_credvend");
@@ -158,19 +158,7 @@ async fn fixture(rule: TrustRule) -> Fixture {
     let config = dir.join("credvend.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[sts]
-endpoint_url = "{}"
-
-[mappings.acme-s3]
-role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
-external_id = "{EXTERNAL_ID}"
-token_sha256 = ["{}"]
-"#,
-            sts.endpoint_url(),
-            TokenHash::of_token(b"t").to_hex()
-        ),
+        sts_and_acme_toml(&sts.endpoint_url(), EXTERNAL_ID, "t"),
     )
     .unwrap();
     Fixture { sts, dir, config }

@@ -2,13 +2,15 @@
 //! its listeners are serving, `RELOADING=1` … `READY=1` around a SIGHUP reload and
 //! `STOPPING=1` on SIGTERM, to the datagram socket named by `NOTIFY_SOCKET`.
 
-use std::io::Write;
+mod support;
+
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use credvend::secret::TokenHash;
+use support::config_file::{loopback_server_toml, sts_and_acme_toml};
+use support::e2e::write_private_file;
 
 const BIN: &str = env!("CARGO_BIN_EXE_credvend");
 
@@ -109,28 +111,11 @@ fn ready_reloading_and_stopping_reach_the_notify_socket() {
 
     let (port, admin) = free_ports();
     let config = scratch.0.join("credvend.toml");
-    let mut file = std::fs::File::create(&config).unwrap();
-    write!(
-        file,
-        r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:{admin}"
-
-[sts]
-endpoint_url = "http://127.0.0.1:9"
-
-[mappings.acme-s3]
-role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
-external_id = "acme-external-id-0123456789"
-token_sha256 = ["{}"]
-"#,
-        TokenHash::of_token(b"t").to_hex()
-    )
-    .unwrap();
-    drop(file);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_private_file(
+        &config,
+        &(loopback_server_toml(port, admin)
+            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
+    );
 
     let child = Command::new(BIN)
         .args(["serve", "--config"])

@@ -28,6 +28,26 @@ enum Step {
     TooLong,
 }
 
+/// Records one AssumeRole call of a test assumer; returns how many it has seen, this
+/// one included (the number in the issued access key id).
+fn record_call(calls: &Mutex<Vec<AssumeRoleInput>>, input: &AssumeRoleInput) -> usize {
+    let mut calls = calls.lock().unwrap();
+    calls.push(input.clone());
+    calls.len()
+}
+
+/// What a test assumer issues: `access_key_id`, expiring at `expiration`, with
+/// placeholder secrets and a fixed assumed-role ARN.
+fn test_credentials(access_key_id: String, expiration: std::time::SystemTime) -> Credentials {
+    Credentials {
+        access_key_id,
+        secret_access_key: SecretValue::new("secret"),
+        session_token: SecretValue::new("token"),
+        expiration,
+        assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
+    }
+}
+
 /// A RoleAssumer that follows a script, then keeps issuing 1 h credentials.
 struct Scripted {
     clock: ManualClock,
@@ -62,11 +82,7 @@ impl RoleAssumer for Scripted {
         Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
     > {
         Box::pin(async move {
-            let n = {
-                let mut calls = self.calls.lock().unwrap();
-                calls.push(input.clone());
-                calls.len()
-            };
+            let n = record_call(&self.calls, input);
             let step = self
                 .script
                 .lock()
@@ -80,13 +96,10 @@ impl RoleAssumer for Scripted {
                 duration_too_long: too_long,
             };
             match step {
-                Step::Issue(life) => Ok(Credentials {
-                    access_key_id: format!("ASIASCRIPTED{n:08}"),
-                    secret_access_key: SecretValue::new("secret"),
-                    session_token: SecretValue::new("token"),
-                    expiration: self.clock.now() + life,
-                    assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
-                }),
+                Step::Issue(life) => Ok(test_credentials(
+                    format!("ASIASCRIPTED{n:08}"),
+                    self.clock.now() + life,
+                )),
                 Step::Fail(reason, code) => Err(error(reason, code, false)),
                 Step::TooLong => Err(error(
                     FailureReason::InvalidRequest,
@@ -476,11 +489,7 @@ impl RoleAssumer for Gated {
         Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
     > {
         Box::pin(async move {
-            let n = {
-                let mut calls = self.calls.lock().unwrap();
-                calls.push(input.clone());
-                calls.len()
-            };
+            let n = record_call(&self.calls, input);
             let inside = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight.fetch_max(inside, Ordering::SeqCst);
             self.gate
@@ -497,13 +506,10 @@ impl RoleAssumer for Gated {
                     duration_too_long: false,
                 });
             }
-            Ok(Credentials {
-                access_key_id: format!("ASIAGATED{n:08}"),
-                secret_access_key: SecretValue::new("secret"),
-                session_token: SecretValue::new("token"),
-                expiration: self.clock.now() + input.duration,
-                assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/r/s".into(),
-            })
+            Ok(test_credentials(
+                format!("ASIAGATED{n:08}"),
+                self.clock.now() + input.duration,
+            ))
         })
     }
 }

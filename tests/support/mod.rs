@@ -2,6 +2,7 @@
 //! what it needs; unused items in a given test binary are expected, hence the
 //! `dead_code` allowances inside the modules.
 
+pub mod config_file;
 pub mod daemon;
 pub mod e2e;
 pub mod fake_sts;
