@@ -13,7 +13,7 @@ use credvend::model::MappingState;
 use credvend::verify::PROBE_SESSION_NAME;
 use support::daemon::{TestDaemon, config, mapping, role_arn, settled, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
-use support::http::get_with_token;
+use support::http::{RawResponse, get_with_token};
 
 const EXTERNAL_ID: &str = "acme-external-id-0123456789abcdef";
 const PATH: &str = "/v1/credentials/acme-s3";
@@ -34,17 +34,31 @@ async fn start(rule: TrustRule, mode: Mode) -> (FakeSts, TestDaemon, String) {
     (sts, d, token)
 }
 
+/// The common case: a role whose trust policy requires [`EXTERNAL_ID`], and a mapping
+/// that requires enforcement ([`Mode::Require`]).
+async fn start_enforced_and_required() -> (FakeSts, TestDaemon, String) {
+    start(
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+        Mode::Require,
+    )
+    .await
+}
+
+/// `GET` [`PATH`] with `token`, asserting the answer is 403 `TrustPolicyUnsafe`.
+async fn get_refused_as_unsafe(d: &TestDaemon, token: &str) -> RawResponse {
+    let r = get_with_token(d.addr, PATH, token).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    r
+}
+
 fn status(d: &TestDaemon) -> credvend::model::MappingStatus {
     d.daemon.cache.status().remove(0)
 }
 
 #[tokio::test]
 async fn a_role_that_enforces_its_external_id_vends_after_two_refused_probes() {
-    let (sts, d, token) = start(
-        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
-        Mode::Require,
-    )
-    .await;
+    let (sts, d, token) = start_enforced_and_required().await;
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
 
@@ -76,9 +90,7 @@ async fn a_role_that_enforces_its_external_id_vends_after_two_refused_probes() {
 #[tokio::test]
 async fn require_refuses_a_role_without_the_condition_and_never_serves_the_probe_credential() {
     let (sts, d, token) = start(TrustRule::NoExternalIdRequired, Mode::Require).await;
-    let r = get_with_token(d.addr, PATH, &token).await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    let r = get_refused_as_unsafe(&d, &token).await;
     assert!(r.json()["message"].as_str().unwrap().contains("acme-s3"));
     let calls = sts.assume_role_calls();
     assert_eq!(
@@ -104,9 +116,7 @@ async fn require_refuses_a_role_without_the_condition_and_never_serves_the_probe
 #[tokio::test]
 async fn require_refuses_a_role_that_accepts_any_external_id() {
     let (sts, d, token) = start(TrustRule::AnyExternalId, Mode::Require).await;
-    let r = get_with_token(d.addr, PATH, &token).await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    get_refused_as_unsafe(&d, &token).await;
     let calls = sts.assume_role_calls();
     assert_eq!(calls.len(), 2);
     assert_eq!(
@@ -145,11 +155,7 @@ async fn off_skips_the_check() {
 
 #[tokio::test]
 async fn an_inconclusive_first_check_fails_closed_with_503_then_retries() {
-    let (sts, d, token) = start(
-        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
-        Mode::Require,
-    )
-    .await;
+    let (sts, d, token) = start_enforced_and_required().await;
     sts.push_fault(Fault::Throttling);
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 503, "{}", r.body);
@@ -180,11 +186,7 @@ async fn an_inconclusive_first_check_fails_closed_with_503_then_retries() {
 
 #[tokio::test]
 async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_policy() {
-    let (sts, d, token) = start(
-        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
-        Mode::Require,
-    )
-    .await;
+    let (sts, d, token) = start_enforced_and_required().await;
     assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
     assert_eq!(sts.assume_role_calls().len(), 3);
 
@@ -232,9 +234,7 @@ async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_pol
         TrustRule::NoExternalIdRequired,
     ));
     d.clock.advance(Duration::from_secs(25 * 3600));
-    let r = get_with_token(d.addr, PATH, &token).await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    get_refused_as_unsafe(&d, &token).await;
     assert_eq!(settled(&d, "acme-s3").await.state, MappingState::Failed);
     assert_eq!(status(&d).enforcement, EnforcementStatus::NotEnforced);
     let calls = sts.assume_role_calls();
@@ -245,9 +245,7 @@ async fn the_check_is_repeated_after_recheck_interval_and_catches_a_loosened_pol
     );
     assert_eq!(calls[10].session_name.as_deref(), Some(PROBE_SESSION_NAME));
     assert_eq!(calls[10].status, Some(200));
-    let r = get_with_token(d.addr, PATH, &token).await;
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["code"], "TrustPolicyUnsafe");
+    get_refused_as_unsafe(&d, &token).await;
     assert_eq!(sts.faults_fired(), vec![Fault::Throttling]);
     d.stop().await;
 }

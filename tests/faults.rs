@@ -43,6 +43,15 @@ fn acme_role() -> Role {
     )
 }
 
+/// Mapping `acme-s3` (see [`acme`]) on `role`, usually [`acme_role`], with
+/// [`COLD_WAIT`]. Returns the fake STS, the daemon and the mapping's token.
+async fn start_acme_on(role: Role) -> (FakeSts, TestDaemon, String) {
+    let token = token("acme");
+    let (sts, d) = start(vec![acme(&token)]).await;
+    sts.add_role(role);
+    (sts, d, token)
+}
+
 fn acme(token: &str) -> Mapping {
     mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), token)
 }
@@ -241,9 +250,7 @@ async fn throttling_storm_stays_within_the_sts_budget_and_cold_misses_go_first()
 
 #[tokio::test]
 async fn five_xx_flaps_never_reach_clients_that_have_a_credential() {
-    let token = token("acme");
-    let (sts, d) = start(vec![acme(&token)]).await;
-    sts.add_role(acme_role());
+    let (sts, d, token) = start_acme_on(acme_role()).await;
     let path = "/v1/credentials/acme-s3";
 
     // Cold: a 5xx is a 503 with Retry-After, and the next request is served.
@@ -418,9 +425,7 @@ async fn an_sts_hang_times_out_at_call_timeout_then_serves_degraded() {
 
 #[tokio::test]
 async fn malformed_xml_is_a_transient_failure_not_a_denial() {
-    let token = token("acme");
-    let (sts, d) = start(vec![acme(&token)]).await;
-    sts.add_role(acme_role());
+    let (sts, d, token) = start_acme_on(acme_role()).await;
     let path = "/v1/credentials/acme-s3";
 
     sts.push_fault(Fault::MalformedXml);
@@ -461,9 +466,7 @@ async fn malformed_xml_is_a_transient_failure_not_a_denial() {
 
 #[tokio::test]
 async fn expired_base_token_is_re_resolved_once_then_succeeds() {
-    let token = token("acme");
-    let (sts, d) = start(vec![acme(&token)]).await;
-    sts.add_role(acme_role());
+    let (sts, d, token) = start_acme_on(acme_role()).await;
     let path = "/v1/credentials/acme-s3";
 
     sts.push_fault(Fault::ExpiredToken);
@@ -510,9 +513,7 @@ fn one_more_failure(sts: &FakeSts, failed: &mut usize) {
 
 #[tokio::test]
 async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers() {
-    let token = token("acme");
-    let (sts, d) = start(vec![acme(&token)]).await;
-    sts.add_role(acme_role());
+    let (sts, d, token) = start_acme_on(acme_role()).await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await;
     let expiry = expiration(&first);
@@ -566,9 +567,7 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
 
 #[tokio::test]
 async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop() {
-    let token = token("acme");
-    let (sts, d) = start(vec![acme(&token)]).await;
-    sts.add_role(acme_role().lifetime(10 * MIN));
+    let (sts, d, token) = start_acme_on(acme_role().lifetime(10 * MIN)).await;
     let path = "/v1/credentials/acme-s3";
 
     let first = get_with_token(d.addr, path, &token).await;
@@ -610,9 +609,7 @@ async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop(
 
 #[tokio::test]
 async fn a_clock_jump_past_expiry_never_serves_the_expired_credential() {
-    let token = token("acme");
-    let (sts, d) = start(vec![acme(&token)]).await;
-    sts.add_role(acme_role());
+    let (sts, d, token) = start_acme_on(acme_role()).await;
     let path = "/v1/credentials/acme-s3";
     let first = get_with_token(d.addr, path, &token).await;
 

@@ -144,6 +144,17 @@ fn status_of(answer: &[u8]) -> u16 {
         .unwrap_or_else(|| panic!("not an HTTP/1.1 response: {text:?}"))
 }
 
+/// The raw `answer` has HTTP status `status` (the whole answer is the failure message).
+#[track_caller]
+fn assert_answer_status(answer: &[u8], status: u16) {
+    assert_eq!(
+        status_of(answer),
+        status,
+        "{:?}",
+        String::from_utf8_lossy(answer)
+    );
+}
+
 fn assert_json_error(r: &RawResponse, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -256,12 +267,7 @@ async fn oversized_or_too_many_headers_get_431_and_others_are_still_served() {
         "b".repeat(200 * 1024)
     );
     let answer = exchange(d.addr, big.into_bytes()).await;
-    assert_eq!(
-        status_of(&answer),
-        431,
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_answer_status(&answer, 431);
 
     let mut many = format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n");
     for i in 0..100 {
@@ -269,12 +275,7 @@ async fn oversized_or_too_many_headers_get_431_and_others_are_still_served() {
     }
     many.push_str("\r\n");
     let answer = exchange(d.addr, many.into_bytes()).await;
-    assert_eq!(
-        status_of(&answer),
-        431,
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_answer_status(&answer, 431);
 
     // Neither reached the handler (no STS call); a normal request still works.
     assert_eq!(sts.assume_role_calls().len(), 0);
@@ -400,12 +401,7 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
         .await
         .expect("waiting connection served once a slot freed")
         .unwrap();
-    assert_eq!(
-        status_of(&answer),
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_answer_status(&answer, 200);
     #[cfg(target_os = "linux")]
     assert_eq!(accept_queue(d.addr), 0);
 

@@ -90,6 +90,14 @@ fn input() -> AssumeRoleInput {
     }
 }
 
+/// [`input`] with `external_id` instead of [`EXTERNAL_ID`] (`None`: no External ID).
+fn input_with_external_id(external_id: Option<&str>) -> AssumeRoleInput {
+    AssumeRoleInput {
+        external_id: external_id.map(ExternalId::new),
+        ..input()
+    }
+}
+
 #[tokio::test]
 async fn success_maps_every_request_and_response_field() {
     let h = harness().await;
@@ -159,10 +167,7 @@ async fn success_maps_every_request_and_response_field() {
 #[tokio::test]
 async fn no_external_id_parameter_is_sent_when_none() {
     let h = harness_with(CALL_TIMEOUT, TrustRule::NoExternalIdRequired).await;
-    let input = AssumeRoleInput {
-        external_id: None,
-        ..input()
-    };
+    let input = input_with_external_id(None);
     h.assumer
         .assume_role(&input)
         .await
@@ -179,19 +184,13 @@ async fn no_external_id_parameter_is_sent_when_none() {
 async fn trust_rules_deny_missing_and_wrong_external_ids() {
     let h = harness().await;
 
-    let missing = AssumeRoleInput {
-        external_id: None,
-        ..input()
-    };
+    let missing = input_with_external_id(None);
     let err = h.assumer.assume_role(&missing).await.unwrap_err();
     assert_eq!(err.reason, FailureReason::AccessDenied);
     assert_eq!(err.code, "AccessDenied");
     assert!(!err.duration_too_long);
 
-    let wrong = AssumeRoleInput {
-        external_id: Some(ExternalId::new("CANARYwrongExternalId")),
-        ..input()
-    };
+    let wrong = input_with_external_id(Some("CANARYwrongExternalId"));
     let err = h.assumer.assume_role(&wrong).await.unwrap_err();
     assert_eq!(err.reason, FailureReason::AccessDenied);
     let shown = format!("{err} {err:?}");
@@ -216,16 +215,10 @@ async fn trust_rules_deny_missing_and_wrong_external_ids() {
 #[tokio::test]
 async fn any_external_id_rule_needs_one_but_accepts_any() {
     let h = harness_with(CALL_TIMEOUT, TrustRule::AnyExternalId).await;
-    let missing = AssumeRoleInput {
-        external_id: None,
-        ..input()
-    };
+    let missing = input_with_external_id(None);
     let err = h.assumer.assume_role(&missing).await.unwrap_err();
     assert_eq!(err.reason, FailureReason::AccessDenied);
-    let random = AssumeRoleInput {
-        external_id: Some(ExternalId::new("some-random-wrong-one")),
-        ..input()
-    };
+    let random = input_with_external_id(Some("some-random-wrong-one"));
     h.assumer
         .assume_role(&random)
         .await

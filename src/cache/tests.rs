@@ -481,6 +481,16 @@ impl Gated {
     }
 }
 
+impl Gated {
+    /// [`Gated::wait_until`], then a short sleep: on the single-threaded test runtime
+    /// every task that can run does before the test resumes, so what the test asserts
+    /// next is where the cache settled, not a moment on the way there.
+    async fn wait_then_settle(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        self.wait_until(what, done).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl RoleAssumer for Gated {
     fn assume_role<'a>(
         &'a self,
@@ -527,6 +537,28 @@ fn gated_cache(
     let cache = CredentialCache::new(&cfg, sts.clone(), Arc::new(clock.clone()), metrics.clone());
     cache.start();
     cache
+}
+
+/// A gated STS and a started cache of 200 mappings `<prefix>000` … `<prefix>199`, each
+/// on the role of the same name, `prefetch` as given. Returns the names too.
+fn two_hundred_gated_mappings(
+    prefix: &str,
+    prefetch: bool,
+) -> (Arc<Gated>, CredentialCache, Vec<String>) {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let names: Vec<String> = (0..200).map(|i| format!("{prefix}{i:03}")).collect();
+    let mappings = names
+        .iter()
+        .map(|n| {
+            let mut m = mapping(n, n, None, n);
+            m.prefetch = prefetch;
+            m
+        })
+        .collect();
+    let cache = gated_cache(&clock, &sts, &metrics, mappings);
+    (sts, cache, names)
 }
 
 fn gated_config(mappings: Vec<Mapping>) -> Config {
@@ -715,16 +747,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 /// call lets a waiting one in, and every request is served.
 #[tokio::test]
 async fn at_most_64_assume_role_calls_are_in_flight() {
-    let clock = ManualClock::starting_now();
-    let sts = Gated::new(&clock);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let names: Vec<String> = (0..200).map(|i| format!("m{i:03}")).collect();
-    let cache = gated_cache(
-        &clock,
-        &sts,
-        &metrics,
-        names.iter().map(|n| mapping(n, n, None, n)).collect(),
-    );
+    let (sts, cache, names) = two_hundred_gated_mappings("m", false);
     let requests: Vec<_> = names
         .iter()
         .map(|name| {
@@ -732,20 +755,17 @@ async fn at_most_64_assume_role_calls_are_in_flight() {
             tokio::spawn(async move { cache.get(&name).await })
         })
         .collect();
-    sts.wait_until("64 calls are in flight", |s| s.in_flight() >= 64)
+    // All 200 fetches have had their chance to call STS.
+    sts.wait_then_settle("64 calls are in flight", |s| s.in_flight() >= 64)
         .await;
-    // On this single-threaded runtime, every task that can run does before the test
-    // resumes from a sleep: all 200 fetches have had their chance to call STS.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(sts.in_flight(), 64, "calls in flight");
     assert_eq!(sts.calls(), 64, "calls made");
 
     sts.release(10);
-    sts.wait_until("10 waiting fetches took the freed places", |s| {
+    sts.wait_then_settle("10 waiting fetches took the freed places", |s| {
         s.calls() >= 74
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(sts.in_flight(), 64, "calls in flight after 10 finished");
     assert_eq!(sts.calls(), 74);
 
@@ -767,23 +787,7 @@ async fn at_most_64_assume_role_calls_are_in_flight() {
 /// each finishes, and in the end every mapping has been fetched exactly once.
 #[tokio::test]
 async fn prefetch_runs_at_most_64_fetches_at_a_time_and_fetches_every_mapping() {
-    let clock = ManualClock::starting_now();
-    let sts = Gated::new(&clock);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let names: Vec<String> = (0..200).map(|i| format!("p{i:03}")).collect();
-    let cache = gated_cache(
-        &clock,
-        &sts,
-        &metrics,
-        names
-            .iter()
-            .map(|n| {
-                let mut m = mapping(n, n, None, n);
-                m.prefetch = true;
-                m
-            })
-            .collect(),
-    );
+    let (sts, cache, names) = two_hundred_gated_mappings("p", true);
     let fetching = |cache: &CredentialCache| {
         cache
             .status()
@@ -791,18 +795,15 @@ async fn prefetch_runs_at_most_64_fetches_at_a_time_and_fetches_every_mapping() 
             .filter(|s| s.state == MappingState::Fetching)
             .count()
     };
-    sts.wait_until("64 prefetches are in flight", |s| s.in_flight() >= 64)
+    sts.wait_then_settle("64 prefetches are in flight", |s| s.in_flight() >= 64)
         .await;
-    // Single-threaded runtime: everything that could start has, once the sleep ends.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(sts.in_flight(), 64, "calls in flight");
     assert_eq!(fetching(&cache), 64, "prefetches started");
     assert!(!cache.prefetch_settled());
 
     sts.release(10);
-    sts.wait_until("10 more prefetches started", |s| s.calls() >= 74)
+    sts.wait_then_settle("10 more prefetches started", |s| s.calls() >= 74)
         .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(sts.in_flight(), 64, "calls in flight after 10 finished");
     assert_eq!(fetching(&cache), 64, "prefetches running after 10 finished");
 
