@@ -11,7 +11,7 @@ use credvend::model::MappingState;
 
 use support::daemon::{self, TestDaemon, eventually, mapping, role_arn, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
-use support::http::{RawResponse, get_with_token, request};
+use support::http::{RawResponse, get_with_token, request, spawn_gets};
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
 
@@ -86,14 +86,7 @@ fn served_from(d: &TestDaemon, source: &str) -> u64 {
 
 /// `n` concurrent `GET /v1/credentials/acme-s3`, answered in any order.
 async fn concurrent_requests(d: &TestDaemon, token: &str, n: usize) -> Vec<RawResponse> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (addr, token) = (d.addr, token.to_string());
-            tokio::spawn(
-                async move { get_with_token(addr, "/v1/credentials/acme-s3", &token).await },
-            )
-        })
-        .collect();
+    let tasks = spawn_gets(d.addr, "/v1/credentials/acme-s3", token, n);
     let mut responses = Vec::with_capacity(n);
     for task in tasks {
         responses.push(task.await.expect("request task"));

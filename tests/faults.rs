@@ -21,7 +21,7 @@ use credvend::model::{MappingState, MappingStatus};
 
 use support::daemon::{self, TestDaemon, config, eventually, mapping, role_arn, settled, token};
 use support::fake_sts::{FakeSts, Fault, Role, StsCall, TrustRule};
-use support::http::{RawResponse, get_with_token};
+use support::http::{RawResponse, get_with_token, spawn_gets};
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
 const MIN: Duration = Duration::from_secs(60);
@@ -322,13 +322,7 @@ async fn latency_spikes_below_the_call_timeout_are_invisible_to_cached_clients()
     d.clock.advance(26 * MIN);
     hold.wait_held(1).await;
     assert_eq!(status_of(&d, "acme-s3").state, MappingState::Refreshing);
-    let addr = d.addr;
-    let clients: Vec<_> = (0..20)
-        .map(|_| {
-            let token = token.clone();
-            tokio::spawn(async move { get_with_token(addr, path, &token).await })
-        })
-        .collect();
+    let clients = spawn_gets(d.addr, path, &token, 20);
     // STS stays held however long this takes: a client that waited on the refresh
     // would never be answered (the bound is for a loaded machine, not a timing claim).
     let answered = tokio::time::timeout(Duration::from_secs(20), async {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use credvend::config::Config;
 use support::daemon::{self, TestDaemon, eventually, mapping, role_arn, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
-use support::http::{RawResponse, get_with_token, request};
+use support::http::{RawResponse, get_with_token, request, spawn_gets};
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
 const PATH: &str = "/v1/credentials/acme-s3";
@@ -437,12 +437,7 @@ async fn random_bytes_on_some_connections_do_not_disturb_other_clients() {
         .into_iter()
         .map(|bytes| tokio::spawn(exchange(addr, bytes)))
         .collect();
-    let clients: Vec<_> = (0..50)
-        .map(|_| {
-            let token = token.clone();
-            tokio::spawn(async move { get_with_token(addr, PATH, &token).await })
-        })
-        .collect();
+    let clients = spawn_gets(addr, PATH, &token, 50);
     for client in clients {
         let r = client.await.unwrap();
         assert_eq!(r.status, 200, "{}", r.body);

@@ -75,6 +75,22 @@ pub async fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> RawRes
     request(addr, "GET", path, &[("Authorization", token)]).await
 }
 
+/// Starts `n` concurrent `GET path` with `Authorization: token`, each on its own
+/// connection and task. The caller awaits the handles; answers come in any order.
+pub fn spawn_gets(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<RawResponse>> {
+    (0..n)
+        .map(|_| {
+            let (path, token) = (path.to_owned(), token.to_owned());
+            tokio::spawn(async move { get_with_token(addr, &path, &token).await })
+        })
+        .collect()
+}
+
 fn parse(raw: Vec<u8>) -> RawResponse {
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text
