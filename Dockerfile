@@ -53,10 +53,13 @@ COPY config/credvend.toml /usr/share/doc/credvend/credvend.toml.example
 # Smoke test: the binary runs on this base image (exec form: distroless has no shell).
 RUN ["/usr/local/bin/credvend", "--version"]
 
-# 8901: credential endpoint; 8902: admin (/metrics, /healthz, /readyz). Both bind
-# loopback by default: inside a pod the workers share the network namespace. To let
-# Prometheus scrape from outside, set CREDVEND_SERVER__ADMIN_LISTEN=0.0.0.0:8902 and
-# CREDVEND_SERVER__ALLOW_NON_LOOPBACK=true.
+# 8901: credential endpoint; 8902: admin (/metrics, /healthz, /readyz, /status). Both
+# bind loopback by default: inside a pod the workers share the network namespace. For
+# kubelet probes and Prometheus at the pod IP, open the admin listener only:
+# CREDVEND_SERVER__ADMIN_LISTEN=0.0.0.0:8902 and
+# CREDVEND_SERVER__ADMIN_ALLOW_NON_LOOPBACK=true (allow_non_loopback is the credential
+# listener's switch; leave it off). The admin listener accepts a Host of the pod IP,
+# loopback names and CREDVEND_SERVER__ADMIN_ALLOWED_HOSTS; anything else is refused.
 EXPOSE 8901 8902
 # glibc allocator settings, as in systemd/credvend.service (RSS with many mappings).
 ENV MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=131072

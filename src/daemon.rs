@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ServerConfig};
 use crate::creds::RoleAssumer;
 use crate::metrics::Metrics;
-use crate::server::access::AccessTable;
+use crate::server::access::{AccessTable, HostAllowList};
 use crate::server::admin::AdminEndpoint;
 use crate::server::credentials::CredentialEndpoint;
 use crate::server::{self, Limits};
@@ -80,6 +80,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 pub struct Daemon {
     pub cache: CredentialCache,
     access: Arc<ArcSwap<AccessTable>>,
+    /// `Host` values the admin listener accepts (swapped on reload, like `access`).
+    admin_hosts: Arc<ArcSwap<HostAllowList>>,
     /// Set once every listener is serving (readiness).
     listening: Arc<AtomicBool>,
     /// Incremented by every applied config (1 = the one started with).
@@ -97,6 +99,7 @@ impl Daemon {
         Self {
             cache: CredentialCache::new(config, assumer, clock, metrics.clone()),
             access: Arc::new(ArcSwap::from_pointee(AccessTable::new(config))),
+            admin_hosts: Arc::new(ArcSwap::from_pointee(admin_hosts(config))),
             listening: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(1)),
             started_at,
@@ -119,6 +122,7 @@ impl Daemon {
             .sync_mappings(config.mappings.keys().map(String::as_str));
         self.cache.apply_config(config);
         self.access.store(access);
+        self.admin_hosts.store(Arc::new(admin_hosts(config)));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         info!(
             generation,
@@ -142,6 +146,7 @@ impl Daemon {
             metrics: self.metrics.clone(),
             generation: self.generation.clone(),
             started_at: self.started_at,
+            hosts: self.admin_hosts.clone(),
         }
     }
 
@@ -211,6 +216,14 @@ impl Daemon {
         }
         scheduler.abort();
     }
+}
+
+/// The `Host` values the admin listener accepts under `config`.
+fn admin_hosts(config: &Config) -> HostAllowList {
+    HostAllowList::new(
+        [&config.server.admin_listen],
+        &config.server.admin_allowed_hosts,
+    )
 }
 
 /// The metric set of a daemon starting with `config`: every mapping registered.

@@ -140,7 +140,8 @@ pub enum ApiError {
     /// Token not valid for this mapping, or no such mapping: indistinguishable on
     /// purpose, so a token cannot be used to discover mapping names.
     AccessDenied { mapping: Option<String> },
-    /// `X-Forwarded-For`, `Forwarded` or `X-Real-IP` present: the request came through
+    /// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `Via`, `X-Forwarded-Host` or
+    /// `X-Forwarded-Proto` present: the request came through
     /// a proxy, which is how SSRF reaches a metadata-style endpoint.
     ProxiedRequest,
     /// `Host` is not one of ours (DNS rebinding).
@@ -213,7 +214,7 @@ impl ApiError {
             } => format!("token is not valid for mapping '{mapping}'"),
             ApiError::AccessDenied { mapping: None } => "token is not valid".into(),
             ApiError::ProxiedRequest => {
-                "requests through a proxy (X-Forwarded-For, Forwarded, X-Real-IP) are refused"
+                "requests through a proxy (Forwarded, Via, X-Forwarded-For/-Host/-Proto, X-Real-IP) are refused"
                     .into()
             }
             ApiError::InvalidHost => "Host header is not an address of this endpoint".into(),

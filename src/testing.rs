@@ -54,6 +54,8 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            admin_allowed_hosts: Vec::new(),
+            write_timeout: Duration::from_secs(10),
         },
         log: LogConfig {
             level: "info".into(),

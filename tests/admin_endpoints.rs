@@ -14,7 +14,7 @@ use credvend::server::{Limits, serve};
 use serde_json::json;
 use support::daemon::{TestDaemon, assumer, config, eventually, mapping, role_arn, token};
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
-use support::http::{RawResponse, get_with_token, request};
+use support::http::{RawResponse, get_with_token, request, send_raw, send_raw_bytes};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -409,5 +409,144 @@ async fn status_generation_counts_applied_configs_and_shows_the_new_mapping_set(
         "generation and mappings after reapplying the same config"
     );
     assert_eq!(sts.assume_role_calls().len(), 1, "reloads fetched nothing");
+    d.stop().await;
+}
+
+/// `credvend_auth_failures_total{reason="invalid_host"}` as rendered by the daemon.
+fn invalid_host_refusals(d: &TestDaemon) -> u64 {
+    let text = d.daemon.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix("credvend_auth_failures_total{reason=\"invalid_host\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no invalid_host auth-failure series in:\n{text}"))
+}
+
+const ADMIN_PATHS: [&str; 4] = ["/status", "/metrics", "/healthz", "/readyz"];
+
+/// The answer of an admin path to a request whose `Host` was accepted.
+#[track_caller]
+fn assert_admin_answer(r: &RawResponse, path: &str, what: &str) {
+    if path == "/readyz" {
+        // Ready or still starting: either way the handler answered, not the Host check.
+        assert!(
+            matches!(r.status, 200 | 503) && r.json()["status"].is_string(),
+            "{what}: {} {}",
+            r.status,
+            r.body
+        );
+    } else {
+        assert_eq!(r.status, 200, "{what}: {}", r.body);
+    }
+}
+
+#[track_caller]
+fn assert_invalid_host(r: &RawResponse, what: &str) {
+    assert_eq!(r.status, 403, "{what} must be refused: {}", r.body);
+    assert_eq!(r.json()["code"], "InvalidHost", "{what}: {}", r.body);
+    assert!(
+        !r.body.contains("acme-s3"),
+        "{what}: a refusal names a mapping"
+    );
+}
+
+/// The admin listener checks `Host` like the credential listener, so a web page cannot
+/// read `/status` or `/metrics` through DNS rebinding: loopback names, the admin listen
+/// address, the connected address and `server.admin_allowed_hosts` pass; anything else,
+/// including a name only the credential listener accepts, is 403 `InvalidHost`, counted
+/// as `invalid_host`. The lists are separate both ways and the admin one follows reload.
+#[tokio::test]
+async fn admin_requests_must_name_the_admin_listener_in_host() {
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    sts.add_role(Role::new(
+        role_arn("vendor-sync"),
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    let acme = token("acme");
+    let mut config = config(
+        &sts.endpoint_url(),
+        vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &acme)],
+    );
+    config.server.allowed_hosts = vec!["credvend.internal".into()];
+    config.server.admin_allowed_hosts = vec!["metrics.pod.internal".into()];
+    let d = TestDaemon::start(config.clone(), clock).await;
+    let port = d.admin.port();
+    let get = |path: &'static str, host: String| async move {
+        request(d.admin, "GET", path, &[("Host", &host)]).await
+    };
+
+    let refused = [
+        "evil.example.com".to_string(),
+        format!("evil.example.com:{port}"),
+        // The credential listener's extra name is not the admin listener's.
+        "credvend.internal".to_string(),
+        "10.0.0.1".to_string(),
+        format!("metrics.pod.internal.evil.example:{port}"),
+    ];
+    let accepted = [
+        format!("127.0.0.1:{port}"),
+        "localhost".to_string(),
+        format!("[::1]:{port}"),
+        "metrics.pod.internal".to_string(),
+        format!("METRICS.Pod.Internal.:{port}"),
+    ];
+    let before = invalid_host_refusals(&d);
+    for path in ADMIN_PATHS {
+        for host in &refused {
+            assert_invalid_host(
+                &get(path, host.clone()).await,
+                &format!("{path} Host {host}"),
+            );
+        }
+        for host in &accepted {
+            assert_admin_answer(
+                &get(path, host.clone()).await,
+                path,
+                &format!("{path} Host {host}"),
+            );
+        }
+    }
+    // No Host and an origin-form target: nothing names the listener.
+    assert_invalid_host(
+        &send_raw(d.admin, "GET /status HTTP/1.0\r\n\r\n").await,
+        "HTTP/1.0 without Host",
+    );
+    // A Host that is not UTF-8 is refused, not replaced by the target's authority.
+    let mut head =
+        format!("GET http://127.0.0.1:{port}/status HTTP/1.1\r\nHost: localhost").into_bytes();
+    head.extend_from_slice(b"\xff\r\nConnection: close\r\n\r\n");
+    assert_invalid_host(&send_raw_bytes(d.admin, &head).await, "Host localhost\\xff");
+    assert_eq!(
+        invalid_host_refusals(&d) - before,
+        (ADMIN_PATHS.len() * refused.len() + 2) as u64,
+        "each admin refusal counted as invalid_host"
+    );
+
+    // The admin list opens nothing on the credential listener.
+    let r = request(
+        d.addr,
+        "GET",
+        "/v1/credentials/acme-s3",
+        &[("Host", "metrics.pod.internal"), ("Authorization", &acme)],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (403, Some("InvalidHost")),
+        "the admin list opened the credential listener"
+    );
+
+    // Reload: the new list applies to the next request.
+    config.server.admin_allowed_hosts = vec!["scrape.example".into()];
+    d.daemon.apply_config(&config);
+    assert_admin_answer(
+        &get("/metrics", "scrape.example".into()).await,
+        "/metrics",
+        "a name added by reload",
+    );
+    assert_invalid_host(
+        &get("/metrics", "metrics.pod.internal".into()).await,
+        "a name removed by reload",
+    );
     d.stop().await;
 }

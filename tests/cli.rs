@@ -113,6 +113,66 @@ token_sha256 = ["{shared}"]
     );
 }
 
+/// Exposing the admin listener beyond loopback is its own switch: the credential
+/// listener's `allow_non_loopback` does not open it (exit 64, naming the file, the key
+/// and the switch), `admin_allow_non_loopback` does, and it does not open the credential
+/// listener in turn.
+#[test]
+fn a_non_loopback_admin_listener_needs_its_own_switch() {
+    let scratch = Scratch::new("admin-switch");
+    let token = hash("admin-switch-token");
+    let check = |name: &str, server: &str| {
+        let path = scratch.write(
+            name,
+            &format!(
+                "[server]\n{server}\n\n[mappings.acme-s3]\n\
+                 role_arn = \"arn:aws:iam::111122223333:role/vendor-sync\"\n\
+                 external_id = \"acme-external-id-0123456789\"\n\
+                 token_sha256 = [\"{token}\"]\n"
+            ),
+        );
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("CREDVEND_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), path.display().to_string(), stderr)
+    };
+
+    let (code, file, stderr) = check(
+        "credential-switch.toml",
+        "allow_non_loopback = true\nadmin_listen = \"0.0.0.0:8902\"",
+    );
+    assert_eq!(code, Some(64), "stderr: {stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains(&file)
+            && l.contains("server.admin_listen")
+            && l.contains("0.0.0.0:8902 is not a loopback address")
+            && l.contains("server.admin_allow_non_loopback = true")),
+        "no FILE: server.admin_listen: REASON line naming the admin switch in:\n{stderr}"
+    );
+
+    let (code, _, stderr) = check(
+        "admin-switch.toml",
+        "admin_allow_non_loopback = true\nadmin_listen = \"0.0.0.0:8902\"",
+    );
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+
+    let (code, file, stderr) = check(
+        "admin-switch-listen.toml",
+        "admin_allow_non_loopback = true\nlisten = [\"0.0.0.0:8901\"]",
+    );
+    assert_eq!(code, Some(64), "stderr: {stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains(&file)
+            && l.contains("server.listen")
+            && l.contains("server.allow_non_loopback = true")),
+        "no FILE: server.listen: REASON line naming the credential switch in:\n{stderr}"
+    );
+}
+
 #[test]
 fn check_config_accepts_the_example_and_summarises_without_secrets() {
     let out = Command::new(BIN)

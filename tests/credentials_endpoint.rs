@@ -249,16 +249,35 @@ async fn errors_have_documented_statuses_codes_and_bodies() {
         "AccessDenied",
     );
 
-    for proxy in ["X-Forwarded-For", "Forwarded", "X-Real-IP"] {
+    // Any header a proxy adds means a proxy forwarded the request (SSRF), with a valid
+    // token and Host; counted as `proxied_request`.
+    let proxied = [
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Forwarded", "for=10.0.0.1"),
+        ("X-Real-IP", "10.0.0.1"),
+        ("Via", "1.1 squid"),
+        ("X-Forwarded-Host", "127.0.0.1"),
+        ("X-Forwarded-Proto", "http"),
+    ];
+    for (proxy, value) in proxied {
         let r = request(
             d.addr,
             "GET",
             path,
-            &[("Authorization", &acme), (proxy, "10.0.0.1")],
+            &[("Authorization", &acme), (proxy, value)],
         )
         .await;
+        assert_eq!(r.status, 403, "{proxy} was not refused");
         assert_error(&r, 403, "ProxiedRequestRejected");
     }
+    let metrics = d.daemon.metrics().render();
+    assert!(
+        metrics.contains(&format!(
+            "credvend_auth_failures_total{{reason=\"proxied_request\"}} {}\n",
+            proxied.len()
+        )),
+        "each proxied request counted as proxied_request:\n{metrics}"
+    );
     let r = request(
         d.addr,
         "GET",

@@ -55,6 +55,9 @@ const HTTP_SEED_STATUSES: &[(&str, &[u16])] = &[
     ("get_ok", &[200]),
     // Half a request head, then EOF: nothing to answer.
     ("half", &[]),
+    // An absolute-form target naming us, and a `Host` that is not UTF-8: the Host is
+    // what is checked (refused), not the target.
+    ("host_not_utf8", &[403]),
     ("http10", &[200]),
     // Wrong token on a configured Host with trailing dot; unknown mapping without a
     // token; a path that is not a credentials path.
@@ -62,6 +65,9 @@ const HTTP_SEED_STATUSES: &[(&str, &[u16])] = &[
     ("pipelined_head", &[200, 200]),
     ("post_body", &[400]),
     ("proxied", &[403]),
+    // Valid Host and token, each with one more proxy header: Via, X-Forwarded-Host,
+    // X-Forwarded-Proto.
+    ("proxied_via_forwarded_host_proto", &[403, 403, 403]),
     // HTTP/1.0 request, mangled Authorization: answered in HTTP/1.0.
     ("regress-http10-response", &[403]),
     // Not HTTP: hyper answers 400 itself; the handler never runs.

@@ -12,7 +12,7 @@ use credvend::clock::ManualClock;
 use credvend::daemon::Listeners;
 use support::daemon::{TestDaemon, config, mapping, role_arn, token};
 use support::fake_sts::{FakeSts, Role, TrustRule};
-use support::http::{RawResponse, request, send_raw};
+use support::http::{RawResponse, request, send_raw, send_raw_bytes};
 use tokio::net::TcpListener;
 
 const PATH: &str = "/v1/credentials/acme-s3";
@@ -283,5 +283,51 @@ async fn an_absolute_uri_request_target_stands_in_for_a_missing_host() {
         calls,
         "refused requests never reach STS"
     );
+    d.stop().await;
+}
+
+/// A `Host` header that is present but not UTF-8 is refused; it is never replaced by the
+/// authority of an absolute-form target (which alone would be accepted). Non-ASCII UTF-8
+/// is read as is and, being no name of ours, refused too.
+#[tokio::test]
+async fn a_host_that_is_not_utf8_is_refused_not_replaced_by_the_target() {
+    let (sts, config, token) = sts_and_config(&[]).await;
+    let d = TestDaemon::start(config, ManualClock::starting_now()).await;
+    let target = format!("http://127.0.0.1:{}{PATH}", d.addr.port());
+    let head = |host: &[u8]| {
+        let mut head = format!("GET {target} HTTP/1.1\r\nHost: ").into_bytes();
+        head.extend_from_slice(host);
+        head.extend_from_slice(
+            format!("\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        head
+    };
+    // The target alone is accepted: only the Host below can make the difference.
+    assert_served(
+        &send_raw(
+            d.addr,
+            &format!(
+                "GET {target} HTTP/1.1\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await,
+        "the absolute target without a Host",
+    );
+    let calls = sts.assume_role_calls().len();
+    let before = invalid_host_refusals(&d);
+    let hosts: [&[u8]; 4] = [
+        b"127.0.0.1\xff",
+        b"\xc3\x28",
+        b"localhost\x80:8901",
+        "b\u{fc}cher.example".as_bytes(),
+    ];
+    for host in hosts {
+        assert_invalid_host(
+            &send_raw_bytes(d.addr, &head(host)).await,
+            &format!("Host {}", host.escape_ascii()),
+        );
+    }
+    assert_eq!(invalid_host_refusals(&d) - before, hosts.len() as f64);
+    assert_eq!(sts.assume_role_calls().len(), calls);
     d.stop().await;
 }

@@ -541,3 +541,92 @@ async fn a_request_followed_by_a_half_close_is_still_answered() {
     assert_eq!(sts.faults_fired(), vec![Fault::Latency(latency)]);
     d.stop().await;
 }
+
+/// A client that pipelines requests and never reads the responses: once the server's
+/// writes to it stall, `server.write_timeout` closes the connection, so the client
+/// cannot keep its `max_connections` slot. With one slot, a second client waiting in the
+/// backlog is served once the first is cut off; without the deadline it waits forever.
+#[tokio::test]
+async fn a_client_that_never_reads_its_responses_loses_its_slot_at_the_write_timeout() {
+    let token = token("acme");
+    let (_sts, d) = start(&token, |c| {
+        c.server.max_connections = 1;
+        c.server.write_timeout = Duration::from_secs(1);
+        // Far longer than this test: no header timer can end the connections below.
+        c.server.header_read_timeout = Duration::from_secs(300);
+    })
+    .await;
+
+    // The hog, with a small receive buffer so that the server's writes stall sooner.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut hog = socket.connect(d.addr).await.expect("connect hog");
+    // One round trip: the hog has been accepted and holds the only slot (and the cache is
+    // warm, so every pipelined request below gets a whole credential response).
+    assert_eq!(round_trip(&mut hog, &token).await, 200);
+    let (mut hog_read, mut hog_write) = hog.into_split();
+    let batch = format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n\r\n")
+        .repeat(100);
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        loop {
+            match hog_write.write_all(batch.as_bytes()).await {
+                Ok(()) => sent += 100,
+                Err(error) => return (sent, error),
+            }
+        }
+    });
+
+    // The second client connects (the kernel backlog holds it) and sends a request.
+    let mut second = TcpStream::connect(d.addr).await.expect("connect second");
+    let request = format!(
+        "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+    );
+    second
+        .write_all(request.as_bytes())
+        .await
+        .expect("write second");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), second.read_to_end(&mut answer))
+        .await
+        .expect(
+            "the second client was not served within 60 s: the client that never reads \
+             kept the only slot",
+        )
+        .expect("read second");
+    assert_eq!(
+        status_of(&answer),
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // The server closed the hog's connection: its writes fail and its reads end.
+    let (sent, error) = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the hog's writes fail once the server closed its connection")
+        .unwrap();
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "the hog's writes ended with {error} after {sent} requests"
+    );
+    assert!(
+        sent > 100,
+        "the hog sent only {sent} requests: its connection ended before it could stall"
+    );
+    let drained = async {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = hog_read.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), drained)
+        .await
+        .expect("the hog's connection ends after the server closed it");
+    d.stop().await;
+}

@@ -75,6 +75,11 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Grace period for in-flight requests at shutdown. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Extra `Host` values the admin listener accepts (as `allowed_hosts`). Default none.
+    pub admin_allowed_hosts: Vec<String>,
+    /// How long a response may wait for the client to take it before the connection is
+    /// closed (a client that sends requests and never reads). Default 10 s.
+    pub write_timeout: Duration,
 }
 
 /// `[log] format`; also the `--log-format` values (the same spellings).

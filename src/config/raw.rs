@@ -29,6 +29,9 @@ pub(super) struct RawServer {
     pub max_connections: Option<u64>,
     pub header_read_timeout: Option<DurationStr>,
     pub shutdown_grace: Option<DurationStr>,
+    pub admin_allow_non_loopback: Option<bool>,
+    pub admin_allowed_hosts: Option<OneOrMany>,
+    pub write_timeout: Option<DurationStr>,
 }
 
 /// `[log]`

@@ -105,6 +105,8 @@ fn defaults_are_applied() {
     assert_eq!(s.max_connections, 1024);
     assert_eq!(s.header_read_timeout, Duration::from_secs(5));
     assert_eq!(s.shutdown_grace, Duration::from_secs(10));
+    assert!(s.admin_allowed_hosts.is_empty());
+    assert_eq!(s.write_timeout, Duration::from_secs(10));
     assert_eq!(config.log.level, "info");
     assert_eq!(config.log.format, LogFormat::Plain);
     assert_eq!(config.sts.region, "us-east-1");
@@ -288,11 +290,16 @@ fn each_validation_rule_rejects_a_bad_value() {
         ("[server]\nlisten = []", vec![], "server.listen".into(), "at least one"),
         ("[server]\nlisten = [\"0.0.0.0:8901\"]", vec![], "server.listen".into(), "allow_non_loopback"),
         ("[server]\nlisten = [\"localhost\"]", vec![], "server.listen".into(), "IP:PORT"),
-        ("[server]\nadmin_listen = \"10.0.0.1:8902\"", vec![], "server.admin_listen".into(), "allow_non_loopback"),
+        ("[server]\nadmin_listen = \"10.0.0.1:8902\"", vec![], "server.admin_listen".into(), "server.admin_allow_non_loopback"),
+        // Each listener kind has its own switch: one does not open the other.
+        ("[server]\nallow_non_loopback = true\nadmin_listen = \"0.0.0.0:8902\"", vec![], "server.admin_listen".into(), "server.admin_allow_non_loopback"),
+        ("[server]\nadmin_allow_non_loopback = true\nlisten = [\"0.0.0.0:8901\"]", vec![], "server.listen".into(), "server.allow_non_loopback"),
         ("[server]\nadmin_listen = \"127.0.0.1:8901\"", vec![], "server.admin_listen".into(), "its own"),
         ("[server]\nmax_connections = 0", vec![], "server.max_connections".into(), "at least 1"),
         ("[server]\nallowed_hosts = [\"host:80\"]", vec![], "server.allowed_hosts".into(), "without scheme or port"),
         ("[server]\nheader_read_timeout = \"0s\"", vec![], "server.header_read_timeout".into(), "longer than 0"),
+        ("[server]\nadmin_allowed_hosts = [\"host:80\"]", vec![], "server.admin_allowed_hosts".into(), "without scheme or port"),
+        ("[server]\nwrite_timeout = \"0s\"", vec![], "server.write_timeout".into(), "longer than 0"),
         // Log and verify
         ("[log]\nlevel = \"information\"", vec![], "log.level".into(), "not a level"),
         ("[log]\nformat = \"xml\"", vec![], "log.format".into(), "\"plain\" or \"json\""),
@@ -336,6 +343,22 @@ fn non_loopback_is_allowed_when_enabled_and_hosts_are_lowercased() {
         vec!["169.254.170.23:80".parse().unwrap()]
     );
     assert_eq!(config.server.allowed_hosts, vec!["credvend.internal"]);
+}
+
+#[test]
+fn the_admin_listener_leaves_loopback_with_its_own_switch() {
+    let top = "[server]\nadmin_allow_non_loopback = true\nadmin_listen = \"0.0.0.0:8902\"\n\
+               admin_allowed_hosts = [\"Credvend.Pod.Internal\"]\nwrite_timeout = \"3s\"";
+    let config = load_in_jail(&config_text(top, &[])).unwrap();
+    assert_eq!(config.server.admin_listen, "0.0.0.0:8902".parse().unwrap());
+    assert_eq!(
+        config.server.admin_allowed_hosts,
+        vec!["credvend.pod.internal"]
+    );
+    assert_eq!(config.server.write_timeout, Duration::from_secs(3));
+    // The credential listeners keep their loopback defaults and their own list.
+    assert!(config.server.listen.iter().all(|a| a.ip().is_loopback()));
+    assert!(config.server.allowed_hosts.is_empty());
 }
 
 #[test]

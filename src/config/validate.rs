@@ -113,11 +113,34 @@ fn duration(
     }
 }
 
+/// What a non-loopback address would expose, and the switch that permits it.
+struct Exposure {
+    /// The `[server]` key that permits non-loopback addresses.
+    switch: &'static str,
+    /// What other hosts could reach, for the message.
+    what: &'static str,
+    /// An example of a deliberate non-loopback address.
+    example: &'static str,
+}
+
+const CREDENTIALS_EXPOSURE: Exposure = Exposure {
+    switch: "allow_non_loopback",
+    what: "credentials would be reachable from other hosts",
+    example: "e.g. 169.254.170.23 for a node agent",
+};
+
+const ADMIN_EXPOSURE: Exposure = Exposure {
+    switch: "admin_allow_non_loopback",
+    what: "/status and /metrics would be reachable from other hosts",
+    example: "e.g. 0.0.0.0:8902 for kubelet probes and Prometheus in a pod",
+};
+
 fn socket_addr(
     report: &mut Report,
     path: &[&str],
     text: &str,
     allow_non_loopback: bool,
+    exposure: &Exposure,
 ) -> Option<SocketAddr> {
     let addr: SocketAddr = match text.parse() {
         Ok(addr) => addr,
@@ -133,9 +156,9 @@ fn socket_addr(
         report.problem(
             path,
             format!(
-                "{addr} is not a loopback address; credentials would be reachable from other \
-                 hosts. Set server.allow_non_loopback = true to bind it deliberately \
-                 (e.g. 169.254.170.23 for a node agent)"
+                "{addr} is not a loopback address; {}. Set server.{} = true to bind it \
+                 deliberately ({})",
+                exposure.what, exposure.switch, exposure.example
             ),
         );
         return None;
@@ -146,6 +169,9 @@ fn socket_addr(
 fn server(report: &mut Report) -> Option<ServerConfig> {
     let (raw, _) = report.decode::<RawServer>(&["server"])?;
     let allow_non_loopback = raw.allow_non_loopback.unwrap_or(false);
+    // Its own switch: exposing the admin listener (for probes and scraping) must not
+    // also permit a credential listener off loopback, nor the other way round.
+    let admin_allow_non_loopback = raw.admin_allow_non_loopback.unwrap_or(false);
     let mut ok = true;
 
     let listen_text = raw
@@ -161,7 +187,13 @@ fn server(report: &mut Report) -> Option<ServerConfig> {
     }
     let mut listen = Vec::new();
     for text in &listen_text {
-        match socket_addr(report, &["server", "listen"], text, allow_non_loopback) {
+        match socket_addr(
+            report,
+            &["server", "listen"],
+            text,
+            allow_non_loopback,
+            &CREDENTIALS_EXPOSURE,
+        ) {
             Some(addr) if listen.contains(&addr) => {
                 report.problem(&["server", "listen"], format!("{addr} is listed twice"));
                 ok = false;
@@ -175,7 +207,8 @@ fn server(report: &mut Report) -> Option<ServerConfig> {
         report,
         &["server", "admin_listen"],
         admin_text,
-        allow_non_loopback,
+        admin_allow_non_loopback,
+        &ADMIN_EXPOSURE,
     );
     if let Some(admin) = admin_listen
         && listen.contains(&admin)
@@ -189,18 +222,25 @@ fn server(report: &mut Report) -> Option<ServerConfig> {
         ok = false;
     }
 
-    let mut allowed_hosts = Vec::new();
-    for host in raw.allowed_hosts.map(|h| h.0).unwrap_or_default() {
-        // Host headers compare case-insensitively; store the canonical lower-case form.
-        let host = host.to_ascii_lowercase();
-        match rules::allowed_host(&host) {
-            Ok(()) => allowed_hosts.push(host),
-            Err(reason) => {
-                report.problem(&["server", "allowed_hosts"], reason);
-                ok = false;
+    let [allowed_hosts, admin_allowed_hosts] = [
+        ("allowed_hosts", raw.allowed_hosts),
+        ("admin_allowed_hosts", raw.admin_allowed_hosts),
+    ]
+    .map(|(key, raw_hosts)| {
+        let mut hosts = Vec::new();
+        for host in raw_hosts.map(|h| h.0).unwrap_or_default() {
+            // Host headers compare case-insensitively; store the canonical lower-case form.
+            let host = host.to_ascii_lowercase();
+            match rules::allowed_host(&host) {
+                Ok(()) => hosts.push(host),
+                Err(reason) => {
+                    report.problem(&["server", key], reason);
+                    ok = false;
+                }
             }
         }
-    }
+        hosts
+    });
 
     let max_connections = raw.max_connections.unwrap_or(1024);
     if max_connections == 0 {
@@ -226,6 +266,19 @@ fn server(report: &mut Report) -> Option<ServerConfig> {
         &raw.shutdown_grace,
         Duration::from_secs(10),
     );
+    let write_timeout = duration(
+        report,
+        &["server", "write_timeout"],
+        &raw.write_timeout,
+        Duration::from_secs(10),
+    );
+    if write_timeout == Some(Duration::ZERO) {
+        report.problem(
+            &["server", "write_timeout"],
+            "must be longer than 0: clients that stop reading must be cut off",
+        );
+        ok = false;
+    }
 
     if !ok {
         return None;
@@ -237,6 +290,8 @@ fn server(report: &mut Report) -> Option<ServerConfig> {
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         header_read_timeout: header_read_timeout?,
         shutdown_grace: shutdown_grace?,
+        admin_allowed_hosts,
+        write_timeout: write_timeout?,
     })
 }
 

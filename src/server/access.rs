@@ -1,4 +1,5 @@
-//! Who may fetch which mapping, and from which `Host`.
+//! Who may fetch which mapping, and from which `Host` (the `Host` check, [`HostAllowList`],
+//! is shared with the admin listener).
 //!
 //! Tokens are stored only as SHA-256 hashes (`token_sha256`). A presented token is
 //! hashed exactly as sent (SDKs send it verbatim: no `Bearer ` prefix, no trimming) and
@@ -11,6 +12,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+
+use hyper::Request;
+use hyper::header;
 
 use crate::config::Config;
 use crate::secret::TokenHash;
@@ -32,8 +36,8 @@ struct MappingAccess {
 pub struct AccessTable {
     mappings: HashMap<String, MappingAccess>,
     by_token: HashMap<TokenHash, String>,
-    /// Extra accepted `Host` values, lower-case, no port, no brackets.
-    allowed_hosts: HashSet<String>,
+    /// `Host` values the credential listeners accept.
+    hosts: HostAllowList,
 }
 
 impl AccessTable {
@@ -51,21 +55,16 @@ impl AccessTable {
                 },
             );
         }
-        let mut allowed_hosts: HashSet<String> = ["localhost", "127.0.0.1", "::1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        for addr in &config.server.listen {
-            allowed_hosts.insert(addr.ip().to_string());
-        }
-        for host in &config.server.allowed_hosts {
-            allowed_hosts.insert(normalise_host(host));
-        }
         Self {
             mappings,
             by_token,
-            allowed_hosts,
+            hosts: HostAllowList::new(&config.server.listen, &config.server.allowed_hosts),
         }
+    }
+
+    /// The `Host` values the credential listeners accept.
+    pub fn hosts(&self) -> &HostAllowList {
+        &self.hosts
     }
 
     /// The mapping `token` may fetch: `requested` if named, else the token's own.
@@ -108,20 +107,76 @@ impl AccessTable {
         }
     }
 
+    /// Whether `host` (a `Host` header value) names a credential listener; see
+    /// [`HostAllowList::allows`].
+    pub fn host_allowed(&self, host: &str, local: SocketAddr) -> bool {
+        self.hosts.allows(host, local)
+    }
+}
+
+/// The `Host` values one kind of listener accepts: the defence against DNS rebinding,
+/// where a web page the operator's browser opened makes it send requests to a name that
+/// now resolves to 127.0.0.1. Such a request carries the attacker's name as `Host`, so
+/// only names of this endpoint are accepted: `localhost`, `127.0.0.1`, `::1`, the IP of
+/// every listen address, the address the client actually connected to, and the
+/// configured extra names. The credential listeners use `server.listen` and
+/// `server.allowed_hosts`; the admin listener `server.admin_listen` and
+/// `server.admin_allowed_hosts`.
+#[derive(Debug, Clone)]
+pub struct HostAllowList {
+    /// Lower-case, no port, no brackets, no trailing dot.
+    names: HashSet<String>,
+}
+
+impl HostAllowList {
+    /// Loopback names, the IP of each of `listen`, and `extra` (validated host names).
+    pub fn new<'a>(listen: impl IntoIterator<Item = &'a SocketAddr>, extra: &[String]) -> Self {
+        let mut names: HashSet<String> = ["localhost", "127.0.0.1", "::1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for addr in listen {
+            names.insert(addr.ip().to_string());
+        }
+        for host in extra {
+            names.insert(normalise_host(host));
+        }
+        Self { names }
+    }
+
+    /// Whether `request` names this endpoint. The name is the `Host` header; only
+    /// without one does the authority of an absolute-form request target
+    /// (`GET http://127.0.0.1:8901/... HTTP/1.1`) stand in for it. A `Host` that is not
+    /// UTF-8 is refused, never replaced by the target's authority; with neither, the
+    /// request is refused.
+    pub fn allows_request<B>(&self, request: &Request<B>, local: SocketAddr) -> bool {
+        let host = match request.headers().get(header::HOST) {
+            Some(value) => match std::str::from_utf8(value.as_bytes()) {
+                Ok(host) => host,
+                Err(_) => return false,
+            },
+            None => match request.uri().authority() {
+                Some(authority) => authority.as_str(),
+                None => return false,
+            },
+        };
+        self.allows(host, local)
+    }
+
     /// Whether `host` (a `Host` header value) names this endpoint: a loopback name, a
-    /// listen address, the address the client actually connected to, or a configured
-    /// allowed host. Anything else is a DNS-rebinding attempt.
+    /// listen address, the address the client actually connected to (`local`), or a
+    /// configured extra name. Anything else is a DNS-rebinding attempt.
     ///
     /// Allocation-free unless the value has upper-case letters (SDKs send lower case).
-    pub fn host_allowed(&self, host: &str, local: SocketAddr) -> bool {
+    pub fn allows(&self, host: &str, local: SocketAddr) -> bool {
         let host = trim_host(strip_port(host));
         if host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip()) {
             return true;
         }
         if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.allowed_hosts.contains(&host.to_ascii_lowercase())
+            self.names.contains(&host.to_ascii_lowercase())
         } else {
-            self.allowed_hosts.contains(host)
+            self.names.contains(host)
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The admin listener: `/healthz` (liveness), `/readyz` (readiness), `/metrics`
 //! (Prometheus text format 0.0.4, see [`crate::metrics`]) and `/status` (JSON, see
-//! [`super::status`]). Nothing on this listener vends credentials or reveals a secret.
+//! [`super::status`]). Nothing on this listener vends credentials or reveals a secret,
+//! but `/status` names mappings, key IDs and which roles are unsafe, so a request must
+//! name this listener in its `Host` ([`HostAllowList`]: loopback names, the admin
+//! listen address, the connected address, `server.admin_allowed_hosts`), as on the
+//! credential listener: a web page cannot read it through DNS rebinding. A foreign `Host`
+//! gets 403 `InvalidHost` and counts as `credvend_auth_failures_total{reason="invalid_host"}`.
 //!
 //! Every admin request is counted in `credvend_http_requests_total` under a fixed
 //! `route` label (`metrics`, `healthz`, `readyz`, `status`, `other`), never its path.
@@ -9,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -17,6 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::ConnInfo;
+use super::access::HostAllowList;
 use super::wire::{self, Body};
 use crate::cache::CredentialCache;
 use crate::metrics::{self, Metrics, route};
@@ -33,21 +40,32 @@ pub struct AdminEndpoint {
     pub generation: Arc<AtomicU64>,
     /// When the daemon started (for `/status`).
     pub started_at: SystemTime,
+    /// `Host` values this listener accepts; swapped whole on reload.
+    pub hosts: Arc<ArcSwap<HostAllowList>>,
 }
 
 impl AdminEndpoint {
-    pub async fn handle(&self, request: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let route = route_of(request.uri().path());
-        let response = self.respond(&request, route);
+        let response = self.respond(&request, conn, route);
         self.metrics
             .http_request(route, response.status().as_u16(), started.elapsed());
         response
     }
 
-    fn respond(&self, request: &Request<Incoming>, route: &'static str) -> Response<Body> {
+    fn respond(
+        &self,
+        request: &Request<Incoming>,
+        conn: ConnInfo,
+        route: &'static str,
+    ) -> Response<Body> {
         if let Some(error) = super::framing_error(request) {
             return error.into_response();
+        }
+        if !self.hosts.load().allows_request(request, conn.local) {
+            self.metrics.auth_failure("invalid_host");
+            return ApiError::InvalidHost.into_response();
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return ApiError::MethodNotAllowed.into_response();

@@ -23,11 +23,15 @@ use crate::events::{CredentialsRefused, CredentialsServed};
 use crate::metrics::{Metrics, route};
 use crate::protocol::ApiError;
 
-/// Headers that mean a proxy forwarded the request.
-const PROXY_HEADERS: [HeaderName; 3] = [
+/// Headers that mean a proxy forwarded the request (a proxy adds at least one of them;
+/// an SDK talking to credvend directly never sends any).
+const PROXY_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("via"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
 ];
 
 const PREFIX: &str = "/v1/credentials";
@@ -87,11 +91,7 @@ impl CredentialEndpoint {
         if PROXY_HEADERS.iter().any(|h| headers.contains_key(h)) {
             return (None, Err(ApiError::ProxiedRequest));
         }
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()));
-        if !host.is_some_and(|h| access.host_allowed(h, conn.local)) {
+        if !access.hosts().allows_request(request, conn.local) {
             return (None, Err(ApiError::InvalidHost));
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {

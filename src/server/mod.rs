@@ -6,7 +6,10 @@
 //! - connections: a semaphore permit is taken *before* `accept()`, so past
 //!   `max_connections` new clients wait in the kernel backlog instead of costing memory;
 //! - header read time: hyper's `header_read_timeout`, which only works when the builder
-//!   has a timer, so one is always set;
+//!   has a timer, so one is always set; it also closes an idle keep-alive connection;
+//! - write time: [`WriteDeadline`] closes a connection whose response has waited
+//!   `write_timeout` for the client to take any of it (a client that pipelines requests
+//!   and never reads), so such a client cannot keep its slot; hyper has no write timeout;
 //! - header count and size: hyper answers 431 beyond them;
 //! - URI length and request bodies: [`framing_error`], checked first by every handler
 //!   (414 beyond [`MAX_URI_BYTES`]; 400 for any body, which is never read);
@@ -15,8 +18,11 @@
 //!   the process past the grace period.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body as _, Incoming};
@@ -26,9 +32,11 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
 pub mod access;
@@ -82,6 +90,8 @@ pub struct Limits {
     /// Maximum bytes of request line plus headers.
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
+    /// How long a response may wait for the client to take it ([`WriteDeadline`]).
+    pub write_timeout: Duration,
 }
 
 impl Limits {
@@ -92,6 +102,7 @@ impl Limits {
             max_headers: 32,
             max_header_bytes: 16 * 1024,
             shutdown_grace: server.shutdown_grace,
+            write_timeout: server.write_timeout,
         }
     }
 }
@@ -165,7 +176,8 @@ pub async fn serve<H, F>(
             let response = handler(request, conn_info);
             async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+        let connection = graceful.watch(builder.serve_connection(io, service));
         connections.spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%error, client = %peer, "Connection ended with an error");
@@ -191,4 +203,168 @@ pub async fn serve<H, F>(
     // After a clean drain this only waits for tasks that are finishing; after the grace
     // period it drops every connection still open.
     connections.shutdown().await;
+}
+
+/// A connection's socket with a write deadline (like nginx's `send_timeout`): when a
+/// write cannot go on because the client is not reading, the client must take some of
+/// the waiting data within `timeout`, or the write fails with
+/// [`io::ErrorKind::TimedOut`] and hyper closes the connection, freeing its
+/// `max_connections` slot. The clock starts when a write has to wait and stops at the
+/// next write that moves bytes (or flush that completes): a client that reads slowly
+/// but steadily is not cut off, one that stopped reading is. Reads are untouched
+/// (hyper's `header_read_timeout` bounds them, idle keep-alive included).
+#[derive(Debug)]
+pub struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    /// The clock: allocated at the first wait, reset at later ones.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether the clock is running (a write is waiting).
+    armed: bool,
+}
+
+impl<S> WriteDeadline<S> {
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            deadline: None,
+            armed: false,
+        }
+    }
+
+    /// The write in progress cannot go on: start the clock if it is not running, and
+    /// fail once it has run out.
+    fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.armed {
+            let at = Instant::now() + self.timeout;
+            match &mut self.deadline {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        let expired = self
+            .deadline
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if expired {
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took none of the response within server.write_timeout",
+            )))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<S> WriteDeadline<S> {
+    /// The write or flush went through (or failed for its own reason): the client is
+    /// taking data, so the clock stops.
+    fn done<T>(&mut self, result: io::Result<T>) -> Poll<io::Result<T>> {
+        self.armed = false;
+        Poll::Ready(result)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(result) => self.done(result),
+            Poll::Pending => self.waiting(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => self.done(result),
+            Poll::Pending => self.waiting(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(result) => self.done(result),
+            Poll::Pending => self.waiting(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Ready(result) => self.done(result),
+            Poll::Pending => self.waiting(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The client end of a 64-byte pipe never reads: the write waits, then fails with
+    /// `TimedOut` once the deadline has passed, not before.
+    #[tokio::test]
+    async fn a_write_the_client_never_takes_times_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let timeout = Duration::from_millis(200);
+        let mut server = WriteDeadline::new(server, timeout);
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(30), server.write_all(&[7; 4096]))
+            .await
+            .expect("the write deadline ended the write within 30 s");
+        let error = result.expect_err("a write nobody reads cannot succeed");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() >= timeout, "cut off before the deadline");
+    }
+
+    /// A client reading 64 bytes every 40 ms takes 4 s for the whole 6,400 bytes, twice
+    /// the deadline: every read moves the write on and stops the clock, so the write
+    /// completes. Each wait (40 ms) is 50x shorter than the deadline.
+    #[tokio::test]
+    async fn a_client_reading_steadily_is_not_cut_off() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = WriteDeadline::new(server, Duration::from_secs(2));
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            let mut chunk = [0u8; 64];
+            loop {
+                match client.read(&mut chunk).await.expect("read") {
+                    0 => return total,
+                    n => total += n,
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        });
+        server
+            .write_all(&[7; 6400])
+            .await
+            .expect("a client that keeps reading is not cut off");
+        server.flush().await.expect("flush");
+        server.shutdown().await.expect("shutdown");
+        assert_eq!(reader.await.expect("reader"), 6400);
+    }
 }

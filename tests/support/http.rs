@@ -70,6 +70,18 @@ pub async fn send_raw(addr: SocketAddr, head: &str) -> RawResponse {
     parse(raw)
 }
 
+/// [`send_raw`] for a head that is not UTF-8 (e.g. a header value with bytes >= 0x80).
+pub async fn send_raw_bytes(addr: SocketAddr, head: &[u8]) -> RawResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to credvend");
+    stream.write_all(head).await.expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 30 s")
+        .expect("read response");
+    parse(raw)
+}
+
 /// `GET path` with `Authorization: token`.
 pub async fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> RawResponse {
     request(addr, "GET", path, &[("Authorization", token)]).await
