@@ -44,7 +44,9 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Everything that goes into one `sts:AssumeRole` call for a mapping.
+/// Everything that goes into one `sts:AssumeRole` call for a mapping, as the strings
+/// sent (a mapping's were validated by the config's types; the enforcement probes and
+/// tests build their own).
 #[derive(Debug, Clone)]
 pub struct AssumeRoleInput {
     pub role_arn: String,
@@ -65,15 +67,19 @@ impl AssumeRoleInput {
     /// probes' base and `credvend verify`).
     pub fn for_mapping(mapping: &Mapping) -> Self {
         AssumeRoleInput {
-            role_arn: mapping.role_arn.clone(),
-            session_name: mapping.session_name.clone(),
+            role_arn: mapping.role_arn.to_string(),
+            session_name: mapping.session_name.to_string(),
             external_id: mapping.external_id.clone(),
             duration: mapping.session_duration,
             session_policy: mapping.session_policy.clone(),
-            policy_arns: mapping.policy_arns.clone(),
+            policy_arns: mapping
+                .policy_arns
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             tags: mapping.tags.clone(),
-            source_identity: mapping.source_identity.clone(),
-            region: mapping.region.clone(),
+            source_identity: mapping.source_identity.as_ref().map(ToString::to_string),
+            region: mapping.region.to_string(),
         }
     }
 }

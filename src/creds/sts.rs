@@ -71,9 +71,9 @@ pub struct StsSettings {
 impl From<&crate::config::StsConfig> for StsSettings {
     fn from(config: &crate::config::StsConfig) -> Self {
         Self {
-            default_region: config.region.clone(),
+            default_region: config.region.to_string(),
             endpoint_url: config.endpoint_url.clone(),
-            source_role_arn: config.source_role_arn.clone(),
+            source_role_arn: config.source_role_arn.as_ref().map(ToString::to_string),
             call_timeout: config.call_timeout,
         }
     }
