@@ -887,4 +887,58 @@ mod tests {
             Err(SessionNameError::Character)
         );
     }
+
+    #[test]
+    fn validated_names_keep_their_text_and_word_their_reasons() {
+        let session = SessionName::try_from("credvend-acme".to_owned()).unwrap();
+        assert_eq!(
+            (session.to_string(), &*session, format!("{session:?}")),
+            (
+                "credvend-acme".to_owned(),
+                "credvend-acme",
+                "\"credvend-acme\"".to_owned()
+            )
+        );
+        assert_eq!(
+            SessionName::try_from("a".to_owned()).unwrap_err(),
+            "`a`: a session name must be 2–64 characters, not 1"
+        );
+        assert_eq!(
+            SourceIdentity::try_from("aws:x".to_owned()).unwrap_err(),
+            "`aws:x`: a source identity may contain only letters, digits and _+=,.@-"
+        );
+        assert_eq!(
+            Region::try_from("eu-west-1".to_owned()).unwrap(),
+            "eu-west-1"
+        );
+        assert_eq!(
+            Region::try_from("moon-1".to_owned()).unwrap_err(),
+            "`moon-1` is not an AWS region name like `us-east-1`"
+        );
+        for ok in ["us-east-1", "us-gov-west-1", "cn-north-1", "us-isob-east-1"] {
+            assert!(Region::is_valid(ok), "{ok}");
+        }
+        for bad in [
+            "us-east",
+            "useast1",
+            "us-east-1a",
+            "x-east-1",
+            "US-EAST-1",
+            "",
+        ] {
+            assert!(!Region::is_valid(bad), "{bad}");
+        }
+        // Deserializing is `TryFrom<String>`: the error is the reason itself.
+        let role: RoleArn = serde_json::from_str("\"arn:aws:iam::111122223333:role/r\"").unwrap();
+        assert_eq!(role, "arn:aws:iam::111122223333:role/r");
+        let err = serde_json::from_str::<PolicyArn>("\"arn:aws:iam::aws:role/x\"").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "`arn:aws:iam::aws:role/x` is not an IAM policy ARN \
+                 (arn:aws:iam::aws:policy/NAME or arn:aws:iam::123456789012:policy/NAME): \
+                 the resource must be `policy/[PATH/]NAME`"
+            ),
+            "{err}"
+        );
+    }
 }
