@@ -531,43 +531,42 @@ fn session_name_reason(value: &str, what: &str, err: SessionNameError) -> String
     }
 }
 
-/// A role session name ([`check_role_session_name`]).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionName {
-    text: String,
-}
-
-name_as_text!(SessionName);
-
-impl TryFrom<String> for SessionName {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<SessionName, String> {
-        match check_role_session_name(&value) {
-            Ok(()) => Ok(SessionName { text: value }),
-            Err(err) => Err(session_name_reason(&value, "session name", err)),
+/// Declares a name type with the rules of a role session name
+/// ([`check_role_session_name`]); `$what` names it in reasons.
+macro_rules! session_name_type {
+    ($(#[$doc:meta])* $type:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        pub struct $type {
+            text: String,
         }
-    }
-}
 
-/// A source identity: the rules of a session name ([`check_role_session_name`]).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SourceIdentity {
-    text: String,
-}
+        name_as_text!($type);
 
-name_as_text!(SourceIdentity);
+        impl TryFrom<String> for $type {
+            type Error = String;
 
-impl TryFrom<String> for SourceIdentity {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<SourceIdentity, String> {
-        match check_role_session_name(&value) {
-            Ok(()) => Ok(SourceIdentity { text: value }),
-            Err(err) => Err(session_name_reason(&value, "source identity", err)),
+            fn try_from(value: String) -> Result<$type, String> {
+                match check_role_session_name(&value) {
+                    Ok(()) => Ok($type { text: value }),
+                    Err(err) => Err(session_name_reason(&value, $what, err)),
+                }
+            }
         }
-    }
+    };
 }
+
+session_name_type!(
+    /// A role session name.
+    SessionName,
+    "session name"
+);
+
+session_name_type!(
+    /// A source identity (STS reserves the `aws:` prefix; `:` is not a name character).
+    SourceIdentity,
+    "source identity"
+);
 
 /// An AWS region name: `us-east-1`, `us-gov-west-1`, `cn-north-1`, `eu-central-2`…
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -900,21 +899,25 @@ mod tests {
             )
         );
         assert_eq!(
-            SessionName::try_from("a".to_owned()).unwrap_err(),
-            "`a`: a session name must be 2–64 characters, not 1"
-        );
-        assert_eq!(
-            SourceIdentity::try_from("aws:x".to_owned()).unwrap_err(),
-            "`aws:x`: a source identity may contain only letters, digits and _+=,.@-"
-        );
-        assert_eq!(
             Region::try_from("eu-west-1".to_owned()).unwrap(),
             "eu-west-1"
         );
-        assert_eq!(
-            Region::try_from("moon-1".to_owned()).unwrap_err(),
-            "`moon-1` is not an AWS region name like `us-east-1`"
-        );
+        for (reason, expected) in [
+            (
+                SessionName::try_from("a".to_owned()).unwrap_err(),
+                "`a`: a session name must be 2–64 characters, not 1",
+            ),
+            (
+                SourceIdentity::try_from("aws:x".to_owned()).unwrap_err(),
+                "`aws:x`: a source identity may contain only letters, digits and _+=,.@-",
+            ),
+            (
+                Region::try_from("moon-1".to_owned()).unwrap_err(),
+                "`moon-1` is not an AWS region name like `us-east-1`",
+            ),
+        ] {
+            assert_eq!(reason, expected);
+        }
         for ok in ["us-east-1", "us-gov-west-1", "cn-north-1", "us-isob-east-1"] {
             assert!(Region::is_valid(ok), "{ok}");
         }
