@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use crate::aws_names::{PolicyArn, Region, RoleArn, SessionName, SourceIdentity};
 use crate::config::Mapping;
 use crate::secret::{ExternalId, SecretValue};
 
@@ -44,22 +45,21 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Everything that goes into one `sts:AssumeRole` call for a mapping, as the strings
-/// sent (a mapping's were validated by the config's types; the enforcement probes and
-/// tests build their own).
+/// Everything that goes into one `sts:AssumeRole` call for a mapping. The names are
+/// the validated [`crate::aws_names`] types, so none reaches STS malformed.
 #[derive(Debug, Clone)]
 pub struct AssumeRoleInput {
-    pub role_arn: String,
-    pub session_name: String,
+    pub role_arn: RoleArn,
+    pub session_name: SessionName,
     /// `None` sends no ExternalId parameter at all (used by the enforcement probe).
     pub external_id: Option<ExternalId>,
     pub duration: Duration,
     pub session_policy: Option<String>,
-    pub policy_arns: Vec<String>,
+    pub policy_arns: Vec<PolicyArn>,
     pub tags: BTreeMap<String, String>,
-    pub source_identity: Option<String>,
+    pub source_identity: Option<SourceIdentity>,
     /// STS region for this call.
-    pub region: String,
+    pub region: Region,
 }
 
 impl AssumeRoleInput {
@@ -67,19 +67,15 @@ impl AssumeRoleInput {
     /// probes' base and `credvend verify`).
     pub fn for_mapping(mapping: &Mapping) -> Self {
         AssumeRoleInput {
-            role_arn: mapping.role_arn.to_string(),
-            session_name: mapping.session_name.to_string(),
+            role_arn: mapping.role_arn.clone(),
+            session_name: mapping.session_name.clone(),
             external_id: mapping.external_id.clone(),
             duration: mapping.session_duration,
             session_policy: mapping.session_policy.clone(),
-            policy_arns: mapping
-                .policy_arns
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            policy_arns: mapping.policy_arns.clone(),
             tags: mapping.tags.clone(),
-            source_identity: mapping.source_identity.as_ref().map(ToString::to_string),
-            region: mapping.region.to_string(),
+            source_identity: mapping.source_identity.clone(),
+            region: mapping.region.clone(),
         }
     }
 }
