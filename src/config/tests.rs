@@ -602,6 +602,32 @@ fn require_without_an_external_id_is_an_error() {
     assert!(problems.problems[0].reason.contains("can never vend"));
 }
 
+/// A bad enforcement mode is one problem at its key: the "missing External ID under
+/// `require`" rule waits for a valid mode instead of assuming the default `require`.
+#[test]
+fn a_bad_enforcement_mode_is_not_taken_for_require() {
+    let bad = "\"maybe\"";
+    for (top, overrides, key) in [
+        (
+            "",
+            vec![("external_id", ""), ("external_id_enforcement", bad)],
+            "mappings.acme.external_id_enforcement",
+        ),
+        (
+            "[verify]\nexternal_id_enforcement = \"maybe\"",
+            vec![("external_id", "")],
+            "verify.external_id_enforcement",
+        ),
+    ] {
+        let found = problems(&config_text(top, &overrides));
+        let shown = ConfigError {
+            problems: found.clone(),
+        };
+        assert_eq!(found.len(), 1, "{shown}");
+        assert_problem(&found, key, "`maybe` is not an enforcement mode");
+    }
+}
+
 #[test]
 fn readable_files_are_warned_about() {
     Jail::expect_with(|jail| {
