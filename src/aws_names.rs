@@ -17,7 +17,14 @@
 //!   NAME 1–128;
 //! - External ID: 2–1224 of `[\w+=,.@:/-]`;
 //! - role session name and source identity: 2–64 of `[\w+=,.@-]` (STS also reserves
-//!   the `aws:` prefix for source identities, which this character set already excludes).
+//!   the `aws:` prefix for source identities, which this character set already excludes);
+//! - region: `us-east-1`, `us-gov-west-1`, `cn-north-1`…: a two-letter prefix, more
+//!   lower-case words and a number, joined by `-`.
+//!
+//! The validated names ([`RoleArn`], [`PolicyArn`], [`SessionName`], [`SourceIdentity`],
+//! [`Region`]) keep the text as written (`Display`, `Deref<Target = str>`) and
+//! deserialize from a string through `TryFrom<String>`, whose error is the reason in
+//! words, naming the value and the expected form: the configuration report's wording.
 //!
 //! `\w` is ASCII here, as in the AWS patterns: `[A-Za-z0-9_]`. Errors about an External
 //! ID never carry the value (it is a shared secret); errors about other names may.
@@ -283,15 +290,74 @@ fn iam_path_and_name(
     Ok((path.to_owned(), name.to_owned()))
 }
 
-/// An IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Implements, for a validated name type holding its text in `.text`: `Deref<Target =
+/// str>`, `Display` and `Debug` (the text), comparisons with strings, and
+/// `Deserialize` through `TryFrom<String>`.
+macro_rules! name_as_text {
+    ($type:ident) => {
+        impl std::ops::Deref for $type {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.text
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.text)
+            }
+        }
+
+        impl fmt::Debug for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.text, f)
+            }
+        }
+
+        impl PartialEq<str> for $type {
+            fn eq(&self, other: &str) -> bool {
+                self.text == other
+            }
+        }
+
+        impl PartialEq<&str> for $type {
+            fn eq(&self, other: &&str) -> bool {
+                self.text == *other
+            }
+        }
+
+        impl PartialEq<String> for $type {
+            fn eq(&self, other: &String) -> bool {
+                &self.text == other
+            }
+        }
+
+        impl PartialEq<$type> for String {
+            fn eq(&self, other: &$type) -> bool {
+                *self == other.text
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                $type::try_from(text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// An IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`, as written.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RoleArn {
+    text: String,
     partition: Partition,
     account: AccountId,
     /// IAM form: `/` or `/a/b/`.
     path: String,
-    name: String,
 }
+
+name_as_text!(RoleArn);
 
 impl RoleArn {
     /// Checks every rule of the module doc's "IAM role ARN" item.
@@ -303,12 +369,12 @@ impl RoleArn {
             .strip_prefix("role")
             .filter(|rest| rest.starts_with('/'))
             .ok_or(ArnError::Resource("role/[PATH/]NAME"))?;
-        let (path, name) = iam_path_and_name(rest, "role", IAM_MAX_ROLE_NAME_LEN)?;
+        let (path, _) = iam_path_and_name(rest, "role", IAM_MAX_ROLE_NAME_LEN)?;
         Ok(RoleArn {
+            text: value.to_owned(),
             partition,
             account,
             path,
-            name,
         })
     }
 
@@ -317,7 +383,7 @@ impl RoleArn {
         self.partition
     }
 
-    #[cfg(test)]
+    /// The account the role belongs to.
     pub fn account(&self) -> &AccountId {
         &self.account
     }
@@ -329,23 +395,29 @@ impl RoleArn {
 
     #[cfg(test)]
     pub fn name(&self) -> &str {
-        &self.name
+        self.text.rsplit('/').next().unwrap_or_default()
     }
 }
 
-impl fmt::Display for RoleArn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "arn:{}:iam::{}:role{}{}",
-            self.partition, self.account, self.path, self.name
-        )
+impl TryFrom<String> for RoleArn {
+    type Error = String;
+
+    /// The reason names the value and the expected form.
+    fn try_from(value: String) -> Result<RoleArn, String> {
+        RoleArn::parse(&value).map_err(|why| {
+            format!("`{value}` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME): {why}")
+        })
     }
 }
 
-/// A managed policy ARN: `arn:PARTITION:iam::(ACCOUNT|aws):policy/[PATH/]NAME`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyArn(String);
+/// A managed policy ARN: `arn:PARTITION:iam::(ACCOUNT|aws):policy/[PATH/]NAME`, as
+/// written.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PolicyArn {
+    text: String,
+}
+
+name_as_text!(PolicyArn);
 
 impl PolicyArn {
     /// An AWS managed policy has the account `aws`; a customer managed one an account ID.
@@ -360,12 +432,23 @@ impl PolicyArn {
             .filter(|rest| rest.starts_with('/'))
             .ok_or(ArnError::Resource("policy/[PATH/]NAME"))?;
         iam_path_and_name(rest, "policy", IAM_MAX_POLICY_NAME_LEN)?;
-        Ok(PolicyArn(value.to_owned()))
+        Ok(PolicyArn {
+            text: value.to_owned(),
+        })
     }
+}
 
-    #[cfg(test)]
-    pub fn as_str(&self) -> &str {
-        &self.0
+impl TryFrom<String> for PolicyArn {
+    type Error = String;
+
+    /// The reason names the value and the expected form.
+    fn try_from(value: String) -> Result<PolicyArn, String> {
+        PolicyArn::parse(&value).map_err(|why| {
+            format!(
+                "`{value}` is not an IAM policy ARN (arn:aws:iam::aws:policy/NAME or \
+                 arn:aws:iam::123456789012:policy/NAME): {why}"
+            )
+        })
     }
 }
 
@@ -433,6 +516,94 @@ pub fn check_role_session_name(value: &str) -> Result<(), SessionNameError> {
         return Err(SessionNameError::Character);
     }
     Ok(())
+}
+
+/// The reason a role session name or source identity (`what`) is refused, naming it.
+fn session_name_reason(value: &str, what: &str, err: SessionNameError) -> String {
+    match err {
+        SessionNameError::Length { length } => format!(
+            "`{value}`: a {what} must be {SESSION_NAME_MIN_LEN}–{SESSION_NAME_MAX_LEN} \
+             characters, not {length}"
+        ),
+        SessionNameError::Character => {
+            format!("`{value}`: a {what} may contain only letters, digits and _+=,.@-")
+        }
+    }
+}
+
+/// Declares a name type with the rules of a role session name
+/// ([`check_role_session_name`]); `$what` names it in reasons.
+macro_rules! session_name_type {
+    ($(#[$doc:meta])* $type:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        pub struct $type {
+            text: String,
+        }
+
+        name_as_text!($type);
+
+        impl TryFrom<String> for $type {
+            type Error = String;
+
+            fn try_from(value: String) -> Result<$type, String> {
+                match check_role_session_name(&value) {
+                    Ok(()) => Ok($type { text: value }),
+                    Err(err) => Err(session_name_reason(&value, $what, err)),
+                }
+            }
+        }
+    };
+}
+
+session_name_type!(
+    /// A role session name.
+    SessionName,
+    "session name"
+);
+
+session_name_type!(
+    /// A source identity (STS reserves the `aws:` prefix; `:` is not a name character).
+    SourceIdentity,
+    "source identity"
+);
+
+/// An AWS region name: `us-east-1`, `us-gov-west-1`, `cn-north-1`, `eu-central-2`…
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Region {
+    text: String,
+}
+
+name_as_text!(Region);
+
+impl Region {
+    /// Whether `value` is shaped like a region name: a two-letter prefix, one or more
+    /// lower-case words and a number, joined by `-`.
+    pub fn is_valid(value: &str) -> bool {
+        let parts: Vec<&str> = value.split('-').collect();
+        parts.len() >= 3
+            && parts[0].len() == 2
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts
+                .last()
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Region, String> {
+        if Region::is_valid(&value) {
+            Ok(Region { text: value })
+        } else {
+            Err(format!(
+                "`{value}` is not an AWS region name like `us-east-1`"
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -640,7 +811,7 @@ mod tests {
             "arn:aws:iam::111122223333:policy/mine",
             "arn:aws-iso-b:iam::aws:policy/x",
         ] {
-            assert_eq!(PolicyArn::parse(ok).unwrap().as_str(), ok);
+            assert_eq!(PolicyArn::parse(ok).unwrap(), ok);
         }
         let name = "n".repeat(128);
         assert!(PolicyArn::parse(&format!("arn:aws:iam::aws:policy/{name}")).is_ok());
@@ -713,6 +884,64 @@ mod tests {
         assert_eq!(
             check_role_session_name("aws:x"),
             Err(SessionNameError::Character)
+        );
+    }
+
+    #[test]
+    fn validated_names_keep_their_text_and_word_their_reasons() {
+        let session = SessionName::try_from("credvend-acme".to_owned()).unwrap();
+        assert_eq!(
+            (session.to_string(), &*session, format!("{session:?}")),
+            (
+                "credvend-acme".to_owned(),
+                "credvend-acme",
+                "\"credvend-acme\"".to_owned()
+            )
+        );
+        assert_eq!(
+            Region::try_from("eu-west-1".to_owned()).unwrap(),
+            "eu-west-1"
+        );
+        for (reason, expected) in [
+            (
+                SessionName::try_from("a".to_owned()).unwrap_err(),
+                "`a`: a session name must be 2–64 characters, not 1",
+            ),
+            (
+                SourceIdentity::try_from("aws:x".to_owned()).unwrap_err(),
+                "`aws:x`: a source identity may contain only letters, digits and _+=,.@-",
+            ),
+            (
+                Region::try_from("moon-1".to_owned()).unwrap_err(),
+                "`moon-1` is not an AWS region name like `us-east-1`",
+            ),
+        ] {
+            assert_eq!(reason, expected);
+        }
+        for ok in ["us-east-1", "us-gov-west-1", "cn-north-1", "us-isob-east-1"] {
+            assert!(Region::is_valid(ok), "{ok}");
+        }
+        for bad in [
+            "us-east",
+            "useast1",
+            "us-east-1a",
+            "x-east-1",
+            "US-EAST-1",
+            "",
+        ] {
+            assert!(!Region::is_valid(bad), "{bad}");
+        }
+        // Deserializing is `TryFrom<String>`: the error is the reason itself.
+        let role: RoleArn = serde_json::from_str("\"arn:aws:iam::111122223333:role/r\"").unwrap();
+        assert_eq!(role, "arn:aws:iam::111122223333:role/r");
+        let err = serde_json::from_str::<PolicyArn>("\"arn:aws:iam::aws:role/x\"").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "`arn:aws:iam::aws:role/x` is not an IAM policy ARN \
+                 (arn:aws:iam::aws:policy/NAME or arn:aws:iam::123456789012:policy/NAME): \
+                 the resource must be `policy/[PATH/]NAME`"
+            ),
+            "{err}"
         );
     }
 }

@@ -293,7 +293,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let target = bucket.map(|bucket| S3Target {
                 bucket,
                 prefix,
-                region: mapping_config.region.clone(),
+                region: mapping_config.region.to_string(),
                 endpoint_url: s3_endpoint_url,
             });
             let lines = block_on(async {
@@ -334,7 +334,7 @@ fn onboard(
     let principal = match (principal, &loaded.sts.source_role_arn) {
         (Some(p), _) => Principal::parse(&p).map_err(usage)?,
         // Chaining: customer roles are assumed by the vendor service role.
-        (None, Some(source)) => Principal::parse(source).map_err(usage)?,
+        (None, Some(source)) => Principal::role(source).map_err(usage)?,
         (None, None) => block_on(own_principal(Some(path.clone())))??,
     };
     let trust =

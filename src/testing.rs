@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::aws_names::{Region, RoleArn, SessionName};
 use crate::config::{
     Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
     VerifyConfig,
@@ -24,19 +25,24 @@ pub fn role_arn(name: &str) -> String {
 pub fn mapping(name: &str, role: &str, external_id: Option<&str>, token: &str) -> Mapping {
     Mapping {
         name: name.to_string(),
-        role_arn: role_arn(role),
+        role_arn: RoleArn::parse(&role_arn(role)).expect("a valid role name"),
         external_id: external_id.map(ExternalId::new),
         token_sha256: vec![TokenHash::of_token(token.as_bytes())],
-        session_name: format!("credvend-{name}"),
+        session_name: SessionName::try_from(format!("credvend-{name}"))
+            .expect("a valid mapping name"),
         session_duration: Duration::from_secs(3600),
         session_policy: None,
         policy_arns: Vec::new(),
         tags: BTreeMap::new(),
         source_identity: None,
-        region: "us-east-1".to_string(),
+        region: us_east_1(),
         prefetch: false,
         external_id_enforcement: EnforcementMode::Off,
     }
+}
+
+fn us_east_1() -> Region {
+    Region::try_from("us-east-1".to_owned()).expect("a region name")
 }
 
 /// The shipped defaults (src/config/validate.rs), listeners on 127.0.0.1 port 0, STS at
@@ -62,7 +68,7 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
             format: LogFormat::Plain,
         },
         sts: StsConfig {
-            region: "us-east-1".into(),
+            region: us_east_1(),
             endpoint_url: Some(sts_endpoint.to_string()),
             source_role_arn: None,
             max_requests_per_second: 1000,

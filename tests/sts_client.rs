@@ -78,15 +78,15 @@ async fn harness() -> Harness {
 
 fn input() -> AssumeRoleInput {
     AssumeRoleInput {
-        role_arn: ROLE_ARN.to_owned(),
-        session_name: "credvend-acme-s3".to_owned(),
+        role_arn: ROLE_ARN.to_owned().try_into().unwrap(),
+        session_name: "credvend-acme-s3".to_owned().try_into().unwrap(),
         external_id: Some(ExternalId::new(EXTERNAL_ID)),
         duration: Duration::from_secs(3600),
         session_policy: None,
         policy_arns: Vec::new(),
         tags: BTreeMap::new(),
         source_identity: None,
-        region: "us-east-1".to_owned(),
+        region: "us-east-1".to_owned().try_into().unwrap(),
     }
 }
 
@@ -105,14 +105,20 @@ async fn success_maps_every_request_and_response_field() {
     let input = AssumeRoleInput {
         session_policy: Some(policy.to_owned()),
         policy_arns: vec![
-            "arn:aws:iam::aws:policy/ReadOnlyAccess".to_owned(),
-            "arn:aws:iam::111122223333:policy/extra".to_owned(),
+            "arn:aws:iam::aws:policy/ReadOnlyAccess"
+                .to_owned()
+                .try_into()
+                .unwrap(),
+            "arn:aws:iam::111122223333:policy/extra"
+                .to_owned()
+                .try_into()
+                .unwrap(),
         ],
         tags: BTreeMap::from([
             ("tenant".to_owned(), "acme".to_owned()),
             ("team".to_owned(), "sync & co".to_owned()),
         ]),
-        source_identity: Some("sync-acme".to_owned()),
+        source_identity: Some("sync-acme".to_owned().try_into().unwrap()),
         duration: Duration::from_secs(7200),
         ..input()
     };
@@ -197,7 +203,10 @@ async fn trust_rules_deny_missing_and_wrong_external_ids() {
     assert!(!shown.contains("CANARY"), "External ID leaked: {shown}");
 
     let unknown = AssumeRoleInput {
-        role_arn: "arn:aws:iam::111122223333:role/no-such-role".to_owned(),
+        role_arn: "arn:aws:iam::111122223333:role/no-such-role"
+            .to_owned()
+            .try_into()
+            .unwrap(),
         ..input()
     };
     let err = h.assumer.assume_role(&unknown).await.unwrap_err();
@@ -464,7 +473,7 @@ async fn shorter_lifetime_from_sts_is_passed_through() {
 async fn mapping_region_selects_the_signing_region() {
     let h = harness().await;
     let eu = AssumeRoleInput {
-        region: "eu-west-1".to_owned(),
+        region: "eu-west-1".to_owned().try_into().unwrap(),
         ..input()
     };
     h.assumer.assume_role(&eu).await.unwrap();

@@ -822,7 +822,7 @@ async fn prefetch_runs_at_most_64_fetches_at_a_time_and_fetches_every_mapping() 
         .lock()
         .unwrap()
         .iter()
-        .map(|c| c.session_name.clone())
+        .map(|c| c.session_name.to_string())
         .collect();
     called.sort();
     let expected: Vec<String> = names.iter().map(|n| format!("credvend-{n}")).collect();

@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::aws_names::{PolicyArn, Region, RoleArn, SessionName, SourceIdentity};
 use crate::secret::{ExternalId, TokenHash};
 
 pub use error::{ConfigError, Problem};
@@ -102,11 +103,11 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct StsConfig {
     /// Default "us-east-1".
-    pub region: String,
+    pub region: Region,
     /// Optional STS endpoint override (e.g. "http://127.0.0.1:5000").
     pub endpoint_url: Option<String>,
     /// Optional vendor service role to assume first (role chaining).
-    pub source_role_arn: Option<String>,
+    pub source_role_arn: Option<RoleArn>,
     /// Global STS token bucket rate. Default 20.
     pub max_requests_per_second: u32,
     /// Bound on one STS call (connect + response). Default 5 s.
@@ -127,8 +128,9 @@ pub struct RefreshConfig {
     pub idle_timeout: Duration,
 }
 
+/// `external_id_enforcement`; deserializes from its spelling ([`EnforcementMode::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum EnforcementMode {
     Require,
     Warn,
@@ -147,22 +149,22 @@ pub struct VerifyConfig {
 #[derive(Debug, Clone)]
 pub struct Mapping {
     pub name: String,
-    pub role_arn: String,
+    pub role_arn: RoleArn,
     /// From `external_id` or the contents of `external_id_file` (trailing newline
     /// stripped). Optional: a mapping without one sends no ExternalId.
     pub external_id: Option<ExternalId>,
     /// Non-empty; no hash appears in two mappings.
     pub token_sha256: Vec<TokenHash>,
     /// Default `credvend-<name>` (truncated to 64 chars).
-    pub session_name: String,
+    pub session_name: SessionName,
     /// Mapping's own or `[refresh].session_duration`.
     pub session_duration: Duration,
     pub session_policy: Option<String>,
-    pub policy_arns: Vec<String>,
+    pub policy_arns: Vec<PolicyArn>,
     pub tags: BTreeMap<String, String>,
-    pub source_identity: Option<String>,
+    pub source_identity: Option<SourceIdentity>,
     /// Mapping's own or `[sts].region`.
-    pub region: String,
+    pub region: Region,
     pub prefetch: bool,
     /// Mapping's own or `[verify].external_id_enforcement`.
     pub external_id_enforcement: EnforcementMode,
@@ -239,5 +241,22 @@ impl EnforcementMode {
             EnforcementMode::Warn => "warn",
             EnforcementMode::Off => "off",
         }
+    }
+}
+
+impl TryFrom<String> for EnforcementMode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<EnforcementMode, String> {
+        [
+            EnforcementMode::Require,
+            EnforcementMode::Warn,
+            EnforcementMode::Off,
+        ]
+        .into_iter()
+        .find(|mode| mode.as_str() == value)
+        .ok_or_else(|| {
+            format!("`{value}` is not an enforcement mode; use \"require\", \"warn\" or \"off\"")
+        })
     }
 }

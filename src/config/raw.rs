@@ -4,7 +4,10 @@
 //! Every field is optional here: defaults and "required" checks belong to validation,
 //! so that a missing `role_arn` is one more collected problem rather than a serde error
 //! that hides everything after it. Durations stay strings until validation parses them
-//! with `humantime`, for the same reason. `deny_unknown_fields` everywhere: a typo
+//! with `humantime`, for the same reason. Single AWS names (role ARNs, session names,
+//! source identities, regions) and enforcement modes decode straight into their
+//! validated types: a bad one is a decode problem at its key, worded by the type
+//! ([`crate::aws_names`]); lists keep their strings so that each bad entry is reported. `deny_unknown_fields` everywhere: a typo
 //! (`refesh_before`) must fail loudly, not silently fall back to a default.
 
 use std::collections::BTreeMap;
@@ -12,6 +15,9 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use super::EnforcementMode;
+use crate::aws_names::{Region, RoleArn, SessionName, SourceIdentity};
 
 /// Keys allowed at the top level of the main file.
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
@@ -46,9 +52,9 @@ pub(super) struct RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSts {
-    pub region: Option<String>,
+    pub region: Option<Region>,
     pub endpoint_url: Option<String>,
-    pub source_role_arn: Option<String>,
+    pub source_role_arn: Option<RoleArn>,
     pub max_requests_per_second: Option<u64>,
     pub call_timeout: Option<DurationStr>,
 }
@@ -68,7 +74,7 @@ pub(super) struct RawRefresh {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVerify {
-    pub external_id_enforcement: Option<String>,
+    pub external_id_enforcement: Option<EnforcementMode>,
     pub recheck_interval: Option<DurationStr>,
 }
 
@@ -76,20 +82,20 @@ pub(super) struct RawVerify {
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMapping {
-    pub role_arn: Option<String>,
+    pub role_arn: Option<RoleArn>,
     /// Secret: never printed (no `Debug` on this type for that reason).
     pub external_id: Option<String>,
     pub external_id_file: Option<String>,
     pub token_sha256: Option<OneOrMany>,
-    pub session_name: Option<String>,
+    pub session_name: Option<SessionName>,
     pub session_duration: Option<DurationStr>,
     pub session_policy: Option<String>,
     pub policy_arns: Option<OneOrMany>,
     pub tags: Option<BTreeMap<String, String>>,
-    pub source_identity: Option<String>,
-    pub region: Option<String>,
+    pub source_identity: Option<SourceIdentity>,
+    pub region: Option<Region>,
     pub prefetch: Option<bool>,
-    pub external_id_enforcement: Option<String>,
+    pub external_id_enforcement: Option<EnforcementMode>,
 }
 
 /// A human-readable duration string (`"35m"`), parsed during validation so that a bad

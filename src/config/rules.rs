@@ -1,36 +1,18 @@
-//! Format rules for single values (ARNs, names, IDs, regions…), as pure functions.
+//! Format rules for single values that have no type of their own (External IDs, mapping
+//! names, URLs, token hashes…), as pure functions.
 //!
-//! Each returns `Err(reason)` with a sentence an operator can act on. The AWS names
-//! (ARNs, External IDs, session names) take their rules from [`crate::aws_names`], the
-//! ones STS and IAM enforce, so a value that passes here is not rejected by STS for its
-//! shape; this module only words the reason for the config report. Reasons about an
-//! External ID never include the value.
+//! Each returns `Err(reason)` with a sentence an operator can act on. The other AWS
+//! names (ARNs, session names, source identities, regions) are types in
+//! [`crate::aws_names`] that the raw config decodes into, worded there. The External ID
+//! takes its rule from there too (the one STS enforces); this module words the reason,
+//! which never includes the value.
 
 use std::net::Ipv6Addr;
 
 use crate::aws_names::{
-    EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN, ExternalIdError, PolicyArn, RoleArn,
-    SESSION_NAME_MAX_LEN, SESSION_NAME_MIN_LEN, SessionNameError, check_external_id,
-    check_role_session_name,
+    EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN, ExternalIdError, check_external_id,
 };
 use crate::secret::TokenHash;
-
-/// `arn:PARTITION:iam::<12 digits>:role/[PATH/]NAME` (the rules: [`RoleArn`]).
-pub(super) fn role_arn(arn: &str) -> Result<(), String> {
-    RoleArn::parse(arn).map(drop).map_err(|why| {
-        format!("`{arn}` is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME): {why}")
-    })
-}
-
-/// `arn:PARTITION:iam::(<12 digits>|aws):policy/[PATH/]NAME` (the rules: [`PolicyArn`]).
-pub(super) fn policy_arn(arn: &str) -> Result<(), String> {
-    PolicyArn::parse(arn).map(drop).map_err(|why| {
-        format!(
-            "`{arn}` is not an IAM policy ARN (arn:aws:iam::aws:policy/NAME or \
-             arn:aws:iam::123456789012:policy/NAME): {why}"
-        )
-    })
-}
 
 /// The External ID rules of [`check_external_id`]. The reason never shows the value.
 pub(super) fn external_id(value: &str) -> Result<(), String> {
@@ -51,28 +33,6 @@ pub(super) fn external_id(value: &str) -> Result<(), String> {
     })
 }
 
-/// Role session name (the rules: [`check_role_session_name`]).
-pub(super) fn session_name(value: &str) -> Result<(), String> {
-    iam_name(value, "session name")
-}
-
-/// Source identity: the same rules as a session name.
-pub(super) fn source_identity(value: &str) -> Result<(), String> {
-    iam_name(value, "source identity")
-}
-
-fn iam_name(value: &str, what: &str) -> Result<(), String> {
-    check_role_session_name(value).map_err(|err| match err {
-        SessionNameError::Length { length } => format!(
-            "`{value}`: a {what} must be {SESSION_NAME_MIN_LEN}–{SESSION_NAME_MAX_LEN} \
-             characters, not {length}"
-        ),
-        SessionNameError::Character => {
-            format!("`{value}`: a {what} may contain only letters, digits and _+=,.@-")
-        }
-    })
-}
-
 /// Mapping names appear in URL paths and metric labels: `[A-Za-z0-9_.-]`, 1–64.
 pub(super) fn mapping_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
@@ -89,26 +49,6 @@ pub(super) fn mapping_name(name: &str) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// `us-east-1`, `us-gov-west-1`, `cn-north-1`, `eu-central-2`…
-pub(super) fn region(value: &str) -> Result<(), String> {
-    let parts: Vec<&str> = value.split('-').collect();
-    let ok = parts.len() >= 3
-        && parts[0].len() == 2
-        && parts[..parts.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && parts
-            .last()
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{value}` is not an AWS region name like `us-east-1`"
-        ))
-    }
 }
 
 /// `http://` or `https://` followed by a host, optionally a port and a path.

@@ -333,6 +333,21 @@ fn mapping_names_are_restricted() {
     assert_problem(&problems(&text), &format!("mappings.{long}"), "1–64");
 }
 
+/// The default session name `credvend-<name>` is cut to 64 characters, not bytes: a
+/// long non-ASCII name is reported like any other bad name, not a panic mid-load.
+#[test]
+fn a_long_non_ascii_mapping_name_is_reported_not_a_panic() {
+    let name = "ä".repeat(30);
+    let text = config_text("", &[]).replace("[mappings.acme]", &format!("[mappings.\"{name}\"]"));
+    let found = problems(&text);
+    assert_problem(&found, &format!("mappings.{name}"), "A-Z a-z 0-9 _ . -");
+    assert_problem(
+        &found,
+        &format!("mappings.{name}.session_name"),
+        &format!("`credvend-{name}`: a session name may contain only"),
+    );
+}
+
 #[test]
 fn non_loopback_is_allowed_when_enabled_and_hosts_are_lowercased() {
     let top = "[server]\nallow_non_loopback = true\nlisten = [\"169.254.170.23:80\"]\n\
@@ -610,6 +625,32 @@ fn require_without_an_external_id_is_an_error() {
     assert!(problems.problems[0].reason.contains("can never vend"));
 }
 
+/// A bad enforcement mode is one problem at its key: the "missing External ID under
+/// `require`" rule waits for a valid mode instead of assuming the default `require`.
+#[test]
+fn a_bad_enforcement_mode_is_not_taken_for_require() {
+    let bad = "\"maybe\"";
+    for (top, overrides, key) in [
+        (
+            "",
+            vec![("external_id", ""), ("external_id_enforcement", bad)],
+            "mappings.acme.external_id_enforcement",
+        ),
+        (
+            "[verify]\nexternal_id_enforcement = \"maybe\"",
+            vec![("external_id", "")],
+            "verify.external_id_enforcement",
+        ),
+    ] {
+        let found = problems(&config_text(top, &overrides));
+        let shown = ConfigError {
+            problems: found.clone(),
+        };
+        assert_eq!(found.len(), 1, "{shown}");
+        assert_problem(&found, key, "`maybe` is not an enforcement mode");
+    }
+}
+
 #[test]
 fn readable_files_are_warned_about() {
     Jail::expect_with(|jail| {
@@ -868,25 +909,23 @@ fn unreadable_main_file_is_one_problem() {
 
 mod rules_unit {
     use super::super::rules;
+    use crate::aws_names::{PolicyArn, Region, RoleArn};
 
     #[test]
     fn arn_reasons_name_the_value_and_the_rule() {
         // The ARN rules are pinned in src/aws_names.rs; here, the config's wording.
+        assert!(RoleArn::try_from("arn:aws:iam::111122223333:role/vendor-sync".to_owned()).is_ok());
         assert_eq!(
-            rules::role_arn("arn:aws:iam::111122223333:role/vendor-sync"),
-            Ok(())
-        );
-        assert_eq!(
-            rules::role_arn("arn:aws:sts::111122223333:role/x").unwrap_err(),
+            RoleArn::try_from("arn:aws:sts::111122223333:role/x".to_owned()).unwrap_err(),
             "`arn:aws:sts::111122223333:role/x` is not an IAM role ARN \
              (arn:aws:iam::123456789012:role/NAME): service is `sts`, expected `iam`"
         );
-        assert_eq!(
-            rules::policy_arn("arn:aws:iam::aws:policy/service-role/AmazonS3Thing"),
-            Ok(())
+        assert!(
+            PolicyArn::try_from("arn:aws:iam::aws:policy/service-role/AmazonS3Thing".to_owned())
+                .is_ok()
         );
         assert_eq!(
-            rules::policy_arn("arn:aws:iam::someone:policy/mine").unwrap_err(),
+            PolicyArn::try_from("arn:aws:iam::someone:policy/mine".to_owned()).unwrap_err(),
             "`arn:aws:iam::someone:policy/mine` is not an IAM policy ARN \
              (arn:aws:iam::aws:policy/NAME or arn:aws:iam::123456789012:policy/NAME): the \
              account must be 12 digits, or `aws` for a managed policy"
@@ -902,10 +941,10 @@ mod rules_unit {
             "us-isob-east-1",
             "il-central-1",
         ] {
-            assert!(rules::region(ok).is_ok(), "{ok}");
+            assert!(Region::is_valid(ok), "{ok}");
         }
         for bad in ["us-east", "useast1", "us-east-1a", "x-east-1", ""] {
-            assert!(rules::region(bad).is_err(), "{bad}");
+            assert!(!Region::is_valid(bad), "{bad}");
         }
         for ok in [
             "http://127.0.0.1:5000",

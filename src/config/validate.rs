@@ -23,6 +23,7 @@ use super::{
     Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
     VerifyConfig,
 };
+use crate::aws_names::{PolicyArn, Region, SessionName};
 use crate::secret::{ExternalId, TokenHash};
 
 /// STS's bounds on `DurationSeconds`.
@@ -323,23 +324,17 @@ fn log(report: &mut Report) -> Option<LogConfig> {
 }
 
 fn sts(report: &mut Report) -> Option<StsConfig> {
-    let (raw, _) = report.decode::<RawSts>(&["sts"])?;
-    let mut ok = true;
-    let region = raw.region.unwrap_or_else(|| "us-east-1".to_owned());
-    if let Err(reason) = rules::region(&region) {
-        report.problem(&["sts", "region"], reason);
-        ok = false;
-    }
+    let (raw, broken) = report.decode::<RawSts>(&["sts"])?;
+    // A bad region or source role was reported by `decode`; mappings inherit both, so
+    // their checks that depend on these wait for a valid [sts].
+    let mut ok = !broken.contains("region") && !broken.contains("source_role_arn");
+    let region = raw
+        .region
+        .or_else(|| Region::try_from("us-east-1".to_owned()).ok());
     if let Some(url) = &raw.endpoint_url
         && let Err(reason) = rules::endpoint_url(url)
     {
         report.problem(&["sts", "endpoint_url"], reason);
-        ok = false;
-    }
-    if let Some(arn) = &raw.source_role_arn
-        && let Err(reason) = rules::role_arn(arn)
-    {
-        report.problem(&["sts", "source_role_arn"], reason);
         ok = false;
     }
     let max_requests_per_second = raw.max_requests_per_second.unwrap_or(20);
@@ -379,7 +374,7 @@ fn sts(report: &mut Report) -> Option<StsConfig> {
         return None;
     }
     Some(StsConfig {
-        region,
+        region: region?,
         endpoint_url: raw.endpoint_url,
         source_role_arn: raw.source_role_arn,
         max_requests_per_second: max_requests_per_second?,
@@ -545,35 +540,8 @@ fn check_session_duration(
     true
 }
 
-fn enforcement(
-    report: &mut Report,
-    path: &[&str],
-    raw: Option<&str>,
-) -> Option<Option<EnforcementMode>> {
-    match raw {
-        None => Some(None),
-        Some("require") => Some(Some(EnforcementMode::Require)),
-        Some("warn") => Some(Some(EnforcementMode::Warn)),
-        Some("off") => Some(Some(EnforcementMode::Off)),
-        Some(other) => {
-            report.problem(
-                path,
-                format!(
-                    "`{other}` is not an enforcement mode; use \"require\", \"warn\" or \"off\""
-                ),
-            );
-            None
-        }
-    }
-}
-
 fn verify(report: &mut Report) -> Option<VerifyConfig> {
-    let (raw, _) = report.decode::<RawVerify>(&["verify"])?;
-    let enforcement = enforcement(
-        report,
-        &["verify", "external_id_enforcement"],
-        raw.external_id_enforcement.as_deref(),
-    );
+    let (raw, broken) = report.decode::<RawVerify>(&["verify"])?;
     let recheck = duration(
         report,
         &["verify", "recheck_interval"],
@@ -592,8 +560,14 @@ fn verify(report: &mut Report) -> Option<VerifyConfig> {
         );
         return None;
     }
+    // A bad mode was reported by `decode`; mappings inheriting it wait for a valid one.
+    if broken.contains("external_id_enforcement") {
+        return None;
+    }
     Some(VerifyConfig {
-        external_id_enforcement: enforcement?.unwrap_or(EnforcementMode::Require),
+        external_id_enforcement: raw
+            .external_id_enforcement
+            .unwrap_or(EnforcementMode::Require),
         recheck_interval: recheck?,
     })
 }
@@ -670,18 +644,13 @@ fn mapping(
         }};
     }
 
-    // Role.
-    match &raw.role_arn {
-        Some(arn) => {
-            if let Err(reason) = rules::role_arn(arn) {
-                fail!("role_arn", reason);
-            }
-        }
-        None if broken.contains("role_arn") => ok = false,
-        None => fail!(
+    // Role ARN, session name, source identity, region and enforcement mode are checked
+    // by `decode` (their types' rules): a bad one is reported there and is `broken`.
+    if raw.role_arn.is_none() && !broken.contains("role_arn") {
+        fail!(
             "role_arn",
             "missing: every mapping needs the customer's role ARN".to_owned()
-        ),
+        );
     }
 
     // External ID.
@@ -707,42 +676,35 @@ fn mapping(
         }
     }
 
-    // Session name: default `credvend-<name>`, cut to STS's 64 characters.
-    let session_name = raw.session_name.clone().unwrap_or_else(|| {
-        let mut default = format!("credvend-{name}");
-        default.truncate(64);
-        default
-    });
-    if let Err(reason) = rules::session_name(&session_name) {
-        fail!("session_name", reason);
-    }
-
-    // Session duration: the mapping's own, checked here; or the global one, already
-    // checked in [refresh] and not repeated per mapping.
-    let chaining = sts.map(|s| s.source_role_arn.is_some());
-    let session_duration = match &raw.session_duration {
-        Some(_) => {
-            let parsed = duration(
-                report,
-                &at("session_duration"),
-                &raw.session_duration,
-                Duration::ZERO,
-            );
-            match (parsed, chaining) {
-                (Some(d), Some(chaining)) => {
-                    let before = refresh.map(|r| r.config.refresh_before);
-                    if !check_session_duration(report, &at("session_duration"), d, before, chaining)
-                    {
-                        ok = false;
-                    }
-                    Some(d)
-                }
-                (parsed, _) => {
-                    ok &= parsed.is_some();
-                    parsed
-                }
-            }
+    // Session name: default `credvend-<name>`, cut to STS's 64 characters (a name
+    // that is not a valid mapping name makes an invalid default, reported here too).
+    let session_name = match raw.session_name {
+        Some(session_name) => Some(session_name),
+        None if broken.contains("session_name") => None,
+        None => {
+            let default: String = format!("credvend-{name}").chars().take(64).collect();
+            SessionName::try_from(default)
+                .map_err(|reason| fail!("session_name", reason))
+                .ok()
         }
+    };
+
+    // Session duration: the mapping's own, checked here once [sts] says whether roles
+    // are chained; or the global one, already checked in [refresh] and not repeated.
+    let session_duration = match &raw.session_duration {
+        Some(_) => duration(
+            report,
+            &at("session_duration"),
+            &raw.session_duration,
+            Duration::ZERO,
+        )
+        .filter(|&d| {
+            let before = refresh.map(|r| r.config.refresh_before);
+            sts.is_none_or(|sts| {
+                let chaining = sts.source_role_arn.is_some();
+                check_session_duration(report, &at("session_duration"), d, before, chaining)
+            })
+        }),
         None => refresh
             .filter(|r| r.session_ok)
             .map(|r| r.config.session_duration),
@@ -753,21 +715,25 @@ fn mapping(
     {
         fail!("session_policy", reason);
     }
-    let policy_arns = raw.policy_arns.map(|p| p.0).unwrap_or_default();
-    if policy_arns.len() > MAX_POLICY_ARNS {
+    // Each bad entry is a problem of its own, so the list keeps strings until here.
+    let policy_arn_texts = raw.policy_arns.map(|p| p.0).unwrap_or_default();
+    if policy_arn_texts.len() > MAX_POLICY_ARNS {
         fail!(
             "policy_arns",
             format!(
                 "at most {MAX_POLICY_ARNS} managed policy ARNs, found {}",
-                policy_arns.len()
+                policy_arn_texts.len()
             ),
         );
     }
-    for arn in &policy_arns {
-        if let Err(reason) = rules::policy_arn(arn) {
-            fail!("policy_arns", reason);
-        }
-    }
+    let policy_arns: Vec<PolicyArn> = policy_arn_texts
+        .into_iter()
+        .filter_map(|arn| {
+            PolicyArn::try_from(arn)
+                .map_err(|reason| fail!("policy_arns", reason))
+                .ok()
+        })
+        .collect();
 
     let tags = raw.tags.unwrap_or_default();
     if tags.len() > MAX_TAGS {
@@ -793,34 +759,16 @@ fn mapping(
         }
     }
 
-    // STS reserves the `aws:` prefix; the character set already excludes its `:`.
-    if let Some(identity) = &raw.source_identity
-        && let Err(reason) = rules::source_identity(identity)
-    {
-        fail!("source_identity", reason);
-    }
-
-    let region = match &raw.region {
-        Some(region) => {
-            if let Err(reason) = rules::region(region) {
-                fail!("region", reason);
-            }
-            Some(region.clone())
-        }
-        None => sts.map(|s| s.region.clone()),
-    };
-
-    let enforcement = enforcement(
-        report,
-        &at("external_id_enforcement"),
-        raw.external_id_enforcement.as_deref(),
-    );
+    let region = raw.region.or_else(|| sts.map(|s| s.region.clone()));
 
     // Under `require` a mapping without an External ID can never vend: either its
     // role demands an External ID (and refuses us) or it does not (and the enforcement
     // check refuses the role). Say so now rather than at 3 a.m.
-    let effective_enforcement =
-        enforcement.and_then(|own| own.or_else(|| verify.map(|v| v.external_id_enforcement)));
+    let effective_enforcement = match raw.external_id_enforcement {
+        _ if broken.contains("external_id_enforcement") => None,
+        Some(own) => Some(own),
+        None => verify.map(|v| v.external_id_enforcement),
+    };
     if matches!(external_id, Some(None)) && effective_enforcement == Some(EnforcementMode::Require)
     {
         fail!(
@@ -839,7 +787,7 @@ fn mapping(
             name: name.to_owned(),
             role_arn: raw.role_arn?,
             external_id: external_id?,
-            session_name,
+            session_name: session_name?,
             session_duration: session_duration?,
             session_policy: raw.session_policy,
             policy_arns,
@@ -847,8 +795,7 @@ fn mapping(
             source_identity: raw.source_identity,
             region: region?,
             prefetch: raw.prefetch.unwrap_or(false),
-            external_id_enforcement: enforcement?
-                .or_else(|| verify.map(|v| v.external_id_enforcement))?,
+            external_id_enforcement: effective_enforcement?,
             token_sha256: token_sha256.clone(),
         })
     };

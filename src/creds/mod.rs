@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use crate::aws_names::{PolicyArn, Region, RoleArn, SessionName, SourceIdentity};
 use crate::config::Mapping;
 use crate::secret::{ExternalId, SecretValue};
 
@@ -44,20 +45,21 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Everything that goes into one `sts:AssumeRole` call for a mapping.
+/// Everything that goes into one `sts:AssumeRole` call for a mapping. The names are
+/// the validated [`crate::aws_names`] types, so none reaches STS malformed.
 #[derive(Debug, Clone)]
 pub struct AssumeRoleInput {
-    pub role_arn: String,
-    pub session_name: String,
+    pub role_arn: RoleArn,
+    pub session_name: SessionName,
     /// `None` sends no ExternalId parameter at all (used by the enforcement probe).
     pub external_id: Option<ExternalId>,
     pub duration: Duration,
     pub session_policy: Option<String>,
-    pub policy_arns: Vec<String>,
+    pub policy_arns: Vec<PolicyArn>,
     pub tags: BTreeMap<String, String>,
-    pub source_identity: Option<String>,
+    pub source_identity: Option<SourceIdentity>,
     /// STS region for this call.
-    pub region: String,
+    pub region: Region,
 }
 
 impl AssumeRoleInput {

@@ -71,9 +71,9 @@ pub struct StsSettings {
 impl From<&crate::config::StsConfig> for StsSettings {
     fn from(config: &crate::config::StsConfig) -> Self {
         Self {
-            default_region: config.region.clone(),
+            default_region: config.region.to_string(),
             endpoint_url: config.endpoint_url.clone(),
-            source_role_arn: config.source_role_arn.clone(),
+            source_role_arn: config.source_role_arn.as_ref().map(ToString::to_string),
             call_timeout: config.call_timeout,
         }
     }
@@ -388,8 +388,8 @@ impl AssumeRoleRequest {
                 local_error(FailureReason::InvalidRequest, "InvalidTag", &e.to_string())
             })?;
         Ok(Self {
-            role_arn: input.role_arn.clone(),
-            session_name: input.session_name.clone(),
+            role_arn: input.role_arn.to_string(),
+            session_name: input.session_name.to_string(),
             external_id: input.external_id.as_ref().map(|id| id.expose().to_owned()),
             // Out-of-range durations are STS's to reject (config validation already did).
             duration_seconds: i32::try_from(input.duration.as_secs()).unwrap_or(i32::MAX),
@@ -397,10 +397,10 @@ impl AssumeRoleRequest {
             policy_arns: input
                 .policy_arns
                 .iter()
-                .map(|arn| PolicyDescriptorType::builder().arn(arn).build())
+                .map(|arn| PolicyDescriptorType::builder().arn(&**arn).build())
                 .collect(),
             tags,
-            source_identity: input.source_identity.clone(),
+            source_identity: input.source_identity.as_ref().map(ToString::to_string),
         })
     }
 

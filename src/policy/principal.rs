@@ -66,18 +66,18 @@ impl Principal {
                 arn.resource
             ));
         }
-        let role = match RoleArn::parse(input) {
-            Ok(role) => role,
-            Err(why) => return fail(why.to_string()),
-        };
-        // IAM allows `*` and `?` in a role's path, but a principal is matched
-        // literally: a wildcard there is refused by IAM and must not reach the policy.
-        if let Some(c) = role.path().chars().find(|c| matches!(c, '*' | '?')) {
-            return fail(format!(
-                "a role principal may not contain the wildcard {c:?}"
-            ));
+        match RoleArn::parse(input).map_err(|why| why.to_string()) {
+            Ok(role) => role_principal(&role).or_else(fail),
+            Err(reason) => fail(reason),
         }
-        Ok(Self::Role(input.to_owned()))
+    }
+
+    /// A role ARN already checked (`sts.source_role_arn`) as the principal.
+    pub fn role(role: &RoleArn) -> Result<Self, PolicyError> {
+        role_principal(role).map_err(|reason| PolicyError::Principal {
+            input: role.to_string(),
+            reason,
+        })
     }
 
     /// The daemon's own identity, as returned by `sts:GetCallerIdentity`, turned into
@@ -140,6 +140,18 @@ impl FromStr for Principal {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+/// A role principal: [`RoleArn`]'s rules, and no wildcard in the path. IAM allows `*`
+/// and `?` in a role's path, but a principal is matched literally: a wildcard there is
+/// refused by IAM and must not reach the policy.
+fn role_principal(role: &RoleArn) -> Result<Principal, String> {
+    match role.path().chars().find(|c| matches!(c, '*' | '?')) {
+        Some(c) => Err(format!(
+            "a role principal may not contain the wildcard {c:?}"
+        )),
+        None => Ok(Principal::Role(role.to_string())),
     }
 }
 

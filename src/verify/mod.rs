@@ -13,6 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::aws_names::SessionName;
 use crate::config::EnforcementMode;
 use crate::creds::{AssumeError, AssumeRoleInput, FailureReason, RoleAssumer};
 use crate::model::FetchError;
@@ -32,7 +33,8 @@ pub fn probe_inputs(input: &AssumeRoleInput) -> [(Probe, AssumeRoleInput); 2] {
     let probe = |external_id: Option<ExternalId>| AssumeRoleInput {
         external_id,
         duration: PROBE_DURATION,
-        session_name: PROBE_SESSION_NAME.to_string(),
+        session_name: SessionName::try_from(PROBE_SESSION_NAME.to_owned())
+            .expect("the probe's session name is a valid one"),
         ..input.clone()
     };
     [
