@@ -1099,3 +1099,120 @@ async fn an_edit_landing_after_a_reload_read_the_files_is_a_change_for_the_next_
     assert_access_denied(&r.get("b", TOKEN_B).await, "b replaced by c");
     assert_eq!(r.reloads(), (2.0, 0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_reload_shows_in_status_and_metrics_with_its_problems_and_no_external_id() {
+    use credvend::clock::Clock;
+    const GOOD_ID: &str = "canary-good-external-id-0123456789";
+    const BAD_ID: &str = "canary bad external id 0123456789";
+    let a = |id: &str| mapping("a", "role-a", id, TOKEN_A);
+    let r = InProcess::start("last-reload", &a(GOOD_ID)).await;
+    let status = || async {
+        let response = request(r.daemon.admin, "GET", "/status", &[]).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert!(
+            !response.body.contains("canary"),
+            "an External ID in /status: {}",
+            response.body
+        );
+        response.json()
+    };
+    let gauges = || {
+        let text = r.daemon.daemon.metrics().render();
+        let sample = |series: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        };
+        (
+            sample("credvend_config_last_reload_successful"),
+            sample("credvend_config_last_reload_timestamp_seconds"),
+        )
+    };
+    let secs = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let rfc3339 = |at: std::time::SystemTime| humantime::format_rfc3339_seconds(at).to_string();
+
+    // Before any reload: none shown; the start-up load counts as the last, applied.
+    let started = status().await;
+    assert_eq!(started["last_reload"], serde_json::Value::Null, "{started}");
+    let started_at = humantime::parse_rfc3339(started["started_at"].as_str().unwrap()).unwrap();
+    let (ok, at) = gauges();
+    assert_eq!((ok, at.floor()), (1.0, secs(started_at)));
+
+    // A rejected edit: an External ID with blanks and an unknown key. Whole seconds on
+    // the clock, so the gauge and the RFC 3339 time compare exactly.
+    let clock = &r.daemon.clock;
+    clock.set(std::time::UNIX_EPOCH + Duration::from_secs(secs(clock.now()) as u64 + 60));
+    r.write_main("127.0.0.1:0", "bogus = 1", &a(BAD_ID));
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Rejected
+    );
+    let rejected_at = clock.now();
+    let s = status().await;
+    let last = &s["last_reload"];
+    assert_eq!(last["result"], "rejected", "{s}");
+    assert_eq!(last["trigger"], "file_change", "{s}");
+    assert_eq!(last["at"], rfc3339(rejected_at), "{s}");
+    assert_eq!(last["config_generation"], 1, "{s}");
+    assert_eq!(last["problem_count"], 2, "{s}");
+    let main = r.main.display().to_string();
+    let mut keys: Vec<&str> = last["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["file"], main.as_str(), "{p}");
+            assert!(!p["reason"].as_str().unwrap().is_empty(), "{p}");
+            p["key"].as_str().unwrap()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["mappings.a.external_id", "sts.bogus"], "{s}");
+    assert_eq!(gauges(), (0.0, secs(rejected_at)));
+    // The running configuration is unchanged.
+    assert_eq!(s["config_generation"], 1, "{s}");
+
+    // A TOML syntax error on the External ID's line, retried by SIGHUP.
+    clock.advance(Duration::from_secs(60));
+    let unterminated = a(GOOD_ID).replace(&format!("\"{GOOD_ID}\""), &format!("\"{GOOD_ID}"));
+    r.write_main("127.0.0.1:0", "", &unterminated);
+    assert_eq!(r.reloader.reload(Trigger::Signal), ReloadOutcome::Rejected);
+    let s = status().await;
+    assert_eq!(s["last_reload"]["trigger"], "signal", "{s}");
+    assert_eq!(s["last_reload"]["problem_count"], 1, "{s}");
+    assert!(
+        s["last_reload"]["problems"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("TOML parse error"),
+        "{s}"
+    );
+    assert_eq!(gauges(), (0.0, secs(clock.now())));
+
+    // Fixed: applied, no problems, the new generation.
+    clock.advance(Duration::from_secs(60));
+    r.write_main("127.0.0.1:0", "", &a(GOOD_ID));
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
+    let s = status().await;
+    let last = &s["last_reload"];
+    assert_eq!(last["result"], "applied", "{s}");
+    assert_eq!(last["at"], rfc3339(clock.now()), "{s}");
+    assert_eq!(last["config_generation"], 2, "{s}");
+    assert_eq!(s["config_generation"], 2, "{s}");
+    assert_eq!(last["problem_count"], 0, "{s}");
+    assert_eq!(last["problems"], serde_json::json!([]), "{s}");
+    assert_eq!(gauges(), (1.0, secs(clock.now())));
+}
