@@ -679,11 +679,11 @@ async fn a_configmap_updated_by_swapping_its_data_symlink_is_reloaded_by_file_wa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_right_after_start_or_a_reload_is_not_lost() {
-    // No watch runs until the first one is set up after start, nor while a reload runs
-    // and until the next watch is: a change made then has no event coming and must be
-    // found on disk. The first step writes as soon as credvend listens, each next one
-    // as soon as the previous step's mapping answers (that reload is applied, the new
-    // watch possibly not yet started).
+    // No watch runs until the first one is set up after start: a change made then has
+    // no event coming and must be found on disk; one made while a reload runs must not
+    // be lost either. The first step writes as soon as credvend listens, each next one
+    // as soon as the previous step's mapping answers (that reload is applied, the
+    // reloader possibly still finishing it).
     let sts = fake_sts().await;
     let a = mapping("a", "role-a", "external-id-a-1", TOKEN_A);
     let d = start(&sts, "gap", &a).await;
