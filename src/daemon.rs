@@ -8,8 +8,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::server::access::{AccessTable, HostAllowList};
 use crate::server::admin::AdminEndpoint;
 use crate::server::credentials::CredentialEndpoint;
+use crate::server::status::LastReload;
 use crate::server::{self, Limits};
 
 /// A listen address could not be bound.
@@ -90,12 +91,17 @@ pub struct Daemon {
     started_at: std::time::SystemTime,
     /// Every metric family; served on the admin listener's `/metrics`.
     metrics: Arc<Metrics>,
+    /// The last reload that went ahead, for `/status` (none yet: the configuration is
+    /// the one started with).
+    last_reload: Arc<Mutex<Option<LastReload>>>,
 }
 
 impl Daemon {
     pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
         let metrics = new_metrics(config);
         let started_at = clock.now();
+        // The start-up load counts as the first: it was applied.
+        metrics.config_last_reload(true, started_at);
         Self {
             cache: CredentialCache::new(config, assumer, clock, metrics.clone()),
             access: Arc::new(ArcSwap::from_pointee(AccessTable::new(config))),
@@ -104,6 +110,7 @@ impl Daemon {
             generation: Arc::new(AtomicU64::new(1)),
             started_at,
             metrics,
+            last_reload: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -131,6 +138,19 @@ impl Daemon {
         );
     }
 
+    /// Keeps `reload` as the last reload for `/status`.
+    pub fn record_reload(&self, reload: LastReload) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(reload);
+    }
+
+    /// The last reload that went ahead, if any.
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Config generation currently applied.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
@@ -147,6 +167,7 @@ impl Daemon {
             generation: self.generation.clone(),
             started_at: self.started_at,
             hosts: self.admin_hosts.clone(),
+            last_reload: self.last_reload.clone(),
         }
     }
 

@@ -302,6 +302,8 @@ pub struct ConfigReloadApplied<'a> {
     pub path: &'a Path,
     pub generation: u64,
     pub mappings: usize,
+    /// When (the daemon's clock), for `credvend_config_last_reload_timestamp_seconds`.
+    pub at: SystemTime,
 }
 
 impl ConfigReloadApplied<'_> {
@@ -313,6 +315,7 @@ impl ConfigReloadApplied<'_> {
             "Reload applied"
         );
         metrics.config_reload(true);
+        metrics.config_last_reload(true, self.at);
     }
 }
 
@@ -322,6 +325,8 @@ impl ConfigReloadApplied<'_> {
 pub struct ConfigReloadRejected<'a> {
     pub path: &'a Path,
     pub problems: &'a [Problem],
+    /// When (the daemon's clock), for `credvend_config_last_reload_timestamp_seconds`.
+    pub at: SystemTime,
 }
 
 impl ConfigReloadRejected<'_> {
@@ -341,6 +346,7 @@ impl ConfigReloadRejected<'_> {
             );
         }
         metrics.config_reload(false);
+        metrics.config_last_reload(false, self.at);
     }
 }
 
@@ -504,6 +510,7 @@ mod tests {
             ConfigReloadRejected {
                 path: Path::new("/etc/credvend/credvend.toml"),
                 problems: &problems,
+                at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             }
             .emit(&metrics)
         });
@@ -518,6 +525,14 @@ mod tests {
                 r#"credvend_config_reloads_total{result="success"}"#
             ),
             Some(0.0)
+        );
+        assert_eq!(
+            sample(&metrics, "credvend_config_last_reload_successful"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&metrics, "credvend_config_last_reload_timestamp_seconds"),
+            Some(1_800_000_000.0)
         );
     }
 

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use credvend::clock::SystemClock;
 use credvend::config::{
-    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat, Mapping,
+    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat, Mapping, Sources,
 };
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
@@ -193,7 +193,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve { config, log_format } => {
-            let loaded = Config::load(&config.config).map_err(Failure::Config)?;
+            let (sources, loaded) = Config::read(&config.config);
+            let loaded = loaded.map_err(Failure::Config)?;
             let format = log_format.unwrap_or(loaded.log.format);
             // Held until `serve` returns: dropping it flushes the queued log lines.
             let _log_guard = credvend::telemetry::init(&loaded.log.level, format)
@@ -204,7 +205,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .context("cannot start the async runtime")
                 .map_err(Failure::Runtime)?;
             runtime
-                .block_on(serve(config.config, loaded))
+                .block_on(serve(config.config, loaded, sources))
                 .map_err(Failure::Runtime)
         }
         Command::CheckConfig { config } => {
@@ -429,7 +430,7 @@ fn new_token() -> String {
     hex::encode(bytes)
 }
 
-async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Result<()> {
     // Signal handlers first, before any socket is bound: once a listener accepts,
     // a supervisor or test may send SIGTERM or SIGHUP, and a signal arriving before its
     // handler exists takes the default action (the process dies).
@@ -447,9 +448,9 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         Arc::new(SystemClock),
     ));
     let (server, mappings) = (config.server.clone(), config.mappings.len());
-    // The reloader digests the files it was started with before anything listens: a
-    // change made once credvend is seen up is then always a change to reload.
-    let reloader = Reloader::new(path.clone(), config, daemon.clone());
+    // The reloader holds the digest of the bytes this configuration was parsed from: a
+    // change made after they were read is always a change to reload.
+    let reloader = Reloader::new(path.clone(), config, sources, daemon.clone());
     let listeners = Listeners::bind(&server).await?;
     let limits = Limits::from_config(&server);
     info!(

@@ -6,37 +6,45 @@
 //! credentials, removed mappings stop serving, new ones work at once, and requests in
 //! flight finish against the generation they started with. An invalid file is rejected
 //! whole — the running configuration keeps serving — with one ERROR per problem (file,
-//! key, reason) and `credvend_config_reloads_total{result="error"}`.
+//! key, reason) and `credvend_config_reloads_total{result="error"}`. The last reload's
+//! time, result and problems are kept for `/status` ([`LastReload`]).
 //!
 //! File watching uses the `notify` crate on the *directories* holding the files, not the
 //! files: editors save by writing a new file and renaming it over the old one, and
 //! Kubernetes updates a mounted ConfigMap by swapping a symlink, both of which a watch
-//! on the old file would miss. Bursts of events are debounced, and a change only
-//! triggers a reload when the content of what credvend reads actually changed. Events
-//! that only say a file was opened or read are ignored.
+//! on the old file would miss. Only events naming what credvend reads count: the files
+//! it read, every name they resolve through (a ConfigMap's `..data` link and the
+//! directory it points to), the include directories, and names there that match an
+//! include glob. Anything else in those directories — a log file written there, an
+//! editor's swap file — is ignored, so a log line cannot set off a reload that logs the
+//! next line. Bursts of events are debounced, and a change only triggers a reload when
+//! the bytes credvend would parse differ from the ones the running (or last rejected)
+//! configuration was parsed from ([`Sources::digest`], taken as the files are read).
+//! Events that only say a file was opened or read are ignored.
 //!
-//! No watch runs while a reload does (nor before the first one is set up): once the new
-//! watch is in place, the caller asks [`Reloader::changed_on_disk`], so a change made in
-//! between is reloaded rather than lost. For the same reason the files are digested
-//! before they are read.
+//! One watch lives for the whole run; after each reload it follows what the new
+//! configuration reads (directories added or gone). Events arriving during a reload wait
+//! in its channel for the next round. A directory newly watched has had no watch before,
+//! so the loop then looks on disk once ([`Reloader::changed_on_disk`]) rather than wait
+//! for an event that may already have passed.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
 use notify_debouncer_mini::notify::{
     self, Event, EventHandler, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind,
 };
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Problem, Sources};
 use crate::daemon::Daemon;
 use crate::events::{ConfigReloadApplied, ConfigReloadRejected};
+use crate::server::status::{LastReload, ReloadResult};
 
 /// Quiet period before a burst of file events becomes one reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(500);
@@ -48,6 +56,16 @@ pub enum Trigger {
     Signal,
     /// A file event: reload only if what credvend reads changed.
     FileChange,
+}
+
+impl Trigger {
+    /// The spelling in `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "signal",
+            Trigger::FileChange => "file_change",
+        }
+    }
 }
 
 /// Outcome of one reload attempt.
@@ -68,49 +86,45 @@ pub struct Reloader {
 
 struct State {
     current: Config,
-    /// Digest of every file the current config was read from (plus the include
-    /// directories' listings), to ignore file events that change nothing.
-    digest: [u8; 32],
+    /// What the last read (applied, or rejected) looked at, with the digest of the bytes
+    /// it parsed: file events that change nothing against it are not reloads.
+    sources: Sources,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, current: Config, daemon: Arc<Daemon>) -> Self {
-        let (_, digest) = content_digest(&current);
+    /// `sources` is what the read that produced `current` looked at
+    /// ([`Config::read`]).
+    pub fn new(path: PathBuf, current: Config, sources: Sources, daemon: Arc<Daemon>) -> Self {
         Self {
             path,
             daemon,
-            state: Mutex::new(State { current, digest }),
+            state: Mutex::new(State { current, sources }),
         }
     }
 
-    /// The files and include directories of the applied configuration.
-    pub fn watch_targets(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
-        let state = self.lock();
-        (
-            state.current.files.clone(),
-            state.current.include_dirs.clone(),
-        )
+    /// What the last read looked at: what the watch follows.
+    pub fn sources(&self) -> Sources {
+        self.lock().sources.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One reload. systemd is told `RELOADING=1` before and `READY=1` after, whatever
-    /// the outcome.
+    /// One reload. systemd is told `RELOADING=1` before it is applied or rejected and
+    /// `READY=1` after, whatever the outcome.
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let mut state = self.lock();
-        // The files are digested before they are read: a write landing while they are
-        // loaded then shows as a change at the next check, instead of passing for what
-        // was applied.
-        let (paths, before) = content_digest(&state.current);
-        if trigger == Trigger::FileChange && before == state.digest {
+        let (sources, result) = Config::read(&self.path);
+        if trigger == Trigger::FileChange && sources.digest == state.sources.digest {
             debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
+            state.sources = sources;
             return ReloadOutcome::Unchanged;
         }
         info!(config = %self.path.display(), trigger = ?trigger, "Reload requested");
         crate::notify::reloading();
-        let outcome = match Config::load(&self.path) {
+        let at = self.daemon.cache.now();
+        let (outcome, problems) = match result {
             Ok(new) => {
                 warn_restart_only_changes(&self.path, &state.current, &new);
                 for warning in &new.warnings {
@@ -121,83 +135,65 @@ impl Reloader {
                     path: &self.path,
                     generation: self.daemon.generation(),
                     mappings: new.mappings.len(),
+                    at,
                 }
                 .emit(self.daemon.metrics());
-                // Same files as before (an edit): the digest taken before the load. A
-                // file added or removed: digest the new set now (a write to it during
-                // this reload would be taken for applied; rare, and the next write to
-                // it reloads).
-                let new_paths = digest_paths(&new);
-                state.digest = if new_paths == paths {
-                    before
-                } else {
-                    digest_of(&new_paths)
-                };
                 state.current = new;
-                ReloadOutcome::Applied
+                (ReloadOutcome::Applied, Vec::new())
             }
-            Err(problems) => {
+            Err(error) => {
                 ConfigReloadRejected {
                     path: &self.path,
-                    problems: &problems.problems,
+                    problems: &error.problems,
+                    at,
                 }
                 .emit(self.daemon.metrics());
-                // Remember what was rejected so the same bad content is not re-reported
-                // on every file event; a SIGHUP still retries it.
-                state.digest = before;
-                ReloadOutcome::Rejected
+                (ReloadOutcome::Rejected, error.problems)
             }
         };
+        // The digest of what this read parsed, applied or rejected: the same bad content
+        // is not re-reported on every file event (a SIGHUP still retries it), and an
+        // edit landing after the files were read differs from it.
+        state.sources = sources;
+        self.daemon.record_reload(last_reload(
+            at,
+            trigger,
+            outcome,
+            self.daemon.generation(),
+            problems,
+        ));
         crate::notify::ready();
         outcome
     }
 
     /// Whether the files now differ from what the last reload applied or rejected (what
     /// a [`Trigger::FileChange`] reload would act on). Logs nothing, changes nothing:
-    /// for a caller that was not watching for a while (while a reload ran) to catch up.
+    /// for a caller that was not watching somewhere for a while to catch up.
     pub fn changed_on_disk(&self) -> bool {
         let state = self.lock();
-        content_digest(&state.current).1 != state.digest
+        Config::read(&self.path).0.digest != state.sources.digest
     }
 }
 
-/// The files of `config` and the `.toml` files now in its include directories (so a new
-/// drop-in counts as a change), with the SHA-256 of their paths and content.
-fn content_digest(config: &Config) -> (BTreeSet<PathBuf>, [u8; 32]) {
-    let paths = digest_paths(config);
-    let digest = digest_of(&paths);
-    (paths, digest)
-}
-
-fn digest_paths(config: &Config) -> BTreeSet<PathBuf> {
-    let mut paths: BTreeSet<PathBuf> = config.files.iter().cloned().collect();
-    for dir in &config.include_dirs {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "toml") {
-                    paths.insert(path);
-                }
-            }
-        }
+/// The `/status` record of a reload that went ahead.
+fn last_reload(
+    at: SystemTime,
+    trigger: Trigger,
+    outcome: ReloadOutcome,
+    generation: u64,
+    problems: Vec<Problem>,
+) -> LastReload {
+    LastReload {
+        at,
+        trigger: trigger.as_str(),
+        result: if outcome == ReloadOutcome::Applied {
+            ReloadResult::Applied
+        } else {
+            ReloadResult::Rejected
+        },
+        generation,
+        problems,
     }
-    paths
-}
-
-fn digest_of(paths: &BTreeSet<PathBuf>) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for path in paths {
-        hasher.update(path.as_os_str().as_encoded_bytes());
-        hasher.update([0]);
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                hasher.update((bytes.len() as u64).to_be_bytes());
-                hasher.update(&bytes);
-            }
-            Err(_) => hasher.update(b"\xffmissing"),
-        }
-    }
-    hasher.finalize().into()
 }
 
 /// Settings that only take effect at start-up (sockets, STS client, log setup).
@@ -227,15 +223,21 @@ fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
     }
 }
 
-/// A running watch on the configuration's directories. Dropping it stops watching.
+/// The one watch on the configuration's directories, for the whole run. Dropping it
+/// stops watching.
 pub struct ConfigWatcher {
-    _debouncer: Debouncer<ChangeWatcher>,
+    debouncer: Debouncer<ChangeWatcher>,
+    /// The directories watched, each with the identity (device, inode) it had when its
+    /// watch was set: a directory removed and created again needs a new watch.
+    watched: BTreeMap<PathBuf, Option<(u64, u64)>>,
+    /// What events count; shared with the debouncer's thread.
+    relevant: Arc<Mutex<Relevant>>,
 }
 
 /// The platform's watcher, without the events that only say a file was opened or read
-/// (inotify reports every open): credvend reads its files right after (re)starting a
-/// watch, and would otherwise wake itself up every debounce period; an operator or a
-/// backup reading them changes nothing either. A close after writing is kept.
+/// (inotify reports every open): credvend reads its files at every reload, and would
+/// otherwise wake itself up every debounce period; an operator or a backup reading them
+/// changes nothing either. A close after writing is kept.
 struct ChangeWatcher(RecommendedWatcher);
 
 impl Watcher for ChangeWatcher {
@@ -269,6 +271,123 @@ fn only_reads(kind: &EventKind) -> bool {
     matches!(kind, EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
 }
 
+/// Which paths in the watched directories are configuration. Paths are absolute the way
+/// `notify` reports them (relative ones joined to the working directory, not resolved).
+#[derive(Debug, Default)]
+struct Relevant {
+    /// The files read, the include directories, and every name they resolve through.
+    paths: BTreeSet<PathBuf>,
+    /// An include directory and the file-name pattern of its glob there.
+    globs: Vec<(PathBuf, glob::Pattern)>,
+}
+
+impl Relevant {
+    fn of(sources: &Sources) -> Self {
+        let mut relevant = Relevant::default();
+        for file in &sources.files {
+            relevant.paths.extend(resolution_chain(&absolute(file)));
+        }
+        for (dir, name) in &sources.include_globs {
+            let dir = absolute(dir);
+            relevant.paths.extend(resolution_chain(&dir));
+            if let Ok(pattern) = glob::Pattern::new(name) {
+                relevant.globs.push((dir, pattern));
+            }
+        }
+        relevant
+    }
+
+    fn matches(&self, path: &Path) -> bool {
+        self.paths.contains(path)
+            || self.globs.iter().any(|(dir, pattern)| {
+                path.parent() == Some(dir.as_path())
+                    && path
+                        .file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(|name| pattern.matches(name))
+            })
+    }
+
+    /// The directories to watch: the files' and the include directories.
+    fn directories(sources: &Sources) -> BTreeSet<PathBuf> {
+        let mut dirs: BTreeSet<PathBuf> = sources
+            .include_globs
+            .iter()
+            .map(|(dir, _)| absolute(dir))
+            .collect();
+        for file in &sources.files {
+            if let Some(dir) = absolute(file).parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        dirs
+    }
+}
+
+/// `path` joined to the working directory if relative, as `notify` does with the paths
+/// it is asked to watch (so the paths of its events compare equal).
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    std::env::current_dir()
+        .map(|cwd| cwd.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `path` and every name it resolves through from its directory on: for a ConfigMap's
+/// `credvend.toml -> ..data/credvend.toml` with `..data -> ..2026_11_30_…`, also
+/// `..data`, `..2026_11_30_…` and the file in it — renaming a new `..data` into place is
+/// then an event on a name that counts. The directories above `path` are not resolved
+/// (they are not watched).
+fn resolution_chain(path: &Path) -> Vec<PathBuf> {
+    let mut chain = vec![path.to_path_buf()];
+    let Some(dir) = path.parent() else {
+        return chain;
+    };
+    let mut current = path.to_path_buf();
+    let mut base = dir.to_path_buf();
+    let mut pending: Vec<PathBuf> = Vec::new();
+    // At most 40 links, as the kernel allows.
+    for _ in 0..40 {
+        if let Ok(target) = std::fs::read_link(&current) {
+            // The link's target replaces it; what is left of the path follows.
+            let mut parts: Vec<PathBuf> = target
+                .components()
+                .map(|c| PathBuf::from(c.as_os_str()))
+                .collect();
+            parts.extend(pending.drain(..).rev());
+            pending = parts.into_iter().rev().collect();
+            if target.is_absolute() {
+                base = PathBuf::from("/");
+            }
+        } else {
+            base = current.clone();
+            if pending.is_empty() {
+                break;
+            }
+        }
+        // Walk to the next name, recording each.
+        loop {
+            let Some(part) = pending.pop() else {
+                return chain;
+            };
+            match part.components().next() {
+                Some(Component::Normal(name)) => {
+                    current = base.join(name);
+                    chain.push(current.clone());
+                    break;
+                }
+                Some(Component::ParentDir) => {
+                    base.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    chain
+}
+
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch {path} for changes: {source}")]
@@ -279,21 +398,23 @@ pub struct WatchError {
 }
 
 impl ConfigWatcher {
-    /// Watches the directories of `files` and `include_dirs`; every debounced burst of
-    /// events becomes one message on the returned channel.
-    pub fn start(
-        files: &[PathBuf],
-        include_dirs: &[PathBuf],
-        debounce: Duration,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<()>), WatchError> {
+    /// A watch on nothing yet ([`ConfigWatcher::follow`] says what); every debounced
+    /// burst of events naming configuration becomes one message on the returned channel.
+    pub fn start(debounce: Duration) -> Result<(Self, mpsc::UnboundedReceiver<()>), WatchError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut debouncer = new_debouncer_opt::<_, ChangeWatcher>(
+        let relevant = Arc::new(Mutex::new(Relevant::default()));
+        let filter = relevant.clone();
+        let debouncer = new_debouncer_opt::<_, ChangeWatcher>(
             notify_debouncer_mini::Config::default().with_timeout(debounce),
             move |result: DebounceEventResult| match result {
-                Ok(events) if !events.is_empty() => {
-                    let _ = tx.send(());
+                Ok(events) => {
+                    // Nothing is logged for an event that does not count: the log file
+                    // may be in a watched directory.
+                    let relevant = filter.lock().unwrap_or_else(|e| e.into_inner());
+                    if events.iter().any(|event| relevant.matches(&event.path)) {
+                        let _ = tx.send(());
+                    }
                 }
-                Ok(_) => {}
                 Err(error) => warn!(%error, "Config file watch error"),
             },
         )
@@ -301,31 +422,69 @@ impl ConfigWatcher {
             path: PathBuf::new(),
             source,
         })?;
-        let mut dirs: BTreeSet<PathBuf> = include_dirs.iter().cloned().collect();
-        for file in files {
-            let dir = match file.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            dirs.insert(dir);
-        }
-        for dir in dirs {
-            debouncer
-                .watcher()
-                .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|source| WatchError {
-                    path: dir.clone(),
-                    source,
-                })?;
-            debug!(dir = %dir.display(), "Watching for configuration changes");
-        }
         Ok((
             Self {
-                _debouncer: debouncer,
+                debouncer,
+                watched: BTreeMap::new(),
+                relevant,
             },
             rx,
         ))
     }
+
+    /// Watches what `sources` reads from now on: directories no longer needed are let
+    /// go, new ones (and ones removed and created again) are watched, and events count
+    /// by the new names. Returns whether a directory was newly watched: a change made
+    /// there before has no event coming. A directory that cannot be watched is logged
+    /// ("File watching unavailable; reload with SIGHUP") and tried again next time.
+    pub fn follow(&mut self, sources: &Sources) -> bool {
+        *self.relevant.lock().unwrap_or_else(|e| e.into_inner()) = Relevant::of(sources);
+        let wanted = Relevant::directories(sources);
+        let gone: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|dir| !wanted.contains(*dir))
+            .cloned()
+            .collect();
+        for dir in gone {
+            self.watched.remove(&dir);
+            // Already gone if the directory was removed.
+            let _ = self.debouncer.watcher().unwatch(&dir);
+        }
+        let mut added = false;
+        for dir in wanted {
+            let identity = identity(&dir);
+            if identity.is_some() && self.watched.get(&dir) == Some(&identity) {
+                continue;
+            }
+            match self
+                .debouncer
+                .watcher()
+                .watch(&dir, RecursiveMode::NonRecursive)
+            {
+                Ok(()) => {
+                    self.watched.insert(dir.clone(), identity);
+                    added = true;
+                    debug!(dir = %dir.display(), "Watching for configuration changes");
+                }
+                Err(source) => {
+                    self.watched.remove(&dir);
+                    let error = WatchError {
+                        path: dir.clone(),
+                        source,
+                    };
+                    warn!(error = %error, "File watching unavailable; reload with SIGHUP");
+                }
+            }
+        }
+        added
+    }
+}
+
+/// A directory's device and inode, to tell it from one created again under its name.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Reloads on SIGHUP and on changes to the configuration files, until neither can
@@ -341,22 +500,22 @@ pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Re
             None
         }
     };
-    // Set at start and after every reload: no watch ran until now, so a change made
-    // meanwhile has no event coming and is looked for on disk once the watch is in place.
-    let mut look_on_disk = true;
+    let (mut watcher, mut changes) = match ConfigWatcher::start(DEBOUNCE) {
+        Ok((watcher, changes)) => (Some(watcher), Some(changes)),
+        Err(e) => {
+            warn!(error = %e, "File watching unavailable; reload with SIGHUP");
+            (None, None)
+        }
+    };
     loop {
-        // (Re)start the watch on the applied config's files: a reload may have
-        // changed which include directories exist.
-        let (files, include_dirs) = reloader.watch_targets();
-        let (watcher, mut changes) = match ConfigWatcher::start(&files, &include_dirs, DEBOUNCE) {
-            Ok((watcher, changes)) => (Some(watcher), Some(changes)),
-            Err(e) => {
-                warn!(error = %e, "File watching unavailable; reload with SIGHUP");
-                (None, None)
-            }
-        };
-        let changed_meanwhile = std::mem::take(&mut look_on_disk)
-            && tokio::task::block_in_place(|| reloader.changed_on_disk());
+        // Follow what the applied (or last rejected) configuration reads. A directory
+        // watched for the first time — all of them at start, after the configuration
+        // was read — may have changed with no event coming: look on disk.
+        let newly_watched = watcher
+            .as_mut()
+            .is_some_and(|watcher| watcher.follow(&reloader.sources()));
+        let changed_meanwhile =
+            newly_watched && tokio::task::block_in_place(|| reloader.changed_on_disk());
         let trigger = if changed_meanwhile {
             Trigger::FileChange
         } else {
@@ -366,11 +525,10 @@ pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Re
                 else => return,
             }
         };
-        drop(watcher);
-        // Config::load reads files: keep it off the async workers.
+        // Config::load reads files: keep it off the async workers. The watch keeps
+        // running: an event during the reload waits in the channel.
         let outcome = tokio::task::block_in_place(|| reloader.reload(trigger));
         debug!(?outcome, "Reload finished");
-        look_on_disk = true;
     }
 }
 
@@ -409,8 +567,11 @@ mod tests {
         let file = dir.join("credvend.toml");
         std::fs::write(&file, "# one").unwrap();
         let debounce = Duration::from_millis(20);
-        let (_watcher, mut changes) =
-            ConfigWatcher::start(std::slice::from_ref(&file), &[], debounce).unwrap();
+        let (mut watcher, mut changes) = ConfigWatcher::start(debounce).unwrap();
+        assert!(watcher.follow(&Sources {
+            files: vec![file.clone()],
+            ..Sources::default()
+        }));
 
         // What the reloader does right after starting a watch: read the files.
         for _ in 0..3 {
@@ -432,5 +593,90 @@ mod tests {
             "writing the file did not wake the watch"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A directory in the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("credvend-relevant-{label}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn only_the_files_read_and_include_matches_count_not_a_log_or_a_swap_file() {
+        let tmp = TempDir::new("plain");
+        let dir = &tmp.0;
+        let sources = Sources {
+            files: vec![dir.join("credvend.toml"), dir.join("mappings.d/a.toml")],
+            include_globs: vec![(dir.join("mappings.d"), "*.toml".into())],
+            digest: [0; 32],
+        };
+        let relevant = Relevant::of(&sources);
+        for counts in [
+            "credvend.toml",
+            "mappings.d",
+            "mappings.d/a.toml",
+            // A new drop-in, and a file renamed into place by an editor.
+            "mappings.d/b.toml",
+        ] {
+            assert!(relevant.matches(&dir.join(counts)), "{counts}");
+        }
+        for ignored in [
+            "credvend.log",
+            "credvend.toml~",
+            ".credvend.toml.swp",
+            "4913",
+            "mappings.d/README",
+            "mappings.d/b.toml.tmp",
+        ] {
+            assert!(!relevant.matches(&dir.join(ignored)), "{ignored}");
+        }
+        assert_eq!(
+            Relevant::directories(&sources),
+            [dir.clone(), dir.join("mappings.d")].into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn the_names_a_configmap_file_resolves_through_count() {
+        use std::os::unix::fs::symlink;
+        let tmp = TempDir::new("configmap");
+        let dir = &tmp.0;
+        let stamp = "..2026_11_30_15_00_01.100000001";
+        std::fs::create_dir(dir.join(stamp)).unwrap();
+        std::fs::write(dir.join(stamp).join("credvend.toml"), "").unwrap();
+        symlink(stamp, dir.join("..data")).unwrap();
+        symlink("..data/credvend.toml", dir.join("credvend.toml")).unwrap();
+        let main = dir.join("credvend.toml");
+        assert_eq!(
+            resolution_chain(&main),
+            [
+                main.clone(),
+                dir.join("..data"),
+                dir.join(stamp),
+                dir.join(stamp).join("credvend.toml"),
+            ]
+        );
+        let relevant = Relevant::of(&Sources {
+            files: vec![main],
+            ..Sources::default()
+        });
+        // The kubelet's swap: `..data_tmp` renamed over `..data`.
+        assert!(relevant.matches(&dir.join("..data")));
+        assert!(relevant.matches(&dir.join(stamp)));
+        assert!(!relevant.matches(&dir.join("..data_tmp")));
+        assert!(!relevant.matches(&dir.join("credvend.log")));
     }
 }

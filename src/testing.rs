@@ -136,3 +136,10 @@ pub fn json_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
         .collect();
     (out, lines)
 }
+
+/// Runs `hook` once, on this thread, when the next configuration load on it has read
+/// every file and not yet validated them: an edit made there lands "during a reload",
+/// after the bytes the configuration is built from were read.
+pub fn after_next_config_read(hook: impl FnOnce() + 'static) {
+    crate::config::set_after_read(Box::new(hook));
+}

@@ -215,6 +215,7 @@ fn systemd_unit_exposure_stays_low() {
     for directive in [
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/local/bin/credvend check-config",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -226,4 +227,73 @@ fn systemd_unit_exposure_stays_low() {
         let unit = std::fs::read_to_string(repo("systemd/credvend.service")).unwrap();
         assert!(unit.contains(directive), "{directive:?} missing");
     }
+}
+
+/// The unit's `Exec…=` command lines for `key` (e.g. `ExecReload=`), in order.
+fn unit_commands(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn systemd_reload_fails_on_an_invalid_config_and_only_then_signals() {
+    let unit = std::fs::read_to_string(repo("systemd/credvend.service")).unwrap();
+    let start = unit_commands(&unit, "ExecStart=");
+    assert_eq!(start.len(), 1, "{start:?}");
+    let config = start[0]
+        .split("--config ")
+        .nth(1)
+        .expect("ExecStart= names its --config")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // systemd runs ExecReload= lines in order and stops at the first that fails, and then
+    // `systemctl reload` fails: the check comes first, on the config the daemon serves.
+    let reload = unit_commands(&unit, "ExecReload=");
+    assert_eq!(
+        reload,
+        [
+            format!("/usr/local/bin/credvend check-config --config {config}"),
+            "/bin/kill -HUP $MAINPID".to_string(),
+        ],
+        "ExecReload= lines"
+    );
+
+    // The check line as systemd runs it, on the built binary and a file of ours: it fails
+    // on an invalid config (naming the problem) and passes a valid one.
+    let dir = std::env::temp_dir().join(format!("credvend-exec-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("credvend.toml");
+    let valid = std::fs::read_to_string(repo("fuzz/seeds/config_load/minimal.toml")).unwrap();
+    let invalid = valid.replace(
+        "role_arn = \"arn:aws:iam::111122223333:role/vendor-sync\"",
+        "role_arn = \"not-an-arn\"",
+    );
+    assert_ne!(valid, invalid);
+    for (text, expected) in [(&invalid, Some(64)), (&valid, Some(0))] {
+        std::fs::write(&file, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let line = reload[0]
+            .replace("/usr/local/bin/credvend", env!("CARGO_BIN_EXE_credvend"))
+            .replace(&config, &file.display().to_string());
+        let mut words = line.split_whitespace();
+        let out = Command::new(words.next().unwrap())
+            .args(words)
+            .env_clear()
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), expected, "{line}: {stderr}");
+        if expected != Some(0) {
+            assert!(stderr.contains("mappings.acme-s3.role_arn"), "{stderr}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,6 +24,7 @@ use figment::providers::Env;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use super::error::{ConfigError, Problem};
 use super::raw::{OneOrMany, TOP_LEVEL_KEYS};
@@ -42,10 +43,69 @@ pub(super) struct Loaded {
     pub include_dirs: Vec<PathBuf>,
 }
 
-/// Reads the main file, its includes and the environment. Returns `Err` only when the
-/// main file itself cannot be read or parsed (nothing else can be checked then); every
-/// other problem is left in the report for validation to add to.
-pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
+/// What one read of the configuration looked at, whether or not it was valid: the files
+/// it read, where its `include` globs look, and a digest of the bytes it parsed. The
+/// reloader tells a change from a no-op file event by the digest, and filters file events
+/// to these names (docs/design.md, Reload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// Every file read or tried: the main file first, then includes in load order.
+    pub files: Vec<PathBuf>,
+    /// Each `include` glob whose wildcards are all in its last component, as the
+    /// directory it looks in and the file-name pattern there (`mappings.d` and `*.toml`
+    /// for `mappings.d/*.toml`; a literal include is its own pattern). A file appearing
+    /// there that matches is a change.
+    pub include_globs: Vec<(PathBuf, String)>,
+    /// SHA-256 over each file's path and the bytes parsed from it (or that it could not
+    /// be read), in load order: the very bytes the configuration was built from, so an
+    /// edit landing after they were read is a difference, never taken for what was read.
+    pub digest: [u8; 32],
+}
+
+/// Hashes what each file read returned, as it is read.
+struct ReadLog<'a> {
+    hasher: Sha256,
+    sources: &'a mut Sources,
+}
+
+impl ReadLog<'_> {
+    /// Reads `path` whole, recording its name and bytes (or the failure).
+    fn read(&mut self, path: &Path) -> std::io::Result<String> {
+        self.sources.files.push(path.to_path_buf());
+        self.hasher.update(path.as_os_str().as_encoded_bytes());
+        self.hasher.update([0]);
+        let result = fs::read_to_string(path);
+        match &result {
+            Ok(text) => {
+                self.hasher.update((text.len() as u64).to_be_bytes());
+                self.hasher.update(text.as_bytes());
+            }
+            Err(e) => {
+                self.hasher.update(b"\xffunreadable:");
+                self.hasher.update(format!("{:?}", e.kind()).as_bytes());
+            }
+        }
+        result
+    }
+}
+
+/// Reads the main file, its includes and the environment, returning with the result
+/// what was read ([`Sources`], also when reading failed). The result is `Err` only when
+/// the main file itself cannot be read or parsed (nothing else can be checked then);
+/// every other problem is left in the report for validation to add to.
+pub(super) fn load(main: &Path) -> (Sources, Result<Loaded, ConfigError>) {
+    let mut sources = Sources::default();
+    let mut log = ReadLog {
+        hasher: Sha256::new(),
+        sources: &mut sources,
+    };
+    let result = load_logged(main, &mut log);
+    let digest = log.hasher.finalize().into();
+    sources.digest = digest;
+    (sources, result)
+}
+
+fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError> {
     let main_display = main.display().to_string();
     let fatal = |reason: String| ConfigError {
         problems: vec![Problem {
@@ -54,7 +114,7 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
             reason,
         }],
     };
-    let main_dict = read_toml(main).map_err(fatal)?;
+    let main_dict = read_toml(main, log).map_err(fatal)?;
 
     let env = Env::prefixed(ENV_PREFIX)
         .ignore(&[&CONFIG_PATH_VAR[ENV_PREFIX.len()..]])
@@ -78,14 +138,14 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
     let mut files = vec![main.to_path_buf()];
     let mut figment = Figment::from(TomlFile::new(main, main_dict));
 
-    let (includes, include_dirs) = resolve_includes(main, &mut report);
+    let (includes, include_dirs) = resolve_includes(main, &mut report, log.sources);
     for include in includes {
         if files.contains(&include) {
             continue;
         }
         let display = include.display().to_string();
         report.check_private_file(&include, &display);
-        let dict = match read_toml(&include) {
+        let dict = match read_toml(&include, log) {
             Ok(dict) => dict,
             Err(reason) => {
                 report.problem_in(&display, "", reason);
@@ -118,6 +178,8 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
         figment = figment.merge(TomlFile::new(&include, mappings_only));
         files.push(include);
     }
+    #[cfg(any(test, feature = "test-util"))]
+    seam::after_read();
 
     report.set_figment(figment.merge(env));
     Ok(Loaded {
@@ -128,8 +190,10 @@ pub(super) fn load(main: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
-fn read_toml(path: &Path) -> Result<Dict, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read file: {e}"))?;
+fn read_toml(path: &Path, log: &mut ReadLog<'_>) -> Result<Dict, String> {
+    let text = log
+        .read(path)
+        .map_err(|e| format!("cannot read file: {e}"))?;
     toml::from_str::<Dict>(&text).map_err(|e| without_snippet(&e.to_string()))
 }
 
@@ -179,8 +243,13 @@ fn note_mappings(
 }
 
 /// Expands the `include` globs into files, in order, each glob's matches sorted. Also
-/// returns the directories the globs look in (watched for new drop-in files).
-fn resolve_includes(main: &Path, report: &mut Report) -> (Vec<PathBuf>, Vec<PathBuf>) {
+/// returns the directories the globs look in (watched for new drop-in files), and notes
+/// each of them with its file-name pattern in `sources`.
+fn resolve_includes(
+    main: &Path,
+    report: &mut Report,
+    sources: &mut Sources,
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let Some(value) = report.lookup(&["include"]).cloned() else {
         return (Vec::new(), Vec::new());
     };
@@ -212,10 +281,15 @@ fn resolve_includes(main: &Path, report: &mut Report) -> (Vec<PathBuf>, Vec<Path
         } else {
             full_path.parent().map(|p| base_dir.join(p))
         };
-        if let Some(dir) = dir.filter(|d| !d.to_string_lossy().contains(['*', '?', '[']))
-            && !dirs.contains(&dir)
-        {
-            dirs.push(dir);
+        if let Some(dir) = dir.filter(|d| !d.to_string_lossy().contains(['*', '?', '['])) {
+            if let Some(name) = full_path.file_name() {
+                sources
+                    .include_globs
+                    .push((dir.clone(), name.to_string_lossy().into_owned()));
+            }
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
         }
         let paths = match glob::glob(&full) {
             Ok(paths) => paths,
@@ -244,6 +318,30 @@ fn resolve_includes(main: &Path, report: &mut Report) -> (Vec<PathBuf>, Vec<Path
         out.extend(matched);
     }
     (out, dirs)
+}
+
+/// A test seam: a hook run once, on the thread loading, after every file was read and
+/// before validation — where an edit lands "during a reload".
+#[cfg(any(test, feature = "test-util"))]
+pub(super) mod seam {
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnOnce()>;
+
+    thread_local! {
+        static AFTER_READ: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `hook` at the next load's `after_read` on this thread.
+    pub fn set_after_read(hook: Hook) {
+        AFTER_READ.with(|h| *h.borrow_mut() = Some(hook));
+    }
+
+    pub(super) fn after_read() {
+        if let Some(hook) = AFTER_READ.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
+    }
 }
 
 /// A parsed TOML file as a figment provider whose metadata names the file, so values

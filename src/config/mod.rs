@@ -34,6 +34,9 @@ use crate::aws_names::{PolicyArn, Region, RoleArn, SessionName, SourceIdentity};
 use crate::secret::{ExternalId, TokenHash};
 
 pub use error::{ConfigError, Problem};
+pub use load::Sources;
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) use load::seam::set_after_read;
 
 /// Environment variable naming the config file (read by the CLI; never a config key).
 pub const CONFIG_PATH_ENV: &str = load::CONFIG_PATH_VAR;
@@ -177,11 +180,26 @@ impl Config {
     /// `min_remaining`, group/world-readable files, a mapping without External ID) are in
     /// [`Config::warnings`] for the caller to log.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::read(path).1
+    }
+
+    /// [`Config::load`], also returning what was read ([`Sources`]: the files, the
+    /// include globs and the digest of the bytes parsed), valid or not. The reloader
+    /// compares digests and watches the names.
+    pub fn read(path: &Path) -> (Sources, Result<Config, ConfigError>) {
+        let (sources, loaded) = load::load(path);
+        (
+            sources,
+            loaded.and_then(|loaded| Self::validate(path, loaded)),
+        )
+    }
+
+    fn validate(path: &Path, loaded: load::Loaded) -> Result<Config, ConfigError> {
         let load::Loaded {
             mut report,
             files,
             include_dirs,
-        } = load::load(path)?;
+        } = loaded;
         let config = validate::build(&mut report, files, include_dirs);
         let warnings = report.finish()?;
         // `build` returns `None` only after reporting a problem, so `finish` has

@@ -21,6 +21,8 @@
 //! | `credvend_auth_failures_total` | counter | `reason` ([`AUTH_FAILURE_REASONS`]) |
 //! | `credvend_sts_rate_limited_total` | counter | — |
 //! | `credvend_config_reloads_total` | counter | `result` = `success\|error` |
+//! | `credvend_config_last_reload_successful` | gauge, 1/0 | — |
+//! | `credvend_config_last_reload_timestamp_seconds` | gauge | — |
 //! | `credvend_mappings` | gauge | — |
 //! | `credvend_build_info` | gauge, always 1 | `version` |
 //! | `process_*` | Linux process collector | — |
@@ -48,8 +50,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::creds::FailureReason;
@@ -115,6 +117,8 @@ pub struct Metrics {
     auth_failures_total: IntCounterVec,
     sts_rate_limited_total: IntCounter,
     config_reloads_total: IntCounterVec,
+    config_last_reload_successful: IntGauge,
+    config_last_reload_timestamp_seconds: Gauge,
     mappings: IntGauge,
     /// Serialises changes to the set of mappings (reloads).
     mappings_writer: Mutex<()>,
@@ -215,6 +219,22 @@ impl Metrics {
                 "credvend_config_reloads_total",
                 "Configuration reloads, by result (success|error).",
                 &["result"],
+            ),
+            config_last_reload_successful: register(
+                r,
+                IntGauge::new(
+                    "credvend_config_last_reload_successful",
+                    "1 if the last configuration load (start-up or reload) was applied, 0 if it was rejected.",
+                )
+                .expect("valid gauge"),
+            ),
+            config_last_reload_timestamp_seconds: register(
+                r,
+                Gauge::new(
+                    "credvend_config_last_reload_timestamp_seconds",
+                    "Unix time of the last configuration load (start-up or reload), applied or rejected.",
+                )
+                .expect("valid gauge"),
             ),
             mappings: register(
                 r,
@@ -358,6 +378,16 @@ impl Metrics {
         self.config_reloads_total
             .with_label_values(&[if ok { SUCCESS } else { ERROR }])
             .inc();
+    }
+
+    /// The configuration loaded at `at` was applied (`ok`: at start-up, or a reload) or
+    /// rejected: the last-reload gauges.
+    pub fn config_last_reload(&self, ok: bool, at: SystemTime) {
+        self.config_last_reload_successful.set(i64::from(ok));
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_reload_timestamp_seconds.set(secs);
     }
 
     /// Sets `credvend_mappings`.

@@ -10,8 +10,8 @@
 //! Every admin request is counted in `credvend_http_requests_total` under a fixed
 //! `route` label (`metrics`, `healthz`, `readyz`, `status`, `other`), never its path.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::ConnInfo;
 use super::access::HostAllowList;
+use super::status::LastReload;
 use super::wire::{self, Body};
 use crate::cache::CredentialCache;
 use crate::metrics::{self, Metrics, route};
@@ -42,6 +43,8 @@ pub struct AdminEndpoint {
     pub started_at: SystemTime,
     /// `Host` values this listener accepts; swapped whole on reload.
     pub hosts: Arc<ArcSwap<HostAllowList>>,
+    /// The last reload that went ahead, if any (for `/status`).
+    pub last_reload: Arc<Mutex<Option<LastReload>>>,
 }
 
 impl AdminEndpoint {
@@ -96,11 +99,17 @@ impl AdminEndpoint {
                 wire::json_response(status, Bytes::from_static(body.as_bytes()))
             }
             "/status" => {
+                let last_reload = self
+                    .last_reload
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 let document = super::status::document(
                     &self.cache.status(),
                     self.cache.now(),
                     self.generation.load(Ordering::SeqCst),
                     self.started_at,
+                    last_reload.as_ref(),
                 );
                 let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
                 wire::json_response(StatusCode::OK, Bytes::from(body))

@@ -1,16 +1,75 @@
 //! `GET /status` on the admin listener: what an operator needs to see at a glance —
 //! per mapping its state, expiry, time left, last error, External ID enforcement result
-//! and last refresh — plus the daemon's version, config generation and start time.
+//! and last refresh — plus the daemon's version, config generation, start time and the
+//! last reload's time, result and problems.
 //!
 //! Nothing secret is in here: no keys, tokens or External IDs. AccessKeyIds are not
-//! secrets (they appear in CloudTrail and the audit log) and help correlate.
+//! secrets (they appear in CloudTrail and the audit log) and help correlate. A reload's
+//! problems are the ones logged: file, key and reason, and reasons never quote a value
+//! that could be an External ID (src/config/error.rs).
 
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
+use crate::config::Problem;
 use crate::creds::FailureReason;
 use crate::model::MappingStatus;
+
+/// At most this many of a rejected reload's problems are listed (`problem_count` says how
+/// many there were; the log has every one).
+pub const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// How a reload that went ahead ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Applied,
+    Rejected,
+}
+
+impl ReloadResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Rejected => "rejected",
+        }
+    }
+}
+
+/// The last reload that went ahead (a SIGHUP, or a file event that changed what credvend
+/// reads), as `/status` shows it under `last_reload`.
+#[derive(Debug, Clone)]
+pub struct LastReload {
+    /// When it ended (the daemon's clock).
+    pub at: SystemTime,
+    /// `signal` or `file_change`.
+    pub trigger: &'static str,
+    pub result: ReloadResult,
+    /// The configuration generation in force after it.
+    pub generation: u64,
+    /// Why it was rejected; empty when applied.
+    pub problems: Vec<Problem>,
+}
+
+fn last_reload(reload: Option<&LastReload>) -> Value {
+    let Some(reload) = reload else {
+        return Value::Null;
+    };
+    let problems: Vec<Value> = reload
+        .problems
+        .iter()
+        .take(MAX_LISTED_PROBLEMS)
+        .map(|p| json!({ "file": p.file, "key": p.key, "reason": p.reason }))
+        .collect();
+    json!({
+        "at": time(Some(reload.at)),
+        "trigger": reload.trigger,
+        "result": reload.result.as_str(),
+        "config_generation": reload.generation,
+        "problem_count": reload.problems.len(),
+        "problems": problems,
+    })
+}
 
 fn time(at: Option<SystemTime>) -> Value {
     at.map_or(Value::Null, |t| {
@@ -24,6 +83,7 @@ pub fn document(
     now: SystemTime,
     generation: u64,
     started_at: SystemTime,
+    reload: Option<&LastReload>,
 ) -> Value {
     let mappings: serde_json::Map<String, Value> = statuses
         .iter()
@@ -64,6 +124,7 @@ pub fn document(
         "config_generation": generation,
         "started_at": time(Some(started_at)),
         "now": time(Some(now)),
+        "last_reload": last_reload(reload),
         "mappings": mappings,
     })
 }
