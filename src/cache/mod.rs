@@ -57,6 +57,7 @@ use tracing::debug;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::creds::{AssumeError, RoleAssumer};
+use crate::events::MappingInputsChanged;
 use crate::metrics::Metrics;
 use crate::model::{EnforcementStatus, Probe};
 
@@ -256,7 +257,14 @@ impl CredentialCache {
         let mut slots = self.inner.lock_slots();
         for key in old.by_key.keys() {
             if !new.by_key.contains_key(key) {
-                debug!(mapping = %key.name(), "Mapping removed or changed; dropping its credentials");
+                if new.by_name.contains_key(key.name()) {
+                    MappingInputsChanged {
+                        mapping: key.name(),
+                    }
+                    .emit(&self.inner.metrics);
+                } else {
+                    debug!(mapping = %key.name(), "Mapping removed; dropping its credentials");
+                }
                 self.inner.store.invalidate(key);
                 self.inner.queue.cancel(key);
                 slots.remove(key);
