@@ -23,7 +23,7 @@ use crate::creds::RoleAssumer;
 use crate::metrics::Metrics;
 use crate::server::access::{AccessTable, HostAllowList};
 use crate::server::admin::AdminEndpoint;
-use crate::server::credentials::CredentialEndpoint;
+use crate::server::credentials::{CredentialEndpoint, Generation};
 use crate::server::status::LastReload;
 use crate::server::{self, Limits};
 
@@ -80,8 +80,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 /// The running daemon's shared state.
 pub struct Daemon {
     pub cache: CredentialCache,
-    access: Arc<ArcSwap<AccessTable>>,
-    /// `Host` values the admin listener accepts (swapped on reload, like `access`).
+    /// The access rules and mapping table requests are served against, swapped as one.
+    serving: Arc<ArcSwap<Generation>>,
+    /// `Host` values the admin listener accepts (swapped on reload, like `serving`).
     admin_hosts: Arc<ArcSwap<HostAllowList>>,
     /// Set once every listener is serving (readiness).
     listening: Arc<AtomicBool>,
@@ -102,9 +103,14 @@ impl Daemon {
         let started_at = clock.now();
         // The start-up load counts as the first: it was applied.
         metrics.config_last_reload(true, started_at);
+        let cache = CredentialCache::new(config, assumer, clock, metrics.clone());
+        let serving = Generation {
+            access: AccessTable::new(config),
+            mappings: cache.mapping_table(),
+        };
         Self {
-            cache: CredentialCache::new(config, assumer, clock, metrics.clone()),
-            access: Arc::new(ArcSwap::from_pointee(AccessTable::new(config))),
+            cache,
+            serving: Arc::new(ArcSwap::from_pointee(serving)),
             admin_hosts: Arc::new(ArcSwap::from_pointee(admin_hosts(config))),
             listening: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU64::new(1)),
@@ -119,16 +125,18 @@ impl Daemon {
         &self.metrics
     }
 
-    /// Applies a new validated config: tokens, hosts and mappings switch together;
-    /// only mappings whose AssumeRole inputs changed lose their cached credentials.
+    /// Applies a new validated config: tokens and mappings switch together (one store,
+    /// so no request is authorised by one generation and served by another); only
+    /// mappings whose AssumeRole inputs changed lose their cached credentials.
     pub fn apply_config(&self, config: &Config) {
-        let access = Arc::new(AccessTable::new(config));
+        let access = AccessTable::new(config);
         // Metrics first: events for a mapping the metric set does not know are dropped,
         // and the cache starts fetching new mappings as soon as it has the config.
         self.metrics
             .sync_mappings(config.mappings.keys().map(String::as_str));
-        self.cache.apply_config(config);
-        self.access.store(access);
+        let mappings = self.cache.apply_config(config);
+        self.serving
+            .store(Arc::new(Generation { access, mappings }));
         self.admin_hosts.store(Arc::new(admin_hosts(config)));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         info!(
@@ -190,7 +198,7 @@ impl Daemon {
 
         let mut servers = Vec::new();
         let endpoint = CredentialEndpoint {
-            access: self.access.clone(),
+            generation: self.serving.clone(),
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
         };

@@ -203,6 +203,24 @@ impl ShortCredentialReceived<'_> {
     }
 }
 
+/// A reload gave a mapping other AssumeRole inputs (role, External ID, ...) under the
+/// same name: its credential and slot are dropped, and the enforcement result, which was
+/// about the old inputs, is unknown again until the new role is checked.
+#[derive(Debug)]
+pub struct MappingInputsChanged<'a> {
+    pub mapping: &'a str,
+}
+
+impl MappingInputsChanged<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        debug!(
+            mapping = %self.mapping,
+            "Mapping's AssumeRole inputs changed; dropping its credentials and enforcement result"
+        );
+        metrics.enforcement(self.mapping, None);
+    }
+}
+
 /// The External ID enforcement check could not conclude: a probe got an STS error other
 /// than AccessDenied (`verify::trust_decision` decides what that means for the
 /// mapping). Log only.
@@ -489,6 +507,20 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn changed_inputs_make_the_enforcement_result_unknown_again() {
+        let metrics = Metrics::new();
+        metrics.sync_mappings(["x"]);
+        let enforced = || sample(&metrics, r#"credvend_external_id_enforced{mapping="x"}"#);
+        metrics.enforcement("x", Some(false));
+        assert_eq!(enforced(), Some(0.0));
+        let lines = logged(|| MappingInputsChanged { mapping: "x" }.emit(&metrics));
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["level"], "DEBUG");
+        assert_eq!(lines[0]["mapping"], "x");
+        assert_eq!(enforced(), Some(-1.0), "the old inputs' verdict is gone");
     }
 
     #[test]

@@ -250,3 +250,105 @@ async fn assume_role_results_served_sources_and_auth_failures_are_counted() {
     assert_eq!(value(&text, state), Some(1.0), "{text}");
     d.stop().await;
 }
+
+/// `credvend_external_id_enforced` follows a reload that gives a mapping another role:
+/// the old role's verdict is gone as soon as the reload is applied (-1, not checked,
+/// until the new role is), the new role's verdict shows once it is checked, and a
+/// request of the old generation still in its enforcement check when the reload lands
+/// does not put the old role's verdict back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enforcement_gauge_follows_a_reload_that_changes_the_role() {
+    use support::fake_sts::{Role, TrustRule};
+    const GAUGE: &str = r#"credvend_external_id_enforced{mapping="m"}"#;
+    let t = token("m");
+    // `warn`: the unsafe role is still served, so every step has a 200 to wait for.
+    let m = |role: &str| {
+        let mut m = mapping("m", role, Some(EXTERNAL_ID), &t);
+        m.external_id_enforcement = credvend::config::EnforcementMode::Warn;
+        m
+    };
+    let (sts, d) = daemon::start_with_sts(vec![m("enforcing")]).await;
+    sts.add_role(Role::new(
+        daemon::role_arn("enforcing"),
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    sts.add_role(Role::new(
+        daemon::role_arn("open"),
+        TrustRule::NoExternalIdRequired,
+    ));
+    let reload = |role: &str| {
+        d.daemon
+            .apply_config(&config(&sts.endpoint_url(), vec![m(role)]))
+    };
+    let get = || support::http::get_with_token(d.addr, "/v1/credentials/m", &t);
+    // What the gauge holds now (what events set), and what `GET /metrics` shows (which
+    // also brings it in line with the cache's record first). Both must follow a reload.
+    let held = || value(&d.daemon.metrics().render(), GAUGE);
+    let gauge = || async { value(&scrape(d.admin).await, GAUGE) };
+    assert_eq!(
+        gauge().await,
+        Some(-1.0),
+        "not checked before the first request"
+    );
+    assert_eq!(get().await.status, 200);
+    assert_eq!(gauge().await, Some(1.0), "the enforcing role was checked");
+
+    reload("open");
+    assert_eq!(
+        held(),
+        Some(-1.0),
+        "the reload itself forgets the old role's verdict"
+    );
+    assert_eq!(
+        gauge().await,
+        Some(-1.0),
+        "the new role is not checked yet: the old role's verdict must not show"
+    );
+    assert_eq!(get().await.status, 200, "warn serves the unsafe role");
+    assert_eq!(
+        gauge().await,
+        Some(0.0),
+        "the open role was checked: unsafe"
+    );
+
+    // Back to the enforcing role while a request of the "open" generation is inside
+    // its enforcement probes: the probes are held, the reload lands, they are released.
+    // (Away and back first, so that the open role's verdict is forgotten and its next
+    // request probes again.)
+    reload("enforcing");
+    reload("open");
+    let calls_before = sts.assume_role_calls().len();
+    let hold = sts.hold_assume_role();
+    let old_request = {
+        let (addr, t) = (d.addr, t.clone());
+        tokio::spawn(
+            async move { support::http::get_with_token(addr, "/v1/credentials/m", &t).await },
+        )
+    };
+    hold.wait_held(1).await;
+    reload("enforcing");
+    hold.release();
+    let old = old_request.await.expect("request task");
+    assert_eq!(old.status, 200, "{}", old.body);
+    let probed: Vec<_> = sts.assume_role_calls()[calls_before..]
+        .iter()
+        .map(|c| c.role_arn.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        probed.iter().all(|r| *r == daemon::role_arn("open")) && !probed.is_empty(),
+        "the held request checked and fetched the open role: {probed:?}"
+    );
+    assert_eq!(
+        held(),
+        Some(-1.0),
+        "the open role's verdict, concluded after the reload, is not the enforcing role's"
+    );
+    assert_eq!(gauge().await, Some(-1.0), "nor at a scrape");
+    assert_eq!(get().await.status, 200);
+    assert_eq!(
+        gauge().await,
+        Some(1.0),
+        "the enforcing role was checked again"
+    );
+    d.stop().await;
+}

@@ -1216,3 +1216,156 @@ async fn the_last_reload_shows_in_status_and_metrics_with_its_problems_and_no_ex
     assert_eq!(last["problems"], serde_json::json!([]), "{s}");
     assert_eq!(gauges(), (1.0, secs(clock.now())));
 }
+
+/// What one request of the generation-swap test was, and what it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum GenRequest {
+    /// `/v1/credentials/m` with the token of `m` in generation X (role `gen-a`).
+    OldToken,
+    /// `/v1/credentials/m` with the token of `m` in generation Y (role `gen-b`).
+    NewToken,
+    /// `/v1/credentials` with the token valid in both: mapping `p` (role `gen-p`) in X,
+    /// mapping `q` (role `gen-q`) in Y.
+    BothGenerations,
+}
+
+/// Tokens and credentials switch together (docs/design.md, Reload): while reloads flip
+/// mapping `m` between role `gen-a` (token A) and role `gen-b` (token B) hundreds of
+/// times, every credential served to token A is `gen-a`'s and every one served to token
+/// B is `gen-b`'s, and a token valid in both generations (for a mapping that exists under
+/// another name in each) is never refused. A request authorised against one generation
+/// and served from the other would break one of these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_authorised_and_served_by_one_generation_while_reloads_flip_a_role() {
+    use credvend::testing::{config, mapping, role_arn};
+    use support::daemon::token;
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    for role in ["gen-a", "gen-b", "gen-p", "gen-q"] {
+        sts.add_role(Role::new(role_arn(role), TrustRule::NoExternalIdRequired));
+    }
+    let (token_a, token_b, token_both) = (token("gen-a"), token("gen-b"), token("gen-both"));
+    let x = config(
+        &sts.endpoint_url(),
+        vec![
+            mapping("m", "gen-a", Some("external-id-a"), &token_a),
+            mapping("p", "gen-p", Some("external-id-p"), &token_both),
+        ],
+    );
+    let y = config(
+        &sts.endpoint_url(),
+        vec![
+            mapping("m", "gen-b", Some("external-id-b"), &token_b),
+            mapping("q", "gen-q", Some("external-id-q"), &token_both),
+        ],
+    );
+    let d = TestDaemon::start(x.clone(), clock).await;
+
+    // Reloads flip X and Y on a thread of their own (as `reload::run` applies them, in
+    // `block_in_place`) until the clients are done.
+    let done = Arc::new(AtomicBool::new(false));
+    let flips = Arc::new(AtomicUsize::new(0));
+    let flipper = {
+        let (daemon, done, flips) = (d.daemon.clone(), done.clone(), flips.clone());
+        tokio::task::spawn_blocking(move || {
+            while !done.load(Ordering::Relaxed) {
+                let n = flips.fetch_add(1, Ordering::Relaxed);
+                daemon.apply_config(if n % 2 == 0 { &y } else { &x });
+                std::thread::yield_now();
+            }
+        })
+    };
+
+    const CLIENTS: usize = 6;
+    const PER_CLIENT: usize = 150;
+    let kinds = [
+        GenRequest::OldToken,
+        GenRequest::NewToken,
+        GenRequest::BothGenerations,
+    ];
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = d.addr;
+            let tokens = (token_a.clone(), token_b.clone(), token_both.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::with_capacity(PER_CLIENT);
+                for i in 0..PER_CLIENT {
+                    let kind = kinds[(c + i) % kinds.len()];
+                    let (path, token) = match kind {
+                        GenRequest::OldToken => ("/v1/credentials/m", &tokens.0),
+                        GenRequest::NewToken => ("/v1/credentials/m", &tokens.1),
+                        GenRequest::BothGenerations => ("/v1/credentials", &tokens.2),
+                    };
+                    answers.push((kind, get_with_token(addr, path, token).await));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.expect("client task"));
+    }
+    done.store(true, Ordering::Relaxed);
+    flipper.await.expect("reload thread");
+    let flips = flips.load(Ordering::Relaxed);
+
+    // Every credential the fake STS issued, by AccessKeyId: the role it was issued for.
+    let issued: std::collections::HashMap<String, String> = sts
+        .assume_role_calls()
+        .into_iter()
+        .filter_map(|c| Some((c.issued_access_key_id?, c.role_arn?)))
+        .collect();
+    let mut wrong = Vec::new();
+    let mut served = std::collections::HashMap::<(GenRequest, String), usize>::new();
+    for (kind, answer) in &answers {
+        if answer.status != 200 {
+            let refused_is_right = matches!(kind, GenRequest::OldToken | GenRequest::NewToken)
+                && answer.status == 403
+                && answer.json()["code"] == "AccessDenied";
+            if !refused_is_right {
+                wrong.push(format!("{kind:?}: {} {}", answer.status, answer.body));
+            }
+            continue;
+        }
+        let key_id = answer.json()["AccessKeyId"]
+            .as_str()
+            .expect("AccessKeyId")
+            .to_string();
+        let role = issued
+            .get(&key_id)
+            .unwrap_or_else(|| panic!("{kind:?}: {key_id} was not issued by the fake STS"));
+        let expected: &[&str] = match kind {
+            GenRequest::OldToken => &["gen-a"],
+            GenRequest::NewToken => &["gen-b"],
+            GenRequest::BothGenerations => &["gen-p", "gen-q"],
+        };
+        if !expected.iter().any(|r| role_arn(r) == *role) {
+            wrong.push(format!("{kind:?}: credentials of {role}"));
+        }
+        *served.entry((*kind, role.clone())).or_default() += 1;
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answers mixed two generations ({flips} reloads), e.g. {:?}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    // Both generations were really served to each token (the flips overlapped the
+    // requests), or the test proved nothing.
+    for kind in [GenRequest::OldToken, GenRequest::NewToken] {
+        assert!(
+            served.keys().any(|(k, _)| *k == kind),
+            "{kind:?} was never served: {served:?} ({flips} reloads)"
+        );
+    }
+    for role in ["gen-p", "gen-q"] {
+        assert!(
+            served.contains_key(&(GenRequest::BothGenerations, role_arn(role))),
+            "the token valid in both generations never got {role}'s credentials: \
+             {served:?} ({flips} reloads)"
+        );
+    }
+    d.stop().await;
+}

@@ -44,7 +44,7 @@ use credvend::creds::{AssumeError, AssumeRoleInput, Credentials, RoleAssumer};
 use credvend::metrics::Metrics;
 use credvend::secret::SecretValue;
 use credvend::server::access::AccessTable;
-use credvend::server::credentials::CredentialEndpoint;
+use credvend::server::credentials::{CredentialEndpoint, Generation};
 use credvend::server::{ConnInfo, Limits};
 
 /// Tokens of the two mappings. Short and printable so the fuzzer can find them from the
@@ -119,7 +119,10 @@ fn harness() -> &'static Harness {
         Harness {
             runtime,
             endpoint: CredentialEndpoint {
-                access: Arc::new(ArcSwap::from_pointee(AccessTable::new(&config))),
+                generation: Arc::new(ArcSwap::from_pointee(Generation {
+                    access: AccessTable::new(&config),
+                    mappings: cache.mapping_table(),
+                })),
                 cache,
                 metrics,
             },

@@ -1,8 +1,9 @@
 //! The credential cache: per-mapping state, single flight, pre-refresh, STS budget.
 //!
 //! Inputs: the validated [`Config`] (mappings and `[refresh]`), a [`RoleAssumer`] (STS),
-//! and a [`Clock`]. Output: [`CredentialCache::get`], which the HTTP layer calls once per
-//! authorised request.
+//! and a [`Clock`]. Output: [`CredentialCache::get_in`], which the HTTP layer calls once
+//! per authorised request, with the [`MappingTable`] of the generation it authorised
+//! against.
 //!
 //! How the pieces fit (docs/design.md, Credential lifecycle):
 //! - **Store.** Credentials live in a bounded moka cache keyed by [`MappingKey`] — the
@@ -56,6 +57,7 @@ use tracing::debug;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::creds::{AssumeError, RoleAssumer};
+use crate::events::MappingInputsChanged;
 use crate::metrics::Metrics;
 use crate::model::{EnforcementStatus, Probe};
 
@@ -93,6 +95,13 @@ const STORE_TTL: Duration = Duration::from_secs(13 * 3600);
 /// would otherwise open thousands of concurrent connections (measured: ~600 MiB RSS for
 /// 10,000 mappings, and STS timeouts). Callers queue FIFO for a permit.
 const MAX_CONCURRENT_STS_CALLS: usize = 64;
+
+/// One config generation's mapping table, for requests that must look their mapping up
+/// in the generation they were authorised against ([`CredentialCache::get_in`]): the
+/// daemon swaps it together with the access rules (docs/design.md, Reload). Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct MappingTable(Arc<Table>);
 
 /// A served credential.
 #[derive(Debug, Clone)]
@@ -239,16 +248,23 @@ impl CredentialCache {
         })
     }
 
-    /// Replaces the mapping table with `config`'s. Mappings whose fingerprint changed or
-    /// that were removed lose their cached credentials and state; unchanged ones keep
-    /// them. New `prefetch` mappings start fetching.
-    pub fn apply_config(&self, config: &Config) {
+    /// Replaces the mapping table with `config`'s and returns it. Mappings whose
+    /// fingerprint changed or that were removed lose their cached credentials and state;
+    /// unchanged ones keep them. New `prefetch` mappings start fetching.
+    pub fn apply_config(&self, config: &Config) -> MappingTable {
         let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
         let old = self.inner.table.swap(new.clone());
         let mut slots = self.inner.lock_slots();
         for key in old.by_key.keys() {
             if !new.by_key.contains_key(key) {
-                debug!(mapping = %key.name(), "Mapping removed or changed; dropping its credentials");
+                if new.by_name.contains_key(key.name()) {
+                    MappingInputsChanged {
+                        mapping: key.name(),
+                    }
+                    .emit(&self.inner.metrics);
+                } else {
+                    debug!(mapping = %key.name(), "Mapping removed; dropping its credentials");
+                }
                 self.inner.store.invalidate(key);
                 self.inner.queue.cancel(key);
                 slots.remove(key);
@@ -256,6 +272,12 @@ impl CredentialCache {
         }
         drop(slots);
         self.prefetch_all();
+        MappingTable(new)
+    }
+
+    /// The mapping table now applied.
+    pub fn mapping_table(&self) -> MappingTable {
+        MappingTable(self.inner.current_table())
     }
 
     /// The cache's wall clock (the injected one).

@@ -28,6 +28,9 @@ impl Inner {
         };
         slot.inflight = None;
         if !current {
+            // A request of the generation before brought the slot back (see
+            // `CredentialCache::get_in`); the reload had dropped it.
+            slots.remove(&spec.key);
             return;
         }
         let name = spec.key.name();

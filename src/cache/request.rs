@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::budget::Priority;
 use super::lifecycle::{self, Servable};
 use super::table::MappingSpec;
-use super::{CredentialCache, FetchOutcome, Inner, Source, VendError, Vended};
+use super::{CredentialCache, FetchOutcome, Inner, MappingTable, Source, VendError, Vended};
 use crate::creds::{AssumeError, FailureReason};
 use crate::model::FetchError;
 
@@ -17,6 +17,14 @@ impl CredentialCache {
     /// Credentials for mapping `name`, from cache when possible. Waits at most
     /// `cold_wait` for STS.
     pub async fn get(&self, name: &str) -> Result<Vended, VendError> {
+        self.get_in(&self.mapping_table(), name).await
+    }
+
+    /// [`CredentialCache::get`] for mapping `name` as `mappings` (a generation the
+    /// request was authorised against, now applied or not) defines it: its role is what
+    /// is served, fetched if need be. A fetch for a generation no longer applied serves
+    /// its request but is not cached.
+    pub async fn get_in(&self, mappings: &MappingTable, name: &str) -> Result<Vended, VendError> {
         let inner = &self.inner;
         let now = inner.now();
         // Fast path, no lock: a live credential with at least `min_remaining` left is
@@ -24,7 +32,7 @@ impl CredentialCache {
         // the slot's flags say). The liveness test matters only when `min_remaining` is
         // configured inside the expiry margin.
         let (spec, table) = {
-            let table = inner.table.load();
+            let table = &mappings.0;
             let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
             spec.touch(now.wall);
             if let Some(entry) = inner.store.get(&spec.key)
@@ -37,7 +45,7 @@ impl CredentialCache {
                     source: Source::Cache,
                 });
             }
-            (spec.clone(), arc_swap::Guard::into_inner(table))
+            (spec.clone(), table.clone())
         };
         let min_remaining = table.refresh.min_remaining;
 

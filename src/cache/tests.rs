@@ -742,6 +742,72 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
     );
 }
 
+/// A request authorised against the generation before a reload (`get_in` with that
+/// generation's table, as the credential endpoint does) is served that generation's role,
+/// and leaves nothing behind: its credential is not cached, the slot it brought back
+/// is dropped, and the old role's enforcement verdict is neither recorded nor shown as
+/// the mapping's `credvend_external_id_enforced`.
+#[tokio::test]
+async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_nothing() {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
+    old.external_id_enforcement = EnforcementMode::Warn;
+    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    let old_key = key_of(&cache, "m");
+    let old_table = cache.mapping_table();
+    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
+    new.external_id_enforcement = EnforcementMode::Warn;
+    reload(&cache, &metrics, vec![new]);
+
+    let request = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_in(&old_table, "m").await }
+    });
+    sts.wait_until("the old role's first probe is inside AssumeRole", |s| {
+        s.in_flight() == 1
+    })
+    .await;
+    assert!(
+        cache.inner.lock_slots().contains_key(&old_key),
+        "the old generation's request registered its fetch in a slot of the old key"
+    );
+    sts.open();
+    let served = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the request finished")
+        .expect("the request task did not panic")
+        .expect("the old generation's request is served");
+    assert_eq!(served.source, Source::Fresh);
+    let calls = sts.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "two probes and the real call");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.role_arn == crate::testing::role_arn("role-old")),
+        "the request was served its own generation's role: {:?}",
+        calls.iter().map(|c| &c.role_arn).collect::<Vec<_>>()
+    );
+
+    assert_forgotten(&cache, &old_key);
+    let status = cache.status();
+    assert_eq!(status[0].enforcement, EnforcementStatus::Unknown);
+    assert_eq!(
+        mapping_series(&metrics, "credvend_external_id_enforced", "m").as_deref(),
+        Some("-1"),
+        "the old role's verdict is not the new mapping's"
+    );
+    let vended = cache.get("m").await.expect("the new mapping vends");
+    assert_ne!(vended.entry.access_key_id, served.entry.access_key_id);
+    assert!(
+        sts.calls.lock().unwrap()[3..]
+            .iter()
+            .all(|c| c.role_arn == crate::testing::role_arn("role-new")),
+        "the applied generation fetches the new role"
+    );
+}
+
 /// Requests for 200 cold mappings at once: at most 64 AssumeRole calls are in flight
 /// (the STS connection bound in src/cache/mod.rs), the bound is reached, each finished
 /// call lets a waiting one in, and every request is served.

@@ -44,16 +44,19 @@ impl Inner {
             let concluded_at = self.clock.now();
             Some(match result {
                 Ok(verdict) => {
-                    // No slot: a reload removed or changed the mapping while the probes
-                    // ran. The verdict is about a role no mapping uses any more, and a
-                    // mapping now bearing the same name must not report it as its own.
+                    // No slot, or a key no longer applied: a reload removed or changed
+                    // the mapping while the probes ran (a request of the generation
+                    // before can bring the slot back). The verdict is about a role no
+                    // mapping uses any more, and a mapping now bearing the same name
+                    // must not report it as its own.
+                    let applied = self.current_table().by_key.contains_key(&spec.key);
                     let current = match self.lock_slots().get_mut(&spec.key) {
-                        Some(slot) => {
+                        Some(slot) if applied => {
                             slot.enforcement = verdict.into();
                             slot.enforcement_checked_at = Some(concluded_at);
                             true
                         }
-                        None => false,
+                        _ => false,
                     };
                     if current {
                         TrustPolicyChecked {

@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response};
 use super::ConnInfo;
 use super::access::{AccessTable, AuthFailure};
 use super::wire::{self, Body};
-use crate::cache::{CredentialCache, VendError};
+use crate::cache::{CredentialCache, MappingTable, VendError};
 use crate::events::{CredentialsRefused, CredentialsServed};
 use crate::metrics::{Metrics, route};
 use crate::protocol::ApiError;
@@ -39,11 +39,21 @@ const PREFIX: &str = "/v1/credentials";
 /// Longest mapping name a path may carry (config allows 64); longer is not a mapping.
 const MAX_MAPPING_LEN: usize = 64;
 
+/// What a credential request is checked and served against: one config generation's
+/// access rules and mapping table. A reload swaps both in one store, and a request loads
+/// them once, so it is authorised and served by the same generation: a token the
+/// generation knows gets that generation's role, never the next one's, and a mapping
+/// it was authorised for is found (docs/design.md, Reload).
+pub struct Generation {
+    pub access: AccessTable,
+    pub mappings: MappingTable,
+}
+
 /// Shared state of the credential listeners.
 #[derive(Clone)]
 pub struct CredentialEndpoint {
     /// Swapped whole on reload; lock-free to read on every request.
-    pub access: Arc<ArcSwap<AccessTable>>,
+    pub generation: Arc<ArcSwap<Generation>>,
     pub cache: CredentialCache,
     /// Request, served and auth-failure metrics.
     pub metrics: Arc<Metrics>,
@@ -52,8 +62,8 @@ pub struct CredentialEndpoint {
 impl CredentialEndpoint {
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let access = self.access.load_full();
-        let (mapping, result) = self.route(&access, &request, conn).await;
+        let generation = self.generation.load_full();
+        let (mapping, result) = self.route(&generation, &request, conn).await;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -80,10 +90,11 @@ impl CredentialEndpoint {
     /// request or the access table) for the audit line: no allocation on success.
     async fn route<'a>(
         &self,
-        access: &'a AccessTable,
+        generation: &'a Generation,
         request: &'a Request<Incoming>,
         conn: ConnInfo,
     ) -> (Option<&'a str>, Result<Response<Body>, ApiError>) {
+        let access = &generation.access;
         if let Some(error) = super::framing_error(request) {
             return (None, Err(error));
         }
@@ -116,7 +127,7 @@ impl CredentialEndpoint {
                 );
             }
         };
-        let result = match self.cache.get(mapping).await {
+        let result = match self.cache.get_in(&generation.mappings, mapping).await {
             Ok(vended) => {
                 let entry = &vended.entry;
                 CredentialsServed {
