@@ -127,6 +127,51 @@ fn check_config_accepts_the_example_and_summarises_without_secrets() {
 }
 
 #[test]
+fn check_config_refuses_a_config_file_other_users_could_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("writable");
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789"
+token_sha256 = ["{}"]
+"#,
+            hash("t")
+        ),
+    );
+    let check = || {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, stderr) = check();
+    assert_eq!(code, Some(64), "{stderr}");
+    let shown = std::fs::canonicalize(&path).unwrap().display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{}: {} is writable by group or others (mode 0666)",
+            path.display(),
+            path.display()
+        )) && stderr.contains(&format!("run `chmod go-w {shown}`")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("acme-external-id"), "{stderr}");
+}
+
+#[test]
 fn missing_config_file_is_a_configuration_error() {
     let out = Command::new(BIN)
         .args(["check-config", "--config", "/nonexistent/credvend.toml"])

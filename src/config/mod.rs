@@ -17,6 +17,7 @@
 
 mod error;
 mod load;
+mod permissions;
 mod raw;
 mod rules;
 mod validate;
