@@ -173,6 +173,8 @@ token_sha256 = ["{}"]
         ),
     )
     .unwrap();
+    // Owner-only whatever the umask: a config file others could write is refused.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     Fixture { sts, dir, config }
 }
 

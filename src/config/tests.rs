@@ -33,7 +33,9 @@ fn write(jail: &Jail, name: &str, contents: &str) -> PathBuf {
         && !parent.exists()
     {
         fs::create_dir_all(parent).unwrap();
-        fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in parent.ancestors().take_while(|d| *d != jail.directory()) {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
     fs::write(&path, contents).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
