@@ -131,7 +131,11 @@ fn judge(subject: &Subject<'_>, stat: Stat, running_as: u32) -> Findings {
     }
     if owner != 0 && owner != running_as && !read_only {
         let fix = if running_as == 0 {
-            format!("`chown root {target}`")
+            // Most likely an operator checking the service's files as root.
+            format!(
+                "`chown root {target}`, or run credvend as uid {owner} if that is its \
+                 service user (`runuser -u credvend -- credvend …`)"
+            )
         } else {
             format!("`chown {running_as} {target}` (or `chown root {target}`)")
         };
@@ -235,8 +239,15 @@ mod tests {
                 && reason.contains("chown 999 /etc/credvend/credvend.toml"),
             "{reason}"
         );
-        // Running as root, only root's own files pass.
-        assert_eq!(judged(Kind::File, 0o600, 999, 0).problems.len(), 1);
+        // Running as root, only root's own files pass; the advice covers an operator
+        // checking the service user's files as root.
+        let found = judged(Kind::File, 0o600, 999, 0);
+        assert_eq!(found.problems.len(), 1, "{found:?}");
+        assert!(
+            found.problems[0].contains("chown root /etc/credvend/credvend.toml")
+                && found.problems[0].contains("run credvend as uid 999"),
+            "{found:?}"
+        );
     }
 
     #[test]
