@@ -197,6 +197,11 @@ impl Daemon {
         };
 
         let mut servers = Vec::new();
+        // `max_connections` bounds the credential listeners together (the default
+        // listens on 127.0.0.1 and [::1]: still 1024 in all, not per address); the
+        // admin listener has slots of its own, so probes and scrapes never wait behind
+        // credential clients.
+        let credential_slots = server::ConnectionSlots::new(limits.max_connections);
         let endpoint = CredentialEndpoint {
             generation: self.serving.clone(),
             cache: self.cache.clone(),
@@ -211,10 +216,11 @@ impl Daemon {
                 let endpoint = endpoint.clone();
                 async move { endpoint.handle(request, conn).await }
             };
-            servers.push(tokio::spawn(server::serve(
+            servers.push(tokio::spawn(server::serve_sharing(
                 listener,
                 handler,
                 limits.clone(),
+                credential_slots.clone(),
                 stopped(),
             )));
         }

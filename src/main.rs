@@ -170,6 +170,7 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
+    forbid_core_dumps();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,6 +188,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(Failure::ChecksFailed) => ExitCode::FAILURE,
+    }
+}
+
+/// Marks the process non-dumpable before anything is read: its memory holds External
+/// IDs, token hashes and customers' credentials, so no core dump of it may be written
+/// (whatever `ulimit -c` or `core_pattern` say), and other processes of the same user
+/// cannot attach to it or read its `/proc/<pid>/mem` or `environ` (which the kernel
+/// shows as owned by root from then on: `tests/cli.rs` checks it that way). The systemd
+/// unit also sets `LimitCORE=0`.
+fn forbid_core_dumps() {
+    #[cfg(target_os = "linux")]
+    if let Err(error) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("credvend: warning: cannot disable core dumps (PR_SET_DUMPABLE): {error}");
     }
 }
 

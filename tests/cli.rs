@@ -190,6 +190,51 @@ fn check_config_accepts_the_example_and_summarises_without_secrets() {
 }
 
 #[test]
+fn check_config_refuses_a_config_file_other_users_could_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("writable");
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789"
+token_sha256 = ["{}"]
+"#,
+            hash("t")
+        ),
+    );
+    let check = || {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, stderr) = check();
+    assert_eq!(code, Some(64), "{stderr}");
+    let shown = std::fs::canonicalize(&path).unwrap().display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{}: {} is writable by group or others (mode 0666)",
+            path.display(),
+            path.display()
+        )) && stderr.contains(&format!("run `chmod go-w {shown}`")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("acme-external-id"), "{stderr}");
+}
+
+#[test]
 fn missing_config_file_is_a_configuration_error() {
     let out = Command::new(BIN)
         .args(["check-config", "--config", "/nonexistent/credvend.toml"])
@@ -325,4 +370,101 @@ fn serve_exits_0_on_sigterm_after_binding() {
         .unwrap();
     assert_eq!(exit.code(), Some(0), "stderr: {stderr}");
     assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+/// Kills and reaps a child when dropped, so a failed assertion leaves no process behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `credvend serve` marks itself non-dumpable (no core dump can hold its secrets). The
+/// kernel shows it: the private files under `/proc/<pid>/` (`environ`, `mem`, `fd`) of a
+/// non-dumpable process belong to root, those of a dumpable one to the process's user
+/// (proc(5)). So both run as a user other than root (`nobody` when the test itself runs
+/// as root), and `sleep`, run the same way, shows the probe telling the two apart.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_is_not_dumpable() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    let me = rustix::process::geteuid().as_raw();
+    let user = if me == 0 { 65534 } else { me };
+    let as_user = |command: &mut Command| {
+        if me == 0 {
+            command.uid(user).gid(user);
+        }
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let proc_owner = |pid: u32| {
+        std::fs::metadata(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .uid()
+    };
+
+    let control = Reaped(as_user(Command::new("sleep").arg("60")));
+    assert_eq!(
+        proc_owner(control.0.id()),
+        user,
+        "a dumpable process's /proc/<pid>/environ belongs to its user"
+    );
+    drop(control);
+
+    let scratch = Scratch::new("dumpable");
+    let (port, admin) = free_ports();
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[server]
+listen = ["127.0.0.1:{port}"]
+admin_listen = "127.0.0.1:{admin}"
+
+[sts]
+endpoint_url = "http://127.0.0.1:9"
+
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789"
+token_sha256 = ["{}"]
+"#,
+            hash("t")
+        ),
+    );
+    // Readable by `nobody`: owned by root, so it may be (with a warning).
+    std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    let mut child = Reaped(as_user(&mut serve));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!("credvend exited ({exit}) before its admin listener came up");
+        }
+        assert!(Instant::now() < deadline, "admin listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        proc_owner(child.0.id()),
+        0,
+        "credvend (running as uid {user}) is still dumpable"
+    );
 }

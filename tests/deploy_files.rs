@@ -194,6 +194,29 @@ fn systemd_unit_verifies_cleanly() {
     );
 }
 
+/// No core dumps of a process whose memory holds secrets (credvend also marks itself
+/// non-dumpable: `tests/cli.rs`, `serve_is_not_dumpable`). Read from the file, so it
+/// holds where `systemd-analyze` is not installed.
+#[test]
+fn systemd_unit_allows_no_core_dumps() {
+    let unit = std::fs::read_to_string(repo("systemd/credvend.service")).unwrap();
+    let limits: Vec<&str> = unit
+        .lines()
+        .filter(|line| line.trim_start().starts_with("LimitCORE="))
+        .collect();
+    assert_eq!(
+        limits,
+        ["LimitCORE=0"],
+        "the [Service] section's core limit"
+    );
+    let service = unit.split("[Service]").nth(1).expect("a [Service] section");
+    let service = service.split("\n[").next().unwrap_or(service);
+    assert!(
+        service.contains("\nLimitCORE=0\n"),
+        "LimitCORE=0 outside [Service]"
+    );
+}
+
 #[test]
 fn systemd_unit_exposure_stays_low() {
     if !have("systemd-analyze") {

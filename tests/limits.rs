@@ -410,6 +410,81 @@ async fn connections_beyond_max_connections_wait_for_a_free_slot() {
     d.stop().await;
 }
 
+/// `max_connections` is one bound for all the credential listeners (the default listens
+/// on two addresses), and the admin listener has slots of its own: with one slot, a
+/// connection held on one credential address keeps a client of the other one waiting,
+/// while `/healthz` still answers.
+#[tokio::test]
+async fn max_connections_bounds_the_credential_listeners_together_and_not_the_admin_one() {
+    let token = token("acme");
+    let clock = credvend::clock::ManualClock::starting_now();
+    let sts = FakeSts::start(std::sync::Arc::new(clock.clone())).await;
+    sts.add_role(acme_role());
+    let mut config = daemon::config(&sts.endpoint_url(), acme(&token));
+    config.refresh.cold_wait = PATIENT_COLD_WAIT;
+    config.server.max_connections = 1;
+    // Long enough that the held connection is not cut off by it.
+    config.server.header_read_timeout = Duration::from_secs(300);
+    config.server.listen = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.2:0".parse().unwrap(),
+    ];
+    let listeners = credvend::daemon::Listeners::bind(&config.server)
+        .await
+        .expect("bind");
+    let addrs = listeners.credential_addrs();
+    let d = TestDaemon::start_with_listeners(config, clock, listeners).await;
+
+    // The only slot: taken by a connection on the first address (answered, so accepted).
+    let mut held = TcpStream::connect(addrs[0]).await.expect("connect first");
+    assert_eq!(round_trip(&mut held, &token).await, 200);
+
+    // A whole request on the second address.
+    let mut other = TcpStream::connect(addrs[1]).await.expect("connect second");
+    let raw = format!(
+        "GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+    );
+    other.write_all(raw.as_bytes()).await.expect("write second");
+    let other = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        other.read_to_end(&mut answer).await.expect("read second");
+        answer
+    });
+    // Round trips on `held` turn the (single-threaded) runtime many times: a second
+    // listener with a slot of its own would have accepted and served `other` by then.
+    for _ in 0..10 {
+        assert_eq!(round_trip(&mut held, &token).await, 200);
+    }
+    assert!(
+        !other.is_finished(),
+        "the second address served a connection past the shared max_connections"
+    );
+    #[cfg(target_os = "linux")]
+    assert_eq!(
+        accept_queue(addrs[1]),
+        1,
+        "the second address's connection is not waiting in its accept queue"
+    );
+
+    // The admin listener is not bound by the credential listeners' slots.
+    let health = request(d.admin, "GET", "/healthz", &[]).await;
+    assert_eq!(health.status, 200, "{}", health.body);
+
+    // The slot frees: the waiting connection is served.
+    drop(held);
+    let answer = tokio::time::timeout(Duration::from_secs(30), other)
+        .await
+        .expect("waiting connection served once the slot freed")
+        .unwrap();
+    assert_eq!(
+        status_of(&answer),
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn random_bytes_on_some_connections_do_not_disturb_other_clients() {
     let token = token("acme");

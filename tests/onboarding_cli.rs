@@ -161,6 +161,8 @@ async fn fixture(rule: TrustRule) -> Fixture {
         sts_and_acme_toml(&sts.endpoint_url(), EXTERNAL_ID, "t"),
     )
     .unwrap();
+    // Owner-only whatever the umask: a config file others could write is refused.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     Fixture { sts, dir, config }
 }
 

@@ -105,6 +105,14 @@ endpoint_url = "{sts_url}"
     )
 }
 
+/// Creates directory `path` (and its parents) with mode 0755 whatever the umask:
+/// credvend refuses an include directory that group or others can write.
+fn create_config_dir(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// Replaces `path` atomically, as editors and config management do.
 fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-write");
@@ -196,7 +204,7 @@ fn prepare(sts: &FakeSts, label: &str) -> Daemon {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let etc = dir.join("etc");
-    std::fs::create_dir_all(&etc).unwrap();
+    create_config_dir(&etc);
     // Two ports free a moment ago: the kernel may hand out the same one twice.
     let listen = free_addr();
     let admin = std::iter::repeat_with(free_addr)
@@ -251,7 +259,7 @@ async fn launch_with_rust_log(d: &mut Daemon, rust_log: &str) {
 /// The usual daemon: `credvend.toml` with `mappings` inline and an empty `mappings.d/`.
 async fn start(sts: &FakeSts, label: &str, mappings: &str) -> Daemon {
     let mut d = prepare(sts, label);
-    std::fs::create_dir_all(d.etc.join("mappings.d")).unwrap();
+    create_config_dir(&d.etc.join("mappings.d"));
     d.write(&d.config, &d.main_text(mappings));
     launch(&mut d).await;
     d
@@ -585,7 +593,7 @@ async fn without_file_watching_sighup_still_reloads_and_watching_resumes_when_it
 
     // With the directory back, the next reload watches again: a new drop-in is then
     // picked up by file watching alone.
-    std::fs::create_dir(&include_dir).unwrap();
+    create_config_dir(&include_dir);
     let watches = d.logged("Watching for configuration changes");
     d.hup();
     d.until_reloads("second SIGHUP applied", |applied, _| applied >= 2.0)
@@ -731,7 +739,7 @@ impl InProcess {
             sts.addr().port()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("mappings.d")).unwrap();
+        create_config_dir(&dir.join("mappings.d"));
         let main = dir.join("credvend.toml");
         // Port 0 for both listeners, told apart by address (both loopback).
         let admin = "127.0.0.2:0".to_string();
@@ -930,6 +938,61 @@ async fn a_file_event_reloads_only_changed_content_and_reports_a_bad_edit_once()
         r.reloader.reload(Trigger::FileChange),
         ReloadOutcome::Unchanged
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_files_another_user_could_write_is_rejected_and_the_old_config_serves() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let a = mapping("a", "role-a", "external-id-a-1", TOKEN_A);
+    let b = mapping("b", "role-b", "external-id-b-1", TOKEN_B);
+    let r = InProcess::start("writable", &a).await;
+    assert_eq!(r.get("a", TOKEN_A).await.status, 200);
+    let rejection = |logs: &[serde_json::Value], path: &Path| {
+        let shown = path.display().to_string();
+        let lines: Vec<String> = logs.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("writable by group or others")
+                    && l.contains(&format!("chmod go-w {shown}"))),
+            "no rejection naming {shown} and its fix in:\n{}",
+            lines.join("\n")
+        );
+    };
+
+    // Mapping b is added in an edit that leaves the main file group-writable: the
+    // reload is rejected, b is not served, a still is.
+    r.write_main("127.0.0.1:0", "", &format!("{a}{b}"));
+    chmod(&r.main, 0o664);
+    let (outcome, logs) = with_logs(|| r.reloader.reload(Trigger::FileChange));
+    assert_eq!(outcome, ReloadOutcome::Rejected);
+    rejection(&logs, &fs_canonical(&r.main));
+    assert_access_denied(&r.get("b", TOKEN_B).await, "rejected: b not added");
+    assert_eq!(r.get("a", TOKEN_A).await.status, 200);
+    assert_eq!((r.reloads(), r.daemon.daemon.generation()), ((0.0, 1.0), 1));
+
+    // The file fixed, the drop-in directory opened to everyone: rejected too.
+    chmod(&r.main, 0o600);
+    let include_dir = r.dir.join("mappings.d");
+    chmod(&include_dir, 0o777);
+    let (outcome, logs) = with_logs(|| r.reloader.reload(Trigger::Signal));
+    assert_eq!(outcome, ReloadOutcome::Rejected);
+    rejection(&logs, &fs_canonical(&include_dir));
+    assert_access_denied(&r.get("b", TOKEN_B).await, "still rejected");
+    assert_eq!(r.reloads(), (0.0, 2.0));
+
+    // Both fixed: the same content applies.
+    chmod(&include_dir, 0o755);
+    assert_eq!(r.reloader.reload(Trigger::Signal), ReloadOutcome::Applied);
+    assert_eq!(r.get("b", TOKEN_B).await.status, 200);
+    assert_eq!(r.reloads(), (1.0, 2.0));
+}
+
+fn fs_canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap()
 }
 
 /// Runs `f` with this thread's log events captured as JSON objects (debug and up).

@@ -222,6 +222,49 @@ async fn trust_rules_deny_missing_and_wrong_external_ids() {
 }
 
 #[tokio::test]
+async fn an_external_id_echoed_across_the_message_cut_leaves_no_part_of_it() {
+    let h = harness().await;
+    // STS refuses an ExternalId longer than 1,224 characters and echoes it: "1 validation
+    // error detected: Value '…' at 'externalId' failed to satisfy constraint: …". This
+    // one starts 36 characters into that message and runs past the 512 credvend keeps.
+    let external_id = format!("CANARY{}", "0123456789abcdef".repeat(80));
+    let echoing = AssumeRoleInput {
+        external_id: Some(ExternalId::new(external_id.clone())),
+        ..input()
+    };
+    let err = h.assumer.assume_role(&echoing).await.unwrap_err();
+    assert_eq!(
+        (err.reason, err.code.as_str()),
+        (FailureReason::InvalidRequest, "ValidationError"),
+        "{err}"
+    );
+    let calls = h.fake.assume_role_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].error_code.as_deref(),
+        Some("ValidationError"),
+        "the fake refused (and echoed) the External ID"
+    );
+    let shown = format!("{err} {err:?}");
+    // Not even a part of it: any 12 characters of the External ID.
+    for start in 0..=external_id.len() - 12 {
+        let part = &external_id[start..start + 12];
+        assert!(
+            !shown.contains(part),
+            "External ID leaked ({part:?} at {start}): {shown}"
+        );
+    }
+    assert!(
+        err.message.contains(
+            "failed to satisfy constraint: Member must have length less than or equal to 1224"
+        ),
+        "the reason survives the scrub: {}",
+        err.message
+    );
+    assert!(err.message.chars().count() <= 513, "{}", err.message);
+}
+
+#[tokio::test]
 async fn any_external_id_rule_needs_one_but_accepts_any() {
     let h = harness_with(CALL_TIMEOUT, TrustRule::AnyExternalId).await;
     let missing = input_with_external_id(None);

@@ -25,9 +25,19 @@ use credvend::config::Config;
 
 /// Writes `data` to `path` (the main config file; its directory is the input's to
 /// name `include`s and External ID files in) and runs it through the checks; panics on
-/// a violation.
+/// a violation. The file is 0600 whatever the umask: one that group or others could
+/// write is refused whole, before any of its content is looked at.
 pub fn check(path: &Path, data: &[u8]) {
-    std::fs::write(path, data).expect("write fuzz config");
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(data))
+        .expect("write fuzz config");
     let parses_as_toml = std::str::from_utf8(data)
         .ok()
         .is_some_and(|text| text.parse::<toml::Table>().is_ok());

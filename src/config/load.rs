@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::error::{ConfigError, Problem};
+use super::permissions;
 use super::raw::{OneOrMany, TOP_LEVEL_KEYS};
 
 /// Prefix of environment overrides.
@@ -139,6 +140,12 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     let mut figment = Figment::from(TomlFile::new(main, main_dict));
 
     let (includes, include_dirs) = resolve_includes(main, &mut report, log.sources);
+    // A file dropped into an include directory is configuration: whoever can write
+    // the directory can add a mapping.
+    let origin = report.origin(&["include"]);
+    for dir in &include_dirs {
+        report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
+    }
     for include in includes {
         if files.contains(&include) {
             continue;
@@ -492,35 +499,27 @@ impl Report {
         });
     }
 
-    /// Warns when `path` is readable by group or others: config files hold External
-    /// IDs, and an External ID file is nothing but one.
+    /// Checks who else could change or read the config file `path`
+    /// ([`permissions`]): a problem when another user could write it, a warning when
+    /// group or others can read it (config files hold External IDs).
     pub fn check_private_file(&mut self, path: &Path, file: &str) {
         self.check_private(path, file, "");
     }
 
+    /// [`Report::check_private_file`] for a file named by `key` (an External ID file:
+    /// nothing but a secret), attributed to `file`, where the key was set.
     pub fn check_private(&mut self, path: &Path, file: &str, key: &str) {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let Ok(metadata) = fs::metadata(path) else {
-                return;
-            };
-            let mode = metadata.permissions().mode() & 0o777;
-            // Group/other READ is the leak; write bits alone do not disclose anything.
-            if mode & 0o044 != 0 {
-                let shown = path.display();
-                self.warn_in(
-                    file,
-                    key,
-                    format!(
-                        "{shown} is readable by group or others (mode {mode:04o}) and may \
-                         hold External IDs: run `chmod 600 {shown}`"
-                    ),
-                );
-            }
+        self.check_permissions(path, permissions::Kind::File, file, key);
+    }
+
+    fn check_permissions(&mut self, path: &Path, kind: permissions::Kind, file: &str, key: &str) {
+        let found = permissions::inspect(path, kind);
+        for reason in found.problems {
+            self.problem_in(file, key, reason);
         }
-        #[cfg(not(unix))]
-        let _ = (path, file, key);
+        for reason in found.warnings {
+            self.warn_in(file, key, reason);
+        }
     }
 
     /// Deserializes the table at `path` into `T`, reporting every problem rather than

@@ -17,6 +17,7 @@
 
 mod error;
 mod load;
+mod permissions;
 mod raw;
 mod rules;
 mod validate;
@@ -73,7 +74,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Extra `Host` header values (host part, lower-case, without port) to accept.
     pub allowed_hosts: Vec<String>,
-    /// Max concurrent connections per listener set. Default 1024.
+    /// Max concurrent connections on the credential listeners together (not per
+    /// address); the admin listener has as many of its own. Default 1024.
     pub max_connections: usize,
     /// HTTP/1 header read timeout. Default 5 s.
     pub header_read_timeout: Duration,

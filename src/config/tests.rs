@@ -24,11 +24,18 @@ const TOKEN_D: &str = "ddddddddddddddddddddddddddddddddddddddddddddddddddddddddd
 const CANARY: &str = "CANARY-external-id-0123456789";
 const ROLE: &str = "arn:aws:iam::111122223333:role/vendor-sync";
 
-/// Writes `contents` to `name` inside the jail, mode 0600 (so no permission warning).
+/// Writes `contents` to `name` inside the jail, mode 0600 (so no permission warning);
+/// a directory it creates is 0755 whatever the umask (a group-writable include
+/// directory is a configuration error).
 fn write(jail: &Jail, name: &str, contents: &str) -> PathBuf {
     let path = jail.directory().join(name);
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
         fs::create_dir_all(parent).unwrap();
+        for dir in parent.ancestors().take_while(|d| *d != jail.directory()) {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
     fs::write(&path, contents).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -686,6 +693,86 @@ fn readable_files_are_warned_about() {
             "{warnings}"
         );
         assert!(!warnings.contains("from-a-file"), "{warnings}");
+        Ok(())
+    });
+}
+
+#[test]
+fn files_another_user_could_write_are_refused() {
+    Jail::expect_with(|jail| {
+        let id_file = write(jail, "ids/acme", "from-a-file-0123\n");
+        let include = write(
+            jail,
+            "mappings.d/beta.toml",
+            &format!(
+                "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id = \"beta-id\"\n\
+                 token_sha256 = [\"{TOKEN_B}\"]\n"
+            ),
+        );
+        // The main file is a symlink (as a ConfigMap mounts it): the file behind it is
+        // what is checked, and what the fix names.
+        let real_main = write(
+            jail,
+            "..data/credvend.toml",
+            &format!(
+                "include = [\"mappings.d/*.toml\"]\n{}",
+                config_text(
+                    "",
+                    &[("external_id", ""), ("external_id_file", "\"ids/acme\"")]
+                )
+            ),
+        );
+        let main = jail.directory().join("credvend.toml");
+        std::os::unix::fs::symlink("..data/credvend.toml", &main).unwrap();
+        let include_dir = include.parent().unwrap().to_path_buf();
+        let loads = || Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert!(loads().warnings.iter().all(|w| !w.contains("mode")));
+
+        let mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mode(&real_main, 0o620);
+        mode(&include, 0o602);
+        mode(&include_dir, 0o775);
+        mode(&id_file, 0o660);
+        let error = Config::load(&main).unwrap_err();
+        let shown = |path: &Path| fs::canonicalize(path).unwrap().display().to_string();
+        let main_shown = main.display().to_string();
+        let problems = &error.problems;
+        let fix = |path: &Path| format!("`chmod go-w {}`", shown(path));
+        assert_problem(
+            problems,
+            "",
+            &format!(
+                "{main_shown} (which resolves to {}) is writable by group or others (mode 0620)",
+                shown(&real_main)
+            ),
+        );
+        assert_problem(problems, "", &fix(&real_main));
+        assert_problem(problems, "", &fix(&include));
+        assert_problem(problems, "include", &fix(&include_dir));
+        assert_problem(problems, "mappings.acme.external_id_file", &fix(&id_file));
+        assert_eq!(problems.len(), 4, "{error}");
+        // Each is attributed to the file that named it.
+        let files: Vec<&str> = problems.iter().map(|p| p.file.as_str()).collect();
+        let include_shown = include.display().to_string();
+        assert_eq!(
+            files,
+            [&main_shown, &main_shown, &include_shown, &main_shown],
+            "{error}"
+        );
+        assert!(!error.to_string().contains("from-a-file"), "{error}");
+
+        // Read bits alone stay a warning; owner-only write is fine.
+        mode(&real_main, 0o644);
+        mode(&include, 0o600);
+        mode(&include_dir, 0o755);
+        mode(&id_file, 0o640);
+        let warnings = loads().warnings.join("\n");
+        assert!(
+            warnings.contains("is readable by group or others"),
+            "{warnings}"
+        );
         Ok(())
     });
 }

@@ -45,7 +45,7 @@ use aws_smithy_async::rt::sleep::{SharedAsyncSleep, TokioSleep};
 use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
 
 use super::{AssumeError, AssumeRoleInput, Credentials, FailureReason, RoleAssumer};
-use crate::secret::SecretValue;
+use crate::secret::{ExternalId, SecretValue};
 
 /// Session name used when chaining through the vendor's `source_role_arn`. It shows up
 /// in the customer's CloudTrail as part of the vendor principal.
@@ -225,7 +225,8 @@ impl StsAssumer {
             .call_with_base_identity_retry(&region, |client| async move {
                 client.get_caller_identity().send().await
             })
-            .await?;
+            .await
+            .map_err(|err| kept(err, None))?;
         match (output.account, output.arn) {
             (Some(account), Some(arn)) => Ok(CallerIdentity { account, arn }),
             _ => Err(local_error(
@@ -246,12 +247,7 @@ impl StsAssumer {
             .await;
         match result {
             Ok(output) => credentials_from_output(output),
-            Err(mut err) => {
-                if let Some(external_id) = &input.external_id {
-                    err.message = scrub_external_id(&err.message, external_id.expose());
-                }
-                Err(err)
-            }
+            Err(err) => Err(kept(err, input.external_id.as_ref())),
         }
     }
 
@@ -580,7 +576,8 @@ pub fn classify_service_error(
     AssumeError {
         reason,
         code: code.unwrap_or("Unknown").to_owned(),
-        message: truncate(message),
+        // Whole: the External ID is scrubbed before the message is cut (`kept`).
+        message: message.to_owned(),
         // Real AWS says "The requested DurationSeconds exceeds the MaxSessionDuration set
         // for this role." or, when chaining, "… exceeds the 1 hour session limit for roles
         // assumed by role chaining."; a retry at 3600 s fixes both.
@@ -607,6 +604,18 @@ fn local_error(reason: FailureReason, code: &str, message: &str) -> AssumeError 
         message: truncate(message),
         duration_too_long: false,
     }
+}
+
+/// An error as it leaves this client: the External ID scrubbed from the whole message,
+/// then the message cut to [`MAX_MESSAGE_LEN`]. In that order: a cut through an echoed
+/// External ID would leave a prefix of it that neither the exact match nor the `Value
+/// '…' at 'externalId'` pattern recognises (the pattern's closing half cut away).
+fn kept(mut err: AssumeError, external_id: Option<&ExternalId>) -> AssumeError {
+    if let Some(external_id) = external_id {
+        err.message = scrub_external_id(&err.message, external_id.expose());
+    }
+    err.message = truncate(&err.message);
+    err
 }
 
 fn truncate(message: &str) -> String {
@@ -752,7 +761,33 @@ mod tests {
     #[test]
     fn messages_are_bounded() {
         let long = "x".repeat(10 * MAX_MESSAGE_LEN);
-        let err = classify_service_error(Some("AccessDenied"), Some(&long), 403);
+        let err = kept(
+            classify_service_error(Some("AccessDenied"), Some(&long), 403),
+            None,
+        );
+        assert!(err.message.chars().count() <= MAX_MESSAGE_LEN + 1);
+    }
+
+    /// An echoed External ID that the cut at [`MAX_MESSAGE_LEN`] goes through: scrubbed
+    /// whole first, so no part of it is left before the cut.
+    #[test]
+    fn an_external_id_across_the_cut_is_scrubbed_whole() {
+        let canary = format!("CANARY{}", "k".repeat(100));
+        let lead = "1 validation error detected: ".len() + "Value '".len();
+        // Long enough that the ID starts 20 characters before the cut.
+        let padding = "p".repeat(MAX_MESSAGE_LEN - 20 - lead);
+        let message = format!(
+            "1 validation error detected: {padding}Value '{canary}' at 'externalId' failed to \
+             satisfy constraint: Member must satisfy regular expression pattern: [\\w+=,.@:/-]*"
+        );
+        assert!(message.find("CANARY").unwrap() < MAX_MESSAGE_LEN);
+        assert!(message.find("CANARY").unwrap() + canary.len() > MAX_MESSAGE_LEN);
+        let err = kept(
+            classify_service_error(Some("ValidationError"), Some(&message), 400),
+            Some(&ExternalId::new(canary.clone())),
+        );
+        assert!(!err.message.contains("CANARY"), "{}", err.message);
+        assert!(!err.message.contains("kkkk"), "{}", err.message);
         assert!(err.message.chars().count() <= MAX_MESSAGE_LEN + 1);
     }
 

@@ -4,7 +4,9 @@
 //! binds anything itself, which is what lets tests run it on `127.0.0.1:0`. Every
 //! resource is bounded:
 //! - connections: a semaphore permit is taken *before* `accept()`, so past
-//!   `max_connections` new clients wait in the kernel backlog instead of costing memory;
+//!   `max_connections` new clients wait in the kernel backlog instead of costing memory.
+//!   Listeners can share one set of permits ([`ConnectionSlots`], [`serve_sharing`]):
+//!   the daemon's credential listeners do, the admin listener has its own;
 //! - header read time: hyper's `header_read_timeout`, which only works when the builder
 //!   has a timer, so one is always set; it also closes an idle keep-alive connection;
 //! - write time: [`WriteDeadline`] closes a connection whose response has waited
@@ -123,8 +125,21 @@ pub fn connection_builder(limits: &Limits) -> http1::Builder {
     builder
 }
 
+/// Connection slots: at most this many connections at once on the listeners that share
+/// them (clones share the same slots).
+#[derive(Debug, Clone)]
+pub struct ConnectionSlots(Arc<Semaphore>);
+
+impl ConnectionSlots {
+    /// `max_connections` slots (at least one).
+    pub fn new(max_connections: usize) -> Self {
+        Self(Arc::new(Semaphore::new(max_connections.max(1))))
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then drains in-flight
-/// requests for at most `limits.shutdown_grace`.
+/// requests for at most `limits.shutdown_grace`. The listener has `limits.max_connections`
+/// connection slots of its own.
 pub async fn serve<H, F>(
     listener: TcpListener,
     handler: H,
@@ -134,8 +149,24 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let slots = ConnectionSlots::new(limits.max_connections);
+    serve_sharing(listener, handler, limits, slots, shutdown).await;
+}
+
+/// [`serve`] with connection slots shared with other listeners: a connection on any of
+/// them takes one of `slots` (`limits.max_connections` is not consulted).
+pub async fn serve_sharing<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    slots: ConnectionSlots,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let local = listener.local_addr().ok();
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let permits = slots.0;
     let graceful = GracefulShutdown::new();
     // Every connection task, so that the ones still running when the grace period ends
     // can be aborted (dropping their sockets) rather than outliving `serve`.

@@ -16,7 +16,8 @@
 //! and recorded, so tests can tell which identity signed each call.
 //!
 //! **Roles and trust.** Roles must be registered ([`FakeSts::add_role`]); an unknown role
-//! is `AccessDenied`, exactly like a role that exists but does not trust the caller. Each
+//! is `AccessDenied`, exactly like a role that exists but does not trust the caller. An
+//! `ExternalId` outside STS's rules is the real `ValidationError`, which echoes it. Each
 //! role has a [`TrustRule`] for the External ID, an optional `MaxSessionDuration`
 //! (exceeding it is the real `ValidationError`), an optional credential lifetime shorter
 //! than requested, and an optional persistent fault.
@@ -576,6 +577,9 @@ impl State {
         else {
             return validation_error("RoleArn and RoleSessionName are required".to_owned());
         };
+        if let Some(invalid) = call.external_id.as_deref().and_then(external_id_error) {
+            return validation_error(invalid);
+        }
         let requested = call.duration_seconds.unwrap_or(3600);
         if requested < 900 {
             return validation_error(format!(
@@ -733,6 +737,28 @@ enum Outcome {
 fn account_of(arn: &str) -> String {
     credvend::aws_names::AccountId::of_arn(arn)
         .map_or_else(|| "000000000000".to_owned(), |a| a.as_str().to_owned())
+}
+
+/// STS's own check of an `ExternalId` (2–1224 characters of `[\w+=,.@:/-]`), with the
+/// message it answers: like every STS validation error it echoes the value.
+fn external_id_error(external_id: &str) -> Option<String> {
+    let length = external_id.chars().count();
+    let constraint = if length < 2 {
+        "Member must have length greater than or equal to 2"
+    } else if length > 1224 {
+        "Member must have length less than or equal to 1224"
+    } else if !external_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
+    {
+        "Member must satisfy regular expression pattern: [\\w+=,.@:/-]*"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "1 validation error detected: Value '{external_id}' at 'externalId' failed to \
+         satisfy constraint: {constraint}"
+    ))
 }
 
 fn validation_error(message: String) -> Outcome {
