@@ -60,6 +60,8 @@ pub struct Sources {
     /// SHA-256 over each file's path and the bytes parsed from it (or that it could not
     /// be read), in load order: the very bytes the configuration was built from, so an
     /// edit landing after they were read is a difference, never taken for what was read.
+    /// Each file's and include directory's mode and owner are in it too: they are
+    /// checked, so fixing them is a change.
     pub digest: [u8; 32],
 }
 
@@ -86,7 +88,23 @@ impl ReadLog<'_> {
                 self.hasher.update(format!("{:?}", e.kind()).as_bytes());
             }
         }
+        self.permissions(path);
         result
+    }
+
+    /// Records who owns `path` (after symlinks) and who may write it: the files are
+    /// checked for that, so a `chmod` or `chown` that fixes a rejected read is a change
+    /// even when the bytes are the same.
+    fn permissions(&mut self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(path) {
+            Ok(meta) => {
+                self.hasher.update(b"\xfemode:");
+                self.hasher.update(meta.mode().to_be_bytes());
+                self.hasher.update(meta.uid().to_be_bytes());
+            }
+            Err(_) => self.hasher.update(b"\xfeno metadata"),
+        }
     }
 }
 
@@ -144,6 +162,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     // the directory can add a mapping.
     let origin = report.origin(&["include"]);
     for dir in &include_dirs {
+        log.permissions(dir);
         report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
     }
     for include in includes {
