@@ -40,6 +40,7 @@ impl Inner {
                 slot.transient_failures = 0;
                 slot.terminal_failures = 0;
                 slot.negative_until = None;
+                slot.retry_at = None;
                 slot.last_success = Some(now);
                 let at = lifecycle::refresh_at(
                     now,
@@ -64,6 +65,7 @@ impl Inner {
                 slot.terminal_failures = slot.terminal_failures.saturating_add(1);
                 let backoff = lifecycle::terminal_backoff(slot.terminal_failures);
                 slot.negative_until = Some(now + backoff);
+                slot.retry_at = None;
                 slot.last_error = Some((error.clone(), now));
                 debug!(
                     mapping = %name,
@@ -77,6 +79,10 @@ impl Inner {
                 slot.last_error = Some((error.clone(), now));
                 let backoff =
                     lifecycle::transient_backoff(slot.transient_failures, rand::random::<f64>());
+                // Requests that find nothing servable wait this out too (503 with the
+                // time left), so a client retrying in a loop cannot turn one broken
+                // mapping into a stream of STS calls.
+                slot.retry_at = Some(now + backoff);
                 let valid = self
                     .store
                     .get(&spec.key)

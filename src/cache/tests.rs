@@ -297,13 +297,26 @@ async fn terminal_failures_are_negatively_cached_with_doubling_backoff() {
     assert_eq!(state(&cache, "m"), MappingState::Fresh);
 }
 
+fn retry_at(cache: &CredentialCache, name: &str) -> Option<std::time::SystemTime> {
+    cache
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.retry_at)
+}
+
+/// `Retry-After` for `at`, seen from the cache's clock: the whole seconds left, rounded
+/// up.
+fn seconds_until(cache: &CredentialCache, at: std::time::SystemTime) -> u64 {
+    let left = at.duration_since(cache.now()).unwrap();
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+}
+
 #[tokio::test]
 async fn transient_failure_without_a_credential_is_unavailable_not_denied() {
     let clock = ManualClock::starting_now();
-    let assumer = Scripted::new(
-        &clock,
-        vec![Step::Fail(FailureReason::Throttled, "Throttling")],
-    );
+    let throttled = Step::Fail(FailureReason::Throttled, "Throttling");
+    let assumer = Scripted::new(&clock, vec![throttled.clone(), throttled]);
     let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
     assert!(matches!(
         cache.get("m").await,
@@ -312,9 +325,57 @@ async fn transient_failure_without_a_credential_is_unavailable_not_denied() {
             ..
         })
     ));
-    // Not negatively cached: the next request tries again.
-    assert_eq!(cache.get("m").await.unwrap().source, Source::Fresh);
+    assert_eq!(assumer.calls(), 1);
+    // Backing off (the first retry is due after exactly 1 s): requests are answered from
+    // the backoff, with the time left, and make no STS call.
+    assert_eq!(
+        retry_at(&cache, "m"),
+        Some(cache.now() + Duration::from_secs(1))
+    );
+    for _ in 0..50 {
+        match cache.get("m").await {
+            Err(VendError::Unavailable {
+                retry_after_secs: 1,
+                reason,
+            }) => assert_eq!(reason, request::BACKING_OFF),
+            other => panic!("expected a 503 from the backoff, got {other:?}"),
+        }
+    }
+    clock.advance(Duration::from_millis(500));
+    assert!(matches!(
+        cache.get("m").await,
+        Err(VendError::Unavailable {
+            retry_after_secs: 1,
+            ..
+        })
+    ));
+    assert_eq!(assumer.calls(), 1, "no STS call inside the backoff");
+
+    // The retry falls due (the mapping is in use, so the scheduler makes it) and fails
+    // again: the backoff grows (1 to 2 s, jittered), and Retry-After is what is left.
+    clock.advance(Duration::from_millis(600));
+    tick().await;
+    settle(&cache, "m").await;
+    assert_eq!(assumer.calls(), 2, "one retry when the backoff ran out");
+    let until = retry_at(&cache, "m").expect("backing off again");
+    let left = seconds_until(&cache, until);
+    assert!((1..=2).contains(&left), "{left}");
+    match cache.get("m").await {
+        Err(VendError::Unavailable {
+            retry_after_secs, ..
+        }) => assert_eq!(retry_after_secs, left),
+        other => panic!("expected a 503 from the backoff, got {other:?}"),
+    }
     assert_eq!(assumer.calls(), 2);
+
+    // After it, STS answers again and the backoff is over.
+    clock.advance(until.duration_since(cache.now()).unwrap());
+    tick().await;
+    settle(&cache, "m").await;
+    assert!(cache.get("m").await.is_ok());
+    assert_eq!(assumer.calls(), 3);
+    assert_eq!(retry_at(&cache, "m"), None);
+    assert_eq!(state(&cache, "m"), MappingState::Fresh);
 }
 
 #[tokio::test]
