@@ -229,7 +229,9 @@ impl State {
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.refilled_at = now;
     }
@@ -398,7 +400,16 @@ mod tests {
         }
         assert_eq!(
             order,
-            ["cold0", "cold1", "cold2", "refresh-1", "cold3", "cold4", "cold5", "refresh-2"]
+            [
+                "cold0",
+                "cold1",
+                "cold2",
+                "refresh-1",
+                "cold3",
+                "cold4",
+                "cold5",
+                "refresh-2"
+            ]
         );
         // With no background work waiting, cold misses take every token.
         for second in 9..=12 {

@@ -922,3 +922,165 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     cache.get("m").await.expect("vends");
     assert_eq!(scrape().as_deref(), Some("1"), "the new role was checked");
 }
+
+/// A started cache with `rate` STS calls per second, a `cold_wait` no test here runs
+/// into, and `mappings`; plus its metrics.
+fn limited_cache(
+    clock: &ManualClock,
+    assumer: Arc<Scripted>,
+    rate: u32,
+    mappings: Vec<Mapping>,
+) -> (CredentialCache, Arc<crate::metrics::Metrics>) {
+    let mut cfg = config("http://127.0.0.1:9", mappings);
+    cfg.sts.max_requests_per_second = rate;
+    cfg.refresh.cold_wait = Duration::from_secs(600);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.sync_mappings(cfg.mappings.keys().map(String::as_str));
+    let cache = CredentialCache::new(&cfg, assumer, Arc::new(clock.clone()), metrics.clone());
+    cache.start();
+    (cache, metrics)
+}
+
+fn require(name: &str) -> Mapping {
+    let mut m = mapping(name, name, Some("external-id-0123456789"), "t");
+    m.external_id_enforcement = EnforcementMode::Require;
+    m
+}
+
+/// Cold STS calls waiting for the budget or a permit.
+fn cold_waiting(cache: &CredentialCache) -> usize {
+    let [(Priority::Cold, cold), _] = cache.sts_calls_waiting() else {
+        unreachable!("cold first")
+    };
+    cold
+}
+
+/// Waits until `get` is blocked before its first STS call (an STS call waiting) or has
+/// made one, and returns the number of STS calls made by then.
+async fn first_call_or_blocked(cache: &CredentialCache, assumer: &Scripted) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cold_waiting(cache) == 0 && assumer.calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assumer.calls()
+}
+
+/// The enforcement probes wait for a concurrency permit like any AssumeRole: with all
+/// of them held, the first probe does not reach STS.
+#[tokio::test]
+async fn enforcement_probes_wait_for_a_concurrency_permit() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
+    let (cache, _) = limited_cache(&clock, assumer.clone(), 1000, vec![require("m")]);
+    let held = cache
+        .inner
+        .sts_calls
+        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
+        .await
+        .unwrap();
+    let request = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("m").await })
+    };
+    assert_eq!(
+        first_call_or_blocked(&cache, &assumer).await,
+        0,
+        "a probe reached STS while every permit was held"
+    );
+    assert_eq!(cold_waiting(&cache), 1);
+    drop(held);
+    let vended = request
+        .await
+        .unwrap()
+        .expect("vends once the permits are free");
+    assert_eq!(vended.source, Source::Fresh);
+    let calls = assumer.calls.lock().unwrap().clone();
+    let probes = calls
+        .iter()
+        .filter(|c| c.session_name == verify::PROBE_SESSION_NAME)
+        .count();
+    assert_eq!((probes, calls.len()), (2, 3), "two probes, then the fetch");
+    assert_eq!(cold_waiting(&cache), 0);
+}
+
+/// The enforcement probes take tokens of the STS budget: with the budget spent, the
+/// first probe waits for the next token.
+#[tokio::test]
+async fn enforcement_probes_wait_for_the_sts_budget() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
+    let (cache, _) = limited_cache(&clock, assumer.clone(), 1, vec![require("m")]);
+    // Spend the only token of the burst.
+    cache
+        .inner
+        .budget
+        .acquire(Priority::Cold, &key_of(&cache, "m"))
+        .await;
+    let request = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("m").await })
+    };
+    assert_eq!(
+        first_call_or_blocked(&cache, &assumer).await,
+        0,
+        "a probe reached STS with the budget spent"
+    );
+    assert_eq!(cache.inner.budget.waiting(), [1, 0]);
+    // One token a second: the probes and the fetch each wait for theirs.
+    let vended = request.await.unwrap().expect("vends once tokens refill");
+    assert_eq!(vended.source, Source::Fresh);
+    assert_eq!(assumer.calls(), 3);
+    assert!(cache.sts_rate_limited_total() >= 3);
+}
+
+/// `credvend_assume_role_duration_seconds` measures the STS call, not the wait for a
+/// concurrency permit before it.
+#[tokio::test]
+async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let (cache, metrics) = limited_cache(
+        &clock,
+        assumer.clone(),
+        1000,
+        vec![mapping("m", "r", None, "t")],
+    );
+    let held = cache
+        .inner
+        .sts_calls
+        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
+        .await
+        .unwrap();
+    let request = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("m").await })
+    };
+    assert_eq!(first_call_or_blocked(&cache, &assumer).await, 0);
+    let hold = Duration::from_secs(2);
+    let held_since = std::time::Instant::now();
+    tokio::time::sleep(hold).await;
+    drop(held);
+    let held_for = held_since.elapsed();
+    request.await.unwrap().expect("vends");
+    let text = metrics.render();
+    let series = |name: &str| -> f64 {
+        let prefix = format!("{name}{{result=\"success\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(series("credvend_assume_role_duration_seconds_count"), 1.0);
+    let observed = series("credvend_assume_role_duration_seconds_sum");
+    assert!(
+        observed < hold.as_secs_f64(),
+        "observed {observed:.3} s for an instant STS call that waited {held_for:?} for a permit"
+    );
+}

@@ -38,14 +38,15 @@ impl Inner {
         let this_round = if due {
             // Each probe waits for a budget token and a concurrency permit like any
             // AssumeRole, and holds the permit while it runs.
-            let result =
-                verify::check_external_id_enforcement(self.assumer.as_ref(), &spec.input, || {
-                    async move {
-                        self.budget.acquire(priority, &spec.key).await;
-                        self.sts_permit(priority).await
-                    }
-                })
-                .await;
+            let result = verify::check_external_id_enforcement(
+                self.assumer.as_ref(),
+                &spec.input,
+                || async move {
+                    self.budget.acquire(priority, &spec.key).await;
+                    self.sts_permit(priority).await
+                },
+            )
+            .await;
             let concluded_at = self.clock.now();
             Some(match result {
                 Ok(verdict) => {
