@@ -1,6 +1,6 @@
 //! Isolation between mappings against the fake STS: one customer's broken role, hammered
-//! by clients that retry in a loop, costs the others nothing (docs/design.md, Credential
-//! lifecycle, "STS budget and concurrency cap").
+//! by clients that retry in a loop, costs the others nothing
+//! (docs/design.md, Credential lifecycle).
 //!
 //! Wall time is a [`ManualClock`]: the broken mapping's retry backoff runs on it, so
 //! while the test does not move the clock, the backoff does not run out, and the number
