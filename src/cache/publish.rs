@@ -132,6 +132,18 @@ impl Inner {
             debug!(mapping = %key.name(), "Mapping idle; not refreshing");
             return;
         }
+        // A fetch that landed after this was taken off the queue (a request's, racing
+        // the scheduler) has done its work and scheduled what comes next, or put the
+        // mapping in its negative cache: fetching again would cost one more STS call
+        // than the schedule allows.
+        let overtaken = self.queue.due_at(&key).is_some_and(|at| at > now)
+            || self.lock_slots().get(&key).is_some_and(|slot| {
+                slot.failed && slot.negative_until.is_some_and(|until| until > now)
+            });
+        if overtaken {
+            debug!(mapping = %key.name(), "Refresh overtaken by a fetch that landed since");
+            return;
+        }
         drop(Self::start_or_join(self, &spec, Caller::Refresh));
     }
 }

@@ -1084,3 +1084,51 @@ async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
         "observed {observed:.3} s for an instant STS call that waited {held_for:?} for a permit"
     );
 }
+
+/// The scheduler takes a due retry off its queue while a request's fetch for the same
+/// mapping is landing (a failure, which schedules the next retry): the stale retry
+/// makes no second STS call. Simulated in order, without the scheduler task.
+#[tokio::test]
+async fn a_retry_overtaken_by_a_requests_fetch_makes_no_extra_call() {
+    let clock = ManualClock::starting_now();
+    let throttled = Step::Fail(FailureReason::Throttled, "Throttling");
+    let assumer = Scripted::new(&clock, vec![throttled.clone(), throttled]);
+    let cfg = config("http://127.0.0.1:9", vec![mapping("m", "r", None, "t")]);
+    // Not started: the test plays the scheduler.
+    let cache = CredentialCache::new(
+        &cfg,
+        assumer.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let key = key_of(&cache, "m");
+    assert!(cache.get("m").await.is_err());
+    clock.advance(Duration::from_secs(1));
+    // The scheduler takes the due retry …
+    assert!(
+        cache
+            .inner
+            .queue
+            .due_at(&key)
+            .is_some_and(|at| at <= cache.now())
+    );
+    cache.inner.queue.cancel(&key);
+    // … a request's fetch goes first and fails, scheduling the next retry …
+    assert!(cache.get("m").await.is_err());
+    assert_eq!(assumer.calls(), 2);
+    assert!(
+        cache
+            .inner
+            .queue
+            .due_at(&key)
+            .is_some_and(|at| at > cache.now())
+    );
+    // … and then the scheduler hands over the retry it took.
+    Inner::on_refresh_due(&cache.inner, key);
+    tick().await;
+    assert_eq!(
+        assumer.calls(),
+        2,
+        "a retry the request's fetch had already made"
+    );
+}
