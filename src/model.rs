@@ -147,6 +147,9 @@ pub struct MappingStatus {
     pub last_success: Option<SystemTime>,
     pub last_error: Option<(FetchError, SystemTime)>,
     pub next_refresh: Option<SystemTime>,
+    /// Backing off after a transient failure: until then, a request that finds nothing
+    /// servable is answered 503 without an STS call. `None` when not in a backoff.
+    pub retry_at: Option<SystemTime>,
     pub prefetch: bool,
     /// External ID enforcement check result and when it was last conclusive.
     pub enforcement: EnforcementStatus,

@@ -173,6 +173,13 @@ async fn an_inconclusive_first_check_fails_closed_with_503_then_retries() {
     assert_eq!(calls[0].external_id, None);
     assert_eq!(status(&d).enforcement, EnforcementStatus::Unknown);
 
+    // Inside the retry backoff (1 s after a first failure): 503 again, no STS call.
+    let r = get_with_token(d.addr, PATH, &token).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(sts.assume_role_calls().len(), 1);
+
+    d.clock.advance(Duration::from_secs(1));
     let r = get_with_token(d.addr, PATH, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(status(&d).enforcement, EnforcementStatus::Enforced);

@@ -253,10 +253,20 @@ async fn five_xx_flaps_never_reach_clients_that_have_a_credential() {
     let (sts, d, token) = start_acme_on(acme_role()).await;
     let path = "/v1/credentials/acme-s3";
 
-    // Cold: a 5xx is a 503 with Retry-After, and the next request is served.
+    // Cold: a 5xx is a 503 with Retry-After; requests inside the retry backoff (1 s
+    // after a first failure) get the same without an STS call; after it, served.
     sts.push_fault(Fault::ServiceUnavailable);
-    assert_unavailable(&get_with_token(d.addr, path, &token).await);
+    let r = get_with_token(d.addr, path, &token).await;
+    assert_unavailable(&r);
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(sts.faults_fired(), vec![Fault::ServiceUnavailable]);
+    assert_unavailable(&get_with_token(d.addr, path, &token).await);
+    assert_eq!(
+        sts.assume_role_calls().len(),
+        1,
+        "a call inside the backoff"
+    );
+    d.clock.advance(Duration::from_secs(1));
     let first = get_with_token(d.addr, path, &token).await;
     assert_eq!(first.status, 200, "{}", first.body);
 
@@ -427,6 +437,8 @@ async fn malformed_xml_is_a_transient_failure_not_a_denial() {
     assert_eq!(sts.faults_fired(), vec![Fault::MalformedXml]);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     assert_eq!(last_error_code(&d, "acme-s3"), "MalformedResponse");
+    // After the retry backoff (1 s after a first failure), served.
+    d.clock.advance(Duration::from_secs(1));
     let first = get_with_token(d.addr, path, &token).await;
     assert_eq!(first.status, 200, "{}", first.body);
 
@@ -530,20 +542,29 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
         assert!(expiration(&r).duration_since(d.clock.now()).unwrap() > MIN);
     }
     // Exactly 60 s before expiry, and after: never served. The retry due at this step
-    // fails and drops the credential; the request then tries STS itself, and fails.
+    // fails and drops the credential; the request is answered 503 from the retry
+    // backoff, without an STS call of its own.
     d.clock.advance(MIN);
     assert_eq!(expiry.duration_since(d.clock.now()).unwrap(), MIN);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     one_more_failure(&sts, &mut failed);
     assert_unavailable(&get_with_token(d.addr, path, &token).await);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
-    one_more_failure(&sts, &mut failed);
+    assert_eq!(
+        sts.assume_role_calls().len(),
+        1 + failed,
+        "a call inside the backoff"
+    );
     d.clock.advance(2 * MIN);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     one_more_failure(&sts, &mut failed);
     assert_unavailable(&get_with_token(d.addr, path, &token).await);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
-    one_more_failure(&sts, &mut failed);
+    assert_eq!(
+        sts.assume_role_calls().len(),
+        1 + failed,
+        "a call inside the backoff"
+    );
 
     // STS returns: within one backoff cap of clock, a retry fills the cache unasked.
     sts.set_persistent_fault(None);

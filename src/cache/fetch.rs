@@ -2,6 +2,7 @@
 //! MaxSessionDuration fallback, the clock-skew clamp and the checks on what STS returned.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::budget::Priority;
@@ -33,12 +34,12 @@ impl Inner {
         if let Some(cap) = duration_cap {
             input.duration = input.duration.min(cap);
         }
-        self.budget.acquire(priority).await;
+        self.budget.acquire(priority, &spec.key).await;
         // STS computes Expiration from its own clock when it answers, which is no
         // earlier than this: measuring the lifetime from here never makes a full-length
         // credential look short because the call itself took time.
         let sent_at = self.clock.now();
-        let mut result = self.assume_role_observed(spec, &input).await;
+        let mut result = self.assume_role_observed(spec, &input, priority).await;
         if let Err(error) = &result
             && error.duration_too_long
             && input.duration > ONE_HOUR
@@ -52,8 +53,8 @@ impl Inner {
                 slot.duration_cap = Some(ONE_HOUR);
             }
             input.duration = ONE_HOUR;
-            self.budget.acquire(priority).await;
-            result = self.assume_role_observed(spec, &input).await;
+            self.budget.acquire(priority, &spec.key).await;
+            result = self.assume_role_observed(spec, &input, priority).await;
         }
         let mut creds = result.map_err(FetchError::Sts)?;
         // STS sets Expiration by its own clock. A credential cannot outlive the duration
@@ -107,17 +108,33 @@ impl Inner {
         Ok(Arc::new(Entry::new(&creds, body, now, short_lived)))
     }
 
-    /// One AssumeRole, timed, with its success or failure event (log line + metrics).
-    /// The enforcement probes do not come through here: their expected AccessDenied
-    /// answers are not failures and must not page anyone.
+    /// One of the [`MAX_CONCURRENT_STS_CALLS`](super::MAX_CONCURRENT_STS_CALLS) permits
+    /// every AssumeRole (fetch or enforcement probe) holds while it runs. Callers queue
+    /// FIFO, counted by priority while they wait (`credvend_sts_calls_waiting`).
+    pub(super) async fn sts_permit(
+        &self,
+        priority: Priority,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let waiting = &self.permit_waiting[priority.index()];
+        waiting.fetch_add(1, Ordering::Relaxed);
+        // The semaphore is never closed; if it were, call without a permit.
+        let permit = self.sts_calls.acquire().await.ok();
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        permit
+    }
+
+    /// One AssumeRole under a concurrency permit, timed (the STS call only, not the wait
+    /// for the permit), with its success or failure event (log line + metrics). The
+    /// enforcement probes do not come through here: their expected AccessDenied answers
+    /// are not failures and must not page anyone.
     pub(super) async fn assume_role_observed(
         &self,
         spec: &MappingSpec,
         input: &AssumeRoleInput,
+        priority: Priority,
     ) -> Result<crate::creds::Credentials, AssumeError> {
+        let _permit = self.sts_permit(priority).await;
         let started = std::time::Instant::now();
-        // The semaphore is never closed; if it were, call without a permit.
-        let _permit = self.sts_calls.acquire().await.ok();
         let result = self.assumer.assume_role(input).await;
         let duration = started.elapsed();
         let mapping = spec.key.name();

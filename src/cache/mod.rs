@@ -159,6 +159,10 @@ struct Slot {
     /// While set and in the future, requests are answered `AssumeRoleDenied` without
     /// calling STS.
     negative_until: Option<SystemTime>,
+    /// After a transient failure: until then, a request that finds nothing servable is
+    /// answered 503 `CredentialsUnavailable` (`Retry-After` = the time left) without
+    /// calling STS; the scheduled retry, or the first request after it, fetches.
+    retry_at: Option<SystemTime>,
     /// The role's MaxSessionDuration turned out shorter than our session duration.
     duration_cap: Option<Duration>,
     /// The last failed fetch and when it was published (kept after a success, for
@@ -192,10 +196,15 @@ struct Inner {
     /// [`CredentialCache::start`] spawns.
     queue: scheduler::RefreshQueue,
     /// The STS calls-per-second budget (`sts.max_requests_per_second`), shared by
-    /// fetches and enforcement probes, requests ahead of background work.
+    /// fetches and enforcement probes, requests ahead of background work, fairly
+    /// between mappings.
     budget: StsBudget,
-    /// Bounds concurrent AssumeRole calls ([`MAX_CONCURRENT_STS_CALLS`]).
+    /// Bounds concurrent AssumeRole calls ([`MAX_CONCURRENT_STS_CALLS`]), fetches and
+    /// enforcement probes alike.
     sts_calls: tokio::sync::Semaphore,
+    /// STS calls waiting for a permit of `sts_calls`, by [`Priority`] (indexed like
+    /// [`Priority::ALL`]).
+    permit_waiting: [std::sync::atomic::AtomicUsize; 2],
     /// Assume-role results, state changes, enforcement results.
     metrics: Arc<Metrics>,
 }
@@ -229,6 +238,7 @@ impl CredentialCache {
                 queue: scheduler::RefreshQueue::default(),
                 budget: StsBudget::new(config.sts.max_requests_per_second),
                 sts_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_STS_CALLS),
+                permit_waiting: Default::default(),
                 metrics,
             }),
         }
@@ -288,6 +298,17 @@ impl CredentialCache {
     /// Acquisitions that had to wait on the STS budget so far.
     pub fn sts_rate_limited_total(&self) -> u64 {
         self.inner.budget.rate_limited_total()
+    }
+
+    /// STS calls (fetches and enforcement probes) waiting right now for a budget token
+    /// or a concurrency permit, by priority.
+    pub fn sts_calls_waiting(&self) -> [(Priority, usize); 2] {
+        let budget = self.inner.budget.waiting();
+        Priority::ALL.map(|priority| {
+            let i = priority.index();
+            let permits = self.inner.permit_waiting[i].load(std::sync::atomic::Ordering::Relaxed);
+            (priority, budget[i] + permits)
+        })
     }
 }
 

@@ -43,6 +43,7 @@ impl Inner {
                 slot.transient_failures = 0;
                 slot.terminal_failures = 0;
                 slot.negative_until = None;
+                slot.retry_at = None;
                 slot.last_success = Some(now);
                 let at = lifecycle::refresh_at(
                     now,
@@ -67,6 +68,7 @@ impl Inner {
                 slot.terminal_failures = slot.terminal_failures.saturating_add(1);
                 let backoff = lifecycle::terminal_backoff(slot.terminal_failures);
                 slot.negative_until = Some(now + backoff);
+                slot.retry_at = None;
                 slot.last_error = Some((error.clone(), now));
                 debug!(
                     mapping = %name,
@@ -80,6 +82,10 @@ impl Inner {
                 slot.last_error = Some((error.clone(), now));
                 let backoff =
                     lifecycle::transient_backoff(slot.transient_failures, rand::random::<f64>());
+                // Requests that find nothing servable wait this out too (503 with the
+                // time left), so a client retrying in a loop cannot turn one broken
+                // mapping into a stream of STS calls.
+                slot.retry_at = Some(now + backoff);
                 let valid = self
                     .store
                     .get(&spec.key)
@@ -127,6 +133,18 @@ impl Inner {
             !spec.prefetch && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
         if idle {
             debug!(mapping = %key.name(), "Mapping idle; not refreshing");
+            return;
+        }
+        // A fetch that landed after this was taken off the queue (a request's, racing
+        // the scheduler) has done its work and scheduled what comes next, or put the
+        // mapping in its negative cache: fetching again would cost one more STS call
+        // than the schedule allows.
+        let overtaken = self.queue.due_at(&key).is_some_and(|at| at > now)
+            || self.lock_slots().get(&key).is_some_and(|slot| {
+                slot.failed && slot.negative_until.is_some_and(|until| until > now)
+            });
+        if overtaken {
+            debug!(mapping = %key.name(), "Refresh overtaken by a fetch that landed since");
             return;
         }
         drop(Self::start_or_join(self, &spec, Caller::Refresh));

@@ -13,6 +13,9 @@ use super::{CredentialCache, FetchOutcome, Inner, MappingTable, Source, VendErro
 use crate::creds::{AssumeError, FailureReason};
 use crate::model::FetchError;
 
+/// The reason of a 503 answered from a mapping's retry backoff.
+pub(super) const BACKING_OFF: &str = "STS unavailable, retrying after a backoff";
+
 impl CredentialCache {
     /// Credentials for mapping `name`, from cache when possible. Waits at most
     /// `cold_wait` for STS.
@@ -66,6 +69,23 @@ impl CredentialCache {
             {
                 return Err(error.clone().into());
             }
+            // Backing off after a transient failure: no STS call before the retry is
+            // due (a fetch already in flight, the retry itself, is joined below).
+            if slot.inflight.is_none()
+                && let Some(until) = slot.retry_at
+                && until > now.wall
+            {
+                if let Some(entry) = fallback.filter(|e| e.is_alive(now)) {
+                    return Ok(Vended {
+                        entry,
+                        source: Source::Degraded,
+                    });
+                }
+                return Err(VendError::Unavailable {
+                    retry_after_secs: seconds_left(until, now.wall),
+                    reason: BACKING_OFF,
+                });
+            }
         }
 
         let rx = Inner::start_or_join(inner, &spec, Caller::Request);
@@ -78,7 +98,7 @@ impl CredentialCache {
                     source: Source::Degraded,
                 }),
                 None => Err(VendError::Unavailable {
-                    retry_after_secs: 1,
+                    retry_after_secs: inner.retry_after_secs(&spec.key, now),
                     reason,
                 }),
             }
@@ -95,7 +115,21 @@ impl CredentialCache {
     }
 }
 
+/// `Retry-After` for a retry due at `until`: the whole seconds left, rounded up, at
+/// least 1.
+fn seconds_left(until: std::time::SystemTime, now: std::time::SystemTime) -> u64 {
+    let left = until.duration_since(now).unwrap_or_default();
+    (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
+}
+
 impl Inner {
+    /// `Retry-After` for a 503 about `key`: the time left of its retry backoff, or 1 s
+    /// when it is not backing off (the fetch is still running).
+    fn retry_after_secs(&self, key: &super::MappingKey, now: lifecycle::Now) -> u64 {
+        let retry_at = self.lock_slots().get(key).and_then(|slot| slot.retry_at);
+        retry_at.map_or(1, |until| seconds_left(until, now.wall))
+    }
+
     /// Joins the mapping's in-flight fetch or starts one. A fetch that finished between
     /// the caller's own cache check and this call is seen here, under the slots lock
     /// that `publish` holds while it stores a credential: instead of calling STS a

@@ -24,6 +24,7 @@ impl CredentialCache {
                     last_success: slot.and_then(|s| s.last_success),
                     last_error: slot.and_then(|s| s.last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),
+                    retry_at: slot.and_then(|s| s.retry_at).filter(|at| *at > now.wall),
                     prefetch: spec.prefetch,
                     enforcement: slot.map_or(EnforcementStatus::Unknown, |s| s.enforcement),
                     enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at),

@@ -310,13 +310,26 @@ async fn terminal_failures_are_negatively_cached_with_doubling_backoff() {
     assert_eq!(state(&cache, "m"), MappingState::Fresh);
 }
 
+fn retry_at(cache: &CredentialCache, name: &str) -> Option<std::time::SystemTime> {
+    cache
+        .status()
+        .into_iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.retry_at)
+}
+
+/// `Retry-After` for `at`, seen from the cache's clock: the whole seconds left, rounded
+/// up.
+fn seconds_until(cache: &CredentialCache, at: std::time::SystemTime) -> u64 {
+    let left = at.duration_since(cache.now()).unwrap();
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+}
+
 #[tokio::test]
 async fn transient_failure_without_a_credential_is_unavailable_not_denied() {
     let clock = ManualClock::starting_now();
-    let assumer = Scripted::new(
-        &clock,
-        vec![Step::Fail(FailureReason::Throttled, "Throttling")],
-    );
+    let throttled = Step::Fail(FailureReason::Throttled, "Throttling");
+    let assumer = Scripted::new(&clock, vec![throttled.clone(), throttled]);
     let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
     assert!(matches!(
         cache.get("m").await,
@@ -325,9 +338,57 @@ async fn transient_failure_without_a_credential_is_unavailable_not_denied() {
             ..
         })
     ));
-    // Not negatively cached: the next request tries again.
-    assert_eq!(cache.get("m").await.unwrap().source, Source::Fresh);
+    assert_eq!(assumer.calls(), 1);
+    // Backing off (the first retry is due after exactly 1 s): requests are answered from
+    // the backoff, with the time left, and make no STS call.
+    assert_eq!(
+        retry_at(&cache, "m"),
+        Some(cache.now() + Duration::from_secs(1))
+    );
+    for _ in 0..50 {
+        match cache.get("m").await {
+            Err(VendError::Unavailable {
+                retry_after_secs: 1,
+                reason,
+            }) => assert_eq!(reason, request::BACKING_OFF),
+            other => panic!("expected a 503 from the backoff, got {other:?}"),
+        }
+    }
+    clock.advance(Duration::from_millis(500));
+    assert!(matches!(
+        cache.get("m").await,
+        Err(VendError::Unavailable {
+            retry_after_secs: 1,
+            ..
+        })
+    ));
+    assert_eq!(assumer.calls(), 1, "no STS call inside the backoff");
+
+    // The retry falls due (the mapping is in use, so the scheduler makes it) and fails
+    // again: the backoff grows (1 to 2 s, jittered), and Retry-After is what is left.
+    clock.advance(Duration::from_millis(600));
+    tick().await;
+    settle(&cache, "m").await;
+    assert_eq!(assumer.calls(), 2, "one retry when the backoff ran out");
+    let until = retry_at(&cache, "m").expect("backing off again");
+    let left = seconds_until(&cache, until);
+    assert!((1..=2).contains(&left), "{left}");
+    match cache.get("m").await {
+        Err(VendError::Unavailable {
+            retry_after_secs, ..
+        }) => assert_eq!(retry_after_secs, left),
+        other => panic!("expected a 503 from the backoff, got {other:?}"),
+    }
     assert_eq!(assumer.calls(), 2);
+
+    // After it, STS answers again and the backoff is over.
+    clock.advance(until.duration_since(cache.now()).unwrap());
+    tick().await;
+    settle(&cache, "m").await;
+    assert!(cache.get("m").await.is_ok());
+    assert_eq!(assumer.calls(), 3);
+    assert_eq!(retry_at(&cache, "m"), None);
+    assert_eq!(state(&cache, "m"), MappingState::Fresh);
 }
 
 #[tokio::test]
@@ -933,4 +994,214 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     );
     cache.get("m").await.expect("vends");
     assert_eq!(scrape().as_deref(), Some("1"), "the new role was checked");
+}
+
+/// A started cache with `rate` STS calls per second, a `cold_wait` no test here runs
+/// into, and `mappings`; plus its metrics.
+fn limited_cache(
+    clock: &ManualClock,
+    assumer: Arc<Scripted>,
+    rate: u32,
+    mappings: Vec<Mapping>,
+) -> (CredentialCache, Arc<crate::metrics::Metrics>) {
+    let mut cfg = config("http://127.0.0.1:9", mappings);
+    cfg.sts.max_requests_per_second = rate;
+    cfg.refresh.cold_wait = Duration::from_secs(600);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.sync_mappings(cfg.mappings.keys().map(String::as_str));
+    let cache = CredentialCache::new(&cfg, assumer, Arc::new(clock.clone()), metrics.clone());
+    cache.start();
+    (cache, metrics)
+}
+
+fn require(name: &str) -> Mapping {
+    let mut m = mapping(name, name, Some("external-id-0123456789"), "t");
+    m.external_id_enforcement = EnforcementMode::Require;
+    m
+}
+
+/// Cold STS calls waiting for the budget or a permit.
+fn cold_waiting(cache: &CredentialCache) -> usize {
+    let [(Priority::Cold, cold), _] = cache.sts_calls_waiting() else {
+        unreachable!("cold first")
+    };
+    cold
+}
+
+/// Waits until `get` is blocked before its first STS call (an STS call waiting) or has
+/// made one, and returns the number of STS calls made by then.
+async fn first_call_or_blocked(cache: &CredentialCache, assumer: &Scripted) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cold_waiting(cache) == 0 && assumer.calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assumer.calls()
+}
+
+/// The enforcement probes wait for a concurrency permit like any AssumeRole: with all
+/// of them held, the first probe does not reach STS.
+#[tokio::test]
+async fn enforcement_probes_wait_for_a_concurrency_permit() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
+    let (cache, _) = limited_cache(&clock, assumer.clone(), 1000, vec![require("m")]);
+    let held = cache
+        .inner
+        .sts_calls
+        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
+        .await
+        .unwrap();
+    let request = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("m").await })
+    };
+    assert_eq!(
+        first_call_or_blocked(&cache, &assumer).await,
+        0,
+        "a probe reached STS while every permit was held"
+    );
+    assert_eq!(cold_waiting(&cache), 1);
+    drop(held);
+    let vended = request
+        .await
+        .unwrap()
+        .expect("vends once the permits are free");
+    assert_eq!(vended.source, Source::Fresh);
+    let calls = assumer.calls.lock().unwrap().clone();
+    let probes = calls
+        .iter()
+        .filter(|c| c.session_name == verify::PROBE_SESSION_NAME)
+        .count();
+    assert_eq!((probes, calls.len()), (2, 3), "two probes, then the fetch");
+    assert_eq!(cold_waiting(&cache), 0);
+}
+
+/// The enforcement probes take tokens of the STS budget: with the budget spent, the
+/// first probe waits for the next token.
+#[tokio::test]
+async fn enforcement_probes_wait_for_the_sts_budget() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
+    let (cache, _) = limited_cache(&clock, assumer.clone(), 1, vec![require("m")]);
+    // Spend the only token of the burst.
+    cache
+        .inner
+        .budget
+        .acquire(Priority::Cold, &key_of(&cache, "m"))
+        .await;
+    let request = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("m").await })
+    };
+    assert_eq!(
+        first_call_or_blocked(&cache, &assumer).await,
+        0,
+        "a probe reached STS with the budget spent"
+    );
+    assert_eq!(cache.inner.budget.waiting(), [1, 0]);
+    // One token a second: the probes and the fetch each wait for theirs.
+    let vended = request.await.unwrap().expect("vends once tokens refill");
+    assert_eq!(vended.source, Source::Fresh);
+    assert_eq!(assumer.calls(), 3);
+    assert!(cache.sts_rate_limited_total() >= 3);
+}
+
+/// `credvend_assume_role_duration_seconds` measures the STS call, not the wait for a
+/// concurrency permit before it.
+#[tokio::test]
+async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let (cache, metrics) = limited_cache(
+        &clock,
+        assumer.clone(),
+        1000,
+        vec![mapping("m", "r", None, "t")],
+    );
+    let held = cache
+        .inner
+        .sts_calls
+        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
+        .await
+        .unwrap();
+    let request = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("m").await })
+    };
+    assert_eq!(first_call_or_blocked(&cache, &assumer).await, 0);
+    let hold = Duration::from_secs(2);
+    let held_since = std::time::Instant::now();
+    tokio::time::sleep(hold).await;
+    drop(held);
+    let held_for = held_since.elapsed();
+    request.await.unwrap().expect("vends");
+    let text = metrics.render();
+    let series = |name: &str| -> f64 {
+        let prefix = format!("{name}{{result=\"success\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(series("credvend_assume_role_duration_seconds_count"), 1.0);
+    let observed = series("credvend_assume_role_duration_seconds_sum");
+    assert!(
+        observed < hold.as_secs_f64(),
+        "observed {observed:.3} s for an instant STS call that waited {held_for:?} for a permit"
+    );
+}
+
+/// The scheduler takes a due retry off its queue while a request's fetch for the same
+/// mapping is landing (a failure, which schedules the next retry): the stale retry
+/// makes no second STS call. Simulated in order, without the scheduler task.
+#[tokio::test]
+async fn a_retry_overtaken_by_a_requests_fetch_makes_no_extra_call() {
+    let clock = ManualClock::starting_now();
+    let throttled = Step::Fail(FailureReason::Throttled, "Throttling");
+    let assumer = Scripted::new(&clock, vec![throttled.clone(), throttled]);
+    let cfg = config("http://127.0.0.1:9", vec![mapping("m", "r", None, "t")]);
+    // Not started: the test plays the scheduler.
+    let cache = CredentialCache::new(
+        &cfg,
+        assumer.clone(),
+        Arc::new(clock.clone()),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let key = key_of(&cache, "m");
+    assert!(cache.get("m").await.is_err());
+    clock.advance(Duration::from_secs(1));
+    // The scheduler takes the due retry …
+    assert!(
+        cache
+            .inner
+            .queue
+            .due_at(&key)
+            .is_some_and(|at| at <= cache.now())
+    );
+    cache.inner.queue.cancel(&key);
+    // … a request's fetch goes first and fails, scheduling the next retry …
+    assert!(cache.get("m").await.is_err());
+    assert_eq!(assumer.calls(), 2);
+    assert!(
+        cache
+            .inner
+            .queue
+            .due_at(&key)
+            .is_some_and(|at| at > cache.now())
+    );
+    // … and then the scheduler hands over the retry it took.
+    Inner::on_refresh_due(&cache.inner, key);
+    tick().await;
+    assert_eq!(
+        assumer.calls(),
+        2,
+        "a retry the request's fetch had already made"
+    );
 }

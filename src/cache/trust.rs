@@ -36,11 +36,17 @@ impl Inner {
         let due = verify::check_due(checked_at, now, recheck);
         let name = spec.key.name();
         let this_round = if due {
-            let result =
-                verify::check_external_id_enforcement(self.assumer.as_ref(), &spec.input, || {
-                    self.budget.acquire(priority)
-                })
-                .await;
+            // Each probe waits for a budget token and a concurrency permit like any
+            // AssumeRole, and holds the permit while it runs.
+            let result = verify::check_external_id_enforcement(
+                self.assumer.as_ref(),
+                &spec.input,
+                || async move {
+                    self.budget.acquire(priority, &spec.key).await;
+                    self.sts_permit(priority).await
+                },
+            )
+            .await;
             let concluded_at = self.clock.now();
             Some(match result {
                 Ok(verdict) => {

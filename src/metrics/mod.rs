@@ -20,6 +20,8 @@
 //! | `credvend_http_request_duration_seconds` | histogram, 50 µs … 1 s | `route` |
 //! | `credvend_auth_failures_total` | counter | `reason` ([`AUTH_FAILURE_REASONS`]) |
 //! | `credvend_sts_rate_limited_total` | counter | — |
+//! | `credvend_sts_calls_waiting` | gauge | `priority` = `cold\|background` |
+//! | `credvend_mappings_backing_off` | gauge | — |
 //! | `credvend_config_reloads_total` | counter | `result` = `success\|error` |
 //! | `credvend_config_last_reload_successful` | gauge, 1/0 | — |
 //! | `credvend_config_last_reload_timestamp_seconds` | gauge | — |
@@ -103,6 +105,10 @@ const HTTP_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Values of the `priority` label of `credvend_sts_calls_waiting` (the cache's
+/// `Priority::as_str`).
+pub const STS_PRIORITIES: [&str; 2] = ["cold", "background"];
+
 const SUCCESS: &str = "success";
 const ERROR: &str = "error";
 
@@ -116,6 +122,8 @@ pub struct Metrics {
     http_request_duration_seconds: HistogramVec,
     auth_failures_total: IntCounterVec,
     sts_rate_limited_total: IntCounter,
+    sts_calls_waiting: IntGaugeVec,
+    mappings_backing_off: IntGauge,
     config_reloads_total: IntCounterVec,
     config_last_reload_successful: IntGauge,
     config_last_reload_timestamp_seconds: Gauge,
@@ -214,6 +222,20 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
+            sts_calls_waiting: gauge_vec(
+                r,
+                "credvend_sts_calls_waiting",
+                "STS calls (fetches and External ID probes) waiting for a token of the STS budget or a concurrency permit, by priority (cold: a request waits; background: refresh, retry, prefetch).",
+                &["priority"],
+            ),
+            mappings_backing_off: register(
+                r,
+                IntGauge::new(
+                    "credvend_mappings_backing_off",
+                    "Mappings backing off after a transient STS failure: requests that find no servable credential are answered 503 without an STS call until the retry (/status: retry_at).",
+                )
+                .expect("valid gauge"),
+            ),
             config_reloads_total: counter_vec(
                 r,
                 "credvend_config_reloads_total",
@@ -268,6 +290,9 @@ impl Metrics {
                 .assume_role_duration_seconds
                 .with_label_values(&[result]);
             metrics.config_reloads_total.with_label_values(&[result]);
+        }
+        for priority in STS_PRIORITIES {
+            metrics.sts_calls_waiting.with_label_values(&[priority]);
         }
         for reason in AUTH_FAILURE_REASONS {
             metrics.auth_failures_total.with_label_values(&[reason]);
@@ -373,6 +398,14 @@ impl Metrics {
         }
     }
 
+    /// `count` STS calls of `priority` (one of [`STS_PRIORITIES`]) wait for the budget
+    /// or a concurrency permit right now.
+    pub fn sts_calls_waiting(&self, priority: &'static str, count: usize) {
+        self.sts_calls_waiting
+            .with_label_values(&[priority])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// A configuration reload was applied (`ok`) or rejected.
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads_total
@@ -440,6 +473,9 @@ impl Metrics {
             }
         }
         self.sts_rate_limited_catch_up(sts_rate_limited_total);
+        let backing_off = statuses.iter().filter(|s| s.retry_at.is_some()).count();
+        self.mappings_backing_off
+            .set(i64::try_from(backing_off).unwrap_or(i64::MAX));
     }
 }
 
@@ -698,6 +734,7 @@ mod tests {
             last_success: None,
             last_error: None,
             next_refresh,
+            retry_at: None,
             prefetch: false,
             enforcement: crate::model::EnforcementStatus::Unknown,
             enforcement_checked_at: None,

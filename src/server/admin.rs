@@ -122,6 +122,9 @@ impl AdminEndpoint {
     fn metrics_response(&self) -> Response<Body> {
         self.metrics
             .observe_cache(&self.cache.status(), self.cache.sts_rate_limited_total());
+        for (priority, count) in self.cache.sts_calls_waiting() {
+            self.metrics.sts_calls_waiting(priority.as_str(), count);
+        }
         let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
         let headers = response.headers_mut();
         headers.insert(

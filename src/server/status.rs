@@ -108,6 +108,7 @@ pub fn document(
                     "access_key_id": s.access_key_id,
                     "last_refresh": time(s.last_success),
                     "next_refresh": time(s.next_refresh),
+                    "retry_at": time(s.retry_at),
                     "last_error": last_error,
                     "prefetch": s.prefetch,
                     "external_id_enforcement": {

@@ -46,25 +46,28 @@ pub fn probe_inputs(input: &AssumeRoleInput) -> [(Probe, AssumeRoleInput); 2] {
     ]
 }
 
-/// Runs both probes through `assumer`. `before_call` runs before each STS call (the
-/// daemon takes a token from its STS budget there).
+/// Runs both probes through `assumer`. `before_call` runs before each STS call and what
+/// it returns is held until that call has answered (the daemon waits for a token of its
+/// STS budget there and holds one of its concurrency permits during the call).
 ///
 /// Returns the verdict, or the STS error that made the check inconclusive: a transient
 /// one (throttling, timeout …) means "unknown, try again later"; a terminal one other
 /// than AccessDenied (region disabled, invalid request) means the real call would fail
 /// the same way.
-pub async fn check_external_id_enforcement<F, Fut>(
+pub async fn check_external_id_enforcement<F, Fut, G>(
     assumer: &dyn RoleAssumer,
     input: &AssumeRoleInput,
     mut before_call: F,
 ) -> Result<Verdict, AssumeError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = G>,
 {
     for (probe, probe_input) in probe_inputs(input) {
-        before_call().await;
-        match assumer.assume_role(&probe_input).await {
+        let held = before_call().await;
+        let result = assumer.assume_role(&probe_input).await;
+        drop(held);
+        match result {
             // Dropped here: a probe's credential is never used.
             Ok(_unused) => return Ok(Verdict::NotEnforced(probe)),
             Err(error) if error.reason == FailureReason::AccessDenied => continue,
