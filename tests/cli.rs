@@ -175,9 +175,10 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
 
 #[test]
 fn check_config_accepts_the_example_and_summarises_without_secrets() {
+    let (_dir, example) = private_copy_of_the_example();
     let out = Command::new(BIN)
-        .args(["check-config", "--config", "config/credvend.toml"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check-config", "--config"])
+        .arg(&example)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -247,7 +248,7 @@ fn missing_config_file_is_a_configuration_error() {
 #[test]
 fn credvend_config_names_the_config_file_when_config_is_not_given() {
     // The example config is valid: read through the variable, check-config accepts it.
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
+    let (_dir, example) = private_copy_of_the_example();
     let out = Command::new(BIN)
         .arg("check-config")
         .env("CREDVEND_CONFIG", &example)
@@ -467,4 +468,13 @@ token_sha256 = ["{}"]
         0,
         "credvend (running as uid {user}) is still dumpable"
     );
+}
+
+/// `config/credvend.toml` copied to a scratch directory with mode 0600: a checkout made
+/// under umask 002 leaves the example group-writable, which credvend refuses.
+fn private_copy_of_the_example() -> (Scratch, PathBuf) {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
+    let scratch = Scratch::new("example");
+    let copy = scratch.write("credvend.toml", &std::fs::read_to_string(example).unwrap());
+    (scratch, copy)
 }

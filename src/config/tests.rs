@@ -202,9 +202,13 @@ fn default_session_name_is_truncated_to_64() {
 
 #[test]
 fn example_config_loads() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
+    // A copy, mode 0600: a checkout made under umask 002 leaves the example
+    // group-writable, which the loader rightly refuses.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
+    let example = fs::read_to_string(example).unwrap();
     let mut result = None;
-    Jail::expect_with(|_| {
+    Jail::expect_with(|jail| {
+        let path = write(jail, "credvend.toml", &example);
         result = Some(Config::load(&path));
         Ok(())
     });
