@@ -137,12 +137,30 @@ fn start_writer(sink: Box<dyn Write + Send>) -> std::io::Result<Arc<Shared>> {
 }
 
 /// The subscriber's writer: appends each formatted line to the shared buffer.
-struct BufferedStderr {
+pub struct BatchingWriter {
     shared: Arc<Shared>,
 }
 
+/// Starts the writer thread for `sink`; returns the subscriber's writer and the guard
+/// that writes out what is left.
+fn batching(sink: Box<dyn Write + Send>) -> std::io::Result<(BatchingWriter, LogGuard)> {
+    let shared = start_writer(sink)?;
+    let guard = LogGuard {
+        shared: shared.clone(),
+    };
+    Ok((BatchingWriter { shared }, guard))
+}
+
+/// The writer [`init`] builds on stderr, built on `sink` instead (the `audit_line`
+/// benchmark compares it with other writers on a real file).
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub fn batching_writer(sink: Box<dyn Write + Send>) -> std::io::Result<(BatchingWriter, LogGuard)> {
+    batching(sink)
+}
+
 /// One line on its way to the buffer.
-struct BufferedLine<'a> {
+pub struct BufferedLine<'a> {
     shared: &'a Shared,
 }
 
@@ -158,7 +176,7 @@ impl Write for BufferedLine<'_> {
     }
 }
 
-impl<'a> MakeWriter<'a> for BufferedStderr {
+impl<'a> MakeWriter<'a> for BatchingWriter {
     type Writer = BufferedLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
@@ -187,13 +205,10 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogGuard, String> {
             .map_err(|e| format!("RUST_LOG is not a valid filter: {e}"))?,
         _ => EnvFilter::try_new(level).map_err(|e| format!("log.level: {e}"))?,
     };
-    let shared = start_writer(Box::new(std::io::stderr()))
+    let (writer, guard) = batching(Box::new(std::io::stderr()))
         .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
-    let guard = LogGuard {
-        shared: shared.clone(),
-    };
     // `try_init` also routes the `log` crate's records (notify's) into tracing.
-    subscriber(filter, format, BufferedStderr { shared })
+    subscriber(filter, format, writer)
         .try_init()
         .map(|()| guard)
         .map_err(|e| format!("cannot install the log subscriber: {e}"))
