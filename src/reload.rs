@@ -52,7 +52,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// SIGHUP: always reload (the operator asked).
+    /// SIGHUP: always reload (the operator asked), and forget every mapping's negative
+    /// cache ([`Daemon::forget_failures`]).
     Signal,
     /// A file event: reload only if what credvend reads changed.
     FileChange,
@@ -151,6 +152,12 @@ impl Reloader {
                 (ReloadOutcome::Rejected, error.problems)
             }
         };
+        if trigger == Trigger::Signal {
+            // The operator asked: a customer who fixed their role (trust policy, External
+            // ID enforcement) is retried at the next request, whatever the outcome.
+            self.daemon.forget_failures();
+            debug!("Negative caches cleared; refused mappings retry at their next request");
+        }
         // The digest of what this read parsed, applied or rejected: the same bad content
         // is not re-reported on every file event (a SIGHUP still retries it), and an
         // edit landing after the files were read differs from it.
