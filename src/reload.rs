@@ -7,7 +7,9 @@
 //! flight finish against the generation they started with. An invalid file is rejected
 //! whole — the running configuration keeps serving — with one ERROR per problem (file,
 //! key, reason) and `credvend_config_reloads_total{result="error"}`. The last reload's
-//! time, result and problems are kept for `/status` ([`LastReload`]).
+//! time, result and problems are kept for `/status` ([`LastReload`]). A SIGHUP also ends
+//! every mapping's negative cache ([`Daemon::forget_failures`]), so a customer who fixed
+//! their role is retried at the next request.
 //!
 //! File watching uses the `notify` crate on the *directories* holding the files, not the
 //! files: editors save by writing a new file and renaming it over the old one, and

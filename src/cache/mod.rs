@@ -21,7 +21,12 @@
 //!   request path never waits on STS while a servable credential exists.
 //! - **Failures.** Transient ones keep serving the last credential (degraded) until
 //!   [`lifecycle::EXPIRY_MARGIN`] before expiry and retry with backoff; terminal ones
-//!   evict, answer `AssumeRoleDenied`, and are negatively cached with backoff.
+//!   evict, answer `AssumeRoleDenied`, and are negatively cached with backoff, until a
+//!   SIGHUP ([`CredentialCache::forget_failures`]).
+//! - **Enforcement mode.** Not part of the key: whether a cached credential may be
+//!   served is decided on every request from the last enforcement verdict and the mode
+//!   of the request's generation ([`crate::verify::cached_decision`]), so a reload that
+//!   changes only the mode takes effect at the next request without an STS call.
 //! - **Hot path.** A cache hit takes no lock: the table is an [`ArcSwap`], the mapping's
 //!   last use is an atomic in its `MappingSpec`, and a credential with at least
 //!   `min_remaining` left is served straight from the store (whether the mapping is
