@@ -146,6 +146,12 @@ impl Daemon {
         );
     }
 
+    /// Forgets every mapping's negative cache and terminal backoff
+    /// ([`CredentialCache::forget_failures`]): a SIGHUP's second job.
+    pub fn forget_failures(&self) {
+        self.cache.forget_failures();
+    }
+
     /// Keeps `reload` as the last reload for `/status`.
     pub fn record_reload(&self, reload: LastReload) {
         *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(reload);

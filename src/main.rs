@@ -324,6 +324,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{line}");
             }
             if lines.iter().all(|l| l.passed) {
+                // This is another process than the daemon: a daemon that refused the
+                // mapping keeps refusing it until its backoff ends, unless told to retry.
+                eprintln!("{VERIFY_PASSED_HINT}");
                 Ok(())
             } else {
                 Err(Failure::ChecksFailed)
@@ -331,6 +334,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
 }
+
+/// Printed (to stderr) when every `verify` check passed. The check runs in its own
+/// process; a running daemon that refused the mapping (TrustPolicyUnsafe, AccessDenied)
+/// retries it only after its negative cache's backoff (up to 10 minutes), or at the next
+/// request after a SIGHUP (docs/design.md, Reload).
+const VERIFY_PASSED_HINT: &str = "All checks passed. If a running credvend refused this mapping, \
+`systemctl reload credvend` (SIGHUP) makes it retry at the next request instead of after its backoff.";
 
 /// `credvend onboard`: the documents one mapping's customer installs, and the check.
 fn onboard(

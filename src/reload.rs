@@ -7,7 +7,9 @@
 //! flight finish against the generation they started with. An invalid file is rejected
 //! whole — the running configuration keeps serving — with one ERROR per problem (file,
 //! key, reason) and `credvend_config_reloads_total{result="error"}`. The last reload's
-//! time, result and problems are kept for `/status` ([`LastReload`]).
+//! time, result and problems are kept for `/status` ([`LastReload`]). A SIGHUP also ends
+//! every mapping's negative cache ([`Daemon::forget_failures`]), so a customer who fixed
+//! their role is retried at the next request.
 //!
 //! File watching uses the `notify` crate on the *directories* holding the files, not the
 //! files: editors save by writing a new file and renaming it over the old one, and
@@ -52,7 +54,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(500);
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// SIGHUP: always reload (the operator asked).
+    /// SIGHUP: always reload (the operator asked), and forget every mapping's negative
+    /// cache ([`Daemon::forget_failures`]).
     Signal,
     /// A file event: reload only if what credvend reads changed.
     FileChange,
@@ -151,6 +154,12 @@ impl Reloader {
                 (ReloadOutcome::Rejected, error.problems)
             }
         };
+        if trigger == Trigger::Signal {
+            // The operator asked: a customer who fixed their role (trust policy, External
+            // ID enforcement) is retried at the next request, whatever the outcome.
+            self.daemon.forget_failures();
+            debug!("Negative caches cleared; refused mappings retry at their next request");
+        }
         // The digest of what this read parsed, applied or rejected: the same bad content
         // is not re-reported on every file event (a SIGHUP still retries it), and an
         // edit landing after the files were read differs from it.

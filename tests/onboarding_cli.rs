@@ -204,6 +204,12 @@ async fn verify_passes_for_a_role_that_enforces_its_external_id() {
     assert!(lines[1].starts_with("ok") && lines[1].contains("assumed-role/vendor-sync"));
     assert_eq!(f.sts.assume_role_calls().len(), 3);
     assert!(!text.contains(EXTERNAL_ID));
+    // The daemon is another process: how to make it retry a mapping it refused.
+    assert!(
+        stderr(&out).contains("`systemctl reload credvend` (SIGHUP) makes it retry"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,6 +221,11 @@ async fn verify_fails_for_a_role_without_the_condition_and_says_how_to_fix_it() 
     assert!(text.contains("NOT ENFORCED"), "{text}");
     assert!(text.contains("sts:ExternalId"), "{text}");
     assert!(!text.contains(EXTERNAL_ID) && !stderr(&out).contains(EXTERNAL_ID));
+    assert!(
+        !stderr(&out).contains("systemctl reload"),
+        "{}",
+        stderr(&out)
+    );
 
     let unknown = f.run(&["verify", "nope"]).await;
     assert_eq!(unknown.status.code(), Some(64));

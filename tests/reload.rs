@@ -18,7 +18,7 @@ use credvend::config::Config;
 use credvend::reload::{ReloadOutcome, Reloader, Trigger};
 use credvend::secret::TokenHash;
 use support::daemon::TestDaemon;
-use support::fake_sts::{FakeSts, Role, TrustRule};
+use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
 use support::http::{RawResponse, get_with_token, request};
 
 const TOKEN_A: &str = "reload-token-a-0123456789abcdef0123456789abcdef0123456789ab";
@@ -1436,4 +1436,204 @@ async fn a_request_is_authorised_and_served_by_one_generation_while_reloads_flip
         );
     }
     d.stop().await;
+}
+
+/// Mapping `a` (role-a, [`TOKEN_A`]) with `external_id_enforcement = mode`, after a
+/// `[refresh]` whose cold wait covers a first vend's three STS calls (two probes, the
+/// real call) on a loaded machine.
+fn enforced_a(mode: &str) -> String {
+    let a = mapping_tokens("a", "role-a", "external-id-a-1", &[TOKEN_A]).replace(
+        r#"external_id_enforcement = "off""#,
+        &format!(r#"external_id_enforcement = "{mode}""#),
+    );
+    assert!(a.contains(mode), "the mode was set");
+    format!("[refresh]\ncold_wait = \"10s\"\n{a}")
+}
+
+impl InProcess {
+    /// Mapping `a`'s `external_id_enforcement` in `/status`: (mode, result, state).
+    async fn enforcement_of_a(&self) -> (String, String, String) {
+        let status = request(self.daemon.admin, "GET", "/status", &[])
+            .await
+            .json();
+        let a = &status["mappings"]["a"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        (
+            text(&a["external_id_enforcement"]["mode"]),
+            text(&a["external_id_enforcement"]["result"]),
+            text(&a["state"]),
+        )
+    }
+}
+
+fn assert_trust_policy_unsafe(r: &RawResponse, what: &str) {
+    assert_eq!(r.status, 403, "{what}: {}", r.body);
+    assert_eq!(r.json()["code"], "TrustPolicyUnsafe", "{what}: {}", r.body);
+}
+
+/// A reload that changes only a mapping's enforcement mode re-decides it at the next
+/// request, against the verdict already known (no STS call, no clock advance): `off`
+/// serves a role found unsafe at once (its 403 is not kept by the negative cache), and
+/// `require` again refuses it at once although its credential is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_enforcement_mode_is_decided_at_the_next_request() {
+    // role-a's trust policy has no External ID condition (fake_sts_on).
+    let r = InProcess::start("mode", &enforced_a("require")).await;
+    let arn = "arn:aws:iam::111122223333:role/role-a";
+    assert_trust_policy_unsafe(&r.get("a", TOKEN_A).await, "require, unsafe role");
+    assert_eq!(
+        r.sts.assume_role_calls().len(),
+        1,
+        "the accepted probe only"
+    );
+    assert_eq!(
+        r.enforcement_of_a().await,
+        ("require".into(), "not_enforced".into(), "failed".into())
+    );
+
+    // `off`: served at the very next request, the clock where it was.
+    r.write_main("127.0.0.1:0", "", &enforced_a("off"));
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
+    let served = r.get("a", TOKEN_A).await;
+    assert_eq!(served.status, 200, "off serves at once: {}", served.body);
+    let key_id = served.json()["AccessKeyId"].as_str().unwrap().to_string();
+    let calls = r.sts.assume_role_calls();
+    assert_eq!(calls.len(), 2, "one real call, no probe under off");
+    assert_eq!(calls[1].role_arn.as_deref(), Some(arn));
+    assert_eq!(
+        calls[1].issued_access_key_id.as_deref(),
+        Some(key_id.as_str())
+    );
+    let (mode, result, _) = r.enforcement_of_a().await;
+    assert_eq!((mode.as_str(), result.as_str()), ("off", "not_enforced"));
+
+    // Back to `require`: the cached credential is refused from the next request on,
+    // without an STS call, and /status says why.
+    r.write_main("127.0.0.1:0", "", &enforced_a("require"));
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
+    for _ in 0..3 {
+        assert_trust_policy_unsafe(&r.get("a", TOKEN_A).await, "require again, cached");
+    }
+    let (mode, result, _) = r.enforcement_of_a().await;
+    assert_eq!(
+        (mode.as_str(), result.as_str()),
+        ("require", "not_enforced")
+    );
+
+    // `warn`: the same cached credential is served again, still without an STS call.
+    r.write_main("127.0.0.1:0", "", &enforced_a("warn"));
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
+    let warned = r.get("a", TOKEN_A).await;
+    assert_eq!(warned.status, 200, "warn serves: {}", warned.body);
+    assert_eq!(warned.json()["AccessKeyId"], key_id.as_str(), "from cache");
+    assert_eq!(r.sts.assume_role_calls().len(), 2, "no STS call since off");
+    let (mode, result, _) = r.enforcement_of_a().await;
+    assert_eq!((mode.as_str(), result.as_str()), ("warn", "not_enforced"));
+}
+
+/// A role found not enforcing its External ID, fixed by the customer: a SIGHUP (even
+/// with the configuration unchanged) makes the next request check it again and serve,
+/// without waiting out the negative cache's backoff or the recheck interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_rechecks_a_role_found_unsafe_at_the_next_request() {
+    let r = InProcess::start("sighup-unsafe", &enforced_a("require")).await;
+    let arn = "arn:aws:iam::111122223333:role/role-a";
+    assert_trust_policy_unsafe(&r.get("a", TOKEN_A).await, "unsafe");
+    assert_eq!(r.sts.assume_role_calls().len(), 1);
+
+    // The customer adds the condition. Without a SIGHUP the verdict stands (no probe).
+    r.sts.add_role(Role::new(
+        arn,
+        TrustRule::RequireExternalId("external-id-a-1".into()),
+    ));
+    assert_trust_policy_unsafe(&r.get("a", TOKEN_A).await, "fixed, no SIGHUP yet");
+    assert_eq!(
+        r.sts.assume_role_calls().len(),
+        1,
+        "refused from the known verdict"
+    );
+
+    assert_eq!(r.reloader.reload(Trigger::Signal), ReloadOutcome::Applied);
+    let served = r.get("a", TOKEN_A).await;
+    assert_eq!(served.status, 200, "served after SIGHUP: {}", served.body);
+    let calls = r.sts.assume_role_calls();
+    assert_eq!(calls.len(), 4, "two refused probes, then the real call");
+    assert_eq!(
+        calls[1..].iter().map(|c| c.status).collect::<Vec<_>>(),
+        vec![Some(403), Some(403), Some(200)]
+    );
+    assert_eq!(
+        r.enforcement_of_a().await,
+        ("require".into(), "enforced".into(), "fresh".into())
+    );
+}
+
+/// A role that refused the assumption (terminal AccessDenied, negatively cached), fixed
+/// by the customer: a SIGHUP makes the next request try STS again instead of answering
+/// from the negative cache for the rest of its backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_retries_a_mapping_refused_by_sts_at_the_next_request() {
+    let r = InProcess::start("sighup-denied", &enforced_a("off")).await;
+    let arn = "arn:aws:iam::111122223333:role/role-a";
+    r.sts.set_role_fault(arn, Some(Fault::AccessDenied));
+    let refused = r.get("a", TOKEN_A).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        refused.json()["code"],
+        "AssumeRoleDenied",
+        "{}",
+        refused.body
+    );
+    assert_eq!(r.sts.faults_fired_for(arn), vec![Fault::AccessDenied]);
+
+    // Fixed; without a SIGHUP the negative cache answers, STS is not asked.
+    r.sts.set_role_fault(arn, None);
+    let cached = r.get("a", TOKEN_A).await;
+    assert_eq!(cached.json()["code"], "AssumeRoleDenied", "{}", cached.body);
+    assert_eq!(r.sts.assume_role_calls().len(), 1, "negatively cached");
+
+    assert_eq!(r.reloader.reload(Trigger::Signal), ReloadOutcome::Applied);
+    let served = r.get("a", TOKEN_A).await;
+    assert_eq!(served.status, 200, "served after SIGHUP: {}", served.body);
+    assert_eq!(r.sts.assume_role_calls().len(), 2);
+    assert_eq!(r.sts.faults_fired_for(arn), vec![Fault::AccessDenied]);
+}
+
+/// A credential fetched under `off` was never checked: a reload to `require` does not
+/// serve it before the role is checked. The next request probes; an unsafe role is
+/// refused, and its credential is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_require_checks_a_role_never_checked_before_serving_its_cached_credential() {
+    let r = InProcess::start("mode-unchecked", &enforced_a("off")).await;
+    let served = r.get("a", TOKEN_A).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(r.sts.assume_role_calls().len(), 1, "off: no probe");
+    let (mode, result, _) = r.enforcement_of_a().await;
+    assert_eq!((mode.as_str(), result.as_str()), ("off", "unknown"));
+
+    r.write_main("127.0.0.1:0", "", &enforced_a("require"));
+    assert_eq!(
+        r.reloader.reload(Trigger::FileChange),
+        ReloadOutcome::Applied
+    );
+    assert_trust_policy_unsafe(&r.get("a", TOKEN_A).await, "checked at the first request");
+    let calls = r.sts.assume_role_calls();
+    assert_eq!(calls.len(), 2, "one probe, accepted: {calls:?}");
+    assert_eq!(
+        calls[1].session_name.as_deref(),
+        Some(credvend::verify::PROBE_SESSION_NAME)
+    );
+    assert_eq!(
+        r.enforcement_of_a().await,
+        ("require".into(), "not_enforced".into(), "failed".into())
+    );
 }

@@ -21,7 +21,12 @@
 //!   request path never waits on STS while a servable credential exists.
 //! - **Failures.** Transient ones keep serving the last credential (degraded) until
 //!   [`lifecycle::EXPIRY_MARGIN`] before expiry and retry with backoff; terminal ones
-//!   evict, answer `AssumeRoleDenied`, and are negatively cached with backoff.
+//!   evict, answer `AssumeRoleDenied`, and are negatively cached with backoff, until a
+//!   SIGHUP ([`CredentialCache::forget_failures`]).
+//! - **Enforcement mode.** Not part of the key: whether a cached credential may be
+//!   served is decided on every request from the last enforcement verdict and the mode
+//!   of the request's generation ([`crate::verify::cached_decision`]), so a reload that
+//!   changes only the mode takes effect at the next request without an STS call.
 //! - **Hot path.** A cache hit takes no lock: the table is an [`ArcSwap`], the mapping's
 //!   last use is an atomic in its `MappingSpec`, and a credential with at least
 //!   `min_remaining` left is served straight from the store (whether the mapping is
@@ -170,10 +175,8 @@ struct Slot {
     last_error: Option<(FetchError, SystemTime)>,
     /// When the last successful fetch was published.
     last_success: Option<SystemTime>,
-    /// Last conclusive External ID enforcement result (`Unknown` until one).
-    enforcement: EnforcementStatus,
-    /// When `enforcement` was last established; a recheck is due `recheck_interval`
-    /// later.
+    /// When the mapping's enforcement result (kept in its `MappingSpec`) was last
+    /// established; a recheck is due `recheck_interval` later.
     enforcement_checked_at: Option<SystemTime>,
 }
 
@@ -283,6 +286,31 @@ impl CredentialCache {
         drop(slots);
         self.prefetch_all();
         MappingTable(new)
+    }
+
+    /// Forgets every mapping's negative cache and terminal backoff (what a SIGHUP asks
+    /// for, docs/design.md, Reload): the next request for a mapping refused by STS or
+    /// for its trust policy goes to STS again, and a role found not enforcing its
+    /// External ID is probed again at that fetch (its last verdict stands until then,
+    /// and if the probes are inconclusive). A customer who fixed their role is served
+    /// at once instead of after a backoff of up to ten minutes; the transient retry
+    /// backoff is short and stays. `prefetch` mappings without a credential start
+    /// fetching.
+    pub fn forget_failures(&self) {
+        let table = self.inner.current_table();
+        let mut slots = self.inner.lock_slots();
+        for spec in table.by_key.values() {
+            let Some(slot) = slots.get_mut(&spec.key) else {
+                continue;
+            };
+            slot.negative_until = None;
+            slot.terminal_failures = 0;
+            if spec.enforcement_status() == EnforcementStatus::NotEnforced {
+                slot.enforcement_checked_at = None;
+            }
+        }
+        drop(slots);
+        self.prefetch_all();
     }
 
     /// The mapping table now applied.

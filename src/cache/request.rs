@@ -10,8 +10,10 @@ use super::budget::Priority;
 use super::lifecycle::{self, Servable};
 use super::table::MappingSpec;
 use super::{CredentialCache, FetchOutcome, Inner, MappingTable, Source, VendError, Vended};
+use crate::config::EnforcementMode;
 use crate::creds::{AssumeError, FailureReason};
-use crate::model::FetchError;
+use crate::model::{FetchError, Probe};
+use crate::verify::{self, CachedDecision};
 
 /// The reason of a 503 answered from a mapping's retry backoff.
 pub(super) const BACKING_OFF: &str = "STS unavailable, retrying after a backoff";
@@ -42,6 +44,7 @@ impl CredentialCache {
                 && let left = entry.remaining(now)
                 && lifecycle::is_alive(left)
                 && left >= table.refresh.min_remaining
+                && spec.cached_decision() == CachedDecision::Serve
             {
                 return Ok(Vended {
                     entry,
@@ -56,16 +59,40 @@ impl CredentialCache {
         {
             let mut slots = inner.lock_slots();
             let slot = slots.entry(spec.key.clone()).or_default();
-            if let Some(entry) = inner.store.get(&spec.key) {
-                match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
-                    Servable::Yes(source) => return Ok(Vended { entry, source }),
-                    Servable::Stale => fallback = Some(entry),
-                    Servable::No => {}
+            // The enforcement verdict against this generation's mode, every request:
+            // whether the mode changed since the credential was fetched does not matter.
+            match spec.cached_decision() {
+                CachedDecision::Serve => {
+                    if let Some(entry) = inner.store.get(&spec.key) {
+                        match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
+                            Servable::Yes(source) => return Ok(Vended { entry, source }),
+                            Servable::Stale => fallback = Some(entry),
+                            Servable::No => {}
+                        }
+                    }
                 }
+                // Refused without an STS call until a recheck is due; then the fetch
+                // below rechecks (within the negative cache's backoff).
+                CachedDecision::Refuse
+                    if !verify::check_due(
+                        slot.enforcement_checked_at,
+                        now.wall,
+                        table.recheck_interval,
+                    ) =>
+                {
+                    return Err(VendError::UnsafeTrustPolicy(unsafe_probe(slot)));
+                }
+                // A credential fetched under `off` or `warn` is not served under
+                // `require` before the role is checked: the fetch below checks first.
+                CachedDecision::Refuse | CachedDecision::CheckFirst => {}
             }
             if let (true, Some(until), Some((error, _))) =
                 (slot.failed, slot.negative_until, &slot.last_error)
                 && now.wall < until
+                // A refusal for the trust policy is re-decided against the mode above;
+                // under `off` or `warn` it no longer holds, so the fetch goes ahead.
+                && !(matches!(error, FetchError::UnsafeTrustPolicy(_))
+                    && spec.enforcement != EnforcementMode::Require)
             {
                 return Err(error.clone().into());
             }
@@ -115,6 +142,14 @@ impl CredentialCache {
     }
 }
 
+/// The probe a refusal names: the one the last check's refusal named, if kept.
+fn unsafe_probe(slot: &super::Slot) -> Probe {
+    match &slot.last_error {
+        Some((FetchError::UnsafeTrustPolicy(probe), _)) => *probe,
+        _ => Probe::WithoutExternalId,
+    }
+}
+
 /// `Retry-After` for a retry due at `until`: the whole seconds left, rounded up, at
 /// least 1.
 fn seconds_left(until: std::time::SystemTime, now: std::time::SystemTime) -> u64 {
@@ -149,13 +184,14 @@ impl Inner {
         if caller != Caller::Refresh
             && let Some(entry) = self.store.get(&spec.key)
         {
-            let usable = caller == Caller::Prefetch || {
-                let min_remaining = self.current_table().refresh.min_remaining;
-                matches!(
-                    lifecycle::servability(&entry, self.now(), slot.degraded, min_remaining),
-                    Servable::Yes(_)
-                )
-            };
+            let usable = caller == Caller::Prefetch
+                || spec.cached_decision() == CachedDecision::Serve && {
+                    let min_remaining = self.current_table().refresh.min_remaining;
+                    matches!(
+                        lifecycle::servability(&entry, self.now(), slot.degraded, min_remaining),
+                        Servable::Yes(_)
+                    )
+                };
             if usable {
                 let (_tx, rx) = watch::channel(Some(Ok(entry)));
                 return rx;

@@ -1,7 +1,6 @@
 //! The status snapshot: a [`MappingStatus`] per configured mapping, and readiness.
 
 use super::{CredentialCache, MappingState, MappingStatus, Slot};
-use crate::model::EnforcementStatus;
 
 impl CredentialCache {
     /// A snapshot of every configured mapping.
@@ -26,7 +25,7 @@ impl CredentialCache {
                     next_refresh: inner.queue.due_at(&spec.key),
                     retry_at: slot.and_then(|s| s.retry_at).filter(|at| *at > now.wall),
                     prefetch: spec.prefetch,
-                    enforcement: slot.map_or(EnforcementStatus::Unknown, |s| s.enforcement),
+                    enforcement: spec.enforcement_status(),
                     enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at),
                     enforcement_mode: spec.enforcement,
                 }

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::MappingKey;
 use crate::config::{Config, EnforcementMode, RefreshConfig};
 use crate::creds::AssumeRoleInput;
+use crate::model::EnforcementStatus;
+use crate::verify;
 
 /// Everything about one mapping that is fixed for a given config generation.
 pub(super) struct MappingSpec {
@@ -21,6 +23,12 @@ pub(super) struct MappingSpec {
     /// no lock; shared (same `Arc`) by every generation in which the mapping's key is
     /// unchanged, so a reload does not make busy mappings look idle.
     pub(super) last_used: Arc<AtomicU64>,
+    /// The last conclusive External ID enforcement result for this key
+    /// ([`MappingSpec::enforcement_status`]), shared like `last_used`: a request reads
+    /// it without a lock to decide, against the mode of its own generation, whether a
+    /// cached credential may be served ([`crate::verify::cached_decision`]), so a
+    /// reload that changes only the mode re-decides at the next request.
+    pub(super) verdict: Arc<AtomicU8>,
 }
 
 impl MappingSpec {
@@ -36,6 +44,31 @@ impl MappingSpec {
         if nanos.abs_diff(last) >= 1_000_000 {
             self.last_used.store(nanos, Ordering::Relaxed);
         }
+    }
+
+    /// The last conclusive enforcement result (`Unknown` until one).
+    pub(super) fn enforcement_status(&self) -> EnforcementStatus {
+        match self.verdict.load(Ordering::Acquire) {
+            1 => EnforcementStatus::Enforced,
+            2 => EnforcementStatus::NotEnforced,
+            _ => EnforcementStatus::Unknown,
+        }
+    }
+
+    /// Whether a cached credential may be served under this generation's mode, given
+    /// the last conclusive enforcement result ([`verify::cached_decision`]).
+    pub(super) fn cached_decision(&self) -> verify::CachedDecision {
+        verify::cached_decision(self.enforcement, self.enforcement_status())
+    }
+
+    /// Records a conclusive enforcement result.
+    pub(super) fn set_enforcement_status(&self, status: EnforcementStatus) {
+        let value = match status {
+            EnforcementStatus::Unknown => 0,
+            EnforcementStatus::Enforced => 1,
+            EnforcementStatus::NotEnforced => 2,
+        };
+        self.verdict.store(value, Ordering::Release);
     }
 
     /// The last request for this mapping, if any.
@@ -57,25 +90,27 @@ pub(super) struct Table {
 }
 
 /// The table for `config`. Mappings whose key is unchanged from `previous` keep sharing
-/// its last-use record.
+/// its last-use record and enforcement result (a changed key starts `Unknown`).
 pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
     let mut by_name = HashMap::new();
     let mut by_key = HashMap::new();
     for (name, mapping) in &config.mappings {
         let input = AssumeRoleInput::for_mapping(mapping);
         let key = MappingKey::new(name, &input, config.sts.endpoint_url.as_deref());
-        let last_used = previous
-            .and_then(|table| table.by_key.get(&key))
-            .map_or_else(
-                || Arc::new(AtomicU64::new(0)),
-                |spec| spec.last_used.clone(),
-            );
+        let before = previous.and_then(|table| table.by_key.get(&key));
+        let last_used = before.map_or_else(
+            || Arc::new(AtomicU64::new(0)),
+            |spec| spec.last_used.clone(),
+        );
+        let verdict =
+            before.map_or_else(|| Arc::new(AtomicU8::new(0)), |spec| spec.verdict.clone());
         let spec = Arc::new(MappingSpec {
             key: key.clone(),
             input,
             prefetch: mapping.prefetch,
             enforcement: mapping.external_id_enforcement,
             last_used,
+            verdict,
         });
         by_name.insert(name.clone(), spec.clone());
         by_key.insert(key, spec);

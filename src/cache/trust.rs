@@ -6,7 +6,7 @@ use super::budget::Priority;
 use super::table::MappingSpec;
 use crate::config::EnforcementMode;
 use crate::events::{TrustCheckInconclusive, TrustPolicyChecked};
-use crate::model::{EnforcementStatus, FetchError};
+use crate::model::FetchError;
 use crate::verify;
 
 impl Inner {
@@ -25,14 +25,11 @@ impl Inner {
         }
         let now = self.clock.now();
         let recheck = self.current_table().recheck_interval;
-        let (known, checked_at) = {
-            let slots = self.lock_slots();
-            slots
-                .get(&spec.key)
-                .map_or((EnforcementStatus::Unknown, None), |s| {
-                    (s.enforcement, s.enforcement_checked_at)
-                })
-        };
+        let known = spec.enforcement_status();
+        let checked_at = self
+            .lock_slots()
+            .get(&spec.key)
+            .and_then(|s| s.enforcement_checked_at);
         let due = verify::check_due(checked_at, now, recheck);
         let name = spec.key.name();
         let this_round = if due {
@@ -58,7 +55,7 @@ impl Inner {
                     let applied = self.current_table().by_key.contains_key(&spec.key);
                     let current = match self.lock_slots().get_mut(&spec.key) {
                         Some(slot) if applied => {
-                            slot.enforcement = verdict.into();
+                            spec.set_enforcement_status(verdict.into());
                             slot.enforcement_checked_at = Some(concluded_at);
                             true
                         }

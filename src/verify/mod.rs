@@ -125,6 +125,35 @@ pub fn trust_decision(
     }
 }
 
+/// What a mapping's last conclusive check (`known`) means, under its current `mode`,
+/// for serving a credential already in the cache, decided on every request without an
+/// STS call (the credential is the same whatever the mode; only whether it may be
+/// served changes, so a reload that changes the mode takes effect at the next request):
+/// - `off`, `warn`, or `require` with the role found enforcing: serve it;
+/// - `require` with the role found not enforcing: refuse
+///   ([`FetchError::UnsafeTrustPolicy`]) until a recheck says otherwise;
+/// - `require` before any conclusive check (the credential was fetched under `off` or
+///   `warn`): check first, through a fetch, as a mapping that never vended would.
+pub fn cached_decision(mode: EnforcementMode, known: EnforcementStatus) -> CachedDecision {
+    match (mode, known) {
+        (EnforcementMode::Off | EnforcementMode::Warn, _)
+        | (EnforcementMode::Require, EnforcementStatus::Enforced) => CachedDecision::Serve,
+        (EnforcementMode::Require, EnforcementStatus::NotEnforced) => CachedDecision::Refuse,
+        (EnforcementMode::Require, EnforcementStatus::Unknown) => CachedDecision::CheckFirst,
+    }
+}
+
+/// See [`cached_decision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachedDecision {
+    /// The cached credential may be served.
+    Serve,
+    /// The role does not enforce its External ID and the mode is `require`.
+    Refuse,
+    /// No conclusive check yet under `require`: fetch (which checks) instead.
+    CheckFirst,
+}
+
 pub mod s3;
 
 /// One line of `credvend verify` output.
@@ -342,5 +371,27 @@ mod tests {
             every
         ));
         assert!(check_due(Some(at), at + every, every));
+    }
+
+    #[test]
+    fn a_cached_credential_is_decided_against_the_current_mode_and_the_known_result() {
+        use CachedDecision::{CheckFirst, Refuse, Serve};
+        use EnforcementMode::{Off, Require, Warn};
+        use EnforcementStatus::{Enforced, NotEnforced, Unknown};
+        let table = [
+            (Off, Unknown, Serve),
+            (Off, NotEnforced, Serve),
+            (Off, Enforced, Serve),
+            (Warn, Unknown, Serve),
+            (Warn, NotEnforced, Serve),
+            (Warn, Enforced, Serve),
+            (Require, Enforced, Serve),
+            (Require, NotEnforced, Refuse),
+            // Fetched under `off` or `warn` and never checked: check before serving.
+            (Require, Unknown, CheckFirst),
+        ];
+        for (mode, known, expected) in table {
+            assert_eq!(cached_decision(mode, known), expected, "{mode:?} {known:?}");
+        }
     }
 }
