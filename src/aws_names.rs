@@ -350,11 +350,10 @@ macro_rules! name_as_text {
 /// An IAM role ARN: `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`, as written.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RoleArn {
+    /// `arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`, as written; the account and path
+    /// are read back out of it (a mapping table holds one per mapping, so no copies).
     text: String,
     partition: Partition,
-    account: AccountId,
-    /// IAM form: `/` or `/a/b/`.
-    path: String,
 }
 
 name_as_text!(RoleArn);
@@ -369,13 +368,23 @@ impl RoleArn {
             .strip_prefix("role")
             .filter(|rest| rest.starts_with('/'))
             .ok_or(ArnError::Resource("role/[PATH/]NAME"))?;
-        let (path, _) = iam_path_and_name(rest, "role", IAM_MAX_ROLE_NAME_LEN)?;
-        Ok(RoleArn {
+        iam_path_and_name(rest, "role", IAM_MAX_ROLE_NAME_LEN)?;
+        let role = RoleArn {
             text: value.to_owned(),
             partition,
-            account,
-            path,
-        })
+        };
+        debug_assert_eq!(role.account_str(), account.as_str());
+        Ok(role)
+    }
+
+    /// Where the account starts: after `arn:PARTITION:iam::`.
+    fn account_start(&self) -> usize {
+        "arn:".len() + self.partition.as_str().len() + ":iam::".len()
+    }
+
+    fn account_str(&self) -> &str {
+        let start = self.account_start();
+        &self.text[start..start + 12]
     }
 
     #[cfg(test)]
@@ -384,13 +393,16 @@ impl RoleArn {
     }
 
     /// The account the role belongs to.
-    pub fn account(&self) -> &AccountId {
-        &self.account
+    pub fn account(&self) -> AccountId {
+        AccountId(self.account_str().to_owned())
     }
 
     /// The IAM path: `/` for a role without one, else `/a/b/`.
     pub fn path(&self) -> &str {
-        &self.path
+        // `role` follows `ACCOUNT:`; the path runs from its `/` to the last `/`.
+        let start = self.account_start() + "123456789012:role".len();
+        let end = self.text.rfind('/').map_or(start + 1, |slash| slash + 1);
+        &self.text[start..end]
     }
 
     #[cfg(test)]
