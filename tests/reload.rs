@@ -1062,7 +1062,7 @@ async fn a_log_file_in_the_config_directory_sets_off_no_reload() {
     // set off the next one.
     let sts = fake_sts().await;
     let mut d = prepare(&sts, "log-in-etc");
-    std::fs::create_dir_all(d.etc.join("mappings.d")).unwrap();
+    create_config_dir(&d.etc.join("mappings.d"));
     let a = mapping("a", "role-a", "external-id-a-1", TOKEN_A);
     let b = mapping("b", "role-b", "external-id-b-1", TOKEN_B);
     let with_debug = |d: &Daemon, mappings: &str| {
@@ -1120,7 +1120,7 @@ async fn an_edit_landing_after_a_reload_read_the_files_is_a_change_for_the_next_
     // The main file now includes another directory (the set of files read changes),
     // whose file defines b; once the reload has read it, and before it is applied, that
     // file is edited to define c instead.
-    std::fs::create_dir(r.dir.join("customers")).unwrap();
+    create_config_dir(&r.dir.join("customers"));
     let customer = r.dir.join("customers/x.toml");
     write_atomically(&customer, &drop_in("b"));
     let main = main_file(
