@@ -6,7 +6,7 @@
 #   docker build -t credvend .
 #   docker run --rm -v /etc/credvend:/etc/credvend:ro -p 127.0.0.1:8901:8901 credvend
 #
-# Usage as a sidecar and the environment it reads: README.md (Operating credvend).
+# Usage as a sidecar and the environment it reads: docs/deployment.md, "Container".
 
 ARG RUST_VERSION=1
 
@@ -43,7 +43,7 @@ LABEL org.opencontainers.image.title="credvend" \
       org.opencontainers.image.description="Credential-vending sidecar: AWS container credentials for customer roles assumed with External IDs" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="UNLICENSED" \
-      org.opencontainers.image.documentation="README.md (Operating credvend)"
+      org.opencontainers.image.documentation="docs/deployment.md, "Container""
 
 COPY --from=builder /out/usr/local/bin/credvend /usr/local/bin/credvend
 # The example configuration, for reference only: mount the real one read-only at

@@ -1,4 +1,4 @@
-//! The benchmark harness (README.md, "Performance"); `scripts/bench.sh` builds it in
+//! The benchmark harness (docs/performance.md, "Performance"); `scripts/bench.sh` builds it in
 //! release mode and runs `bench_driver all`. Figures come from runs that measure their
 //! baseline in the same run, never from timed tests.
 //!

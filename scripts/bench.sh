@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark harness (README.md, "Performance"): builds release binaries, then runs every
+# Benchmark harness (docs/performance.md, "Performance"): builds release binaries, then runs every
 # scenario of examples/bench_driver.rs against the real credvend binary and the in-repo
 # fake STS: cache-hit throughput vs a bare hyper server (wrk, A B A B), the 1,000-request
 # cold herd, 10,000 mappings, and boto3 time to first credential. Optionally the

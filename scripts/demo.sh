@@ -3,12 +3,14 @@
 #
 #   1. sets up .venv (moto, AWS CLI) and builds credvend (debug profile: it shares the
 #      build with scripts/test.sh and the demo does not need an optimised binary);
-#   2. starts moto and `credvend serve --config config/demo.toml` on 127.0.0.1, with
-#      dummy base credentials (moto accepts any);
+#   2. starts moto and `credvend serve` on 127.0.0.1 with a private copy (mode 0600) of
+#      config/demo.toml in .tools/demo/, and dummy base credentials (moto accepts any);
 #   3. runs `aws sts get-caller-identity` with nothing but the container-credentials
 #      variables, as a sync worker would, and expects the demo role's assumed-role ARN;
 #   4. shows the raw credential response (secret and session token redacted);
-#   5. stops everything, on success and on failure.
+#   5. stops everything, on success and on failure, and fails if the run changed the
+#      working tree (scripts/tree-state.sh): it writes only into .venv/, target/ and
+#      .tools/demo/.
 #
 # Environment:
 #   CREDVEND_BIN   use this credvend binary instead of building one
@@ -32,6 +34,7 @@ venv="$repo_root/.venv"
 run_dir="$repo_root/.tools/demo"
 credvend_log="$run_dir/credvend.log"
 credvend_pid=""
+tree_state=""
 
 if [[ -t 1 ]]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 say() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
@@ -47,6 +50,7 @@ cleanup() {
     wait "$credvend_pid" 2>/dev/null || true
   fi
   MOTO_STATE_DIR="$run_dir/moto" scripts/moto.sh stop 2>/dev/null || true
+  [[ -z "$tree_state" ]] || rm -f "$tree_state"
   if ((status != 0)) && [[ -s "$credvend_log" ]]; then
     printf '\n--- last lines of %s ---\n' "$credvend_log" >&2
     tail -n 40 "$credvend_log" >&2
@@ -66,6 +70,8 @@ if ! command -v curl >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 fi
 [[ -f "$config" ]] || fail "$config is missing"
+tree_state="$(mktemp "${TMPDIR:-/tmp}/credvend-tree-state.XXXXXX")"
+scripts/tree-state.sh save "$tree_state"
 
 # --- set up ---------------------------------------------------------------------
 
@@ -117,10 +123,12 @@ say "Starting moto (STS emulator) on loopback"
 moto_url="$(MOTO_STATE_DIR="$run_dir/moto" scripts/moto.sh start)"
 echo "moto: $moto_url"
 
-say "Starting credvend serve --config $config"
-# credvend warns about config files readable by others (they may hold External IDs);
-# git does not keep that mode, so set it here.
-chmod 600 "$config"
+# credvend warns about config files readable by others (they may hold External IDs),
+# and git does not keep a file's mode: serve a private copy rather than chmod the
+# committed file.
+served_config="$run_dir/demo.toml"
+install -m 0600 "$config" "$served_config"
+say "Starting credvend serve --config $served_config (a copy of $config)"
 # Only what credvend needs: dummy base credentials for moto, no profile files, no
 # instance metadata, and the port overrides.
 env -i \
@@ -130,7 +138,7 @@ env -i \
   CREDVEND_SERVER__LISTEN="[\"127.0.0.1:$listen_port\"]" \
   CREDVEND_SERVER__ADMIN_LISTEN="127.0.0.1:$admin_port" \
   CREDVEND_STS__ENDPOINT_URL="$moto_url" \
-  "$credvend_bin" serve --config "$config" >"$credvend_log" 2>&1 &
+  "$credvend_bin" serve --config "$served_config" >"$credvend_log" 2>&1 &
 credvend_pid=$!
 echo "credvend: pid $credvend_pid, credentials on 127.0.0.1:$listen_port, admin on 127.0.0.1:$admin_port"
 echo "credvend log: $credvend_log"
@@ -207,5 +215,7 @@ wait "$credvend_pid" || credvend_status=$?
 credvend_pid=""
 ((credvend_status == 0)) || fail "credvend exited with status $credvend_status on SIGTERM"
 echo "credvend exited 0"
+
+scripts/tree-state.sh check "$tree_state" || fail "the demo changed the working tree"
 
 say "Demo succeeded: the worker ran as $arn"

@@ -8,7 +8,7 @@
 # root and apt-get when they are not. Any failure exits non-zero: the suite must not
 # run (and pass) without its clients.
 #
-# Pins (Debian 12 "bookworm"): bump them together with the README table's Go row.
+# Pins (Debian 12 "bookworm"): bump them together with the Go row of the client table in docs/compatibility.md.
 set -euo pipefail
 
 packages=(

@@ -15,10 +15,13 @@
 # doctests, one pass of each criterion benchmark in test mode (proves the benches still
 # build and run, and is not counted as tests), then the tests of the library, the
 # binary, tests/ and examples/. Every step runs even when an earlier one failed, so one
-# run reports everything; the exit status is non-zero if any step failed. Tests run with
+# run reports everything; the exit status is non-zero if any step failed. Last, the
+# tree-unchanged step fails when the run left the working tree different from how it
+# found it (`git status` or a tracked file's mode; scripts/tree-state.sh): a run may
+# write only into ignored folders (target/, .venv/, .tools/, node_modules/). Tests run with
 # cargo-nextest when it is installed (profile `ci` in .config/nextest.toml: per-test
 # timeout, no fail-fast), otherwise with `cargo test`. tests/compat fails when the
-# committed client table (README.md, docs/compat-table.md) differs from its results;
+# committed client table (docs/compatibility.md) differs from its results;
 # `UPDATE_COMPAT_TABLE=1 scripts/test.sh` rewrites it.
 set -euo pipefail
 
@@ -29,6 +32,11 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 
 command -v cargo >/dev/null 2>&1 || die "cargo not found; install a Rust toolchain (rustup)"
+
+# The tree as this run found it, local edits included; compared again at the end.
+tree_state="$(mktemp "${TMPDIR:-/tmp}/credvend-tree-state.XXXXXX")"
+trap 'rm -f "$tree_state"' EXIT
+scripts/tree-state.sh save "$tree_state"
 
 # --- prerequisites ----------------------------------------------------------------
 
@@ -123,6 +131,15 @@ if cargo nextest --version >/dev/null 2>&1; then
   run_step tests cargo nextest run --locked --profile ci --workspace "${test_targets[@]}"
 else
   run_step tests cargo test --locked --workspace "${test_targets[@]}" --no-fail-fast
+fi
+
+# Nothing above may rewrite, add or chmod a file outside the ignored folders.
+# UPDATE_COMPAT_TABLE=1 asks tests/compat to rewrite docs/compatibility.md, so the
+# check would only report that.
+if [[ "${UPDATE_COMPAT_TABLE:-}" == 1 ]]; then
+  log "tree-unchanged: skipped (UPDATE_COMPAT_TABLE=1 rewrites docs/compatibility.md)"
+else
+  run_step tree-unchanged scripts/tree-state.sh check "$tree_state"
 fi
 
 if ((${#failed[@]} > 0)); then

@@ -135,7 +135,7 @@ impl TrustPolicyChecked<'_> {
                 role_arn = %self.role_arn,
                 accepted = probe.describe(),
                 mode = self.mode.as_str(),
-                "Role does not enforce its External ID; its trust policy must require sts:ExternalId"
+                "Role does not enforce its External ID; its trust policy must require sts:ExternalId (an STS emulator such as moto never enforces it: against one, and only there, set external_id_enforcement = \"warn\")"
             ),
             Verdict::Enforced => debug!(mapping = %self.mapping, "Role enforces its External ID"),
         }
@@ -382,6 +382,39 @@ mod tests {
             .render()
             .lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Against moto every role looks unsafe; the warning says so and names the fix
+    /// (docs/configuration.md, "Trying credvend against moto").
+    #[test]
+    fn an_unsafe_role_warns_with_the_sts_emulator_hint() {
+        let metrics = Metrics::new();
+        metrics.sync_mappings(["acme-s3"]);
+        let lines = logged(|| {
+            TrustPolicyChecked {
+                mapping: "acme-s3",
+                role_arn: "arn:aws:iam::111122223333:role/acme-sync",
+                mode: EnforcementMode::Require,
+                verdict: Verdict::NotEnforced(crate::model::Probe::WithoutExternalId),
+            }
+            .emit(&metrics)
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["level"], "WARN");
+        let message = lines[0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("must require sts:ExternalId")
+                && message.contains("moto")
+                && message.contains(r#"external_id_enforcement = "warn""#),
+            "the warning should name the trust policy fix and the STS-emulator case: {message}"
+        );
+        assert_eq!(
+            sample(
+                &metrics,
+                r#"credvend_external_id_enforced{mapping="acme-s3"}"#
+            ),
+            Some(0.0)
+        );
     }
 
     #[test]

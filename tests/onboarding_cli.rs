@@ -1,4 +1,4 @@
-//! Onboarding commands (README.md, "Onboarding a customer") through the real binary; STS
+//! Onboarding commands (docs/onboarding.md, "Onboarding a customer") through the real binary; STS
 //! is the fake.
 
 mod support;

@@ -76,7 +76,7 @@ impl PolicyDocument {
 }
 
 /// The permissions policy the customer attaches to the role
-/// (README.md, "Onboarding a customer"), as pretty JSON in IAM's conventional key
+/// (docs/onboarding.md, "Onboarding a customer"), as pretty JSON in IAM's conventional key
 /// order, ready to paste into the IAM console.
 ///
 /// Without a prefix: one statement, the five actions on `arn:aws:s3:::NAME` and
@@ -150,7 +150,7 @@ fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocu
     ]))
 }
 
-/// The trust policy the customer sets on the role (README.md, "Onboarding a customer"),
+/// The trust policy the customer sets on the role (docs/onboarding.md, "Onboarding a customer"),
 /// as pretty JSON in IAM's conventional key order: the vendor principal may
 /// `sts:AssumeRole` only with `sts:ExternalId` equal to `external_id`, which is
 /// validated first.

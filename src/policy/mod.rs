@@ -1,5 +1,5 @@
 //! Onboarding documents: External IDs, and the permission and trust policies a
-//! customer installs on the IAM role credvend assumes (README.md, "Onboarding a customer").
+//! customer installs on the IAM role credvend assumes (docs/onboarding.md, "Onboarding a customer").
 //!
 //! Everything here is pure: no I/O, no clock, no AWS calls. The CLI (`credvend
 //! external-id new`, `credvend policy permissions|trust`, `credvend onboard`) feeds it

@@ -1,5 +1,5 @@
 //! The S3 permission probe of `credvend verify --bucket`
-//! (README.md, "Onboarding a customer").
+//! (docs/onboarding.md, "Onboarding a customer").
 //!
 //! With the mapping's assumed credentials it exercises exactly the five permissions the
 //! vendor's guide asks for — GetBucketLocation, ListObjectsV2 (`s3:ListBucket`),

@@ -34,12 +34,12 @@
 //!
 //! Where a client knowingly deviates (documented SDK behaviour, not a credvend bug), the
 //! case asserts that exact behaviour instead ([`Expect::ClientRefuses`]), so a client
-//! upgrade that changes it fails here and the README gets updated.
+//! upgrade that changes it fails here and `docs/compatibility.md` gets updated.
 //!
-//! The run renders the compatibility table and compares it with `docs/compat-table.md`
-//! and the block between `<!-- compat-table:begin -->` and `<!-- compat-table:end -->`
-//! in README.md: a stale committed table fails the test with a diff (run with
-//! `UPDATE_COMPAT_TABLE=1` to rewrite both, nothing else). It fails listing every case
+//! The run renders the compatibility table and compares it with the block between
+//! `<!-- compat-table:begin -->` and `<!-- compat-table:end -->` in
+//! `docs/compatibility.md`: a stale committed table fails the test with a diff (run with
+//! `UPDATE_COMPAT_TABLE=1` to rewrite that block, nothing else). It fails listing every case
 //! that did not meet its expectation too. A client that is not installed fails the
 //! test with instructions; nothing is ever skipped.
 

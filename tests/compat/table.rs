@@ -1,7 +1,7 @@
 //! The compatibility table: rendered from the run's verdicts and compared with the
-//! committed copies, `docs/compat-table.md` and the block of README.md between the
-//! markers below. A difference fails the run with a diff; with
-//! `UPDATE_COMPAT_TABLE=1` the run rewrites both copies instead (only those bytes).
+//! committed copy, the block of `docs/compatibility.md` between the markers below. A
+//! difference fails the run with a diff; with `UPDATE_COMPAT_TABLE=1` the run rewrites
+//! that block instead (only those bytes).
 //!
 //! The output is deterministic (no timings, no dates), so a rerun with the same client
 //! versions and results matches the committed table.
@@ -16,7 +16,7 @@ use crate::{CALLS, Check, Client, Expect, Host, Quirk, TokenSource, Verdict};
 
 pub const BEGIN_MARKER: &str = "<!-- compat-table:begin -->";
 pub const END_MARKER: &str = "<!-- compat-table:end -->";
-const TABLE_FILE: &str = "docs/compat-table.md";
+const TABLE_FILE: &str = "docs/compatibility.md";
 /// Set to `1` to rewrite the committed table from this run instead of failing on a
 /// difference. Not a `CREDVEND_*` name: credvend reads those as config overrides.
 pub const UPDATE_ENV: &str = "UPDATE_COMPAT_TABLE";
@@ -143,10 +143,10 @@ pub fn render(verdicts: &[Verdict], versions: &BTreeMap<Client, String>) -> Stri
     out
 }
 
-/// Compares `rendered` with the committed `docs/compat-table.md` and README block.
+/// Compares `rendered` with the committed block of `docs/compatibility.md`.
 /// `Err` describes each stale file with a diff and how to update it; with
 /// `UPDATE_COMPAT_TABLE=1` the files are rewritten instead and the result is `Ok`.
-/// Panics when README.md lacks the markers (the table must not silently stop being
+/// Panics when that page lacks the markers (the table must not silently stop being
 /// published).
 pub fn check_committed(rendered: &str) -> Result<(), String> {
     let root = repo_root();
@@ -179,28 +179,23 @@ pub fn check_committed(rendered: &str) -> Result<(), String> {
     Err(format!(
         "the committed client table is stale. If this run's results are right, rewrite \
          it with `{UPDATE_ENV}=1 cargo test --test compat` (or `{UPDATE_ENV}=1 cargo \
-         nextest run --test compat`) and commit {TABLE_FILE} and README.md.\n{}",
+         nextest run --test compat`) and commit {TABLE_FILE}.\n{}",
         stale.join("\n")
     ))
 }
 
 /// The committed files and the contents this run expects in them.
-fn generated_files(root: &Path, rendered: &str) -> [(&'static str, String); 2] {
-    let document = format!(
-        "# Client compatibility\n\nWhat the conformance suite (`tests/compat/`, run by \
-         `scripts/test.sh`) proves. README.md carries the same table; the suite fails when \
-         either copy differs from its results.\n\n{rendered}"
-    );
-    let readme_path = root.join("README.md");
-    let readme = fs::read_to_string(&readme_path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", readme_path.display()));
-    let readme = replace_block(&readme, rendered).unwrap_or_else(|| {
+fn generated_files(root: &Path, rendered: &str) -> [(&'static str, String); 1] {
+    let page_path = root.join(TABLE_FILE);
+    let page = fs::read_to_string(&page_path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", page_path.display()));
+    let page = replace_block(&page, rendered).unwrap_or_else(|| {
         panic!(
-            "README.md must contain one {BEGIN_MARKER} … {END_MARKER} block for the \
+            "{TABLE_FILE} must contain one {BEGIN_MARKER} … {END_MARKER} block for the \
              compatibility table"
         )
     });
-    [(TABLE_FILE, document), ("README.md", readme)]
+    [(TABLE_FILE, page)]
 }
 
 /// The lines that differ between `old` and `new` (longest common subsequence), each as
