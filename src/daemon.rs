@@ -27,13 +27,16 @@ use crate::server::credentials::{CredentialEndpoint, Generation};
 use crate::server::status::LastReload;
 use crate::server::{self, Limits};
 
-/// A listen address could not be bound.
+/// A listen address could not be bound. The message names the config key the address
+/// came from and carries the OS error once (it is not also a `source`, which
+/// `{error:#}` would print a second time).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("cannot listen on {addr} ({key}): {error}")]
 pub struct BindError {
+    /// `server.listen` or `server.admin_listen`.
+    pub key: &'static str,
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// Bound sockets, ready to serve.
@@ -47,11 +50,11 @@ impl Listeners {
     pub async fn bind(server: &ServerConfig) -> Result<Self, BindError> {
         let mut credentials = Vec::with_capacity(server.listen.len());
         for addr in &server.listen {
-            credentials.push(bind(*addr).await?);
+            credentials.push(bind("server.listen", *addr).await?);
         }
         Ok(Self {
             credentials,
-            admin: bind(server.admin_listen).await?,
+            admin: bind("server.admin_listen", server.admin_listen).await?,
         })
     }
 
@@ -71,10 +74,10 @@ impl Listeners {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| BindError { addr, source })
+        .map_err(|error| BindError { key, addr, error })
 }
 
 /// The running daemon's shared state.

@@ -373,6 +373,51 @@ fn serve_exits_0_on_sigterm_after_binding() {
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
 
+/// A port already taken: `serve` exits 1 and says which listener (its config key and
+/// address) could not be bound, with the OS error once. Both listeners, one at a time.
+#[test]
+fn serve_names_the_listener_it_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let (free, _) = free_ports();
+    for (key, port, admin) in [
+        ("server.listen", taken_port, free),
+        ("server.admin_listen", free, taken_port),
+    ] {
+        let scratch = Scratch::new("bind-clash");
+        let path = scratch.write(
+            "credvend.toml",
+            &(loopback_server_toml(port, admin)
+                + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
+        );
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("credvend: "))
+            .unwrap_or_else(|| panic!("{key}: no error line: {stderr}"));
+        assert!(
+            line.contains(&format!("cannot listen on 127.0.0.1:{taken_port} ({key})")),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches("ddress already in use").count(),
+            1,
+            "the OS error once: {line}"
+        );
+    }
+    drop(taken);
+}
+
 /// Kills and reaps a child when dropped, so a failed assertion leaves no process behind.
 struct Reaped(std::process::Child);
 
