@@ -502,8 +502,13 @@ async fn own_principal(config: Option<PathBuf>) -> Result<Principal, Failure> {
         .context("cannot set up the STS client")
         .map_err(Failure::Runtime)?;
     let identity = assumer.get_caller_identity().await.map_err(|e| {
+        // The same words as the daemon's log, `/status` and a worker's 503.
+        let problem = e
+            .reason
+            .base_identity_problem()
+            .unwrap_or("STS did not answer");
         Failure::Runtime(anyhow::anyhow!(
-            "cannot find credvend's own AWS identity (pass --principal): {e}"
+            "cannot find credvend's own AWS identity (pass --principal): {problem} ({e})"
         ))
     })?;
     Principal::from_caller_arn(&identity.arn).map_err(|e| Failure::Runtime(e.into()))
@@ -527,14 +532,12 @@ async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Resul
     for warning in &config.warnings {
         warn!(warning = %warning, "Configuration warning");
     }
-    let assumer = StsAssumer::from_env(StsSettings::from(&config.sts))
-        .await
-        .context("cannot set up the STS client")?;
-    let daemon = Arc::new(Daemon::new(
-        &config,
-        Arc::new(assumer),
-        Arc::new(SystemClock),
-    ));
+    let assumer = Arc::new(
+        StsAssumer::from_env(StsSettings::from(&config.sts))
+            .await
+            .context("cannot set up the STS client")?,
+    );
+    let daemon = Arc::new(Daemon::new(&config, assumer.clone(), Arc::new(SystemClock)));
     let (server, mappings) = (config.server.clone(), config.mappings.len());
     // The reloader holds the digest of the bytes this configuration was parsed from: a
     // change made after they were read is always a change to reload.
@@ -548,7 +551,11 @@ async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Resul
         "credvend started"
     );
     let reloader = tokio::spawn(reload::run(hup, reloader));
+    // In the background, after binding: a missing identity is a warning (it may appear
+    // later), and STS's answer must not hold up the listeners.
+    let identity = tokio::spawn(daemon.clone().watch_base_identity(assumer));
     daemon.run(listeners, limits, shutdown).await;
+    identity.abort();
     reloader.abort();
     info!("credvend stopped");
     Ok(())

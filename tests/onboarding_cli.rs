@@ -363,3 +363,36 @@ async fn onboard_out_dir_writes_each_policy_to_its_own_file() {
     );
     assert!(guidance.contains("credvend verify acme-s3"), "{guidance}");
 }
+
+/// Without AWS credentials of its own, `onboard` (which looks up the vendor account)
+/// says so in the daemon's words, and names the reason label the metrics and `/status`
+/// use.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_without_base_credentials_says_so_like_the_daemon() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let config = f.config.display().to_string();
+    let home = f.dir.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["onboard", "acme-s3", "--config", &config])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("run credvend")
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("credvend has no AWS credentials of its own to call STS with"),
+        "{err}"
+    );
+    assert!(err.contains("no_base_credentials"), "{err}");
+    assert!(!err.contains("expired_base_credentials"), "{err}");
+    assert_eq!(stdout(&out), "", "no document without a principal");
+}
