@@ -14,27 +14,36 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cache::CredentialCache;
 use crate::clock::Clock;
 use crate::config::{Config, ServerConfig};
 use crate::creds::RoleAssumer;
+use crate::creds::sts::StsAssumer;
 use crate::metrics::Metrics;
 use crate::server::access::{AccessTable, HostAllowList};
 use crate::server::admin::AdminEndpoint;
 use crate::server::credentials::{CredentialEndpoint, Generation};
-use crate::server::status::LastReload;
+use crate::server::status::{BaseIdentity, BaseIdentityStatus, LastReload};
 use crate::server::{self, Limits};
 
-/// A listen address could not be bound.
+/// A listen address could not be bound. The message names the config key the address
+/// came from and carries the OS error once (it is not also a `source`, which
+/// `{error:#}` would print a second time).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("cannot listen on {addr} ({key}): {error}")]
 pub struct BindError {
+    /// `server.listen` or `server.admin_listen`.
+    pub key: &'static str,
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
+
+/// How often the base identity is checked again while it is not known to work
+/// ([`Daemon::watch_base_identity`]): credentials may appear after start (an instance
+/// profile attached, a container credential endpoint that comes up late).
+pub const BASE_IDENTITY_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Bound sockets, ready to serve.
 pub struct Listeners {
@@ -47,11 +56,11 @@ impl Listeners {
     pub async fn bind(server: &ServerConfig) -> Result<Self, BindError> {
         let mut credentials = Vec::with_capacity(server.listen.len());
         for addr in &server.listen {
-            credentials.push(bind(*addr).await?);
+            credentials.push(bind("server.listen", *addr).await?);
         }
         Ok(Self {
             credentials,
-            admin: bind(server.admin_listen).await?,
+            admin: bind("server.admin_listen", server.admin_listen).await?,
         })
     }
 
@@ -71,10 +80,10 @@ impl Listeners {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| BindError { addr, source })
+        .map_err(|error| BindError { key, addr, error })
 }
 
 /// The running daemon's shared state.
@@ -95,6 +104,8 @@ pub struct Daemon {
     /// The last reload that went ahead, for `/status` (none yet: the configuration is
     /// the one started with).
     last_reload: Arc<Mutex<Option<LastReload>>>,
+    /// What is known of credvend's own AWS identity, for `/readyz` and `/status`.
+    base_identity: Arc<Mutex<BaseIdentityStatus>>,
 }
 
 impl Daemon {
@@ -117,6 +128,7 @@ impl Daemon {
             started_at,
             metrics,
             last_reload: Arc::new(Mutex::new(None)),
+            base_identity: Arc::new(Mutex::new(BaseIdentityStatus::default())),
         }
     }
 
@@ -182,6 +194,67 @@ impl Daemon {
             started_at: self.started_at,
             hosts: self.admin_hosts.clone(),
             last_reload: self.last_reload.clone(),
+            base_identity: self.base_identity.clone(),
+        }
+    }
+
+    /// Asks STS who credvend is (`sts:GetCallerIdentity` through `assumer`, bounded by
+    /// its call timeout) and records the answer for `/status` and `/readyz`. A change is
+    /// logged: a WARN naming the problem when the credentials are missing or rejected
+    /// (the daemon keeps running: they may appear later), INFO with the ARN when found.
+    pub async fn check_base_identity(&self, assumer: &StsAssumer) {
+        let result = assumer.get_caller_identity().await;
+        let at = self.cache.now();
+        let mut status = self.base_identity.lock().unwrap_or_else(|e| e.into_inner());
+        let was = std::mem::discriminant(&status.state);
+        match result {
+            Ok(identity) => {
+                if !matches!(status.state, BaseIdentity::Ok { .. }) {
+                    info!(arn = %identity.arn, "AWS identity found");
+                }
+                status.state = BaseIdentity::Ok {
+                    arn: identity.arn,
+                    checked_at: at,
+                };
+            }
+            Err(error) => {
+                let problem = error.reason.base_identity_problem();
+                status.state = if problem.is_some() {
+                    BaseIdentity::Unavailable
+                } else {
+                    BaseIdentity::Unchecked
+                };
+                let changed = was != std::mem::discriminant(&status.state)
+                    || status.last_error.as_ref().map(|e| e.0) != Some(error.reason);
+                if changed {
+                    warn!(
+                        reason = error.reason.as_str(),
+                        code = %error.code,
+                        error = %error.message,
+                        problem = problem.unwrap_or("STS did not answer"),
+                        "Cannot confirm credvend's own AWS identity; nothing can be vended without it"
+                    );
+                }
+                status.last_error = Some((error.reason, error.code, at));
+            }
+        }
+    }
+
+    /// [`Daemon::check_base_identity`] now, and every [`BASE_IDENTITY_RECHECK`] while
+    /// the identity is not known to work. Runs until dropped (`serve` aborts it).
+    pub async fn watch_base_identity(self: Arc<Self>, assumer: Arc<StsAssumer>) {
+        loop {
+            let known = matches!(
+                self.base_identity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .state,
+                BaseIdentity::Ok { .. }
+            );
+            if !known {
+                self.check_base_identity(&assumer).await;
+            }
+            tokio::time::sleep(BASE_IDENTITY_RECHECK).await;
         }
     }
 

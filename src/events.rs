@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use tracing::field::display;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{EnforcementMode, Problem};
@@ -261,7 +262,7 @@ impl CredentialsServed<'_> {
             mapping = %self.mapping,
             client = %self.client,
             status = 200u16,
-            source = self.source.as_str(),
+            source = %self.source.as_str(),
             access_key_id = %self.access_key_id,
             expiration = %humantime::format_rfc3339_seconds(self.expiration),
             "Credentials served"
@@ -272,7 +273,9 @@ impl CredentialsServed<'_> {
 
 /// The audit line of a refused credential request. `mapping` is what the request
 /// named: it goes to the log (bounded to 64 characters by the path parser) but never
-/// into a metric label.
+/// into a metric label. An `AccessDenied` line also has `cause`: `invalid_token` or
+/// `unknown_mapping` (the client gets the same answer for both; the operator should
+/// not have to guess).
 #[derive(Debug)]
 pub struct CredentialsRefused<'a> {
     pub mapping: Option<&'a str>,
@@ -282,12 +285,19 @@ pub struct CredentialsRefused<'a> {
 
 impl CredentialsRefused<'_> {
     pub fn emit(&self, metrics: &Metrics) {
+        // `mapping` and `cause` are written with `%` like every field of the served
+        // line: the plain format then prints them bare (`mapping=acme-s3`) on both.
+        let cause = match self.error {
+            ApiError::AccessDenied { cause, .. } => Some(display(cause.as_str())),
+            _ => None,
+        };
         info!(
             target: "credvend::audit",
-            mapping = self.mapping.unwrap_or("-"),
+            mapping = %self.mapping.unwrap_or("-"),
             client = %self.client,
             status = self.error.status().as_u16(),
-            code = self.error.code(),
+            code = %self.error.code(),
+            cause,
             "Credential request refused"
         );
         if let Some(reason) = auth_failure_reason(self.error) {
@@ -454,6 +464,7 @@ mod tests {
         let requested = "no-such-mapping-from-the-path";
         let error = ApiError::AccessDenied {
             mapping: Some(requested.into()),
+            cause: crate::protocol::DeniedCause::UnknownMapping,
         };
         let lines = logged(|| {
             CredentialsRefused {
@@ -472,6 +483,8 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["code"], "AccessDenied");
         assert_eq!(lines[0]["status"], 403);
+        assert_eq!(lines[0]["cause"], "unknown_mapping");
+        assert!(lines[1].get("cause").is_none(), "{:?}", lines[1]);
         let text = metrics.render();
         assert!(!text.contains(requested), "{text}");
         assert_eq!(
@@ -481,6 +494,50 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    /// The audit lines as an operator reads them (the plain format): every text field
+    /// bare on both lines, so `grep mapping=acme-s3` finds the served and the refused.
+    #[test]
+    fn served_and_refused_lines_format_their_fields_alike_in_plain_text() {
+        let metrics = Metrics::new();
+        metrics.sync_mappings(["acme-s3"]);
+        let captured = crate::testing::CapturedOutput::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let denied = ApiError::AccessDenied {
+            mapping: Some("acme-s3".into()),
+            cause: crate::protocol::DeniedCause::InvalidToken,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            CredentialsServed {
+                mapping: "acme-s3",
+                client: "127.0.0.1:40000".parse().unwrap(),
+                source: Source::Cache,
+                access_key_id: "ASIAEXAMPLE",
+                expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            }
+            .emit(&metrics);
+            CredentialsRefused {
+                mapping: Some("acme-s3"),
+                client: "127.0.0.1:40000".parse().unwrap(),
+                error: &denied,
+            }
+            .emit(&metrics);
+        });
+        let text = captured.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert!(line.contains(" mapping=acme-s3 "), "{line}");
+            assert!(!line.contains('"'), "a quoted field: {line}");
+        }
+        assert!(lines[0].contains(" source=cache "), "{}", lines[0]);
+        assert!(lines[1].contains(" code=AccessDenied "), "{}", lines[1]);
+        assert!(lines[1].contains(" cause=invalid_token"), "{}", lines[1]);
     }
 
     #[test]

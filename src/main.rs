@@ -66,8 +66,10 @@ enum Command {
         command: PolicyCommand,
     },
     /// Print what a mapping's customer must install: the trust policy (with the
-    /// mapping's External ID and the vendor principal), the permissions policy for the
-    /// bucket, and the `credvend verify` command to run afterwards.
+    /// mapping's External ID and the vendor principal) and the permissions policy for
+    /// the bucket, as one JSON document on stdout (`trust_policy`,
+    /// `permissions_policy`) or as files with --out-dir; the steps and the
+    /// `credvend verify` command to run afterwards go to stderr.
     Onboard {
         /// Mapping name from the configuration.
         mapping: String,
@@ -86,6 +88,10 @@ enum Command {
         /// Also let an AWS service assume the role (redshift).
         #[arg(long, value_enum)]
         service: Vec<TrustService>,
+        /// Write `trust-policy.json` (and with --bucket `permissions-policy.json`) into
+        /// this directory, created if missing, instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
     },
     /// Check a mapping's role: External ID enforcement, the assumption itself, and with
     /// --bucket the five S3 permissions. Exit status 1 when anything fails.
@@ -289,7 +295,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             prefix,
             principal,
             service,
-        } => onboard(mapping, config.config, bucket, prefix, principal, service),
+            out_dir,
+        } => onboard(
+            mapping,
+            config.config,
+            bucket,
+            prefix,
+            principal,
+            service,
+            out_dir,
+        ),
         Command::Verify {
             mapping,
             config,
@@ -343,6 +358,11 @@ const VERIFY_PASSED_HINT: &str = "All checks passed. If a running credvend refus
 `systemctl reload credvend` (SIGHUP) makes it retry at the next request instead of after its backoff.";
 
 /// `credvend onboard`: the documents one mapping's customer installs, and the check.
+///
+/// The documents are data: one JSON object on stdout (`trust_policy`, and with
+/// `--bucket` `permissions_policy`), or one file each with `--out-dir`, so they can be
+/// handed over or piped (`| jq .trust_policy`) as they are. The steps are guidance for
+/// the operator and go to stderr.
 fn onboard(
     mapping: String,
     path: PathBuf,
@@ -350,6 +370,7 @@ fn onboard(
     prefix: Option<String>,
     principal: Option<String>,
     service: Vec<TrustService>,
+    out_dir: Option<PathBuf>,
 ) -> Result<(), Failure> {
     let (loaded, m) = load_mapping(&path, &mapping)?;
     let Some(external_id) = m.external_id.as_ref() else {
@@ -366,25 +387,11 @@ fn onboard(
     };
     let trust =
         policy::render_trust_policy(&principal, external_id.expose(), &service).map_err(usage)?;
-    println!("# Onboarding mapping '{mapping}': role {}", m.role_arn);
-    println!("#");
-    println!(
-        "# 1. The customer sets this trust policy on the role (it trusts {} only with the External ID):",
-        principal.arn()
-    );
-    println!("{trust}");
-    println!("#");
-    match &bucket {
-        Some(bucket) => {
-            let permissions =
-                policy::render_permissions_policy(bucket, prefix.as_deref()).map_err(usage)?;
-            println!("# 2. ... and attaches this permissions policy (bucket {bucket}):");
-            println!("{permissions}");
-        }
-        None => println!(
-            "# 2. ... and attaches the permissions policy: rerun with --bucket NAME to print it."
-        ),
-    }
+    let permissions = bucket
+        .as_deref()
+        .map(|bucket| policy::render_permissions_policy(bucket, prefix.as_deref()))
+        .transpose()
+        .map_err(usage)?;
     let mut verify_cmd = format!("credvend verify {mapping} --config {}", path.display());
     if let Some(bucket) = &bucket {
         verify_cmd.push_str(&format!(" --bucket {bucket}"));
@@ -392,9 +399,64 @@ fn onboard(
     if let Some(prefix) = &prefix {
         verify_cmd.push_str(&format!(" --prefix {prefix}"));
     }
-    println!("#");
-    println!("# 3. Then check it:");
-    println!("{verify_cmd}");
+
+    // Where each document went, for the steps.
+    let (trust_at, permissions_at) = match &out_dir {
+        Some(dir) => {
+            let write = |name: &str, text: &str| -> Result<String, Failure> {
+                let file = dir.join(name);
+                std::fs::write(&file, format!("{text}\n"))
+                    .with_context(|| format!("cannot write {}", file.display()))
+                    .map_err(Failure::Runtime)?;
+                Ok(file.display().to_string())
+            };
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))
+                .map_err(Failure::Runtime)?;
+            let trust_at = write("trust-policy.json", &trust)?;
+            let permissions_at = permissions
+                .as_deref()
+                .map(|text| write("permissions-policy.json", text))
+                .transpose()?;
+            (trust_at, permissions_at)
+        }
+        None => {
+            let parse = |text: &str| {
+                serde_json::from_str::<serde_json::Value>(text)
+                    .context("a rendered policy is not JSON")
+                    .map_err(Failure::Runtime)
+            };
+            let mut documents = serde_json::Map::new();
+            documents.insert("trust_policy".into(), parse(&trust)?);
+            if let Some(text) = &permissions {
+                documents.insert("permissions_policy".into(), parse(text)?);
+            }
+            let text = serde_json::to_string_pretty(&documents)
+                .context("cannot encode the documents")
+                .map_err(Failure::Runtime)?;
+            println!("{text}");
+            (
+                "`trust_policy` in the JSON on stdout".to_owned(),
+                permissions
+                    .as_ref()
+                    .map(|_| "`permissions_policy` in the JSON on stdout".to_owned()),
+            )
+        }
+    };
+    eprintln!("Onboarding mapping '{mapping}': role {}", m.role_arn);
+    eprintln!(
+        "1. The customer sets the trust policy on the role (it trusts {} only with the External ID): {trust_at}",
+        principal.arn()
+    );
+    match (&bucket, permissions_at) {
+        (Some(bucket), Some(at)) => {
+            eprintln!("2. ... and attaches the permissions policy (bucket {bucket}): {at}")
+        }
+        _ => eprintln!(
+            "2. ... and attaches the permissions policy: rerun with --bucket NAME to produce it."
+        ),
+    }
+    eprintln!("3. Then check it: {verify_cmd}");
     Ok(())
 }
 
@@ -440,8 +502,13 @@ async fn own_principal(config: Option<PathBuf>) -> Result<Principal, Failure> {
         .context("cannot set up the STS client")
         .map_err(Failure::Runtime)?;
     let identity = assumer.get_caller_identity().await.map_err(|e| {
+        // The same words as the daemon's log, `/status` and a worker's 503.
+        let problem = e
+            .reason
+            .base_identity_problem()
+            .unwrap_or("STS did not answer");
         Failure::Runtime(anyhow::anyhow!(
-            "cannot find credvend's own AWS identity (pass --principal): {e}"
+            "cannot find credvend's own AWS identity (pass --principal): {problem} ({e})"
         ))
     })?;
     Principal::from_caller_arn(&identity.arn).map_err(|e| Failure::Runtime(e.into()))
@@ -465,14 +532,12 @@ async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Resul
     for warning in &config.warnings {
         warn!(warning = %warning, "Configuration warning");
     }
-    let assumer = StsAssumer::from_env(StsSettings::from(&config.sts))
-        .await
-        .context("cannot set up the STS client")?;
-    let daemon = Arc::new(Daemon::new(
-        &config,
-        Arc::new(assumer),
-        Arc::new(SystemClock),
-    ));
+    let assumer = Arc::new(
+        StsAssumer::from_env(StsSettings::from(&config.sts))
+            .await
+            .context("cannot set up the STS client")?,
+    );
+    let daemon = Arc::new(Daemon::new(&config, assumer.clone(), Arc::new(SystemClock)));
     let (server, mappings) = (config.server.clone(), config.mappings.len());
     // The reloader holds the digest of the bytes this configuration was parsed from: a
     // change made after they were read is always a change to reload.
@@ -486,7 +551,11 @@ async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Resul
         "credvend started"
     );
     let reloader = tokio::spawn(reload::run(hup, reloader));
+    // In the background, after binding: a missing identity is a warning (it may appear
+    // later), and STS's answer must not hold up the listeners.
+    let identity = tokio::spawn(daemon.clone().watch_base_identity(assumer));
     daemon.run(listeners, limits, shutdown).await;
+    identity.abort();
     reloader.abort();
     info!("credvend stopped");
     Ok(())

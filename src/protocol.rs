@@ -139,7 +139,11 @@ pub enum ApiError {
     MissingToken,
     /// Token not valid for this mapping, or no such mapping: indistinguishable on
     /// purpose, so a token cannot be used to discover mapping names.
-    AccessDenied { mapping: Option<String> },
+    AccessDenied {
+        mapping: Option<String>,
+        /// Why, for the audit line only: never on the wire.
+        cause: DeniedCause,
+    },
     /// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `Via`, `X-Forwarded-Host` or
     /// `X-Forwarded-Proto` present: the request came through
     /// a proxy, which is how SSRF reaches a metadata-style endpoint.
@@ -165,6 +169,28 @@ pub enum ApiError {
         retry_after_secs: u64,
         reason: &'static str,
     },
+}
+
+/// Why a request got [`ApiError::AccessDenied`]. The wire answer is the same for every
+/// cause (so a token cannot be used to discover mapping names); the audit line names it
+/// so that the operator can tell a misspelt mapping from a wrong token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedCause {
+    /// The token is not one of the mapping's (or, without a mapping in the path, not
+    /// one of any mapping's).
+    InvalidToken,
+    /// The path names a mapping that does not exist.
+    UnknownMapping,
+}
+
+impl DeniedCause {
+    /// The audit line's `cause` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeniedCause::InvalidToken => "invalid_token",
+            DeniedCause::UnknownMapping => "unknown_mapping",
+        }
+    }
 }
 
 impl ApiError {
@@ -211,8 +237,9 @@ impl ApiError {
             }
             ApiError::AccessDenied {
                 mapping: Some(mapping),
+                ..
             } => format!("token is not valid for mapping '{mapping}'"),
-            ApiError::AccessDenied { mapping: None } => "token is not valid".into(),
+            ApiError::AccessDenied { mapping: None, .. } => "token is not valid".into(),
             ApiError::ProxiedRequest => {
                 "requests through a proxy (Forwarded, Via, X-Forwarded-For/-Host/-Proto, X-Real-IP) are refused"
                     .into()

@@ -24,6 +24,9 @@
 //! configuration was parsed from ([`Sources::digest`], taken as the files are read).
 //! Events that only say a file was opened or read are ignored.
 //!
+//! `[reload] watch = false` turns the watch off (SIGHUP only); the applied
+//! configuration decides at every round, so a reload can turn it off or on.
+//!
 //! One watch lives for the whole run; after each reload it follows what the new
 //! configuration reads (directories added or gone). Events arriving during a reload wait
 //! in its channel for the next round. A directory newly watched has had no watch before,
@@ -103,6 +106,11 @@ impl Reloader {
             daemon,
             state: Mutex::new(State { current, sources }),
         }
+    }
+
+    /// Whether the applied configuration asks for file watching (`[reload] watch`).
+    pub fn watch_enabled(&self) -> bool {
+        self.lock().current.reload.watch
     }
 
     /// What the last read looked at: what the watch follows.
@@ -509,14 +517,30 @@ pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Re
             None
         }
     };
-    let (mut watcher, mut changes) = match ConfigWatcher::start(DEBOUNCE) {
-        Ok((watcher, changes)) => (Some(watcher), Some(changes)),
-        Err(e) => {
-            warn!(error = %e, "File watching unavailable; reload with SIGHUP");
-            (None, None)
-        }
-    };
+    let mut watcher: Option<ConfigWatcher> = None;
+    let mut changes: Option<mpsc::UnboundedReceiver<()>> = None;
+    let mut announced_off = false;
     loop {
+        // `[reload] watch`, as the applied configuration has it: a reload that turns it
+        // off stops the watch, one that turns it on starts it.
+        if reloader.watch_enabled() {
+            announced_off = false;
+            if watcher.is_none() {
+                match ConfigWatcher::start(DEBOUNCE) {
+                    Ok((started, rx)) => (watcher, changes) = (Some(started), Some(rx)),
+                    Err(e) => warn!(error = %e, "File watching unavailable; reload with SIGHUP"),
+                }
+            }
+        } else {
+            (watcher, changes) = (None, None);
+            if !announced_off {
+                announced_off = true;
+                info!(
+                    config = %reloader.path.display(),
+                    "File watching is off ([reload] watch = false); reload with SIGHUP"
+                );
+            }
+        }
         // Follow what the applied (or last rejected) configuration reads. A directory
         // watched for the first time — all of them at start, after the configuration
         // was read — may have changed with no event coming: look on disk.

@@ -550,3 +550,67 @@ async fn admin_requests_must_name_the_admin_listener_in_host() {
     );
     d.stop().await;
 }
+
+/// The base identity check: unready while credvend has no AWS credentials of its own
+/// (`/readyz` and `/status` say so, never a key), ready again once a check finds them,
+/// with the ARN STS named in `/status`.
+#[tokio::test]
+async fn readyz_and_status_follow_the_base_identity_check() {
+    use aws_credential_types::credential_fn::provide_credentials_fn;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_credential_types::provider::error::CredentialsError;
+    use credvend::creds::sts::{StsAssumer, StsSettings};
+
+    let clock = ManualClock::starting_now();
+    let sts = FakeSts::start(Arc::new(clock.clone())).await;
+    let cfg = config(&sts.endpoint_url(), vec![]);
+    let d = TestDaemon::start(cfg.clone(), clock).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while readyz(d.admin).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = request(d.admin, "GET", "/status", &[]).await.json();
+    assert_eq!(status["base_identity"]["state"], "unchecked", "{status}");
+
+    let without = StsAssumer::with_credentials_provider(
+        StsSettings::from(&cfg.sts),
+        SharedCredentialsProvider::new(provide_credentials_fn(|| async {
+            Err(CredentialsError::not_loaded(
+                "no base credentials in this test",
+            ))
+        })),
+    )
+    .await
+    .unwrap();
+    d.daemon.check_base_identity(&without).await;
+    assert_readyz(
+        &readyz(d.admin).await,
+        503,
+        r#"{"reason":"no base AWS credentials","status":"unavailable"}"#,
+        "without base credentials",
+    );
+    let status = request(d.admin, "GET", "/status", &[]).await;
+    let identity = &status.json()["base_identity"];
+    assert_eq!(identity["state"], "unavailable", "{}", status.body);
+    assert_eq!(identity["last_error"]["reason"], "no_base_credentials");
+    assert_eq!(identity["arn"], serde_json::Value::Null);
+
+    // Credentials appear: the next check finds them.
+    d.daemon.check_base_identity(&assumer(&cfg).await).await;
+    assert_readyz(&readyz(d.admin).await, 200, READY, "with base credentials");
+    let status = request(d.admin, "GET", "/status", &[]).await;
+    let identity = &status.json()["base_identity"];
+    assert_eq!(identity["state"], "ok", "{}", status.body);
+    assert_eq!(
+        identity["arn"],
+        support::fake_sts::DEFAULT_BASE_IDENTITY_ARN
+    );
+    assert!(!status.body.contains("AKIAVENDORBASE"), "{}", status.body);
+    assert!(
+        !status.body.contains("vendor-base-secret"),
+        "{}",
+        status.body
+    );
+    d.stop().await;
+}

@@ -373,6 +373,134 @@ fn serve_exits_0_on_sigterm_after_binding() {
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
 
+/// A port already taken: `serve` exits 1 and says which listener (its config key and
+/// address) could not be bound, with the OS error once. Both listeners, one at a time.
+#[test]
+fn serve_names_the_listener_it_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let (free, _) = free_ports();
+    for (key, port, admin) in [
+        ("server.listen", taken_port, free),
+        ("server.admin_listen", free, taken_port),
+    ] {
+        let scratch = Scratch::new("bind-clash");
+        let path = scratch.write(
+            "credvend.toml",
+            &(loopback_server_toml(port, admin)
+                + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
+        );
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("credvend: "))
+            .unwrap_or_else(|| panic!("{key}: no error line: {stderr}"));
+        assert!(
+            line.contains(&format!("cannot listen on 127.0.0.1:{taken_port} ({key})")),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches("ddress already in use").count(),
+            1,
+            "the OS error once: {line}"
+        );
+    }
+    drop(taken);
+}
+
+/// Without AWS credentials of its own, `serve` still starts (they may appear later),
+/// but says so: a WARN at start naming the problem, `/readyz` 503 with a reason,
+/// `/status` `base_identity` unavailable, and a worker's 503 that tells whoever reads
+/// it where the fault is (and no more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_base_credentials_says_so_in_the_log_readyz_status_and_the_503() {
+    use support::http::{get_with_token, request};
+    let scratch = Scratch::new("no-base-creds");
+    let (port, admin) = free_ports();
+    let token = "no-base-credentials-token";
+    let path = scratch.write(
+        "credvend.toml",
+        &(loopback_server_toml(port, admin)
+            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", token)),
+    );
+    let log = scratch.0.join("stderr.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &scratch.0)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _reaped = Reaped(child);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let listen_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+
+    // /readyz turns 503 with the reason once the background check has run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let readyz = loop {
+        if tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
+            let r = request(admin_addr, "GET", "/readyz", &[]).await;
+            if r.body.contains("no base AWS credentials") {
+                break r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never unready; log:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    assert_eq!(readyz.json()["status"], "unavailable", "{}", readyz.body);
+
+    let status = request(admin_addr, "GET", "/status", &[]).await.json();
+    let identity = &status["base_identity"];
+    assert_eq!(identity["state"], "unavailable", "{status}");
+    assert_eq!(identity["last_error"]["reason"], "no_base_credentials");
+    assert_eq!(identity["last_error"]["code"], "BaseCredentialsUnavailable");
+    assert_eq!(
+        identity["last_error"]["problem"],
+        "credvend has no AWS credentials of its own to call STS with"
+    );
+
+    let warned = log_text();
+    assert!(
+        warned.lines().any(|l| l.contains("WARN")
+            && l.contains("Cannot confirm credvend's own AWS identity")
+            && l.contains("no_base_credentials")),
+        "{warned}"
+    );
+
+    let r = get_with_token(listen_addr, "/v1/credentials/acme-s3", token).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["code"], "CredentialsUnavailable");
+    assert_eq!(
+        body["message"],
+        "credentials for mapping 'acme-s3' are not available yet: credvend has no AWS credentials of its own to call STS with (see its log)",
+        "{}",
+        r.body
+    );
+}
+
 /// Kills and reaps a child when dropped, so a failed assertion leaves no process behind.
 struct Reaped(std::process::Child);
 

@@ -287,41 +287,112 @@ fn policies_equal_the_guides_documents() {
     }
 }
 
+/// `onboard`'s stdout is one JSON document (both policies), handed over or piped as it
+/// is; the steps and the verify command are on stderr.
 #[tokio::test(flavor = "multi_thread")]
-async fn onboard_prints_both_documents_and_the_verify_command() {
+async fn onboard_prints_both_documents_as_json_and_the_steps_on_stderr() {
     let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
     let out = f
         .run(&["onboard", "acme-s3", "--bucket", "acme-data"])
         .await;
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    // The JSON documents are the non-comment blocks, in order.
-    let mut documents = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.starts_with("credvend ") {
-            if !current.trim().is_empty() {
-                documents.push(serde_json::from_str::<serde_json::Value>(&current).unwrap());
-            }
-            current.clear();
-        } else {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    assert_eq!(documents.len(), 2, "{text}");
-    let trust = &documents[0]["Statement"][0];
+    let (text, guidance) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}\n{guidance}");
+    let documents: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{text}"));
+    assert_eq!(documents.as_object().unwrap().len(), 2, "{text}");
+    let trust = &documents["trust_policy"]["Statement"][0];
     assert_eq!(trust["Principal"]["AWS"], "arn:aws:iam::568237466542:root");
     assert_eq!(
         trust["Condition"]["StringEquals"]["sts:ExternalId"],
         EXTERNAL_ID
     );
     assert_eq!(
-        documents[1]["Statement"][0]["Resource"][0],
+        documents["permissions_policy"]["Statement"][0]["Resource"][0],
         "arn:aws:s3:::acme-data"
     );
-    assert!(text.contains(&format!(
-        "credvend verify acme-s3 --config {} --bucket acme-data",
-        f.config.display()
-    )));
+    assert!(
+        guidance.contains("Onboarding mapping 'acme-s3'"),
+        "{guidance}"
+    );
+    assert!(guidance.contains("trust policy"), "{guidance}");
+    assert!(
+        guidance.contains(&format!(
+            "credvend verify acme-s3 --config {} --bucket acme-data",
+            f.config.display()
+        )),
+        "{guidance}"
+    );
+    assert!(!text.contains("credvend verify"), "{text}");
+}
+
+/// With `--out-dir`, each policy is a file of its own, exactly the document `policy
+/// trust` / `policy permissions` would print; stdout is empty, stderr names the files.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_out_dir_writes_each_policy_to_its_own_file() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let out_dir = f.dir.join("handover");
+    let out = f
+        .run(&[
+            "onboard",
+            "acme-s3",
+            "--bucket",
+            "acme-data",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ])
+        .await;
+    let guidance = stderr(&out);
+    assert!(out.status.success(), "{guidance}");
+    assert_eq!(stdout(&out), "", "documents went to files");
+    let read = |name: &str| -> serde_json::Value {
+        let path = out_dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; stderr: {guidance}", path.display()));
+        assert!(guidance.contains(&path.display().to_string()), "{guidance}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}:\n{text}"))
+    };
+    let trust = read("trust-policy.json");
+    assert_eq!(
+        trust["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
+        EXTERNAL_ID
+    );
+    let permissions = read("permissions-policy.json");
+    assert_eq!(
+        permissions["Statement"][0]["Resource"][0],
+        "arn:aws:s3:::acme-data"
+    );
+    assert!(guidance.contains("credvend verify acme-s3"), "{guidance}");
+}
+
+/// Without AWS credentials of its own, `onboard` (which looks up the vendor account)
+/// says so in the daemon's words, and names the reason label the metrics and `/status`
+/// use.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_without_base_credentials_says_so_like_the_daemon() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let config = f.config.display().to_string();
+    let home = f.dir.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["onboard", "acme-s3", "--config", &config])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("run credvend")
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("credvend has no AWS credentials of its own to call STS with"),
+        "{err}"
+    );
+    assert!(err.contains("no_base_credentials"), "{err}");
+    assert!(!err.contains("expired_base_credentials"), "{err}");
+    assert_eq!(stdout(&out), "", "no document without a principal");
 }

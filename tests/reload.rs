@@ -607,6 +607,55 @@ async fn without_file_watching_sighup_still_reloads_and_watching_resumes_when_it
     until_status(&d, "/v1/credentials/c", TOKEN_A2, 200).await;
 }
 
+/// `[reload] watch = false`: a saved edit is not applied (no watch is set, the daemon
+/// says so at start), SIGHUP applies it; a reload that sets `watch = true` starts the
+/// watch, and the next edit is applied by it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_off_an_edit_waits_for_sighup_and_a_reload_can_turn_the_watch_on() {
+    let sts = fake_sts().await;
+    let a = mapping("a", "role-a", "external-id-a-1", TOKEN_A);
+    let b = mapping("b", "role-b", "external-id-b-1", TOKEN_B);
+    let watch = |on: bool| format!("\n[reload]\nwatch = {on}\n");
+    let mut d = prepare(&sts, "watch-off");
+    let include_dir = d.etc.join("mappings.d");
+    create_config_dir(&include_dir);
+    d.write(&d.config, &d.main_text(&format!("{}{a}", watch(false))));
+    launch(&mut d).await;
+    until_logged(&d, |l| {
+        l.contains("File watching is off ([reload] watch = false); reload with SIGHUP")
+    })
+    .await;
+
+    // Saved, not applied: six debounce periods pass with b still refused.
+    d.write(&d.config, &d.main_text(&format!("{}{a}{b}", watch(false))));
+    tokio::time::sleep(credvend::reload::DEBOUNCE * 6).await;
+    let before = get_with_token(d.listen, "/v1/credentials/b", TOKEN_B).await;
+    assert_eq!(before.status, 403, "applied without SIGHUP: {}", d.log());
+    assert_eq!(d.reloads().await, (0.0, 0.0), "{}", d.log());
+    assert_eq!(
+        d.logged("Watching for configuration changes"),
+        0,
+        "a watch was set: {}",
+        d.log()
+    );
+
+    // SIGHUP applies it.
+    d.hup();
+    until_status(&d, "/v1/credentials/b", TOKEN_B, 200).await;
+    d.until_reloads("SIGHUP applied", |applied, _| applied >= 1.0)
+        .await;
+
+    // Turned on by a reload: the watch starts, and a new drop-in needs no signal.
+    d.write(&d.config, &d.main_text(&format!("{}{a}{b}", watch(true))));
+    d.hup();
+    until_logged(&d, watch_started).await;
+    d.write(
+        &include_dir.join("c.toml"),
+        &mapping("c", "role-b", "external-id-c-1", TOKEN_A2),
+    );
+    until_status(&d, "/v1/credentials/c", TOKEN_A2, 200).await;
+}
+
 /// Publishes `files` the way the kubelet updates a mounted ConfigMap: the files go into
 /// a new timestamped directory, a `..data_tmp` symlink to it is renamed over `..data`,
 /// and the previous directory is removed. The visible names are symlinks through

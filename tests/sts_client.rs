@@ -660,7 +660,7 @@ async fn missing_base_credentials_are_a_base_identity_failure_without_a_call() {
     .await
     .unwrap();
     let err = assumer.assume_role(&input()).await.unwrap_err();
-    assert_eq!(err.reason, FailureReason::ExpiredBaseCredentials, "{err}");
+    assert_eq!(err.reason, FailureReason::NoBaseCredentials, "{err}");
     assert_eq!(err.code, "BaseCredentialsUnavailable");
     assert!(fake.calls().is_empty());
 }

@@ -80,7 +80,22 @@ pub fn check(data: &[u8]) {
             }
         }
         Err(AuthFailure::MissingToken) => assert!(token.is_none()),
+        Err(AuthFailure::UnknownMapping) => {
+            let requested = requested.expect("an unknown mapping, but none was requested");
+            assert!(
+                token.is_some(),
+                "an unknown mapping reported before the token check"
+            );
+            assert!(
+                !TOKENS.iter().any(|(name, _)| *name == requested),
+                "configured mapping {requested:?} reported unknown"
+            );
+        }
         Err(AuthFailure::Denied) => {
+            assert!(
+                requested.is_none_or(|r| TOKENS.iter().any(|(name, _)| *name == r)),
+                "an unknown mapping reported as a wrong token"
+            );
             if let Some(token) = token {
                 let valid = TOKENS
                     .iter()

@@ -18,6 +18,30 @@ use crate::verify::{self, CachedDecision};
 /// The reason of a 503 answered from a mapping's retry backoff.
 pub(super) const BACKING_OFF: &str = "STS unavailable, retrying after a backoff";
 
+/// The reason of a 503 after a transient failure (`backing_off`: answered from the
+/// retry backoff, with no STS call). A failure of credvend's own identity says so, in
+/// the words of [`FailureReason::base_identity_problem`], so that whoever reads the
+/// worker's error knows the fix is on the vendor's side; nothing else about it (the
+/// details are in the daemon's log).
+pub(super) fn transient_reason(error: Option<&FetchError>, backing_off: bool) -> &'static str {
+    match (error.and_then(FetchError::reason), backing_off) {
+        (Some(FailureReason::NoBaseCredentials), false) => {
+            "credvend has no AWS credentials of its own to call STS with (see its log)"
+        }
+        (Some(FailureReason::NoBaseCredentials), true) => {
+            "credvend has no AWS credentials of its own to call STS with, retrying after a backoff (see its log)"
+        }
+        (Some(FailureReason::ExpiredBaseCredentials), false) => {
+            "STS rejected credvend's own AWS credentials (expired or invalid; see its log)"
+        }
+        (Some(FailureReason::ExpiredBaseCredentials), true) => {
+            "STS rejected credvend's own AWS credentials (expired or invalid), retrying after a backoff (see its log)"
+        }
+        (_, false) => "STS unavailable",
+        (_, true) => BACKING_OFF,
+    }
+}
+
 impl CredentialCache {
     /// Credentials for mapping `name`, from cache when possible. Waits at most
     /// `cold_wait` for STS.
@@ -110,7 +134,7 @@ impl CredentialCache {
                 }
                 return Err(VendError::Unavailable {
                     retry_after_secs: seconds_left(until, now.wall),
-                    reason: BACKING_OFF,
+                    reason: transient_reason(slot.last_error.as_ref().map(|(e, _)| e), true),
                 });
             }
         }
@@ -136,7 +160,7 @@ impl CredentialCache {
                 source: Source::Fresh,
             }),
             Ok(Err(error)) if error.is_terminal() => Err(error.into()),
-            Ok(Err(_transient)) => degraded_fallback("STS unavailable"),
+            Ok(Err(transient)) => degraded_fallback(transient_reason(Some(&transient), false)),
             Err(_elapsed) => degraded_fallback("STS slower than cold_wait"),
         }
     }

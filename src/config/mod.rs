@@ -59,6 +59,7 @@ pub struct Config {
     pub sts: StsConfig,
     pub refresh: RefreshConfig,
     pub verify: VerifyConfig,
+    pub reload: ReloadConfig,
     /// Mappings by name, resolved (External ID read from its file, defaults applied).
     pub mappings: BTreeMap<String, Mapping>,
     /// Non-fatal findings (e.g. min_remaining under 15 min, world-readable files), one
@@ -148,6 +149,15 @@ pub struct VerifyConfig {
     pub external_id_enforcement: EnforcementMode,
     /// Default 24 h.
     pub recheck_interval: Duration,
+}
+
+/// `[reload]`: how a changed configuration is picked up (docs/design.md, Reload).
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// Watch the configuration files and include directories and reload on a change
+    /// (about half a second after it). Default true. SIGHUP reloads either way. A
+    /// reload applies a new value: `false` stops the watch, `true` starts it.
+    pub watch: bool,
 }
 
 /// One mapping, resolved: every default applied, External ID loaded.

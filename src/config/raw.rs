@@ -21,7 +21,7 @@ use crate::aws_names::{Region, RoleArn, SessionName, SourceIdentity};
 
 /// Keys allowed at the top level of the main file.
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
-    "include", "server", "log", "sts", "refresh", "verify", "mappings",
+    "include", "server", "log", "sts", "refresh", "verify", "reload", "mappings",
 ];
 
 /// `[server]`
@@ -76,6 +76,13 @@ pub(super) struct RawRefresh {
 pub(super) struct RawVerify {
     pub external_id_enforcement: Option<EnforcementMode>,
     pub recheck_interval: Option<DurationStr>,
+}
+
+/// `[reload]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReload {
+    pub watch: Option<bool>,
 }
 
 /// `[mappings.NAME]`

@@ -135,6 +135,7 @@ fn defaults_are_applied() {
         config.verify.recheck_interval,
         Duration::from_secs(24 * 3600)
     );
+    assert!(config.reload.watch);
 
     let m = &config.mappings["acme"];
     assert_eq!(m.name, "acme");
@@ -321,6 +322,8 @@ fn each_validation_rule_rejects_a_bad_value() {
         ("[refresh]\nrefesh_before = \"1h\"", vec![], "refresh.refesh_before".into(), "unknown key"),
         ("bogus = 1", vec![], "bogus".into(), "unknown key"),
         ("", vec![("prefetch", "\"yes\"")], format!("{m}.prefetch"), "invalid type"),
+        ("[reload]\nwatch = \"no\"", vec![], "reload.watch".into(), "invalid type"),
+        ("[reload]\nwatche = false", vec![], "reload.watche".into(), "unknown key"),
     ];
     for (top, overrides, key, fragment) in cases {
         let mut overrides = overrides;

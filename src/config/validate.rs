@@ -16,12 +16,13 @@ use humantime::format_duration;
 
 use super::load::Report;
 use super::raw::{
-    DurationStr, RawLog, RawMapping, RawRefresh, RawServer, RawSts, RawVerify, TOP_LEVEL_KEYS,
+    DurationStr, RawLog, RawMapping, RawRefresh, RawReload, RawServer, RawSts, RawVerify,
+    TOP_LEVEL_KEYS,
 };
 use super::rules;
 use super::{
-    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ServerConfig, StsConfig,
-    VerifyConfig,
+    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ReloadConfig,
+    ServerConfig, StsConfig, VerifyConfig,
 };
 use crate::aws_names::{PolicyArn, Region, SessionName};
 use crate::secret::{ExternalId, TokenHash};
@@ -55,6 +56,7 @@ pub(super) fn build(
     let sts = sts(report);
     let refresh = refresh(report, sts.as_ref().map(|s| s.source_role_arn.is_some()));
     let verify = verify(report);
+    let reload = reload(report);
     let mappings = mappings(report, sts.as_ref(), refresh.as_ref(), verify.as_ref());
 
     Some(Config {
@@ -65,6 +67,7 @@ pub(super) fn build(
         sts: sts?,
         refresh: refresh?.config,
         verify: verify?,
+        reload: reload?,
         mappings: mappings?,
         warnings: Vec::new(),
     })
@@ -569,6 +572,13 @@ fn verify(report: &mut Report) -> Option<VerifyConfig> {
             .external_id_enforcement
             .unwrap_or(EnforcementMode::Require),
         recheck_interval: recheck?,
+    })
+}
+
+fn reload(report: &mut Report) -> Option<ReloadConfig> {
+    let (raw, _) = report.decode::<RawReload>(&["reload"])?;
+    Some(ReloadConfig {
+        watch: raw.watch.unwrap_or(true),
     })
 }
 

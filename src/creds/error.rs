@@ -11,8 +11,14 @@ pub enum FailureReason {
     AccessDenied,
     /// Throttling / rate exceeded.
     Throttled,
-    /// Base credentials expired or invalid (ExpiredToken, InvalidClientTokenId).
+    /// STS rejected the base credentials: expired or invalid (ExpiredToken,
+    /// InvalidClientTokenId, SignatureDoesNotMatch).
     ExpiredBaseCredentials,
+    /// No base credentials: the credential chain (environment, profile, web identity,
+    /// container, instance profile) produced none, or the vendor role of
+    /// `source_role_arn` could not be assumed with them. STS was never asked
+    /// (code `BaseCredentialsUnavailable`).
+    NoBaseCredentials,
     /// RegionDisabledException.
     RegionDisabled,
     /// ValidationError, MalformedPolicyDocument, PackedPolicyTooLarge, bad ARN …
@@ -28,10 +34,11 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
+    pub const ALL: [FailureReason; 10] = [
         FailureReason::AccessDenied,
         FailureReason::Throttled,
         FailureReason::ExpiredBaseCredentials,
+        FailureReason::NoBaseCredentials,
         FailureReason::RegionDisabled,
         FailureReason::InvalidRequest,
         FailureReason::ServerError,
@@ -46,6 +53,7 @@ impl FailureReason {
             FailureReason::AccessDenied => "access_denied",
             FailureReason::Throttled => "throttled",
             FailureReason::ExpiredBaseCredentials => "expired_base_credentials",
+            FailureReason::NoBaseCredentials => "no_base_credentials",
             FailureReason::RegionDisabled => "region_disabled",
             FailureReason::InvalidRequest => "invalid_request",
             FailureReason::ServerError => "server_error",
@@ -65,10 +73,28 @@ impl FailureReason {
             | FailureReason::InvalidRequest => true,
             FailureReason::Throttled
             | FailureReason::ExpiredBaseCredentials
+            | FailureReason::NoBaseCredentials
             | FailureReason::ServerError
             | FailureReason::Timeout
             | FailureReason::Network
             | FailureReason::Other => false,
+        }
+    }
+}
+
+impl FailureReason {
+    /// What a failure of credvend's *own* identity means, in words an operator (and a
+    /// worker's log) can act on; `None` for every other reason. The same words for the
+    /// daemon's 503, its start-up check, `/status`, `/readyz` and the CLI.
+    pub fn base_identity_problem(self) -> Option<&'static str> {
+        match self {
+            FailureReason::NoBaseCredentials => {
+                Some("credvend has no AWS credentials of its own to call STS with")
+            }
+            FailureReason::ExpiredBaseCredentials => {
+                Some("STS rejected credvend's own AWS credentials (expired or invalid)")
+            }
+            _ => None,
         }
     }
 }

@@ -154,7 +154,7 @@ impl StsAssumer {
     /// Reads the environment and shared config files (for the credential chain only;
     /// region, endpoint, retries and timeouts come from `settings`). Resolving the
     /// credentials themselves is lazy: a missing base identity surfaces on the first call
-    /// as [`FailureReason::ExpiredBaseCredentials`], not here.
+    /// as [`FailureReason::NoBaseCredentials`], not here.
     pub async fn from_env(settings: StsSettings) -> Result<Self, StsSetupError> {
         validate(&settings)?;
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -497,7 +497,7 @@ where
                 // the chain, the vendor role refused) as a dispatch failure; it is neither
                 // the network nor the customer.
                 local_error(
-                    FailureReason::ExpiredBaseCredentials,
+                    FailureReason::NoBaseCredentials,
                     "BaseCredentialsUnavailable",
                     &error_chain(cred_err),
                 )

@@ -24,8 +24,14 @@ use crate::secret::TokenHash;
 pub enum AuthFailure {
     /// No `Authorization` header.
     MissingToken,
-    /// Wrong token, or a mapping that does not exist.
+    /// Wrong token for an existing mapping, or (without a mapping in the path) a token
+    /// of no mapping.
     Denied,
+    /// The path names a mapping that does not exist. Answered exactly like [`Denied`]
+    /// (status, body, timing); only the audit line tells them apart.
+    ///
+    /// [`Denied`]: AuthFailure::Denied
+    UnknownMapping,
 }
 
 struct MappingAccess {
@@ -87,10 +93,10 @@ impl AccessTable {
                 let matched = hashes
                     .iter()
                     .fold(false, |acc, hash| acc | hash.ct_eq(&presented));
-                if known && matched {
-                    Ok(name)
-                } else {
-                    Err(AuthFailure::Denied)
+                match (known, matched) {
+                    (true, true) => Ok(name),
+                    (true, false) => Err(AuthFailure::Denied),
+                    (false, _) => Err(AuthFailure::UnknownMapping),
                 }
             }
             None => {
@@ -212,6 +218,42 @@ fn normalise_host(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three refusals a token check can give, told apart for the audit line (the
+    /// wire answer is the same for both `Denied` and `UnknownMapping`).
+    #[test]
+    fn an_unknown_mapping_is_told_apart_from_a_wrong_token() {
+        let config = crate::testing::config(
+            "http://127.0.0.1:9",
+            vec![crate::testing::mapping(
+                "acme-s3",
+                "sync",
+                None,
+                "acme-token",
+            )],
+        );
+        let table = AccessTable::new(&config);
+        assert_eq!(
+            table.authorize(Some("acme-s3"), Some(b"acme-token")),
+            Ok("acme-s3")
+        );
+        assert_eq!(
+            table.authorize(Some("acme-s3"), Some(b"wrong")),
+            Err(AuthFailure::Denied)
+        );
+        assert_eq!(
+            table.authorize(Some("ghost"), Some(b"acme-token")),
+            Err(AuthFailure::UnknownMapping)
+        );
+        assert_eq!(
+            table.authorize(None, Some(b"wrong")),
+            Err(AuthFailure::Denied)
+        );
+        assert_eq!(
+            table.authorize(Some("ghost"), None),
+            Err(AuthFailure::MissingToken)
+        );
+    }
 
     #[test]
     fn ports_and_brackets_are_stripped() {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::ConnInfo;
 use super::access::HostAllowList;
-use super::status::LastReload;
+use super::status::{BaseIdentityStatus, LastReload};
 use super::wire::{self, Body};
 use crate::cache::CredentialCache;
 use crate::metrics::{self, Metrics, route};
@@ -45,6 +45,8 @@ pub struct AdminEndpoint {
     pub hosts: Arc<ArcSwap<HostAllowList>>,
     /// The last reload that went ahead, if any (for `/status`).
     pub last_reload: Arc<Mutex<Option<LastReload>>>,
+    /// What is known of credvend's own AWS identity (for `/readyz` and `/status`).
+    pub base_identity: Arc<Mutex<BaseIdentityStatus>>,
 }
 
 impl AdminEndpoint {
@@ -83,8 +85,20 @@ impl AdminEndpoint {
             "/readyz" => {
                 let listening = self.listening.load(Ordering::Acquire);
                 let warm = self.cache.prefetch_settled();
-                let (status, body) = if listening && warm {
+                let no_identity = self
+                    .base_identity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unready_reason();
+                let (status, body) = if listening && warm && no_identity.is_none() {
                     (StatusCode::OK, "{\"status\":\"ready\"}")
+                } else if let (true, Some(reason)) = (listening, no_identity) {
+                    // Nothing can be vended: say why, not "starting".
+                    let body = serde_json::json!({ "status": "unavailable", "reason": reason });
+                    return wire::json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Bytes::from(body.to_string()),
+                    );
                 } else if !listening {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -110,6 +124,11 @@ impl AdminEndpoint {
                     self.generation.load(Ordering::SeqCst),
                     self.started_at,
                     last_reload.as_ref(),
+                    &self
+                        .base_identity
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
                 );
                 let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
                 wire::json_response(StatusCode::OK, Bytes::from(body))

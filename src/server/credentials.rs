@@ -21,7 +21,7 @@ use super::wire::{self, Body};
 use crate::cache::{CredentialCache, MappingTable, VendError};
 use crate::events::{CredentialsRefused, CredentialsServed};
 use crate::metrics::{Metrics, route};
-use crate::protocol::ApiError;
+use crate::protocol::{ApiError, DeniedCause};
 
 /// Headers that mean a proxy forwarded the request (a proxy adds at least one of them;
 /// an SDK talking to credvend directly never sends any).
@@ -118,11 +118,17 @@ impl CredentialEndpoint {
             Err(AuthFailure::MissingToken) => {
                 return (requested, Err(ApiError::MissingToken));
             }
-            Err(AuthFailure::Denied) => {
+            Err(failure @ (AuthFailure::Denied | AuthFailure::UnknownMapping)) => {
+                let cause = if failure == AuthFailure::UnknownMapping {
+                    DeniedCause::UnknownMapping
+                } else {
+                    DeniedCause::InvalidToken
+                };
                 return (
                     requested,
                     Err(ApiError::AccessDenied {
                         mapping: requested.map(str::to_string),
+                        cause,
                     }),
                 );
             }
@@ -141,8 +147,10 @@ impl CredentialEndpoint {
                 // The body was encoded once when the credential arrived.
                 Ok(wire::shared_credentials_response(&vended.entry.body))
             }
+            // Removed by a reload between the token check and the cache lookup.
             Err(VendError::UnknownMapping) => Err(ApiError::AccessDenied {
                 mapping: Some(mapping.to_string()),
+                cause: DeniedCause::UnknownMapping,
             }),
             Err(VendError::Denied(error)) => Err(ApiError::AssumeRoleDenied {
                 mapping: mapping.to_string(),

@@ -221,12 +221,12 @@ pub async fn serve_sharing<H, F>(
     let in_flight = graceful.count();
     match tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => info!(
-            listener = ?local,
+            listener = local.map(tracing::field::display),
             connections = in_flight,
             "Listener drained"
         ),
         Err(_) => warn!(
-            listener = ?local,
+            listener = local.map(tracing::field::display),
             grace_ms = limits.shutdown_grace.as_millis() as u64,
             "Shutdown grace elapsed; dropping remaining connections"
         ),
@@ -355,6 +355,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The drain line names the listener by its address (`listener=127.0.0.1:PORT`),
+    /// not as a Rust `Option`.
+    #[test]
+    fn the_drain_line_names_the_listener_by_its_address() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (addr, lines) = crate::testing::json_logs(|| {
+            runtime.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let limits = Limits {
+                    max_connections: 4,
+                    header_read_timeout: Duration::from_secs(5),
+                    max_headers: 32,
+                    max_header_bytes: 16 * 1024,
+                    shutdown_grace: Duration::from_secs(5),
+                    write_timeout: Duration::from_secs(5),
+                };
+                let handler = |_request: Request<Incoming>, _conn: ConnInfo| async {
+                    Response::new(wire::Body::default())
+                };
+                serve(listener, handler, limits, std::future::ready(())).await;
+                addr
+            })
+        });
+        let drained: Vec<_> = lines
+            .iter()
+            .filter(|l| l["message"] == "Listener drained")
+            .collect();
+        assert_eq!(drained.len(), 1, "{lines:?}");
+        assert_eq!(drained[0]["listener"], addr.to_string(), "{:?}", drained[0]);
+    }
 
     /// The client end of a 64-byte pipe never reads: the write waits, then fails with
     /// `TimedOut` once the deadline has passed, not before.

@@ -1,7 +1,8 @@
 //! `GET /status` on the admin listener: what an operator needs to see at a glance —
 //! per mapping its state, expiry, time left, last error, External ID enforcement result
-//! and last refresh — plus the daemon's version, config generation, start time and the
-//! last reload's time, result and problems.
+//! and last refresh — plus the daemon's version, config generation, start time, the
+//! last reload's time, result and problems, and what is known of credvend's own AWS
+//! identity (`base_identity`: its ARN, never a key).
 //!
 //! Nothing secret is in here: no keys, tokens or External IDs. AccessKeyIds are not
 //! secrets (they appear in CloudTrail and the audit log) and help correlate. A reload's
@@ -51,6 +52,67 @@ pub struct LastReload {
     pub problems: Vec<Problem>,
 }
 
+/// What credvend knows of its own AWS identity (the base credentials, after chaining
+/// through `sts.source_role_arn`), from `sts:GetCallerIdentity` at start-up and again
+/// every [`BASE_IDENTITY_RECHECK`](crate::daemon::BASE_IDENTITY_RECHECK) until it is
+/// found. `/status` shows it under `base_identity`; `/readyz` is 503 while it is
+/// [`BaseIdentity::Unavailable`]: nothing can be vended without it.
+#[derive(Debug, Clone, Default)]
+pub enum BaseIdentity {
+    /// Not checked yet, or the last check was inconclusive (STS unreachable, a
+    /// timeout: `last_error` says which); no verdict on the credentials themselves.
+    #[default]
+    Unchecked,
+    /// GetCallerIdentity succeeded.
+    Ok { arn: String, checked_at: SystemTime },
+    /// No base credentials, or STS rejected them; `last_error` says which.
+    Unavailable,
+}
+
+/// [`BaseIdentity`] with the last failed check, if any.
+#[derive(Debug, Clone, Default)]
+pub struct BaseIdentityStatus {
+    pub state: BaseIdentity,
+    /// Reason, AWS or local code and time of the last failed check. Never a message:
+    /// the log has the SDK's words.
+    pub last_error: Option<(FailureReason, String, SystemTime)>,
+}
+
+impl BaseIdentityStatus {
+    /// Why `/readyz` is 503 because of the base identity, if it is.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        match (&self.state, &self.last_error) {
+            (BaseIdentity::Unavailable, Some((FailureReason::ExpiredBaseCredentials, _, _))) => {
+                Some("base AWS credentials rejected by STS")
+            }
+            (BaseIdentity::Unavailable, _) => Some("no base AWS credentials"),
+            _ => None,
+        }
+    }
+}
+
+fn base_identity(status: &BaseIdentityStatus) -> Value {
+    let last_error = status.last_error.as_ref().map(|(reason, code, at)| {
+        json!({
+            "reason": reason.as_str(),
+            "code": code,
+            "problem": reason.base_identity_problem(),
+            "at": time(Some(*at)),
+        })
+    });
+    let (state, arn, checked_at) = match &status.state {
+        BaseIdentity::Unchecked => ("unchecked", None, status.last_error.as_ref().map(|e| e.2)),
+        BaseIdentity::Ok { arn, checked_at } => ("ok", Some(arn.clone()), Some(*checked_at)),
+        BaseIdentity::Unavailable => ("unavailable", None, status.last_error.as_ref().map(|e| e.2)),
+    };
+    json!({
+        "state": state,
+        "arn": arn,
+        "checked_at": time(checked_at),
+        "last_error": last_error,
+    })
+}
+
 fn last_reload(reload: Option<&LastReload>) -> Value {
     let Some(reload) = reload else {
         return Value::Null;
@@ -84,6 +146,7 @@ pub fn document(
     generation: u64,
     started_at: SystemTime,
     reload: Option<&LastReload>,
+    identity: &BaseIdentityStatus,
 ) -> Value {
     let mappings: serde_json::Map<String, Value> = statuses
         .iter()
@@ -126,6 +189,7 @@ pub fn document(
         "started_at": time(Some(started_at)),
         "now": time(Some(now)),
         "last_reload": last_reload(reload),
+        "base_identity": base_identity(identity),
         "mappings": mappings,
     })
 }

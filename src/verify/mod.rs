@@ -222,10 +222,12 @@ pub async fn verify_mapping(
                     "the role's trust policy must allow the vendor principal to call sts:AssumeRole with the mapping's External ID (role {})",
                     mapping.role_arn
                 ),
-                FailureReason::ExpiredBaseCredentials => {
-                    "credvend's own AWS credentials are missing or expired".into()
-                }
-                _ => "see the AWS error code".into(),
+                reason => match reason.base_identity_problem() {
+                    Some(problem) => format!(
+                        "{problem}: give it credentials (environment, profile, instance or container role)"
+                    ),
+                    None => "see the AWS error code".into(),
+                },
             };
             lines.push(Line {
                 check: "sts:AssumeRole".into(),
