@@ -173,21 +173,91 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
     );
 }
 
+/// The example must not be installed unchanged: `check-config` refuses it, naming its
+/// two placeholders and nothing else; filled in, it is accepted and summarised.
 #[test]
-fn check_config_accepts_the_example_and_summarises_without_secrets() {
+fn check_config_refuses_the_example_naming_its_placeholders() {
     let (_dir, example) = private_copy_of_the_example();
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&example)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    let file = example.display().to_string();
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&file)).collect();
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "{file}: mappings.acme-s3.external_id: a placeholder, not an External ID (it \
+                 contains \"replaceme\"): generate one with `credvend external-id new` (or \
+                 write the whole mapping with `credvend mapping new`) and give it to the \
+                 customer for their trust policy"
+            ),
+            format!(
+                "{file}: mappings.acme-s3.token_sha256: entry 1: a placeholder, not a token \
+                 hash (it contains \"replaceme\"): `credvend token new` prints a token and \
+                 its hash"
+            ),
+        ],
+        "stderr: {stderr}"
+    );
+
+    let (_dir, filled_in) = private_copy_of_the_example_filled_in();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&filled_in)
+        .env_remove("CREDVEND_CONFIG")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("mapping acme-s3 "), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stdout.contains(FILLED_IN_EXTERNAL_ID), "{stdout}");
+}
+
+/// A `CREDVEND_*` variable that is not a config override (a script's own) does not stop
+/// credvend: a warning names it. A misspelt override still fails, naming its variable.
+#[test]
+fn unrelated_credvend_variables_are_warned_about_not_fatal() {
+    let (_dir, config) = private_copy_of_the_example_filled_in();
+    let check = |vars: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env_remove("CREDVEND_CONFIG")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&[
+        ("CREDVEND_BIN", "/usr/local/bin/credvend"),
+        ("CREDVEND_TEST_VENV", "/srv/venv"),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for name in ["CREDVEND_BIN", "CREDVEND_TEST_VENV"] {
+        assert!(
+            stderr.contains(&format!(
+                "warning: environment variable {name}: ignored: not a configuration override"
+            )),
+            "{stderr}"
+        );
+    }
+    let (code, stderr) = check(&[("CREDVEND_SERVER__LISTN", "127.0.0.1:1")]);
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("environment variable CREDVEND_SERVER__LISTN: server.listn: unknown key"),
+        "{stderr}"
     );
-    assert!(stdout.contains("acme-s3"), "{stdout}");
 }
 
 #[test]
@@ -247,8 +317,8 @@ fn missing_config_file_is_a_configuration_error() {
 
 #[test]
 fn credvend_config_names_the_config_file_when_config_is_not_given() {
-    // The example config is valid: read through the variable, check-config accepts it.
-    let (_dir, example) = private_copy_of_the_example();
+    // A valid config read through the variable: check-config accepts it.
+    let (_dir, example) = private_copy_of_the_example_filled_in();
     let out = Command::new(BIN)
         .arg("check-config")
         .env("CREDVEND_CONFIG", &example)
@@ -476,5 +546,26 @@ fn private_copy_of_the_example() -> (Scratch, PathBuf) {
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
     let scratch = Scratch::new("example");
     let copy = scratch.write("credvend.toml", &std::fs::read_to_string(example).unwrap());
+    (scratch, copy)
+}
+
+/// An External ID and token hash that replace the example's placeholders.
+const FILLED_IN_EXTERNAL_ID: &str = "cli-filled-in-ExternalId-7Hq2Wv9Xk4Lm8Np3";
+
+/// [`private_copy_of_the_example`] with its placeholders replaced: a valid config.
+fn private_copy_of_the_example_filled_in() -> (Scratch, PathBuf) {
+    let (scratch, copy) = private_copy_of_the_example();
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let filled_in = text
+        .replace(
+            "replace-me-with-credvend-external-id-new",
+            FILLED_IN_EXTERNAL_ID,
+        )
+        .replace(
+            "replace-me-with-the-hash-from-credvend-token-new",
+            &hash("cli-filled-in-token"),
+        );
+    assert_ne!(filled_in, text, "the example's placeholders moved");
+    let copy = scratch.write("credvend.toml", &filled_in);
     (scratch, copy)
 }
