@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 
 use credvend::clock::SystemClock;
 use credvend::config::{
-    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, EnforcementMode, LogFormat,
-    Mapping, Sources,
+    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, EnforcementMode, LogFormat, Mapping,
+    Sources,
 };
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};

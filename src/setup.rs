@@ -184,11 +184,7 @@ impl MappingRequest {
 
 /// The text of one mapping file. The table name is quoted when the mapping name has a
 /// dot (a bare dotted key would nest tables).
-pub fn mapping_text(
-    request: &MappingRequest,
-    external_id: &str,
-    token_hash: &TokenHash,
-) -> String {
+pub fn mapping_text(request: &MappingRequest, external_id: &str, token_hash: &TokenHash) -> String {
     let name = &request.name;
     let table = if name.contains('.') {
         format!("mappings.\"{name}\"")

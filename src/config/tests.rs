@@ -747,13 +747,18 @@ fn weak_external_ids_and_zero_mappings_are_warned_about() {
         let config = load_in_jail(&text).unwrap_or_else(|e| panic!("{id}: {e}"));
         let warnings = config.warnings.join("\n");
         assert!(
-            warnings.contains(&format!("mappings.acme.external_id: weak External ID: {why}")),
+            warnings.contains(&format!(
+                "mappings.acme.external_id: weak External ID: {why}"
+            )),
             "{id}: {warnings}"
         );
         assert!(!warnings.contains(id), "External ID shown: {warnings}");
     }
     // A generated one, and a UUID, are not weak.
-    for id in [crate::policy::new_external_id().as_str(), "9f1c2b7e-4d3a-4c8e-b5f0-2a6d8e1c3b9f"] {
+    for id in [
+        crate::policy::new_external_id().as_str(),
+        "9f1c2b7e-4d3a-4c8e-b5f0-2a6d8e1c3b9f",
+    ] {
         let text = config_text("", &[("external_id", &format!("\"{id}\""))]);
         let config = load_in_jail(&text).unwrap_or_else(|e| panic!("{e}"));
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
@@ -765,15 +770,21 @@ fn weak_external_ids_and_zero_mappings_are_warned_about() {
         let main = write(
             jail,
             "credvend.toml",
-            &config_text("", &[("external_id", ""), ("external_id_file", "\"acme.id\"")]),
+            &config_text(
+                "",
+                &[("external_id", ""), ("external_id_file", "\"acme.id\"")],
+            ),
         );
-        warnings = Config::load(&main).unwrap_or_else(|e| panic!("{e}")).warnings;
+        warnings = Config::load(&main)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .warnings;
         Ok(())
     });
     assert!(
-        warnings.iter().any(|w| w.contains(
-            "mappings.acme.external_id_file: weak External ID: it has 8 characters"
-        )),
+        warnings
+            .iter()
+            .any(|w| w
+                .contains("mappings.acme.external_id_file: weak External ID: it has 8 characters")),
         "{warnings:?}"
     );
 
