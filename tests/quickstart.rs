@@ -63,6 +63,7 @@ impl Drop for GroupGuard {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
