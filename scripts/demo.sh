@@ -13,7 +13,7 @@
 #      .tools/demo/.
 #
 # Environment:
-#   CREDVEND_BIN   use this credvend binary instead of building one
+#   DEMO_CREDVEND_BIN   use this credvend binary instead of building one
 #
 # Logs of the last run stay in .tools/demo/.
 set -euo pipefail
@@ -78,8 +78,8 @@ scripts/tree-state.sh save "$tree_state"
 say "Python tooling (.venv)"
 scripts/setup-python.sh
 
-if [[ -n "${CREDVEND_BIN:-}" ]]; then
-  credvend_bin="$CREDVEND_BIN"
+if [[ -n "${DEMO_CREDVEND_BIN:-}" ]]; then
+  credvend_bin="$DEMO_CREDVEND_BIN"
 else
   say "Building credvend (cargo build, debug profile)"
   command -v cargo >/dev/null 2>&1 || fail "cargo not found; install a Rust toolchain"

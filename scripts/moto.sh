@@ -9,7 +9,7 @@
 # State (PID, port, log) lives in $MOTO_STATE_DIR (default <repo>/.tools/moto), so
 # callers that want a private moto (scripts/demo.sh) pass their own directory and
 # `trap '... stop' EXIT`. `start` while one is already running there prints its URL.
-# Needs the venv from scripts/setup-python.sh.
+# Needs the venv from scripts/setup-python.sh (or TEST_VENV naming another one).
 #
 # moto behaviour credvend relies on (moto 5.2):
 #   - STS AssumeRole succeeds for any role ARN and any base credentials;
@@ -21,7 +21,7 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${CREDVEND_TEST_VENV:-$repo_root/.venv}"
+venv="${TEST_VENV:-$repo_root/.venv}"
 state_dir="${MOTO_STATE_DIR:-$repo_root/.tools/moto}"
 pid_file="$state_dir/moto.pid"
 port_file="$state_dir/moto.port"

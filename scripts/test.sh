@@ -87,11 +87,7 @@ ensure_debian_tools
 scripts/setup-python.sh
 scripts/setup-node.sh
 scripts/setup-go.sh
-# tests/e2e_moto.rs finds the venv at <repo>/.venv by itself (CREDVEND_TEST_VENV
-# overrides it). Do not export CREDVEND_TEST_VENV here: credvend reads every
-# CREDVEND_* variable as a config override and rejects unknown keys, so the config
-# tests and every spawned `credvend serve` would fail on it.
-unset CREDVEND_TEST_VENV
+# tests/e2e_moto.rs finds the venv at <repo>/.venv by itself (TEST_VENV overrides it).
 
 # --- steps ------------------------------------------------------------------------
 

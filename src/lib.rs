@@ -16,6 +16,8 @@
 //! - [`config`]: the TOML file (plus includes and `CREDVEND_` env overrides), validated
 //!   whole before anything binds.
 //! - [`telemetry`]: log setup.
+//! - [`setup`]: writing a new configuration (`credvend init`, `credvend mapping new`)
+//!   and worker tokens.
 //! - [`creds`]: the [`creds::Credentials`] type, the AssumeRole input a mapping makes,
 //!   the [`creds::RoleAssumer`] seam and the real STS client; failures are classified
 //!   where they enter.
@@ -52,6 +54,7 @@ pub mod protocol;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod setup;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]

@@ -11,7 +11,8 @@ use tracing::{error, info, warn};
 
 use credvend::clock::SystemClock;
 use credvend::config::{
-    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat, Mapping, Sources,
+    CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, EnforcementMode, LogFormat, Mapping,
+    Sources,
 };
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
@@ -19,10 +20,14 @@ use credvend::policy::{self, Principal, TrustService};
 use credvend::reload::{self, Reloader};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
+use credvend::setup::{self, MappingRequest, SetupError};
 use credvend::verify::{self, s3::S3Target};
 
 /// Exit status for a configuration or usage problem (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+
+/// Where `init` writes and `mapping new` looks by default: the default config's directory.
+const DEFAULT_CONFIG_DIR: &str = "/etc/credvend";
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +54,18 @@ enum Command {
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Write a new configuration directory: DIR/credvend.toml (loopback listeners, mode
+    /// 0600, never overwritten) and DIR/mappings.d/ for one file per customer.
+    Init {
+        /// Directory to write into (created when missing).
+        #[arg(long, default_value = DEFAULT_CONFIG_DIR)]
+        dir: PathBuf,
+    },
+    /// Customer mappings.
+    Mapping {
+        #[command(subcommand)]
+        command: MappingCommand,
     },
     /// Worker authorization tokens.
     Token {
@@ -111,6 +128,34 @@ enum Command {
         #[arg(long, requires = "bucket")]
         s3_endpoint_url: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Write DIR/mappings.d/NAME.toml (mode 0600, never overwritten) with a fresh
+    /// External ID and token. Prints the token once, alone on stdout (so
+    /// `TOKEN=$(credvend mapping new …)` keeps it), and the next steps on stderr.
+    New {
+        /// Mapping name: A-Z a-z 0-9 _ . - (it appears in the credential URL).
+        name: String,
+        /// The customer's role, e.g. arn:aws:iam::111122223333:role/vendor-sync.
+        #[arg(long)]
+        role_arn: String,
+        /// The main configuration file; the mapping goes into mappings.d/ beside it.
+        #[arg(long, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+        /// The configuration directory `credvend init` wrote. Default /etc/credvend.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Set external_id_enforcement for this mapping (default: the global setting).
+        /// `warn` for an STS that cannot enforce External IDs, such as moto.
+        #[arg(long, value_parser = parse_enforcement)]
+        enforcement: Option<EnforcementMode>,
+    },
+}
+
+fn parse_enforcement(value: &str) -> Result<EnforcementMode, String> {
+    EnforcementMode::try_from(value.to_owned())
 }
 
 #[derive(Subcommand)]
@@ -238,10 +283,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("{}", loaded.summary());
             Ok(())
         }
+        Command::Init { dir } => init(&dir),
+        Command::Mapping {
+            command:
+                MappingCommand::New {
+                    name,
+                    role_arn,
+                    config,
+                    dir,
+                    enforcement,
+                },
+        } => {
+            let main = match (config, dir) {
+                (Some(config), _) => config,
+                (None, dir) => dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR))
+                    .join(setup::MAIN_FILE),
+            };
+            mapping_new(&main, &name, &role_arn, enforcement)
+        }
         Command::Token {
             command: TokenCommand::New,
         } => {
-            let token = new_token();
+            let token = setup::new_token();
             println!("{token}");
             println!(
                 "token_sha256 = [\"{}\"]",
@@ -460,6 +524,93 @@ fn onboard(
     Ok(())
 }
 
+/// A setup command's failure: bad input or a file in the way is a usage problem (64),
+/// a rejected configuration a configuration problem (64), I/O a runtime failure (1).
+fn setup_failure(error: SetupError) -> Failure {
+    match error {
+        SetupError::Usage(_) | SetupError::Exists { .. } | SetupError::Rejected { .. } => {
+            Failure::Usage(error.to_string())
+        }
+        SetupError::Io { .. } => Failure::Runtime(error.into()),
+    }
+}
+
+/// `credvend init`: the files, then what to do next (stderr).
+fn init(dir: &Path) -> Result<(), Failure> {
+    let made = setup::init(dir).map_err(setup_failure)?;
+    let (dir, main) = (dir.display(), made.main.display());
+    eprintln!(
+        "Wrote {main} (mode 0600) and created {}/.",
+        made.mappings_dir.display()
+    );
+    eprintln!("Next:");
+    eprintln!("  1. For each customer: credvend mapping new NAME --role-arn ARN --dir {dir}");
+    eprintln!("     (writes the mapping with a fresh External ID; prints the worker's token once)");
+    eprintln!("  2. credvend check-config --config {main}");
+    eprintln!("  3. credvend serve --config {main}   (or the systemd unit)");
+    eprintln!(
+        "The files must be readable by the user credvend runs as and writable by no other: \
+         run this as that user, or chown them to it."
+    );
+    Ok(())
+}
+
+/// `credvend mapping new`: the token alone on stdout, everything else on stderr.
+fn mapping_new(
+    main: &Path,
+    name: &str,
+    role_arn: &str,
+    enforcement: Option<EnforcementMode>,
+) -> Result<(), Failure> {
+    let request = MappingRequest::new(name, role_arn, enforcement).map_err(setup_failure)?;
+    let dir = main.parent().unwrap_or(Path::new(""));
+    let made = setup::new_mapping(main, &dir.join(setup::MAPPINGS_DIR), &request)
+        .map_err(setup_failure)?;
+    println!("{}", made.token);
+    let listen = made
+        .config
+        .as_ref()
+        .and_then(|c| c.server.listen.first().copied())
+        .map_or_else(|| "127.0.0.1:8901".to_owned(), |a| a.to_string());
+    let main = main.display();
+    eprintln!(
+        "Wrote {} (mode 0600): mapping `{name}` for {}.",
+        made.path.display(),
+        request.role_arn
+    );
+    eprintln!(
+        "The worker's token is on stdout, shown this once (only its SHA-256 is kept). \
+         A worker uses:"
+    );
+    eprintln!("  AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials/{name}");
+    eprintln!("  AWS_CONTAINER_AUTHORIZATION_TOKEN=<the token>");
+    eprintln!("Next:");
+    eprintln!(
+        "  1. The customer's trust policy requires External ID {} (not secret from this \
+         customer; never give it to another). Print it for them:",
+        made.external_id
+    );
+    eprintln!("     credvend onboard {name} --config {main} --bucket BUCKET");
+    eprintln!("  2. credvend check-config --config {main}");
+    eprintln!(
+        "  3. A running credvend picks the new file up by itself (it watches the directory), \
+         or at `systemctl reload credvend`."
+    );
+    eprintln!("  4. Once the customer is done: credvend verify {name} --config {main}");
+    if let Some(mode) = enforcement.filter(|m| *m != EnforcementMode::Require) {
+        eprintln!(
+            "Note: external_id_enforcement = \"{}\" for this mapping: its role is served even \
+             if it does not require the External ID. Meant for an STS that cannot enforce one \
+             (moto); never against real AWS.",
+            mode.as_str()
+        );
+    }
+    if let Some(why) = &made.not_included {
+        eprintln!("warning: the mapping is not in use yet: {why}");
+    }
+    Ok(())
+}
+
 /// Loads the configuration at `path` and finds the mapping named `name` in it (for the
 /// commands that take a mapping name).
 fn load_mapping(path: &Path, name: &str) -> Result<(Config, Mapping), Failure> {
@@ -512,15 +663,6 @@ async fn own_principal(config: Option<PathBuf>) -> Result<Principal, Failure> {
         ))
     })?;
     Principal::from_caller_arn(&identity.arn).map_err(|e| Failure::Runtime(e.into()))
-}
-
-/// 256 bits from the OS CSPRNG, hex-encoded (64 characters, safe in any header and
-/// file, no newline).
-fn new_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
 }
 
 async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Result<()> {

@@ -173,21 +173,91 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
     );
 }
 
+/// The example must not be installed unchanged: `check-config` refuses it, naming its
+/// two placeholders and nothing else; filled in, it is accepted and summarised.
 #[test]
-fn check_config_accepts_the_example_and_summarises_without_secrets() {
+fn check_config_refuses_the_example_naming_its_placeholders() {
     let (_dir, example) = private_copy_of_the_example();
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&example)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    let file = example.display().to_string();
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&file)).collect();
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "{file}: mappings.acme-s3.external_id: a placeholder, not an External ID (it \
+                 contains \"replaceme\"): generate one with `credvend external-id new` (or \
+                 write the whole mapping with `credvend mapping new`) and give it to the \
+                 customer for their trust policy"
+            ),
+            format!(
+                "{file}: mappings.acme-s3.token_sha256: entry 1: a placeholder, not a token \
+                 hash (it contains \"replaceme\"): `credvend token new` prints a token and \
+                 its hash"
+            ),
+        ],
+        "stderr: {stderr}"
+    );
+
+    let (_dir, filled_in) = private_copy_of_the_example_filled_in();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&filled_in)
+        .env_remove("CREDVEND_CONFIG")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("mapping acme-s3 "), "{stdout}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stdout.contains(FILLED_IN_EXTERNAL_ID), "{stdout}");
+}
+
+/// A `CREDVEND_*` variable that is not a config override (a script's own) does not stop
+/// credvend: a warning names it. A misspelt override still fails, naming its variable.
+#[test]
+fn unrelated_credvend_variables_are_warned_about_not_fatal() {
+    let (_dir, config) = private_copy_of_the_example_filled_in();
+    let check = |vars: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env_remove("CREDVEND_CONFIG")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check(&[
+        ("CREDVEND_BIN", "/usr/local/bin/credvend"),
+        ("CREDVEND_TEST_VENV", "/srv/venv"),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for name in ["CREDVEND_BIN", "CREDVEND_TEST_VENV"] {
+        assert!(
+            stderr.contains(&format!(
+                "warning: environment variable {name}: ignored: not a configuration override"
+            )),
+            "{stderr}"
+        );
+    }
+    let (code, stderr) = check(&[("CREDVEND_SERVER__LISTN", "127.0.0.1:1")]);
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("environment variable CREDVEND_SERVER__LISTN: server.listn: unknown key"),
+        "{stderr}"
     );
-    assert!(stdout.contains("acme-s3"), "{stdout}");
 }
 
 #[test]
@@ -247,8 +317,8 @@ fn missing_config_file_is_a_configuration_error() {
 
 #[test]
 fn credvend_config_names_the_config_file_when_config_is_not_given() {
-    // The example config is valid: read through the variable, check-config accepts it.
-    let (_dir, example) = private_copy_of_the_example();
+    // A valid config read through the variable: check-config accepts it.
+    let (_dir, example) = private_copy_of_the_example_filled_in();
     let out = Command::new(BIN)
         .arg("check-config")
         .env("CREDVEND_CONFIG", &example)
@@ -605,4 +675,268 @@ fn private_copy_of_the_example() -> (Scratch, PathBuf) {
     let scratch = Scratch::new("example");
     let copy = scratch.write("credvend.toml", &std::fs::read_to_string(example).unwrap());
     (scratch, copy)
+}
+
+/// An External ID and token hash that replace the example's placeholders.
+const FILLED_IN_EXTERNAL_ID: &str = "cli-filled-in-ExternalId-7Hq2Wv9Xk4Lm8Np3";
+
+/// [`private_copy_of_the_example`] with its placeholders replaced: a valid config.
+fn private_copy_of_the_example_filled_in() -> (Scratch, PathBuf) {
+    let (scratch, copy) = private_copy_of_the_example();
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let filled_in = text
+        .replace(
+            "replace-me-with-credvend-external-id-new",
+            FILLED_IN_EXTERNAL_ID,
+        )
+        .replace(
+            "replace-me-with-the-hash-from-credvend-token-new",
+            &hash("cli-filled-in-token"),
+        );
+    assert_ne!(filled_in, text, "the example's placeholders moved");
+    let copy = scratch.write("credvend.toml", &filled_in);
+    (scratch, copy)
+}
+
+/// `credvend init` writes a private, valid main file with a drop-in directory, warns
+/// that it has no mappings yet, and never overwrites.
+#[test]
+fn init_writes_a_private_valid_config_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("init");
+    let dir = scratch.0.join("etc");
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let main = dir.join("credvend.toml");
+    assert!(
+        stderr.contains("credvend mapping new NAME --role-arn ARN"),
+        "{stderr}"
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&main), 0o600);
+    assert_eq!(
+        mode(&dir.join("mappings.d")) & 0o077,
+        0,
+        "mappings.d is private"
+    );
+    let text = std::fs::read_to_string(&main).unwrap();
+    assert!(text.contains("include = [\"mappings.d/*.toml\"]"), "{text}");
+
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&main)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap();
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{check_err}");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).starts_with(
+            "listen 127.0.0.1:8901, [::1]:8901 (admin 127.0.0.1:8902); 0 mapping(s) from 1 file(s)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    assert!(check_err.contains("mappings: no mappings"), "{check_err}");
+
+    std::fs::write(&main, "# edited\n").unwrap();
+    let again = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let again_err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(64), "{again_err}");
+    assert!(
+        again_err.contains(&format!(
+            "{} already exists; not overwriting it",
+            main.display()
+        )),
+        "{again_err}"
+    );
+    assert_eq!(std::fs::read_to_string(&main).unwrap(), "# edited\n");
+}
+
+/// `credvend mapping new`: the token alone on stdout (its hash in the file), a private
+/// mapping file that passes check-config, the External ID for the customer on stderr,
+/// names and ARNs checked by the config's rules, and no file ever overwritten.
+#[test]
+fn mapping_new_writes_a_mapping_that_passes_check_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("mapping-new");
+    let dir = scratch.0.join("etc");
+    assert!(
+        Command::new(BIN)
+            .args(["init", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let new = |name: &str, role: &str, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["mapping", "new", name, "--role-arn", role, "--dir"])
+            .arg(&dir)
+            .args(extra)
+            .env_remove("CREDVEND_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let role = "arn:aws:iam::111122223333:role/acme-sync";
+    let (code, stdout, stderr) = new("acme", role, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let token = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{stdout:?}"
+    );
+    assert!(
+        !stderr.contains(token),
+        "the token is printed once, on stdout: {stderr}"
+    );
+
+    let file = dir.join("mappings.d/acme.toml");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(&format!("token_sha256 = [\"{}\"]", hash(token))),
+        "{text}"
+    );
+    assert!(text.contains(&format!("role_arn = \"{role}\"")), "{text}");
+    let external_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("external_id = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no external_id line in {text}"));
+    assert_eq!(external_id.len(), 40);
+    assert!(
+        stderr.contains(&format!("requires External ID {external_id} ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/v1/credentials/acme"), "{stderr}");
+
+    // A dotted name (a quoted table) and a per-mapping enforcement mode.
+    let (code, _, stderr) = new(
+        "globex.eu",
+        "arn:aws:iam::444455556666:role/globex",
+        &["--enforcement", "warn"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("never against real AWS"), "{stderr}");
+
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(dir.join("credvend.toml"))
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&check.stdout);
+    let check_err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{check_err}");
+    assert!(check_err.is_empty(), "no warnings expected: {check_err}");
+    assert!(summary.contains("2 mapping(s) from 3 file(s)"), "{summary}");
+    assert!(
+        summary.contains(&format!("mapping acme role={role} ")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("mapping globex.eu role=arn:aws:iam::444455556666:role/globex"),
+        "{summary}"
+    );
+    assert!(summary.contains("enforcement=warn"), "{summary}");
+
+    // Never overwritten; bad names and ARNs are refused before anything is written.
+    let (code, stdout, stderr) = new("acme", role, &[]);
+    assert_eq!((code, stdout.as_str()), (Some(64), ""), "{stderr}");
+    assert!(
+        stderr.contains("acme.toml already exists; not overwriting it"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    let (code, _, stderr) = new("bad name", role, &[]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("mapping name `bad name`: a mapping name may contain only"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = new("beta", "arn:aws:iam::1:role/x", &[]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--role-arn: `arn:aws:iam::1:role/x` is not an IAM role ARN"),
+        "{stderr}"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.join("mappings.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// A mapping file the configuration would reject (its name is already defined in the
+/// main file) is removed again: `mapping new` leaves a config that passes or the one it
+/// found.
+#[test]
+fn mapping_new_removes_its_file_when_the_config_rejects_it() {
+    let scratch = Scratch::new("mapping-new-dup");
+    let dir = scratch.0.join("etc");
+    assert!(
+        Command::new(BIN)
+            .args(["init", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let main = dir.join("credvend.toml");
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!(
+        "\n[mappings.acme]\nrole_arn = \"arn:aws:iam::111122223333:role/acme\"\n\
+         external_id = \"{FILLED_IN_EXTERNAL_ID}\"\ntoken_sha256 = [\"{}\"]\n",
+        hash("inline")
+    ));
+    std::fs::write(&main, text).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "mapping",
+            "new",
+            "acme",
+            "--role-arn",
+            "arn:aws:iam::111122223333:role/acme",
+            "--config",
+        ])
+        .arg(&main)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no token for a mapping that was not kept"
+    );
+    assert!(
+        stderr.contains("the configuration is invalid, so it was removed again"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("mapping `acme` is already defined in"),
+        "{stderr}"
+    );
+    assert!(!dir.join("mappings.d/acme.toml").exists());
 }

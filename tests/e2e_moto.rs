@@ -16,9 +16,7 @@
 //!    (no keys, no profile files, no instance metadata), exactly as a launcher sets it.
 //!
 //! The venv is `<repo>/.venv` from `scripts/setup-python.sh` (`scripts/test.sh` runs
-//! it), or `CREDVEND_TEST_VENV` when set. Set that only for this test: credvend reads
-//! every other `CREDVEND_*` variable as a config override, so exporting it to the
-//! whole suite breaks the config tests. A missing venv fails the test with
+//! it), or `TEST_VENV` when set. A missing venv fails the test with
 //! instructions rather than skipping it: a skipped e2e test looks exactly like a
 //! passing one in CI.
 //!

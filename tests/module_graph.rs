@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Each module's layer: a module may name `crate::` modules of lower layers only.
 /// config → creds → (model, protocol, verify) → metrics → events → cache → server →
 /// daemon → reload (→ the binary, which names `credvend::` only).
-const LAYERS: [(&str, u8); 18] = [
+const LAYERS: [(&str, u8); 19] = [
     ("aws_names", 0),
     ("clock", 0),
     ("secret", 0),
@@ -24,6 +24,7 @@ const LAYERS: [(&str, u8); 18] = [
     ("config", 1),
     ("creds", 2),
     ("telemetry", 2),
+    ("setup", 2),
     ("testing", 2),
     ("model", 3),
     ("protocol", 3),

@@ -9,7 +9,11 @@
 //!    customers but cannot quietly change how the daemon binds or refreshes. A mapping
 //!    defined in two files is an error naming both, never a silent merge;
 //! 3. environment variables `CREDVEND_<SECTION>__<KEY>` (`__` between levels, keys
-//!    lower-cased). `CREDVEND_CONFIG` names the config file and is not a key.
+//!    lower-cased). `CREDVEND_CONFIG` names the config file and is not a key. Which
+//!    other `CREDVEND_*` variables are overrides is [`env_var_kind`]'s rule: a name with
+//!    `__`, or a top-level key by itself, is one (and a misspelt key in it is a problem
+//!    naming the variable); any other name is not credvend's and is ignored with a
+//!    warning naming it, so a script's own `CREDVEND_BIN` cannot stop a daemon.
 //!
 //! Every file is parsed on its own first, so one file with a TOML syntax error is
 //! reported (without its source snippet, which could contain an External ID) while the
@@ -136,7 +140,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     let main_dict = read_toml(main, log).map_err(fatal)?;
 
     let env = Env::prefixed(ENV_PREFIX)
-        .ignore(&[&CONFIG_PATH_VAR[ENV_PREFIX.len()..]])
+        .filter(|rest| env_var_kind(rest.as_str()) == EnvVarKind::Override)
         .split("__");
     // The include list may itself be overridden from the environment, so it is read
     // from the main file merged with the environment. Mappings play no part in it and
@@ -150,6 +154,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     let base = Figment::from(TomlFile::new(main, without_mappings)).merge(env.clone());
     let mut report = Report::new(base, main, main_display.clone());
     report.check_private_file(main, &main_display);
+    warn_unrelated_env_vars(&mut report);
 
     // Which file defines each mapping, to reject a name defined twice.
     let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
@@ -213,6 +218,71 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         files,
         include_dirs,
     })
+}
+
+/// What a `CREDVEND_*` environment variable is to credvend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EnvVarKind {
+    /// `CREDVEND_CONFIG`: the config file's path, read by the CLI.
+    ConfigPath,
+    /// A config override: its path is checked like a file's keys, so a misspelt key
+    /// is a problem naming the variable.
+    Override,
+    /// Not credvend's (a script's `CREDVEND_BIN`): ignored, with a warning naming it.
+    Unrelated,
+}
+
+/// Classifies a variable by its name after `CREDVEND_` (case-insensitive, as the
+/// override keys are): the config path; an override when it has the level separator
+/// `__` (`SERVER__LISTEN`, also a misspelt `SEVRER__LISTEN`: the separator says it was
+/// meant as an override) or is a top-level key by itself (`INCLUDE`); else unrelated.
+pub(super) fn env_var_kind(rest: &str) -> EnvVarKind {
+    let rest = rest.trim();
+    if rest.eq_ignore_ascii_case(&CONFIG_PATH_VAR[ENV_PREFIX.len()..]) {
+        EnvVarKind::ConfigPath
+    } else if rest.contains("__") || TOP_LEVEL_KEYS.iter().any(|k| rest.eq_ignore_ascii_case(k)) {
+        EnvVarKind::Override
+    } else {
+        EnvVarKind::Unrelated
+    }
+}
+
+/// Warns about each `CREDVEND_*` variable that is neither the config path nor an
+/// override ([`env_var_kind`]); one that starts like a section (`CREDVEND_LOG_LEVEL`)
+/// gets the override it probably meant.
+fn warn_unrelated_env_vars(report: &mut Report) {
+    let mut names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.strip_prefix(ENV_PREFIX)
+                .is_some_and(|rest| env_var_kind(rest) == EnvVarKind::Unrelated)
+        })
+        .collect();
+    names.sort();
+    for name in names {
+        let rest = &name[ENV_PREFIX.len()..];
+        let meant = TOP_LEVEL_KEYS.iter().find_map(|section| {
+            let head = rest.get(..section.len())?;
+            let key = rest.get(section.len()..)?.strip_prefix('_')?;
+            (head.eq_ignore_ascii_case(section) && !key.is_empty())
+                .then(|| format!("{ENV_PREFIX}{}__{key}", section.to_ascii_uppercase()))
+        });
+        let hint = match meant {
+            Some(meant) => format!(
+                "; to override a key, separate the levels with a double underscore \
+                 (`{meant}`?)"
+            ),
+            None => String::new(),
+        };
+        report.warn_in(
+            &format!("environment variable {name}"),
+            "",
+            format!(
+                "ignored: not a configuration override (those are \
+                 {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}SERVER__LISTEN){hint}"
+            ),
+        );
+    }
 }
 
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
@@ -486,7 +556,23 @@ impl Report {
                     .iter()
                     .map(|k| k.to_ascii_uppercase())
                     .collect();
-                format!("environment variable {ENV_PREFIX}{}", var.join("__"))
+                let var = format!("{ENV_PREFIX}{}", var.join("__"));
+                // A table made from variables below it (an unknown section
+                // `CREDVEND_SEVRER__LISTEN`): name those variables.
+                let mut below: Vec<String> = std::env::vars_os()
+                    .filter_map(|(name, _)| name.into_string().ok())
+                    .filter(|name| {
+                        name.to_ascii_uppercase()
+                            .strip_prefix(&var)
+                            .is_some_and(|rest| rest.starts_with("__"))
+                    })
+                    .collect();
+                below.sort();
+                if below.is_empty() {
+                    format!("environment variable {var}")
+                } else {
+                    format!("environment variable {}", below.join(", "))
+                }
             }
             _ => self.main.clone(),
         }

@@ -45,6 +45,12 @@ pub const CONFIG_PATH_ENV: &str = load::CONFIG_PATH_VAR;
 /// Default configuration file path.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/credvend/credvend.toml";
 
+/// The mapping name rule (`[A-Za-z0-9_.-]`, 1–64 characters: names appear in URL paths
+/// and metric labels), for commands that take a name before it is in a file.
+pub fn check_mapping_name(name: &str) -> Result<(), String> {
+    rules::mapping_name(name)
+}
+
 /// Validated, resolved configuration. Every validation rule holds
 /// (docs/design.md, Configuration).
 #[derive(Debug, Clone)]

@@ -14,6 +14,72 @@ use crate::aws_names::{
 };
 use crate::secret::TokenHash;
 
+/// Words that mark a value as a placeholder to be replaced, compared case-insensitively
+/// with `-`, `_` and `.` left out (`replace-me`, `REPLACE_ME`, `change.me` …). A hex
+/// hash cannot contain one (each has a letter beyond `f`); a generated External ID (40
+/// random alphanumerics) does by a chance of about one in a billion.
+const PLACEHOLDER_WORDS: &[&str] = &["replaceme", "changeme", "placeholder", "example"];
+
+/// External IDs shorter than this get a warning. credvend generates 40 characters;
+/// the vendor guide asks for at least 32 (a UUID has 36).
+pub(super) const STRONG_EXTERNAL_ID_LEN: usize = 32;
+/// External IDs with fewer different characters than this get a warning (a generated
+/// one has about 30; a UUID about 16; `aaaa…` or `1234512345…` far fewer).
+pub(super) const STRONG_EXTERNAL_ID_DISTINCT: usize = 10;
+
+/// The placeholder word `value` contains, if any ([`PLACEHOLDER_WORDS`]).
+pub(super) fn placeholder_word(value: &str) -> Option<&'static str> {
+    let folded: String = value
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    PLACEHOLDER_WORDS
+        .iter()
+        .copied()
+        .find(|word| folded.contains(word))
+}
+
+/// Refuses a placeholder External ID. The reason names the placeholder word, never
+/// the value.
+pub(super) fn external_id_placeholder(value: &str) -> Result<(), String> {
+    match placeholder_word(value) {
+        Some(word) => Err(format!(
+            "a placeholder, not an External ID (it contains \"{word}\"): generate one \
+             with `credvend external-id new` (or write the whole mapping with `credvend \
+             mapping new`) and give it to the customer for their trust policy"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why an External ID that STS would accept is still weak, if it is: shorter than
+/// [`STRONG_EXTERNAL_ID_LEN`] or with fewer than [`STRONG_EXTERNAL_ID_DISTINCT`]
+/// different characters. A warning, not a refusal: an ID a customer's trust policy
+/// already holds cannot be changed on credvend's side alone. The reason never shows
+/// the value.
+pub(super) fn external_id_weakness(value: &str) -> Option<String> {
+    let length = value.chars().count();
+    let mut distinct: Vec<char> = value.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let why = if length < STRONG_EXTERNAL_ID_LEN {
+        format!("it has {length} characters, fewer than {STRONG_EXTERNAL_ID_LEN}")
+    } else if distinct.len() < STRONG_EXTERNAL_ID_DISTINCT {
+        format!(
+            "it uses only {} different characters (low entropy)",
+            distinct.len()
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "weak External ID: {why}; another customer who guesses it could point you at \
+         this customer's role (confused deputy). credvend generates 40 random characters \
+         (`credvend external-id new`); agree a new one with the customer (value not shown)"
+    ))
+}
+
 /// The External ID rules of [`check_external_id`]. The reason never shows the value.
 pub(super) fn external_id(value: &str) -> Result<(), String> {
     check_external_id(value).map_err(|err| match err {
@@ -92,8 +158,46 @@ pub(super) fn endpoint_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// 64 hex digits.
+/// SHA-256 of the empty token: a request with an empty `Authorization` header would
+/// match it.
+const EMPTY_TOKEN_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// 64 hex digits that can be the SHA-256 of a real token: not a placeholder word, not
+/// the hash of the empty token, and not a short pattern repeated (`000…0`,
+/// `deadbeef` × 8, `0123456789abcdef` × 4: a period of at most 16 digits, which a
+/// SHA-256 output has by a chance of about 2⁻¹⁹²).
 pub(super) fn token_hash(value: &str) -> Result<TokenHash, String> {
+    const WHERE: &str = "`credvend token new` prints a token and its hash";
+    if let Some(word) = placeholder_word(value) {
+        return Err(format!(
+            "a placeholder, not a token hash (it contains \"{word}\"): {WHERE}"
+        ));
+    }
+    let hash = parse_token_hash(value)?;
+    let lower = value.to_ascii_lowercase();
+    if lower == EMPTY_TOKEN_SHA256 {
+        return Err(format!(
+            "the SHA-256 of the empty token: any request with an empty Authorization \
+             header would match it; {WHERE}"
+        ));
+    }
+    if let Some(period) = (1..=16).find(|&p| {
+        lower.as_bytes()[p..]
+            .iter()
+            .zip(lower.as_bytes())
+            .all(|(a, b)| a == b)
+    }) {
+        return Err(format!(
+            "a placeholder, not the SHA-256 of a token (it repeats a pattern of \
+             {period} hex digit{}); {WHERE}",
+            if period == 1 { "" } else { "s" }
+        ));
+    }
+    Ok(hash)
+}
+
+/// 64 hex digits.
+fn parse_token_hash(value: &str) -> Result<TokenHash, String> {
     TokenHash::from_hex(value).ok_or_else(|| {
         format!(
             "a token hash must be exactly 64 hex digits (the SHA-256 of the token), \

@@ -16,12 +16,14 @@ use figment::Jail;
 
 use super::*;
 
-const TOKEN_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const TOKEN_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const TOKEN_C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
-const TOKEN_D: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+// Token hashes: 64 hex digits that do not repeat a short pattern (a repeated one is
+// refused as a placeholder).
+const TOKEN_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1";
+const TOKEN_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb1";
+const TOKEN_C: &str = "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc1";
+const TOKEN_D: &str = "ddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd1";
 /// Appears in no error, warning, `Display` or `Debug` output; tests grep for it.
-const CANARY: &str = "CANARY-external-id-0123456789";
+const CANARY: &str = "CANARY-external-id-0123456789-abcdef";
 const ROLE: &str = "arn:aws:iam::111122223333:role/vendor-sync";
 
 /// Writes `contents` to `name` inside the jail, mode 0600 (so no permission warning);
@@ -201,21 +203,58 @@ fn default_session_name_is_truncated_to_64() {
     assert!(session_name.starts_with("credvend-nnn"));
 }
 
+/// The example holds two placeholders so that it cannot be installed unchanged: it is
+/// refused naming exactly those two, and with them replaced it loads.
 #[test]
-fn example_config_loads() {
+fn example_config_is_refused_for_its_placeholders_and_loads_once_they_are_replaced() {
     // A copy, mode 0600: a checkout made under umask 002 leaves the example
     // group-writable, which the loader rightly refuses.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/credvend.toml");
     let example = fs::read_to_string(example).unwrap();
-    let mut result = None;
+    let filled_in = example
+        .replace(
+            "\"replace-me-with-credvend-external-id-new\"",
+            &format!("\"{CANARY}\""),
+        )
+        .replace(
+            "[\"replace-me-with-the-hash-from-credvend-token-new\"]",
+            &format!("[\"{TOKEN_A}\"]"),
+        );
+    assert_ne!(filled_in, example, "the example's placeholders moved");
+    let mut results = Vec::new();
     Jail::expect_with(|jail| {
-        let path = write(jail, "credvend.toml", &example);
-        result = Some(Config::load(&path));
+        for text in [&example, &filled_in] {
+            let path = write(jail, "credvend.toml", text);
+            results.push(Config::load(&path));
+        }
         Ok(())
     });
-    let config = result.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let error = results.remove(0).unwrap_err();
+    let mut keys: Vec<(&str, &str)> = error
+        .problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.reason.as_str()))
+        .collect();
+    keys.sort();
+    assert_eq!(keys.len(), 2, "{error}");
+    assert_eq!(keys[0].0, "mappings.acme-s3.external_id", "{error}");
+    assert!(
+        keys[0]
+            .1
+            .starts_with("a placeholder, not an External ID (it contains \"replaceme\")"),
+        "{error}"
+    );
+    assert_eq!(keys[1].0, "mappings.acme-s3.token_sha256", "{error}");
+    assert!(
+        keys[1]
+            .1
+            .starts_with("entry 1: a placeholder, not a token hash"),
+        "{error}"
+    );
+    let config = results.remove(0).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.mappings.len(), 1);
     assert!(config.mappings.contains_key("acme-s3"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
 }
 
 /// One failing case: top-level TOML, mapping overrides, expected key, reason fragment.
@@ -243,6 +282,9 @@ fn each_validation_rule_rejects_a_bad_value() {
             .join(", ")
     );
     let non_hex_token = format!("[\"{}\"]", "g".repeat(64));
+    let zero_token = format!("[\"{}\"]", "0".repeat(64));
+    let deadbeef_token = format!("[\"{}\"]", "DeadBeef".repeat(8));
+    let counting_token = format!("[\"{}\"]", "0123456789abcdef".repeat(4));
     let long_session_name = format!("\"{}\"", "s".repeat(65));
     let chaining = "[sts]\nsource_role_arn = \"arn:aws:iam::568237466542:role/vendor\"\n";
     let m = "mappings.acme";
@@ -261,6 +303,9 @@ fn each_validation_rule_rejects_a_bad_value() {
         ("", vec![("external_id", "\"x\"")], format!("{m}.external_id"), "2–1224"),
         ("", vec![("external_id", "\"abc def\"")], format!("{m}.external_id"), "character 4"),
         ("", vec![("external_id_file", "\"id\"")], format!("{m}.external_id_file"), "not both"),
+        ("", vec![("external_id", "\"replace-me-with-credvend-external-id-new\"")], format!("{m}.external_id"), "a placeholder, not an External ID (it contains \"replaceme\")"),
+        ("", vec![("external_id", "\"Acme-ExternalId-CHANGE_ME-0123456789\"")], format!("{m}.external_id"), "(it contains \"changeme\")"),
+        ("", vec![("external_id", "\"example-external-id-from-the-readme\"")], format!("{m}.external_id"), "(it contains \"example\")"),
         // Names
         ("", vec![("session_name", "\"a b\"")], format!("{m}.session_name"), "letters, digits"),
         ("", vec![("session_name", &long_session_name)], format!("{m}.session_name"), "2–64"),
@@ -286,6 +331,11 @@ fn each_validation_rule_rejects_a_bad_value() {
         ("", vec![("token_sha256", "[]")], format!("{m}.token_sha256"), "at least one token"),
         ("", vec![("token_sha256", "[\"abc\"]")], format!("{m}.token_sha256"), "64 hex digits"),
         ("", vec![("token_sha256", &non_hex_token)], format!("{m}.token_sha256"), "non-hex"),
+        ("", vec![("token_sha256", "[\"replace-me-with-the-hash-from-credvend-token-new\"]")], format!("{m}.token_sha256"), "entry 1: a placeholder, not a token hash (it contains \"replaceme\")"),
+        ("", vec![("token_sha256", &zero_token)], format!("{m}.token_sha256"), "repeats a pattern of 1 hex digit)"),
+        ("", vec![("token_sha256", &deadbeef_token)], format!("{m}.token_sha256"), "repeats a pattern of 8 hex digits"),
+        ("", vec![("token_sha256", &counting_token)], format!("{m}.token_sha256"), "repeats a pattern of 16 hex digits"),
+        ("", vec![("token_sha256", "[\"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"]")], format!("{m}.token_sha256"), "the SHA-256 of the empty token"),
         // Session policy and tags
         ("", vec![("session_policy", "\"{\"")], format!("{m}.session_policy"), "not valid JSON"),
         ("", vec![("session_policy", &long_policy)], format!("{m}.session_policy"), "2048"),
@@ -609,6 +659,150 @@ fn credvend_config_is_not_a_config_key() {
         Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
         Ok(())
     });
+}
+
+/// A `CREDVEND_*` variable that is not an override (no `__`, not a top-level key) is
+/// not credvend's: it is ignored with a warning naming it, not a fatal unknown key. One
+/// with `__` is an override even when its section is misspelt, and fails loudly.
+#[test]
+fn unrelated_credvend_variables_are_ignored_with_a_warning_and_misspelt_overrides_fail() {
+    Jail::expect_with(|jail| {
+        let main = write(jail, "credvend.toml", &config_text("", &[]));
+        jail.set_env("CREDVEND_BIN", "/usr/local/bin/credvend");
+        jail.set_env("CREDVEND_TEST_VENV", "/srv/venv");
+        jail.set_env("CREDVEND_LOG_LEVEL", "debug");
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        let warnings = config.warnings.join("\n");
+        for name in ["CREDVEND_BIN", "CREDVEND_TEST_VENV"] {
+            assert!(
+                config.warnings.contains(&format!(
+                    "environment variable {name}: ignored: not a configuration override \
+                     (those are CREDVEND_<SECTION>__<KEY>, e.g. CREDVEND_SERVER__LISTEN)"
+                )),
+                "{warnings}"
+            );
+        }
+        assert!(
+            warnings.contains(
+                "environment variable CREDVEND_LOG_LEVEL: ignored: not a configuration \
+                 override (those are CREDVEND_<SECTION>__<KEY>, e.g. CREDVEND_SERVER__LISTEN); \
+                 to override a key, separate the levels with a double underscore \
+                 (`CREDVEND_LOG__LEVEL`?)"
+            ),
+            "{warnings}"
+        );
+        assert_eq!(config.log.level, "info", "CREDVEND_LOG_LEVEL was applied");
+        assert!(!warnings.contains("CREDVEND_CONFIG"), "{warnings}");
+
+        // Overrides: a misspelt section with `__`, and a top-level key by itself.
+        jail.set_env("CREDVEND_SEVRER__LISTEN", "127.0.0.1:1");
+        jail.set_env("CREDVEND_INCLUDE", "no-such-file.toml");
+        let error = Config::load(&main).unwrap_err();
+        let typo = error
+            .problems
+            .iter()
+            .find(|p| p.key == "sevrer")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(typo.file, "environment variable CREDVEND_SEVRER__LISTEN");
+        assert!(typo.reason.starts_with("unknown key"), "{error}");
+        let include = error
+            .problems
+            .iter()
+            .find(|p| p.key == "include")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(include.file, "environment variable CREDVEND_INCLUDE");
+        assert!(include.reason.contains("does not exist"), "{error}");
+        assert_eq!(error.problems.len(), 2, "{error}");
+        Ok(())
+    });
+}
+
+/// Every top-level section is an override target, so a misspelt key below any of them
+/// fails; an unrelated name with one underscore after a section is not.
+#[test]
+fn every_top_level_key_is_an_override_prefix() {
+    use super::load::{EnvVarKind, env_var_kind};
+    for key in super::raw::TOP_LEVEL_KEYS {
+        let upper = key.to_ascii_uppercase();
+        assert_eq!(env_var_kind(&upper), EnvVarKind::Override, "{upper}");
+        assert_eq!(env_var_kind(&format!("{upper}__X")), EnvVarKind::Override);
+        assert_eq!(env_var_kind(&format!("{upper}_X")), EnvVarKind::Unrelated);
+    }
+    assert_eq!(env_var_kind("CONFIG"), EnvVarKind::ConfigPath);
+    assert_eq!(env_var_kind("BIN"), EnvVarKind::Unrelated);
+    assert_eq!(env_var_kind("TEST_VENV"), EnvVarKind::Unrelated);
+}
+
+/// A weak External ID (short, or few different characters) is accepted with a warning
+/// that names the mapping and never the value; so is a configuration without mappings.
+#[test]
+fn weak_external_ids_and_zero_mappings_are_warned_about() {
+    let cases = [
+        ("abc", "it has 3 characters, fewer than 32"),
+        ("external-id-a-1", "it has 15 characters, fewer than 32"),
+        (
+            "abababababababababababababababababababab",
+            "it uses only 2 different characters (low entropy)",
+        ),
+    ];
+    for (id, why) in cases {
+        let text = config_text("", &[("external_id", &format!("\"{id}\""))]);
+        let config = load_in_jail(&text).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let warnings = config.warnings.join("\n");
+        assert!(
+            warnings.contains(&format!(
+                "mappings.acme.external_id: weak External ID: {why}"
+            )),
+            "{id}: {warnings}"
+        );
+        assert!(!warnings.contains(id), "External ID shown: {warnings}");
+    }
+    // A generated one, and a UUID, are not weak.
+    for id in [
+        crate::policy::new_external_id().as_str(),
+        "9f1c2b7e-4d3a-4c8e-b5f0-2a6d8e1c3b9f",
+    ] {
+        let text = config_text("", &[("external_id", &format!("\"{id}\""))]);
+        let config = load_in_jail(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+    // The same rule for an External ID read from a file.
+    let mut warnings = Vec::new();
+    Jail::expect_with(|jail| {
+        write(jail, "acme.id", "short-id\n");
+        let main = write(
+            jail,
+            "credvend.toml",
+            &config_text(
+                "",
+                &[("external_id", ""), ("external_id_file", "\"acme.id\"")],
+            ),
+        );
+        warnings = Config::load(&main)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .warnings;
+        Ok(())
+    });
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w
+                .contains("mappings.acme.external_id_file: weak External ID: it has 8 characters")),
+        "{warnings:?}"
+    );
+
+    let config = load_in_jail("[server]\nlisten = [\"127.0.0.1:8901\"]\n").unwrap();
+    assert!(config.mappings.is_empty());
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].ends_with(
+            "mappings: no mappings: credvend would serve no credentials; add a \
+             [mappings.NAME] table per customer role (`credvend mapping new NAME \
+             --role-arn ARN` writes one)"
+        ),
+        "{:?}",
+        config.warnings
+    );
 }
 
 #[test]

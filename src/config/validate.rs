@@ -599,6 +599,14 @@ fn mappings(
         },
     };
 
+    if names.is_empty() {
+        report.warn(
+            &["mappings"],
+            "no mappings: credvend would serve no credentials; add a [mappings.NAME] \
+             table per customer role (`credvend mapping new NAME --role-arn ARN` writes \
+             one)",
+        );
+    }
     let mut out = BTreeMap::new();
     let mut ok = true;
     // First mapping to list each token hash: a token opens exactly one mapping.
@@ -873,8 +881,13 @@ fn external_id(
         }
     };
     let (value, key) = value;
-    match rules::external_id(&value) {
-        Ok(()) => Some(Some(ExternalId::new(value))),
+    match rules::external_id(&value).and_then(|()| rules::external_id_placeholder(&value)) {
+        Ok(()) => {
+            if let Some(weakness) = rules::external_id_weakness(&value) {
+                report.warn(key, weakness);
+            }
+            Some(Some(ExternalId::new(value)))
+        }
         Err(reason) => {
             report.problem(key, reason);
             *ok = false;

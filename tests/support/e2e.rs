@@ -35,18 +35,18 @@ pub struct Venv {
 }
 
 impl Venv {
-    /// `<repo>/.venv`, or `CREDVEND_TEST_VENV` when set (set it for the test process
-    /// only: credvend reads every other `CREDVEND_*` variable as a config override).
+    /// `<repo>/.venv`, or `TEST_VENV` when set (not a `CREDVEND_*` name: credvend
+    /// warns about those that are not config overrides).
     /// Panics with instructions when the venv or one of its tools is missing: a skipped
     /// end-to-end test looks exactly like a passing one in CI.
     pub fn locate() -> Venv {
-        let root = std::env::var_os("CREDVEND_TEST_VENV")
+        let root = std::env::var_os("TEST_VENV")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join(".venv"));
         let venv = Venv { root };
         let hint = "run scripts/setup-python.sh (scripts/test.sh does it for you) or set \
-                    CREDVEND_TEST_VENV to a venv with the packages in \
+                    TEST_VENV to a venv with the packages in \
                     scripts/python-requirements.txt";
         for tool in [venv.python(), venv.bin("moto_server"), venv.bin("aws")] {
             assert!(
