@@ -30,6 +30,9 @@ const ROLE: &str = "arn:aws:iam::111122223333:role/vendor-sync";
 /// a directory it creates is 0755 whatever the umask (a group-writable include
 /// directory is a configuration error).
 fn write(jail: &Jail, name: &str, contents: &str) -> PathBuf {
+    // The jail's own directory is where relative includes look: under umask 002 it is
+    // created group-writable, which the loader rightly refuses for an include directory.
+    fs::set_permissions(jail.directory(), fs::Permissions::from_mode(0o755)).unwrap();
     let path = jail.directory().join(name);
     if let Some(parent) = path.parent()
         && !parent.exists()
