@@ -48,6 +48,11 @@ fn test_credentials(access_key_id: String, expiration: std::time::SystemTime) ->
     }
 }
 
+/// What [`RoleAssumer::assume_role`] returns, spelled once for the test assumers.
+type AssumeFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
+>;
+
 /// A RoleAssumer that follows a script, then keeps issuing 1 h credentials.
 struct Scripted {
     clock: ManualClock,
@@ -75,12 +80,7 @@ impl Scripted {
 }
 
 impl RoleAssumer for Scripted {
-    fn assume_role<'a>(
-        &'a self,
-        input: &'a AssumeRoleInput,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
-    > {
+    fn assume_role<'a>(&'a self, input: &'a AssumeRoleInput) -> AssumeFuture<'a> {
         Box::pin(async move {
             let n = record_call(&self.calls, input);
             let step = self
@@ -553,12 +553,7 @@ impl Gated {
 }
 
 impl RoleAssumer for Gated {
-    fn assume_role<'a>(
-        &'a self,
-        input: &'a AssumeRoleInput,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
-    > {
+    fn assume_role<'a>(&'a self, input: &'a AssumeRoleInput) -> AssumeFuture<'a> {
         Box::pin(async move {
             let n = record_call(&self.calls, input);
             let inside = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
