@@ -622,22 +622,8 @@ fn serve_is_not_dumpable() {
     let (port, admin) = free_ports();
     let path = scratch.write(
         "credvend.toml",
-        &format!(
-            r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:{admin}"
-
-[sts]
-endpoint_url = "http://127.0.0.1:9"
-
-[mappings.acme-s3]
-role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
-external_id = "acme-external-id-0123456789"
-token_sha256 = ["{}"]
-"#,
-            hash("t")
-        ),
+        &(loopback_server_toml(port, admin)
+            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
     );
     // Readable by `nobody`: owned by root, so it may be (with a warning).
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -763,23 +749,31 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     assert_eq!(std::fs::read_to_string(&main).unwrap(), "# edited\n");
 }
 
+/// A scratch directory with `credvend init --dir <scratch>/etc` run in it (asserted to
+/// succeed); returns the scratch (keep it alive) and that config directory.
+fn initialised_scratch(name: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(name);
+    let dir = scratch.0.join("etc");
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (scratch, dir)
+}
+
 /// `credvend mapping new`: the token alone on stdout (its hash in the file), a private
 /// mapping file that passes check-config, the External ID for the customer on stderr,
 /// names and ARNs checked by the config's rules, and no file ever overwritten.
 #[test]
 fn mapping_new_writes_a_mapping_that_passes_check_config() {
     use std::os::unix::fs::PermissionsExt;
-    let scratch = Scratch::new("mapping-new");
-    let dir = scratch.0.join("etc");
-    assert!(
-        Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    let (_scratch, dir) = initialised_scratch("mapping-new");
     let new = |name: &str, role: &str, extra: &[&str]| {
         let out = Command::new(BIN)
             .args(["mapping", "new", name, "--role-arn", role, "--dir"])
@@ -892,17 +886,7 @@ fn mapping_new_writes_a_mapping_that_passes_check_config() {
 /// found.
 #[test]
 fn mapping_new_removes_its_file_when_the_config_rejects_it() {
-    let scratch = Scratch::new("mapping-new-dup");
-    let dir = scratch.0.join("etc");
-    assert!(
-        Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    let (_scratch, dir) = initialised_scratch("mapping-new-dup");
     let main = dir.join("credvend.toml");
     let mut text = std::fs::read_to_string(&main).unwrap();
     text.push_str(&format!(
