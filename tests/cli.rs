@@ -45,6 +45,16 @@ impl Drop for Scratch {
     }
 }
 
+/// `credvend check-config --config <config>`, with no `CREDVEND_CONFIG` inherited.
+fn check_config(config: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap()
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -81,12 +91,7 @@ token_sha256 = ["{shared}"]
 "#
         ),
     );
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
     let file = path.display().to_string();
@@ -131,12 +136,7 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
                  token_sha256 = [\"{token}\"]\n"
             ),
         );
-        let out = Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .env_remove("CREDVEND_CONFIG")
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         (out.status.code(), path.display().to_string(), stderr)
     };
@@ -178,12 +178,7 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
 #[test]
 fn check_config_refuses_the_example_naming_its_placeholders() {
     let (_dir, example) = private_copy_of_the_example();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&example)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let out = check_config(&example);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
     let file = example.display().to_string();
@@ -207,12 +202,7 @@ fn check_config_refuses_the_example_naming_its_placeholders() {
     );
 
     let (_dir, filled_in) = private_copy_of_the_example_filled_in();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&filled_in)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let out = check_config(&filled_in);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
@@ -714,12 +704,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     let text = std::fs::read_to_string(&main).unwrap();
     assert!(text.contains("include = [\"mappings.d/*.toml\"]"), "{text}");
 
-    let check = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&main)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let check = check_config(&main);
     let check_err = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{check_err}");
     assert!(
@@ -833,12 +818,7 @@ fn mapping_new_writes_a_mapping_that_passes_check_config() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("never against real AWS"), "{stderr}");
 
-    let check = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(dir.join("credvend.toml"))
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let check = check_config(dir.join("credvend.toml"));
     let summary = String::from_utf8_lossy(&check.stdout);
     let check_err = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{check_err}");

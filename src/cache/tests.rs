@@ -552,6 +552,23 @@ impl Gated {
     }
 }
 
+impl Gated {
+    /// [`Gated::wait_until`] exactly one call is inside AssumeRole.
+    async fn wait_one_in_flight(&self, what: &str) {
+        self.wait_until(what, |s| s.in_flight() == 1).await;
+    }
+}
+
+/// `cache.get(name)` on a task of its own, so the test can act while it waits.
+fn spawn_get(
+    cache: &CredentialCache,
+    name: &str,
+) -> tokio::task::JoinHandle<Result<Vended, VendError>> {
+    let cache = cache.clone();
+    let name = name.to_owned();
+    tokio::spawn(async move { cache.get(&name).await })
+}
+
 impl RoleAssumer for Gated {
     fn assume_role<'a>(&'a self, input: &'a AssumeRoleInput) -> AssumeFuture<'a> {
         Box::pin(async move {
@@ -683,14 +700,9 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
         ],
     );
     let removed = key_of(&cache, "m");
-    let request = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.get("m").await }
-    });
-    sts.wait_until("the fetch for m is inside AssumeRole", |s| {
-        s.in_flight() == 1
-    })
-    .await;
+    let request = spawn_get(&cache, "m");
+    sts.wait_one_in_flight("the fetch for m is inside AssumeRole")
+        .await;
     assert_eq!(state(&cache, "m"), MappingState::Fetching);
 
     reload(&cache, &metrics, vec![other]);
@@ -739,14 +751,9 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
     old.external_id_enforcement = EnforcementMode::Warn;
     let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
     let old_key = key_of(&cache, "m");
-    let request = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.get("m").await }
-    });
-    sts.wait_until("the first enforcement probe is inside AssumeRole", |s| {
-        s.in_flight() == 1
-    })
-    .await;
+    let request = spawn_get(&cache, "m");
+    sts.wait_one_in_flight("the first enforcement probe is inside AssumeRole")
+        .await;
     assert_eq!(
         sts.calls.lock().unwrap()[0].session_name,
         verify::PROBE_SESSION_NAME
@@ -821,10 +828,8 @@ async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_no
         let cache = cache.clone();
         async move { cache.get_in(&old_table, "m").await }
     });
-    sts.wait_until("the old role's first probe is inside AssumeRole", |s| {
-        s.in_flight() == 1
-    })
-    .await;
+    sts.wait_one_in_flight("the old role's first probe is inside AssumeRole")
+        .await;
     assert!(
         cache.inner.lock_slots().contains_key(&old_key),
         "the old generation's request registered its fetch in a slot of the old key"
@@ -1051,10 +1056,7 @@ async fn enforcement_probes_wait_for_a_concurrency_permit() {
         .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
         .await
         .unwrap();
-    let request = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("m").await })
-    };
+    let request = spawn_get(&cache, "m");
     assert_eq!(
         first_call_or_blocked(&cache, &assumer).await,
         0,
@@ -1090,10 +1092,7 @@ async fn enforcement_probes_wait_for_the_sts_budget() {
         .budget
         .acquire(Priority::Cold, &key_of(&cache, "m"))
         .await;
-    let request = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("m").await })
-    };
+    let request = spawn_get(&cache, "m");
     assert_eq!(
         first_call_or_blocked(&cache, &assumer).await,
         0,
@@ -1125,10 +1124,7 @@ async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
         .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
         .await
         .unwrap();
-    let request = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("m").await })
-    };
+    let request = spawn_get(&cache, "m");
     assert_eq!(first_call_or_blocked(&cache, &assumer).await, 0);
     let hold = Duration::from_secs(2);
     let held_since = std::time::Instant::now();
