@@ -597,6 +597,15 @@ impl RoleAssumer for Gated {
     }
 }
 
+/// Mapping `m` on role `role-<which>` (External ID `external-id-<which>`, token `t1`),
+/// its External ID enforcement in warn mode.
+fn warn_m(which: &str) -> Mapping {
+    let external_id = format!("external-id-{which}");
+    let mut m = mapping("m", &format!("role-{which}"), Some(&external_id), "t1");
+    m.external_id_enforcement = EnforcementMode::Warn;
+    m
+}
+
 /// A started cache for `mappings` (with a `cold_wait` no test here runs into), whose
 /// metrics know the mappings, as the daemon sets them up.
 fn gated_cache(
@@ -610,6 +619,22 @@ fn gated_cache(
     let cache = CredentialCache::new(&cfg, sts.clone(), Arc::new(clock.clone()), metrics.clone());
     cache.start();
     cache
+}
+
+/// A manual clock, a gated STS, metrics, and a [`gated_cache`] for `mappings` on them.
+fn gated_start(
+    mappings: Vec<Mapping>,
+) -> (
+    ManualClock,
+    Arc<Gated>,
+    Arc<crate::metrics::Metrics>,
+    CredentialCache,
+) {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let cache = gated_cache(&clock, &sts, &metrics, mappings);
+    (clock, sts, metrics, cache)
 }
 
 /// A gated STS and a started cache of 200 mappings `<prefix>000` … `<prefix>199`, each
@@ -744,12 +769,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
 /// show up as the new mapping's `credvend_external_id_enforced`.
 #[tokio::test]
 async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone() {
-    let clock = ManualClock::starting_now();
-    let sts = Gated::new(&clock);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
-    old.external_id_enforcement = EnforcementMode::Warn;
-    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
     let request = spawn_get(&cache, "m");
     sts.wait_one_in_flight("the first enforcement probe is inside AssumeRole")
@@ -759,8 +779,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
         verify::PROBE_SESSION_NAME
     );
 
-    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
-    new.external_id_enforcement = EnforcementMode::Warn;
+    let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
     let new_key = key_of(&cache, "m");
     assert_ne!(new_key, old_key);
@@ -812,16 +831,10 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 /// the mapping's `credvend_external_id_enforced`.
 #[tokio::test]
 async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_nothing() {
-    let clock = ManualClock::starting_now();
-    let sts = Gated::new(&clock);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
-    old.external_id_enforcement = EnforcementMode::Warn;
-    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
     let old_table = cache.mapping_table();
-    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
-    new.external_id_enforcement = EnforcementMode::Warn;
+    let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
 
     let request = tokio::spawn({
@@ -973,8 +986,7 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     let sts = Gated::new(&clock);
     sts.open();
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
-    old.external_id_enforcement = EnforcementMode::Warn;
+    let old = warn_m("old");
     let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
     cache.get("m").await.expect("vends");
     let scrape = || {
@@ -983,8 +995,7 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     };
     assert_eq!(scrape().as_deref(), Some("1"), "the old role was checked");
 
-    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
-    new.external_id_enforcement = EnforcementMode::Warn;
+    let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
     assert_eq!(cache.status()[0].enforcement, EnforcementStatus::Unknown);
     assert_eq!(
@@ -1028,6 +1039,17 @@ fn cold_waiting(cache: &CredentialCache) -> usize {
     cold
 }
 
+/// Takes every STS concurrency permit of `cache`, so no AssumeRole starts until the
+/// returned permit is dropped.
+async fn hold_every_sts_permit(cache: &CredentialCache) -> tokio::sync::SemaphorePermit<'_> {
+    cache
+        .inner
+        .sts_calls
+        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
+        .await
+        .unwrap()
+}
+
 /// Waits until `get` is blocked before its first STS call (an STS call waiting) or has
 /// made one, and returns the number of STS calls made by then.
 async fn first_call_or_blocked(cache: &CredentialCache, assumer: &Scripted) -> usize {
@@ -1050,12 +1072,7 @@ async fn enforcement_probes_wait_for_a_concurrency_permit() {
     let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
     let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
     let (cache, _) = limited_cache(&clock, assumer.clone(), 1000, vec![require("m")]);
-    let held = cache
-        .inner
-        .sts_calls
-        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
-        .await
-        .unwrap();
+    let held = hold_every_sts_permit(&cache).await;
     let request = spawn_get(&cache, "m");
     assert_eq!(
         first_call_or_blocked(&cache, &assumer).await,
@@ -1118,12 +1135,7 @@ async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
         1000,
         vec![mapping("m", "r", None, "t")],
     );
-    let held = cache
-        .inner
-        .sts_calls
-        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
-        .await
-        .unwrap();
+    let held = hold_every_sts_permit(&cache).await;
     let request = spawn_get(&cache, "m");
     assert_eq!(first_call_or_blocked(&cache, &assumer).await, 0);
     let hold = Duration::from_secs(2);
