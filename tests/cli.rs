@@ -141,17 +141,27 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
         (out.status.code(), path.display().to_string(), stderr)
     };
 
-    let (code, file, stderr) = check(
+    // Refused (64) with a line naming the file and every one of `parts`.
+    let refused = |name: &str, server: &str, parts: &[&str], missing: &str| {
+        let (code, file, stderr) = check(name, server);
+        assert_eq!(code, Some(64), "stderr: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&file) && parts.iter().all(|p| l.contains(p))),
+            "no {missing} in:\n{stderr}"
+        );
+    };
+
+    refused(
         "credential-switch.toml",
         "allow_non_loopback = true\nadmin_listen = \"0.0.0.0:8902\"",
-    );
-    assert_eq!(code, Some(64), "stderr: {stderr}");
-    assert!(
-        stderr.lines().any(|l| l.contains(&file)
-            && l.contains("server.admin_listen")
-            && l.contains("0.0.0.0:8902 is not a loopback address")
-            && l.contains("server.admin_allow_non_loopback = true")),
-        "no FILE: server.admin_listen: REASON line naming the admin switch in:\n{stderr}"
+        &[
+            "server.admin_listen",
+            "0.0.0.0:8902 is not a loopback address",
+            "server.admin_allow_non_loopback = true",
+        ],
+        "FILE: server.admin_listen: REASON line naming the admin switch",
     );
 
     let (code, _, stderr) = check(
@@ -160,16 +170,11 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
     );
     assert_eq!(code, Some(0), "stderr: {stderr}");
 
-    let (code, file, stderr) = check(
+    refused(
         "admin-switch-listen.toml",
         "admin_allow_non_loopback = true\nlisten = [\"0.0.0.0:8901\"]",
-    );
-    assert_eq!(code, Some(64), "stderr: {stderr}");
-    assert!(
-        stderr.lines().any(|l| l.contains(&file)
-            && l.contains("server.listen")
-            && l.contains("server.allow_non_loopback = true")),
-        "no FILE: server.listen: REASON line naming the credential switch in:\n{stderr}"
+        &["server.listen", "server.allow_non_loopback = true"],
+        "FILE: server.listen: REASON line naming the credential switch",
     );
 }
 
@@ -372,15 +377,21 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
+/// `credvend.toml` in `scratch`: loopback listeners on `port` and `admin`, an STS
+/// endpoint nothing answers on, and mapping `acme-s3` for `token`.
+fn write_acme_config(scratch: &Scratch, port: u16, admin: u16, token: &str) -> PathBuf {
+    scratch.write(
+        "credvend.toml",
+        &(loopback_server_toml(port, admin)
+            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", token)),
+    )
+}
+
 #[test]
 fn serve_exits_0_on_sigterm_after_binding() {
     let scratch = Scratch::new("serve");
     let (port, admin) = free_ports();
-    let path = scratch.write(
-        "credvend.toml",
-        &(loopback_server_toml(port, admin)
-            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
-    );
+    let path = write_acme_config(&scratch, port, admin, "t");
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&path)
@@ -445,11 +456,7 @@ fn serve_names_the_listener_it_cannot_bind() {
         ("server.admin_listen", free, taken_port),
     ] {
         let scratch = Scratch::new("bind-clash");
-        let path = scratch.write(
-            "credvend.toml",
-            &(loopback_server_toml(port, admin)
-                + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
-        );
+        let path = write_acme_config(&scratch, port, admin, "t");
         let out = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&path)
@@ -488,11 +495,7 @@ async fn serve_without_base_credentials_says_so_in_the_log_readyz_status_and_the
     let scratch = Scratch::new("no-base-creds");
     let (port, admin) = free_ports();
     let token = "no-base-credentials-token";
-    let path = scratch.write(
-        "credvend.toml",
-        &(loopback_server_toml(port, admin)
-            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", token)),
-    );
+    let path = write_acme_config(&scratch, port, admin, token);
     let log = scratch.0.join("stderr.log");
     let child = Command::new(BIN)
         .args(["serve", "--config"])
@@ -610,11 +613,7 @@ fn serve_is_not_dumpable() {
 
     let scratch = Scratch::new("dumpable");
     let (port, admin) = free_ports();
-    let path = scratch.write(
-        "credvend.toml",
-        &(loopback_server_toml(port, admin)
-            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
-    );
+    let path = write_acme_config(&scratch, port, admin, "t");
     // Readable by `nobody`: owned by root, so it may be (with a warning).
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
