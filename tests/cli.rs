@@ -377,6 +377,19 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
+/// `credvend serve --config <config>` with placeholder static AWS keys and no instance
+/// metadata lookup.
+fn serve_command(config: &std::path::Path) -> Command {
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    serve
+}
+
 /// `credvend.toml` in `scratch`: loopback listeners on `port` and `admin`, an STS
 /// endpoint nothing answers on, and mapping `acme-s3` for `token`.
 fn write_acme_config(scratch: &Scratch, port: u16, admin: u16, token: &str) -> PathBuf {
@@ -392,12 +405,7 @@ fn serve_exits_0_on_sigterm_after_binding() {
     let scratch = Scratch::new("serve");
     let (port, admin) = free_ports();
     let path = write_acme_config(&scratch, port, admin, "t");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+    let mut child = serve_command(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -457,15 +465,7 @@ fn serve_names_the_listener_it_cannot_bind() {
     ] {
         let scratch = Scratch::new("bind-clash");
         let path = write_acme_config(&scratch, port, admin, "t");
-        let out = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("AWS_ACCESS_KEY_ID", "AKIATEST")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = serve_command(&path).stdin(Stdio::null()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
         let line = stderr
@@ -673,6 +673,15 @@ fn private_copy_of_the_example_filled_in() -> (Scratch, PathBuf) {
     (scratch, copy)
 }
 
+/// `credvend init --dir <dir>`.
+fn init(dir: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 /// `credvend init` writes a private, valid main file with a drop-in directory, warns
 /// that it has no mappings yet, and never overwrites.
 #[test]
@@ -680,11 +689,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new("init");
     let dir = scratch.0.join("etc");
-    let out = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = init(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(out.stdout.is_empty());
@@ -716,11 +721,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     assert!(check_err.contains("mappings: no mappings"), "{check_err}");
 
     std::fs::write(&main, "# edited\n").unwrap();
-    let again = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let again = init(&dir);
     let again_err = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(64), "{again_err}");
     assert!(
@@ -738,11 +739,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
 fn initialised_scratch(name: &str) -> (Scratch, PathBuf) {
     let scratch = Scratch::new(name);
     let dir = scratch.0.join("etc");
-    let out = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = init(&dir);
     assert!(
         out.status.success(),
         "{}",
