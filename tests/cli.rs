@@ -45,6 +45,16 @@ impl Drop for Scratch {
     }
 }
 
+/// `credvend check-config --config <config>`, with no `CREDVEND_CONFIG` inherited.
+fn check_config(config: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config)
+        .env_remove("CREDVEND_CONFIG")
+        .output()
+        .unwrap()
+}
+
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -81,12 +91,7 @@ token_sha256 = ["{shared}"]
 "#
         ),
     );
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
     let file = path.display().to_string();
@@ -131,27 +136,32 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
                  token_sha256 = [\"{token}\"]\n"
             ),
         );
-        let out = Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .env_remove("CREDVEND_CONFIG")
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         (out.status.code(), path.display().to_string(), stderr)
     };
 
-    let (code, file, stderr) = check(
+    // Refused (64) with a line naming the file and every one of `parts`.
+    let refused = |name: &str, server: &str, parts: &[&str], missing: &str| {
+        let (code, file, stderr) = check(name, server);
+        assert_eq!(code, Some(64), "stderr: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&file) && parts.iter().all(|p| l.contains(p))),
+            "no {missing} in:\n{stderr}"
+        );
+    };
+
+    refused(
         "credential-switch.toml",
         "allow_non_loopback = true\nadmin_listen = \"0.0.0.0:8902\"",
-    );
-    assert_eq!(code, Some(64), "stderr: {stderr}");
-    assert!(
-        stderr.lines().any(|l| l.contains(&file)
-            && l.contains("server.admin_listen")
-            && l.contains("0.0.0.0:8902 is not a loopback address")
-            && l.contains("server.admin_allow_non_loopback = true")),
-        "no FILE: server.admin_listen: REASON line naming the admin switch in:\n{stderr}"
+        &[
+            "server.admin_listen",
+            "0.0.0.0:8902 is not a loopback address",
+            "server.admin_allow_non_loopback = true",
+        ],
+        "FILE: server.admin_listen: REASON line naming the admin switch",
     );
 
     let (code, _, stderr) = check(
@@ -160,16 +170,11 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
     );
     assert_eq!(code, Some(0), "stderr: {stderr}");
 
-    let (code, file, stderr) = check(
+    refused(
         "admin-switch-listen.toml",
         "admin_allow_non_loopback = true\nlisten = [\"0.0.0.0:8901\"]",
-    );
-    assert_eq!(code, Some(64), "stderr: {stderr}");
-    assert!(
-        stderr.lines().any(|l| l.contains(&file)
-            && l.contains("server.listen")
-            && l.contains("server.allow_non_loopback = true")),
-        "no FILE: server.listen: REASON line naming the credential switch in:\n{stderr}"
+        &["server.listen", "server.allow_non_loopback = true"],
+        "FILE: server.listen: REASON line naming the credential switch",
     );
 }
 
@@ -178,12 +183,7 @@ fn a_non_loopback_admin_listener_needs_its_own_switch() {
 #[test]
 fn check_config_refuses_the_example_naming_its_placeholders() {
     let (_dir, example) = private_copy_of_the_example();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&example)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let out = check_config(&example);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
     let file = example.display().to_string();
@@ -207,12 +207,7 @@ fn check_config_refuses_the_example_naming_its_placeholders() {
     );
 
     let (_dir, filled_in) = private_copy_of_the_example_filled_in();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&filled_in)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let out = check_config(&filled_in);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
@@ -382,21 +377,35 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
+/// `credvend serve --config <config>` with placeholder static AWS keys and no instance
+/// metadata lookup.
+fn serve_command(config: &std::path::Path) -> Command {
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    serve
+}
+
+/// `credvend.toml` in `scratch`: loopback listeners on `port` and `admin`, an STS
+/// endpoint nothing answers on, and mapping `acme-s3` for `token`.
+fn write_acme_config(scratch: &Scratch, port: u16, admin: u16, token: &str) -> PathBuf {
+    scratch.write(
+        "credvend.toml",
+        &(loopback_server_toml(port, admin)
+            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", token)),
+    )
+}
+
 #[test]
 fn serve_exits_0_on_sigterm_after_binding() {
     let scratch = Scratch::new("serve");
     let (port, admin) = free_ports();
-    let path = scratch.write(
-        "credvend.toml",
-        &(loopback_server_toml(port, admin)
-            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
-    );
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("AWS_ACCESS_KEY_ID", "AKIATEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+    let path = write_acme_config(&scratch, port, admin, "t");
+    let mut child = serve_command(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -455,20 +464,8 @@ fn serve_names_the_listener_it_cannot_bind() {
         ("server.admin_listen", free, taken_port),
     ] {
         let scratch = Scratch::new("bind-clash");
-        let path = scratch.write(
-            "credvend.toml",
-            &(loopback_server_toml(port, admin)
-                + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", "t")),
-        );
-        let out = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("AWS_ACCESS_KEY_ID", "AKIATEST")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let path = write_acme_config(&scratch, port, admin, "t");
+        let out = serve_command(&path).stdin(Stdio::null()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
         let line = stderr
@@ -498,11 +495,7 @@ async fn serve_without_base_credentials_says_so_in_the_log_readyz_status_and_the
     let scratch = Scratch::new("no-base-creds");
     let (port, admin) = free_ports();
     let token = "no-base-credentials-token";
-    let path = scratch.write(
-        "credvend.toml",
-        &(loopback_server_toml(port, admin)
-            + &sts_and_acme_toml("http://127.0.0.1:9", "acme-external-id-0123456789", token)),
-    );
+    let path = write_acme_config(&scratch, port, admin, token);
     let log = scratch.0.join("stderr.log");
     let child = Command::new(BIN)
         .args(["serve", "--config"])
@@ -620,25 +613,7 @@ fn serve_is_not_dumpable() {
 
     let scratch = Scratch::new("dumpable");
     let (port, admin) = free_ports();
-    let path = scratch.write(
-        "credvend.toml",
-        &format!(
-            r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-admin_listen = "127.0.0.1:{admin}"
-
-[sts]
-endpoint_url = "http://127.0.0.1:9"
-
-[mappings.acme-s3]
-role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
-external_id = "acme-external-id-0123456789"
-token_sha256 = ["{}"]
-"#,
-            hash("t")
-        ),
-    );
+    let path = write_acme_config(&scratch, port, admin, "t");
     // Readable by `nobody`: owned by root, so it may be (with a warning).
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -698,6 +673,15 @@ fn private_copy_of_the_example_filled_in() -> (Scratch, PathBuf) {
     (scratch, copy)
 }
 
+/// `credvend init --dir <dir>`.
+fn init(dir: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 /// `credvend init` writes a private, valid main file with a drop-in directory, warns
 /// that it has no mappings yet, and never overwrites.
 #[test]
@@ -705,11 +689,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new("init");
     let dir = scratch.0.join("etc");
-    let out = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = init(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(out.stdout.is_empty());
@@ -728,12 +708,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     let text = std::fs::read_to_string(&main).unwrap();
     assert!(text.contains("include = [\"mappings.d/*.toml\"]"), "{text}");
 
-    let check = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&main)
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let check = check_config(&main);
     let check_err = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{check_err}");
     assert!(
@@ -746,11 +721,7 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     assert!(check_err.contains("mappings: no mappings"), "{check_err}");
 
     std::fs::write(&main, "# edited\n").unwrap();
-    let again = Command::new(BIN)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let again = init(&dir);
     let again_err = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(64), "{again_err}");
     assert!(
@@ -763,23 +734,27 @@ fn init_writes_a_private_valid_config_and_never_overwrites() {
     assert_eq!(std::fs::read_to_string(&main).unwrap(), "# edited\n");
 }
 
+/// A scratch directory with `credvend init --dir <scratch>/etc` run in it (asserted to
+/// succeed); returns the scratch (keep it alive) and that config directory.
+fn initialised_scratch(name: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(name);
+    let dir = scratch.0.join("etc");
+    let out = init(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (scratch, dir)
+}
+
 /// `credvend mapping new`: the token alone on stdout (its hash in the file), a private
 /// mapping file that passes check-config, the External ID for the customer on stderr,
 /// names and ARNs checked by the config's rules, and no file ever overwritten.
 #[test]
 fn mapping_new_writes_a_mapping_that_passes_check_config() {
     use std::os::unix::fs::PermissionsExt;
-    let scratch = Scratch::new("mapping-new");
-    let dir = scratch.0.join("etc");
-    assert!(
-        Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    let (_scratch, dir) = initialised_scratch("mapping-new");
     let new = |name: &str, role: &str, extra: &[&str]| {
         let out = Command::new(BIN)
             .args(["mapping", "new", name, "--role-arn", role, "--dir"])
@@ -839,12 +814,7 @@ fn mapping_new_writes_a_mapping_that_passes_check_config() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("never against real AWS"), "{stderr}");
 
-    let check = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(dir.join("credvend.toml"))
-        .env_remove("CREDVEND_CONFIG")
-        .output()
-        .unwrap();
+    let check = check_config(dir.join("credvend.toml"));
     let summary = String::from_utf8_lossy(&check.stdout);
     let check_err = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{check_err}");
@@ -892,17 +862,7 @@ fn mapping_new_writes_a_mapping_that_passes_check_config() {
 /// found.
 #[test]
 fn mapping_new_removes_its_file_when_the_config_rejects_it() {
-    let scratch = Scratch::new("mapping-new-dup");
-    let dir = scratch.0.join("etc");
-    assert!(
-        Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    let (_scratch, dir) = initialised_scratch("mapping-new-dup");
     let main = dir.join("credvend.toml");
     let mut text = std::fs::read_to_string(&main).unwrap();
     text.push_str(&format!(

@@ -203,13 +203,9 @@ async fn mapping_is_resolved_from_the_token_and_query_strings_are_ignored() {
     d.stop().await;
 }
 
+#[track_caller]
 fn assert_error(r: &support::http::RawResponse, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.body);
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let body = r.json();
-    assert_eq!(body["code"], code, "{}", r.body);
-    assert_eq!(body["Code"], code);
-    assert_eq!(body["message"], body["Message"]);
+    let body = support::http::assert_json_error_shape(r, status, code);
     assert!(!body["message"].as_str().unwrap().is_empty());
     let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 4, "exactly code, message, Code, Message");
@@ -306,11 +302,7 @@ async fn errors_have_documented_statuses_codes_and_bodies() {
     assert_error(&r, 405, "MethodNotAllowed");
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 
-    assert_eq!(
-        sts.assume_role_calls().len(),
-        1,
-        "only the first 200 reached STS; nothing refused did"
-    );
+    sts.assert_assume_role_calls(1, "only the first 200 reached STS; nothing refused did");
     d.stop().await;
 }
 

@@ -52,6 +52,14 @@ async fn start_acme_on(role: Role) -> (FakeSts, TestDaemon, String) {
     (sts, d, token)
 }
 
+/// The credential path of mapping `acme-s3`.
+const ACME_PATH: &str = "/v1/credentials/acme-s3";
+
+/// `GET` [`ACME_PATH`] from `d` with `token`.
+async fn get_acme(d: &TestDaemon, token: &str) -> RawResponse {
+    get_with_token(d.addr, ACME_PATH, token).await
+}
+
 fn acme(token: &str) -> Mapping {
     mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), token)
 }
@@ -251,23 +259,22 @@ async fn throttling_storm_stays_within_the_sts_budget_and_cold_misses_go_first()
 #[tokio::test]
 async fn five_xx_flaps_never_reach_clients_that_have_a_credential() {
     let (sts, d, token) = start_acme_on(acme_role()).await;
-    let path = "/v1/credentials/acme-s3";
 
     // Cold: a 5xx is a 503 with Retry-After; requests inside the retry backoff (1 s
     // after a first failure) get the same without an STS call; after it, served.
     sts.push_fault(Fault::ServiceUnavailable);
-    let r = get_with_token(d.addr, path, &token).await;
+    let r = get_acme(&d, &token).await;
     assert_unavailable(&r);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(sts.faults_fired(), vec![Fault::ServiceUnavailable]);
-    assert_unavailable(&get_with_token(d.addr, path, &token).await);
+    assert_unavailable(&get_acme(&d, &token).await);
     assert_eq!(
         sts.assume_role_calls().len(),
         1,
         "a call inside the backoff"
     );
     d.clock.advance(Duration::from_secs(1));
-    let first = get_with_token(d.addr, path, &token).await;
+    let first = get_acme(&d, &token).await;
     assert_eq!(first.status, 200, "{}", first.body);
 
     let flaps = [
@@ -285,13 +292,13 @@ async fn five_xx_flaps_never_reach_clients_that_have_a_credential() {
         assert_eq!(settle(&d, "acme-s3").await, MappingState::Degraded);
         expected.push(fault.clone());
         assert_eq!(sts.faults_fired(), expected, "one attempt per clock step");
-        let r = get_with_token(d.addr, path, &token).await;
+        let r = get_acme(&d, &token).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(key(&r), key(&first));
         d.clock.advance(MIN);
     }
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Fresh);
-    let r = get_with_token(d.addr, path, &token).await;
+    let r = get_acme(&d, &token).await;
     assert_eq!(r.status, 200);
     assert_ne!(key(&r), key(&first));
     assert_eq!(sts.faults_fired(), expected);
@@ -315,13 +322,12 @@ async fn latency_spikes_below_the_call_timeout_are_invisible_to_cached_clients()
     })
     .await;
     sts.add_role(acme_role());
-    let path = "/v1/credentials/acme-s3";
 
     // A cold miss waits out a spike shorter than cold_wait and is served fresh.
     let spike = Duration::from_millis(500);
     sts.push_fault(Fault::Latency(spike));
     let started = Instant::now();
-    let first = get_with_token(d.addr, path, &token).await;
+    let first = get_acme(&d, &token).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert!(started.elapsed() >= spike, "the spike was not waited out");
     assert_eq!(sts.faults_fired(), vec![Fault::Latency(spike)]);
@@ -332,7 +338,7 @@ async fn latency_spikes_below_the_call_timeout_are_invisible_to_cached_clients()
     d.clock.advance(26 * MIN);
     hold.wait_held(1).await;
     assert_eq!(status_of(&d, "acme-s3").state, MappingState::Refreshing);
-    let clients = spawn_gets(d.addr, path, &token, 20);
+    let clients = spawn_gets(d.addr, ACME_PATH, &token, 20);
     // STS stays held however long this takes: a client that waited on the refresh
     // would never be answered (the bound is for a loaded machine, not a timing claim).
     let answered = tokio::time::timeout(Duration::from_secs(20), async {
@@ -358,7 +364,7 @@ async fn latency_spikes_below_the_call_timeout_are_invisible_to_cached_clients()
     );
     hold.release();
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Fresh);
-    let refreshed = get_with_token(d.addr, path, &token).await;
+    let refreshed = get_acme(&d, &token).await;
     assert_ne!(key(&refreshed), key(&first));
     let calls = sts.assume_role_calls();
     assert_eq!(calls.len(), 2);
@@ -384,8 +390,7 @@ async fn an_sts_hang_times_out_at_call_timeout_then_serves_degraded() {
     sts.add_role(Role::new(role_arn("beta"), TrustRule::NoExternalIdRequired));
     let acme_arn = role_arn("vendor-sync");
     let beta_arn = role_arn("beta");
-    let path = "/v1/credentials/acme-s3";
-    let first = get_with_token(d.addr, path, &acme_token).await;
+    let first = get_with_token(d.addr, ACME_PATH, &acme_token).await;
     assert_eq!(first.status, 200);
 
     sts.set_persistent_fault(Some(Fault::Hang));
@@ -397,7 +402,7 @@ async fn an_sts_hang_times_out_at_call_timeout_then_serves_degraded() {
     // Degraded serving goes on below min_remaining (40 min in, 20 left); the retry the
     // step made due hangs and times out too.
     d.clock.advance(15 * MIN);
-    let r = get_with_token(d.addr, path, &acme_token).await;
+    let r = get_with_token(d.addr, ACME_PATH, &acme_token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(key(&r), key(&first));
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Degraded);
@@ -419,7 +424,7 @@ async fn an_sts_hang_times_out_at_call_timeout_then_serves_degraded() {
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Fresh);
     assert_eq!(settle(&d, "beta-s3").await, MappingState::Fresh);
     assert_ne!(
-        key(&get_with_token(d.addr, path, &acme_token).await),
+        key(&get_with_token(d.addr, ACME_PATH, &acme_token).await),
         key(&first)
     );
     assert_eq!(sts.faults_fired(), vec![Fault::Hang; 3]);
@@ -430,16 +435,15 @@ async fn an_sts_hang_times_out_at_call_timeout_then_serves_degraded() {
 #[tokio::test]
 async fn malformed_xml_is_a_transient_failure_not_a_denial() {
     let (sts, d, token) = start_acme_on(acme_role()).await;
-    let path = "/v1/credentials/acme-s3";
 
     sts.push_fault(Fault::MalformedXml);
-    assert_unavailable(&get_with_token(d.addr, path, &token).await);
+    assert_unavailable(&get_acme(&d, &token).await);
     assert_eq!(sts.faults_fired(), vec![Fault::MalformedXml]);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     assert_eq!(last_error_code(&d, "acme-s3"), "MalformedResponse");
     // After the retry backoff (1 s after a first failure), served.
     d.clock.advance(Duration::from_secs(1));
-    let first = get_with_token(d.addr, path, &token).await;
+    let first = get_acme(&d, &token).await;
     assert_eq!(first.status, 200, "{}", first.body);
 
     // On refresh: the credential is kept and served; the retry succeeds.
@@ -448,10 +452,7 @@ async fn malformed_xml_is_a_transient_failure_not_a_denial() {
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Degraded);
     assert_eq!(sts.faults_fired(), vec![Fault::MalformedXml; 2]);
     assert_eq!(last_error_code(&d, "acme-s3"), "MalformedResponse");
-    assert_eq!(
-        key(&get_with_token(d.addr, path, &token).await),
-        key(&first)
-    );
+    assert_eq!(key(&get_acme(&d, &token).await), key(&first));
     d.clock.advance(MIN);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Fresh);
     assert_eq!(sts.faults_fired(), vec![Fault::MalformedXml; 2]);
@@ -473,10 +474,9 @@ async fn malformed_xml_is_a_transient_failure_not_a_denial() {
 #[tokio::test]
 async fn expired_base_token_is_re_resolved_once_then_succeeds() {
     let (sts, d, token) = start_acme_on(acme_role()).await;
-    let path = "/v1/credentials/acme-s3";
 
     sts.push_fault(Fault::ExpiredToken);
-    let r = get_with_token(d.addr, path, &token).await;
+    let r = get_acme(&d, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(sts.faults_fired(), vec![Fault::ExpiredToken]);
     let calls = sts.assume_role_calls();
@@ -498,7 +498,7 @@ async fn expired_base_token_is_re_resolved_once_then_succeeds() {
     sts.assert_no_pending_faults();
     assert_eq!(sts.assume_role_calls().len(), 4);
     assert_eq!(last_error_code(&d, "acme-s3"), "ExpiredToken");
-    let again = get_with_token(d.addr, path, &token).await;
+    let again = get_acme(&d, &token).await;
     assert_eq!(again.status, 200);
     assert_eq!(key(&again), key(&r));
     d.stop().await;
@@ -520,8 +520,7 @@ fn one_more_failure(sts: &FakeSts, failed: &mut usize) {
 #[tokio::test]
 async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers() {
     let (sts, d, token) = start_acme_on(acme_role()).await;
-    let path = "/v1/credentials/acme-s3";
-    let first = get_with_token(d.addr, path, &token).await;
+    let first = get_acme(&d, &token).await;
     let expiry = expiration(&first);
 
     sts.set_persistent_fault(Some(Fault::ServiceUnavailable));
@@ -536,7 +535,7 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
         d.clock.advance(MIN);
         assert_eq!(settle(&d, "acme-s3").await, MappingState::Degraded);
         one_more_failure(&sts, &mut failed);
-        let r = get_with_token(d.addr, path, &token).await;
+        let r = get_acme(&d, &token).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(key(&r), key(&first));
         assert!(expiration(&r).duration_since(d.clock.now()).unwrap() > MIN);
@@ -548,7 +547,7 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
     assert_eq!(expiry.duration_since(d.clock.now()).unwrap(), MIN);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     one_more_failure(&sts, &mut failed);
-    assert_unavailable(&get_with_token(d.addr, path, &token).await);
+    assert_unavailable(&get_acme(&d, &token).await);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     assert_eq!(
         sts.assume_role_calls().len(),
@@ -558,7 +557,7 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
     d.clock.advance(2 * MIN);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     one_more_failure(&sts, &mut failed);
-    assert_unavailable(&get_with_token(d.addr, path, &token).await);
+    assert_unavailable(&get_acme(&d, &token).await);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Empty);
     assert_eq!(
         sts.assume_role_calls().len(),
@@ -572,7 +571,7 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
     d.clock.advance(MIN);
     assert_eq!(settle(&d, "acme-s3").await, MappingState::Fresh);
     assert_eq!(sts.assume_role_calls().len(), calls + 1);
-    let r = get_with_token(d.addr, path, &token).await;
+    let r = get_acme(&d, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_ne!(key(&r), key(&first));
     assert!(expiration(&r).duration_since(d.clock.now()).unwrap() >= 20 * MIN);
@@ -583,9 +582,8 @@ async fn an_outage_across_expiry_serves_until_the_margin_then_503_then_recovers(
 #[tokio::test]
 async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop() {
     let (sts, d, token) = start_acme_on(acme_role().lifetime(10 * MIN)).await;
-    let path = "/v1/credentials/acme-s3";
 
-    let first = get_with_token(d.addr, path, &token).await;
+    let first = get_acme(&d, &token).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(
         expiration(&first).duration_since(d.clock.now()).unwrap(),
@@ -599,10 +597,7 @@ async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop(
         1,
         "refreshed before half its life"
     );
-    assert_eq!(
-        key(&get_with_token(d.addr, path, &token).await),
-        key(&first)
-    );
+    assert_eq!(key(&get_acme(&d, &token).await), key(&first));
 
     // Half an hour in one-minute steps: a refresh every five minutes (at minutes 5, 10,
     // ..., 30), every served credential comfortably inside its life.
@@ -614,7 +609,7 @@ async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop(
             1 + minute / 5,
             "STS calls by minute {minute}"
         );
-        let r = get_with_token(d.addr, path, &token).await;
+        let r = get_acme(&d, &token).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(expiration(&r).duration_since(d.clock.now()).unwrap() >= 4 * MIN);
     }
@@ -625,11 +620,10 @@ async fn a_short_credential_is_served_and_refreshed_at_half_life_without_a_loop(
 #[tokio::test]
 async fn a_clock_jump_past_expiry_never_serves_the_expired_credential() {
     let (sts, d, token) = start_acme_on(acme_role()).await;
-    let path = "/v1/credentials/acme-s3";
-    let first = get_with_token(d.addr, path, &token).await;
+    let first = get_acme(&d, &token).await;
 
     d.clock.advance(2 * 60 * MIN);
-    let r = get_with_token(d.addr, path, &token).await;
+    let r = get_acme(&d, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_ne!(key(&r), key(&first));
     assert!(expiration(&r).duration_since(d.clock.now()).unwrap() >= 20 * MIN);

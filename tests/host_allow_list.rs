@@ -135,11 +135,7 @@ async fn configured_allowed_hosts_are_accepted_and_other_hosts_refused() {
         refused.len() as f64,
         "each refusal counted as invalid_host"
     );
-    assert_eq!(
-        sts.assume_role_calls().len(),
-        calls,
-        "refused requests never reach STS"
-    );
+    sts.assert_assume_role_calls(calls, "refused requests never reach STS");
     d.stop().await;
 }
 
@@ -278,11 +274,7 @@ async fn an_absolute_uri_request_target_stands_in_for_a_missing_host() {
     )
     .await;
     assert_invalid_host(&http10, "HTTP/1.0 without Host");
-    assert_eq!(
-        sts.assume_role_calls().len(),
-        calls,
-        "refused requests never reach STS"
-    );
+    sts.assert_assume_role_calls(calls, "refused requests never reach STS");
     d.stop().await;
 }
 

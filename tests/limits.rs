@@ -155,13 +155,9 @@ fn assert_answer_status(answer: &[u8], status: u16) {
     );
 }
 
+#[track_caller]
 fn assert_json_error(r: &RawResponse, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.body);
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let body = r.json();
-    assert_eq!(body["code"], code, "{}", r.body);
-    assert_eq!(body["Code"], code);
-    assert_eq!(body["message"], body["Message"]);
+    let body = support::http::assert_json_error_shape(r, status, code);
     assert_eq!(body.as_object().unwrap().len(), 4);
 }
 
@@ -299,7 +295,7 @@ async fn a_uri_over_the_limit_gets_414_json_on_both_listeners() {
     )
     .await;
     assert_json_error(&r, 414, "UriTooLong");
-    assert_eq!(sts.assume_role_calls().len(), 0, "refused before the cache");
+    sts.assert_assume_role_calls(0, "refused before the cache");
 
     // Just inside the limit is an ordinary request (the query string is ignored).
     let inside = format!(
@@ -339,7 +335,7 @@ async fn requests_with_a_body_are_refused_without_reading_it() {
         assert_eq!(body["code"], "BodyNotAllowed");
         assert_eq!(body["Code"], "BodyNotAllowed");
     }
-    assert_eq!(sts.assume_role_calls().len(), 0, "refused before the cache");
+    sts.assert_assume_role_calls(0, "refused before the cache");
 
     // An explicit empty body is no body.
     let (status, _, body) = parse(
@@ -526,11 +522,7 @@ async fn random_bytes_on_some_connections_do_not_disturb_other_clients() {
         }
     }
     assert_eq!(get_with_token(d.addr, PATH, &token).await.status, 200);
-    assert_eq!(
-        sts.assume_role_calls().len(),
-        1,
-        "garbage never reached STS"
-    );
+    sts.assert_assume_role_calls(1, "garbage never reached STS");
     d.stop().await;
 }
 

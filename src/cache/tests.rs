@@ -48,6 +48,11 @@ fn test_credentials(access_key_id: String, expiration: std::time::SystemTime) ->
     }
 }
 
+/// What [`RoleAssumer::assume_role`] returns, spelled once for the test assumers.
+type AssumeFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
+>;
+
 /// A RoleAssumer that follows a script, then keeps issuing 1 h credentials.
 struct Scripted {
     clock: ManualClock,
@@ -75,12 +80,7 @@ impl Scripted {
 }
 
 impl RoleAssumer for Scripted {
-    fn assume_role<'a>(
-        &'a self,
-        input: &'a AssumeRoleInput,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
-    > {
+    fn assume_role<'a>(&'a self, input: &'a AssumeRoleInput) -> AssumeFuture<'a> {
         Box::pin(async move {
             let n = record_call(&self.calls, input);
             let step = self
@@ -552,13 +552,25 @@ impl Gated {
     }
 }
 
+impl Gated {
+    /// [`Gated::wait_until`] exactly one call is inside AssumeRole.
+    async fn wait_one_in_flight(&self, what: &str) {
+        self.wait_until(what, |s| s.in_flight() == 1).await;
+    }
+}
+
+/// `cache.get(name)` on a task of its own, so the test can act while it waits.
+fn spawn_get(
+    cache: &CredentialCache,
+    name: &str,
+) -> tokio::task::JoinHandle<Result<Vended, VendError>> {
+    let cache = cache.clone();
+    let name = name.to_owned();
+    tokio::spawn(async move { cache.get(&name).await })
+}
+
 impl RoleAssumer for Gated {
-    fn assume_role<'a>(
-        &'a self,
-        input: &'a AssumeRoleInput,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
-    > {
+    fn assume_role<'a>(&'a self, input: &'a AssumeRoleInput) -> AssumeFuture<'a> {
         Box::pin(async move {
             let n = record_call(&self.calls, input);
             let inside = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -585,6 +597,15 @@ impl RoleAssumer for Gated {
     }
 }
 
+/// Mapping `m` on role `role-<which>` (External ID `external-id-<which>`, token `t1`),
+/// its External ID enforcement in warn mode.
+fn warn_m(which: &str) -> Mapping {
+    let external_id = format!("external-id-{which}");
+    let mut m = mapping("m", &format!("role-{which}"), Some(&external_id), "t1");
+    m.external_id_enforcement = EnforcementMode::Warn;
+    m
+}
+
 /// A started cache for `mappings` (with a `cold_wait` no test here runs into), whose
 /// metrics know the mappings, as the daemon sets them up.
 fn gated_cache(
@@ -598,6 +619,22 @@ fn gated_cache(
     let cache = CredentialCache::new(&cfg, sts.clone(), Arc::new(clock.clone()), metrics.clone());
     cache.start();
     cache
+}
+
+/// A manual clock, a gated STS, metrics, and a [`gated_cache`] for `mappings` on them.
+fn gated_start(
+    mappings: Vec<Mapping>,
+) -> (
+    ManualClock,
+    Arc<Gated>,
+    Arc<crate::metrics::Metrics>,
+    CredentialCache,
+) {
+    let clock = ManualClock::starting_now();
+    let sts = Gated::new(&clock);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let cache = gated_cache(&clock, &sts, &metrics, mappings);
+    (clock, sts, metrics, cache)
 }
 
 /// A gated STS and a started cache of 200 mappings `<prefix>000` … `<prefix>199`, each
@@ -688,14 +725,9 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
         ],
     );
     let removed = key_of(&cache, "m");
-    let request = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.get("m").await }
-    });
-    sts.wait_until("the fetch for m is inside AssumeRole", |s| {
-        s.in_flight() == 1
-    })
-    .await;
+    let request = spawn_get(&cache, "m");
+    sts.wait_one_in_flight("the fetch for m is inside AssumeRole")
+        .await;
     assert_eq!(state(&cache, "m"), MappingState::Fetching);
 
     reload(&cache, &metrics, vec![other]);
@@ -737,28 +769,17 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
 /// show up as the new mapping's `credvend_external_id_enforced`.
 #[tokio::test]
 async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone() {
-    let clock = ManualClock::starting_now();
-    let sts = Gated::new(&clock);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
-    old.external_id_enforcement = EnforcementMode::Warn;
-    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
-    let request = tokio::spawn({
-        let cache = cache.clone();
-        async move { cache.get("m").await }
-    });
-    sts.wait_until("the first enforcement probe is inside AssumeRole", |s| {
-        s.in_flight() == 1
-    })
-    .await;
+    let request = spawn_get(&cache, "m");
+    sts.wait_one_in_flight("the first enforcement probe is inside AssumeRole")
+        .await;
     assert_eq!(
         sts.calls.lock().unwrap()[0].session_name,
         verify::PROBE_SESSION_NAME
     );
 
-    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
-    new.external_id_enforcement = EnforcementMode::Warn;
+    let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
     let new_key = key_of(&cache, "m");
     assert_ne!(new_key, old_key);
@@ -810,26 +831,18 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 /// the mapping's `credvend_external_id_enforced`.
 #[tokio::test]
 async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_nothing() {
-    let clock = ManualClock::starting_now();
-    let sts = Gated::new(&clock);
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
-    old.external_id_enforcement = EnforcementMode::Warn;
-    let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
+    let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
     let old_table = cache.mapping_table();
-    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
-    new.external_id_enforcement = EnforcementMode::Warn;
+    let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
 
     let request = tokio::spawn({
         let cache = cache.clone();
         async move { cache.get_in(&old_table, "m").await }
     });
-    sts.wait_until("the old role's first probe is inside AssumeRole", |s| {
-        s.in_flight() == 1
-    })
-    .await;
+    sts.wait_one_in_flight("the old role's first probe is inside AssumeRole")
+        .await;
     assert!(
         cache.inner.lock_slots().contains_key(&old_key),
         "the old generation's request registered its fetch in a slot of the old key"
@@ -973,8 +986,7 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     let sts = Gated::new(&clock);
     sts.open();
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut old = mapping("m", "role-old", Some("external-id-old"), "t1");
-    old.external_id_enforcement = EnforcementMode::Warn;
+    let old = warn_m("old");
     let cache = gated_cache(&clock, &sts, &metrics, vec![old]);
     cache.get("m").await.expect("vends");
     let scrape = || {
@@ -983,8 +995,7 @@ async fn a_mapping_given_another_role_does_not_keep_the_old_roles_enforcement_ga
     };
     assert_eq!(scrape().as_deref(), Some("1"), "the old role was checked");
 
-    let mut new = mapping("m", "role-new", Some("external-id-new"), "t1");
-    new.external_id_enforcement = EnforcementMode::Warn;
+    let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
     assert_eq!(cache.status()[0].enforcement, EnforcementStatus::Unknown);
     assert_eq!(
@@ -1028,6 +1039,17 @@ fn cold_waiting(cache: &CredentialCache) -> usize {
     cold
 }
 
+/// Takes every STS concurrency permit of `cache`, so no AssumeRole starts until the
+/// returned permit is dropped.
+async fn hold_every_sts_permit(cache: &CredentialCache) -> tokio::sync::SemaphorePermit<'_> {
+    cache
+        .inner
+        .sts_calls
+        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
+        .await
+        .unwrap()
+}
+
 /// Waits until `get` is blocked before its first STS call (an STS call waiting) or has
 /// made one, and returns the number of STS calls made by then.
 async fn first_call_or_blocked(cache: &CredentialCache, assumer: &Scripted) -> usize {
@@ -1050,16 +1072,8 @@ async fn enforcement_probes_wait_for_a_concurrency_permit() {
     let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
     let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
     let (cache, _) = limited_cache(&clock, assumer.clone(), 1000, vec![require("m")]);
-    let held = cache
-        .inner
-        .sts_calls
-        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
-        .await
-        .unwrap();
-    let request = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("m").await })
-    };
+    let held = hold_every_sts_permit(&cache).await;
+    let request = spawn_get(&cache, "m");
     assert_eq!(
         first_call_or_blocked(&cache, &assumer).await,
         0,
@@ -1095,10 +1109,7 @@ async fn enforcement_probes_wait_for_the_sts_budget() {
         .budget
         .acquire(Priority::Cold, &key_of(&cache, "m"))
         .await;
-    let request = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("m").await })
-    };
+    let request = spawn_get(&cache, "m");
     assert_eq!(
         first_call_or_blocked(&cache, &assumer).await,
         0,
@@ -1124,16 +1135,8 @@ async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
         1000,
         vec![mapping("m", "r", None, "t")],
     );
-    let held = cache
-        .inner
-        .sts_calls
-        .acquire_many(MAX_CONCURRENT_STS_CALLS as u32)
-        .await
-        .unwrap();
-    let request = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("m").await })
-    };
+    let held = hold_every_sts_permit(&cache).await;
+    let request = spawn_get(&cache, "m");
     assert_eq!(first_call_or_blocked(&cache, &assumer).await, 0);
     let hold = Duration::from_secs(2);
     let held_since = std::time::Instant::now();

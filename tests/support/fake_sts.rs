@@ -364,6 +364,13 @@ impl FakeSts {
             .collect()
     }
 
+    /// Panics (at the caller, with `why`) unless exactly `expected` AssumeRole calls
+    /// have arrived so far.
+    #[track_caller]
+    pub fn assert_assume_role_calls(&self, expected: usize, why: &str) {
+        assert_eq!(self.assume_role_calls().len(), expected, "{why}");
+    }
+
     /// The faults that shaped answers so far, in order.
     pub fn faults_fired(&self) -> Vec<Fault> {
         self.state()

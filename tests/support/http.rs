@@ -126,3 +126,17 @@ fn parse(raw: Vec<u8>) -> RawResponse {
         raw,
     }
 }
+
+/// The checks every JSON error answer passes: `status`, `application/json`, `code` and
+/// `Code` both `code`, `message` equal to `Message`. Returns the parsed body for the
+/// caller's further checks.
+#[track_caller]
+pub fn assert_json_error_shape(r: &RawResponse, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let body = r.json();
+    assert_eq!(body["code"], code, "{}", r.body);
+    assert_eq!(body["Code"], code);
+    assert_eq!(body["message"], body["Message"]);
+    body
+}
