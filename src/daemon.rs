@@ -110,7 +110,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(config: &Config, assumer: Arc<dyn RoleAssumer>, clock: Arc<dyn Clock>) -> Self {
-        let metrics = new_metrics(config);
+        let metrics = new_metrics(config, clock.clone());
         let started_at = clock.now();
         // The start-up load counts as the first: it was applied.
         metrics.config_last_reload(true, started_at);
@@ -146,6 +146,7 @@ impl Daemon {
         // and the cache starts fetching new mappings as soon as it has the config.
         self.metrics
             .sync_mappings(config.mappings.keys().map(String::as_str));
+        self.metrics.configure(config.metrics);
         let mappings = self.cache.apply_config(config);
         self.serving
             .store(Arc::new(Generation { access, mappings }));
@@ -340,9 +341,10 @@ fn admin_hosts(config: &Config) -> HostAllowList {
     )
 }
 
-/// The metric set of a daemon starting with `config`: every mapping registered.
-fn new_metrics(config: &Config) -> Arc<Metrics> {
-    let metrics = Metrics::new();
+/// The metric set of a daemon starting with `config`: every mapping registered, the
+/// `[metrics]` section applied, activity timed on the daemon's `clock`.
+fn new_metrics(config: &Config, clock: Arc<dyn Clock>) -> Arc<Metrics> {
+    let metrics = Metrics::configured(config.metrics, clock);
     metrics.sync_mappings(config.mappings.keys().map(String::as_str));
     Arc::new(metrics)
 }

@@ -16,6 +16,29 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// `per_mapping = "all"`: every mapping has its series, busy or idle, as before
+/// `[metrics]` existed. The tests here pin that output; tests/metrics_scale.rs pins
+/// `active` (the default) and `none`.
+fn all_series(mut config: credvend::config::Config) -> credvend::config::Config {
+    config.metrics.per_mapping = credvend::config::PerMappingSeries::All;
+    config
+}
+
+/// `daemon::start_acme` under `per_mapping = "all"`.
+async fn start_acme_all() -> (support::fake_sts::FakeSts, daemon::TestDaemon, String) {
+    let token = token("acme");
+    let (sts, d) = daemon::start_with_sts_and(
+        vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &token)],
+        |c| *c = all_series(c.clone()),
+    )
+    .await;
+    sts.add_role(support::fake_sts::Role::new(
+        daemon::role_arn("vendor-sync"),
+        support::fake_sts::TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    (sts, d, token)
+}
+
 async fn scrape(admin: std::net::SocketAddr) -> String {
     let r = request(admin, "GET", "/metrics", &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -28,7 +51,7 @@ async fn scrape(admin: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn metrics_are_served_in_text_format_with_build_info_and_mappings() {
-    let (_sts, d, _token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (_sts, d, _token) = start_acme_all().await;
 
     let text = scrape(d.admin).await;
     assert_eq!(
@@ -147,19 +170,22 @@ async fn a_vend_shows_up_as_state_and_expiry_and_no_secret_reaches_metrics() {
 #[tokio::test]
 async fn a_reload_that_removes_a_mapping_removes_its_series() {
     let (a, b) = (token("a"), token("b"));
-    let (sts, d) = daemon::start_with_sts(vec![
-        mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &a),
-        mapping("beta-s3", "vendor-sync", Some(EXTERNAL_ID), &b),
-    ])
+    let (sts, d) = daemon::start_with_sts_and(
+        vec![
+            mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &a),
+            mapping("beta-s3", "vendor-sync", Some(EXTERNAL_ID), &b),
+        ],
+        |c| *c = all_series(c.clone()),
+    )
     .await;
     let text = scrape(d.admin).await;
     assert!(text.contains(r#"mapping="beta-s3""#), "{text}");
     assert_eq!(value(&text, "credvend_mappings"), Some(2.0));
 
-    d.daemon.apply_config(&config(
+    d.daemon.apply_config(&all_series(config(
         &sts.endpoint_url(),
         vec![mapping("acme-s3", "vendor-sync", Some(EXTERNAL_ID), &a)],
-    ));
+    )));
     let text = scrape(d.admin).await;
     assert!(!text.contains("beta-s3"), "{text}");
     assert!(text.contains(r#"mapping="acme-s3""#), "{text}");
@@ -267,7 +293,8 @@ async fn the_enforcement_gauge_follows_a_reload_that_changes_the_role() {
         m.external_id_enforcement = credvend::config::EnforcementMode::Warn;
         m
     };
-    let (sts, d) = daemon::start_with_sts(vec![m("enforcing")]).await;
+    let (sts, d) =
+        daemon::start_with_sts_and(vec![m("enforcing")], |c| *c = all_series(c.clone())).await;
     sts.add_role(Role::new(
         daemon::role_arn("enforcing"),
         TrustRule::RequireExternalId(EXTERNAL_ID.into()),
@@ -278,7 +305,7 @@ async fn the_enforcement_gauge_follows_a_reload_that_changes_the_role() {
     ));
     let reload = |role: &str| {
         d.daemon
-            .apply_config(&config(&sts.endpoint_url(), vec![m(role)]))
+            .apply_config(&all_series(config(&sts.endpoint_url(), vec![m(role)])))
     };
     let get = || support::http::get_with_token(d.addr, "/v1/credentials/m", &t);
     // What the gauge holds now (what events set), and what `GET /metrics` shows (which

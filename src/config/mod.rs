@@ -66,6 +66,7 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub verify: VerifyConfig,
     pub reload: ReloadConfig,
+    pub metrics: MetricsConfig,
     /// Mappings by name, resolved (External ID read from its file, defaults applied).
     pub mappings: BTreeMap<String, Mapping>,
     /// Non-fatal findings (e.g. min_remaining under 15 min, world-readable files), one
@@ -164,6 +165,68 @@ pub struct ReloadConfig {
     /// (about half a second after it). Default true. SIGHUP reloads either way. A
     /// reload applies a new value: `false` stops the watch, `true` starts it.
     pub watch: bool,
+}
+
+/// `[metrics]`: which mappings have series of their own on `/metrics` (docs/metrics.md,
+/// "Which mappings have series"). A reload applies new values at the next scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Default [`PerMappingSeries::Active`].
+    pub per_mapping: PerMappingSeries,
+    /// How long a mapping keeps its series after it last served a credential or last
+    /// failed. Default 1 h.
+    pub active_window: Duration,
+}
+
+/// `[metrics] per_mapping`; deserializes from its spelling ([`PerMappingSeries::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum PerMappingSeries {
+    /// Only mappings that matter now: served or failed within `active_window`, or
+    /// failed, degraded or unsafe.
+    Active,
+    /// Every configured mapping (the output of earlier versions; ~1.7 KB per mapping).
+    All,
+    /// No series with a `mapping` label at all: the fleet totals only.
+    None,
+}
+
+impl PerMappingSeries {
+    /// The config-file spelling: `active`, `all` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerMappingSeries::Active => "active",
+            PerMappingSeries::All => "all",
+            PerMappingSeries::None => "none",
+        }
+    }
+}
+
+impl TryFrom<String> for PerMappingSeries {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<PerMappingSeries, String> {
+        [
+            PerMappingSeries::Active,
+            PerMappingSeries::All,
+            PerMappingSeries::None,
+        ]
+        .into_iter()
+        .find(|mode| mode.as_str() == value)
+        .ok_or_else(|| {
+            format!("`{value}` is not a per_mapping mode; use \"active\", \"all\" or \"none\"")
+        })
+    }
+}
+
+impl Default for MetricsConfig {
+    /// The documented defaults: `per_mapping = "active"`, `active_window = "1h"`.
+    fn default() -> Self {
+        Self {
+            per_mapping: PerMappingSeries::Active,
+            active_window: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// One mapping, resolved: every default applied, External ID loaded.

@@ -16,12 +16,12 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-use super::EnforcementMode;
+use super::{EnforcementMode, PerMappingSeries};
 use crate::aws_names::{Region, RoleArn, SessionName, SourceIdentity};
 
 /// Keys allowed at the top level of the main file.
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
-    "include", "server", "log", "sts", "refresh", "verify", "reload", "mappings",
+    "include", "server", "log", "sts", "refresh", "verify", "reload", "metrics", "mappings",
 ];
 
 /// `[server]`
@@ -83,6 +83,14 @@ pub(super) struct RawVerify {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawReload {
     pub watch: Option<bool>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub per_mapping: Option<PerMappingSeries>,
+    pub active_window: Option<DurationStr>,
 }
 
 /// `[mappings.NAME]`

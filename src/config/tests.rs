@@ -141,6 +141,8 @@ fn defaults_are_applied() {
         Duration::from_secs(24 * 3600)
     );
     assert!(config.reload.watch);
+    assert_eq!(config.metrics.per_mapping, PerMappingSeries::Active);
+    assert_eq!(config.metrics.active_window, Duration::from_secs(3600));
 
     let m = &config.mappings["acme"];
     assert_eq!(m.name, "acme");
@@ -377,6 +379,11 @@ fn each_validation_rule_rejects_a_bad_value() {
         ("", vec![("prefetch", "\"yes\"")], format!("{m}.prefetch"), "invalid type"),
         ("[reload]\nwatch = \"no\"", vec![], "reload.watch".into(), "invalid type"),
         ("[reload]\nwatche = false", vec![], "reload.watche".into(), "unknown key"),
+        // Metrics
+        ("[metrics]\nper_mapping = \"some\"", vec![], "metrics.per_mapping".into(), "\"active\", \"all\" or \"none\""),
+        ("[metrics]\nactive_window = \"30s\"", vec![], "metrics.active_window".into(), "shorter than 1m"),
+        ("[metrics]\nactive_window = \"soon\"", vec![], "metrics.active_window".into(), "duration"),
+        ("[metrics]\nper_mappings = \"all\"", vec![], "metrics.per_mappings".into(), "unknown key"),
     ];
     for (top, overrides, key, fragment) in cases {
         let mut overrides = overrides;
@@ -388,6 +395,28 @@ fn each_validation_rule_rejects_a_bad_value() {
         assert_problem(&found, &key, fragment);
         let shown = ConfigError { problems: found }.to_string();
         assert!(!shown.contains(CANARY), "External ID leaked:\n{shown}");
+    }
+}
+
+#[test]
+fn the_metrics_section_sets_per_mapping_and_the_window() {
+    for (mode, expected) in [
+        ("active", PerMappingSeries::Active),
+        ("all", PerMappingSeries::All),
+        ("none", PerMappingSeries::None),
+    ] {
+        let text = config_text(
+            &format!("[metrics]\nper_mapping = \"{mode}\"\nactive_window = \"15m\""),
+            &[],
+        );
+        let config = load_in_jail(&text).unwrap();
+        assert_eq!(
+            config.metrics,
+            MetricsConfig {
+                per_mapping: expected,
+                active_window: Duration::from_secs(15 * 60),
+            }
+        );
     }
 }
 

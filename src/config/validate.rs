@@ -16,13 +16,13 @@ use humantime::format_duration;
 
 use super::load::Report;
 use super::raw::{
-    DurationStr, RawLog, RawMapping, RawRefresh, RawReload, RawServer, RawSts, RawVerify,
-    TOP_LEVEL_KEYS,
+    DurationStr, RawLog, RawMapping, RawMetrics, RawRefresh, RawReload, RawServer, RawSts,
+    RawVerify, TOP_LEVEL_KEYS,
 };
 use super::rules;
 use super::{
-    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ReloadConfig,
-    ServerConfig, StsConfig, VerifyConfig,
+    Config, EnforcementMode, LogConfig, LogFormat, Mapping, MetricsConfig, RefreshConfig,
+    ReloadConfig, ServerConfig, StsConfig, VerifyConfig,
 };
 use crate::aws_names::{PolicyArn, Region, SessionName};
 use crate::secret::{ExternalId, TokenHash};
@@ -57,6 +57,7 @@ pub(super) fn build(
     let refresh = refresh(report, sts.as_ref().map(|s| s.source_role_arn.is_some()));
     let verify = verify(report);
     let reload = reload(report);
+    let metrics = metrics(report);
     let mappings = mappings(report, sts.as_ref(), refresh.as_ref(), verify.as_ref());
 
     Some(Config {
@@ -68,6 +69,7 @@ pub(super) fn build(
         refresh: refresh?.config,
         verify: verify?,
         reload: reload?,
+        metrics: metrics?,
         mappings: mappings?,
         warnings: Vec::new(),
     })
@@ -579,6 +581,41 @@ fn reload(report: &mut Report) -> Option<ReloadConfig> {
     let (raw, _) = report.decode::<RawReload>(&["reload"])?;
     Some(ReloadConfig {
         watch: raw.watch.unwrap_or(true),
+    })
+}
+
+/// A window shorter than this would let a mapping in use flicker in and out of
+/// `/metrics` between scrapes.
+const MIN_ACTIVE_WINDOW: Duration = Duration::from_secs(60);
+
+fn metrics(report: &mut Report) -> Option<MetricsConfig> {
+    let (raw, broken) = report.decode::<RawMetrics>(&["metrics"])?;
+    let defaults = MetricsConfig::default();
+    let window = duration(
+        report,
+        &["metrics", "active_window"],
+        &raw.active_window,
+        defaults.active_window,
+    );
+    if let Some(window) = window
+        && window < MIN_ACTIVE_WINDOW
+    {
+        report.problem(
+            &["metrics", "active_window"],
+            format!(
+                "{} is shorter than 1m: a mapping in use would drop in and out of /metrics \
+                 between scrapes",
+                format_duration(window)
+            ),
+        );
+        return None;
+    }
+    if broken.contains("per_mapping") {
+        return None;
+    }
+    Some(MetricsConfig {
+        per_mapping: raw.per_mapping.unwrap_or(defaults.per_mapping),
+        active_window: window?,
     })
 }
 

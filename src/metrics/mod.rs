@@ -29,6 +29,23 @@
 //! | `credvend_build_info` | gauge, always 1 | `version` |
 //! | `process_*` | Linux process collector | — |
 //!
+//! Each counter family labelled by `mapping` has a fleet total beside it, the same counts
+//! for all mappings together under `credvend_fleet_…` (`credvend_fleet_assume_role_total`,
+//! `credvend_fleet_assume_role_failures_total`, `credvend_fleet_credentials_served_total`),
+//! and the two `mapping`-labelled gauges have fleet counts (`credvend_fleet_mapping_state`
+//! by `state`, `credvend_fleet_external_id_enforced` by `result` =
+//! `enforced|not_enforced|unknown`). The fleet families always exist, whatever
+//! `[metrics] per_mapping` says.
+//!
+//! **Series are bounded.** Which mappings have series of their own is one rule,
+//! [`mapping_shown`]: under `per_mapping = "active"` (the default) a mapping that served a
+//! credential or failed an AssumeRole call within `active_window`, or is failed,
+//! degraded or unsafe right now; `"all"` shows every mapping and `"none"` none. A
+//! mapping that is not shown keeps counting (its series come back with their running
+//! totals when it is shown again), so `/metrics` at 100,000 idle mappings is the fixed
+//! families alone, a few KB. The window runs on the injected clock's
+//! [`Clock::monotonic`], so a wall-clock step does not hide or show anything.
+//!
 //! **Labels are bounded.** Every label value is either a fixed string from this crate
 //! (`route`, `result`, `reason`, `source`, `state`: the typed methods take enums or
 //! `&'static str`) or a mapping name, and mapping names come only from the validated
@@ -42,23 +59,56 @@
 //! mapping is registered, so the first failure is a visible `0 → 1` step for
 //! `increase()` in alert rules rather than a series appearing at 1.
 //!
-//! The six `mapping`-labelled families live in `per_mapping` (compact atomics, text
-//! written directly) rather than in the crate's metric vectors, which cost ~11 KB per
-//! mapping; everything else is a plain `prometheus` collector in `Metrics::registry`.
+//! The six `mapping`-labelled families and the fleet families live in `per_mapping`
+//! (compact atomics, text written directly) rather than in the crate's metric vectors,
+//! which cost ~11 KB per mapping; everything else is a plain `prometheus` collector in
+//! `Metrics::registry`.
 
 mod per_mapping;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
 
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+use crate::clock::{Clock, SystemClock};
+use crate::config::{MetricsConfig, PerMappingSeries};
 use crate::creds::FailureReason;
 use crate::model::{MappingState, MappingStatus, Source};
+pub use per_mapping::Activity;
 use per_mapping::PerMapping;
+
+/// Whether a mapping has series of its own (a `mapping` label) on `/metrics`: the one
+/// rule every `mapping`-labelled family follows (docs/metrics.md, "Which mappings have
+/// series"). `now` and the times in `activity` are [`Clock::monotonic`] readings.
+///
+/// Under [`PerMappingSeries::Active`] a mapping is shown while it matters: it served a
+/// credential or had an AssumeRole call fail within `active_window` (less than that long
+/// ago), or it is failed, degraded or unsafe (its role accepted an assumption without the
+/// External ID) right now, however long ago that began. `All` shows every mapping,
+/// `None` none.
+pub fn mapping_shown(config: &MetricsConfig, now: Duration, activity: &Activity) -> bool {
+    match config.per_mapping {
+        PerMappingSeries::All => true,
+        PerMappingSeries::None => false,
+        PerMappingSeries::Active => {
+            let recent = |at: Option<Duration>| {
+                at.is_some_and(|at| now.saturating_sub(at) < config.active_window)
+            };
+            matches!(
+                activity.state,
+                MappingState::Failed | MappingState::Degraded
+            ) || activity.enforced == Some(false)
+                || recent(activity.last_served)
+                || recent(activity.last_failure)
+        }
+    }
+}
 
 /// `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -130,6 +180,10 @@ pub struct Metrics {
     mappings: IntGauge,
     /// Serialises changes to the set of mappings (reloads).
     mappings_writer: Mutex<()>,
+    /// `[metrics]`: which mappings [`mapping_shown`] shows.
+    config: ArcSwap<MetricsConfig>,
+    /// Times activity for the `active_window` ([`Clock::monotonic`]).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,9 +235,23 @@ fn histogram_vec(
 }
 
 impl Metrics {
-    /// Creates and registers every family. Families without labels (and the fixed label
-    /// sets of `result`, `route` and auth `reason`) are present from the first scrape.
+    /// Creates and registers every family, showing every mapping's series (as
+    /// `per_mapping = "all"`) and timing activity on the system clock. Families without
+    /// labels (and the fixed label sets of `result`, `route` and auth `reason`) are
+    /// present from the first scrape.
     pub fn new() -> Self {
+        Self::configured(
+            MetricsConfig {
+                per_mapping: PerMappingSeries::All,
+                ..MetricsConfig::default()
+            },
+            Arc::new(SystemClock),
+        )
+    }
+
+    /// As [`Metrics::new`], showing the mappings `config` asks for, with the
+    /// `active_window` timed on `clock` (the daemon's).
+    pub fn configured(config: MetricsConfig, clock: Arc<dyn Clock>) -> Self {
         let registry = Registry::new();
         let r = &registry;
         let metrics = Self {
@@ -264,6 +332,8 @@ impl Metrics {
                     .expect("valid gauge"),
             ),
             mappings_writer: Mutex::new(()),
+            config: ArcSwap::from_pointee(config),
+            clock,
             registry,
         };
 
@@ -310,8 +380,29 @@ impl Metrics {
         let mut text = TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|error| format!("# credvend: cannot encode metrics: {error}\n"));
-        self.per_mapping.render(&mut text);
+        let config = **self.config.load();
+        let now = self.clock.monotonic();
+        self.per_mapping.render(&mut text, |series| {
+            mapping_shown(&config, now, &series.activity())
+        });
         text
+    }
+
+    /// Applies a (re)loaded `[metrics]` section from the next scrape on.
+    pub fn configure(&self, config: MetricsConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// Whether `mapping` has series of its own on a scrape now ([`mapping_shown`]);
+    /// false for a mapping that is not registered.
+    pub fn shows(&self, mapping: &str) -> bool {
+        let config = **self.config.load();
+        let now = self.clock.monotonic();
+        let mut shown = false;
+        self.per_mapping.with(mapping, |series| {
+            shown = mapping_shown(&config, now, &series.activity())
+        });
+        shown
     }
 
     /// One AssumeRole call for `mapping` finished after `duration`.
@@ -325,12 +416,14 @@ impl Metrics {
         self.assume_role_duration_seconds
             .with_label_values(&[result])
             .observe(duration.as_secs_f64());
-        self.per_mapping.with(mapping, |s| s.assume_role(outcome));
+        self.per_mapping
+            .assume_role(mapping, outcome, self.clock.monotonic());
     }
 
     /// A credential for `mapping` was served from `source`.
     pub fn served(&self, mapping: &str, source: Source) {
-        self.per_mapping.with(mapping, |s| s.served(source));
+        self.per_mapping
+            .served(mapping, source, self.clock.monotonic());
     }
 
     /// The credential now held for `mapping` expires at `expiration`.
@@ -770,6 +863,347 @@ mod tests {
                 r#"credvend_mapping_state{mapping="lapsing",state="fetching"}"#
             ),
             Some(1.0)
+        );
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn active(window: Duration) -> MetricsConfig {
+        MetricsConfig {
+            per_mapping: PerMappingSeries::Active,
+            active_window: window,
+        }
+    }
+
+    /// An idle mapping: never served, never failed, empty, not checked.
+    const IDLE: Activity = Activity {
+        last_served: None,
+        last_failure: None,
+        state: MappingState::Empty,
+        enforced: None,
+    };
+
+    #[test]
+    fn the_rule_shows_a_mapping_for_each_reason_it_matters_and_for_no_other() {
+        let config = active(HOUR);
+        let now = 10 * HOUR;
+        let ago = |d: Duration| Some(now - d);
+        let just_inside = HOUR - Duration::from_millis(1);
+        let cases: Vec<(&str, Activity, bool)> = vec![
+            ("idle", IDLE, false),
+            (
+                "served just now",
+                Activity {
+                    last_served: ago(Duration::ZERO),
+                    ..IDLE
+                },
+                true,
+            ),
+            (
+                "served within the window",
+                Activity {
+                    last_served: ago(just_inside),
+                    ..IDLE
+                },
+                true,
+            ),
+            (
+                "served a window ago",
+                Activity {
+                    last_served: ago(HOUR),
+                    ..IDLE
+                },
+                false,
+            ),
+            (
+                "failed within the window",
+                Activity {
+                    last_failure: ago(just_inside),
+                    ..IDLE
+                },
+                true,
+            ),
+            (
+                "failed a window ago",
+                Activity {
+                    last_failure: ago(HOUR),
+                    ..IDLE
+                },
+                false,
+            ),
+            (
+                "state failed, long ago",
+                Activity {
+                    state: MappingState::Failed,
+                    last_failure: ago(5 * HOUR),
+                    ..IDLE
+                },
+                true,
+            ),
+            (
+                "state degraded",
+                Activity {
+                    state: MappingState::Degraded,
+                    ..IDLE
+                },
+                true,
+            ),
+            (
+                "unsafe trust policy",
+                Activity {
+                    enforced: Some(false),
+                    ..IDLE
+                },
+                true,
+            ),
+            (
+                "enforced trust policy",
+                Activity {
+                    enforced: Some(true),
+                    ..IDLE
+                },
+                false,
+            ),
+            (
+                "fresh but unused",
+                Activity {
+                    state: MappingState::Fresh,
+                    last_served: ago(2 * HOUR),
+                    ..IDLE
+                },
+                false,
+            ),
+            (
+                "refreshing but unused",
+                Activity {
+                    state: MappingState::Refreshing,
+                    ..IDLE
+                },
+                false,
+            ),
+            (
+                "fetching but unused",
+                Activity {
+                    state: MappingState::Fetching,
+                    ..IDLE
+                },
+                false,
+            ),
+        ];
+        for (what, activity, shown) in &cases {
+            assert_eq!(
+                mapping_shown(&config, now, activity),
+                *shown,
+                "active: {what}: {activity:?}"
+            );
+        }
+        let all = MetricsConfig {
+            per_mapping: PerMappingSeries::All,
+            ..config
+        };
+        let none = MetricsConfig {
+            per_mapping: PerMappingSeries::None,
+            ..config
+        };
+        for (what, activity, _) in &cases {
+            assert!(mapping_shown(&all, now, activity), "all: {what}");
+            assert!(!mapping_shown(&none, now, activity), "none: {what}");
+        }
+    }
+
+    /// Sample lines of `text` whose family is `name` exactly, as (labels, value).
+    fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+                let (labels, value) = rest.split_once("} ")?;
+                Some((labels, value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_served_mapping_is_shown_for_the_window_on_the_injected_clock() {
+        let clock = crate::clock::ManualClock::starting_now();
+        let m = Metrics::configured(active(HOUR), Arc::new(clock.clone()));
+        m.sync_mappings(["busy", "idle"]);
+        assert!(!m.render().contains("mapping="), "nothing served yet");
+        m.served("busy", Source::Fresh);
+        clock.advance(HOUR - Duration::from_secs(1));
+        let text = m.render();
+        assert!(m.shows("busy") && !m.shows("idle"));
+        assert!(
+            text.contains(r#"credvend_credentials_served_total{mapping="busy",source="fresh"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"mapping="idle""#), "{text}");
+        clock.advance(Duration::from_secs(1));
+        let text = m.render();
+        assert!(!m.shows("busy"));
+        assert!(!text.contains("mapping="), "the window has passed:\n{text}");
+        // Its count goes on in the fleet total, and comes back with it.
+        assert!(
+            text.contains(r#"credvend_fleet_credentials_served_total{source="fresh"} 1"#),
+            "{text}"
+        );
+        m.served("busy", Source::Cache);
+        let text = m.render();
+        assert!(
+            text.contains(r#"credvend_credentials_served_total{mapping="busy",source="fresh"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credvend_credentials_served_total{mapping="busy",source="cache"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_wall_clock_step_does_not_hide_a_mapping_in_use() {
+        let clock = crate::clock::ManualClock::starting_now();
+        let m = Metrics::configured(active(HOUR), Arc::new(clock.clone()));
+        m.sync_mappings(["busy"]);
+        m.served("busy", Source::Cache);
+        clock.set(SystemTime::now() + 24 * HOUR);
+        assert!(m.shows("busy"));
+    }
+
+    #[test]
+    fn none_writes_no_mapping_label_even_for_a_failed_unsafe_mapping() {
+        let m = Metrics::configured(
+            MetricsConfig {
+                per_mapping: PerMappingSeries::None,
+                ..MetricsConfig::default()
+            },
+            Arc::new(SystemClock),
+        );
+        m.sync_mappings(["x", "y"]);
+        m.assume_role("x", Err(FailureReason::AccessDenied), Duration::ZERO);
+        m.set_state("x", MappingState::Failed);
+        m.enforcement("y", Some(false));
+        m.served("y", Source::Fresh);
+        let text = m.render();
+        assert!(!text.contains("mapping="), "{text}");
+        assert!(
+            text.contains(r#"credvend_fleet_mapping_state{state="failed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credvend_fleet_external_id_enforced{result="not_enforced"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credvend_fleet_assume_role_failures_total{reason="access_denied"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"credvend_fleet_credentials_served_total{source="fresh"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// Drives `m` through a spread of events over `names`.
+    fn drive(m: &Metrics, names: &[String]) {
+        let reasons = FailureReason::ALL;
+        let states = MappingState::ALL;
+        for (i, name) in names.iter().enumerate() {
+            for j in 0..(i % 7) {
+                let outcome = if (i + j) % 3 == 0 {
+                    Err(reasons[(i + j) % reasons.len()])
+                } else {
+                    Ok(())
+                };
+                m.assume_role(name, outcome, Duration::from_millis(5));
+            }
+            for j in 0..(i % 5) {
+                m.served(name, SOURCES_FOR_TEST[(i * j) % 3]);
+            }
+            m.set_state(name, states[i % states.len()]);
+            m.enforcement(name, [Some(true), Some(false), None][i % 3]);
+        }
+    }
+
+    const SOURCES_FOR_TEST: [Source; 3] = [Source::Cache, Source::Fresh, Source::Degraded];
+
+    #[test]
+    fn under_all_each_fleet_total_is_the_sum_of_its_per_mapping_series() {
+        let m = Metrics::new();
+        let names: Vec<String> = (0..60).map(|i| format!("m{i:02}")).collect();
+        m.sync_mappings(names.iter().map(String::as_str));
+        drive(&m, &names);
+        let text = m.render();
+        let mut checked = 0;
+        for (family, label) in [
+            ("assume_role_total", "result"),
+            ("assume_role_failures_total", "reason"),
+            ("credentials_served_total", "source"),
+            ("mapping_state", "state"),
+        ] {
+            let fleet = samples(&text, &format!("credvend_fleet_{family}"));
+            assert!(!fleet.is_empty(), "no credvend_fleet_{family} in:\n{text}");
+            assert!(
+                fleet.iter().any(|(_, v)| *v > 0.0),
+                "credvend_fleet_{family} all zero"
+            );
+            let per_mapping = samples(&text, &format!("credvend_{family}"));
+            assert!(per_mapping.len() >= names.len(), "credvend_{family}");
+            for (labels, total) in fleet {
+                let wanted = labels.strip_prefix(&format!("{label}=")).unwrap();
+                let sum: f64 = per_mapping
+                    .iter()
+                    .filter(|(l, _)| l.ends_with(&format!(",{label}={wanted}")))
+                    .map(|(_, v)| v)
+                    .sum();
+                assert_eq!(sum, total, "credvend_fleet_{family}{{{labels}}}");
+                checked += 1;
+            }
+        }
+        let enforced = samples(&text, "credvend_external_id_enforced");
+        for (result, value) in [("enforced", 1.0), ("not_enforced", 0.0), ("unknown", -1.0)] {
+            let count = enforced.iter().filter(|(_, v)| *v == value).count() as f64;
+            assert!(count > 0.0);
+            let series = format!("credvend_fleet_external_id_enforced{{result=\"{result}\"}}");
+            assert_eq!(value(&text, &series), Some(count), "{series}");
+            checked += 1;
+        }
+        assert_eq!(
+            checked,
+            2 + FailureReason::ALL.len() + 3 + MappingState::ALL.len() + 3
+        );
+    }
+
+    #[test]
+    fn a_reload_that_removes_a_mapping_never_lowers_a_fleet_counter() {
+        let m = Metrics::new();
+        m.sync_mappings(["a", "b"]);
+        m.served("a", Source::Cache);
+        m.served("b", Source::Cache);
+        m.assume_role("b", Err(FailureReason::Throttled), Duration::ZERO);
+        m.sync_mappings(["a"]);
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                r#"credvend_fleet_credentials_served_total{source="cache"}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"credvend_fleet_assume_role_failures_total{reason="throttled"}"#
+            ),
+            Some(1.0)
+        );
+        // A removed mapping's late events count nowhere.
+        m.served("b", Source::Cache);
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                r#"credvend_fleet_credentials_served_total{source="cache"}"#
+            ),
+            Some(2.0)
         );
     }
 

@@ -1,20 +1,27 @@
-//! The six families labelled by `mapping`, kept compactly and rendered straight to text.
+//! The six families labelled by `mapping`, kept compactly and rendered straight to text,
+//! and their fleet totals (the same counts without the `mapping` label).
 //!
 //! The `prometheus` crate keeps every series as its own object: a `Vec` of label pairs
 //! (owned strings), a descriptor reference and the value, about 500 bytes each. A
-//! mapping has 22 series here (2 results, 9 failure reasons, 3 sources, 6 states, expiry,
+//! mapping has up to 23 series here (2 results, 10 failure reasons, 3 sources, 6 states, expiry,
 //! enforcement), so with the crate's vectors 10,000 mappings cost ~110 MB of metric
 //! bookkeeping alone, and every scrape built 220,000 protobuf objects before encoding
-//! them. Here a mapping is one [`Series`] of atomics (about 150 bytes), looked up
+//! them. Here a mapping is one [`Series`] of atomics (about 200 bytes), looked up
 //! without a lock, and a scrape writes the text directly. The output is the same text
 //! exposition format 0.0.4 the crate's `TextEncoder` writes (labels in name order, one
 //! `# HELP`/`# TYPE` pair per family); `promtool check metrics` lints it in
-//! tests/deploy_files.rs.
+//! tests/metrics_endpoint.rs.
+//!
+//! Which mappings a scrape writes is the caller's rule (`metrics::mapping_shown`); every
+//! mapping, shown or not, keeps counting, and the fleet totals count every event of every
+//! registered mapping. The counter totals are atomics of their own rather than sums at
+//! scrape time, so a reload that removes a mapping never makes a fleet counter go down.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -24,50 +31,134 @@ use crate::model::{MappingState, Source};
 /// `credvend_credentials_expiry_timestamp_seconds` has no series for this mapping.
 const NO_EXPIRY: i64 = i64::MIN;
 
-/// Every per-mapping value of one mapping.
-#[derive(Debug)]
-pub struct Series {
+/// The counters kept per mapping, and once more for the fleet totals.
+#[derive(Debug, Default)]
+pub struct Counters {
     /// `credvend_assume_role_total`: `[success, error]`.
     assume_role: [AtomicU64; 2],
     /// `credvend_assume_role_failures_total`, indexed like [`FailureReason::ALL`].
     failures: [AtomicU64; FailureReason::ALL.len()],
     /// `credvend_credentials_served_total`, indexed like [`SOURCES`].
     served: [AtomicU64; SOURCES.len()],
+}
+
+/// One counter family: its name, help, the name of its second label and that label's
+/// values (in output order, indexing the family's counters), and where its counters are.
+/// The fleet family is the same name with `credvend_` replaced by `credvend_fleet_`.
+struct CounterFamily {
+    name: &'static str,
+    fleet_name: &'static str,
+    help: &'static str,
+    fleet_help: &'static str,
+    label: &'static str,
+    values: fn(usize) -> &'static str,
+    counters: fn(&Counters) -> &[AtomicU64],
+}
+
+const RESULTS: [&str; 2] = ["success", "error"];
+
+/// The per-mapping counter families, in output order. A new `mapping`-labelled counter
+/// is a field of [`Counters`] and a row here: it is then shown by the same rule and
+/// totalled the same way.
+const COUNTER_FAMILIES: [CounterFamily; 3] = [
+    CounterFamily {
+        name: "credvend_assume_role_total",
+        fleet_name: "credvend_fleet_assume_role_total",
+        help: "AssumeRole calls for a customer role, by mapping and result (success|error).",
+        fleet_help: "AssumeRole calls for customer roles, all mappings together, by result (success|error).",
+        label: "result",
+        values: |i| RESULTS[i],
+        counters: |c| &c.assume_role,
+    },
+    CounterFamily {
+        name: "credvend_assume_role_failures_total",
+        fleet_name: "credvend_fleet_assume_role_failures_total",
+        help: "Failed AssumeRole calls, by mapping and classified reason; access_denied covers a wrong External ID, a missing role and a revoked trust alike.",
+        fleet_help: "Failed AssumeRole calls, all mappings together, by classified reason.",
+        label: "reason",
+        values: |i| FailureReason::ALL[i].as_str(),
+        counters: |c| &c.failures,
+    },
+    CounterFamily {
+        name: "credvend_credentials_served_total",
+        fleet_name: "credvend_fleet_credentials_served_total",
+        help: "Credentials served to workers, by mapping and source (cache|fresh|degraded).",
+        fleet_help: "Credentials served to workers, all mappings together, by source (cache|fresh|degraded).",
+        label: "source",
+        values: |i| SOURCES[i].as_str(),
+        counters: |c| &c.served,
+    },
+];
+
+/// Every per-mapping value of one mapping.
+#[derive(Debug)]
+pub struct Series {
+    counters: Counters,
     /// `credvend_credentials_expiry_timestamp_seconds`, or [`NO_EXPIRY`].
     expiry: AtomicI64,
     /// `credvend_mapping_state`: index into [`MappingState::ALL`].
     state: AtomicU8,
     /// `credvend_external_id_enforced`: 1, 0 or -1.
     enforced: AtomicI64,
+    /// When a credential was last served ([`Stamp`]).
+    last_served: AtomicU64,
+    /// When an AssumeRole call last failed ([`Stamp`]).
+    last_failure: AtomicU64,
+}
+
+/// A reading of the clock that never steps (`Clock::monotonic`), in milliseconds plus
+/// one, so that 0 can mean "never".
+struct Stamp;
+
+impl Stamp {
+    fn encode(at: Duration) -> u64 {
+        u64::try_from(at.as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    fn decode(stamp: u64) -> Option<Duration> {
+        stamp.checked_sub(1).map(Duration::from_millis)
+    }
+
+    /// Records `at` in `slot`, skipping the write when the slot already holds it (a
+    /// busy mapping's cache hits then only read the shared line).
+    fn record(slot: &AtomicU64, at: Duration) {
+        let stamp = Self::encode(at);
+        if slot.load(Ordering::Relaxed) != stamp {
+            slot.store(stamp, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Values of the `source` label, in output order.
 pub const SOURCES: [Source; 3] = [Source::Cache, Source::Fresh, Source::Degraded];
 
+/// What the shown-or-not rule looks at for one mapping (`metrics::mapping_shown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// `Clock::monotonic` reading of the last credential served, if any.
+    pub last_served: Option<Duration>,
+    /// `Clock::monotonic` reading of the last failed AssumeRole call, if any.
+    pub last_failure: Option<Duration>,
+    /// The mapping's lifecycle state.
+    pub state: MappingState,
+    /// The External ID enforcement verdict: `Some(false)` is an unsafe trust policy.
+    pub enforced: Option<bool>,
+}
+
 impl Series {
     /// A newly registered mapping: counters at 0, state `empty`, enforcement unknown,
-    /// no expiry.
+    /// no expiry, never served, never failed.
     fn new() -> Self {
         Self {
-            assume_role: Default::default(),
-            failures: Default::default(),
-            served: Default::default(),
+            counters: Counters::default(),
             expiry: AtomicI64::new(NO_EXPIRY),
             state: AtomicU8::new(state_index(MappingState::Empty)),
             enforced: AtomicI64::new(-1),
+            last_served: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
         }
-    }
-
-    pub fn assume_role(&self, outcome: Result<(), FailureReason>) {
-        let result = usize::from(outcome.is_err());
-        self.assume_role[result].fetch_add(1, Ordering::Relaxed);
-        if let Err(reason) = outcome {
-            self.failures[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn served(&self, source: Source) {
-        self.served[source_index(source)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_expiry(&self, unix_secs: i64) {
@@ -84,6 +175,41 @@ impl Series {
 
     pub fn set_enforced(&self, value: i64) {
         self.enforced.store(value, Ordering::Relaxed);
+    }
+
+    fn state(&self) -> MappingState {
+        MappingState::ALL
+            .get(usize::from(self.state.load(Ordering::Relaxed)))
+            .copied()
+            .unwrap_or(MappingState::Empty)
+    }
+
+    /// What the shown-or-not rule needs of this mapping, as of now.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            last_served: Stamp::decode(self.last_served.load(Ordering::Relaxed)),
+            last_failure: Stamp::decode(self.last_failure.load(Ordering::Relaxed)),
+            state: self.state(),
+            enforced: match self.enforced.load(Ordering::Relaxed) {
+                1 => Some(true),
+                0 => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl Counters {
+    fn assume_role(&self, outcome: Result<(), FailureReason>) {
+        let result = usize::from(outcome.is_err());
+        self.assume_role[result].fetch_add(1, Ordering::Relaxed);
+        if let Err(reason) = outcome {
+            self.failures[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn served(&self, source: Source) {
+        self.served[source_index(source)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -106,11 +232,17 @@ fn source_index(source: Source) -> usize {
     SOURCES.iter().position(|s| *s == source).unwrap_or(0)
 }
 
-/// The per-mapping series of every configured mapping. Reads are lock-free; the set
-/// changes only on (re)load, by whole-map replacement.
+/// Values of the `result` label of `credvend_fleet_external_id_enforced`, indexed by
+/// `1 - credvend_external_id_enforced` (1 enforced, 0 not enforced, -1 unknown).
+const ENFORCEMENT_RESULTS: [&str; 3] = ["enforced", "not_enforced", "unknown"];
+
+/// The per-mapping series of every configured mapping, and the fleet totals. Reads are
+/// lock-free; the set changes only on (re)load, by whole-map replacement.
 #[derive(Debug, Default)]
 pub struct PerMapping {
     series: ArcSwap<HashMap<Arc<str>, Arc<Series>>>,
+    /// Every counted event of every registered mapping, shown or not.
+    totals: Counters,
 }
 
 impl PerMapping {
@@ -121,6 +253,26 @@ impl PerMapping {
         if let Some(series) = self.series.load().get(mapping) {
             f(series);
         }
+    }
+
+    /// One AssumeRole call for `mapping` finished at `now` (`Clock::monotonic`).
+    pub fn assume_role(&self, mapping: &str, outcome: Result<(), FailureReason>, now: Duration) {
+        self.with(mapping, |s| {
+            s.counters.assume_role(outcome);
+            self.totals.assume_role(outcome);
+            if outcome.is_err() {
+                Stamp::record(&s.last_failure, now);
+            }
+        });
+    }
+
+    /// A credential for `mapping` was served from `source` at `now` (`Clock::monotonic`).
+    pub fn served(&self, mapping: &str, source: Source, now: Duration) {
+        self.with(mapping, |s| {
+            s.counters.served(source);
+            self.totals.served(source);
+            Stamp::record(&s.last_served, now);
+        });
     }
 
     /// Makes the set exactly `names`: existing mappings keep their values, new ones
@@ -139,70 +291,41 @@ impl PerMapping {
         len
     }
 
-    /// Appends the six families in text format 0.0.4 to `out`. Families without a
-    /// series are left out, as the crate's encoder does.
-    pub fn render(&self, out: &mut String) {
+    /// Appends, in text format 0.0.4, the six `mapping`-labelled families for the
+    /// mappings `shown` picks, then the fleet families, which cover every mapping.
+    /// Families without a series are left out, as the crate's encoder does.
+    pub fn render(&self, out: &mut String, shown: impl Fn(&Series) -> bool) {
         let map = self.series.load();
-        let mut mappings: Vec<(&str, &Series)> =
-            map.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        let mut states = [0i64; MappingState::ALL.len()];
+        let mut enforcement = [0i64; ENFORCEMENT_RESULTS.len()];
+        let mut mappings: Vec<(&str, &Series)> = Vec::new();
+        for (name, series) in map.iter() {
+            states[usize::from(series.state.load(Ordering::Relaxed)).min(states.len() - 1)] += 1;
+            let enforced = series.enforced.load(Ordering::Relaxed).clamp(-1, 1);
+            enforcement[usize::try_from(1 - enforced).unwrap_or(2)] += 1;
+            if shown(series) {
+                mappings.push((name.as_ref(), series.as_ref()));
+            }
+        }
         mappings.sort_unstable_by_key(|(name, _)| *name);
-        if mappings.is_empty() {
-            return;
-        }
         // ~22 lines of ~70 bytes per mapping.
-        out.reserve(mappings.len() * 22 * 72);
+        out.reserve(mappings.len() * 22 * 72 + 4096);
 
-        family(
-            out,
-            "credvend_assume_role_total",
-            "AssumeRole calls for a customer role, by mapping and result (success|error).",
-            "counter",
-        );
-        for (name, s) in &mappings {
-            for (i, result) in ["success", "error"].iter().enumerate() {
-                sample(
-                    out,
-                    "credvend_assume_role_total",
-                    name,
-                    Some(("result", result)),
-                    load(&s.assume_role[i]),
-                );
+        for f in &COUNTER_FAMILIES {
+            if mappings.is_empty() {
+                break;
             }
-        }
-
-        family(
-            out,
-            "credvend_assume_role_failures_total",
-            "Failed AssumeRole calls, by mapping and classified reason; access_denied covers a wrong External ID, a missing role and a revoked trust alike.",
-            "counter",
-        );
-        for (name, s) in &mappings {
-            for (i, reason) in FailureReason::ALL.iter().enumerate() {
-                sample(
-                    out,
-                    "credvend_assume_role_failures_total",
-                    name,
-                    Some(("reason", reason.as_str())),
-                    load(&s.failures[i]),
-                );
-            }
-        }
-
-        family(
-            out,
-            "credvend_credentials_served_total",
-            "Credentials served to workers, by mapping and source (cache|fresh|degraded).",
-            "counter",
-        );
-        for (name, s) in &mappings {
-            for (i, source) in SOURCES.iter().enumerate() {
-                sample(
-                    out,
-                    "credvend_credentials_served_total",
-                    name,
-                    Some(("source", source.as_str())),
-                    load(&s.served[i]),
-                );
+            family(out, f.name, f.help, "counter");
+            for (name, s) in &mappings {
+                for (i, counter) in (f.counters)(&s.counters).iter().enumerate() {
+                    sample(
+                        out,
+                        f.name,
+                        name,
+                        Some((f.label, (f.values)(i))),
+                        load(counter),
+                    );
+                }
             }
         }
 
@@ -229,38 +352,79 @@ impl PerMapping {
             }
         }
 
-        family(
-            out,
-            "credvend_mapping_state",
-            "1 for the mapping's current lifecycle state, 0 for the others (empty|fetching|fresh|refreshing|degraded|failed).",
-            "gauge",
-        );
-        for (name, s) in &mappings {
-            let current = usize::from(s.state.load(Ordering::Relaxed));
-            for (i, state) in MappingState::ALL.iter().enumerate() {
+        if !mappings.is_empty() {
+            family(
+                out,
+                "credvend_mapping_state",
+                "1 for the mapping's current lifecycle state, 0 for the others (empty|fetching|fresh|refreshing|degraded|failed).",
+                "gauge",
+            );
+            for (name, s) in &mappings {
+                let current = usize::from(s.state.load(Ordering::Relaxed));
+                for (i, state) in MappingState::ALL.iter().enumerate() {
+                    sample(
+                        out,
+                        "credvend_mapping_state",
+                        name,
+                        Some(("state", state.as_str())),
+                        i64::from(i == current),
+                    );
+                }
+            }
+
+            family(
+                out,
+                "credvend_external_id_enforced",
+                "Whether the customer role's trust policy enforces the External ID: 1 enforced, 0 not enforced (unsafe), -1 unknown or not checked.",
+                "gauge",
+            );
+            for (name, s) in &mappings {
                 sample(
                     out,
-                    "credvend_mapping_state",
+                    "credvend_external_id_enforced",
                     name,
-                    Some(("state", state.as_str())),
-                    i64::from(i == current),
+                    None,
+                    s.enforced.load(Ordering::Relaxed),
                 );
             }
         }
 
+        for f in &COUNTER_FAMILIES {
+            family(out, f.fleet_name, f.fleet_help, "counter");
+            for (i, counter) in (f.counters)(&self.totals).iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{}{{{}=\"{}\"}} {}",
+                    f.fleet_name,
+                    f.label,
+                    (f.values)(i),
+                    load(counter)
+                );
+            }
+        }
         family(
             out,
-            "credvend_external_id_enforced",
-            "Whether the customer role's trust policy enforces the External ID: 1 enforced, 0 not enforced (unsafe), -1 unknown or not checked.",
+            "credvend_fleet_mapping_state",
+            "Mappings in each lifecycle state (empty|fetching|fresh|refreshing|degraded|failed), all mappings together.",
             "gauge",
         );
-        for (name, s) in &mappings {
-            sample(
+        for (state, count) in MappingState::ALL.iter().zip(states) {
+            let _ = writeln!(
                 out,
-                "credvend_external_id_enforced",
-                name,
-                None,
-                s.enforced.load(Ordering::Relaxed),
+                "credvend_fleet_mapping_state{{state=\"{}\"}} {count}",
+                state.as_str()
+            );
+        }
+        family(
+            out,
+            "credvend_fleet_external_id_enforced",
+            "Mappings by External ID enforcement result (enforced|not_enforced|unknown), all mappings together.",
+            "gauge",
+        );
+        for (result, count) in ENFORCEMENT_RESULTS.iter().zip(enforcement) {
+            let _ = writeln!(
+                out,
+                "credvend_fleet_external_id_enforced{{result=\"{result}\"}} {count}"
             );
         }
     }
@@ -329,13 +493,13 @@ mod tests {
     fn sync_keeps_existing_values_and_drops_removed_mappings() {
         let p = PerMapping::default();
         p.sync(["a", "b"]);
-        p.with("a", |s| s.served(Source::Cache));
+        p.served("a", Source::Cache, Duration::ZERO);
         let a = p.get("a").unwrap();
         p.sync(["a", "c"]);
         assert!(Arc::ptr_eq(&a, &p.get("a").unwrap()));
         assert!(p.get("b").is_none());
-        assert_eq!(load(&p.get("a").unwrap().served[0]), 1);
-        assert_eq!(load(&p.get("c").unwrap().served[0]), 0);
+        assert_eq!(load(&p.get("a").unwrap().counters.served[0]), 1);
+        assert_eq!(load(&p.get("c").unwrap().counters.served[0]), 0);
     }
 
     #[test]
