@@ -1159,8 +1159,8 @@ mod tests {
             }
         }
         let enforced = samples(&text, "credvend_external_id_enforced");
-        for (result, value) in [("enforced", 1.0), ("not_enforced", 0.0), ("unknown", -1.0)] {
-            let count = enforced.iter().filter(|(_, v)| *v == value).count() as f64;
+        for (result, gauge) in [("enforced", 1.0), ("not_enforced", 0.0), ("unknown", -1.0)] {
+            let count = enforced.iter().filter(|(_, v)| *v == gauge).count() as f64;
             assert!(count > 0.0);
             let series = format!("credvend_fleet_external_id_enforced{{result=\"{result}\"}}");
             assert_eq!(value(&text, &series), Some(count), "{series}");
