@@ -188,18 +188,29 @@ async fn with_50_of_100k_mappings_failing_exactly_those_50_have_series() {
     d.stop().await;
 }
 
+/// A mapping served within `active_window` has its series; the window passing takes
+/// them away, while a failed mapping keeps its series however long ago it failed.
 #[tokio::test]
 async fn a_served_mapping_has_series_for_the_active_window_then_loses_them() {
     let window = Duration::from_secs(10 * 60);
-    let (_sts, d) = start(mappings(3, &BTreeSet::new()), |c| {
+    let (sts, d) = start(mappings(3, &BTreeSet::from([2])), |c| {
         c.metrics.active_window = window
     })
     .await;
-    let (served, idle) = (name_of(1), name_of(2));
+    let (idle, served, failed) = (name_of(0), name_of(1), name_of(2));
     let r = get_with_token(d.addr, &format!("/v1/credentials/{served}"), &token_of(1)).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let r = get_with_token(d.addr, &format!("/v1/credentials/{failed}"), &token_of(2)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        sts.faults_fired_for(&role_arn("denied")),
+        vec![Fault::AccessDenied]
+    );
     let text = scrape(&d).await;
-    assert_eq!(mapping_labels(&text), BTreeSet::from([served.clone()]));
+    assert_eq!(
+        mapping_labels(&text),
+        BTreeSet::from([served.clone(), failed.clone()])
+    );
     assert_eq!(
         value(
             &text,
@@ -213,7 +224,7 @@ async fn a_served_mapping_has_series_for_the_active_window_then_loses_them() {
     let text = scrape(&d).await;
     assert_eq!(
         mapping_labels(&text),
-        BTreeSet::from([served.clone()]),
+        BTreeSet::from([served.clone(), failed.clone()]),
         "1 s before the window ends"
     );
 
@@ -221,9 +232,11 @@ async fn a_served_mapping_has_series_for_the_active_window_then_loses_them() {
     let text = scrape(&d).await;
     assert_eq!(
         mapping_labels(&text),
-        BTreeSet::new(),
-        "the window has passed:\n{text}"
+        BTreeSet::from([failed.clone()]),
+        "the window has passed: the served mapping goes, the failed one stays:\n{text}"
     );
+    // No retry made the failure recent again: the failed state alone keeps it.
+    assert_eq!(sts.faults_fired_for(&role_arn("denied")).len(), 1);
     assert_eq!(
         value(
             &text,
@@ -236,7 +249,10 @@ async fn a_served_mapping_has_series_for_the_active_window_then_loses_them() {
     let r = get_with_token(d.addr, &format!("/v1/credentials/{served}"), &token_of(1)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let text = scrape(&d).await;
-    assert_eq!(mapping_labels(&text), BTreeSet::from([served.clone()]));
+    assert_eq!(
+        mapping_labels(&text),
+        BTreeSet::from([served.clone(), failed.clone()])
+    );
     assert!(!text.contains(&idle));
     assert_eq!(
         value(
