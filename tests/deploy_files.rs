@@ -152,6 +152,108 @@ fn alert_rules_pass_promtool() {
     );
 }
 
+/// `config/alerts.yml` without its `description` annotations (the indented block after
+/// each `description: |`): the promtool unit tests pin when each alert fires, its labels
+/// and its summary, not its prose.
+fn alert_rules_without_descriptions() -> String {
+    let text = std::fs::read_to_string(repo("config/alerts.yml")).unwrap();
+    let mut out = Vec::new();
+    let mut in_description = false;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if in_description && (line.trim().is_empty() || indent > 10) {
+            continue;
+        }
+        in_description = line.trim() == "description: |";
+        if !in_description {
+            out.push(line);
+        }
+    }
+    let stripped = out.join("\n");
+    assert_eq!(
+        stripped.matches("- alert: ").count(),
+        text.matches("- alert: ").count(),
+        "stripping the descriptions lost a rule"
+    );
+    assert_eq!(
+        stripped.matches("summary: ").count(),
+        text.matches("- alert: ").count(),
+        "every rule keeps its summary"
+    );
+    assert!(!stripped.contains("description:"));
+    stripped
+}
+
+/// `promtool test rules tests/promtool/alerts.test.yml`: the rules fire on the
+/// `credvend_fleet_*` totals where no series has a `mapping` label
+/// (`[metrics] per_mapping = "none"`, or a mapping whose series have not appeared yet),
+/// and name the mapping where its series exist.
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    if !have("promtool") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("credvend-alert-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("alerts.yml"), alert_rules_without_descriptions()).unwrap();
+    std::fs::copy(
+        repo("tests/promtool/alerts.test.yml"),
+        dir.join("alerts.test.yml"),
+    )
+    .unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The families labelled by `mapping` (src/metrics/per_mapping.rs).
+const PER_MAPPING_FAMILIES: [&str; 6] = [
+    "credvend_assume_role_total",
+    "credvend_assume_role_failures_total",
+    "credvend_credentials_served_total",
+    "credvend_credentials_expiry_timestamp_seconds",
+    "credvend_mapping_state",
+    "credvend_external_id_enforced",
+];
+
+/// Series with a `mapping` label exist only for the mappings `[metrics] per_mapping`
+/// shows, none at all under "none": a rule on them alone would stay silent there. So
+/// every rule whose expression uses one also uses a `credvend_fleet_*` total.
+#[test]
+fn every_alert_on_a_per_mapping_family_also_watches_a_fleet_total() {
+    let text = std::fs::read_to_string(repo("config/alerts.yml")).unwrap();
+    let mut checked = 0;
+    for rule in text.split("- alert: ").skip(1) {
+        let name = rule.split_whitespace().next().unwrap();
+        let expr = rule
+            .split("expr:")
+            .nth(1)
+            .and_then(|rest| rest.split("labels:").next())
+            .unwrap_or_else(|| panic!("{name} has no expr"));
+        let names = metric_names(expr);
+        if PER_MAPPING_FAMILIES.iter().any(|f| names.contains(*f)) {
+            assert!(
+                names.iter().any(|n| n.starts_with("credvend_fleet_")),
+                "{name} uses only per-mapping series: {names:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 6,
+        "only {checked} rules on per-mapping families?"
+    );
+}
+
 /// The unit with its binary path pointed at the binary cargo built, since
 /// `systemd-analyze verify` insists that `ExecStart=` exists.
 fn unit_with_built_binary() -> (PathBuf, PathBuf) {

@@ -1120,6 +1120,10 @@ mod tests {
             }
             m.set_state(name, states[i % states.len()]);
             m.enforcement(name, [Some(true), Some(false), None][i % 3]);
+            if i % 4 == 1 {
+                let secs = 1_800_000_000 - 60 * i as u64;
+                m.expiry(name, UNIX_EPOCH + Duration::from_secs(secs));
+            }
         }
     }
 
@@ -1169,6 +1173,15 @@ mod tests {
         assert_eq!(
             checked,
             2 + FailureReason::ALL.len() + 3 + MappingState::ALL.len() + 3
+        );
+        let earliest = samples(&text, "credvend_credentials_expiry_timestamp_seconds")
+            .into_iter()
+            .map(|(_, v)| v)
+            .reduce(f64::min);
+        assert!(earliest.is_some());
+        assert_eq!(
+            value(&text, "credvend_fleet_credentials_expiry_timestamp_seconds"),
+            earliest
         );
     }
 

@@ -299,7 +299,12 @@ impl PerMapping {
         let mut states = [0i64; MappingState::ALL.len()];
         let mut enforcement = [0i64; ENFORCEMENT_RESULTS.len()];
         let mut mappings: Vec<(&str, &Series)> = Vec::new();
+        let mut earliest_expiry: Option<i64> = None;
         for (name, series) in map.iter() {
+            let expiry = series.expiry.load(Ordering::Relaxed);
+            if expiry != NO_EXPIRY {
+                earliest_expiry = Some(earliest_expiry.map_or(expiry, |e| e.min(expiry)));
+            }
             states[usize::from(series.state.load(Ordering::Relaxed)).min(states.len() - 1)] += 1;
             let enforced = series.enforced.load(Ordering::Relaxed).clamp(-1, 1);
             enforcement[usize::try_from(1 - enforced).unwrap_or(2)] += 1;
@@ -401,6 +406,18 @@ impl PerMapping {
                     load(counter)
                 );
             }
+        }
+        if let Some(earliest) = earliest_expiry {
+            family(
+                out,
+                "credvend_fleet_credentials_expiry_timestamp_seconds",
+                "Unix time at which the first of the credentials credvend keeps fresh expires, all mappings together (the earliest credvend_credentials_expiry_timestamp_seconds).",
+                "gauge",
+            );
+            let _ = writeln!(
+                out,
+                "credvend_fleet_credentials_expiry_timestamp_seconds {earliest}"
+            );
         }
         family(
             out,
