@@ -193,7 +193,9 @@ async fn a_reload_that_removes_a_mapping_removes_its_series() {
     d.stop().await;
 }
 
-/// `promtool check metrics` lints names, types, HELP text and units. promtool comes
+/// `promtool check metrics` lints names, types, HELP text and units, under
+/// `per_mapping = "all"` so that the `mapping`-labelled families are in the output beside
+/// the `credvend_fleet_*` ones. promtool comes
 /// from the Debian package `prometheus`, which scripts/test.sh installs; its absence
 /// fails the test.
 #[tokio::test]
@@ -202,7 +204,7 @@ async fn promtool_check_metrics_is_clean() {
         Command::new("promtool").arg("--version").output().is_ok(),
         "promtool is not installed: run scripts/test.sh (installs the Debian package prometheus)"
     );
-    let (_sts, d, _token) = daemon::start_acme(EXTERNAL_ID).await;
+    let (_sts, d, _token) = start_acme_all().await;
     let text = scrape(d.admin).await;
     d.stop().await;
 
