@@ -162,6 +162,13 @@ pub const STS_PRIORITIES: [&str; 2] = ["cold", "background"];
 const SUCCESS: &str = "success";
 const ERROR: &str = "error";
 
+/// `at` in whole seconds since the Unix epoch (0 before it).
+fn unix_secs(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Every metric family of credvend, in one registry of its own.
 pub struct Metrics {
     registry: Registry,
@@ -428,10 +435,7 @@ impl Metrics {
 
     /// The credential now held for `mapping` expires at `expiration`.
     pub fn expiry(&self, mapping: &str, expiration: SystemTime) {
-        let secs = expiration
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let secs = unix_secs(expiration);
         self.per_mapping.with(mapping, |s| s.set_expiry(secs));
     }
 
@@ -550,20 +554,22 @@ impl Metrics {
     /// old role's verdict.
     pub fn observe_cache(&self, statuses: &[MappingStatus], sts_rate_limited_total: u64) {
         for status in statuses {
-            self.set_state(&status.name, status.state);
             let enforcement = status.enforcement.gauge();
-            self.per_mapping
-                .with(&status.name, |s| s.set_enforced(enforcement));
             let maintained = status.next_refresh.is_some()
                 || matches!(
                     status.state,
                     MappingState::Fetching | MappingState::Refreshing | MappingState::Degraded
                 );
-            match (status.expires_at, maintained) {
-                (Some(expiration), true) => self.expiry(&status.name, expiration),
-                (None, true) => {}
-                (_, false) => self.clear_expiry(&status.name),
-            }
+            // One lookup per mapping: at 100,000 mappings this loop is most of a scrape.
+            self.per_mapping.with(&status.name, |s| {
+                s.set_state(status.state);
+                s.set_enforced(enforcement);
+                match (status.expires_at, maintained) {
+                    (Some(expiration), true) => s.set_expiry(unix_secs(expiration)),
+                    (None, true) => {}
+                    (_, false) => s.clear_expiry(),
+                }
+            });
         }
         self.sts_rate_limited_catch_up(sts_rate_limited_total);
         let backing_off = statuses.iter().filter(|s| s.retry_at.is_some()).count();
