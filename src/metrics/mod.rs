@@ -56,8 +56,10 @@
 //! so stale series vanish instead of lingering until restart.
 //!
 //! Per-mapping counters are initialised to 0 for every known label value when a
-//! mapping is registered, so the first failure is a visible `0 → 1` step for
-//! `increase()` in alert rules rather than a series appearing at 1.
+//! mapping is registered. Under `per_mapping = "all"` the first failure is therefore a
+//! visible `0 → 1` step for `increase()`; under `"active"` a mapping's series appear
+//! with the failure already counted, which `increase()` cannot see, so the alert rules
+//! read the fleet totals for that (config/alerts.yml).
 //!
 //! The six `mapping`-labelled families and the fleet families live in `per_mapping`
 //! (compact atomics, text written directly) rather than in the crate's metric vectors,
