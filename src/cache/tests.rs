@@ -1686,3 +1686,48 @@ async fn a_job_request_of_the_generation_before_a_reload_leaves_nothing() {
     );
     assert_eq!(cache.job_entries(), 1);
 }
+
+/// The STS budget's fair share counts a job under its mapping: with the bucket empty, a
+/// second job of a mapping whose job was just granted a token waits behind another
+/// mapping that arrived later, as the mapping's own next fetch would. (Counted per job,
+/// every job would be a mapping never granted, and a customer running many jobs would
+/// take that many shares.)
+#[tokio::test]
+async fn the_sts_budget_counts_a_jobs_calls_under_its_mapping() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let (cache, _) = limited_cache(
+        &clock,
+        assumer.clone(),
+        1,
+        vec![mapping("a", "a", None, "t1"), mapping("b", "b", None, "t2")],
+    );
+    // The burst of one token goes to a's first job.
+    get_job(&cache, "a", "job-1").await.unwrap();
+    let second_job = tokio::spawn({
+        let cache = cache.clone();
+        async move { get_job(&cache, "a", "job-2").await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cold_waiting(&cache) < 1 {
+        assert!(std::time::Instant::now() < deadline, "job-2 never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let other_mapping = spawn_get(&cache, "b");
+    while cold_waiting(&cache) < 2 {
+        assert!(std::time::Instant::now() < deadline, "b never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for request in [second_job, other_mapping] {
+        tokio::time::timeout(Duration::from_secs(30), request)
+            .await
+            .expect("served within the budget")
+            .expect("the request task did not panic")
+            .expect("served");
+    }
+    assert_eq!(
+        session_names(&assumer.calls),
+        ["job-1", "credvend-b", "job-2"],
+        "the mapping that was not granted a token went first"
+    );
+}
