@@ -1731,3 +1731,46 @@ async fn the_sts_budget_counts_a_jobs_calls_under_its_mapping() {
         "the mapping that was not granted a token went first"
     );
 }
+
+/// A reload that changes only the enforcement mode of a mapping keeps its job entries
+/// (same key) and applies the new mode to them at the next request, as to the mapping:
+/// a role found not enforcing its External ID is refused under `require` without an STS
+/// call, and served again from the kept entry when the mode goes back to `warn`.
+#[tokio::test]
+async fn a_reload_that_changes_only_the_mode_applies_it_to_the_kept_job_entries() {
+    let clock = ManualClock::starting_now();
+    // Issues credentials to the probes too: the role does not enforce its External ID.
+    let assumer = Scripted::new(&clock, vec![]);
+    let warn = warn_m("a");
+    let cache = cache_for(&clock, assumer.clone(), vec![warn.clone()]);
+    let served = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(
+        session_names(&assumer.calls),
+        [verify::PROBE_SESSION_NAME, "job-a"],
+        "the first probe got credentials, then the job's call"
+    );
+    assert_eq!(
+        cache.status()[0].enforcement,
+        EnforcementStatus::NotEnforced
+    );
+
+    let mut require = warn.clone();
+    require.external_id_enforcement = EnforcementMode::Require;
+    cache.apply_config(&config("http://127.0.0.1:9", vec![require]));
+    assert_eq!(
+        cache.job_entries(),
+        1,
+        "the mode is not an input: the entry is kept"
+    );
+    assert!(matches!(
+        get_job(&cache, "m", "job-a").await,
+        Err(VendError::UnsafeTrustPolicy(_))
+    ));
+    cache.apply_config(&config("http://127.0.0.1:9", vec![warn]));
+    let again = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(
+        (again.source, again.entry.access_key_id.clone()),
+        (Source::Cache, served.entry.access_key_id.clone())
+    );
+    assert_eq!(assumer.calls(), 2);
+}
