@@ -248,10 +248,14 @@ impl Inner {
     pub(super) fn drop_idle_job(&self, spec: &MappingSpec, idle_timeout: Duration) {
         let mut slots = self.lock_slots();
         let now = self.clock.now();
-        if spec
-            .last_used()
-            .is_some_and(|t| now.duration_since(t).unwrap_or_default() <= idle_timeout)
-        {
+        let last_used = spec.last_used();
+        if last_used.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= idle_timeout) {
+            // Used since the scheduler took it off the queue: keep something scheduled,
+            // unless the fetch of that request did.
+            if self.queue.due_at(&spec.key).is_none() {
+                self.queue
+                    .schedule(&spec.key, idle_check_at(last_used, now, idle_timeout));
+            }
             return;
         }
         let mut jobs = self.write_jobs();

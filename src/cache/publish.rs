@@ -162,16 +162,18 @@ impl Inner {
         // A per-job entry's idle check (it has no credential to keep fresh and no retry
         // due: refused, or never fetched) fetches nothing; the next check is due when it
         // would be idle.
-        if spec.job_of.is_some()
-            && !self.store.contains_key(&key)
-            && !self
-                .lock_slots()
-                .get(&key)
-                .is_some_and(|slot| slot.retry_at.is_some())
-        {
-            let at = super::jobs::idle_check_at(last_used, now, table.refresh.idle_timeout);
-            self.queue.schedule(&key, at);
-            return;
+        if spec.job_of.is_some() {
+            // Under the slots lock, as `publish` schedules: a refresh a fetch that just
+            // landed scheduled is not replaced.
+            let slots = self.lock_slots();
+            let retry_due = slots.get(&key).is_some_and(|slot| slot.retry_at.is_some());
+            if !retry_due && !self.store.contains_key(&key) {
+                if self.queue.due_at(&key).is_none() {
+                    let at = super::jobs::idle_check_at(last_used, now, table.refresh.idle_timeout);
+                    self.queue.schedule(&key, at);
+                }
+                return;
+            }
         }
         // A fetch that landed after this was taken off the queue (a request's, racing
         // the scheduler) has done its work and scheduled what comes next, or put the

@@ -1774,3 +1774,28 @@ async fn a_reload_that_changes_only_the_mode_applies_it_to_the_kept_job_entries(
     );
     assert_eq!(assumer.calls(), 2);
 }
+
+/// A job the scheduler found idle but that a request used before it was dropped is kept,
+/// with an idle check scheduled again (the scheduler had taken its entry off the queue):
+/// it can still be found idle later.
+#[tokio::test]
+async fn a_job_used_again_as_it_is_found_idle_is_kept_with_an_idle_check() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    get_job(&cache, "m", "job-a").await.unwrap();
+    let key = job_key(&cache, "m", "job-a");
+    let spec = cache.inner.job_by_key(&key).expect("registered");
+    // What the scheduler did: took the entry off the queue, found it idle; a request
+    // touched it since.
+    cache.inner.queue.cancel(&key);
+    let idle_timeout = cache.inner.current_table().refresh.idle_timeout;
+    cache.inner.drop_idle_job(&spec, idle_timeout);
+    assert_eq!(cache.job_entries(), 1, "a job in use was dropped");
+    assert_eq!(
+        cache.inner.queue.due_at(&key),
+        Some(spec.last_used().unwrap() + idle_timeout + Duration::from_millis(1)),
+        "nothing is scheduled for the kept job"
+    );
+    assert!(cache.inner.store.contains_key(&key));
+}
