@@ -74,7 +74,7 @@ impl Jobs {
         self.by_key.get(key)
     }
 
-    /// Registered entries, for tests and `forget_failures`.
+    /// Every registered entry (`CredentialCache::forget_failures`).
     pub(super) fn specs(&self) -> impl Iterator<Item = &Arc<MappingSpec>> {
         self.by_key.values()
     }

@@ -1799,3 +1799,29 @@ async fn a_job_used_again_as_it_is_found_idle_is_kept_with_an_idle_check() {
     );
     assert!(cache.inner.store.contains_key(&key));
 }
+
+/// A job refused by its role is negatively cached like a mapping, and a SIGHUP
+/// (`forget_failures`) ends that too: the next request asks STS again.
+#[tokio::test]
+async fn forget_failures_ends_a_jobs_negative_cache() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![denied]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    assert!(matches!(
+        get_job(&cache, "m", "job-a").await,
+        Err(VendError::Denied(_))
+    ));
+    assert!(matches!(
+        get_job(&cache, "m", "job-a").await,
+        Err(VendError::Denied(_))
+    ));
+    assert_eq!(assumer.calls(), 1, "inside its negative cache: no STS call");
+    cache.forget_failures();
+    let vended = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(
+        (vended.source, assumer.calls()),
+        (Source::Fresh, 2),
+        "after a SIGHUP the refused job asks STS again"
+    );
+}
