@@ -242,6 +242,7 @@ impl Daemon {
             hosts: self.admin_hosts.clone(),
             last_reload: self.last_reload.clone(),
             base_identity: self.base_identity.clone(),
+            jobs: self.jobs.clone(),
         }
     }
 

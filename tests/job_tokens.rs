@@ -184,3 +184,362 @@ async fn the_socket_is_0660_and_removed_at_shutdown() {
         "the socket file outlived the daemon"
     );
 }
+
+/// The value of the metric sample `series` (`name{labels}`), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A token minted with `ttl_seconds` is refused from the moment the daemon's clock
+/// reaches its expiry (whether or not it was swept yet), with the wrong-token answer;
+/// the sweeper removes and counts expired tokens that nobody presents.
+#[tokio::test]
+async fn a_token_expires_by_the_daemons_clock() {
+    let (_sts, d, _acme, dir) = start().await;
+    let socket = dir.socket();
+    let (used, _) = minted(&mint(&socket, r#"{"mapping": "acme-s3", "ttl_seconds": 60}"#).await);
+    let (unused, _) = minted(&mint(&socket, r#"{"mapping": "acme-s3", "ttl_seconds": 120}"#).await);
+    let path = "/v1/credentials/acme-s3";
+    assert_eq!(get_with_token(d.addr, path, &used).await.status, 200);
+
+    d.clock.advance(Duration::from_secs(59));
+    assert_eq!(
+        get_with_token(d.addr, path, &used).await.status,
+        200,
+        "refused a second before its expiry"
+    );
+    d.clock.advance(Duration::from_secs(1));
+    let wrong = format!("cvj_{}", "2".repeat(64));
+    let refused = get_with_token(d.addr, path, &wrong).await;
+    let expired = get_with_token(d.addr, path, &used).await;
+    assert_json_error_shape(&expired, 403, "AccessDenied");
+    assert_eq!(seen(&expired), seen(&refused));
+    let metrics = d.daemon.metrics().clone();
+    let expired_total = r#"credvend_job_tokens_expired_total{mapping="acme-s3"}"#;
+    eventually("the expired token is swept and counted", || {
+        sample(&metrics.render(), expired_total) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        d.daemon.jobs().list().len(),
+        1,
+        "the 120 s token is still live"
+    );
+
+    // Nobody presents the second token: the sweeper alone ends it, at its expiry.
+    d.clock.advance(Duration::from_secs(60));
+    eventually("the unused token is swept at its expiry", || {
+        sample(&metrics.render(), expired_total) == Some(2.0)
+    })
+    .await;
+    let text = metrics.render();
+    assert_eq!(sample(&text, "credvend_job_tokens"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"credvend_job_tokens_revoked_total{mapping="acme-s3"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        get_with_token(d.addr, path, &unused).await.status,
+        403,
+        "an expired, swept token"
+    );
+    d.stop().await;
+}
+
+/// The live-token gauge and the per-mapping counters; a mapping's job series appear
+/// with its first mint.
+#[tokio::test]
+async fn minted_and_revoked_tokens_are_counted_by_mapping() {
+    let (_sts, d, _acme, dir) = start().await;
+    let socket = dir.socket();
+    let metrics = d.daemon.metrics().clone();
+    let before = metrics.render();
+    assert_eq!(sample(&before, "credvend_job_tokens"), Some(0.0));
+    assert!(
+        !before.contains("credvend_job_tokens_minted_total{"),
+        "job series before any mint:\n{before}"
+    );
+    let (_, first) = minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    let text = metrics.render();
+    assert_eq!(sample(&text, "credvend_job_tokens"), Some(2.0), "{text}");
+    let minted_total = r#"credvend_job_tokens_minted_total{mapping="acme-s3"}"#;
+    let revoked_total = r#"credvend_job_tokens_revoked_total{mapping="acme-s3"}"#;
+    assert_eq!(sample(&text, minted_total), Some(2.0), "{text}");
+    assert_eq!(sample(&text, revoked_total), Some(0.0), "{text}");
+    let deleted = control_request(&socket, "DELETE", &format!("/v1/tokens/{first}"), None).await;
+    assert_eq!(deleted.status, 204);
+    let text = metrics.render();
+    assert_eq!(sample(&text, "credvend_job_tokens"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, revoked_total), Some(1.0), "{text}");
+
+    // `/status`: how many per mapping, nothing else about them.
+    let status = support::http::request(d.admin, "GET", "/status", &[]).await;
+    let status = status.json();
+    assert_eq!(status["mappings"]["acme-s3"]["job_tokens"], 1, "{status}");
+    assert_eq!(status["job_tokens"], 1, "{status}");
+    d.stop().await;
+}
+
+/// Every bound and malformed request of the control socket, each with its status,
+/// code and the field its message names.
+#[tokio::test]
+async fn the_control_socket_refuses_what_its_bounds_forbid() {
+    let (_sts, d, _acme, dir) = start_acme_with_control(EXTERNAL_ID, |c| {
+        c.control.max_ttl = Duration::from_secs(3600);
+        c.control.max_tokens = 2;
+    })
+    .await;
+    let socket = dir.socket();
+    let refused = |r: &RawResponse, status: u16, code: &str, message: &str| {
+        let body = assert_json_error_shape(r, status, code);
+        let text = body["Message"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            text.starts_with(message),
+            "{status} {code}: message {text:?} should start with {message:?}"
+        );
+    };
+    let cases: [(&str, u16, &str, &str); 12] = [
+        (
+            r#"{"mapping": "acme-s3", "ttl_seconds": 3601}"#,
+            400,
+            "InvalidRequest",
+            "ttl_seconds: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "ttl_seconds": 0}"#,
+            400,
+            "InvalidRequest",
+            "ttl_seconds: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "ttl_seconds": -5}"#,
+            400,
+            "InvalidRequest",
+            "ttl_seconds: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "ttl_seconds": "1h"}"#,
+            400,
+            "InvalidRequest",
+            "ttl_seconds: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "session_name": "job 8812!"}"#,
+            400,
+            "InvalidRequest",
+            "session_name: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "session_name": "x"}"#,
+            400,
+            "InvalidRequest",
+            "session_name: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "lease": "forever"}"#,
+            400,
+            "InvalidRequest",
+            "lease: ",
+        ),
+        (
+            r#"{"mapping": "acme-s3", "ttl": 60}"#,
+            400,
+            "InvalidRequest",
+            "ttl: unknown field",
+        ),
+        (
+            r#"{"ttl_seconds": 60}"#,
+            400,
+            "InvalidRequest",
+            "mapping: required",
+        ),
+        (r#"["acme-s3"]"#, 400, "InvalidRequest", "body: "),
+        (r#"{"mapping": "acme-s3""#, 400, "InvalidRequest", "body: "),
+        (
+            r#"{"mapping": "ghost-s3"}"#,
+            404,
+            "MappingNotFound",
+            "no mapping named 'ghost-s3'",
+        ),
+    ];
+    for (body, status, code, message) in cases {
+        let r = mint(&socket, body).await;
+        refused(&r, status, code, message);
+    }
+
+    // Over 4 KiB: with a declared length, and chunked (read up to the bound).
+    let big = format!(r#"{{"mapping": "acme-s3", "pad": "{}"}}"#, "x".repeat(4096));
+    refused(
+        &mint(&socket, &big).await,
+        413,
+        "PayloadTooLarge",
+        "request body longer",
+    );
+    let chunked = format!(
+        "POST /v1/tokens HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    refused(
+        &support::control::control_send_raw(&socket, chunked.as_bytes()).await,
+        413,
+        "PayloadTooLarge",
+        "request body longer",
+    );
+
+    // Unknown id, other methods and paths.
+    refused(
+        &control_request(&socket, "DELETE", "/v1/tokens/jt_0000000000000000", None).await,
+        404,
+        "TokenNotFound",
+        "no live job token with id 'jt_0000000000000000'",
+    );
+    let put = control_request(&socket, "PUT", "/v1/tokens", None).await;
+    refused(&put, 405, "MethodNotAllowed", "only GET, POST");
+    assert_eq!(put.header("allow"), Some("GET, POST"));
+    let get_one = control_request(&socket, "GET", "/v1/tokens/jt_0000000000000000", None).await;
+    refused(&get_one, 405, "MethodNotAllowed", "only DELETE");
+    assert_eq!(get_one.header("allow"), Some("DELETE"));
+    refused(
+        &control_request(&socket, "GET", "/v1/credentials/acme-s3", None).await,
+        404,
+        "NotFound",
+        "not found",
+    );
+    assert!(
+        d.daemon.jobs().list().is_empty(),
+        "a refused request minted"
+    );
+
+    // max_tokens: the third live token is refused until one ends.
+    let (_, first) = minted(
+        &mint(
+            &socket,
+            r#"{"mapping": "acme-s3", "ttl_seconds": 3600, "session_name": "sync-job-8812"}"#,
+        )
+        .await,
+    );
+    minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    refused(
+        &mint(&socket, r#"{"mapping": "acme-s3"}"#).await,
+        429,
+        "TooManyTokens",
+        "2 job tokens are live",
+    );
+    let listed = control_request(&socket, "GET", "/v1/tokens", None)
+        .await
+        .json();
+    let listed = listed["tokens"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["session_name"], "sync-job-8812", "{listed:?}");
+    assert_eq!(
+        control_request(&socket, "DELETE", &format!("/v1/tokens/{first}"), None)
+            .await
+            .status,
+        204
+    );
+    minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    d.stop().await;
+}
+
+/// A reload that removes a mapping revokes its job tokens at once (the others stay),
+/// and no new ones can be minted for it.
+#[tokio::test]
+async fn a_reload_removing_a_mapping_revokes_its_tokens() {
+    let beta = support::daemon::mapping(
+        "beta-s3",
+        "beta-sync",
+        None,
+        &support::daemon::token("beta"),
+    );
+    let beta_for_config = beta.clone();
+    let (sts, d, _acme, dir) = start_acme_with_control(EXTERNAL_ID, move |c| {
+        c.mappings.insert("beta-s3".into(), beta_for_config);
+    })
+    .await;
+    let socket = dir.socket();
+    let (acme_job, _) = minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    let (_, beta_id) = minted(&mint(&socket, r#"{"mapping": "beta-s3"}"#).await);
+    assert_eq!(
+        get_with_token(d.addr, "/v1/credentials", &acme_job)
+            .await
+            .status,
+        200
+    );
+
+    let without_acme = support::daemon::config(&sts.endpoint_url(), vec![beta]);
+    d.daemon.apply_config(&without_acme);
+    let remaining: Vec<String> = d
+        .daemon
+        .jobs()
+        .list()
+        .iter()
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(remaining, [beta_id], "only beta-s3's token is left");
+    let r = get_with_token(d.addr, "/v1/credentials", &acme_job).await;
+    assert_json_error_shape(&r, 403, "AccessDenied");
+    refused_mapping(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    d.stop().await;
+}
+
+#[track_caller]
+fn refused_mapping(r: &RawResponse) {
+    assert_json_error_shape(r, 404, "MappingNotFound");
+}
+
+/// A stale socket file (no process behind it) is replaced; a socket a live process
+/// answers on, and a regular file, are bind errors naming `control.socket`.
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+    use credvend::daemon::Listeners;
+    let dir = SocketDir::new();
+    let socket = dir.socket();
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists(), "the stale socket file is there");
+    let clock = credvend::clock::ManualClock::starting_now();
+    let sts = support::fake_sts::FakeSts::start(std::sync::Arc::new(clock.clone())).await;
+    let config = support::daemon::config(
+        &sts.endpoint_url(),
+        vec![support::daemon::mapping(
+            "acme-s3",
+            "vendor-sync",
+            None,
+            &support::daemon::token("acme"),
+        )],
+    );
+    let d = support::control::start_with_control(config.clone(), clock, &socket).await;
+    minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+
+    // The daemon serves on it now: a second one must not take it over.
+    let mut second = config.clone();
+    second.control.socket = Some(socket.clone());
+    let error = match Listeners::bind_all(&second.server, &second.control).await {
+        Ok(_) => panic!("a second daemon bound the live socket"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("(control.socket)") && error.contains(&socket.display().to_string()),
+        "{error}"
+    );
+    assert!(error.contains("another process is serving"), "{error}");
+    minted(&mint(&socket, r#"{"mapping": "acme-s3"}"#).await);
+    d.stop().await;
+
+    let regular = dir.path().join("regular");
+    std::fs::write(&regular, "keep me").unwrap();
+    second.control.socket = Some(regular.clone());
+    let error = match Listeners::bind_all(&second.server, &second.control).await {
+        Ok(_) => panic!("bound over a regular file"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("(control.socket)") && error.contains("not a socket"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&regular).unwrap(), "keep me");
+}

@@ -70,6 +70,8 @@ pub struct JobToken {
 /// A stored token: its listing plus its hash.
 struct Stored {
     hash: TokenHash,
+    /// Mint order (listing order; the clock may not move between two mints).
+    serial: u64,
     token: Arc<JobToken>,
 }
 
@@ -137,6 +139,8 @@ struct State {
     /// and a reload removing one revokes its tokens under the same lock, so no token
     /// of a removed mapping can slip in between.
     mappings: BTreeSet<String>,
+    /// Mints so far.
+    minted: u64,
 }
 
 struct Shared {
@@ -234,10 +238,13 @@ impl JobTokens {
                     .or_default() += 1;
             }
             state.by_hash.insert(hash, id.clone());
+            state.minted += 1;
+            let serial = state.minted;
             state.by_id.insert(
                 id,
                 Stored {
                     hash,
+                    serial,
                     token: info.clone(),
                 },
             );
@@ -283,18 +290,18 @@ impl JobTokens {
         Some(JobGrant(token.clone()))
     }
 
-    /// Every live token, oldest first.
+    /// Every live token, in the order they were minted.
     pub fn list(&self) -> Vec<Arc<JobToken>> {
         let now = self.0.clock.now();
         let state = self.lock();
-        let mut tokens: Vec<Arc<JobToken>> = state
+        let mut tokens: Vec<(u64, Arc<JobToken>)> = state
             .by_id
             .values()
             .filter(|s| s.token.expires_at.is_none_or(|at| at > now))
-            .map(|s| s.token.clone())
+            .map(|s| (s.serial, s.token.clone()))
             .collect();
-        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        tokens
+        tokens.sort_by_key(|(serial, _)| *serial);
+        tokens.into_iter().map(|(_, token)| token).collect()
     }
 
     /// Live tokens of each mapping that has any (for `/status`).
