@@ -391,6 +391,16 @@ async fn the_control_socket_refuses_what_its_bounds_forbid() {
         "request body longer",
     );
 
+    // A declared length over the bound is answered at once, without waiting for a
+    // body that never comes.
+    let declared = "POST /v1/tokens HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n";
+    refused(
+        &support::control::control_send_raw(&socket, declared.as_bytes()).await,
+        413,
+        "PayloadTooLarge",
+        "request body longer",
+    );
+
     // Unknown id, other methods and paths.
     refused(
         &control_request(&socket, "DELETE", "/v1/tokens/jt_0000000000000000", None).await,
@@ -542,4 +552,179 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
         "{error}"
     );
     assert_eq!(std::fs::read_to_string(&regular).unwrap(), "keep me");
+}
+
+/// Kills the daemon if the test panics before it exits.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The daemon as a process (`credvend serve`, JSON logs at `trace`) with `[control]
+/// socket` set: the audit line of a vend made with a job token names the token's id
+/// and who minted it; the token (and its hash) appears in no log line, `/metrics`,
+/// `/status` or `GET /v1/tokens`; SIGTERM removes the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_line_names_the_job_token_and_the_token_is_never_shown() {
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::time::Instant;
+    const CONFIG_TOKEN: &str = "CANARYCONFIGTOKEN-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    let clock = credvend::clock::ManualClock::starting_now();
+    let sts = support::fake_sts::FakeSts::start(Arc::new(clock)).await;
+    sts.add_role(support::fake_sts::Role::new(
+        "arn:aws:iam::111122223333:role/vendor-sync",
+        support::fake_sts::TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    let dir = SocketDir::new();
+    let socket = dir.socket();
+    let listen = support::e2e::free_loopback_addr();
+    let admin = support::e2e::free_loopback_addr();
+    let config = dir.path().join("credvend.toml");
+    support::e2e::write_private_file(
+        &config,
+        &format!(
+            r#"
+[server]
+listen = ["{listen}"]
+admin_listen = "{admin}"
+
+[refresh]
+cold_wait = "10s"
+
+[control]
+socket = "{socket}"
+{sts_and_acme}"#,
+            socket = socket.display(),
+            sts_and_acme = support::config_file::sts_and_acme_toml(
+                &sts.endpoint_url(),
+                EXTERNAL_ID,
+                CONFIG_TOKEN
+            ),
+        ),
+    );
+    let log_path = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "trace")
+        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
+        .env("AWS_SECRET_ACCESS_KEY", "vendor-base-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let log_so_far = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(admin).await.is_err() || !socket.exists() {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            panic!("credvend exited ({exit}) before serving:\n{}", log_so_far());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving within 60 s:\n{}",
+            log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let answer = mint(&socket, r#"{"mapping": "acme-s3", "ttl_seconds": 600}"#).await;
+    let (token, id) = minted(&answer);
+    assert_eq!(
+        answer.json()["credentials_uri"],
+        format!("http://{listen}/v1/credentials/acme-s3")
+    );
+    let path = "/v1/credentials/acme-s3";
+    let by_job = get_with_token(listen, path, &token).await;
+    assert_eq!(by_job.status, 200, "{}", by_job.body);
+    let by_config = get_with_token(listen, "/v1/credentials", CONFIG_TOKEN).await;
+    assert_eq!(by_config.status, 200, "{}", by_config.body);
+    let listed = control_request(&socket, "GET", "/v1/tokens", None)
+        .await
+        .body;
+    let metrics = support::http::request(admin, "GET", "/metrics", &[])
+        .await
+        .body;
+    let status = support::http::request(admin, "GET", "/status", &[])
+        .await
+        .body;
+    let deleted = control_request(&socket, "DELETE", &format!("/v1/tokens/{id}"), None).await;
+    assert_eq!(deleted.status, 204);
+    let after = get_with_token(listen, path, &token).await;
+    assert_eq!(after.status, 403);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", log_so_far());
+    assert!(!socket.exists(), "the socket outlived the daemon");
+    let log = log_so_far();
+
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let audit: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "credvend::audit")
+        .collect();
+    assert_eq!(audit.len(), 3, "{log}");
+    let (job_line, config_line, refused_line) = (audit[0], audit[1], audit[2]);
+    assert_eq!(job_line["message"], "Credentials served", "{job_line}");
+    assert_eq!(job_line["job_token_id"], id.as_str(), "{job_line}");
+    assert_eq!(
+        job_line["minted_by_uid"],
+        rustix::process::getuid().as_raw(),
+        "{job_line}"
+    );
+    assert_eq!(job_line["minted_by_pid"], std::process::id(), "{job_line}");
+    for line in [config_line, refused_line] {
+        for field in ["job_token_id", "minted_by_uid", "minted_by_pid"] {
+            assert!(line.get(field).is_none(), "{field} on {line}");
+        }
+    }
+    assert_eq!(refused_line["status"], 403, "{refused_line}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "Job token minted" && l["id"] == id.as_str()),
+        "{log}"
+    );
+
+    let hash = credvend::secret::TokenHash::of_token(token.as_bytes()).to_hex();
+    for (what, text) in [
+        ("the log", log.as_str()),
+        ("/metrics", metrics.as_str()),
+        ("/status", status.as_str()),
+        ("GET /v1/tokens", listed.as_str()),
+    ] {
+        assert!(!text.contains(&token), "the job token leaked into {what}");
+        assert!(
+            !text.contains(&token[4..]),
+            "the job token's digits leaked into {what}"
+        );
+        assert!(
+            !text.contains(&hash),
+            "the job token's hash leaked into {what}"
+        );
+    }
+    assert!(
+        listed.contains(&id),
+        "GET /v1/tokens lists the id: {listed}"
+    );
 }
