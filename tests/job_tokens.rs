@@ -170,14 +170,37 @@ async fn a_lease_token_lives_as_long_as_its_idle_connection() {
     d.stop().await;
 }
 
-/// The socket is created mode 0660 and removed at shutdown.
+/// The socket is created mode 0660, group `socket_group`, and removed at shutdown.
 #[tokio::test]
-async fn the_socket_is_0660_and_removed_at_shutdown() {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let (_sts, d, _acme, dir) = start().await;
+async fn the_socket_is_0660_of_its_group_and_removed_at_shutdown() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    // As root (CI) another group than the test's own, so the chown is seen to happen;
+    // otherwise the test's own group (a user can only chown to its groups).
+    let gid = if rustix::process::geteuid().is_root() {
+        4242
+    } else {
+        rustix::process::getgid().as_raw()
+    };
+    let (_sts, d, _acme, dir) = start_acme_with_control(EXTERNAL_ID, |c| {
+        c.control.socket_group = Some(credvend::config::SocketGroup {
+            name: gid.to_string(),
+            gid,
+        });
+    })
+    .await;
     let metadata = std::fs::symlink_metadata(dir.socket()).expect("socket exists");
     assert!(metadata.file_type().is_socket());
-    assert_eq!(metadata.permissions().mode() & 0o7777, 0o660);
+    assert_eq!(
+        metadata.permissions().mode() & 0o7777,
+        0o660,
+        "mode {:o}",
+        metadata.permissions().mode()
+    );
+    assert_eq!(metadata.gid(), gid);
+    assert!(
+        !dir.path().join("control.sock.new").exists(),
+        "the staging name is left behind"
+    );
     d.stop().await;
     assert!(
         !dir.socket().exists(),
