@@ -19,7 +19,7 @@
 //!
 //! Tokens that name a `session_name` share a per-job cache entry per (mapping,
 //! session_name); when the last live one of a pair ends, that entry is dropped
-//! ([`drop_job_entry`]).
+//! (`drop_job_entry`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
