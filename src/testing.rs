@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::aws_names::{Region, RoleArn, SessionName};
 use crate::config::{
-    Config, EnforcementMode, LogConfig, LogFormat, Mapping, MetricsConfig, RefreshConfig,
-    ReloadConfig, ServerConfig, StsConfig, VerifyConfig,
+    Config, ControlConfig, EnforcementMode, LogConfig, LogFormat, Mapping, MetricsConfig,
+    RefreshConfig, ReloadConfig, ServerConfig, StsConfig, VerifyConfig,
 };
 use crate::secret::{ExternalId, TokenHash};
 
@@ -87,6 +87,7 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
         },
         reload: ReloadConfig { watch: true },
         metrics: MetricsConfig::default(),
+        control: ControlConfig::default(),
         mappings: mappings.into_iter().map(|m| (m.name.clone(), m)).collect(),
         warnings: Vec::new(),
     }

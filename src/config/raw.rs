@@ -21,7 +21,8 @@ use crate::aws_names::{Region, RoleArn, SessionName, SourceIdentity};
 
 /// Keys allowed at the top level of the main file.
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
-    "include", "server", "log", "sts", "refresh", "verify", "reload", "metrics", "mappings",
+    "include", "server", "log", "sts", "refresh", "verify", "reload", "metrics", "control",
+    "mappings",
 ];
 
 /// `[server]`
@@ -91,6 +92,16 @@ pub(super) struct RawReload {
 pub(super) struct RawMetrics {
     pub per_mapping: Option<PerMappingSeries>,
     pub active_window: Option<DurationStr>,
+}
+
+/// `[control]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub socket: Option<String>,
+    pub socket_group: Option<String>,
+    pub max_ttl: Option<DurationStr>,
+    pub max_tokens: Option<u64>,
 }
 
 /// `[mappings.NAME]`

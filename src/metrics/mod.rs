@@ -26,6 +26,10 @@
 //! | `credvend_config_last_reload_successful` | gauge, 1/0 | — |
 //! | `credvend_config_last_reload_timestamp_seconds` | gauge | — |
 //! | `credvend_mappings` | gauge | — |
+//! | `credvend_job_tokens` | gauge | — |
+//! | `credvend_job_tokens_minted_total` | counter | `mapping` (from its first mint on) |
+//! | `credvend_job_tokens_revoked_total` | counter | `mapping` (from its first mint on) |
+//! | `credvend_job_tokens_expired_total` | counter | `mapping` (from its first mint on) |
 //! | `credvend_build_info` | gauge, always 1 | `version` |
 //! | `process_*` | Linux process collector | — |
 //!
@@ -83,7 +87,7 @@ use crate::config::{MetricsConfig, PerMappingSeries};
 use crate::creds::FailureReason;
 use crate::model::{MappingState, MappingStatus, Source};
 pub use per_mapping::Activity;
-use per_mapping::PerMapping;
+use per_mapping::{JobTokenEvent, PerMapping};
 
 /// Whether a mapping has series of its own (a `mapping` label) on `/metrics`: the one
 /// rule every `mapping`-labelled family follows (docs/metrics.md, "Which mappings have
@@ -187,6 +191,7 @@ pub struct Metrics {
     config_last_reload_successful: IntGauge,
     config_last_reload_timestamp_seconds: Gauge,
     mappings: IntGauge,
+    job_tokens: IntGauge,
     /// Serialises changes to the set of mappings (reloads).
     mappings_writer: Mutex<()>,
     /// `[metrics]`: which mappings [`mapping_shown`] shows.
@@ -340,6 +345,14 @@ impl Metrics {
                 IntGauge::new("credvend_mappings", "Mappings in the applied configuration.")
                     .expect("valid gauge"),
             ),
+            job_tokens: register(
+                r,
+                IntGauge::new(
+                    "credvend_job_tokens",
+                    "Live job tokens (minted on the control socket, not yet revoked or expired).",
+                )
+                .expect("valid gauge"),
+            ),
             mappings_writer: Mutex::new(()),
             config: ArcSwap::from_pointee(config),
             clock,
@@ -427,6 +440,29 @@ impl Metrics {
             .observe(duration.as_secs_f64());
         self.per_mapping
             .assume_role(mapping, outcome, self.clock.monotonic());
+    }
+
+    /// A job token for `mapping` was minted (a use of the mapping: it shows for
+    /// `active_window`).
+    pub fn job_token_minted(&self, mapping: &str) {
+        self.per_mapping
+            .job_token(mapping, JobTokenEvent::Minted, self.clock.monotonic());
+    }
+
+    /// A job token for `mapping` ended: expired, or revoked before that.
+    pub fn job_token_ended(&self, mapping: &str, expired: bool) {
+        let event = if expired {
+            JobTokenEvent::Expired
+        } else {
+            JobTokenEvent::Revoked
+        };
+        self.per_mapping
+            .job_token(mapping, event, self.clock.monotonic());
+    }
+
+    /// `live` job tokens exist now.
+    pub fn job_tokens_live(&self, live: usize) {
+        self.job_tokens.set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 
     /// A credential for `mapping` was served from `source`.

@@ -1,5 +1,5 @@
-//! The six families labelled by `mapping`, kept compactly and rendered straight to text,
-//! and their fleet totals (the same counts without the `mapping` label).
+//! The families labelled by `mapping`, kept compactly and rendered straight to text, and
+//! their fleet totals (the same counts without the `mapping` label).
 //!
 //! The `prometheus` crate keeps every series as its own object: a `Vec` of label pairs
 //! (owned strings), a descriptor reference and the value, about 500 bytes each. A
@@ -104,6 +104,39 @@ pub struct Series {
     last_served: AtomicU64,
     /// When an AssumeRole call last failed ([`Stamp`]).
     last_failure: AtomicU64,
+    /// `credvend_job_tokens_{minted,revoked,expired}_total`, indexed like [`JOB_TOKENS`].
+    job_tokens: [AtomicU64; 3],
+}
+
+/// The job token counters, in [`Series::job_tokens`] order: what happened, the family
+/// name, its help, the fleet family's name and help.
+const JOB_TOKENS: [(&str, &str, &str, &str); 3] = [
+    (
+        "credvend_job_tokens_minted_total",
+        "Job tokens minted on the control socket, by mapping.",
+        "credvend_fleet_job_tokens_minted_total",
+        "Job tokens minted on the control socket, all mappings together.",
+    ),
+    (
+        "credvend_job_tokens_revoked_total",
+        "Job tokens revoked before they expired (DELETE, lease connection closed, mapping removed by a reload), by mapping.",
+        "credvend_fleet_job_tokens_revoked_total",
+        "Job tokens revoked before they expired, all mappings together.",
+    ),
+    (
+        "credvend_job_tokens_expired_total",
+        "Job tokens whose ttl_seconds ran out, by mapping.",
+        "credvend_fleet_job_tokens_expired_total",
+        "Job tokens whose ttl_seconds ran out, all mappings together.",
+    ),
+];
+
+/// What happened to a job token, indexing [`JOB_TOKENS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobTokenEvent {
+    Minted = 0,
+    Revoked = 1,
+    Expired = 2,
 }
 
 /// A reading of the clock that never steps (`Clock::monotonic`), in milliseconds plus
@@ -158,6 +191,7 @@ impl Series {
             enforced: AtomicI64::new(-1),
             last_served: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
+            job_tokens: Default::default(),
         }
     }
 
@@ -243,6 +277,8 @@ pub struct PerMapping {
     series: ArcSwap<HashMap<Arc<str>, Arc<Series>>>,
     /// Every counted event of every registered mapping, shown or not.
     totals: Counters,
+    /// The job token counters of every registered mapping, shown or not.
+    job_token_totals: [AtomicU64; 3],
 }
 
 impl PerMapping {
@@ -272,6 +308,19 @@ impl PerMapping {
             s.counters.served(source);
             self.totals.served(source);
             Stamp::record(&s.last_served, now);
+        });
+    }
+
+    /// A job token of `mapping` was minted, revoked or expired. A mint is use of the
+    /// mapping (it shows for `active_window`, like a credential served at `now`); the
+    /// end of a token, which the daemon notices by itself, is not.
+    pub fn job_token(&self, mapping: &str, event: JobTokenEvent, now: Duration) {
+        self.with(mapping, |s| {
+            s.job_tokens[event as usize].fetch_add(1, Ordering::Relaxed);
+            self.job_token_totals[event as usize].fetch_add(1, Ordering::Relaxed);
+            if event == JobTokenEvent::Minted {
+                Stamp::record(&s.last_served, now);
+            }
         });
     }
 
@@ -394,6 +443,25 @@ impl PerMapping {
             }
         }
 
+        // Job token counters only for shown mappings that have had a job token: with
+        // 10,000 mappings in use and no control socket they would be 30,000 lines of
+        // zeros. A mapping's three series appear together at its first mint (revoked
+        // and expired at 0, so their first increase is a visible step).
+        let with_jobs: Vec<&(&str, &Series)> = mappings
+            .iter()
+            .filter(|(_, s)| {
+                s.job_tokens[JobTokenEvent::Minted as usize].load(Ordering::Relaxed) > 0
+            })
+            .collect();
+        if !with_jobs.is_empty() {
+            for (i, (name, help, _, _)) in JOB_TOKENS.iter().enumerate() {
+                family(out, name, help, "counter");
+                for (mapping, s) in &with_jobs {
+                    sample(out, name, mapping, None, load(&s.job_tokens[i]));
+                }
+            }
+        }
+
         for f in &COUNTER_FAMILIES {
             family(out, f.fleet_name, f.fleet_help, "counter");
             for (i, counter) in (f.counters)(&self.totals).iter().enumerate() {
@@ -406,6 +474,10 @@ impl PerMapping {
                     load(counter)
                 );
             }
+        }
+        for (i, (_, _, fleet_name, fleet_help)) in JOB_TOKENS.iter().enumerate() {
+            family(out, fleet_name, fleet_help, "counter");
+            let _ = writeln!(out, "{fleet_name} {}", load(&self.job_token_totals[i]));
         }
         if let Some(earliest) = earliest_expiry {
             family(
