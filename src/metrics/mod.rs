@@ -1229,6 +1229,38 @@ mod tests {
         );
     }
 
+    /// The job token counters: shown only for mappings that had a token (and only under
+    /// the mapping rule), summed into unlabelled fleet totals that exist always.
+    #[test]
+    fn job_token_fleet_totals_are_the_sums_and_exist_before_any_mint() {
+        let m = Metrics::new();
+        m.sync_mappings(["a", "b", "c"]);
+        let text = m.render();
+        for event in ["minted", "revoked", "expired"] {
+            let fleet = format!("credvend_fleet_job_tokens_{event}_total");
+            assert_eq!(value(&text, &fleet), Some(0.0), "{fleet} before any mint");
+            let family = format!("credvend_job_tokens_{event}_total");
+            assert!(
+                samples(&text, &family).is_empty(),
+                "{family} before any mint"
+            );
+        }
+        m.job_token_minted("a");
+        m.job_token_minted("a");
+        m.job_token_minted("b");
+        m.job_token_ended("a", false);
+        m.job_token_ended("b", true);
+        let text = m.render();
+        for (event, want) in [("minted", 3.0), ("revoked", 1.0), ("expired", 1.0)] {
+            let per_mapping = samples(&text, &format!("credvend_job_tokens_{event}_total"));
+            assert_eq!(per_mapping.len(), 2, "a and b have {event} series, c none");
+            let sum: f64 = per_mapping.iter().map(|(_, v)| v).sum();
+            let fleet = format!("credvend_fleet_job_tokens_{event}_total");
+            assert_eq!(value(&text, &fleet), Some(want), "{fleet}");
+            assert_eq!(sum, want, "credvend_job_tokens_{event}_total summed");
+        }
+    }
+
     #[test]
     fn a_reload_that_removes_a_mapping_never_lowers_a_fleet_counter() {
         let m = Metrics::new();
