@@ -20,7 +20,7 @@
 //! others are still checked. Each value in the merged figment carries a tag naming its
 //! provider; [`Report`] uses it to say which file or variable a bad value came from.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -170,8 +170,13 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         log.permissions(dir);
         report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
     }
+    // Each included file becomes its own figment, merged at the end as a balanced tree:
+    // figment rebuilds the merged table on every merge, so merging 100,000 files one by
+    // one into the growing tree is quadratic (minutes), pairwise it is n log n.
+    let mut included: Vec<Figment> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::from([main.to_path_buf()]);
     for include in includes {
-        if files.contains(&include) {
+        if !seen.insert(include.clone()) {
             continue;
         }
         let display = include.display().to_string();
@@ -206,8 +211,11 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                 mappings.remove(&duplicate);
             }
         }
-        figment = figment.merge(TomlFile::new(&include, mappings_only));
+        included.push(Figment::from(TomlFile::new(&include, mappings_only)));
         files.push(include);
+    }
+    if let Some(includes) = merge_balanced(included) {
+        figment = figment.merge(includes);
     }
     #[cfg(any(test, feature = "test-util"))]
     seam::after_read();
@@ -218,6 +226,24 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         files,
         include_dirs,
     })
+}
+
+/// Merges `parts` in order (a later part's values win, as with `merge` one by one) as a
+/// balanced tree of pairwise merges: each value keeps the tag of the provider it came
+/// from, so problems still name the file. `None` for no parts.
+fn merge_balanced(mut parts: Vec<Figment>) -> Option<Figment> {
+    while parts.len() > 1 {
+        let mut merged = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut pairs = parts.into_iter();
+        while let Some(first) = pairs.next() {
+            merged.push(match pairs.next() {
+                Some(second) => first.merge(second),
+                None => first,
+            });
+        }
+        parts = merged;
+    }
+    parts.pop()
 }
 
 /// What a `CREDVEND_*` environment variable is to credvend.
