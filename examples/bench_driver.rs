@@ -233,7 +233,11 @@ async fn wait_listening(addr: SocketAddr, started: Instant, limit: Duration) -> 
 }
 
 /// [`wait_listening`], `None` when `limit` passes first.
-async fn try_wait_listening(addr: SocketAddr, started: Instant, limit: Duration) -> Option<Duration> {
+async fn try_wait_listening(
+    addr: SocketAddr,
+    started: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     while started.elapsed() < limit {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Some(started.elapsed());
@@ -944,7 +948,7 @@ async fn scale_idle(dir: &Path) {
         mappings.push(MappingSpec {
             name: format!("c{i:06}"),
             role,
-            external_id: format!("external-id-{i:06}"),
+            external_id: format!("external-id-{i:06}-0123456789abcdefghijklmnop"),
             token: token(1_000_000 + i),
             prefetch: false,
         });

@@ -118,7 +118,7 @@ fn table(i: usize) -> String {
     let token = format!("{i:016x}{}", "0123456789abcdef".repeat(3));
     format!(
         "[mappings.c{i:06}]\nrole_arn = \"arn:aws:iam::111122223333:role/bench-idle-{i}\"\n\
-         external_id = \"external-id-{i:06}\"\ntoken_sha256 = [\"{}\"]\nprefetch = false\n\n",
+         external_id = \"external-id-{i:06}-0123456789abcdefghijklmnop\"\ntoken_sha256 = [\"{}\"]\nprefetch = false\n\n",
         hex::encode(Sha256::digest(token.as_bytes()))
     )
 }
@@ -168,7 +168,10 @@ fn main() {
         }
         write_private(&main_file, &text);
     }
-    println!("{n} mappings, layout {layout}; live heap before: {:.1} MiB", LIVE.load(Ordering::Relaxed) as f64 / 1048576.0);
+    println!(
+        "{n} mappings, layout {layout}; live heap before: {:.1} MiB",
+        LIVE.load(Ordering::Relaxed) as f64 / 1048576.0
+    );
 
     let stage = begin();
     let config = Config::load(&main_file).expect("valid config");
@@ -185,7 +188,12 @@ fn main() {
     end(stage, "Metrics (per-mapping series state)", n);
 
     let stage = begin();
-    let cache = CredentialCache::new(&config, Arc::new(NoSts), Arc::new(SystemClock), metrics.clone());
+    let cache = CredentialCache::new(
+        &config,
+        Arc::new(NoSts),
+        Arc::new(SystemClock),
+        metrics.clone(),
+    );
     end(stage, "CredentialCache (mapping table, specs, store)", n);
 
     let stage = begin();
@@ -196,7 +204,11 @@ fn main() {
     let rendered = metrics.render();
     let size = rendered.len();
     drop(rendered);
-    end(stage, &format!("Metrics::render ({size} bytes, then dropped)"), n);
+    end(
+        stage,
+        &format!("Metrics::render ({size} bytes, then dropped)"),
+        n,
+    );
 
     let stage = begin();
     drop(config);
