@@ -1440,7 +1440,7 @@ fn read_sources_matches_a_full_read_without_loading() {
                 jail,
                 "mappings.d/beta.toml",
                 &format!(
-                    "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id = \"beta-id-2\"\ntoken_sha256 = [\"{TOKEN_C}\"]\n"
+                    "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id = \"beta-id-{round}\"\ntoken_sha256 = [\"{TOKEN_C}\"]\n"
                 ),
             );
             assert_ne!(
