@@ -13,15 +13,24 @@
 //!   Prints req/s, p50 and p99 for both, the ratios per pair and their median.
 //! - `herd`: 1,000 concurrent first requests for one mapping while STS takes 300 ms:
 //!   AssumeRole calls and the latency distribution.
-//! - `scale`: 10,000 mappings: validate+load time (`credvend check-config`), start to
-//!   listening, time until all are warm, RSS warm, a SIGHUP reload changing one mapping
-//!   (time until that mapping serves its new credential) and the STS calls it caused.
+//! - `scale`: `scale-idle` then `scale-warm`.
+//! - `scale-idle`: 100,000 mappings (`BENCH_MAPPINGS`), nothing warm, as one file and as
+//!   one included file per mapping, with the process's default environment: check-config
+//!   time, start to listening, idle RSS, the first `/metrics` scrape (size, series, time,
+//!   peak RSS), a reload of one mapping's file (time to applied, AssumeRole calls, peak
+//!   RSS), each beside the goal; `BENCH_BASELINE=/path/to/credvend` measures another
+//!   build's start-up in the same run.
+//! - `scale-warm`: 10,000 prefetch mappings (`BENCH_PREFETCH_MAPPINGS`): validate+load
+//!   time, start to listening, time until all are warm and the STS calls, RSS warm, a
+//!   SIGHUP reload changing one mapping (time until that mapping serves its new
+//!   credential) and the STS calls it caused.
 //! - `ttfc`: time to first credential of fresh boto3 processes, through credvend (warm)
 //!   vs boto3's own AssumeRole provider, STS with 50 ms latency; STS calls for each.
 //!
 //! Environment: `BENCH_DURATION` (wrk seconds per run, default 10), `BENCH_CONNECTIONS`
 //! (comma-separated, default `16,128`), `BENCH_PAIRS` (default 3), `BENCH_MAPPINGS`
-//! (default 10000), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
+//! (default 100000), `BENCH_PREFETCH_MAPPINGS` (default 10000), `BENCH_BASELINE`,
+//! `BENCH_START_LIMIT` (seconds, default 120), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
 //! `.venv/bin/python`), `BENCH_TARGET` (where the release binaries are, default
 //! `target/release`). Every wait is bounded; load goes to 127.0.0.1 only.
 
@@ -1312,7 +1321,9 @@ async fn main() {
             ttfc(&dir).await;
         }
         other => {
-            eprintln!("unknown scenario {other}: throughput | herd | scale | ttfc | all");
+            eprintln!(
+                "unknown scenario {other}: throughput | herd | scale | scale-idle | scale-warm | ttfc | all"
+            );
             std::process::exit(64);
         }
     }

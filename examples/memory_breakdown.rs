@@ -1,6 +1,6 @@
-//! Where the bytes go at scale (docs/performance.md, "Memory at 100,000 mappings"): a
-//! counting global allocator around the system one, and the structures a daemon builds
-//! for N mappings (nothing warm), each measured as the live heap it adds.
+//! Where the bytes go at scale (docs/performance.md, "Memory and start-up at 100,000
+//! mappings"): a counting global allocator around the system one, and the structures a
+//! daemon builds for N mappings (nothing warm), each measured as the live heap it adds.
 //!
 //! ```sh
 //! cargo run --release --example memory_breakdown -- 100000 include   # or: one-file

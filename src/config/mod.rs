@@ -307,7 +307,7 @@ impl Config {
     /// This config without its per-mapping parts (the mappings, the list of files
     /// read, the warnings): what a running daemon keeps of it once the tables are
     /// built. At 100,000 mappings the mappings alone are ~100 MiB of heap that nothing
-    /// reads again (docs/performance.md, "Memory at 100,000 mappings").
+    /// reads again (docs/performance.md, "Memory and start-up at 100,000 mappings").
     pub fn into_settings(self) -> Config {
         Config {
             files: Vec::new(),
