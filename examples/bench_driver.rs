@@ -13,15 +13,24 @@
 //!   Prints req/s, p50 and p99 for both, the ratios per pair and their median.
 //! - `herd`: 1,000 concurrent first requests for one mapping while STS takes 300 ms:
 //!   AssumeRole calls and the latency distribution.
-//! - `scale`: 10,000 mappings: validate+load time (`credvend check-config`), start to
-//!   listening, time until all are warm, RSS warm, a SIGHUP reload changing one mapping
-//!   (time until that mapping serves its new credential) and the STS calls it caused.
+//! - `scale`: `scale-idle` then `scale-warm`.
+//! - `scale-idle`: 100,000 mappings (`BENCH_MAPPINGS`), nothing warm, as one file and as
+//!   one included file per mapping, with the process's default environment: check-config
+//!   time, start to listening, idle RSS, the first `/metrics` scrape (size, series, time,
+//!   peak RSS), a reload of one mapping's file (time to applied, AssumeRole calls, peak
+//!   RSS), each beside the goal; `BENCH_BASELINE=/path/to/credvend` measures another
+//!   build's start-up in the same run.
+//! - `scale-warm`: 10,000 prefetch mappings (`BENCH_PREFETCH_MAPPINGS`): validate+load
+//!   time, start to listening, time until all are warm and the STS calls, RSS warm, a
+//!   SIGHUP reload changing one mapping (time until that mapping serves its new
+//!   credential) and the STS calls it caused.
 //! - `ttfc`: time to first credential of fresh boto3 processes, through credvend (warm)
 //!   vs boto3's own AssumeRole provider, STS with 50 ms latency; STS calls for each.
 //!
 //! Environment: `BENCH_DURATION` (wrk seconds per run, default 10), `BENCH_CONNECTIONS`
 //! (comma-separated, default `16,128`), `BENCH_PAIRS` (default 3), `BENCH_MAPPINGS`
-//! (default 10000), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
+//! (default 100000), `BENCH_PREFETCH_MAPPINGS` (default 10000), `BENCH_BASELINE`,
+//! `BENCH_START_LIMIT` (seconds, default 120), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
 //! `.venv/bin/python`), `BENCH_TARGET` (where the release binaries are, default
 //! `target/release`). Every wait is bounded; load goes to 127.0.0.1 only.
 
@@ -190,10 +199,6 @@ fn shipped_allocator_env() -> Vec<(String, String)> {
         .filter(|(key, _)| key.starts_with("MALLOC_"))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    assert!(
-        !env.is_empty(),
-        "no MALLOC_ settings found in systemd/credvend.service"
-    );
     env
 }
 
@@ -202,8 +207,17 @@ fn spawn_credvend(config: &Path, log: &Path) -> Proc {
 }
 
 fn spawn_credvend_with(config: &Path, log: &Path, allocator_env: &[(String, String)]) -> Proc {
+    spawn_binary(&target_dir().join("credvend"), config, log, allocator_env)
+}
+
+fn spawn_binary(
+    binary: &Path,
+    config: &Path,
+    log: &Path,
+    allocator_env: &[(String, String)],
+) -> Proc {
     let log = std::fs::File::create(log).expect("log file");
-    let child = pinned(target_dir().join("credvend"), Placement::Server)
+    let child = pinned(binary, Placement::Server)
         .args(["serve", "--config"])
         .arg(config)
         .env_clear()
@@ -222,13 +236,24 @@ fn spawn_credvend_with(config: &Path, log: &Path, allocator_env: &[(String, Stri
 
 /// Polls until a TCP connect to `addr` succeeds; the time it took.
 async fn wait_listening(addr: SocketAddr, started: Instant, limit: Duration) -> Duration {
+    try_wait_listening(addr, started, limit)
+        .await
+        .unwrap_or_else(|| panic!("{addr} not listening within {limit:?}"))
+}
+
+/// [`wait_listening`], `None` when `limit` passes first.
+async fn try_wait_listening(
+    addr: SocketAddr,
+    started: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     while started.elapsed() < limit {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return started.elapsed();
+            return Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("{addr} not listening within {limit:?}");
+    None
 }
 
 /// A fake STS with one role that requires `external_id`, answering every call after
@@ -618,7 +643,14 @@ async fn herd(dir: &Path) {
 // scale
 
 async fn scale(dir: &Path) {
-    let count: usize = env_or("BENCH_MAPPINGS", 10_000);
+    scale_idle(dir).await;
+    scale_warm(dir).await;
+}
+
+/// 10,000 (`BENCH_PREFETCH_MAPPINGS`) mappings, all `prefetch = true`, in one file: time
+/// to warm, RSS warm, a SIGHUP reload of one changed mapping.
+async fn scale_warm(dir: &Path) {
+    let count: usize = env_or("BENCH_PREFETCH_MAPPINGS", 10_000);
     let sts = FakeSts::start(Arc::new(SystemClock)).await;
     let mut mappings = Vec::with_capacity(count);
     for i in 0..count {
@@ -652,7 +684,7 @@ async fn scale(dir: &Path) {
     spec(&mappings);
     let size = std::fs::metadata(&config).map(|m| m.len()).unwrap_or(0);
     println!(
-        "\n== scale: {count} mappings, all prefetch, config {} KiB (load {})",
+        "\n== scale, warm: {count} mappings, all prefetch, config {} KiB (load {})",
         size / 1024,
         uptime()
     );
@@ -776,6 +808,347 @@ async fn scale(dir: &Path) {
     println!(
         "  RSS warm with glibc's default allocator settings (no MALLOC_*): {:.1} MiB",
         rss_defaults as f64 / 1024.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// scale, idle: 100,000 mappings, nothing warm
+
+/// The issue's goals for 100,000 idle mappings, printed beside each figure.
+const GOAL_LISTENING: &str = "<= 1.5 s";
+const GOAL_IDLE_RSS: &str = "<= 128 MiB";
+const GOAL_METRICS: &str = "< 1 MiB";
+
+/// `[mappings.NAME]` table of one mapping of the idle scenario.
+fn mapping_table(m: &MappingSpec) -> String {
+    format!(
+        "[mappings.{}]\nrole_arn = \"{}\"\nexternal_id = \"{}\"\ntoken_sha256 = [\"{}\"]\nprefetch = {}\n\n",
+        m.name,
+        role_arn(&m.role),
+        m.external_id,
+        sha256_hex(&m.token),
+        m.prefetch
+    )
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create config file");
+    file.write_all(text.as_bytes()).expect("write config file");
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS, so the next read of it
+/// is the peak of what happens in between.
+fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+struct IdleFigures {
+    listening: Duration,
+    rss_listening_kib: u64,
+    rss_idle_kib: u64,
+    peak_start_kib: u64,
+    metrics_bytes: usize,
+    metrics_series: usize,
+    metrics_time: Duration,
+    peak_scrape_kib: Option<u64>,
+    rss_after_scrape_kib: u64,
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Starts `binary` on `config`, measures start → listening, idle RSS, and the first
+/// `/metrics` scrape; returns the figures and the running process, or `None` when it
+/// was not listening within `BENCH_START_LIMIT` seconds (default 120).
+async fn measure_idle(
+    binary: &Path,
+    config: &Path,
+    log: &Path,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    allocator_env: &[(String, String)],
+) -> Option<(IdleFigures, Proc)> {
+    let started = Instant::now();
+    let credvend = spawn_binary(binary, config, log, allocator_env);
+    let limit = Duration::from_secs(env_or("BENCH_START_LIMIT", 120));
+    let Some(listening) = try_wait_listening(listen, started, limit).await else {
+        println!("    {}: not listening within {limit:?}", binary.display());
+        return None;
+    };
+    let (rss_listening_kib, _) = rss_kib(credvend.pid());
+    wait_ready(admin, started, Duration::from_secs(120)).await;
+    // Idle: let start-up work (moka housekeeping, the first metrics refresh) settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_idle_kib, peak_start_kib) = rss_kib(credvend.pid());
+    let reset = reset_peak_rss(credvend.pid());
+    let scrape_started = Instant::now();
+    let metrics = http::request(admin, "GET", "/metrics", &[]).await;
+    let metrics_time = scrape_started.elapsed();
+    let (rss_after_scrape_kib, peak_scrape) = rss_kib(credvend.pid());
+    assert_eq!(metrics.status, 200, "GET /metrics");
+    let metrics_series = metrics
+        .body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    Some((
+        IdleFigures {
+            listening,
+            rss_listening_kib,
+            rss_idle_kib,
+            peak_start_kib,
+            metrics_bytes: metrics.body.len(),
+            metrics_series,
+            metrics_time,
+            peak_scrape_kib: reset.then_some(peak_scrape),
+            rss_after_scrape_kib,
+        },
+        credvend,
+    ))
+}
+
+fn print_idle(label: &str, f: &IdleFigures) {
+    println!("  {label}:");
+    println!(
+        "    start to listening  {:>10}   (goal {GOAL_LISTENING})",
+        ms(f.listening)
+    );
+    println!(
+        "    RSS idle            {:>10}   (goal {GOAL_IDLE_RSS}; {} at listening, peak during start {})",
+        mib(f.rss_idle_kib),
+        mib(f.rss_listening_kib),
+        mib(f.peak_start_kib)
+    );
+    println!(
+        "    GET /metrics        {:>10}   (goal {GOAL_METRICS}; {} series, {} to render and send)",
+        format!("{:.1} KiB", f.metrics_bytes as f64 / 1024.0),
+        f.metrics_series,
+        ms(f.metrics_time)
+    );
+    println!(
+        "    peak RSS during the first scrape {}, RSS after it {}",
+        f.peak_scrape_kib.map_or_else(|| "n/a".into(), mib),
+        mib(f.rss_after_scrape_kib)
+    );
+}
+
+/// 100,000 (`BENCH_MAPPINGS`) mappings, none prefetched and none used yet, written once
+/// as `include`d files (one per mapping, in one directory) and once as one file: start to
+/// listening, idle RSS, the first `/metrics` scrape, all with the process's default
+/// environment (no `MALLOC_*`); then, on the include layout, a change to one mapping's
+/// file (reload: time until the new credential is served, AssumeRole calls, peak RSS).
+/// `BENCH_BASELINE=/path/to/credvend` runs the same measurements on another build (e.g.
+/// main's) in the same run.
+async fn scale_idle(dir: &Path) {
+    let count: usize = env_or("BENCH_MAPPINGS", 100_000);
+    let sts = FakeSts::start(Arc::new(SystemClock)).await;
+    let mut mappings = Vec::with_capacity(count);
+    for i in 0..count {
+        let role = format!("bench-idle-{i}");
+        mappings.push(MappingSpec {
+            name: format!("c{i:06}"),
+            role,
+            external_id: format!("external-id-{i:06}-0123456789abcdefghijklmnop"),
+            token: token(1_000_000 + i),
+            prefetch: false,
+        });
+    }
+    // The one role the reload part uses; the others are never assumed.
+    let target = 42_424 % count;
+    sts.add_role(Role::new(
+        role_arn(&mappings[target].role),
+        TrustRule::AnyExternalId,
+    ));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let head = format!(
+        "[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\nmax_connections = 4096\n\n\
+         [log]\nlevel = \"info\"\n\n[sts]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+         max_requests_per_second = 20\n\n[verify]\nexternal_id_enforcement = \"off\"\n\n",
+        sts.endpoint_url()
+    );
+
+    // One file.
+    let one_file = dir.join("idle-one.toml");
+    let mut text = head.clone();
+    for m in &mappings {
+        text.push_str(&mapping_table(m));
+    }
+    write_private(&one_file, &text);
+    let one_file_size = text.len();
+    drop(text);
+    // One main file and one included file per mapping.
+    let include_dir = dir.join("mappings.d");
+    std::fs::create_dir_all(&include_dir).expect("include dir");
+    std::fs::set_permissions(
+        &include_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod include dir");
+    let written = Instant::now();
+    for m in &mappings {
+        write_private(
+            &include_dir.join(format!("{}.toml", m.name)),
+            &mapping_table(m),
+        );
+    }
+    let write_time = written.elapsed();
+    let include_main = dir.join("idle-include.toml");
+    write_private(
+        &include_main,
+        &format!("include = [\"mappings.d/*.toml\"]\n\n{head}"),
+    );
+    println!(
+        "\n== scale, idle: {count} mappings, none prefetched, none used; process's default \
+         environment (no MALLOC_*) (load {})",
+        uptime()
+    );
+    println!(
+        "  one file of {} KiB; or {count} included files in one directory (written in {})",
+        one_file_size / 1024,
+        ms(write_time)
+    );
+
+    let binary = target_dir().join("credvend");
+    let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
+    for (layout, config) in [("include", &include_main), ("one file", &one_file)] {
+        let started = Instant::now();
+        let check = Command::new(&binary)
+            .args(["check-config", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run check-config");
+        println!(
+            "\n  -- {layout}: validate + load (credvend check-config, whole process) {} (exit {})",
+            ms(started.elapsed()),
+            check.code().unwrap_or(-1)
+        );
+        if let Some(baseline) = &baseline
+            && let Some((figures, _baseline_proc)) = measure_idle(
+                baseline,
+                config,
+                &dir.join("idle-baseline.log"),
+                listen,
+                admin,
+                &[],
+            )
+            .await
+        {
+            print_idle(&format!("baseline {}", baseline.display()), &figures);
+        }
+        let Some((figures, credvend)) = measure_idle(
+            &binary,
+            config,
+            &dir.join(format!("idle-{}.log", layout.replace(' ', "-"))),
+            listen,
+            admin,
+            &[],
+        )
+        .await
+        else {
+            continue;
+        };
+        print_idle("this build", &figures);
+        if layout == "include" {
+            idle_reload(&sts, &include_dir, &mappings[target], listen, &credvend).await;
+        }
+        drop(credvend);
+    }
+    let with_env = shipped_allocator_env();
+    if !with_env.is_empty()
+        && let Some((figures, _credvend)) = measure_idle(
+            &binary,
+            &one_file,
+            &dir.join("idle-unit-env.log"),
+            listen,
+            admin,
+            &with_env,
+        )
+        .await
+    {
+        print_idle(
+            &format!("one file, with systemd/credvend.service's {with_env:?}"),
+            &figures,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&include_dir);
+}
+
+/// Changes one mapping's included file (its External ID) and sends SIGHUP: time until
+/// the mapping serves a new credential, the AssumeRole calls in the 3 s after, peak RSS.
+async fn idle_reload(
+    sts: &FakeSts,
+    include_dir: &Path,
+    mapping: &MappingSpec,
+    listen: SocketAddr,
+    credvend: &Proc,
+) {
+    let path = format!("/v1/credentials/{}", mapping.name);
+    let before = http::get_with_token(listen, &path, &mapping.token).await;
+    if before.status != 200 {
+        println!(
+            "    reload: the mapping's first request failed ({}), skipped",
+            before.status
+        );
+        return;
+    }
+    let old_key = before.json()["AccessKeyId"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let (rss_before, _) = rss_kib(credvend.pid());
+    let reset = reset_peak_rss(credvend.pid());
+    let calls_before = sts.assume_role_calls().len();
+    let changed = MappingSpec {
+        name: mapping.name.clone(),
+        role: mapping.role.clone(),
+        external_id: format!("{}-rotated", mapping.external_id),
+        token: mapping.token.clone(),
+        prefetch: false,
+    };
+    let file = include_dir.join(format!("{}.toml", mapping.name));
+    let tmp = file.with_extension("tmp");
+    write_private(&tmp, &mapping_table(&changed));
+    std::fs::rename(&tmp, &file).expect("rename mapping file");
+    let started = Instant::now();
+    let hup = Command::new("kill")
+        .args(["-HUP", &credvend.pid().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success(), "SIGHUP delivered");
+    let mut applied = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let response = http::get_with_token(listen, &path, &mapping.token).await;
+        if response.status == 200 && response.json()["AccessKeyId"].as_str() != Some(&old_key) {
+            applied = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = sts.assume_role_calls().len() - calls_before;
+    let (rss_after, peak) = rss_kib(credvend.pid());
+    println!(
+        "    reload of one mapping's file (+SIGHUP): applied after {} (goal <= 1 s), \
+         {calls} AssumeRole calls (goal 1)",
+        applied.map_or_else(|| "NEVER".into(), ms)
+    );
+    println!(
+        "    RSS {} before, {} after, peak during the reload {} (goal <= 1.5x idle)",
+        mib(rss_before),
+        mib(rss_after),
+        if reset { mib(peak) } else { "n/a".into() }
     );
 }
 
@@ -938,6 +1311,8 @@ async fn main() {
         "throughput" => throughput(&dir).await,
         "herd" => herd(&dir).await,
         "scale" => scale(&dir).await,
+        "scale-idle" => scale_idle(&dir).await,
+        "scale-warm" => scale_warm(&dir).await,
         "ttfc" => ttfc(&dir).await,
         "all" => {
             throughput(&dir).await;
@@ -946,7 +1321,9 @@ async fn main() {
             ttfc(&dir).await;
         }
         other => {
-            eprintln!("unknown scenario {other}: throughput | herd | scale | ttfc | all");
+            eprintln!(
+                "unknown scenario {other}: throughput | herd | scale | scale-idle | scale-warm | ttfc | all"
+            );
             std::process::exit(64);
         }
     }

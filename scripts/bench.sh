@@ -2,14 +2,16 @@
 # Benchmark harness (docs/performance.md, "Performance"): builds release binaries, then runs every
 # scenario of examples/bench_driver.rs against the real credvend binary and the in-repo
 # fake STS: cache-hit throughput vs a bare hyper server (wrk, A B A B), the 1,000-request
-# cold herd, 10,000 mappings, and boto3 time to first credential. Optionally the
+# cold herd, scale (100,000 idle mappings: start-up, memory, /metrics, a one-file reload;
+# then 10,000 prefetch mappings warming), and boto3 time to first credential. Optionally the
 # criterion micro-benchmarks (BENCH_MICRO=1).
 #
-#   scripts/bench.sh [throughput|herd|scale|ttfc|all]
+#   scripts/bench.sh [throughput|herd|scale|scale-idle|scale-warm|ttfc|all]
 #
 # Needs: wrk (apt-get install wrk), .venv with boto3 (scripts/setup-python.sh).
 # Knobs (environment): BENCH_DURATION BENCH_CONNECTIONS BENCH_PAIRS BENCH_MAPPINGS
-# BENCH_PROCESSES — see examples/bench_driver.rs. Load goes to 127.0.0.1 only.
+# BENCH_PREFETCH_MAPPINGS BENCH_BASELINE BENCH_START_LIMIT BENCH_PROCESSES — see
+# examples/bench_driver.rs. Load goes to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

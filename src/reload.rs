@@ -91,6 +91,8 @@ pub struct Reloader {
 }
 
 struct State {
+    /// The applied configuration's settings ([`Config::into_settings`]): the tables
+    /// built from its mappings are the daemon's, this copy keeps none of them.
     current: Config,
     /// What the last read (applied, or rejected) looked at, with the digest of the bytes
     /// it parsed: file events that change nothing against it are not reloads.
@@ -104,7 +106,10 @@ impl Reloader {
         Self {
             path,
             daemon,
-            state: Mutex::new(State { current, sources }),
+            state: Mutex::new(State {
+                current: current.into_settings(),
+                sources,
+            }),
         }
     }
 
@@ -149,7 +154,7 @@ impl Reloader {
                     at,
                 }
                 .emit(self.daemon.metrics());
-                state.current = new;
+                state.current = new.into_settings();
                 (ReloadOutcome::Applied, Vec::new())
             }
             Err(error) => {
@@ -188,7 +193,7 @@ impl Reloader {
     /// for a caller that was not watching somewhere for a while to catch up.
     pub fn changed_on_disk(&self) -> bool {
         let state = self.lock();
-        Config::read(&self.path).0.digest != state.sources.digest
+        Config::read_sources(&self.path).digest != state.sources.digest
     }
 }
 

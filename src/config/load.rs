@@ -20,7 +20,7 @@
 //! others are still checked. Each value in the merged figment carries a tag naming its
 //! provider; [`Report`] uses it to say which file or variable a bad value came from.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -128,6 +128,61 @@ pub(super) fn load(main: &Path) -> (Sources, Result<Loaded, ConfigError>) {
     (sources, result)
 }
 
+/// What [`load`] would read now, with the same digest, without building or validating
+/// the configuration: only the main file's top-level keys (before its first table
+/// header) are parsed, for `include`, and the included files are hashed, not parsed. For telling whether anything changed on disk
+/// (at 100,000 mappings a full [`load`] takes seconds and hundreds of MiB of transient
+/// heap). A main file [`load`] cannot parse may give a different digest here (it hashes
+/// the includes too): that reads as a change, and the full reload then reports it.
+pub(super) fn sources(main: &Path) -> Sources {
+    #[derive(serde::Deserialize)]
+    struct IncludeOnly {
+        include: Option<Value>,
+    }
+    let mut sources = Sources::default();
+    let mut log = ReadLog {
+        hasher: Sha256::new(),
+        sources: &mut sources,
+    };
+    let main_display = main.display().to_string();
+    // `include` is a top-level key, so it comes before the first table header: only
+    // that prefix is parsed (the mappings after it would cost a full parse tree).
+    let include = log.read(main).ok().and_then(|text| {
+        let mut end = 0;
+        for line in text.split_inclusive('\n') {
+            if line.trim_start().starts_with('[') {
+                break;
+            }
+            end += line.len();
+        }
+        toml::from_str::<IncludeOnly>(&text[..end]).ok()
+    });
+    if let Some(IncludeOnly { include }) = include {
+        let mut dict = Dict::new();
+        if let Some(include) = include {
+            dict.insert("include".to_owned(), include);
+        }
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(|rest| env_var_kind(rest.as_str()) == EnvVarKind::Override)
+            .split("__");
+        let base = Figment::from(TomlFile::new(main, dict)).merge(env);
+        let mut report = Report::new(base, main, main_display);
+        let (includes, include_dirs) = resolve_includes(main, &mut report, log.sources);
+        for dir in &include_dirs {
+            log.permissions(dir);
+        }
+        let mut seen: HashSet<PathBuf> = HashSet::from([main.to_path_buf()]);
+        for include in includes {
+            if seen.insert(include.clone()) {
+                let _ = log.read(&include);
+            }
+        }
+    }
+    let digest = log.hasher.finalize().into();
+    sources.digest = digest;
+    sources
+}
+
 fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError> {
     let main_display = main.display().to_string();
     let fatal = |reason: String| ConfigError {
@@ -170,8 +225,13 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         log.permissions(dir);
         report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
     }
+    // Each included file becomes its own figment, merged at the end as a balanced tree:
+    // figment rebuilds the merged table on every merge, so merging 100,000 files one by
+    // one into the growing tree is quadratic (minutes), pairwise it is n log n.
+    let mut included: Vec<Figment> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::from([main.to_path_buf()]);
     for include in includes {
-        if files.contains(&include) {
+        if !seen.insert(include.clone()) {
             continue;
         }
         let display = include.display().to_string();
@@ -206,8 +266,11 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                 mappings.remove(&duplicate);
             }
         }
-        figment = figment.merge(TomlFile::new(&include, mappings_only));
+        included.push(Figment::from(TomlFile::new(&include, mappings_only)));
         files.push(include);
+    }
+    if let Some(includes) = merge_balanced(included) {
+        figment = figment.merge(includes);
     }
     #[cfg(any(test, feature = "test-util"))]
     seam::after_read();
@@ -218,6 +281,24 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         files,
         include_dirs,
     })
+}
+
+/// Merges `parts` in order (a later part's values win, as with `merge` one by one) as a
+/// balanced tree of pairwise merges: each value keeps the tag of the provider it came
+/// from, so problems still name the file. `None` for no parts.
+fn merge_balanced(mut parts: Vec<Figment>) -> Option<Figment> {
+    while parts.len() > 1 {
+        let mut merged = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut pairs = parts.into_iter();
+        while let Some(first) = pairs.next() {
+            merged.push(match pairs.next() {
+                Some(second) => first.merge(second),
+                None => first,
+            });
+        }
+        parts = merged;
+    }
+    parts.pop()
 }
 
 /// What a `CREDVEND_*` environment variable is to credvend.

@@ -315,6 +315,14 @@ impl Config {
         )
     }
 
+    /// What [`Config::read`] would read now and the digest it would give, without
+    /// parsing the mappings or validating anything: for telling whether the files
+    /// changed. Differs from [`Config::read`]'s only for a main file that does not parse
+    /// (then it reads as a change).
+    pub fn read_sources(path: &Path) -> Sources {
+        load::sources(path)
+    }
+
     fn validate(path: &Path, loaded: load::Loaded) -> Result<Config, ConfigError> {
         let load::Loaded {
             mut report,
@@ -334,6 +342,19 @@ impl Config {
         })?;
         config.warnings = warnings;
         Ok(config)
+    }
+
+    /// This config without its per-mapping parts (the mappings, the list of files
+    /// read, the warnings): what a running daemon keeps of it once the tables are
+    /// built. At 100,000 mappings the mappings alone are ~100 MiB of heap that nothing
+    /// reads again (docs/performance.md, "Memory and start-up at 100,000 mappings").
+    pub fn into_settings(self) -> Config {
+        Config {
+            files: Vec::new(),
+            mappings: BTreeMap::new(),
+            warnings: Vec::new(),
+            ..self
+        }
     }
 
     /// Human-readable summary for `credvend check-config`: the listeners, then one line

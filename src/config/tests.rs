@@ -1425,3 +1425,159 @@ fn the_control_section_is_checked_at_load() {
         assert_problem(&problems, key, fragment);
     }
 }
+
+/// Included files are merged pairwise (a balanced tree, not one by one into a growing
+/// table): every mapping still arrives, and a problem in any one of many files names
+/// that file, whatever its place in the tree.
+#[test]
+fn many_included_files_keep_every_mapping_and_their_own_origin() {
+    Jail::expect_with(|jail| {
+        let main = write(
+            jail,
+            "credvend.toml",
+            &format!(
+                "include = [\"mappings.d/*.toml\"]\n{}",
+                config_text("", &[])
+            ),
+        );
+        let token = |i: usize| format!("{i:064x}");
+        let mut files = Vec::new();
+        for i in 0..11 {
+            let bad = if i == 6 {
+                "sesion_name = \"typo\"\n"
+            } else {
+                ""
+            };
+            files.push(write(
+                jail,
+                &format!("mappings.d/{i:02}.toml"),
+                &format!(
+                    "[mappings.m{i:02}]\nrole_arn = \"{ROLE}\"\nexternal_id = \"id-{i}\"\n\
+                     token_sha256 = [\"{}\"]\n{bad}",
+                    token(i + 1)
+                ),
+            ));
+        }
+        let error = Config::load(&main).unwrap_err();
+        let typo = error
+            .problems
+            .iter()
+            .find(|p| p.key == "mappings.m06.sesion_name")
+            .unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(typo.file, files[6].display().to_string(), "{error}");
+        assert_eq!(error.problems.len(), 1, "{error}");
+
+        write(
+            jail,
+            "mappings.d/06.toml",
+            &format!(
+                "[mappings.m06]\nrole_arn = \"{ROLE}\"\nexternal_id = \"id-6\"\n\
+                 token_sha256 = [\"{}\"]\n",
+                token(7)
+            ),
+        );
+        let config = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.mappings.len(), 12);
+        assert_eq!(config.files.len(), 12);
+        for i in 0..11 {
+            let name = format!("m{i:02}");
+            let external_id = config.mappings[&name]
+                .external_id
+                .as_ref()
+                .map(|id| id.expose().to_owned());
+            assert_eq!(
+                external_id.as_deref(),
+                Some(format!("id-{i}").as_str()),
+                "{name}"
+            );
+        }
+        Ok(())
+    });
+}
+
+/// What the reloader keeps of an applied config: its settings, none of the per-mapping
+/// data (which the daemon's own tables hold; at 100,000 mappings ~100 MiB).
+#[test]
+fn into_settings_keeps_the_settings_and_drops_the_mappings() {
+    let config = load_in_jail(&config_text("", &[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.mappings.len(), 1);
+    let (listen, level, region) = (
+        config.server.listen.clone(),
+        config.log.level.clone(),
+        config.sts.region.clone(),
+    );
+    let settings = config.into_settings();
+    assert!(
+        settings.mappings.is_empty(),
+        "mappings kept: {:?}",
+        settings.mappings.keys()
+    );
+    assert!(
+        settings.files.is_empty(),
+        "files kept: {:?}",
+        settings.files
+    );
+    assert_eq!(settings.server.listen, listen);
+    assert_eq!(settings.log.level, level);
+    assert_eq!(settings.sts.region, region);
+}
+
+/// `Config::read_sources` (the reloader's "changed on disk?" check at start-up) gives
+/// the very `Sources` a full read gives — files, include globs, digest — for a main
+/// file with includes, and after an edit to one included file; and it runs no load (the
+/// after-read seam of a full load does not fire), so at 100,000 mappings it costs a hash
+/// of the bytes, not a second parse and validation.
+#[test]
+fn read_sources_matches_a_full_read_without_loading() {
+    Jail::expect_with(|jail| {
+        let main = write(
+            jail,
+            "credvend.toml",
+            &format!(
+                "include = [\"mappings.d/*.toml\", \"extra.toml\"]\n{}",
+                config_text("", &[])
+            ),
+        );
+        let beta = write(
+            jail,
+            "mappings.d/beta.toml",
+            &format!(
+                "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id = \"beta-id\"\ntoken_sha256 = [\"{TOKEN_C}\"]\n"
+            ),
+        );
+        write(
+            jail,
+            "extra.toml",
+            &format!(
+                "[mappings.gamma]\nrole_arn = \"{ROLE}\"\nexternal_id = \"gamma-id\"\ntoken_sha256 = [\"{TOKEN_D}\"]\n"
+            ),
+        );
+        for round in 0..2 {
+            let fired = std::rc::Rc::new(std::cell::Cell::new(false));
+            let flag = fired.clone();
+            crate::testing::after_next_config_read(move || flag.set(true));
+            let cheap = Config::read_sources(&main);
+            assert!(!fired.get(), "round {round}: read_sources ran a full load");
+            let (full, loaded) = Config::read(&main);
+            assert!(fired.get(), "the seam fires for a full read");
+            loaded.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cheap, full, "round {round}");
+            assert_eq!(full.files.len(), 3);
+            // An edit to one included file changes both digests alike.
+            write(
+                jail,
+                "mappings.d/beta.toml",
+                &format!(
+                    "[mappings.beta]\nrole_arn = \"{ROLE}\"\nexternal_id = \"beta-id-{round}\"\ntoken_sha256 = [\"{TOKEN_C}\"]\n"
+                ),
+            );
+            assert_ne!(
+                Config::read_sources(&main).digest,
+                full.digest,
+                "{}",
+                beta.display()
+            );
+        }
+        Ok(())
+    });
+}
