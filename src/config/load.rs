@@ -20,7 +20,7 @@
 //! others are still checked. Each value in the merged figment carries a tag naming its
 //! provider; [`Report`] uses it to say which file or variable a bad value came from.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -170,8 +170,14 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         log.permissions(dir);
         report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
     }
+    // A set beside the list: `files.contains` was quadratic, minutes at 100,000 files.
+    let mut read: std::collections::HashSet<PathBuf> = files.iter().cloned().collect();
+    // Every included mapping, merged into the figment as one provider ([`Included`]),
+    // and the file each came from.
+    let mut included = Dict::new();
+    let mut included_files: HashMap<String, PathBuf> = HashMap::new();
     for include in includes {
-        if files.contains(&include) {
+        if !read.insert(include.clone()) {
             continue;
         }
         let display = include.display().to_string();
@@ -206,9 +212,28 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                 mappings.remove(&duplicate);
             }
         }
-        figment = figment.merge(TomlFile::new(&include, mappings_only));
+        match mappings_only.remove("mappings") {
+            Some(Value::Dict(_, mappings)) => {
+                for (name, mapping) in mappings {
+                    included_files.insert(name.clone(), include.clone());
+                    included.insert(name, mapping);
+                }
+            }
+            Some(_) => report.problem_in(
+                &display,
+                "mappings",
+                "must be a table of [mappings.<name>] tables",
+            ),
+            None => {}
+        }
         files.push(include);
     }
+    if !included.is_empty() {
+        let mut dict = Dict::new();
+        dict.insert("mappings".to_owned(), Value::from(included));
+        figment = figment.merge(Included(dict));
+    }
+    report.included = included_files;
     #[cfg(any(test, feature = "test-util"))]
     seam::after_read();
 
@@ -467,8 +492,29 @@ impl Provider for TomlFile {
     }
 }
 
+/// The metadata name of [`Included`].
+const INCLUDED: &str = "included TOML files";
+
+/// The mappings of every included file as one figment provider. figment merges a
+/// provider by rebuilding the merged map, so merging each included file on its own
+/// was quadratic (minutes at 100,000 files); the file a mapping's values came from is
+/// kept in [`Report::included`] instead of in figment's per-provider metadata.
+struct Included(Dict);
+
+impl Provider for Included {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(INCLUDED)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.0.clone()))
+    }
+}
+
 /// Collects problems and warnings, attributing each to where its value came from.
 pub(super) struct Report {
+    /// The included file that defined each mapping it has ([`Included`]).
+    included: HashMap<String, PathBuf>,
     figment: Figment,
     root: Value,
     /// The main file, as given.
@@ -481,6 +527,7 @@ pub(super) struct Report {
 impl Report {
     fn new(figment: Figment, main_file: &Path, main: String) -> Self {
         let mut report = Self {
+            included: HashMap::new(),
             figment: Figment::new(),
             root: Value::from(Dict::new()),
             main_file: main_file.to_path_buf(),
@@ -536,7 +583,18 @@ impl Report {
     pub fn origin_file(&self, path: &[&str]) -> Option<PathBuf> {
         let (_, value) = self.deepest(path);
         let metadata = self.figment.get_metadata(value.tag())?;
+        if metadata.name == INCLUDED {
+            return self.included_file(path).map(Path::to_path_buf);
+        }
         metadata.source.as_ref()?.file_path().map(Path::to_path_buf)
+    }
+
+    /// For a value under `mappings.<name>` that came from an included file, that file.
+    fn included_file(&self, path: &[&str]) -> Option<&Path> {
+        match path {
+            ["mappings", name, ..] => self.included.get(*name).map(PathBuf::as_path),
+            _ => None,
+        }
     }
 
     /// Human-readable origin: file path, `environment variable CREDVEND_…`, or the main
@@ -551,6 +609,9 @@ impl Report {
                 source: Some(Source::File(file)),
                 ..
             }) => file.display().to_string(),
+            Some(metadata) if metadata.name == INCLUDED => self
+                .included_file(path)
+                .map_or_else(|| self.main.clone(), |file| file.display().to_string()),
             Some(metadata) if metadata.name.contains("environment") => {
                 let var: Vec<String> = path[..depth]
                     .iter()
