@@ -431,6 +431,75 @@ mod tests {
         assert!(state.waiting.iter().all(BTreeMap::is_empty));
     }
 
+    /// Prefetch at scale: 10,000 background acquisitions fed in the way the prefetch
+    /// pass feeds them (64 waiting, one more as each is granted) never get more than
+    /// the rate in any second once the burst is spent, and a cold request arriving in
+    /// the middle of it is granted the very next token: within one slot (1/rate).
+    #[test]
+    fn a_10k_prefetch_stays_inside_the_budget_and_a_cold_request_waits_one_slot_at_most() {
+        const PREFETCH: usize = 10_000;
+        const RATE: u32 = 100;
+        const IN_FLIGHT: usize = 64;
+        let slot = 1.0 / f64::from(RATE);
+        let t0 = Instant::now();
+        let mut state = State::new(RATE, t0);
+        let mut grants = Grants(Vec::new());
+        let mut fed = 0;
+        let mut granted_at: Vec<f64> = Vec::new();
+        let mut cold_asked = None;
+        let mut cold_granted = None;
+        // Time advances in tenths of a slot.
+        let mut tick = 0u64;
+        while granted_at.len() < PREFETCH {
+            while fed < PREFETCH && grants.0.len() < IN_FLIGHT {
+                grants.queue(&mut state, Priority::Background, &format!("p{fed:05}"));
+                fed += 1;
+            }
+            let now = tick as f64 * slot / 10.0;
+            if cold_asked.is_none() && granted_at.len() >= PREFETCH / 2 {
+                // Half a slot after the last grant: the bucket is empty.
+                grants.queue(&mut state, Priority::Cold, "cold");
+                cold_asked = Some(now);
+            }
+            at(&mut state, t0, now);
+            for name in grants.take() {
+                if name == "cold" {
+                    cold_granted = Some(now);
+                } else {
+                    granted_at.push(now);
+                }
+            }
+            tick += 1;
+            assert!(tick < 100 * PREFETCH as u64, "the prefetch never finished");
+        }
+        let (asked, granted) = (cold_asked.unwrap(), cold_granted.expect("cold granted"));
+        assert!(
+            granted - asked <= slot + 1e-9,
+            "the cold request waited {:.4} s; one slot is {slot} s",
+            granted - asked
+        );
+        // After the burst: no more than RATE grants in any one-second window.
+        let after_burst = &granted_at[RATE as usize..];
+        for (i, first) in after_burst.iter().enumerate() {
+            let in_window = after_burst[i..]
+                .iter()
+                .take_while(|at| **at < first + 1.0 - 1e-9)
+                .count();
+            assert!(
+                in_window <= RATE as usize,
+                "{in_window} prefetch grants in the second from {first:.2} s; the budget is {RATE}"
+            );
+        }
+        // And the prefetch used the budget: it finished one slot per grant after the
+        // burst (the cold request took one).
+        let last = *granted_at.last().unwrap();
+        let fastest = (PREFETCH + 1 - RATE as usize) as f64 * slot;
+        assert!(
+            last <= fastest + slot,
+            "the prefetch took {last:.2} s; the budget allows {fastest:.2} s"
+        );
+    }
+
     /// `acquire` end to end: the burst is free, the next call waits for the timer's
     /// grant, and is counted; a dropped acquisition leaves the queue.
     #[tokio::test]

@@ -20,7 +20,7 @@
 //! others are still checked. Each value in the merged figment carries a tag naming its
 //! provider; [`Report`] uses it to say which file or variable a bad value came from.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -225,13 +225,14 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         log.permissions(dir);
         report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
     }
-    // Each included file becomes its own figment, merged at the end as a balanced tree:
-    // figment rebuilds the merged table on every merge, so merging 100,000 files one by
-    // one into the growing tree is quadratic (minutes), pairwise it is n log n.
-    let mut included: Vec<Figment> = Vec::new();
-    let mut seen: HashSet<PathBuf> = HashSet::from([main.to_path_buf()]);
+    // A set beside the list: `files.contains` was quadratic, minutes at 100,000 files.
+    let mut read: HashSet<PathBuf> = files.iter().cloned().collect();
+    // Every included mapping, merged into the figment as one provider ([`Included`]),
+    // and the file each came from.
+    let mut included = Dict::new();
+    let mut included_files: HashMap<String, PathBuf> = HashMap::new();
     for include in includes {
-        if !seen.insert(include.clone()) {
+        if !read.insert(include.clone()) {
             continue;
         }
         let display = include.display().to_string();
@@ -266,12 +267,28 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                 mappings.remove(&duplicate);
             }
         }
-        included.push(Figment::from(TomlFile::new(&include, mappings_only)));
+        match mappings_only.remove("mappings") {
+            Some(Value::Dict(_, mappings)) => {
+                for (name, mapping) in mappings {
+                    included_files.insert(name.clone(), include.clone());
+                    included.insert(name, mapping);
+                }
+            }
+            Some(_) => report.problem_in(
+                &display,
+                "mappings",
+                "must be a table of [mappings.<name>] tables",
+            ),
+            None => {}
+        }
         files.push(include);
     }
-    if let Some(includes) = merge_balanced(included) {
-        figment = figment.merge(includes);
+    if !included.is_empty() {
+        let mut dict = Dict::new();
+        dict.insert("mappings".to_owned(), Value::from(included));
+        figment = figment.merge(Included(dict));
     }
+    report.included = included_files;
     #[cfg(any(test, feature = "test-util"))]
     seam::after_read();
 
@@ -281,24 +298,6 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         files,
         include_dirs,
     })
-}
-
-/// Merges `parts` in order (a later part's values win, as with `merge` one by one) as a
-/// balanced tree of pairwise merges: each value keeps the tag of the provider it came
-/// from, so problems still name the file. `None` for no parts.
-fn merge_balanced(mut parts: Vec<Figment>) -> Option<Figment> {
-    while parts.len() > 1 {
-        let mut merged = Vec::with_capacity(parts.len().div_ceil(2));
-        let mut pairs = parts.into_iter();
-        while let Some(first) = pairs.next() {
-            merged.push(match pairs.next() {
-                Some(second) => first.merge(second),
-                None => first,
-            });
-        }
-        parts = merged;
-    }
-    parts.pop()
 }
 
 /// What a `CREDVEND_*` environment variable is to credvend.
@@ -548,8 +547,29 @@ impl Provider for TomlFile {
     }
 }
 
+/// The metadata name of [`Included`].
+const INCLUDED: &str = "included TOML files";
+
+/// The mappings of every included file as one figment provider. figment merges a
+/// provider by rebuilding the merged map, so merging each included file on its own
+/// was quadratic (minutes at 100,000 files); the file a mapping's values came from is
+/// kept in [`Report::included`] instead of in figment's per-provider metadata.
+struct Included(Dict);
+
+impl Provider for Included {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(INCLUDED)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.0.clone()))
+    }
+}
+
 /// Collects problems and warnings, attributing each to where its value came from.
 pub(super) struct Report {
+    /// The included file that defined each mapping it has ([`Included`]).
+    included: HashMap<String, PathBuf>,
     figment: Figment,
     root: Value,
     /// The main file, as given.
@@ -562,6 +582,7 @@ pub(super) struct Report {
 impl Report {
     fn new(figment: Figment, main_file: &Path, main: String) -> Self {
         let mut report = Self {
+            included: HashMap::new(),
             figment: Figment::new(),
             root: Value::from(Dict::new()),
             main_file: main_file.to_path_buf(),
@@ -617,7 +638,18 @@ impl Report {
     pub fn origin_file(&self, path: &[&str]) -> Option<PathBuf> {
         let (_, value) = self.deepest(path);
         let metadata = self.figment.get_metadata(value.tag())?;
+        if metadata.name == INCLUDED {
+            return self.included_file(path).map(Path::to_path_buf);
+        }
         metadata.source.as_ref()?.file_path().map(Path::to_path_buf)
+    }
+
+    /// For a value under `mappings.<name>` that came from an included file, that file.
+    fn included_file(&self, path: &[&str]) -> Option<&Path> {
+        match path {
+            ["mappings", name, ..] => self.included.get(*name).map(PathBuf::as_path),
+            _ => None,
+        }
     }
 
     /// Human-readable origin: file path, `environment variable CREDVEND_…`, or the main
@@ -632,6 +664,9 @@ impl Report {
                 source: Some(Source::File(file)),
                 ..
             }) => file.display().to_string(),
+            Some(metadata) if metadata.name == INCLUDED => self
+                .included_file(path)
+                .map_or_else(|| self.main.clone(), |file| file.display().to_string()),
             Some(metadata) if metadata.name.contains("environment") => {
                 let var: Vec<String> = path[..depth]
                     .iter()
