@@ -711,7 +711,10 @@ mod tests {
     /// role.
     struct CountingSts {
         clock: crate::clock::ManualClock,
+        /// The role of every assumption STS granted, in order.
         roles: Mutex<Vec<String>>,
+        /// Calls refused for their External ID (the enforcement check's probes).
+        probes: std::sync::atomic::AtomicUsize,
     }
 
     impl crate::creds::RoleAssumer for CountingSts {
@@ -727,6 +730,24 @@ mod tests {
             >,
         > {
             Box::pin(async move {
+                // A role that enforces its External ID, as customers' roles do: the
+                // enforcement check's probes (none, or a random one) are refused and
+                // only the mapping's own assumption counts. Without this every mapping
+                // would be refused as unsafe and never warm.
+                let enforced = input
+                    .external_id
+                    .as_ref()
+                    .is_some_and(|id| id.expose().starts_with("external-id-"));
+                self.probes
+                    .fetch_add(usize::from(!enforced), std::sync::atomic::Ordering::Relaxed);
+                if !enforced {
+                    return Err(crate::creds::AssumeError {
+                        reason: crate::creds::FailureReason::AccessDenied,
+                        code: "AccessDenied".into(),
+                        message: "External ID required".into(),
+                        duration_too_long: false,
+                    });
+                }
                 let n = {
                     let mut roles = self.roles.lock().unwrap();
                     roles.push(input.role_arn.to_string());
@@ -801,6 +822,7 @@ mod tests {
         let sts = Arc::new(CountingSts {
             clock: clock.clone(),
             roles: Mutex::new(Vec::new()),
+            probes: Default::default(),
         });
         let daemon = Arc::new(Daemon::new(&config, sts.clone(), Arc::new(clock)));
         daemon.cache.start();
@@ -822,10 +844,22 @@ mod tests {
         };
         settle("warm-up", COUNT);
         assert_eq!(calls(), COUNT, "warm-up: one call per mapping");
+        let warm = daemon
+            .cache
+            .status()
+            .iter()
+            .filter(|s| s.state == crate::model::MappingState::Fresh)
+            .count();
+        assert_eq!(
+            warm, COUNT,
+            "every mapping holds a credential after warm-up"
+        );
+        let probes = sts.probes.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(probes, 2 * COUNT, "two enforcement probes per mapping");
 
-        // A file event only: a SIGHUP reload of this set currently calls STS again for
-        // every warm mapping (a separate defect, not pinned here).
-        for (round, trigger) in [Trigger::FileChange, Trigger::FileChange]
+        // A file event, then a SIGHUP (which also ends negative caches and restarts the
+        // prefetch of mappings without a credential: none here).
+        for (round, trigger) in [Trigger::FileChange, Trigger::Signal]
             .into_iter()
             .enumerate()
         {
@@ -847,6 +881,13 @@ mod tests {
                 made,
                 [crate::testing::role_arn(&role)],
                 "{trigger:?}: the AssumeRole calls of a reload changing m{target:04}"
+            );
+            // The changed role is checked again (a new key starts unknown); no other is.
+            let probes_now = sts.probes.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(
+                probes_now - probes - 2 * round,
+                2,
+                "{trigger:?}: enforcement probes of the reload"
             );
         }
     }
