@@ -1,6 +1,6 @@
 //! The `credvend` command: parse, load, init, run, map the outcome to an exit code
 //! (64 for bad configuration or usage, 1 for runtime failure; the control-socket
-//! commands and `exec` have their own, docs/jobs.md "Exit status").
+//! commands and `exec` have their own: docs/jobs.md, "Exit status").
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
