@@ -251,14 +251,16 @@ pub async fn run(mut job: Job) -> Result<u8, ExecError> {
     Ok(exit_code(status))
 }
 
-/// `DELETE`s the token; a failure is a warning (closing the connection ends the lease
-/// anyway, and the daemon forgets every token when it stops).
+/// `DELETE`s the token. A token already gone (its `--ttl` ran out, or someone revoked
+/// it) is what was wanted; any other failure is a warning (closing the connection ends
+/// the lease anyway, and the daemon forgets every token when it stops).
 async fn revoke(connection: &mut Connection, id: &str) {
-    if let Err(error) = connection.revoke(id).await {
-        eprintln!(
+    match connection.revoke(id).await {
+        Ok(()) | Err(ClientError::Refused { status: 404, .. }) => {}
+        Err(error) => eprintln!(
             "credvend: warning: revoking job token {id}: {error} (closing the connection \
              ends its lease)"
-        );
+        ),
     }
 }
 
