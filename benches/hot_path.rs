@@ -181,6 +181,7 @@ fn emit_audit_line(metrics: &Metrics, client: SocketAddr, expiration: SystemTime
         source: Source::Cache,
         access_key_id: "ASIAQEXAMPLE00000001",
         expiration,
+        job: None,
     }
     .emit(metrics)
 }

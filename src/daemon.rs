@@ -18,13 +18,15 @@ use tracing::{info, warn};
 
 use crate::cache::CredentialCache;
 use crate::clock::Clock;
-use crate::config::{Config, ServerConfig};
+use crate::config::{Config, ControlConfig, ServerConfig};
 use crate::creds::RoleAssumer;
 use crate::creds::sts::StsAssumer;
 use crate::metrics::Metrics;
 use crate::server::access::{AccessTable, HostAllowList};
 use crate::server::admin::AdminEndpoint;
+use crate::server::control::{self, ControlBindError, ControlEndpoint, ControlSocket};
 use crate::server::credentials::{CredentialEndpoint, Generation};
+use crate::server::jobs::JobTokens;
 use crate::server::status::{BaseIdentity, BaseIdentityStatus, LastReload};
 use crate::server::{self, Limits};
 
@@ -40,6 +42,15 @@ pub struct BindError {
     pub error: std::io::Error,
 }
 
+/// A listener of the configuration could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Tcp(#[from] BindError),
+    #[error(transparent)]
+    Control(#[from] ControlBindError),
+}
+
 /// How often the base identity is checked again while it is not known to work
 /// ([`Daemon::watch_base_identity`]): credentials may appear after start (an instance
 /// profile attached, a container credential endpoint that comes up late).
@@ -49,10 +60,13 @@ pub const BASE_IDENTITY_RECHECK: std::time::Duration = std::time::Duration::from
 pub struct Listeners {
     pub credentials: Vec<TcpListener>,
     pub admin: TcpListener,
+    /// The control socket (`[control] socket`), if configured.
+    pub control: Option<ControlSocket>,
 }
 
 impl Listeners {
-    /// Binds every configured address; fails on the first that cannot be bound.
+    /// Binds every configured address of `[server]`; fails on the first that cannot be
+    /// bound. No control socket ([`Listeners::bind_all`] adds it).
     pub async fn bind(server: &ServerConfig) -> Result<Self, BindError> {
         let mut credentials = Vec::with_capacity(server.listen.len());
         for addr in &server.listen {
@@ -61,7 +75,19 @@ impl Listeners {
         Ok(Self {
             credentials,
             admin: bind("server.admin_listen", server.admin_listen).await?,
+            control: None,
         })
+    }
+
+    /// Binds every listener: `server`'s addresses, then the control socket if
+    /// `control.socket` is set.
+    pub async fn bind_all(
+        server: &ServerConfig,
+        control: &ControlConfig,
+    ) -> Result<Self, ListenError> {
+        let mut listeners = Self::bind(server).await?;
+        listeners.control = ControlSocket::bind(control)?;
+        Ok(listeners)
     }
 
     /// The bound credential addresses (useful with port 0; tests only).
@@ -106,6 +132,10 @@ pub struct Daemon {
     last_reload: Arc<Mutex<Option<LastReload>>>,
     /// What is known of credvend's own AWS identity, for `/readyz` and `/status`.
     base_identity: Arc<Mutex<BaseIdentityStatus>>,
+    /// Live job tokens (docs/design.md, Job tokens).
+    jobs: JobTokens,
+    /// `[control] max_tokens` (restart-only): the control socket's connection bound.
+    max_tokens: usize,
 }
 
 impl Daemon {
@@ -114,7 +144,14 @@ impl Daemon {
         let started_at = clock.now();
         // The start-up load counts as the first: it was applied.
         metrics.config_last_reload(true, started_at);
-        let cache = CredentialCache::new(config, assumer, clock, metrics.clone());
+        let cache = CredentialCache::new(config, assumer, clock.clone(), metrics.clone());
+        let jobs = JobTokens::new(
+            &config.control,
+            config.mappings.keys().map(String::as_str),
+            clock,
+            metrics.clone(),
+            cache.clone(),
+        );
         let serving = Generation {
             access: AccessTable::new(config),
             mappings: cache.mapping_table(),
@@ -129,7 +166,14 @@ impl Daemon {
             metrics,
             last_reload: Arc::new(Mutex::new(None)),
             base_identity: Arc::new(Mutex::new(BaseIdentityStatus::default())),
+            jobs,
+            max_tokens: config.control.max_tokens,
         }
+    }
+
+    /// The live job tokens.
+    pub fn jobs(&self) -> &JobTokens {
+        &self.jobs
     }
 
     /// The daemon's metrics (one registry per daemon, so tests can run many).
@@ -142,6 +186,9 @@ impl Daemon {
     /// mappings whose AssumeRole inputs changed lose their cached credentials.
     pub fn apply_config(&self, config: &Config) {
         let access = AccessTable::new(config);
+        // Job tokens of removed mappings are revoked before their metric series go.
+        self.jobs
+            .retain_mappings(config.mappings.keys().map(String::as_str));
         // Metrics first: events for a mapping the metric set does not know are dropped,
         // and the cache starts fetching new mappings as soon as it has the config.
         self.metrics
@@ -195,6 +242,7 @@ impl Daemon {
             hosts: self.admin_hosts.clone(),
             last_reload: self.last_reload.clone(),
             base_identity: self.base_identity.clone(),
+            jobs: self.jobs.clone(),
         }
     }
 
@@ -285,7 +333,17 @@ impl Daemon {
             generation: self.serving.clone(),
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
+            jobs: self.jobs.clone(),
         };
+        // What a client of the control socket sets as AWS_CONTAINER_CREDENTIALS_FULL_URI
+        // (a SocketAddr displays IPv6 in brackets).
+        let credentials_base = listeners
+            .credentials
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map(|addr| format!("http://{addr}"))
+            .unwrap_or_default();
+        let sweeper = tokio::spawn(self.jobs.clone().run_sweeper());
         for listener in listeners.credentials {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "Serving credentials");
@@ -317,6 +375,19 @@ impl Daemon {
             limits.clone(),
             stopped(),
         )));
+        if let Some(socket) = listeners.control {
+            let endpoint = ControlEndpoint {
+                jobs: self.jobs.clone(),
+                credentials_base,
+            };
+            servers.push(tokio::spawn(control::serve(
+                socket,
+                endpoint,
+                limits.clone(),
+                self.max_tokens,
+                stopped(),
+            )));
+        }
         self.listening.store(true, Ordering::Release);
         crate::notify::ready();
 
@@ -329,6 +400,7 @@ impl Daemon {
             let _ = server.await;
         }
         scheduler.abort();
+        sweeper.abort();
     }
 }
 

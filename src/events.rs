@@ -245,6 +245,17 @@ impl TrustCheckInconclusive<'_> {
     }
 }
 
+/// Which job token a credential request was authorised by, for its audit line: the
+/// token's id and who minted it (the peer credentials of the control socket
+/// connection). Never the token.
+#[derive(Debug, Clone, Copy)]
+pub struct JobAudit<'a> {
+    pub id: &'a str,
+    pub minted_by_uid: u32,
+    /// `None` when the kernel did not report the minting process.
+    pub minted_by_pid: Option<i32>,
+}
+
 /// The audit line of a successful credential response.
 #[derive(Debug)]
 pub struct CredentialsServed<'a> {
@@ -253,6 +264,8 @@ pub struct CredentialsServed<'a> {
     pub source: Source,
     pub access_key_id: &'a str,
     pub expiration: SystemTime,
+    /// The job token the request was authorised by (`None`: a configured token).
+    pub job: Option<JobAudit<'a>>,
 }
 
 impl CredentialsServed<'_> {
@@ -265,6 +278,9 @@ impl CredentialsServed<'_> {
             source = %self.source.as_str(),
             access_key_id = %self.access_key_id,
             expiration = %humantime::format_rfc3339_seconds(self.expiration),
+            job_token_id = self.job.map(|job| display(job.id)),
+            minted_by_uid = self.job.map(|job| job.minted_by_uid),
+            minted_by_pid = self.job.and_then(|job| job.minted_by_pid),
             "Credentials served"
         );
         metrics.served(self.mapping, self.source);
@@ -281,6 +297,10 @@ pub struct CredentialsRefused<'a> {
     pub mapping: Option<&'a str>,
     pub client: SocketAddr,
     pub error: &'a ApiError,
+    /// The job token that authorised the request, when one did and the refusal came
+    /// after (STS refused, nothing servable yet). A token that authorised nothing is
+    /// never named: expired, revoked and wrong tokens look the same here too.
+    pub job: Option<JobAudit<'a>>,
 }
 
 impl CredentialsRefused<'_> {
@@ -298,6 +318,9 @@ impl CredentialsRefused<'_> {
             status = self.error.status().as_u16(),
             code = %self.error.code(),
             cause,
+            job_token_id = self.job.map(|job| display(job.id)),
+            minted_by_uid = self.job.map(|job| job.minted_by_uid),
+            minted_by_pid = self.job.and_then(|job| job.minted_by_pid),
             "Credential request refused"
         );
         if let Some(reason) = auth_failure_reason(self.error) {
@@ -320,7 +343,94 @@ fn auth_failure_reason(error: &ApiError) -> Option<&'static str> {
         | ApiError::MethodNotAllowed
         | ApiError::UriTooLong
         | ApiError::BodyNotAllowed
-        | ApiError::Unavailable { .. } => None,
+        | ApiError::Unavailable { .. }
+        | ApiError::ControlNotFound
+        | ApiError::MethodNotAllowedOn { .. }
+        | ApiError::InvalidRequest { .. }
+        | ApiError::PayloadTooLarge
+        | ApiError::MappingNotFound { .. }
+        | ApiError::TokenNotFound { .. }
+        | ApiError::TooManyTokens { .. } => None,
+    }
+}
+
+/// A job token was minted on the control socket. The line carries the id, never the
+/// token.
+#[derive(Debug)]
+pub struct JobTokenMinted<'a> {
+    pub id: &'a str,
+    pub mapping: &'a str,
+    pub session_name: Option<&'a str>,
+    /// `None`: no expiry (a lease token without `ttl_seconds`).
+    pub expires_at: Option<SystemTime>,
+    /// Revoked when the minting connection closes.
+    pub lease: bool,
+    pub minted_by_uid: u32,
+    pub minted_by_pid: Option<i32>,
+}
+
+impl JobTokenMinted<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        info!(
+            id = %self.id,
+            mapping = %self.mapping,
+            session_name = self.session_name.map(display),
+            expires_at = self
+                .expires_at
+                .map(|at| display(humantime::format_rfc3339_seconds(at))),
+            lease = self.lease.then_some("connection"),
+            minted_by_uid = self.minted_by_uid,
+            minted_by_pid = self.minted_by_pid,
+            "Job token minted"
+        );
+        metrics.job_token_minted(self.mapping);
+    }
+}
+
+/// How a job token ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobTokenEnd {
+    /// `DELETE /v1/tokens/{id}`.
+    Deleted,
+    /// The control socket connection that minted it with `"lease": "connection"` closed.
+    LeaseClosed,
+    /// A reload removed its mapping.
+    MappingRemoved,
+    /// Its `ttl_seconds` ran out.
+    Expired,
+}
+
+impl JobTokenEnd {
+    /// The log line's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobTokenEnd::Deleted => "deleted",
+            JobTokenEnd::LeaseClosed => "lease_closed",
+            JobTokenEnd::MappingRemoved => "mapping_removed",
+            JobTokenEnd::Expired => "expired",
+        }
+    }
+}
+
+/// A job token ended: revoked (deleted, lease closed, mapping removed) or expired.
+#[derive(Debug)]
+pub struct JobTokenEnded<'a> {
+    pub id: &'a str,
+    pub mapping: &'a str,
+    pub end: JobTokenEnd,
+}
+
+impl JobTokenEnded<'_> {
+    pub fn emit(&self, metrics: &Metrics) {
+        let expired = self.end == JobTokenEnd::Expired;
+        info!(
+            id = %self.id,
+            mapping = %self.mapping,
+            reason = self.end.as_str(),
+            "{}",
+            if expired { "Job token expired" } else { "Job token revoked" }
+        );
+        metrics.job_token_ended(self.mapping, expired);
     }
 }
 
@@ -438,6 +548,7 @@ mod tests {
                 source: Source::Degraded,
                 access_key_id: "ASIAEXAMPLE",
                 expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                job: None,
             }
             .emit(&metrics)
         });
@@ -471,12 +582,14 @@ mod tests {
                 mapping: Some(requested),
                 client: "127.0.0.1:40000".parse().unwrap(),
                 error: &error,
+                job: None,
             }
             .emit(&metrics);
             CredentialsRefused {
                 mapping: None,
                 client: "127.0.0.1:40000".parse().unwrap(),
                 error: &ApiError::NotFound,
+                job: None,
             }
             .emit(&metrics);
         });
@@ -519,12 +632,14 @@ mod tests {
                 source: Source::Cache,
                 access_key_id: "ASIAEXAMPLE",
                 expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                job: None,
             }
             .emit(&metrics);
             CredentialsRefused {
                 mapping: Some("acme-s3"),
                 client: "127.0.0.1:40000".parse().unwrap(),
                 error: &denied,
+                job: None,
             }
             .emit(&metrics);
         });

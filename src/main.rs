@@ -908,11 +908,15 @@ async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Resul
             .context("cannot set up the STS client")?,
     );
     let daemon = Arc::new(Daemon::new(&config, assumer.clone(), Arc::new(SystemClock)));
-    let (server, mappings) = (config.server.clone(), config.mappings.len());
+    let (server, control, mappings) = (
+        config.server.clone(),
+        config.control.clone(),
+        config.mappings.len(),
+    );
     // The reloader holds the digest of the bytes this configuration was parsed from: a
     // change made after they were read is always a change to reload.
     let reloader = Reloader::new(path.clone(), config, sources, daemon.clone());
-    let listeners = Listeners::bind(&server).await?;
+    let listeners = Listeners::bind_all(&server, &control).await?;
     let limits = Limits::from_config(&server);
     info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -169,7 +169,25 @@ pub enum ApiError {
         retry_after_secs: u64,
         reason: &'static str,
     },
+    /// Control socket: not one of its routes.
+    ControlNotFound,
+    /// Control socket: a method its route does not take (`allow` lists the ones it does).
+    MethodNotAllowedOn { allow: &'static str },
+    /// Control socket: a request body that is not a valid request; `message` names the
+    /// field first (`ttl_seconds: …`).
+    InvalidRequest { message: String },
+    /// Control socket: a request body over [`MAX_CONTROL_BODY_BYTES`].
+    PayloadTooLarge,
+    /// Control socket: mint for a mapping the configuration does not have.
+    MappingNotFound { mapping: String },
+    /// Control socket: no live job token has this id.
+    TokenNotFound { id: String },
+    /// Control socket: `[control] max_tokens` job tokens are live.
+    TooManyTokens { max: usize },
 }
+
+/// Largest request body the control socket reads (`POST /v1/tokens`).
+pub const MAX_CONTROL_BODY_BYTES: usize = 4096;
 
 /// Why a request got [`ApiError::AccessDenied`]. The wire answer is the same for every
 /// cause (so a token cannot be used to discover mapping names); the audit line names it
@@ -208,6 +226,15 @@ impl ApiError {
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::BodyNotAllowed => StatusCode::BAD_REQUEST,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MethodNotAllowedOn { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ControlNotFound
+            | ApiError::MappingNotFound { .. }
+            | ApiError::TokenNotFound { .. } => StatusCode::NOT_FOUND,
+            // Only on the control socket: its clients are credvend's own CLI and
+            // orchestrators, not SDKs (which treat 429 as fatal).
+            ApiError::TooManyTokens { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -225,6 +252,13 @@ impl ApiError {
             ApiError::UriTooLong => "UriTooLong",
             ApiError::BodyNotAllowed => "BodyNotAllowed",
             ApiError::Unavailable { .. } => "CredentialsUnavailable",
+            ApiError::ControlNotFound => "NotFound",
+            ApiError::MethodNotAllowedOn { .. } => "MethodNotAllowed",
+            ApiError::InvalidRequest { .. } => "InvalidRequest",
+            ApiError::PayloadTooLarge => "PayloadTooLarge",
+            ApiError::MappingNotFound { .. } => "MappingNotFound",
+            ApiError::TokenNotFound { .. } => "TokenNotFound",
+            ApiError::TooManyTokens { .. } => "TooManyTokens",
         }
     }
 
@@ -267,6 +301,19 @@ impl ApiError {
                 reason,
                 ..
             } => format!("credentials are not available yet: {reason}"),
+            ApiError::ControlNotFound => {
+                "not found; the control socket serves /v1/tokens and /v1/tokens/{id}".into()
+            }
+            ApiError::MethodNotAllowedOn { allow } => format!("only {allow} are allowed here"),
+            ApiError::InvalidRequest { message } => message.clone(),
+            ApiError::PayloadTooLarge => {
+                format!("request body longer than {MAX_CONTROL_BODY_BYTES} bytes")
+            }
+            ApiError::MappingNotFound { mapping } => format!("no mapping named '{mapping}'"),
+            ApiError::TokenNotFound { id } => format!("no live job token with id '{id}'"),
+            ApiError::TooManyTokens { max } => format!(
+                "{max} job tokens are live ([control] max_tokens); revoke some or raise the bound"
+            ),
         }
     }
 }

@@ -213,7 +213,8 @@ fn last_reload(
     }
 }
 
-/// Settings that only take effect at start-up (sockets, STS client, log setup).
+/// Settings that only take effect at start-up (sockets, STS client, log setup, the
+/// control socket and its bounds).
 fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
     let mut changed = Vec::new();
     if old.server.listen != new.server.listen || old.server.admin_listen != new.server.admin_listen
@@ -230,6 +231,9 @@ fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
     }
     if old.log.level != new.log.level || old.log.format != new.log.format {
         changed.push("log");
+    }
+    if old.control != new.control {
+        changed.push("control");
     }
     if !changed.is_empty() {
         warn!(
@@ -569,6 +573,21 @@ pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Re
 mod tests {
     use super::*;
     use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind};
+
+    /// `[control]` is restart-only: a reload that changes it warns, naming the section.
+    #[test]
+    fn a_changed_control_section_is_warned_about() {
+        let old = crate::testing::config("http://127.0.0.1:9", Vec::new());
+        let mut new = old.clone();
+        new.control.max_tokens = 5;
+        let ((), lines) = crate::testing::json_logs(|| {
+            warn_restart_only_changes(Path::new("credvend.toml"), &old, &old);
+            warn_restart_only_changes(Path::new("credvend.toml"), &old, &new);
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["sections"], r#"["control"]"#, "{:?}", lines[0]);
+    }
 
     #[test]
     fn opening_or_reading_a_file_is_not_a_change_writing_it_is() {

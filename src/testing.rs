@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::aws_names::{Region, RoleArn, SessionName};
 use crate::config::{
-    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ReloadConfig,
-    ServerConfig, StsConfig, VerifyConfig,
+    Config, ControlConfig, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig,
+    ReloadConfig, ServerConfig, StsConfig, VerifyConfig,
 };
 use crate::secret::{ExternalId, TokenHash};
 
@@ -86,6 +86,7 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
             recheck_interval: Duration::from_secs(24 * 3600),
         },
         reload: ReloadConfig { watch: true },
+        control: ControlConfig::default(),
         mappings: mappings.into_iter().map(|m| (m.name.clone(), m)).collect(),
         warnings: Vec::new(),
     }

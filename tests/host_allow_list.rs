@@ -202,6 +202,7 @@ async fn a_host_equal_to_the_connected_address_is_accepted() {
                 .expect("bind 127.0.0.2 (Linux routes all of 127.0.0.0/8 to lo)"),
         ],
         admin: TcpListener::bind("127.0.0.1:0").await.expect("bind admin"),
+        control: None,
     };
     let d = TestDaemon::start_with_listeners(config, ManualClock::starting_now(), listeners).await;
     assert_eq!(d.addr.ip().to_string(), "127.0.0.2");

@@ -66,6 +66,8 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub verify: VerifyConfig,
     pub reload: ReloadConfig,
+    /// `[control]`: the control socket that mints job tokens (off by default).
+    pub control: ControlConfig,
     /// Mappings by name, resolved (External ID read from its file, defaults applied).
     pub mappings: BTreeMap<String, Mapping>,
     /// Non-fatal findings (e.g. min_remaining under 15 min, world-readable files), one
@@ -164,6 +166,43 @@ pub struct ReloadConfig {
     /// (about half a second after it). Default true. SIGHUP reloads either way. A
     /// reload applies a new value: `false` stops the watch, `true` starts it.
     pub watch: bool,
+}
+
+/// `[control]`: the Unix socket on which job tokens are minted, listed and revoked
+/// (docs/design.md, Job tokens). Restart-only: a reload that changes it warns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Absolute path of the socket; `None` (the default): no control socket. Its parent
+    /// directory exists and is writable by its owner only; the path is a socket or
+    /// nothing (a stale socket is replaced at start).
+    pub socket: Option<PathBuf>,
+    /// Group the socket is chown'ed to (it is created mode 0660). Default: the group
+    /// the daemon runs as.
+    pub socket_group: Option<SocketGroup>,
+    /// Longest `ttl_seconds` a token may be minted with. Default 12 h.
+    pub max_ttl: Duration,
+    /// Live job tokens at most. Default 10,000.
+    pub max_tokens: usize,
+}
+
+impl Default for ControlConfig {
+    /// No control socket; the documented bounds.
+    fn default() -> Self {
+        Self {
+            socket: None,
+            socket_group: None,
+            max_ttl: Duration::from_secs(12 * 3600),
+            max_tokens: 10_000,
+        }
+    }
+}
+
+/// `[control] socket_group`, resolved when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketGroup {
+    /// As written (a group name or a numeric gid).
+    pub name: String,
+    pub gid: u32,
 }
 
 /// One mapping, resolved: every default applied, External ID loaded.

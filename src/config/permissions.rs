@@ -74,6 +74,36 @@ pub(super) fn inspect_as(path: &Path, kind: Kind, running_as: u32) -> Findings {
     )
 }
 
+/// Why the directory of the control socket (`[control] socket`) is unfit, if it is:
+/// missing, not a directory, or writable by group or others (who could then remove the
+/// socket and put their own in its place, receiving the orchestrator's mint requests
+/// and handing it tokens of their choosing). `None` when it is fit.
+pub(super) fn control_socket_dir_problem(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = dir.display();
+    let metadata = match fs::metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            return Some(format!(
+                "the socket's directory {shown} cannot be used ({error}); create it owned \
+                 by the user credvend runs as, mode 0750 (systemd: RuntimeDirectory=credvend)"
+            ));
+        }
+    };
+    if !metadata.is_dir() {
+        return Some(format!("{shown} is not a directory"));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "the socket's directory {shown} is writable by group or others (mode {mode:04o}), \
+             so another local user could replace the socket with their own: use a directory \
+             only credvend can write (`chmod go-w {shown}`, or RuntimeDirectory=credvend)"
+        ));
+    }
+    None
+}
+
 struct Subject<'a> {
     /// As the configuration names it.
     shown: &'a Path,

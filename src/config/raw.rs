@@ -21,7 +21,7 @@ use crate::aws_names::{Region, RoleArn, SessionName, SourceIdentity};
 
 /// Keys allowed at the top level of the main file.
 pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
-    "include", "server", "log", "sts", "refresh", "verify", "reload", "mappings",
+    "include", "server", "log", "sts", "refresh", "verify", "reload", "control", "mappings",
 ];
 
 /// `[server]`
@@ -83,6 +83,16 @@ pub(super) struct RawVerify {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawReload {
     pub watch: Option<bool>,
+}
+
+/// `[control]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub socket: Option<String>,
+    pub socket_group: Option<String>,
+    pub max_ttl: Option<DurationStr>,
+    pub max_tokens: Option<u64>,
 }
 
 /// `[mappings.NAME]`

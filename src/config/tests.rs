@@ -141,6 +141,10 @@ fn defaults_are_applied() {
         Duration::from_secs(24 * 3600)
     );
     assert!(config.reload.watch);
+    assert_eq!(config.control, ControlConfig::default());
+    assert_eq!(config.control.socket, None);
+    assert_eq!(config.control.max_ttl, Duration::from_secs(12 * 3600));
+    assert_eq!(config.control.max_tokens, 10_000);
 
     let m = &config.mappings["acme"];
     assert_eq!(m.name, "acme");
@@ -1266,5 +1270,125 @@ mod rules_unit {
             assert!(rules::log_level(ok).is_ok(), "{ok}");
         }
         assert!(rules::log_level("verbose").is_err());
+    }
+}
+
+/// `[control]`: the socket path, its directory and group are checked when the
+/// configuration loads, each problem at its key; a valid section loads with its values.
+#[test]
+fn the_control_section_is_checked_at_load() {
+    use std::os::unix::net::UnixListener;
+    let mut results = Vec::new();
+    Jail::expect_with(|jail| {
+        let root = jail.directory().to_path_buf();
+        let private = root.join("private");
+        fs::create_dir(&private).unwrap();
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+        let shared = root.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o770)).unwrap();
+        let open = root.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o757)).unwrap();
+        fs::write(private.join("regular"), "").unwrap();
+        // A stale socket (its listener gone) is fine: it is replaced at start.
+        drop(UnixListener::bind(private.join("stale.sock")).unwrap());
+        let gid = rustix::process::getgid().as_raw();
+        let cases = [
+            (
+                "socket = \"control.sock\"".to_owned(),
+                "control.socket",
+                "is relative",
+            ),
+            (
+                format!("socket = \"{}\"", private.join("regular").display()),
+                "control.socket",
+                "exists and is not a socket",
+            ),
+            (
+                format!("socket = \"{}\"", private.display()),
+                "control.socket",
+                "exists and is not a socket",
+            ),
+            (
+                format!("socket = \"{}\"", shared.join("c.sock").display()),
+                "control.socket",
+                "writable by group or others (mode 0770)",
+            ),
+            (
+                format!("socket = \"{}\"", open.join("c.sock").display()),
+                "control.socket",
+                "writable by group or others (mode 0757)",
+            ),
+            (
+                format!("socket = \"{}\"", root.join("missing/c.sock").display()),
+                "control.socket",
+                "cannot be used",
+            ),
+            (
+                format!("socket = \"/{}\"", "a".repeat(100)),
+                "control.socket",
+                "at most 100",
+            ),
+            (
+                "socket_group = \"no-such-group-credvend\"".to_owned(),
+                "control.socket_group",
+                "no group named `no-such-group-credvend`",
+            ),
+            (
+                "max_ttl = \"0s\"".to_owned(),
+                "control.max_ttl",
+                "out of range",
+            ),
+            (
+                "max_ttl = \"400d\"".to_owned(),
+                "control.max_ttl",
+                "out of range",
+            ),
+            (
+                "max_tokens = 0".to_owned(),
+                "control.max_tokens",
+                "at least 1",
+            ),
+            (
+                "sockets = \"/x\"".to_owned(),
+                "control.sockets",
+                "unknown key",
+            ),
+        ];
+        for (line, key, fragment) in cases {
+            let text = config_text(&format!("[control]\n{line}\n"), &[]);
+            let path = write(jail, "credvend.toml", &text);
+            results.push((line, key, fragment, Config::load(&path).map(|_| ())));
+        }
+        let good = config_text(
+            &format!(
+                "[control]\nsocket = \"{}\"\nsocket_group = \"{gid}\"\nmax_ttl = \"2h\"\nmax_tokens = 7\n",
+                private.join("stale.sock").display()
+            ),
+            &[],
+        );
+        let path = write(jail, "credvend.toml", &good);
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.control,
+            ControlConfig {
+                socket: Some(private.join("stale.sock")),
+                socket_group: Some(SocketGroup {
+                    name: gid.to_string(),
+                    gid,
+                }),
+                max_ttl: Duration::from_secs(7200),
+                max_tokens: 7,
+            }
+        );
+        Ok(())
+    });
+    for (line, key, fragment, result) in results {
+        let problems = match result {
+            Ok(()) => panic!("`{line}` loaded"),
+            Err(error) => error.problems,
+        };
+        assert_problem(&problems, key, fragment);
     }
 }

@@ -16,13 +16,13 @@ use humantime::format_duration;
 
 use super::load::Report;
 use super::raw::{
-    DurationStr, RawLog, RawMapping, RawRefresh, RawReload, RawServer, RawSts, RawVerify,
-    TOP_LEVEL_KEYS,
+    DurationStr, RawControl, RawLog, RawMapping, RawRefresh, RawReload, RawServer, RawSts,
+    RawVerify, TOP_LEVEL_KEYS,
 };
 use super::rules;
 use super::{
-    Config, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig, ReloadConfig,
-    ServerConfig, StsConfig, VerifyConfig,
+    Config, ControlConfig, EnforcementMode, LogConfig, LogFormat, Mapping, RefreshConfig,
+    ReloadConfig, ServerConfig, SocketGroup, StsConfig, VerifyConfig,
 };
 use crate::aws_names::{PolicyArn, Region, SessionName};
 use crate::secret::{ExternalId, TokenHash};
@@ -57,6 +57,7 @@ pub(super) fn build(
     let refresh = refresh(report, sts.as_ref().map(|s| s.source_role_arn.is_some()));
     let verify = verify(report);
     let reload = reload(report);
+    let control = control(report);
     let mappings = mappings(report, sts.as_ref(), refresh.as_ref(), verify.as_ref());
 
     Some(Config {
@@ -68,6 +69,7 @@ pub(super) fn build(
         refresh: refresh?.config,
         verify: verify?,
         reload: reload?,
+        control: control?,
         mappings: mappings?,
         warnings: Vec::new(),
     })
@@ -580,6 +582,123 @@ fn reload(report: &mut Report) -> Option<ReloadConfig> {
     Some(ReloadConfig {
         watch: raw.watch.unwrap_or(true),
     })
+}
+
+/// Longest control socket path: `sun_path` holds 108 bytes with its NUL, and the socket
+/// is first bound under a sibling name 4 bytes longer (src/server/control.rs).
+const MAX_SOCKET_PATH: usize = 100;
+/// Longest `[control] max_ttl`: a token meant to live longer is re-minted (and a lease
+/// token has no TTL at all).
+const MAX_CONTROL_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn control(report: &mut Report) -> Option<ControlConfig> {
+    let (raw, _) = report.decode::<RawControl>(&["control"])?;
+    let defaults = ControlConfig::default();
+    let mut ok = true;
+    let socket = raw.socket.map(PathBuf::from);
+    if let Some(path) = &socket {
+        match control_socket_problem(path) {
+            Some(reason) => {
+                report.problem(&["control", "socket"], reason);
+                ok = false;
+            }
+            None => {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                if let Some(reason) = super::permissions::control_socket_dir_problem(dir) {
+                    report.problem(&["control", "socket"], reason);
+                    ok = false;
+                }
+            }
+        }
+    }
+    let socket_group = match raw.socket_group {
+        None => None,
+        Some(name) => match resolve_group(&name) {
+            Ok(gid) => Some(SocketGroup { name, gid }),
+            Err(reason) => {
+                report.problem(&["control", "socket_group"], reason);
+                ok = false;
+                None
+            }
+        },
+    };
+    let max_ttl = duration(
+        report,
+        &["control", "max_ttl"],
+        &raw.max_ttl,
+        defaults.max_ttl,
+    );
+    if let Some(ttl) = max_ttl
+        && !(Duration::from_secs(1)..=MAX_CONTROL_TTL).contains(&ttl)
+    {
+        report.problem(
+            &["control", "max_ttl"],
+            format!(
+                "{} is out of range: use 1s to {}",
+                format_duration(ttl),
+                format_duration(MAX_CONTROL_TTL)
+            ),
+        );
+        ok = false;
+    }
+    let max_tokens = raw.max_tokens.unwrap_or(defaults.max_tokens as u64);
+    if max_tokens == 0 {
+        report.problem(&["control", "max_tokens"], "must be at least 1");
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Some(ControlConfig {
+        socket,
+        socket_group,
+        max_ttl: max_ttl?,
+        max_tokens: usize::try_from(max_tokens).unwrap_or(usize::MAX),
+    })
+}
+
+/// Why `path` cannot be the control socket, if it cannot: relative, too long for a
+/// socket address, or naming something that is not a socket (a regular file, a
+/// directory, a symlink: removing it to bind would destroy it).
+fn control_socket_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    if !path.is_absolute() {
+        return Some(format!(
+            "`{shown}` is relative; use an absolute path such as /run/credvend/control.sock"
+        ));
+    }
+    if path.file_name().is_none() {
+        return Some(format!("`{shown}` names no file"));
+    }
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Some(format!(
+            "`{shown}` is {len} bytes long; a socket path may have at most {MAX_SOCKET_PATH}"
+        ));
+    }
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_socket() => Some(format!(
+            "{shown} exists and is not a socket; credvend replaces only a stale socket \
+             there: remove it or choose another path"
+        )),
+        _ => None,
+    }
+}
+
+/// The gid of `name`: a number is taken as a gid, anything else is looked up in the
+/// system's group database.
+fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "no group named `{name}`; create it (systemd/credvend.sysusers) or give a numeric gid"
+        )),
+        Err(error) => Err(format!("cannot look up group `{name}`: {error}")),
+    }
 }
 
 fn mappings(

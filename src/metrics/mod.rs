@@ -26,6 +26,10 @@
 //! | `credvend_config_last_reload_successful` | gauge, 1/0 | — |
 //! | `credvend_config_last_reload_timestamp_seconds` | gauge | — |
 //! | `credvend_mappings` | gauge | — |
+//! | `credvend_job_tokens` | gauge | — |
+//! | `credvend_job_tokens_minted_total` | counter | `mapping` (from its first mint on) |
+//! | `credvend_job_tokens_revoked_total` | counter | `mapping` (from its first mint on) |
+//! | `credvend_job_tokens_expired_total` | counter | `mapping` (from its first mint on) |
 //! | `credvend_build_info` | gauge, always 1 | `version` |
 //! | `process_*` | Linux process collector | — |
 //!
@@ -42,7 +46,7 @@
 //! mapping is registered, so the first failure is a visible `0 → 1` step for
 //! `increase()` in alert rules rather than a series appearing at 1.
 //!
-//! The six `mapping`-labelled families live in `per_mapping` (compact atomics, text
+//! The `mapping`-labelled families live in `per_mapping` (compact atomics, text
 //! written directly) rather than in the crate's metric vectors, which cost ~11 KB per
 //! mapping; everything else is a plain `prometheus` collector in `Metrics::registry`.
 
@@ -128,6 +132,7 @@ pub struct Metrics {
     config_last_reload_successful: IntGauge,
     config_last_reload_timestamp_seconds: Gauge,
     mappings: IntGauge,
+    job_tokens: IntGauge,
     /// Serialises changes to the set of mappings (reloads).
     mappings_writer: Mutex<()>,
 }
@@ -263,6 +268,14 @@ impl Metrics {
                 IntGauge::new("credvend_mappings", "Mappings in the applied configuration.")
                     .expect("valid gauge"),
             ),
+            job_tokens: register(
+                r,
+                IntGauge::new(
+                    "credvend_job_tokens",
+                    "Live job tokens (minted on the control socket, not yet revoked or expired).",
+                )
+                .expect("valid gauge"),
+            ),
             mappings_writer: Mutex::new(()),
             registry,
         };
@@ -326,6 +339,22 @@ impl Metrics {
             .with_label_values(&[result])
             .observe(duration.as_secs_f64());
         self.per_mapping.with(mapping, |s| s.assume_role(outcome));
+    }
+
+    /// A job token for `mapping` was minted.
+    pub fn job_token_minted(&self, mapping: &str) {
+        self.per_mapping.with(mapping, |s| s.job_token(0));
+    }
+
+    /// A job token for `mapping` ended: expired, or revoked before that.
+    pub fn job_token_ended(&self, mapping: &str, expired: bool) {
+        self.per_mapping
+            .with(mapping, |s| s.job_token(if expired { 2 } else { 1 }));
+    }
+
+    /// `live` job tokens exist now.
+    pub fn job_tokens_live(&self, live: usize) {
+        self.job_tokens.set(i64::try_from(live).unwrap_or(i64::MAX));
     }
 
     /// A credential for `mapping` was served from `source`.

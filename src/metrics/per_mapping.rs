@@ -1,4 +1,4 @@
-//! The six families labelled by `mapping`, kept compactly and rendered straight to text.
+//! The families labelled by `mapping`, kept compactly and rendered straight to text.
 //!
 //! The `prometheus` crate keeps every series as its own object: a `Vec` of label pairs
 //! (owned strings), a descriptor reference and the value, about 500 bytes each. A
@@ -39,7 +39,25 @@ pub struct Series {
     state: AtomicU8,
     /// `credvend_external_id_enforced`: 1, 0 or -1.
     enforced: AtomicI64,
+    /// `credvend_job_tokens_{minted,revoked,expired}_total`, indexed like [`JOB_TOKENS`].
+    job_tokens: [AtomicU64; 3],
 }
+
+/// The job token counters, in [`Series::job_tokens`] order: family name and help.
+const JOB_TOKENS: [(&str, &str); 3] = [
+    (
+        "credvend_job_tokens_minted_total",
+        "Job tokens minted on the control socket, by mapping.",
+    ),
+    (
+        "credvend_job_tokens_revoked_total",
+        "Job tokens revoked before they expired (DELETE, lease connection closed, mapping removed by a reload), by mapping.",
+    ),
+    (
+        "credvend_job_tokens_expired_total",
+        "Job tokens whose ttl_seconds ran out, by mapping.",
+    ),
+];
 
 /// Values of the `source` label, in output order.
 pub const SOURCES: [Source; 3] = [Source::Cache, Source::Fresh, Source::Degraded];
@@ -55,6 +73,14 @@ impl Series {
             expiry: AtomicI64::new(NO_EXPIRY),
             state: AtomicU8::new(state_index(MappingState::Empty)),
             enforced: AtomicI64::new(-1),
+            job_tokens: Default::default(),
+        }
+    }
+
+    /// A job token was minted (`0`), revoked (`1`) or expired (`2`).
+    pub fn job_token(&self, index: usize) {
+        if let Some(counter) = self.job_tokens.get(index) {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -262,6 +288,23 @@ impl PerMapping {
                 None,
                 s.enforced.load(Ordering::Relaxed),
             );
+        }
+
+        // Job token counters only for mappings that have had a job token: with 10,000
+        // mappings and no control socket they would be 30,000 lines of zeros. A
+        // mapping's three series appear together at its first mint (revoked and expired
+        // at 0, so their first increase is a visible step).
+        let with_jobs: Vec<&(&str, &Series)> = mappings
+            .iter()
+            .filter(|(_, s)| s.job_tokens[0].load(Ordering::Relaxed) > 0)
+            .collect();
+        if !with_jobs.is_empty() {
+            for (i, (name, help)) in JOB_TOKENS.iter().enumerate() {
+                family(out, name, help, "counter");
+                for (mapping, s) in &with_jobs {
+                    sample(out, name, mapping, None, load(&s.job_tokens[i]));
+                }
+            }
         }
     }
 }

@@ -113,6 +113,14 @@ impl AccessTable {
         }
     }
 
+    /// `name` as this generation spells it, if it has that mapping (a borrow that lives
+    /// as long as the table, for the audit line).
+    pub fn mapping_name(&self, name: &str) -> Option<&str> {
+        self.mappings
+            .get_key_value(name)
+            .map(|(key, _)| key.as_str())
+    }
+
     /// Whether `host` (a `Host` header value) names a credential listener; see
     /// [`HostAllowList::allows`].
     pub fn host_allowed(&self, host: &str, local: SocketAddr) -> bool {

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::ConnInfo;
 use super::access::HostAllowList;
+use super::jobs::JobTokens;
 use super::status::{BaseIdentityStatus, LastReload};
 use super::wire::{self, Body};
 use crate::cache::CredentialCache;
@@ -47,6 +48,8 @@ pub struct AdminEndpoint {
     pub last_reload: Arc<Mutex<Option<LastReload>>>,
     /// What is known of credvend's own AWS identity (for `/readyz` and `/status`).
     pub base_identity: Arc<Mutex<BaseIdentityStatus>>,
+    /// Live job tokens (`/status` shows how many per mapping; never ids or tokens).
+    pub jobs: JobTokens,
 }
 
 impl AdminEndpoint {
@@ -118,7 +121,7 @@ impl AdminEndpoint {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
-                let document = super::status::document(
+                let mut document = super::status::document(
                     &self.cache.status(),
                     self.cache.now(),
                     self.generation.load(Ordering::SeqCst),
@@ -130,6 +133,7 @@ impl AdminEndpoint {
                         .unwrap_or_else(|e| e.into_inner())
                         .clone(),
                 );
+                super::status::add_job_tokens(&mut document, &self.jobs.count_by_mapping());
                 let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
                 wire::json_response(StatusCode::OK, Bytes::from(body))
             }

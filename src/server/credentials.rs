@@ -17,11 +17,13 @@ use hyper::{Method, Request, Response};
 
 use super::ConnInfo;
 use super::access::{AccessTable, AuthFailure};
+use super::jobs::{JobGrant, JobTokens};
 use super::wire::{self, Body};
-use crate::cache::{CredentialCache, MappingTable, VendError};
+use crate::cache::{CredentialCache, MappingTable, VendError, Vended};
 use crate::events::{CredentialsRefused, CredentialsServed};
 use crate::metrics::{Metrics, route};
 use crate::protocol::{ApiError, DeniedCause};
+use crate::secret::TokenHash;
 
 /// Headers that mean a proxy forwarded the request (a proxy adds at least one of them;
 /// an SDK talking to credvend directly never sends any).
@@ -57,13 +59,17 @@ pub struct CredentialEndpoint {
     pub cache: CredentialCache,
     /// Request, served and auth-failure metrics.
     pub metrics: Arc<Metrics>,
+    /// Job tokens (minted on the control socket), looked up only after the configured
+    /// tokens did not match.
+    pub jobs: JobTokens,
 }
 
 impl CredentialEndpoint {
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let generation = self.generation.load_full();
-        let (mapping, result) = self.route(&generation, &request, conn).await;
+        let mut job = None;
+        let (mapping, result) = self.route(&generation, &request, conn, &mut job).await;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -71,6 +77,7 @@ impl CredentialEndpoint {
                     mapping,
                     client: conn.peer,
                     error: &error,
+                    job: job.as_ref().map(JobGrant::audit),
                 }
                 .emit(&self.metrics);
                 error.into_response()
@@ -87,12 +94,14 @@ impl CredentialEndpoint {
     }
 
     /// Checks and serves one request. The mapping name comes back borrowed (from the
-    /// request or the access table) for the audit line: no allocation on success.
+    /// request or the access table) for the audit line: no allocation on success with a
+    /// configured token. A job token that authorised the request is left in `job`.
     async fn route<'a>(
         &self,
         generation: &'a Generation,
         request: &'a Request<Incoming>,
         conn: ConnInfo,
+        job: &mut Option<JobGrant>,
     ) -> (Option<&'a str>, Result<Response<Body>, ApiError>) {
         let access = &generation.access;
         if let Some(error) = super::framing_error(request) {
@@ -113,7 +122,26 @@ impl CredentialEndpoint {
             None => return (None, Err(ApiError::NotFound)),
         };
         let token = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        let mapping = match access.authorize(requested, token) {
+        let authorized = match access.authorize(requested, token) {
+            // Not a configured token: perhaps a live job token of the mapping. Expired,
+            // revoked and unknown job tokens fall through to the same refusal as a
+            // wrong token.
+            Err(AuthFailure::Denied) => match token.and_then(|token| {
+                let grant = self
+                    .jobs
+                    .authorize(requested, &TokenHash::of_token(token))?;
+                let name = access.mapping_name(grant.mapping())?;
+                Some((grant, name))
+            }) {
+                Some((grant, name)) => {
+                    *job = Some(grant);
+                    Ok(name)
+                }
+                None => Err(AuthFailure::Denied),
+            },
+            other => other,
+        };
+        let mapping = match authorized {
             Ok(mapping) => mapping,
             Err(AuthFailure::MissingToken) => {
                 return (requested, Err(ApiError::MissingToken));
@@ -133,7 +161,7 @@ impl CredentialEndpoint {
                 );
             }
         };
-        let result = match self.cache.get_in(&generation.mappings, mapping).await {
+        let result = match self.vend(generation, mapping, job.as_ref()).await {
             Ok(vended) => {
                 let entry = &vended.entry;
                 CredentialsServed {
@@ -142,6 +170,7 @@ impl CredentialEndpoint {
                     source: vended.source,
                     access_key_id: &entry.access_key_id,
                     expiration: entry.expiration,
+                    job: job.as_ref().map(JobGrant::audit),
                 }
                 .emit(&self.metrics);
                 // The body was encoded once when the credential arrived.
@@ -169,6 +198,24 @@ impl CredentialEndpoint {
             }),
         };
         (Some(mapping), result)
+    }
+}
+
+impl CredentialEndpoint {
+    /// The credential of `mapping` for a request authorised by a configured token
+    /// (`job` is `None`) or by a job token.
+    async fn vend(
+        &self,
+        generation: &Generation,
+        mapping: &str,
+        job: Option<&JobGrant>,
+    ) -> Result<Vended, VendError> {
+        match job.and_then(JobGrant::session_name) {
+            // jobcache: `self.cache.get_job_in(&generation.mappings, mapping, session)`,
+            // the per-job entry assumed with the token's RoleSessionName.
+            Some(_session) => self.cache.get_in(&generation.mappings, mapping).await,
+            None => self.cache.get_in(&generation.mappings, mapping).await,
+        }
     }
 }
 

@@ -43,7 +43,9 @@ use tracing::{debug, info, warn};
 
 pub mod access;
 pub mod admin;
+pub mod control;
 pub mod credentials;
+pub mod jobs;
 pub mod status;
 pub mod wire;
 

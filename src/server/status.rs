@@ -139,6 +139,25 @@ fn time(at: Option<SystemTime>) -> Value {
     })
 }
 
+/// Adds to `document` how many live job tokens each mapping has (`job_tokens`, 0 for
+/// none) and in all (top-level `job_tokens`): counts only, never an id or a token.
+pub fn add_job_tokens(document: &mut Value, counts: &std::collections::HashMap<String, usize>) {
+    let total: usize = counts.values().sum();
+    if let Some(mappings) = document.get_mut("mappings").and_then(Value::as_object_mut) {
+        for (name, mapping) in mappings.iter_mut() {
+            if let Some(mapping) = mapping.as_object_mut() {
+                mapping.insert(
+                    "job_tokens".into(),
+                    json!(counts.get(name).copied().unwrap_or(0)),
+                );
+            }
+        }
+    }
+    if let Some(top) = document.as_object_mut() {
+        top.insert("job_tokens".into(), json!(total));
+    }
+}
+
 /// The `/status` document.
 pub fn document(
     statuses: &[MappingStatus],

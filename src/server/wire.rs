@@ -11,7 +11,8 @@
 //!
 //! Errors carry both key casings, `{"code":C,"message":M,"Code":C,"Message":M}` (Java and
 //! Go read the lower-case pair, JS the capitalised one), and the status of
-//! [`ApiError::status`]. 429 is never used: the Rust and Java SDKs treat it as fatal.
+//! [`ApiError::status`]. 429 is never used on the credential endpoint (the Rust and Java
+//! SDKs treat it as fatal); only the control socket answers it (`TooManyTokens`).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -77,7 +78,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
-            ApiError::BodyNotAllowed => {
+            ApiError::MethodNotAllowedOn { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::BodyNotAllowed | ApiError::PayloadTooLarge => {
                 // The body is left unread, so the connection cannot carry another
                 // request: say so instead of letting hyper discover it.
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -103,7 +103,7 @@ pub fn spawn_gets(
         .collect()
 }
 
-fn parse(raw: Vec<u8>) -> RawResponse {
+pub fn parse(raw: Vec<u8>) -> RawResponse {
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text
         .split_once("\r\n\r\n")

@@ -3,6 +3,7 @@
 //! `dead_code` allowances inside the modules.
 
 pub mod config_file;
+pub mod control;
 pub mod daemon;
 pub mod e2e;
 pub mod fake_sts;
