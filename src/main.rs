@@ -823,7 +823,7 @@ impl ControlArgs {
             return Ok(PathBuf::from(control_client::DEFAULT_SOCKET));
         };
         let loaded = Config::load(path).map_err(Failure::Config)?;
-        control_socket(&loaded).ok_or_else(|| {
+        loaded.control.socket.ok_or_else(|| {
             Failure::Usage(format!(
                 "{} has no [control] socket: the daemon serves no control socket (pass \
                  --socket if it is elsewhere)",
@@ -831,12 +831,6 @@ impl ControlArgs {
             ))
         })
     }
-}
-
-/// The `[control] socket` of a configuration.
-fn control_socket(_config: &Config) -> Option<PathBuf> {
-    // jobsrv: `config.control.socket.clone()` once `[control]` is in the config.
-    None
 }
 
 /// Loads the configuration at `path` and finds the mapping named `name` in it (for the
