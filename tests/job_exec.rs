@@ -25,9 +25,10 @@ use hyper_util::rt::TokioIo;
 
 use credvend::control_client::{Connection, TokenInfo};
 use credvend::exec::{REMOVED_VARS, TOKEN_VAR, URI_VAR};
+use support::config_file::{loopback_server_toml, sts_and_acme_toml};
 use support::control::{SocketDir, start_acme_with_control};
 use support::daemon::TestDaemon;
-use support::e2e::{Venv, base_env};
+use support::e2e::{Venv, base_env, write_private_file};
 use support::fake_sts::FakeSts;
 use tokio::process::{Child, Command};
 
@@ -658,5 +659,40 @@ async fn exec_mints_with_a_lease_and_no_ttl_and_deletes_on_that_connection_befor
         body,
         serde_json::json!({"mapping": MAPPING, "lease": "connection"}),
         "a lease and no TTL unless --ttl"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_socket_the_configs_control_socket_is_used() {
+    let f = start().await;
+    let base =
+        loopback_server_toml(1, 2) + &sts_and_acme_toml("http://127.0.0.1:3", EXTERNAL_ID, "t");
+    let with_control = f.file("with-control.toml");
+    write_private_file(
+        &with_control,
+        &format!("{base}\n[control]\nsocket = \"{}\"\n", f.socket.display()),
+    );
+    let without_control = f.file("without-control.toml");
+    write_private_file(&without_control, &base);
+    let list = |config: &Path| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["token", "list", "--json", "--config"])
+            .arg(config)
+            .env_clear()
+            .envs(base_env(f.dir.path()))
+            .kill_on_drop(true);
+        command.output()
+    };
+    let listed = list(&with_control).await.unwrap();
+    assert_eq!(code(listed.status), Some(0), "{}", describe(&listed));
+    let answer: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(answer["tokens"].is_array(), "{answer}");
+    let refused = list(&without_control).await.unwrap();
+    assert_eq!(code(refused.status), Some(64), "{}", describe(&refused));
+    assert!(
+        text(&refused.stderr).contains("has no [control] socket"),
+        "{}",
+        describe(&refused)
     );
 }
