@@ -323,7 +323,15 @@ async fn sigint_sigterm_and_sighup_sent_to_exec_reach_the_job() {
             "the job's token works while it runs"
         );
         signal(&child, sig);
-        let output = finish(child).await;
+        let output = tokio::time::timeout(PROCESS_BOUND, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "SIG{name} sent to exec did not end the job within {PROCESS_BOUND:?}: \
+                     not forwarded?"
+                )
+            })
+            .expect("wait for exec");
         assert_eq!(
             code(output.status),
             Some(exit),
