@@ -33,6 +33,10 @@ use crate::protocol::ApiError;
 #[derive(Debug)]
 pub struct AssumeRoleSucceeded<'a> {
     pub mapping: &'a str,
+    /// For a per-job entry of the mapping (docs/design.md, Per-job entries), its
+    /// RoleSessionName: logged, and the mapping's expiry gauge is left alone (it shows
+    /// the mapping's own credential). `None` for the mapping's own entry.
+    pub session_name: Option<&'a str>,
     /// Wall time of the STS call.
     pub duration: Duration,
     pub access_key_id: &'a str,
@@ -41,15 +45,29 @@ pub struct AssumeRoleSucceeded<'a> {
 
 impl AssumeRoleSucceeded<'_> {
     pub fn emit(&self, metrics: &Metrics) {
-        debug!(
-            mapping = %self.mapping,
-            duration_ms = self.duration.as_millis() as u64,
-            access_key_id = %self.access_key_id,
-            expiration = %humantime::format_rfc3339_seconds(self.expiration),
-            "AssumeRole succeeded"
-        );
+        let expiration = humantime::format_rfc3339_seconds(self.expiration);
+        let duration_ms = self.duration.as_millis() as u64;
         metrics.assume_role(self.mapping, Ok(()), self.duration);
-        metrics.expiry(self.mapping, self.expiration);
+        match self.session_name {
+            None => {
+                debug!(
+                    mapping = %self.mapping,
+                    duration_ms,
+                    access_key_id = %self.access_key_id,
+                    expiration = %expiration,
+                    "AssumeRole succeeded"
+                );
+                metrics.expiry(self.mapping, self.expiration);
+            }
+            Some(session_name) => debug!(
+                mapping = %self.mapping,
+                session_name = %session_name,
+                duration_ms,
+                access_key_id = %self.access_key_id,
+                expiration = %expiration,
+                "AssumeRole succeeded for a per-job entry"
+            ),
+        }
     }
 }
 

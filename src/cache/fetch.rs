@@ -34,7 +34,7 @@ impl Inner {
         if let Some(cap) = duration_cap {
             input.duration = input.duration.min(cap);
         }
-        self.budget.acquire(priority, &spec.key).await;
+        self.budget.acquire(priority, spec.owner_key()).await;
         // STS computes Expiration from its own clock when it answers, which is no
         // earlier than this: measuring the lifetime from here never makes a full-length
         // credential look short because the call itself took time.
@@ -53,7 +53,7 @@ impl Inner {
                 slot.duration_cap = Some(ONE_HOUR);
             }
             input.duration = ONE_HOUR;
-            self.budget.acquire(priority, &spec.key).await;
+            self.budget.acquire(priority, spec.owner_key()).await;
             result = self.assume_role_observed(spec, &input, priority).await;
         }
         let mut creds = result.map_err(FetchError::Sts)?;
@@ -141,6 +141,7 @@ impl Inner {
         match &result {
             Ok(creds) => AssumeRoleSucceeded {
                 mapping,
+                session_name: spec.job_of.is_some().then_some(&*input.session_name),
                 duration,
                 access_key_id: &creds.access_key_id,
                 expiration: creds.expiration,

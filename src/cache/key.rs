@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::aws_names::SessionName;
 use crate::creds::AssumeRoleInput;
 
 /// Identity of a mapping's credentials: its name plus a fingerprint of every
@@ -37,6 +38,30 @@ impl MappingKey {
             name: Arc::from(name),
             fingerprint: fingerprint(input, endpoint),
         }
+    }
+
+    /// The key of this mapping's per-job entry for RoleSessionName `session`
+    /// (docs/design.md, Per-job entries): the mapping's name, and a fingerprint over
+    /// this key's and the session name, so it differs from the mapping's own and every
+    /// other job's, and changes whenever the mapping's inputs do.
+    pub(super) fn for_job(&self, session: &SessionName) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"job");
+        h.update(self.fingerprint);
+        h.update((session.len() as u64).to_be_bytes());
+        h.update(session.as_bytes());
+        let digest = h.finalize();
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&digest[..16]);
+        Self {
+            name: self.name.clone(),
+            fingerprint,
+        }
+    }
+
+    /// The name, shared (no copy).
+    pub(super) fn shared_name(&self) -> &Arc<str> {
+        &self.name
     }
 }
 

@@ -47,6 +47,9 @@
 //!   the next refresh; the scheduler's refresh callback.
 //! - `status.rs`: [`CredentialCache::status`] and readiness.
 //! - `prefetch.rs`: warming `prefetch` mappings in bounded batches.
+//! - `jobs.rs`: per-job entries ([`CredentialCache::get_job_in`]): a mapping's
+//!   credential under a job's own RoleSessionName, an entry of its own through all of
+//!   the above, registered beside the table.
 //! - `lifecycle.rs`: the pure rules (servability, refresh time, backoff) and [`Entry`].
 //! - `scheduler.rs`: the refresh queue. `budget.rs`: the STS rate budget.
 //! - `tests.rs`: state-machine tests with a scripted STS and a manual clock.
@@ -68,6 +71,7 @@ use crate::model::{EnforcementStatus, Probe};
 
 pub mod budget;
 mod fetch;
+mod jobs;
 mod key;
 pub mod lifecycle;
 mod prefetch;
@@ -195,6 +199,9 @@ struct Inner {
     /// Per-mapping mutable state. Single flight registration and a fetch's publication
     /// both happen under this lock.
     slots: Mutex<HashMap<MappingKey, Slot>>,
+    /// The registered per-job entries (`jobs.rs`). Taken after `slots` when both are
+    /// needed, never before.
+    jobs: std::sync::RwLock<jobs::Jobs>,
     /// When each mapping's next refresh or retry is due; drained by the task
     /// [`CredentialCache::start`] spawns.
     queue: scheduler::RefreshQueue,
@@ -238,6 +245,7 @@ impl CredentialCache {
                 table: ArcSwap::from_pointee(build_table(config, None)),
                 store,
                 slots: Mutex::new(HashMap::new()),
+                jobs: Default::default(),
                 queue: scheduler::RefreshQueue::default(),
                 budget: StsBudget::new(config.sts.max_requests_per_second),
                 sts_calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_STS_CALLS),
@@ -262,8 +270,9 @@ impl CredentialCache {
     }
 
     /// Replaces the mapping table with `config`'s and returns it. Mappings whose
-    /// fingerprint changed or that were removed lose their cached credentials and state;
-    /// unchanged ones keep them. New `prefetch` mappings start fetching.
+    /// fingerprint changed or that were removed lose their cached credentials and state,
+    /// and their per-job entries; unchanged ones keep them. New `prefetch` mappings
+    /// start fetching.
     pub fn apply_config(&self, config: &Config) -> MappingTable {
         let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
         let old = self.inner.table.swap(new.clone());
@@ -278,11 +287,10 @@ impl CredentialCache {
                 } else {
                     debug!(mapping = %key.name(), "Mapping removed; dropping its credentials");
                 }
-                self.inner.store.invalidate(key);
-                self.inner.queue.cancel(key);
-                slots.remove(key);
+                self.inner.forget_entry(&mut slots, key);
             }
         }
+        self.inner.reload_jobs(&new, &mut slots);
         drop(slots);
         self.prefetch_all();
         MappingTable(new)
@@ -307,6 +315,13 @@ impl CredentialCache {
             slot.terminal_failures = 0;
             if spec.enforcement_status() == EnforcementStatus::NotEnforced {
                 slot.enforcement_checked_at = None;
+            }
+        }
+        // Per-job entries: their enforcement check is their mapping's (above).
+        for spec in self.inner.read_jobs().specs() {
+            if let Some(slot) = slots.get_mut(&spec.key) {
+                slot.negative_until = None;
+                slot.terminal_failures = 0;
             }
         }
         drop(slots);

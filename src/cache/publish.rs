@@ -20,16 +20,19 @@ impl Inner {
         let clock_now = self.now();
         let now = clock_now.wall;
         let table = self.current_table();
-        let current = table.by_key.contains_key(&spec.key);
         let mut slots = self.lock_slots();
+        // Under the slots lock, which a reload and `drop_job` hold while they drop.
+        let current = self.is_current(spec);
         let Some(slot) = slots.get_mut(&spec.key) else {
-            // The mapping was removed or changed while the fetch ran.
+            // The mapping was removed or changed while the fetch ran, or the per-job
+            // entry was dropped.
             return;
         };
         slot.inflight = None;
         if !current {
             // A request of the generation before brought the slot back (see
-            // `CredentialCache::get_in`); the reload had dropped it.
+            // `CredentialCache::get_in`); the reload had dropped it. Or a request
+            // brought back the slot of a per-job entry dropped meanwhile.
             slots.remove(&spec.key);
             return;
         }
@@ -111,6 +114,18 @@ impl Inner {
             }
         }
         let after = flag_state(slot, &self.store, &spec.key, clock_now);
+        if spec.job_of.is_some() {
+            // A per-job entry has no state of its own in `/status` or
+            // `credvend_mapping_state` (both per mapping; the mapping's own entry is
+            // what they show). Nothing scheduled (refused, or failing and unused): an
+            // idle check, so an entry its token store forgot is dropped in the end.
+            if self.queue.due_at(&spec.key).is_none() {
+                let at =
+                    super::jobs::idle_check_at(spec.last_used(), now, table.refresh.idle_timeout);
+                self.queue.schedule(&spec.key, at);
+            }
+            return;
+        }
         if after != before {
             MappingStateChanged {
                 mapping: name,
@@ -124,7 +139,12 @@ impl Inner {
     /// Scheduler callback: refresh `key` unless it is gone or idle.
     pub(super) fn on_refresh_due(self: &Arc<Self>, key: MappingKey) {
         let table = self.current_table();
-        let Some(spec) = table.by_key.get(&key).cloned() else {
+        let Some(spec) = table
+            .by_key
+            .get(&key)
+            .cloned()
+            .or_else(|| self.job_by_key(&key))
+        else {
             return;
         };
         let now = self.clock.now();
@@ -132,8 +152,28 @@ impl Inner {
         let idle =
             !spec.prefetch && last_used.is_none_or(|t| is_idle(t, now, table.refresh.idle_timeout));
         if idle {
+            if spec.job_of.is_some() {
+                self.drop_idle_job(&spec, table.refresh.idle_timeout);
+                return;
+            }
             debug!(mapping = %key.name(), "Mapping idle; not refreshing");
             return;
+        }
+        // A per-job entry's idle check (it has no credential to keep fresh and no retry
+        // due: refused, or never fetched) fetches nothing; the next check is due when it
+        // would be idle.
+        if spec.job_of.is_some() {
+            // Under the slots lock, as `publish` schedules: a refresh a fetch that just
+            // landed scheduled is not replaced.
+            let slots = self.lock_slots();
+            let retry_due = slots.get(&key).is_some_and(|slot| slot.retry_at.is_some());
+            if !retry_due && !self.store.contains_key(&key) {
+                if self.queue.due_at(&key).is_none() {
+                    let at = super::jobs::idle_check_at(last_used, now, table.refresh.idle_timeout);
+                    self.queue.schedule(&key, at);
+                }
+                return;
+            }
         }
         // A fetch that landed after this was taken off the queue (a request's, racing
         // the scheduler) has done its work and scheduled what comes next, or put the

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::budget::Priority;
 use super::lifecycle::{self, Servable};
-use super::table::MappingSpec;
+use super::table::{MappingSpec, Table};
 use super::{CredentialCache, FetchOutcome, Inner, MappingTable, Source, VendError, Vended};
 use crate::config::EnforcementMode;
 use crate::creds::{AssumeError, FailureReason};
@@ -56,33 +56,43 @@ impl CredentialCache {
     pub async fn get_in(&self, mappings: &MappingTable, name: &str) -> Result<Vended, VendError> {
         let inner = &self.inner;
         let now = inner.now();
-        // Fast path, no lock: a live credential with at least `min_remaining` left is
-        // served as it is (`lifecycle::servability` answers `Yes(Cache)` there whatever
-        // the slot's flags say). The liveness test matters only when `min_remaining` is
-        // configured inside the expiry margin.
-        let (spec, table) = {
-            let table = &mappings.0;
-            let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
-            spec.touch(now.wall);
-            if let Some(entry) = inner.store.get(&spec.key)
-                && let left = entry.remaining(now)
-                && lifecycle::is_alive(left)
-                && left >= table.refresh.min_remaining
-                && spec.cached_decision() == CachedDecision::Serve
-            {
-                return Ok(Vended {
-                    entry,
-                    source: Source::Cache,
-                });
-            }
-            (spec.clone(), table.clone())
-        };
+        let table = &mappings.0;
+        let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
+        spec.touch(now.wall);
+        if let Some(vended) = inner.cached(spec, table, now) {
+            return Ok(vended);
+        }
+        self.get_slow(spec.clone(), table.clone(), now).await
+    }
+
+    /// The request path past the fast path ([`Inner::cached`]) for `spec` of the
+    /// request's generation `table` (a mapping's own entry or a per-job one): under the
+    /// slots lock, the enforcement verdict, the negative cache and the retry backoff;
+    /// then join or start the fetch and wait at most `cold_wait`.
+    pub(super) async fn get_slow(
+        &self,
+        spec: Arc<MappingSpec>,
+        table: Arc<Table>,
+        now: lifecycle::Now,
+    ) -> Result<Vended, VendError> {
+        let inner = &self.inner;
         let min_remaining = table.refresh.min_remaining;
 
         let mut fallback = None;
         {
             let mut slots = inner.lock_slots();
+            // A per-job entry's enforcement check is its mapping's (the same role and
+            // External ID): when it last concluded is recorded in the mapping's slot.
+            let owner = spec
+                .job_of
+                .as_ref()
+                .and_then(|key| slots.get(key))
+                .map(|s| (s.enforcement_checked_at, unsafe_probe(s)));
             let slot = slots.entry(spec.key.clone()).or_default();
+            let (checked_at, owner_probe) = match owner {
+                Some((checked_at, probe)) => (checked_at, Some(probe)),
+                None => (slot.enforcement_checked_at, None),
+            };
             // The enforcement verdict against this generation's mode, every request:
             // whether the mode changed since the credential was fetched does not matter.
             match spec.cached_decision() {
@@ -98,13 +108,14 @@ impl CredentialCache {
                 // Refused without an STS call until a recheck is due; then the fetch
                 // below rechecks (within the negative cache's backoff).
                 CachedDecision::Refuse
-                    if !verify::check_due(
-                        slot.enforcement_checked_at,
-                        now.wall,
-                        table.recheck_interval,
-                    ) =>
+                    if !verify::check_due(checked_at, now.wall, table.recheck_interval) =>
                 {
-                    return Err(VendError::UnsafeTrustPolicy(unsafe_probe(slot)));
+                    let probe = match (&slot.last_error, owner_probe) {
+                        (Some((FetchError::UnsafeTrustPolicy(probe), _)), _) => *probe,
+                        (_, Some(probe)) => probe,
+                        _ => unsafe_probe(slot),
+                    };
+                    return Err(VendError::UnsafeTrustPolicy(probe));
                 }
                 // A credential fetched under `off` or `warn` is not served under
                 // `require` before the role is checked: the fetch below checks first.
@@ -182,6 +193,33 @@ fn seconds_left(until: std::time::SystemTime, now: std::time::SystemTime) -> u64
 }
 
 impl Inner {
+    /// The fast path, no lock: a live credential of `spec` with at least
+    /// `min_remaining` left (in the request's generation `table`) is served as it is
+    /// (`lifecycle::servability` answers `Yes(Cache)` there whatever the slot's flags
+    /// say), if the enforcement verdict allows it under this generation's mode. The
+    /// liveness test matters only when `min_remaining` is configured inside the expiry
+    /// margin.
+    #[inline]
+    pub(super) fn cached(
+        &self,
+        spec: &MappingSpec,
+        table: &Table,
+        now: lifecycle::Now,
+    ) -> Option<Vended> {
+        if let Some(entry) = self.store.get(&spec.key)
+            && let left = entry.remaining(now)
+            && lifecycle::is_alive(left)
+            && left >= table.refresh.min_remaining
+            && spec.cached_decision() == CachedDecision::Serve
+        {
+            return Some(Vended {
+                entry,
+                source: Source::Cache,
+            });
+        }
+        None
+    }
+
     /// `Retry-After` for a 503 about `key`: the time left of its retry backoff, or 1 s
     /// when it is not backing off (the fetch is still running).
     fn retry_after_secs(&self, key: &super::MappingKey, now: lifecycle::Now) -> u64 {
@@ -201,6 +239,12 @@ impl Inner {
         caller: Caller,
     ) -> watch::Receiver<Option<FetchOutcome>> {
         let mut slots = self.lock_slots();
+        // A per-job entry starts from the MaxSessionDuration its mapping learned.
+        let owner_cap = spec
+            .job_of
+            .as_ref()
+            .and_then(|key| slots.get(key))
+            .and_then(|slot| slot.duration_cap);
         let slot = slots.entry(spec.key.clone()).or_default();
         if let Some(rx) = &slot.inflight {
             return rx.clone();
@@ -224,7 +268,7 @@ impl Inner {
         let priority = caller.priority();
         let (tx, rx) = watch::channel(None);
         slot.inflight = Some(rx.clone());
-        let duration_cap = slot.duration_cap;
+        let duration_cap = slot.duration_cap.or(owner_cap);
         drop(slots);
 
         let inner = self.clone();

@@ -29,9 +29,20 @@ pub(super) struct MappingSpec {
     /// cached credential may be served ([`crate::verify::cached_decision`]), so a
     /// reload that changes only the mode re-decides at the next request.
     pub(super) verdict: Arc<AtomicU8>,
+    /// For a per-job entry (`super::jobs`), the key of its mapping; `None` for a
+    /// mapping's own entry.
+    pub(super) job_of: Option<MappingKey>,
 }
 
 impl MappingSpec {
+    /// The key of the mapping this entry belongs to: its own, or a per-job entry's
+    /// mapping's. The STS budget's fair share and the record of when the External ID
+    /// check last concluded (in that key's slot) go by it, so a mapping's jobs share
+    /// its budget share and its enforcement check.
+    pub(super) fn owner_key(&self) -> &MappingKey {
+        self.job_of.as_ref().unwrap_or(&self.key)
+    }
+
     /// Records a request at `now`. Skips the store unless the clock moved by at least a
     /// millisecond, so a burst of hits on one mapping does not keep bouncing its cache
     /// line between cores (idle detection works in hours).
@@ -111,6 +122,7 @@ pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
             enforcement: mapping.external_id_enforcement,
             last_used,
             verdict,
+            job_of: None,
         });
         by_name.insert(name.clone(), spec.clone());
         by_key.insert(key, spec);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::lifecycle::EXPIRY_MARGIN;
 use super::request::{Caller, wait_outcome};
 use super::*;
+use crate::aws_names::SessionName;
 use crate::clock::ManualClock;
 use crate::config::{EnforcementMode, Mapping};
 use crate::creds::{AssumeRoleInput, Credentials, FailureReason};
@@ -1207,4 +1208,594 @@ async fn a_retry_overtaken_by_a_requests_fetch_makes_no_extra_call() {
         2,
         "a retry the request's fetch had already made"
     );
+}
+
+// --- per-job entries ------------------------------------------------------------------
+
+fn session(name: &str) -> SessionName {
+    SessionName::try_from(name.to_owned()).expect("a valid session name")
+}
+
+/// `get_job_in` in the generation applied now.
+async fn get_job(cache: &CredentialCache, name: &str, job: &str) -> Result<Vended, VendError> {
+    cache
+        .get_job_in(&cache.mapping_table(), name, &session(job))
+        .await
+}
+
+fn job_key(cache: &CredentialCache, name: &str, job: &str) -> MappingKey {
+    key_of(cache, name).for_job(&session(job))
+}
+
+/// The RoleSessionNames of the AssumeRole calls recorded so far, in order.
+fn session_names(calls: &Mutex<Vec<AssumeRoleInput>>) -> Vec<String> {
+    let calls = calls.lock().unwrap();
+    calls.iter().map(|c| c.session_name.to_string()).collect()
+}
+
+/// A job's credential is assumed with the job's RoleSessionName and the mapping's role
+/// and External ID, cached as an entry of its own: a second request is a hit, a second
+/// job is a second STS call, and the mapping's own entry is neither filled nor used.
+#[tokio::test]
+async fn a_job_entry_is_assumed_with_its_session_name_and_leaves_the_mapping_alone() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(
+        &clock,
+        assumer.clone(),
+        vec![mapping("m", "role-m", Some("external-id-m"), "t1")],
+    );
+
+    let first = get_job(&cache, "m", "sync-job-1").await.unwrap();
+    assert_eq!(first.source, Source::Fresh);
+    let call = assumer.calls.lock().unwrap()[0].clone();
+    assert_eq!(
+        call.session_name, "sync-job-1",
+        "the job's RoleSessionName reaches STS"
+    );
+    assert_eq!(call.role_arn, crate::testing::role_arn("role-m"));
+    assert_eq!(
+        call.external_id.map(|e| e.expose().to_string()).as_deref(),
+        Some("external-id-m")
+    );
+    let again = get_job(&cache, "m", "sync-job-1").await.unwrap();
+    assert_eq!(
+        (
+            again.source,
+            again.entry.access_key_id.as_str(),
+            assumer.calls()
+        ),
+        (Source::Cache, first.entry.access_key_id.as_str(), 1),
+        "the job's second request is a cache hit"
+    );
+
+    let second_job = get_job(&cache, "m", "sync-job-2").await.unwrap();
+    assert_eq!(second_job.source, Source::Fresh);
+    assert_ne!(second_job.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(session_names(&assumer.calls), ["sync-job-1", "sync-job-2"]);
+    assert_eq!(cache.job_entries(), 2);
+
+    // The mapping's own entry: untouched by its jobs.
+    assert!(!cache.inner.store.contains_key(&key_of(&cache, "m")));
+    assert!(!cache.inner.lock_slots().contains_key(&key_of(&cache, "m")));
+    assert_eq!(cache.status().len(), 1, "jobs are not mappings in /status");
+    assert_eq!(state(&cache, "m"), MappingState::Empty);
+    let own = cache.get("m").await.unwrap();
+    assert_eq!(own.source, Source::Fresh);
+    assert_eq!(
+        session_names(&assumer.calls),
+        ["sync-job-1", "sync-job-2", "credvend-m"]
+    );
+    let job_again = get_job(&cache, "m", "sync-job-1").await.unwrap();
+    assert_eq!(job_again.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(assumer.calls(), 3);
+}
+
+/// Concurrent requests of one job make one AssumeRole (the entry's own single flight)
+/// and are all served its result; a job of an unknown mapping is `UnknownMapping`.
+#[tokio::test]
+async fn concurrent_requests_of_one_job_make_one_sts_call() {
+    let (_clock, sts, _metrics, cache) =
+        gated_start(vec![mapping("m", "role-m", Some("external-id-m"), "t1")]);
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { get_job(&cache, "m", "sync-job-1").await })
+        })
+        .collect();
+    sts.wait_then_settle("the job's fetch is inside AssumeRole", |s| {
+        s.in_flight() >= 1
+    })
+    .await;
+    assert_eq!(sts.calls(), 1, "twenty requests of one job, one fetch");
+    sts.open();
+    let mut keys = std::collections::BTreeSet::new();
+    for request in requests {
+        let vended = tokio::time::timeout(Duration::from_secs(30), request)
+            .await
+            .expect("the request finished")
+            .expect("the request task did not panic")
+            .expect("the job is served");
+        keys.insert(vended.entry.access_key_id.clone());
+    }
+    assert_eq!(
+        keys.len(),
+        1,
+        "every request got the one fetch's credential"
+    );
+    assert_eq!(sts.calls(), 1);
+    assert_eq!(sts.calls.lock().unwrap()[0].session_name, "sync-job-1");
+    assert!(matches!(
+        get_job(&cache, "nope", "sync-job-1").await,
+        Err(VendError::UnknownMapping)
+    ));
+}
+
+/// `drop_job` forgets the entry (credential, slot, scheduled refresh, registration);
+/// the next request of that job assumes the role again. The other job and the mapping
+/// keep theirs.
+#[tokio::test]
+async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    let first = get_job(&cache, "m", "job-a").await.unwrap();
+    let other = get_job(&cache, "m", "job-b").await.unwrap();
+    cache.get("m").await.unwrap();
+    let dropped = job_key(&cache, "m", "job-a");
+    assert!(
+        cache.inner.queue.due_at(&dropped).is_some(),
+        "a refresh was scheduled"
+    );
+
+    cache.drop_job("m", &session("job-a"));
+    assert_forgotten(&cache, &dropped);
+    assert_eq!(cache.job_entries(), 1);
+    // Unknown pairs are ignored.
+    cache.drop_job("m", &session("job-never"));
+    cache.drop_job("nope", &session("job-b"));
+    assert_eq!(cache.job_entries(), 1);
+
+    let again = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(again.source, Source::Fresh);
+    assert_ne!(again.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(assumer.calls(), 4);
+    assert_eq!(assumer.calls.lock().unwrap()[3].session_name, "job-a");
+    let b = get_job(&cache, "m", "job-b").await.unwrap();
+    assert_eq!(
+        (b.source, b.entry.access_key_id.clone()),
+        (Source::Cache, other.entry.access_key_id.clone())
+    );
+    assert_eq!(cache.get("m").await.unwrap().source, Source::Cache);
+    assert_eq!(assumer.calls(), 4);
+}
+
+/// A fetch still inside AssumeRole when its job is dropped serves the request waiting
+/// for it and lands in nothing: no credential, slot, refresh or registration comes back
+/// (also when a request racing the drop brought a slot back), and nothing fetches for
+/// the job as time passes.
+#[tokio::test]
+async fn a_fetch_in_flight_for_a_dropped_job_does_not_bring_it_back() {
+    let (clock, sts, _metrics, cache) = gated_start(vec![mapping("m", "r", None, "t")]);
+    let key = job_key(&cache, "m", "job-a");
+    let request = tokio::spawn({
+        let cache = cache.clone();
+        async move { get_job(&cache, "m", "job-a").await }
+    });
+    sts.wait_one_in_flight("the job's fetch is inside AssumeRole")
+        .await;
+    // A request of the job that looked its entry up just before the drop, and reaches
+    // the slots lock after it: it brings a slot back and starts a fetch of its own.
+    let looked_up = cache.inner.job_by_key(&key).expect("registered");
+    cache.drop_job("m", &session("job-a"));
+    assert_forgotten(&cache, &key);
+    let late = wait_outcome(Inner::start_or_join(
+        &cache.inner,
+        &looked_up,
+        Caller::Request,
+    ));
+    sts.open();
+    let served = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the request finished")
+        .expect("the request task did not panic")
+        .expect("the waiting request gets its fetch's result");
+    assert_eq!(served.source, Source::Fresh);
+    tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .expect("the late request's fetch finished")
+        .expect("the late request gets its fetch's result");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_forgotten(&cache, &key);
+    assert_eq!(cache.job_entries(), 0);
+    for _ in 0..12 {
+        clock.advance(10 * MIN);
+        tick().await;
+    }
+    assert_eq!(sts.calls(), 2, "STS was called for a dropped job");
+    assert_forgotten(&cache, &key);
+}
+
+/// A job entry is refreshed in the background before its credential expires, with the
+/// job's session name, while it is in use; requests never wait for it.
+#[tokio::test]
+async fn a_job_entry_is_refreshed_before_it_expires() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    let first = get_job(&cache, "m", "job-a").await.unwrap();
+    let due = cache
+        .inner
+        .queue
+        .due_at(&job_key(&cache, "m", "job-a"))
+        .expect("a refresh is scheduled");
+    assert!(due < first.entry.expiration, "scheduled before expiry");
+
+    // Three hours in 5-minute steps, the job requesting at each.
+    for _ in 0..36 {
+        clock.advance(5 * MIN);
+        tick().await;
+        let vended = get_job(&cache, "m", "job-a").await.unwrap();
+        assert_eq!(
+            vended.source,
+            Source::Cache,
+            "a request never waited for STS"
+        );
+        assert!(
+            lifecycle::remaining(vended.entry.expiration, clock.now())
+                >= Duration::from_secs(20 * 60)
+        );
+    }
+    let names = session_names(&assumer.calls);
+    assert!(
+        (6..=9).contains(&names.len()),
+        "refreshed about every 25 min: {} calls",
+        names.len()
+    );
+    assert!(names.iter().all(|n| n == "job-a"), "{names:?}");
+}
+
+/// A reload drops the job entries of a mapping whose inputs changed (the next request
+/// assumes the new inputs with the job's session name) or that was removed, and keeps
+/// those of an unchanged mapping.
+#[tokio::test]
+async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let keep = mapping("keep", "keep", Some("external-id-keep"), "t1");
+    let change = mapping("change", "change", Some("external-id-old"), "t2");
+    let gone = mapping("gone", "gone", None, "t3");
+    let cache = cache_for(
+        &clock,
+        assumer.clone(),
+        vec![keep.clone(), change.clone(), gone],
+    );
+    let kept = get_job(&cache, "keep", "job").await.unwrap();
+    let changed_before = get_job(&cache, "change", "job").await.unwrap();
+    get_job(&cache, "gone", "job").await.unwrap();
+    let old_change = job_key(&cache, "change", "job");
+    let old_gone = job_key(&cache, "gone", "job");
+    assert_eq!((assumer.calls(), cache.job_entries()), (3, 3));
+
+    let mut changed = change.clone();
+    changed.external_id = Some(crate::secret::ExternalId::new("external-id-new"));
+    cache.apply_config(&config("http://127.0.0.1:9", vec![keep, changed]));
+
+    assert_forgotten(&cache, &old_change);
+    assert_forgotten(&cache, &old_gone);
+    assert_eq!(
+        cache.job_entries(),
+        1,
+        "only the unchanged mapping's job is left"
+    );
+    let kept_after = get_job(&cache, "keep", "job").await.unwrap();
+    assert_eq!(
+        (kept_after.source, kept_after.entry.access_key_id.clone()),
+        (Source::Cache, kept.entry.access_key_id.clone())
+    );
+    assert!(
+        cache
+            .inner
+            .queue
+            .due_at(&job_key(&cache, "keep", "job"))
+            .is_some()
+    );
+    let changed_after = get_job(&cache, "change", "job").await.unwrap();
+    assert_eq!(changed_after.source, Source::Fresh);
+    assert_ne!(
+        changed_after.entry.access_key_id,
+        changed_before.entry.access_key_id
+    );
+    let last = assumer.calls.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.session_name, "job");
+    assert_eq!(
+        last.external_id.map(|e| e.expose().to_string()).as_deref(),
+        Some("external-id-new")
+    );
+    assert!(matches!(
+        get_job(&cache, "gone", "job").await,
+        Err(VendError::UnknownMapping)
+    ));
+    assert_eq!(assumer.calls(), 4);
+}
+
+/// A job entry is not a mapping: it is not in `/status`, and its fetches do not set the
+/// mapping's `credvend_mapping_state` or expiry gauge (the mapping's own entry is what
+/// they show), though its STS calls count in the mapping's `credvend_assume_role_total`.
+#[tokio::test]
+async fn a_job_entry_is_not_in_status_and_leaves_the_mappings_state_gauges_alone() {
+    let (_clock, sts, metrics, cache) = gated_start(vec![mapping("m", "r", None, "t")]);
+    sts.open();
+    get_job(&cache, "m", "job-a").await.unwrap();
+    let status = cache.status();
+    assert_eq!(status.len(), 1);
+    assert_eq!(
+        (status[0].name.as_str(), status[0].state),
+        ("m", MappingState::Empty)
+    );
+    assert_eq!(status[0].access_key_id, None);
+    let text = metrics.render();
+    assert!(
+        text.contains("credvend_mapping_state{mapping=\"m\",state=\"empty\"} 1"),
+        "a job's fetch changed the mapping's state gauge:\n{text}"
+    );
+    assert!(
+        !text.contains("credvend_credentials_expiry_timestamp_seconds{mapping=\"m\"}"),
+        "a job's credential set the mapping's expiry gauge:\n{text}"
+    );
+    assert!(text.contains("credvend_assume_role_total{mapping=\"m\",result=\"success\"} 1"));
+
+    // The mapping's own fetch does set them.
+    cache.get("m").await.unwrap();
+    let text = metrics.render();
+    assert!(text.contains("credvend_mapping_state{mapping=\"m\",state=\"fresh\"} 1"));
+    assert!(text.contains("credvend_credentials_expiry_timestamp_seconds{mapping=\"m\"}"));
+}
+
+/// A job entry its token store never dropped stops refreshing once idle, like a
+/// mapping, and is then dropped altogether: the registry does not grow without bound.
+#[tokio::test]
+async fn a_forgotten_job_entry_stops_refreshing_when_idle_and_is_dropped() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    get_job(&cache, "m", "job-a").await.unwrap();
+    let key = job_key(&cache, "m", "job-a");
+    // 7 hours in 10-minute steps with no request.
+    for _ in 0..42 {
+        clock.advance(10 * MIN);
+        tick().await;
+    }
+    let calls = assumer.calls();
+    // idle_timeout is 6 h: refreshed about every 25 min for 6 h, then no more.
+    assert!((12..=16).contains(&calls), "refreshed {calls} times");
+    assert_eq!(
+        cache.job_entries(),
+        0,
+        "the idle job entry is still registered"
+    );
+    assert_forgotten(&cache, &key);
+    for _ in 0..6 {
+        clock.advance(10 * MIN);
+        tick().await;
+    }
+    assert_eq!(assumer.calls(), calls);
+}
+
+/// The same for a job whose role refused it (nothing to refresh, nothing scheduled by a
+/// mapping's rules): its idle check drops it; requests meanwhile keep it.
+#[tokio::test]
+async fn a_refused_job_entry_is_dropped_when_idle() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![denied.clone(), denied]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    assert!(matches!(
+        get_job(&cache, "m", "job-a").await,
+        Err(VendError::Denied(_))
+    ));
+    let key = job_key(&cache, "m", "job-a");
+    // Used again after 5 h (past its negative cache: STS is asked once more).
+    clock.advance(5 * 60 * MIN);
+    tick().await;
+    assert_eq!(cache.job_entries(), 1, "dropped while in use");
+    assert!(matches!(
+        get_job(&cache, "m", "job-a").await,
+        Err(VendError::Denied(_))
+    ));
+    assert_eq!(assumer.calls(), 2);
+    for _ in 0..35 {
+        clock.advance(10 * MIN);
+        tick().await;
+        assert_eq!(cache.job_entries(), 1, "dropped before it was idle");
+    }
+    for _ in 0..3 {
+        clock.advance(10 * MIN);
+        tick().await;
+    }
+    assert_eq!(
+        cache.job_entries(),
+        0,
+        "the idle refused job entry is still registered"
+    );
+    assert_forgotten(&cache, &key);
+    assert_eq!(assumer.calls(), 2, "an idle check never calls STS");
+}
+
+/// A job shares its mapping's External ID enforcement result (the same role and
+/// External ID): once the mapping's role was checked, a job's first fetch is one
+/// AssumeRole, no probes; and a job checked first leaves the mapping nothing to check.
+#[tokio::test]
+async fn a_job_entry_shares_its_mappings_enforcement_check() {
+    let (_clock, sts, metrics, cache) = gated_start(vec![warn_m("a")]);
+    sts.open();
+    cache.get("m").await.unwrap();
+    assert_eq!(sts.calls(), 3, "two probes and the mapping's call");
+    get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(
+        session_names(&sts.calls)[3..],
+        ["job-a"],
+        "the job's first fetch probed again"
+    );
+
+    let (_clock, sts, metrics2, cache) = gated_start(vec![warn_m("b")]);
+    drop(metrics);
+    sts.open();
+    get_job(&cache, "m", "job-b").await.unwrap();
+    assert_eq!(sts.calls(), 3, "two probes and the job's call");
+    assert_eq!(cache.status()[0].enforcement, EnforcementStatus::Enforced);
+    assert_eq!(
+        mapping_series(&metrics2, "credvend_external_id_enforced", "m").as_deref(),
+        Some("1")
+    );
+    cache.get("m").await.unwrap();
+    assert_eq!(
+        session_names(&sts.calls)[3..],
+        ["credvend-m"],
+        "the mapping probed again"
+    );
+}
+
+/// A request authorised against the generation before a reload that changed its
+/// mapping is served that generation's role under the job's session name, and leaves
+/// no entry behind.
+#[tokio::test]
+async fn a_job_request_of_the_generation_before_a_reload_leaves_nothing() {
+    let (_clock, sts, metrics, cache) = gated_start(vec![mapping("m", "role-old", None, "t")]);
+    sts.open();
+    let old_table = cache.mapping_table();
+    let old_key = job_key(&cache, "m", "job-a");
+    reload(&cache, &metrics, vec![mapping("m", "role-new", None, "t")]);
+    let served = cache
+        .get_job_in(&old_table, "m", &session("job-a"))
+        .await
+        .unwrap();
+    assert_eq!(served.source, Source::Fresh);
+    let call = sts.calls.lock().unwrap()[0].clone();
+    assert_eq!(
+        (call.role_arn.to_string(), call.session_name.to_string()),
+        (crate::testing::role_arn("role-old"), "job-a".to_string())
+    );
+    assert_forgotten(&cache, &old_key);
+    assert_eq!(cache.job_entries(), 0);
+    let new = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(new.source, Source::Fresh);
+    assert_eq!(
+        sts.calls.lock().unwrap()[1].role_arn,
+        crate::testing::role_arn("role-new")
+    );
+    assert_eq!(cache.job_entries(), 1);
+}
+
+/// The STS budget's fair share counts a job under its mapping: with the bucket empty, a
+/// second job of a mapping whose job was just granted a token waits behind another
+/// mapping that arrived later, as the mapping's own next fetch would. (Counted per job,
+/// every job would be a mapping never granted, and a customer running many jobs would
+/// take that many shares.)
+#[tokio::test]
+async fn the_sts_budget_counts_a_jobs_calls_under_its_mapping() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let (cache, _) = limited_cache(
+        &clock,
+        assumer.clone(),
+        1,
+        vec![mapping("a", "a", None, "t1"), mapping("b", "b", None, "t2")],
+    );
+    // The burst of one token goes to a's first job.
+    get_job(&cache, "a", "job-1").await.unwrap();
+    let second_job = tokio::spawn({
+        let cache = cache.clone();
+        async move { get_job(&cache, "a", "job-2").await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cold_waiting(&cache) < 1 {
+        assert!(std::time::Instant::now() < deadline, "job-2 never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let other_mapping = spawn_get(&cache, "b");
+    while cold_waiting(&cache) < 2 {
+        assert!(std::time::Instant::now() < deadline, "b never waited");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for request in [second_job, other_mapping] {
+        tokio::time::timeout(Duration::from_secs(30), request)
+            .await
+            .expect("served within the budget")
+            .expect("the request task did not panic")
+            .expect("served");
+    }
+    assert_eq!(
+        session_names(&assumer.calls),
+        ["job-1", "credvend-b", "job-2"],
+        "the mapping that was not granted a token went first"
+    );
+}
+
+/// A reload that changes only the enforcement mode of a mapping keeps its job entries
+/// (same key) and applies the new mode to them at the next request, as to the mapping:
+/// a role found not enforcing its External ID is refused under `require` without an STS
+/// call, and served again from the kept entry when the mode goes back to `warn`.
+#[tokio::test]
+async fn a_reload_that_changes_only_the_mode_applies_it_to_the_kept_job_entries() {
+    let clock = ManualClock::starting_now();
+    // Issues credentials to the probes too: the role does not enforce its External ID.
+    let assumer = Scripted::new(&clock, vec![]);
+    let warn = warn_m("a");
+    let cache = cache_for(&clock, assumer.clone(), vec![warn.clone()]);
+    let served = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(
+        session_names(&assumer.calls),
+        [verify::PROBE_SESSION_NAME, "job-a"],
+        "the first probe got credentials, then the job's call"
+    );
+    assert_eq!(
+        cache.status()[0].enforcement,
+        EnforcementStatus::NotEnforced
+    );
+
+    let mut require = warn.clone();
+    require.external_id_enforcement = EnforcementMode::Require;
+    cache.apply_config(&config("http://127.0.0.1:9", vec![require]));
+    assert_eq!(
+        cache.job_entries(),
+        1,
+        "the mode is not an input: the entry is kept"
+    );
+    assert!(matches!(
+        get_job(&cache, "m", "job-a").await,
+        Err(VendError::UnsafeTrustPolicy(_))
+    ));
+    cache.apply_config(&config("http://127.0.0.1:9", vec![warn]));
+    let again = get_job(&cache, "m", "job-a").await.unwrap();
+    assert_eq!(
+        (again.source, again.entry.access_key_id.clone()),
+        (Source::Cache, served.entry.access_key_id.clone())
+    );
+    assert_eq!(assumer.calls(), 2);
+}
+
+/// A job the scheduler found idle but that a request used before it was dropped is kept,
+/// with an idle check scheduled again (the scheduler had taken its entry off the queue):
+/// it can still be found idle later.
+#[tokio::test]
+async fn a_job_used_again_as_it_is_found_idle_is_kept_with_an_idle_check() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    get_job(&cache, "m", "job-a").await.unwrap();
+    let key = job_key(&cache, "m", "job-a");
+    let spec = cache.inner.job_by_key(&key).expect("registered");
+    // What the scheduler did: took the entry off the queue, found it idle; a request
+    // touched it since.
+    cache.inner.queue.cancel(&key);
+    let idle_timeout = cache.inner.current_table().refresh.idle_timeout;
+    cache.inner.drop_idle_job(&spec, idle_timeout);
+    assert_eq!(cache.job_entries(), 1, "a job in use was dropped");
+    assert_eq!(
+        cache.inner.queue.due_at(&key),
+        Some(spec.last_used().unwrap() + idle_timeout + Duration::from_millis(1)),
+        "nothing is scheduled for the kept job"
+    );
+    assert!(cache.inner.store.contains_key(&key));
 }

@@ -28,7 +28,7 @@ impl Inner {
         let known = spec.enforcement_status();
         let checked_at = self
             .lock_slots()
-            .get(&spec.key)
+            .get(spec.owner_key())
             .and_then(|s| s.enforcement_checked_at);
         let due = verify::check_due(checked_at, now, recheck);
         let name = spec.key.name();
@@ -39,7 +39,7 @@ impl Inner {
                 self.assumer.as_ref(),
                 &spec.input,
                 || async move {
-                    self.budget.acquire(priority, &spec.key).await;
+                    self.budget.acquire(priority, spec.owner_key()).await;
                     self.sts_permit(priority).await
                 },
             )
@@ -51,15 +51,26 @@ impl Inner {
                     // the mapping while the probes ran (a request of the generation
                     // before can bring the slot back). The verdict is about a role no
                     // mapping uses any more, and a mapping now bearing the same name
-                    // must not report it as its own.
-                    let applied = self.current_table().by_key.contains_key(&spec.key);
-                    let current = match self.lock_slots().get_mut(&spec.key) {
-                        Some(slot) if applied => {
-                            spec.set_enforcement_status(verdict.into());
-                            slot.enforcement_checked_at = Some(concluded_at);
-                            true
+                    // must not report it as its own. A per-job entry (registered, so
+                    // its mapping is applied) records it as its mapping's, in the
+                    // mapping's slot.
+                    let current = {
+                        let mut slots = self.lock_slots();
+                        let slot = if !self.is_current(spec) {
+                            None
+                        } else if spec.job_of.is_some() {
+                            Some(slots.entry(spec.owner_key().clone()).or_default())
+                        } else {
+                            slots.get_mut(&spec.key)
+                        };
+                        match slot {
+                            Some(slot) => {
+                                spec.set_enforcement_status(verdict.into());
+                                slot.enforcement_checked_at = Some(concluded_at);
+                                true
+                            }
+                            None => false,
                         }
-                        _ => false,
                     };
                     if current {
                         TrustPolicyChecked {
