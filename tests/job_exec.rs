@@ -704,3 +704,51 @@ async fn without_socket_the_configs_control_socket_is_used() {
         describe(&refused)
     );
 }
+
+/// `exec --session-name`: the job's credentials are assumed with that RoleSessionName
+/// (an AssumeRole of its own), boto3 acts as that session, and the per-job entry ends
+/// with the job's token: the next job with the same name is assumed afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_session_name_reaches_sts_and_boto3_acts_as_that_session() {
+    let venv = Venv::locate();
+    let f = start().await;
+    let python = venv.python();
+    let job_sessions = || {
+        f.sts
+            .assume_role_calls()
+            .into_iter()
+            .filter(|call| call.session_name.as_deref() == Some("sync-job-8812"))
+            .count()
+    };
+    for run in 1..=2 {
+        let _ = std::fs::remove_file(f.file("token"));
+        let output = finish(
+            f.exec(
+                &["--session-name", "sync-job-8812"],
+                &[python.to_str().unwrap(), "-c", WHOAMI_PY],
+            )
+            .spawn()
+            .expect("spawn exec"),
+        )
+        .await;
+        assert_eq!(code(output.status), Some(0), "{}", describe(&output));
+        assert_eq!(
+            text(&output.stdout).trim(),
+            format!(
+                "arn:aws:sts::{}:assumed-role/vendor-sync/sync-job-8812",
+                support::daemon::ACCOUNT
+            ),
+            "run {run}: boto3 did not act as the job's session: {}",
+            describe(&output)
+        );
+        assert_eq!(
+            job_sessions(),
+            run,
+            "run {run}: one AssumeRole with the job's RoleSessionName per job (the entry \
+             is dropped when the job's token ends): {:?}",
+            f.sts.assume_role_calls()
+        );
+        let token = f.job_token().await;
+        f.assert_token_dead(&token, "after the job exited").await;
+    }
+}
