@@ -35,7 +35,8 @@ COPY src ./src
 # COPY keeps the files' old mtimes; touch them so cargo rebuilds the crate itself.
 RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked \
- && install -D -m 0755 target/release/credvend /out/usr/local/bin/credvend
+ && install -D -m 0755 target/release/credvend /out/usr/local/bin/credvend \
+ && install -d -m 0755 /out/run/credvend
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 ARG VERSION=0.1.0
@@ -46,6 +47,11 @@ LABEL org.opencontainers.image.title="credvend" \
       org.opencontainers.image.documentation="docs/deployment.md, "Container""
 
 COPY --from=builder /out/usr/local/bin/credvend /usr/local/bin/credvend
+# The control socket's directory (distroless has no shell to mkdir): owned by the
+# runtime user, mode 0755, which credvend requires (a directory others could write is a
+# configuration error). Mount a volume here to reach the socket from another container
+# of the pod; it must not be writable by others (docs/deployment.md, "Container").
+COPY --from=builder --chown=65532:65532 /out/run/ /run/
 # The example configuration, for reference only: mount the real one read-only at
 # /etc/credvend/credvend.toml (it holds External IDs and token hashes).
 COPY config/credvend.toml /usr/share/doc/credvend/credvend.toml.example
@@ -63,6 +69,11 @@ RUN ["/usr/local/bin/credvend", "--version"]
 EXPOSE 8901 8902
 # glibc allocator settings, as in systemd/credvend.service (RSS with many mappings).
 ENV MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=131072
+# The control socket on, as in systemd/credvend.service: job tokens are minted on it
+# (`credvend exec`, `credvend token`; docs/design.md, Job tokens). Access to it is the
+# authority to mint; it is created mode 0660 for uid and gid 65532. Another absolute
+# path moves it; an empty value (--env CREDVEND_CONTROL__SOCKET=) turns it off.
+ENV CREDVEND_CONTROL__SOCKET=/run/credvend/control.sock
 # Numeric (distroless "nonroot"), so Kubernetes runAsNonRoot can verify it.
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/credvend"]

@@ -621,7 +621,14 @@ cold_wait = "10s"
 
 [control]
 socket = "{socket}"
-{sts_and_acme}"#,
+{sts_and_acme}
+# A role the fake STS does not know: every AssumeRole is refused.
+[mappings.ghost-s3]
+role_arn = "arn:aws:iam::111122223333:role/ghost"
+external_id = "{EXTERNAL_ID}"
+token_sha256 = ["{ghost_hash}"]
+"#,
+            ghost_hash = credvend::secret::TokenHash::of_token(b"ghost-config-token").to_hex(),
             socket = socket.display(),
             sts_and_acme = support::config_file::sts_and_acme_toml(
                 &sts.endpoint_url(),
@@ -672,6 +679,16 @@ socket = "{socket}"
     assert_eq!(by_job.status, 200, "{}", by_job.body);
     let by_config = get_with_token(listen, "/v1/credentials", CONFIG_TOKEN).await;
     assert_eq!(by_config.status, 200, "{}", by_config.body);
+    // A job token that authorises a request STS then refuses: the refusal names it.
+    let (ghost_token, ghost_id) = minted(
+        &mint(
+            &socket,
+            r#"{"mapping": "ghost-s3", "session_name": "sync-job-1"}"#,
+        )
+        .await,
+    );
+    let ghost = get_with_token(listen, "/v1/credentials", &ghost_token).await;
+    assert_json_error_shape(&ghost, 403, "AssumeRoleDenied");
     let listed = control_request(&socket, "GET", "/v1/tokens", None)
         .await
         .body;
@@ -706,8 +723,25 @@ socket = "{socket}"
         .iter()
         .filter(|l| l["target"] == "credvend::audit")
         .collect();
-    assert_eq!(audit.len(), 3, "{log}");
-    let (job_line, config_line, refused_line) = (audit[0], audit[1], audit[2]);
+    assert_eq!(audit.len(), 4, "{log}");
+    let (job_line, config_line, ghost_line, refused_line) =
+        (audit[0], audit[1], audit[2], audit[3]);
+    assert_eq!(
+        ghost_line["message"], "Credential request refused",
+        "{ghost_line}"
+    );
+    assert_eq!(ghost_line["code"], "AssumeRoleDenied", "{ghost_line}");
+    assert_eq!(ghost_line["mapping"], "ghost-s3", "{ghost_line}");
+    assert_eq!(
+        ghost_line["job_token_id"],
+        ghost_id.as_str(),
+        "{ghost_line}"
+    );
+    assert_eq!(
+        ghost_line["minted_by_pid"],
+        std::process::id(),
+        "{ghost_line}"
+    );
     assert_eq!(job_line["message"], "Credentials served", "{job_line}");
     assert_eq!(job_line["job_token_id"], id.as_str(), "{job_line}");
     assert_eq!(
@@ -729,22 +763,27 @@ socket = "{socket}"
         "{log}"
     );
 
-    let hash = credvend::secret::TokenHash::of_token(token.as_bytes()).to_hex();
-    for (what, text) in [
-        ("the log", log.as_str()),
-        ("/metrics", metrics.as_str()),
-        ("/status", status.as_str()),
-        ("GET /v1/tokens", listed.as_str()),
-    ] {
-        assert!(!text.contains(&token), "the job token leaked into {what}");
-        assert!(
-            !text.contains(&token[4..]),
-            "the job token's digits leaked into {what}"
-        );
-        assert!(
-            !text.contains(&hash),
-            "the job token's hash leaked into {what}"
-        );
+    for token in [&token, &ghost_token] {
+        let hash = credvend::secret::TokenHash::of_token(token.as_bytes()).to_hex();
+        for (what, text) in [
+            ("the log", log.as_str()),
+            ("/metrics", metrics.as_str()),
+            ("/status", status.as_str()),
+            ("GET /v1/tokens", listed.as_str()),
+        ] {
+            assert!(
+                !text.contains(token.as_str()),
+                "a job token leaked into {what}"
+            );
+            assert!(
+                !text.contains(&token[4..]),
+                "a job token's digits leaked into {what}"
+            );
+            assert!(
+                !text.contains(&hash),
+                "a job token's hash leaked into {what}"
+            );
+        }
     }
     assert!(
         listed.contains(&id),

@@ -45,6 +45,7 @@ use credvend::metrics::Metrics;
 use credvend::secret::SecretValue;
 use credvend::server::access::AccessTable;
 use credvend::server::credentials::{CredentialEndpoint, Generation};
+use credvend::server::jobs::JobTokens;
 use credvend::server::{ConnInfo, Limits};
 
 /// Tokens of the two mappings. Short and printable so the fuzzer can find them from the
@@ -116,6 +117,15 @@ fn harness() -> &'static Harness {
                     .expect("fixed assumer always succeeds");
             }
         });
+        // No job tokens are minted: every token the fuzzer sends is a configured one
+        // or wrong.
+        let jobs = JobTokens::new(
+            &config.control,
+            config.mappings.keys().map(String::as_str),
+            Arc::new(SystemClock),
+            metrics.clone(),
+            cache.clone(),
+        );
         Harness {
             runtime,
             endpoint: CredentialEndpoint {
@@ -125,6 +135,7 @@ fn harness() -> &'static Harness {
                 })),
                 cache,
                 metrics,
+                jobs,
             },
             limits: Limits::from_config(&config.server),
         }

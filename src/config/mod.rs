@@ -172,7 +172,8 @@ pub struct ReloadConfig {
 /// (docs/design.md, Job tokens). Restart-only: a reload that changes it warns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
-    /// Absolute path of the socket; `None` (the default): no control socket. Its parent
+    /// Absolute path of the socket; `None` (the default, also for an empty value): no
+    /// control socket. Its parent
     /// directory exists and is writable by its owner only; the path is a socket or
     /// nothing (a stale socket is replaced at start).
     pub socket: Option<PathBuf>,

@@ -1368,6 +1368,10 @@ fn the_control_section_is_checked_at_load() {
             ),
             &[],
         );
+        let off = config_text("[control]\nsocket = \"\"\n", &[]);
+        let path = write(jail, "credvend.toml", &off);
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.control.socket, None, "an empty socket is off");
         let path = write(jail, "credvend.toml", &good);
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(

@@ -595,7 +595,9 @@ fn control(report: &mut Report) -> Option<ControlConfig> {
     let (raw, _) = report.decode::<RawControl>(&["control"])?;
     let defaults = ControlConfig::default();
     let mut ok = true;
-    let socket = raw.socket.map(PathBuf::from);
+    // Empty means off, like absent: an environment override cannot unset a key the
+    // image or the unit sets (`CREDVEND_CONTROL__SOCKET=`).
+    let socket = raw.socket.filter(|s| !s.is_empty()).map(PathBuf::from);
     if let Some(path) = &socket {
         match control_socket_problem(path) {
             Some(reason) => {

@@ -19,7 +19,7 @@
 //!
 //! Tokens that name a `session_name` share a per-job cache entry per (mapping,
 //! session_name); when the last live one of a pair ends, that entry is dropped
-//! ([`drop_job_entry`]).
+//! (`drop_job_entry`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -498,6 +498,151 @@ fn new_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::creds::{AssumeError, AssumeRoleInput, Credentials, RoleAssumer};
+
+    /// An STS that is never called: these tests do not vend.
+    struct NoSts;
+
+    impl RoleAssumer for NoSts {
+        fn assume_role<'a>(
+            &'a self,
+            _input: &'a AssumeRoleInput,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
+        > {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A store for mappings `acme-s3` and `beta-s3` (no sweeper running: every sweep
+    /// is the test's).
+    fn store() -> (JobTokens, ManualClock, Arc<Metrics>) {
+        let config = crate::testing::config(
+            "http://127.0.0.1:9",
+            vec![
+                crate::testing::mapping("acme-s3", "sync", None, "acme-token"),
+                crate::testing::mapping("beta-s3", "sync", None, "beta-token"),
+            ],
+        );
+        let clock = ManualClock::starting_now();
+        let metrics = Arc::new(Metrics::new());
+        metrics.sync_mappings(["acme-s3", "beta-s3"]);
+        let cache = CredentialCache::new(
+            &config,
+            Arc::new(NoSts),
+            Arc::new(clock.clone()),
+            metrics.clone(),
+        );
+        let jobs = JobTokens::new(
+            &config.control,
+            ["acme-s3", "beta-s3"],
+            Arc::new(clock.clone()),
+            metrics.clone(),
+            cache,
+        );
+        (jobs, clock, metrics)
+    }
+
+    fn request(mapping: &str, ttl: Option<u64>, lease: Option<u64>) -> MintRequest {
+        MintRequest {
+            mapping: mapping.into(),
+            ttl: ttl.map(Duration::from_secs),
+            session_name: None,
+            lease: lease.map(ConnId),
+        }
+    }
+
+    const PEER: Peer = Peer {
+        uid: 1000,
+        pid: Some(4242),
+    };
+
+    /// Expiry is checked on every use: a token is refused from its expiry on, before
+    /// any sweep has removed it; the sweep then counts it as expired.
+    #[tokio::test]
+    async fn an_expired_token_is_refused_on_use_before_it_is_swept() {
+        let (jobs, clock, metrics) = store();
+        let minted = jobs.mint(request("acme-s3", Some(60), None), PEER).unwrap();
+        let hash = TokenHash::of_token(minted.token.as_bytes());
+        assert!(jobs.authorize(Some("acme-s3"), &hash).is_some());
+        assert!(jobs.authorize(None, &hash).is_some());
+        assert!(
+            jobs.authorize(Some("beta-s3"), &hash).is_none(),
+            "a token opens its own mapping only"
+        );
+        clock.advance(Duration::from_secs(59));
+        assert!(jobs.authorize(Some("acme-s3"), &hash).is_some());
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            jobs.authorize(Some("acme-s3"), &hash).is_none(),
+            "accepted at its expiry"
+        );
+        assert!(jobs.list().is_empty(), "listed after its expiry");
+        assert!(
+            !jobs.revoke(&minted.info.id),
+            "an expired token was revoked"
+        );
+        assert_eq!(jobs.sweep(), None);
+        let text = metrics.render();
+        assert!(
+            text.contains("credvend_job_tokens_expired_total{mapping=\"acme-s3\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("credvend_job_tokens_revoked_total{mapping=\"acme-s3\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    /// The per-job cache entry of a (mapping, session_name) pair is dropped when the last
+    /// live token with that pair ends, not before.
+    #[tokio::test]
+    async fn the_last_token_of_a_session_ends_its_cache_entry() {
+        let (jobs, _clock, _metrics) = store();
+        let session = |name: &str| SessionName::try_from(name.to_owned()).unwrap();
+        let with_session = |name: &str| MintRequest {
+            session_name: Some(session(name)),
+            ..request("acme-s3", None, None)
+        };
+        let first = jobs.mint(with_session("job-1"), PEER).unwrap();
+        let second = jobs.mint(with_session("job-1"), PEER).unwrap();
+        let other = jobs.mint(with_session("job-2"), PEER).unwrap();
+        let take = |id: &str| {
+            let mut state = jobs.lock();
+            jobs.take_where(&mut state, |t| t.id == id, |_, _| true)
+                .last_of_session
+        };
+        assert_eq!(take(&first.info.id), Vec::new(), "job-1 still has a token");
+        assert_eq!(
+            take(&second.info.id),
+            [("acme-s3".to_owned(), session("job-1"))]
+        );
+        assert_eq!(
+            take(&other.info.id),
+            [("acme-s3".to_owned(), session("job-2"))]
+        );
+    }
+
+    /// Ending a connection revokes the tokens it leased, and only those.
+    #[tokio::test]
+    async fn a_closed_connection_revokes_only_its_own_leases() {
+        let (jobs, _clock, _metrics) = store();
+        let leased = jobs.mint(request("acme-s3", None, Some(1)), PEER).unwrap();
+        let other = jobs.mint(request("acme-s3", None, Some(2)), PEER).unwrap();
+        let plain = jobs.mint(request("beta-s3", None, None), PEER).unwrap();
+        assert_eq!(
+            leased.info.expires_at, None,
+            "a lease without ttl has no expiry"
+        );
+        assert!(
+            plain.info.expires_at.is_some(),
+            "a plain token gets the default ttl"
+        );
+        assert_eq!(jobs.end_connection(ConnId(1)), 1);
+        let left: Vec<String> = jobs.list().iter().map(|t| t.id.clone()).collect();
+        assert_eq!(left, [other.info.id.clone(), plain.info.id.clone()]);
+    }
 
     #[test]
     fn tokens_and_ids_have_their_documented_shape() {
