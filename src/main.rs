@@ -825,9 +825,11 @@ impl ControlArgs {
         let loaded = Config::load(path).map_err(Failure::Config)?;
         loaded.control.socket.ok_or_else(|| {
             Failure::Usage(format!(
-                "{} has no [control] socket: the daemon serves no control socket (pass \
-                 --socket if it is elsewhere)",
-                path.display()
+                "{} has no [control] socket (the systemd unit and the image set it through \
+                 CREDVEND_CONTROL__SOCKET, not the file): pass --socket, or leave out \
+                 --config for {}",
+                path.display(),
+                control_client::DEFAULT_SOCKET
             ))
         })
     }
