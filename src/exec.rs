@@ -19,6 +19,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -231,12 +232,7 @@ pub async fn run(mut job: Job) -> Result<u8, ExecError> {
             }
             () = connection.closed(), if connection_open => {
                 connection_open = false;
-                eprintln!(
-                    "credvend: warning: the daemon closed the control connection (restarted \
-                     or stopped?); job token {} is revoked, the command keeps running without \
-                     credentials",
-                    minted.id
-                );
+                warn_connection_closed(&minted.id);
             }
         }
     };
@@ -251,12 +247,28 @@ pub async fn run(mut job: Job) -> Result<u8, ExecError> {
     Ok(exit_code(status))
 }
 
+/// The one line for a control connection the daemon closed under a running command
+/// (while it ran, or noticed only when the command's end was to be reported).
+fn warn_connection_closed(id: &str) {
+    eprintln!(
+        "credvend: warning: the daemon closed the control connection (restarted or \
+         stopped?) while the command ran: job token {id} died with it"
+    );
+}
+
 /// `DELETE`s the token. A token already gone (its `--ttl` ran out, or someone revoked
-/// it) is what was wanted; any other failure is a warning (closing the connection ends
-/// the lease anyway, and the daemon forgets every token when it stops).
+/// it) is what was wanted; a connection the daemon closed meanwhile took the token with
+/// it; any other failure is a warning (closing the connection ends the lease anyway).
 async fn revoke(connection: &mut Connection, id: &str) {
     match connection.revoke(id).await {
         Ok(()) | Err(ClientError::Refused { status: 404, .. }) => {}
+        Err(ClientError::Lost { .. })
+            if tokio::time::timeout(Duration::from_secs(1), connection.closed())
+                .await
+                .is_ok() =>
+        {
+            warn_connection_closed(id);
+        }
         Err(error) => eprintln!(
             "credvend: warning: revoking job token {id}: {error} (closing the connection \
              ends its lease)"

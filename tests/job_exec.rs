@@ -449,6 +449,48 @@ async fn with_ttl_the_token_expires_while_the_job_runs_and_the_job_goes_on() {
     f.assert_token_dead(&token, "after the job").await;
 }
 
+/// The daemon stops while the job runs: the job's token died with it. exec says so on
+/// stderr, lets the job finish, and still exits with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_stops_under_a_running_job_is_a_warning_and_the_job_goes_on() {
+    let Fixture {
+        sts: _sts,
+        daemon,
+        socket,
+        dir,
+    } = start().await;
+    let f_file = |name: &str| dir.path().join(name);
+    let script = format!("{SAVE_TOKEN}; while [ ! -e done ]; do sleep 0.05; done; exit 6");
+    let mut command = Command::new(BIN);
+    command
+        .arg("exec")
+        .arg("--socket")
+        .arg(&socket)
+        .args([MAPPING, "--", "/bin/sh", "-c", &script])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(base_env(dir.path()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().unwrap();
+    let token_file = f_file("token");
+    wait_for("the job to write its token", || token_file.exists()).await;
+    daemon.stop().await;
+    std::fs::write(f_file("done"), "").unwrap();
+    let output = finish(child).await;
+    assert_eq!(code(output.status), Some(6), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.starts_with("credvend: warning: the daemon closed the control connection")
+            && stderr.contains("while the command ran")
+            && stderr.lines().count() == 1,
+        "{}",
+        describe(&output)
+    );
+    assert!(!stderr.contains("cvj_"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_failures_are_one_line_and_a_distinct_status() {
     let f = start().await;
