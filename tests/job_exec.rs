@@ -144,16 +144,9 @@ impl Fixture {
     }
 }
 
-/// Creates the file a waiting job polls for (`while [ ! -e done ]`) when dropped, so a
-/// job whose test failed before releasing it does not loop on after the test (exec is
-/// killed on drop; its job is not exec's to kill).
-struct Release(PathBuf);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.0, "");
-    }
-}
+/// Shell that waits until the test creates `./done`, or until exec, its parent, is
+/// gone (a test that failed early dropped and killed exec: its job must not loop on).
+const WAIT_FOR_DONE: &str = "while [ ! -e done ] && kill -0 $PPID 2>/dev/null; do sleep 0.05; done";
 
 /// Shell that writes the job's token to `./token` (atomically, no newline).
 const SAVE_TOKEN: &str =
@@ -320,15 +313,13 @@ async fn sigint_sigterm_and_sighup_sent_to_exec_reach_the_job() {
         (rustix::process::Signal::HUP, "HUP", 23),
     ] {
         let _ = std::fs::remove_file(f.file("token"));
-        let _ = std::fs::remove_file(f.file("done"));
         // The trap is set before the token file appears: once it is there, the job
         // handles the signal.
         let script = format!(
             "trap 'echo got-{name}; exit {exit}' {name}; {SAVE_TOKEN}; \
-             while [ ! -e done ]; do sleep 0.05; done"
+             {WAIT_FOR_DONE}"
         );
         let child = f.exec(&[], &["/bin/sh", "-c", &script]).spawn().unwrap();
-        let _release = Release(f.file("done"));
         let token = f.job_token().await;
         assert_eq!(
             f.credential_status(&token).await,
@@ -410,9 +401,8 @@ async fn sigkill_of_exec_revokes_the_token_through_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ttl_the_token_lives_past_max_ttl_while_the_job_runs() {
     let f = start().await;
-    let script = format!("{SAVE_TOKEN}; while [ ! -e done ]; do sleep 0.05; done; exit 0");
+    let script = format!("{SAVE_TOKEN}; {WAIT_FOR_DONE}; exit 0");
     let child = f.exec(&[], &["/bin/sh", "-c", &script]).spawn().unwrap();
-    let _release = Release(f.file("done"));
     let token = f.job_token().await;
     // 13 hours on the daemon's clock: past the default max_ttl (12 h) and every
     // credential's lifetime.
@@ -434,12 +424,11 @@ async fn without_ttl_the_token_lives_past_max_ttl_while_the_job_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_ttl_the_token_expires_while_the_job_runs_and_the_job_goes_on() {
     let f = start().await;
-    let script = format!("{SAVE_TOKEN}; while [ ! -e done ]; do sleep 0.05; done; exit 4");
+    let script = format!("{SAVE_TOKEN}; {WAIT_FOR_DONE}; exit 4");
     let child = f
         .exec(&["--ttl", "60s"], &["/bin/sh", "-c", &script])
         .spawn()
         .unwrap();
-    let _release = Release(f.file("done"));
     let token = f.job_token().await;
     assert_eq!(f.credential_status(&token).await, 200);
     let live = f.live_tokens().await;
@@ -475,7 +464,7 @@ async fn a_daemon_that_stops_under_a_running_job_is_a_warning_and_the_job_goes_o
         dir,
     } = start().await;
     let f_file = |name: &str| dir.path().join(name);
-    let script = format!("{SAVE_TOKEN}; while [ ! -e done ]; do sleep 0.05; done; exit 6");
+    let script = format!("{SAVE_TOKEN}; {WAIT_FOR_DONE}; exit 6");
     let mut command = Command::new(BIN);
     command
         .arg("exec")
@@ -489,7 +478,6 @@ async fn a_daemon_that_stops_under_a_running_job_is_a_warning_and_the_job_goes_o
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let child = command.spawn().unwrap();
-    let _release = Release(f_file("done"));
     let token_file = f_file("token");
     wait_for("the job to write its token", || token_file.exists()).await;
     daemon.stop().await;
