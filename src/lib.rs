@@ -36,7 +36,8 @@
 //! - [`cache`]: per-mapping lifecycle, single flight, the refresh scheduler, the STS
 //!   budget.
 //! - [`server`]: the accept loop with its bounds, the credential endpoint (responses,
-//!   auth, host checks) and the admin endpoint.
+//!   auth, host checks), the admin endpoint, and job tokens: their store and the control
+//!   socket that mints them.
 //! - [`daemon`]: binds the pieces for one config generation and runs the listeners.
 //! - [`reload`]: re-reads, validates and applies the config on SIGHUP or a file change.
 //! - `testing`: fixtures for tests (hidden from the docs; no daemon behaviour).

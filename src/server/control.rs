@@ -506,6 +506,7 @@ pub async fn serve(
         let lease_guard = LeaseGuard {
             jobs: endpoint.jobs.clone(),
             conn: conn.id,
+            leased: conn.leased.clone(),
         };
         let endpoint = endpoint.clone();
         let service_conn = conn.clone();
@@ -543,15 +544,18 @@ pub async fn serve(
 }
 
 /// Revokes the tokens leased by a connection when the connection ends (or its task is
-/// aborted).
+/// aborted). A connection that never leased one costs no look through the store.
 struct LeaseGuard {
     jobs: JobTokens,
     conn: ConnId,
+    leased: Arc<AtomicBool>,
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.jobs.end_connection(self.conn);
+        if self.leased.load(Ordering::Acquire) {
+            self.jobs.end_connection(self.conn);
+        }
     }
 }
 

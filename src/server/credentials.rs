@@ -1,7 +1,8 @@
 //! The credential endpoint: `GET /v1/credentials/{mapping}` and `GET /v1/credentials`.
 //!
 //! Checks run cheapest and most hostile first: framing (URI length, no body), proxy
-//! headers, `Host`, method, path, token; only an authorised request reaches the cache. The query string is ignored
+//! headers, `Host`, method, path, token (a configured one, else a live job token of the
+//! mapping: [`super::jobs`]); only an authorised request reaches the cache. The query string is ignored
 //! (the JS SDK rewrites it). Every response is logged once on the `credvend::audit`
 //! target: mapping, client address, status, source, AccessKeyId and expiry — never the
 //! secret key, session token, auth token or External ID.
