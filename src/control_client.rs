@@ -254,6 +254,18 @@ impl Connection {
         })
     }
 
+    /// Opens a connection to `path`, runs `exchange` on it and closes it: one command's
+    /// requests (`token issue`, `list`, `revoke`).
+    pub async fn one_shot<T>(
+        path: &Path,
+        exchange: impl AsyncFnOnce(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut connection = Connection::open(path).await?;
+        let outcome = exchange(&mut connection).await;
+        connection.close().await;
+        outcome
+    }
+
     /// `POST /v1/tokens`.
     pub async fn mint(&mut self, request: &MintRequest) -> Result<Minted, ClientError> {
         let body = serde_json::to_vec(request).expect("a mint request serializes");

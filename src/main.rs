@@ -459,12 +459,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
         } => {
             let socket = control.socket()?;
-            let minted = block_on(async {
-                let mut connection = Connection::open(&socket).await?;
-                let minted = connection.mint(&options.request(mapping)).await;
-                connection.close().await;
-                minted
-            })??;
+            let request = options.request(mapping);
+            let minted = block_on(Connection::one_shot(&socket, async |c| {
+                c.mint(&request).await
+            }))??;
             println!("{}", String::from_utf8_lossy(&minted.body));
             Ok(())
         }
@@ -472,12 +470,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             command: TokenCommand::List { control, json },
         } => {
             let socket = control.socket()?;
-            let listing = block_on(async {
-                let mut connection = Connection::open(&socket).await?;
-                let listing = connection.list().await;
-                connection.close().await;
-                listing
-            })??;
+            let listing = block_on(Connection::one_shot(&socket, async |c| c.list().await))??;
             if json {
                 println!("{}", String::from_utf8_lossy(&listing.body));
             } else {
@@ -494,12 +487,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let socket = control.socket()?;
-            block_on(async {
-                let mut connection = Connection::open(&socket).await?;
-                let revoked = connection.revoke(&id).await;
-                connection.close().await;
-                revoked
-            })??;
+            block_on(Connection::one_shot(&socket, async |c| c.revoke(&id).await))??;
             eprintln!("Revoked {id}.");
             Ok(())
         }
