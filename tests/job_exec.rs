@@ -628,7 +628,8 @@ type Seen = (usize, String, String, String);
 const STUB_ID: &str = "jt_00112233445566ff";
 
 impl StubSocket {
-    fn start() -> StubSocket {
+    /// `hold_mints`: a mint is recorded and never answered.
+    fn start(hold_mints: bool) -> StubSocket {
         let dir = SocketDir::new();
         let listener = tokio::net::UnixListener::bind(dir.socket()).expect("bind the stub");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -652,6 +653,9 @@ impl StubSocket {
                                 path,
                                 String::from_utf8_lossy(&body).into_owned(),
                             ));
+                            if hold_mints && method == "POST" {
+                                std::future::pending::<()>().await;
+                            }
                             let (status, body) = if method == "POST" {
                                 (
                                     201,
@@ -682,7 +686,7 @@ impl StubSocket {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_mints_with_a_lease_and_no_ttl_and_deletes_on_that_connection_before_it_exits() {
-    let stub = StubSocket::start();
+    let stub = StubSocket::start(false);
     let output = Command::new(BIN)
         .arg("exec")
         .arg("--socket")
@@ -797,4 +801,37 @@ async fn exec_session_name_reaches_sts_and_boto3_acts_as_that_session() {
         let token = f.job_token().await;
         f.assert_token_dead(&token, "after the job exited").await;
     }
+}
+
+/// A signal while the token is being minted: exec ends with 128+n, says why, and never
+/// starts the command (the token, if the daemon minted one, dies with the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_before_the_command_started_ends_exec_without_running_it() {
+    let stub = StubSocket::start(true);
+    let marker = stub.dir.path().join("ran");
+    let child = Command::new(BIN)
+        .arg("exec")
+        .arg("--socket")
+        .arg(stub.dir.socket())
+        .args([MAPPING, "--", "/bin/sh", "-c", "touch ran"])
+        .current_dir(stub.dir.path())
+        .env_clear()
+        .envs(base_env(stub.dir.path()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("exec's mint to reach the stub", || {
+        !stub.seen.lock().unwrap().is_empty()
+    })
+    .await;
+    signal(&child, rustix::process::Signal::TERM);
+    let output = finish(child).await;
+    assert_eq!(code(output.status), Some(128 + 15), "{}", describe(&output));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "credvend: SIGTERM before the command started; it was not run"
+    );
+    assert!(!marker.exists(), "the command ran");
 }
