@@ -18,6 +18,9 @@
 //! - [`telemetry`]: log setup.
 //! - [`setup`]: writing a new configuration (`credvend init`, `credvend mapping new`)
 //!   and worker tokens.
+//! - [`control_client`]: the client of the control socket (`credvend token
+//!   issue|list|revoke`, and `credvend exec`'s connection): mint, list, revoke job tokens.
+//! - [`exec`]: `credvend exec`: one job run with a token that lives as long as it does.
 //! - [`creds`]: the [`creds::Credentials`] type, the AssumeRole input a mapping makes,
 //!   the [`creds::RoleAssumer`] seam and the real STS client; failures are classified
 //!   where they enter.
@@ -44,9 +47,11 @@ pub mod aws_names;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod control_client;
 pub mod creds;
 pub mod daemon;
 pub mod events;
+pub mod exec;
 pub mod metrics;
 pub mod model;
 pub mod notify;

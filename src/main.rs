@@ -1,6 +1,8 @@
 //! The `credvend` command: parse, load, init, run, map the outcome to an exit code
-//! (64 for bad configuration or usage, 1 for runtime failure).
+//! (64 for bad configuration or usage, 1 for runtime failure; the control-socket
+//! commands and `exec` have their own: docs/jobs.md, "Exit status").
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,13 +11,16 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
+use credvend::aws_names::SessionName;
 use credvend::clock::SystemClock;
 use credvend::config::{
     CONFIG_PATH_ENV, Config, ConfigError, DEFAULT_CONFIG_PATH, EnforcementMode, LogFormat, Mapping,
     Sources,
 };
+use credvend::control_client::{self, ClientError, Connection, MintRequest};
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
+use credvend::exec::{self, Job};
 use credvend::policy::{self, Principal, TrustService};
 use credvend::reload::{self, Reloader};
 use credvend::secret::TokenHash;
@@ -67,10 +72,28 @@ enum Command {
         #[command(subcommand)]
         command: MappingCommand,
     },
-    /// Worker authorization tokens.
+    /// Worker authorization tokens: config tokens (`new`) and job tokens on the control
+    /// socket (`issue`, `list`, `revoke`).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Run CMD with a job token of MAPPING that lives exactly as long as CMD: minted on
+    /// the control socket with a connection lease (revoked when exec ends, even by
+    /// SIGKILL), no expiry unless --ttl. CMD gets AWS_CONTAINER_CREDENTIALS_FULL_URI and
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN, and not the AWS_* variables the SDKs would
+    /// prefer; SIGINT, SIGTERM and SIGHUP are passed on to it. Exits with CMD's status
+    /// (128+n when signal n killed it).
+    Exec {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        options: MintOptions,
+        /// Mapping name from the daemon's configuration.
+        mapping: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
     },
     /// External IDs for customers' trust policies.
     ExternalId {
@@ -201,6 +224,74 @@ enum PolicyCommand {
 enum TokenCommand {
     /// Print a new random token (256 bits) and the `token_sha256` line for the config.
     New,
+    /// Mint a job token on the control socket; prints the daemon's JSON answer (`id`,
+    /// `token`, `expires_at`, `credentials_uri`, …) on stdout. Expires after --ttl
+    /// (default: 1 hour, at most the daemon's `max_ttl`) or at `token revoke`.
+    Issue {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        options: MintOptions,
+        /// Mapping name from the daemon's configuration.
+        mapping: String,
+    },
+    /// List the live job tokens (never their values): a table, or the JSON with --json.
+    List {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print the daemon's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a job token by its id (`jt_…`, from `token issue` or `token list`).
+    Revoke {
+        #[command(flatten)]
+        control: ControlArgs,
+        id: String,
+    },
+}
+
+/// Where the control socket is.
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// The daemon's control socket. Default: the `[control] socket` of --config when
+    /// given (or CREDVEND_CONFIG), else /run/credvend/control.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Configuration to read the `[control] socket` from (ignored with --socket). It
+    /// must be readable by this user; an orchestrator that cannot read it passes
+    /// --socket.
+    #[arg(long, env = CONFIG_PATH_ENV, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// The options of a job token.
+#[derive(clap::Args)]
+struct MintOptions {
+    /// Revoke the token after this long (90m, 2h, 3600s; at most the daemon's
+    /// `max_ttl`).
+    #[arg(long, value_name = "DURATION", value_parser = control_client::parse_ttl)]
+    ttl: Option<u64>,
+    /// Assume the role with this RoleSessionName for this token (one AssumeRole per
+    /// job, shown in the customer's CloudTrail) instead of sharing the mapping's cached
+    /// credentials.
+    #[arg(long, value_name = "NAME", value_parser = parse_session_name)]
+    session_name: Option<SessionName>,
+}
+
+impl MintOptions {
+    fn request(self, mapping: String) -> MintRequest {
+        MintRequest {
+            mapping,
+            ttl_seconds: self.ttl,
+            session_name: self.session_name,
+            lease: None,
+        }
+    }
+}
+
+fn parse_session_name(value: &str) -> Result<SessionName, String> {
+    SessionName::try_from(value.to_owned())
 }
 
 #[derive(clap::Args)]
@@ -218,11 +309,40 @@ enum Failure {
     Runtime(anyhow::Error),
     /// `verify` ran and found problems; it already printed them.
     ChecksFailed,
+    /// A control-socket command or `exec` failed: its one line and its exit status.
+    Control {
+        message: String,
+        code: u8,
+    },
+    /// `exec`'s command ended with this non-zero status (128+n for signal n).
+    Child(u8),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        Failure::Control {
+            message: error.to_string(),
+            code: error.exit_code(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     forbid_core_dumps();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with status 0; a bad command line is a usage
+        // error like any other (64, not clap's 2, which `exec` could not tell apart
+        // from a command's own status 2).
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(problems)) => {
@@ -239,6 +359,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(Failure::ChecksFailed) => ExitCode::FAILURE,
+        Err(Failure::Control { message, code }) => {
+            eprintln!("credvend: {message}");
+            ExitCode::from(code)
+        }
+        Err(Failure::Child(code)) => ExitCode::from(code),
     }
 }
 
@@ -301,6 +426,70 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     .join(setup::MAIN_FILE),
             };
             mapping_new(&main, &name, &role_arn, enforcement)
+        }
+        Command::Exec {
+            control,
+            options,
+            mapping,
+            mut command,
+        } => {
+            let socket = control.socket()?;
+            let program = command.remove(0);
+            let job = Job {
+                socket,
+                request: options.request(mapping),
+                program,
+                args: command,
+            };
+            match block_on(exec::run(job))? {
+                Ok(0) => Ok(()),
+                Ok(code) => Err(Failure::Child(code)),
+                Err(error) => Err(Failure::Control {
+                    message: error.to_string(),
+                    code: error.exit_code(),
+                }),
+            }
+        }
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    control,
+                    options,
+                    mapping,
+                },
+        } => {
+            let socket = control.socket()?;
+            let request = options.request(mapping);
+            let minted = block_on(Connection::one_shot(&socket, async |c| {
+                c.mint(&request).await
+            }))??;
+            println!("{}", String::from_utf8_lossy(&minted.body));
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::List { control, json },
+        } => {
+            let socket = control.socket()?;
+            let listing = block_on(Connection::one_shot(&socket, async |c| c.list().await))??;
+            if json {
+                println!("{}", String::from_utf8_lossy(&listing.body));
+            } else {
+                print!("{}", control_client::render_table(&listing.tokens));
+            }
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { control, id },
+        } => {
+            if !control_client::is_token_id(&id) {
+                return Err(Failure::Usage(format!(
+                    "{id:?} is not a job token id (jt_ and 16 hex digits; `credvend token list` shows them)"
+                )));
+            }
+            let socket = control.socket()?;
+            block_on(Connection::one_shot(&socket, async |c| c.revoke(&id).await))??;
+            eprintln!("Revoked {id}.");
+            Ok(())
         }
         Command::Token {
             command: TokenCommand::New,
@@ -611,6 +800,29 @@ fn mapping_new(
     Ok(())
 }
 
+impl ControlArgs {
+    /// The control socket: `--socket`, else the `[control] socket` of `--config`, else
+    /// [`control_client::DEFAULT_SOCKET`].
+    fn socket(&self) -> Result<PathBuf, Failure> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        let Some(path) = &self.config else {
+            return Ok(PathBuf::from(control_client::DEFAULT_SOCKET));
+        };
+        let loaded = Config::load(path).map_err(Failure::Config)?;
+        loaded.control.socket.ok_or_else(|| {
+            Failure::Usage(format!(
+                "{} has no [control] socket (the systemd unit and the image set it through \
+                 CREDVEND_CONTROL__SOCKET, not the file): pass --socket, or leave out \
+                 --config for {}",
+                path.display(),
+                control_client::DEFAULT_SOCKET
+            ))
+        })
+    }
+}
+
 /// Loads the configuration at `path` and finds the mapping named `name` in it (for the
 /// commands that take a mapping name).
 fn load_mapping(path: &Path, name: &str) -> Result<(Config, Mapping), Failure> {
@@ -729,5 +941,136 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => info!(signal = "SIGTERM", "Shutdown requested"),
             _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "Shutdown requested"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("credvend").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_the_separator_with_its_own_flags() {
+        let cli = parse(&[
+            "exec",
+            "--socket",
+            "/tmp/c.sock",
+            "--ttl",
+            "2h",
+            "--session-name",
+            "sync-job-8812",
+            "acme-s3",
+            "--",
+            "python",
+            "-m",
+            "sync",
+            "--ttl",
+            "x",
+        ])
+        .expect("parses");
+        let Command::Exec {
+            control,
+            options,
+            mapping,
+            command,
+        } = cli.command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(control.socket, Some(PathBuf::from("/tmp/c.sock")));
+        assert_eq!(mapping, "acme-s3");
+        assert_eq!(command, ["python", "-m", "sync", "--ttl", "x"]);
+        let request = options.request(mapping);
+        assert_eq!(request.ttl_seconds, Some(7200));
+        assert_eq!(request.session_name.as_deref(), Some("sync-job-8812"));
+        assert_eq!(request.lease, None, "exec::run sets the lease itself");
+    }
+
+    #[test]
+    fn exec_needs_a_command_after_the_separator() {
+        for args in [
+            &["exec", "acme-s3"][..],
+            &["exec", "acme-s3", "--"],
+            &["exec", "acme-s3", "python"],
+        ] {
+            let error = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert!(error.use_stderr(), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_ttl_or_session_name_is_a_usage_error() {
+        for args in [
+            &["exec", "--ttl", "0s", "acme-s3", "--", "true"][..],
+            &["exec", "--ttl", "soon", "acme-s3", "--", "true"],
+            &[
+                "exec",
+                "--session-name",
+                "has space",
+                "acme-s3",
+                "--",
+                "true",
+            ],
+            &["token", "issue", "--session-name", "a", "acme-s3"],
+        ] {
+            let error = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_socket_is_the_flag_else_the_default() {
+        let flag = ControlArgs {
+            socket: Some("/srv/c.sock".into()),
+            config: Some("/nonexistent/credvend.toml".into()),
+        };
+        assert_eq!(
+            flag.socket().ok(),
+            Some(PathBuf::from("/srv/c.sock")),
+            "--socket wins over --config (which is not even read)"
+        );
+        let neither = ControlArgs {
+            socket: None,
+            config: None,
+        };
+        assert_eq!(
+            neither.socket().ok(),
+            Some(PathBuf::from("/run/credvend/control.sock"))
+        );
+        let unreadable = ControlArgs {
+            socket: None,
+            config: Some("/nonexistent/credvend.toml".into()),
+        };
+        assert!(matches!(unreadable.socket(), Err(Failure::Config(_))));
+    }
+
+    #[test]
+    fn token_commands_parse() {
+        let cli = parse(&["token", "revoke", "--socket", "/s", "jt_0123456789abcdef"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Token {
+                command: TokenCommand::Revoke { ref id, .. }
+            } if id == "jt_0123456789abcdef"
+        ));
+        let cli = parse(&["token", "list", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Token {
+                command: TokenCommand::List { json: true, .. }
+            }
+        ));
+        assert!(parse(&["token", "new"]).is_ok(), "token new stays");
     }
 }

@@ -15,16 +15,18 @@ use std::path::{Path, PathBuf};
 /// Each module's layer: a module may name `crate::` modules of lower layers only.
 /// config → creds → (model, protocol, verify) → metrics → events → cache → server →
 /// daemon → reload (→ the binary, which names `credvend::` only).
-const LAYERS: [(&str, u8); 19] = [
+const LAYERS: [(&str, u8); 21] = [
     ("aws_names", 0),
     ("clock", 0),
     ("secret", 0),
     ("notify", 0),
     ("policy", 1),
     ("config", 1),
+    ("control_client", 1),
     ("creds", 2),
     ("telemetry", 2),
     ("setup", 2),
+    ("exec", 2),
     ("testing", 2),
     ("model", 3),
     ("protocol", 3),

@@ -212,9 +212,12 @@ impl CredentialEndpoint {
         job: Option<&JobGrant>,
     ) -> Result<Vended, VendError> {
         match job.and_then(JobGrant::session_name) {
-            // jobcache: `self.cache.get_job_in(&generation.mappings, mapping, session)`,
-            // the per-job entry assumed with the token's RoleSessionName.
-            Some(_session) => self.cache.get_in(&generation.mappings, mapping).await,
+            // The per-job entry, assumed with the token's RoleSessionName.
+            Some(session) => {
+                self.cache
+                    .get_job_in(&generation.mappings, mapping, session)
+                    .await
+            }
             None => self.cache.get_in(&generation.mappings, mapping).await,
         }
     }

@@ -467,8 +467,7 @@ struct Removed {
 /// Drops the per-job cache entry of (`mapping`, `session`): the last live token with
 /// that pair ended.
 fn drop_job_entry(cache: &CredentialCache, mapping: &str, session: &SessionName) {
-    // jobcache: `cache.drop_job(mapping, session)` once the per-job entries exist.
-    let _ = (cache, mapping, session);
+    cache.drop_job(mapping, session);
 }
 
 /// A new token and its hash: `cvj_` + 64 lower-case hex digits of 32 bytes from the OS
