@@ -282,11 +282,12 @@ impl Daemon {
         // admin listener has slots of its own, so probes and scrapes never wait behind
         // credential clients.
         let credential_slots = server::ConnectionSlots::new(limits.max_connections);
-        let endpoint = CredentialEndpoint {
+        // One reference count per request rather than one per field of the endpoint.
+        let endpoint = Arc::new(CredentialEndpoint {
             generation: self.serving.clone(),
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
-        };
+        });
         for listener in listeners.credentials {
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "Serving credentials");
