@@ -277,7 +277,7 @@ impl CredentialCache {
         let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
         let old = self.inner.table.swap(new.clone());
         let mut slots = self.inner.lock_slots();
-        for key in old.by_key.keys() {
+        for (key, spec) in &old.by_key {
             if !new.by_key.contains_key(key) {
                 if new.by_name.contains_key(key.name()) {
                     MappingInputsChanged {
@@ -287,7 +287,7 @@ impl CredentialCache {
                 } else {
                     debug!(mapping = %key.name(), "Mapping removed; dropping its credentials");
                 }
-                self.inner.forget_entry(&mut slots, key);
+                self.inner.forget_entry(&mut slots, spec);
             }
         }
         self.inner.reload_jobs(&new, &mut slots);
