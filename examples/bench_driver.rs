@@ -20,9 +20,9 @@
 //!   vs boto3's own AssumeRole provider, STS with 50 ms latency; STS calls for each.
 //!
 //! Environment: `BENCH_DURATION` (wrk seconds per run, default 10), `BENCH_CONNECTIONS`
-//! (comma-separated, default `16,128`), `BENCH_PAIRS` (default 3, at each log level), `BENCH_LEVELS` (log levels of the throughput
-//! runs, default `info,warn`), `BENCH_MAPPINGS`
-//! (default 10000), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
+//! (comma-separated, default `16,128`), `BENCH_PAIRS` (default 3, at each log level),
+//! `BENCH_LEVELS` (log levels of the throughput runs, default `info,warn`),
+//! `BENCH_MAPPINGS` (default 10000), `BENCH_PROCESSES` (default 100), `BENCH_PYTHON` (default
 //! `.venv/bin/python`), `BENCH_TARGET` (where the release binaries are, default
 //! `target/release`). Every wait is bounded; load goes to 127.0.0.1 only.
 

@@ -29,8 +29,10 @@
 //!   changes only the mode takes effect at the next request without an STS call.
 //! - **Hot path.** A cache hit takes no lock: the table is an [`ArcSwap`], the mapping's
 //!   last use is an atomic in its `MappingSpec`, and a credential with at least
-//!   `min_remaining` left is served straight from the store (whether the mapping is
-//!   degraded does not matter above `min_remaining`). Only below that, or on a miss, does
+//!   `min_remaining` left is served straight from the `MappingSpec`'s held copy of the
+//!   store's entry (set and cleared with it, under the slots lock; one pointer read
+//!   instead of moka's `get`); whether the mapping is degraded does not matter above
+//!   `min_remaining`. Only below that, or on a miss, does
 //!   `get` take the slots lock.
 //!
 //! Files (each adds methods to [`CredentialCache`] or its shared state `Inner`):
