@@ -268,7 +268,7 @@ impl Inner {
         }
         jobs.remove(spec.key.name(), &spec.input.session_name);
         drop(jobs);
-        self.forget_entry(&mut slots, &spec);
+        self.forget_entry(&mut slots, spec);
         debug!(
             mapping = %spec.key.name(),
             session_name = %spec.input.session_name,
