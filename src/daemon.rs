@@ -330,12 +330,13 @@ impl Daemon {
         // admin listener has slots of its own, so probes and scrapes never wait behind
         // credential clients.
         let credential_slots = server::ConnectionSlots::new(limits.max_connections);
-        let endpoint = CredentialEndpoint {
+        // One reference count per request rather than one per field of the endpoint.
+        let endpoint = Arc::new(CredentialEndpoint {
             generation: self.serving.clone(),
             cache: self.cache.clone(),
             metrics: self.metrics.clone(),
             jobs: self.jobs.clone(),
-        };
+        });
         // What a client of the control socket sets as AWS_CONTAINER_CREDENTIALS_FULL_URI
         // (a SocketAddr displays IPv6 in brackets).
         let credentials_base = listeners

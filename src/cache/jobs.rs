@@ -97,6 +97,7 @@ fn job_spec(mapping: &MappingSpec, session: &SessionName) -> MappingSpec {
         // Same role, same External ID: the mapping's verdict is the job's.
         verdict: mapping.verdict.clone(),
         job_of: Some(mapping.key.clone()),
+        held: Default::default(),
     }
 }
 
@@ -111,6 +112,7 @@ fn rebuilt(spec: &MappingSpec, mapping: &MappingSpec) -> MappingSpec {
         last_used: spec.last_used.clone(),
         verdict: mapping.verdict.clone(),
         job_of: Some(mapping.key.clone()),
+        held: spec.held.clone(),
     }
 }
 
@@ -157,7 +159,7 @@ impl CredentialCache {
         let mut slots = inner.lock_slots();
         let removed = inner.write_jobs().remove(name, session);
         if let Some(spec) = removed {
-            inner.forget_entry(&mut slots, &spec.key);
+            inner.forget_entry(&mut slots, &spec);
             debug!(mapping = %name, session_name = %session, "Per-job entry dropped");
         }
     }
@@ -237,8 +239,10 @@ impl Inner {
     }
 
     /// Forgets `key`'s credential, slot and scheduled refresh (under the slots lock).
-    pub(super) fn forget_entry(&self, slots: &mut HashMap<MappingKey, Slot>, key: &MappingKey) {
+    pub(super) fn forget_entry(&self, slots: &mut HashMap<MappingKey, Slot>, spec: &MappingSpec) {
+        let key = &spec.key;
         self.store.invalidate(key);
+        spec.held.store(None);
         self.queue.cancel(key);
         slots.remove(key);
     }
@@ -264,7 +268,7 @@ impl Inner {
         }
         jobs.remove(spec.key.name(), &spec.input.session_name);
         drop(jobs);
-        self.forget_entry(&mut slots, &spec.key);
+        self.forget_entry(&mut slots, spec);
         debug!(
             mapping = %spec.key.name(),
             session_name = %spec.input.session_name,
@@ -287,7 +291,7 @@ impl Inner {
                 Some(mapping) => jobs.insert(Arc::new(rebuilt(&spec, mapping))),
                 None => {
                     jobs.remove(spec.key.name(), &spec.input.session_name);
-                    self.forget_entry(slots, &spec.key);
+                    self.forget_entry(slots, &spec);
                     debug!(
                         mapping = %spec.key.name(),
                         session_name = %spec.input.session_name,

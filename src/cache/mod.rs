@@ -29,8 +29,10 @@
 //!   changes only the mode takes effect at the next request without an STS call.
 //! - **Hot path.** A cache hit takes no lock: the table is an [`ArcSwap`], the mapping's
 //!   last use is an atomic in its `MappingSpec`, and a credential with at least
-//!   `min_remaining` left is served straight from the store (whether the mapping is
-//!   degraded does not matter above `min_remaining`). Only below that, or on a miss, does
+//!   `min_remaining` left is served straight from the `MappingSpec`'s held copy of the
+//!   store's entry (set and cleared with it, under the slots lock; one pointer read
+//!   instead of moka's `get`); whether the mapping is degraded does not matter above
+//!   `min_remaining`. Only below that, or on a miss, does
 //!   `get` take the slots lock.
 //!
 //! Files (each adds methods to [`CredentialCache`] or its shared state `Inner`):
@@ -277,7 +279,7 @@ impl CredentialCache {
         let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
         let old = self.inner.table.swap(new.clone());
         let mut slots = self.inner.lock_slots();
-        for key in old.by_key.keys() {
+        for (key, spec) in &old.by_key {
             if !new.by_key.contains_key(key) {
                 if new.by_name.contains_key(key.name()) {
                     MappingInputsChanged {
@@ -287,7 +289,7 @@ impl CredentialCache {
                 } else {
                     debug!(mapping = %key.name(), "Mapping removed; dropping its credentials");
                 }
-                self.inner.forget_entry(&mut slots, key);
+                self.inner.forget_entry(&mut slots, spec);
             }
         }
         self.inner.reload_jobs(&new, &mut slots);

@@ -41,6 +41,7 @@ impl Inner {
         match outcome {
             Ok(entry) => {
                 self.store.insert(spec.key.clone(), entry.clone());
+                spec.held.store(Some(entry.clone()));
                 slot.degraded = false;
                 slot.failed = false;
                 slot.transient_failures = 0;
@@ -65,6 +66,7 @@ impl Inner {
             }
             Err(error) if error.is_terminal() => {
                 self.store.invalidate(&spec.key);
+                spec.held.store(None);
                 self.queue.cancel(&spec.key);
                 slot.degraded = false;
                 slot.failed = true;
@@ -96,6 +98,7 @@ impl Inner {
                 slot.degraded = valid;
                 if !valid {
                     self.store.invalidate(&spec.key);
+                    spec.held.store(None);
                 }
                 let in_use = spec.prefetch
                     || spec

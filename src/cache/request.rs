@@ -206,7 +206,7 @@ impl Inner {
         table: &Table,
         now: lifecycle::Now,
     ) -> Option<Vended> {
-        if let Some(entry) = self.store.get(&spec.key)
+        if let Some(entry) = spec.held.load_full()
             && let left = entry.remaining(now)
             && lifecycle::is_alive(left)
             && left >= table.refresh.min_remaining

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::MappingKey;
+use arc_swap::ArcSwapOption;
+
+use super::{Entry, MappingKey};
 use crate::config::{Config, EnforcementMode, RefreshConfig};
 use crate::creds::AssumeRoleInput;
 use crate::model::EnforcementStatus;
@@ -32,6 +34,11 @@ pub(super) struct MappingSpec {
     /// For a per-job entry (`super::jobs`), the key of its mapping; `None` for a
     /// mapping's own entry.
     pub(super) job_of: Option<MappingKey>,
+    /// The credential the store holds for this key, beside it: set and cleared together
+    /// with the store's entry (under the slots lock), shared like `last_used`, so that
+    /// a cache hit reads one pointer instead of asking moka (hash, frequency sketch,
+    /// read-op channel). The store stays the authority everywhere else, and its bound.
+    pub(super) held: Arc<ArcSwapOption<Entry>>,
 }
 
 impl MappingSpec {
@@ -115,6 +122,7 @@ pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
         );
         let verdict =
             before.map_or_else(|| Arc::new(AtomicU8::new(0)), |spec| spec.verdict.clone());
+        let held = before.map_or_else(Default::default, |spec| spec.held.clone());
         let spec = Arc::new(MappingSpec {
             key: key.clone(),
             input,
@@ -123,6 +131,7 @@ pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
             last_used,
             verdict,
             job_of: None,
+            held,
         });
         by_name.insert(name.clone(), spec.clone());
         by_key.insert(key, spec);

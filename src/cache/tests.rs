@@ -1825,3 +1825,64 @@ async fn forget_failures_ends_a_jobs_negative_cache() {
         "after a SIGHUP the refused job asks STS again"
     );
 }
+
+/// A refresh refused by the role (terminal) ends serving at once, although the cached
+/// credential still has more than `min_remaining` left: the request path's lock-free
+/// read of the held credential (`MappingSpec::held`) is cleared with the store's entry,
+/// so the next request is answered `AssumeRoleDenied`, not with the old credential.
+#[tokio::test]
+async fn a_refresh_refused_by_the_role_stops_serving_the_cached_credential_at_once() {
+    let clock = ManualClock::starting_now();
+    let denied = Step::Fail(FailureReason::AccessDenied, "AccessDenied");
+    let assumer = Scripted::new(&clock, vec![Step::Issue(Duration::from_secs(3600)), denied]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+
+    assert_eq!(cache.get("m").await.unwrap().source, Source::Fresh);
+    assert_eq!(cache.get("m").await.unwrap().source, Source::Cache);
+    // The refresh is due 35 min (+ up to 3.5 min of jitter) before the 1 h expiry.
+    clock.advance(Duration::from_secs(26 * 60));
+    tick().await;
+    settle(&cache, "m").await;
+    assert_eq!(assumer.calls(), 2, "the refresh ran");
+    assert_eq!(state(&cache, "m"), MappingState::Failed);
+    match cache.get("m").await {
+        Err(VendError::Denied(error)) => assert_eq!(error.code, "AccessDenied"),
+        Ok(vended) => panic!(
+            "served the credential the role no longer grants ({:?}, {} left)",
+            vended.source,
+            humantime::format_duration(vended.entry.remaining(cache.inner.now()))
+        ),
+        Err(other) => panic!("expected AssumeRoleDenied, got {other:?}"),
+    }
+}
+
+/// A credential a reload dropped (its mapping's role changed) is never served again,
+/// not even to a request authorised against the generation before the reload: that
+/// request is fetched its own role afresh, as the store no longer has the credential,
+/// and the request path's lock-free read (`MappingSpec::held`) was cleared with it.
+#[tokio::test]
+async fn a_credential_dropped_by_a_reload_is_not_served_to_the_generation_before() {
+    let clock = ManualClock::starting_now();
+    let assumer = Scripted::new(&clock, vec![]);
+    let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
+    let first = cache.get("m").await.expect("served");
+    assert_eq!(first.source, Source::Fresh);
+    let old_table = cache.mapping_table();
+    cache.apply_config(&config(
+        "http://127.0.0.1:9",
+        vec![mapping("m", "r2", None, "t")],
+    ));
+
+    let served = cache.get_in(&old_table, "m").await.expect("served");
+    assert_ne!(
+        served.entry.access_key_id, first.entry.access_key_id,
+        "the credential the reload dropped was served ({:?})",
+        served.source
+    );
+    assert_eq!(served.source, Source::Fresh);
+    assert_eq!(
+        assumer.calls(),
+        2,
+        "fetched again for the old generation's request"
+    );
+}

@@ -183,6 +183,12 @@ pub struct Metrics {
     assume_role_duration_seconds: HistogramVec,
     http_requests_total: IntCounterVec,
     http_request_duration_seconds: HistogramVec,
+    /// The series of a served credential, held so that a cache hit does not look them
+    /// up by label (hash, lock, reference count) on every request: the duration of the
+    /// `credentials` route (created with the family) and `credentials`/`200` (created
+    /// by the first such request, so `/metrics` shows it only from then on, as before).
+    credentials_duration: prometheus::Histogram,
+    credentials_ok: std::sync::OnceLock<IntCounter>,
     auth_failures_total: IntCounterVec,
     sts_rate_limited_total: IntCounter,
     sts_calls_waiting: IntGaugeVec,
@@ -268,6 +274,13 @@ impl Metrics {
     pub fn configured(config: MetricsConfig, clock: Arc<dyn Clock>) -> Self {
         let registry = Registry::new();
         let r = &registry;
+        let http_request_duration_seconds = histogram_vec(
+            r,
+            "credvend_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+            &["route"],
+            HTTP_BUCKETS,
+        );
         let metrics = Self {
             per_mapping: PerMapping::default(),
             assume_role_duration_seconds: histogram_vec(
@@ -283,13 +296,10 @@ impl Metrics {
                 "HTTP requests answered, by route and status code.",
                 &["route", "code"],
             ),
-            http_request_duration_seconds: histogram_vec(
-                r,
-                "credvend_http_request_duration_seconds",
-                "Time to answer an HTTP request, by route.",
-                &["route"],
-                HTTP_BUCKETS,
-            ),
+            credentials_duration: http_request_duration_seconds
+                .with_label_values(&[route::CREDENTIALS]),
+            credentials_ok: std::sync::OnceLock::new(),
+            http_request_duration_seconds,
             auth_failures_total: counter_vec(
                 r,
                 "credvend_auth_failures_total",
@@ -504,6 +514,16 @@ impl Metrics {
     /// One HTTP request on `route` (one of [`route::ALL`]) answered with `code` after
     /// `duration`.
     pub fn http_request(&self, route: &'static str, code: u16, duration: Duration) {
+        if route == route::CREDENTIALS && code == 200 {
+            self.credentials_ok
+                .get_or_init(|| {
+                    self.http_requests_total
+                        .with_label_values(&[route::CREDENTIALS, "200"])
+                })
+                .inc();
+            self.credentials_duration.observe(duration.as_secs_f64());
+            return;
+        }
         // The status's own text avoids formatting (and allocating) the label per request.
         let status = hyper::StatusCode::from_u16(code).ok();
         let code_text = match &status {
@@ -644,6 +664,35 @@ mod tests {
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// A served credential's request counts in `credentials`/`200` and the route's
+    /// duration, through the handles held for it, exactly as any other request counts
+    /// in its own series: the `200` series appears only with the first such request,
+    /// and other codes of the route keep their own series.
+    #[test]
+    fn a_served_credential_counts_like_any_other_request() {
+        let m = Metrics::new();
+        let ok = r#"credvend_http_requests_total{code="200",route="credentials"}"#;
+        let unavailable = r#"credvend_http_requests_total{code="503",route="credentials"}"#;
+        let durations = r#"credvend_http_request_duration_seconds_count{route="credentials"}"#;
+        let text = m.render();
+        assert_eq!(
+            value(&text, ok),
+            None,
+            "no 200 series before a request:\n{text}"
+        );
+        assert_eq!(value(&text, durations), Some(0.0), "{text}");
+        m.http_request(route::CREDENTIALS, 200, Duration::from_micros(80));
+        m.http_request(route::CREDENTIALS, 200, Duration::from_micros(80));
+        m.http_request(route::CREDENTIALS, 503, Duration::from_micros(80));
+        m.http_request(route::METRICS, 200, Duration::from_micros(80));
+        let text = m.render();
+        assert_eq!(value(&text, ok), Some(2.0), "{text}");
+        assert_eq!(value(&text, unavailable), Some(1.0), "{text}");
+        assert_eq!(value(&text, durations), Some(3.0), "{text}");
+        let metrics_ok = r#"credvend_http_requests_total{code="200",route="metrics"}"#;
+        assert_eq!(value(&text, metrics_ok), Some(1.0), "{text}");
     }
 
     fn exercised() -> Metrics {

@@ -109,7 +109,8 @@ impl CredentialEndpoint {
             return (None, Err(error));
         }
         let headers = request.headers();
-        if PROXY_HEADERS.iter().any(|h| headers.contains_key(h)) {
+        // One pass over the request's few names: cheaper than hashing all six.
+        if headers.keys().any(|name| PROXY_HEADERS.contains(name)) {
             return (None, Err(ApiError::ProxiedRequest));
         }
         if !access.hosts().allows_request(request, conn.local) {
