@@ -130,18 +130,6 @@ async fn metrics_of_100k_idle_mappings_fit_in_1_mib() {
     assert_eq!(mapping_labels(&text), BTreeSet::new());
 }
 
-/// Informational: the figures at 10k and 100k under `active` and `all` (run with
-/// `--ignored --nocapture`).
-#[tokio::test]
-#[ignore = "prints sizes and render times; slow under per_mapping = all"]
-async fn print_scrape_sizes() {
-    for n in [10_000, 100_000] {
-        for mode in [PerMappingSeries::All, PerMappingSeries::Active] {
-            idle_scrape(n, mode).await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn with_50_of_100k_mappings_failing_exactly_those_50_have_series() {
     let failing: BTreeSet<usize> = (0..50).map(|k| k * 1999 + 7).collect();
