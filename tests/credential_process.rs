@@ -13,8 +13,11 @@ use support::http::get_with_token;
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
 
+/// Environment variables for one run.
+type Env = Vec<(String, String)>;
+
 /// Runs `credvend credential-process ARGS` off the runtime (the daemon keeps serving).
-async fn run(args: Vec<String>, env: Vec<(String, String)>) -> Output {
+async fn run(args: Vec<String>, env: Env) -> Output {
     tokio::task::spawn_blocking(move || {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_credvend"));
         command.arg("credential-process").args(&args);
@@ -191,7 +194,7 @@ async fn bad_inputs_are_one_line() {
         "credvend-credproc-{}-missing/token",
         std::process::id()
     ));
-    let cases: Vec<(Vec<String>, Vec<(String, String)>, &str)> = vec![
+    let cases: Vec<(Vec<String>, Env, &str)> = vec![
         (
             vec![
                 "--url".into(),
