@@ -355,6 +355,17 @@ fn main() -> ExitCode {
         // Help and version go to stdout with status 0; a bad command line is a usage
         // error like any other (64, not clap's 2, which `exec` could not tell apart
         // from a command's own status 2).
+        Err(error)
+            if error.use_stderr()
+                && std::env::args_os()
+                    .nth(1)
+                    .is_some_and(|a| a == "credential-process") =>
+        {
+            // A credential_process helper's stderr is quoted by the SDK: one line, as
+            // for every other failure of the command.
+            eprintln!("credvend: {}", one_line_usage_error(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
@@ -386,6 +397,17 @@ fn main() -> ExitCode {
         }
         Err(Failure::Child(code)) => ExitCode::from(code),
     }
+}
+
+/// Clap's usage error as one line: its text up to the usage, lines joined.
+fn one_line_usage_error(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    text.lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Marks the process non-dumpable before anything is read: its memory holds External

@@ -242,3 +242,38 @@ async fn bad_inputs_are_one_line() {
         assert!(line.starts_with(expected), "{args:?}: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_command_line_is_one_line_too() {
+    for (args, expected) in [
+        (
+            vec!["--token-env".to_owned(), "CP_TOKEN".to_owned()],
+            "credvend: error: the following required arguments were not provided: --url <URL>",
+        ),
+        (
+            vec![
+                "--url".to_owned(),
+                "http://127.0.0.1:9/v1/credentials/acme-s3".to_owned(),
+            ],
+            "credvend: error: the following required arguments were not provided: --token-file <PATH>",
+        ),
+        (
+            vec![
+                "--url".to_owned(),
+                "http://127.0.0.1:9/v1/credentials/acme-s3".to_owned(),
+                "--token-env".to_owned(),
+                "CP_TOKEN".to_owned(),
+                "--token-file".to_owned(),
+                "/dev/null".to_owned(),
+            ],
+            "credvend: error: the argument '--token-env <VAR>' cannot be used with '--token-file <PATH>'",
+        ),
+    ] {
+        let output = run(args.clone(), vec![]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr:?}");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr:?}");
+    }
+}
