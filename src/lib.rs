@@ -20,6 +20,8 @@
 //!   and worker tokens.
 //! - [`control_client`]: the client of the control socket (`credvend token
 //!   issue|list|revoke`, and `credvend exec`'s connection): mint, list, revoke job tokens.
+//! - [`credential_process`]: `credvend credential-process`: the AWS
+//!   `credential_process` helper, one fetch from the credential endpoint.
 //! - [`exec`]: `credvend exec`: one job run with a token that lives as long as it does.
 //! - [`creds`]: the [`creds::Credentials`] type, the AssumeRole input a mapping makes,
 //!   the [`creds::RoleAssumer`] seam and the real STS client; failures are classified
@@ -48,6 +50,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod control_client;
+pub mod credential_process;
 pub mod creds;
 pub mod daemon;
 pub mod events;

@@ -18,6 +18,7 @@ use credvend::config::{
     Sources,
 };
 use credvend::control_client::{self, ClientError, Connection, MintRequest};
+use credvend::credential_process;
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
 use credvend::exec::{self, Job};
@@ -94,6 +95,26 @@ enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
+    },
+    /// The AWS `credential_process` helper: fetch the credential at URL from credvend's
+    /// credential endpoint (GET with the token as Authorization, plain HTTP to a
+    /// loopback address only) and print it as `credential_process` JSON. On any error:
+    /// one line on stderr, exit status 1 (docs/compatibility.md, "credential_process").
+    CredentialProcess {
+        /// The credential URL, e.g. http://127.0.0.1:8080/v1/credentials/acme.
+        #[arg(long)]
+        url: String,
+        /// File holding the worker's token; one trailing newline is trimmed.
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "token_env",
+            conflicts_with = "token_env"
+        )]
+        token_file: Option<PathBuf>,
+        /// Environment variable holding the worker's token.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
     },
     /// External IDs for customers' trust policies.
     ExternalId {
@@ -334,6 +355,17 @@ fn main() -> ExitCode {
         // Help and version go to stdout with status 0; a bad command line is a usage
         // error like any other (64, not clap's 2, which `exec` could not tell apart
         // from a command's own status 2).
+        Err(error)
+            if error.use_stderr()
+                && std::env::args_os()
+                    .nth(1)
+                    .is_some_and(|a| a == "credential-process") =>
+        {
+            // A credential_process helper's stderr is quoted by the SDK: one line, as
+            // for every other failure of the command.
+            eprintln!("credvend: {}", one_line_usage_error(&error));
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
@@ -365,6 +397,17 @@ fn main() -> ExitCode {
         }
         Err(Failure::Child(code)) => ExitCode::from(code),
     }
+}
+
+/// Clap's usage error as one line: its text up to the usage, lines joined.
+fn one_line_usage_error(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    text.lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Marks the process non-dumpable before anything is read: its memory holds External
@@ -504,6 +547,44 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 "Give the first line to the worker (AWS_CONTAINER_AUTHORIZATION_TOKEN, or a token file without a trailing newline); put the second in its mapping."
             );
             Ok(())
+        }
+        Command::CredentialProcess {
+            url,
+            token_file,
+            token_env,
+        } => {
+            let token = match (token_file, token_env) {
+                (Some(path), _) => credential_process::read_token_file(&path),
+                (None, Some(name)) => credential_process::read_token_env(&name),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            let outcome = token.and_then(|token| {
+                block_on(credential_process::fetch(
+                    &url,
+                    &token,
+                    credential_process::FETCH_TIMEOUT,
+                ))
+                .map_err(|_| credential_process::FetchError::Unreachable {
+                    url: url.clone(),
+                    what: "cannot start the async runtime".to_owned(),
+                })?
+            });
+            match outcome {
+                Ok(json) => {
+                    use std::io::Write as _;
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(&json)
+                        .and_then(|()| stdout.write_all(b"\n"))
+                        .and_then(|()| stdout.flush())
+                        .context("writing the credential to stdout")
+                        .map_err(Failure::Runtime)
+                }
+                Err(error) => Err(Failure::Control {
+                    message: error.to_string(),
+                    code: 1,
+                }),
+            }
         }
         Command::ExternalId {
             command: ExternalIdCommand::New { count },

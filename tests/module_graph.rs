@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Each module's layer: a module may name `crate::` modules of lower layers only.
 /// config → creds → (model, protocol, verify) → metrics → events → cache → server →
 /// daemon → reload (→ the binary, which names `credvend::` only).
-const LAYERS: [(&str, u8); 21] = [
+const LAYERS: [(&str, u8); 22] = [
     ("aws_names", 0),
     ("clock", 0),
     ("secret", 0),
@@ -23,6 +23,7 @@ const LAYERS: [(&str, u8); 21] = [
     ("policy", 1),
     ("config", 1),
     ("control_client", 1),
+    ("credential_process", 1),
     ("creds", 2),
     ("telemetry", 2),
     ("setup", 2),

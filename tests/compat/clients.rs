@@ -131,6 +131,14 @@ impl Tools {
     ) -> ClientRun {
         let endpoint = moto.url();
         let calls = CALLS.to_string();
+        let profile_env;
+        let env = match client {
+            Client::Boto3Process | Client::AwsCliProcess => {
+                profile_env = credential_process_profile(env, dir, label);
+                profile_env.as_slice()
+            }
+            _ => env,
+        };
         let command = |program: &Path| {
             let mut command = Command::new(program);
             command
@@ -149,14 +157,16 @@ impl Tools {
             )
         };
         let runs = match client {
-            Client::Boto3 => {
+            Client::Boto3 | Client::Boto3Process => {
                 let mut c = command(&self.venv.python());
                 c.arg(repo_root().join("tests/compat/python/boto3_worker.py"))
                     .args([&endpoint, REGION, &calls, BUCKET])
                     .arg(format!("boto3/{}/{label}", dir_name(dir)));
                 vec![process(format!("{label}-boto3"), c, Parse::WorkerJson)]
             }
-            Client::AwsCli => self.run_cli(dir, label, &endpoint, full, command, process),
+            Client::AwsCli | Client::AwsCliProcess => {
+                self.run_cli(dir, label, &endpoint, full, command, process)
+            }
             Client::JsDefaultChain | Client::JsFromHttp | Client::JsFromContainerMetadata => {
                 let provider = match client {
                     Client::JsDefaultChain => "default",
@@ -308,7 +318,10 @@ impl Tools {
         let lock = read_lossy(&repo_root().join("Cargo.lock"));
 
         let mut versions = BTreeMap::new();
-        versions.insert(Client::Boto3, capture(python));
+        let boto3 = capture(python);
+        versions.insert(Client::Boto3Process, boto3.clone());
+        versions.insert(Client::Boto3, boto3);
+        versions.insert(Client::AwsCliProcess, aws_version.clone());
         versions.insert(Client::AwsCli, aws_version);
         versions.insert(
             Client::JsDefaultChain,
@@ -335,6 +348,45 @@ impl Tools {
         );
         versions
     }
+}
+
+/// The variable `--token-env` names in the `credential_process` cases (not a
+/// `CREDVEND_*` name: credvend reads those as config overrides).
+const PROCESS_TOKEN_VAR: &str = "WORKER_TOKEN";
+
+/// Turns a case's container-credentials variables into what a `credential_process`
+/// client gets instead: a profile in `<dir>/<label>.aws-config` whose
+/// `credential_process` runs the built `credvend credential-process` with the same URL
+/// and token (`--token-env` for `AWS_CONTAINER_AUTHORIZATION_TOKEN`, `--token-file` for
+/// `..._TOKEN_FILE`), selected with `AWS_CONFIG_FILE` and `AWS_PROFILE`; no
+/// `AWS_CONTAINER_*` variable is passed on.
+fn credential_process_profile(
+    env: &[(&'static str, String)],
+    dir: &Path,
+    label: &str,
+) -> Vec<(&'static str, String)> {
+    let value = |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+    let url = value("AWS_CONTAINER_CREDENTIALS_FULL_URI").expect("a case has a FULL_URI");
+    let mut out = Vec::new();
+    let token_args = if let Some(token) = value("AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+        out.push((PROCESS_TOKEN_VAR, token));
+        format!("--token-env {PROCESS_TOKEN_VAR}")
+    } else {
+        let file = value("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").expect("a token or a file");
+        format!("--token-file {file}")
+    };
+    let config = dir.join(format!("{label}.aws-config"));
+    fs::write(
+        &config,
+        format!(
+            "[profile credvend]\ncredential_process = {} credential-process --url {url} {token_args}\n",
+            env!("CARGO_BIN_EXE_credvend")
+        ),
+    )
+    .expect("write the AWS config file");
+    out.push(("AWS_CONFIG_FILE", config.display().to_string()));
+    out.push(("AWS_PROFILE", "credvend".to_owned()));
+    out
 }
 
 /// The version of `package` in Cargo.lock.

@@ -12,6 +12,7 @@
 //! | JS SDK v3, default chain, `fromHttp`, `fromContainerMetadata` | `node tests/compat/js/worker.mjs` | `tests/compat/js/package-lock.json` (`scripts/setup-node.sh`) |
 //! | Rust aws-config | in-process: `aws_config::defaults(..).env(..)`, whose default chain reaches `EcsCredentialsProvider` | `Cargo.lock` |
 //! | Go SDK v2 | `tests/compat/go/src/credvendcompat`, built in GOPATH mode from Debian's packages | `scripts/setup-go.sh` |
+//! | boto3, AWS CLI through `credential_process` | as above, with a profile whose `credential_process` runs `credvend credential-process` (the built binary) and no `AWS_CONTAINER_*` variable | as above |
 //!
 //! One moto server (STS and S3) on 127.0.0.1 stands in for AWS; one `credvend serve`
 //! listens on `127.0.0.1:P` and `[::1]:P`. Every case gets **its own mapping** (its own
@@ -93,10 +94,14 @@ pub enum Client {
     JsFromContainerMetadata,
     Rust,
     Go,
+    /// boto3 through a profile's `credential_process = credvend credential-process …`.
+    Boto3Process,
+    /// The AWS CLI through the same profile.
+    AwsCliProcess,
 }
 
 impl Client {
-    const ALL: [Client; 7] = [
+    const ALL: [Client; 9] = [
         Client::Boto3,
         Client::AwsCli,
         Client::JsDefaultChain,
@@ -104,6 +109,8 @@ impl Client {
         Client::JsFromContainerMetadata,
         Client::Rust,
         Client::Go,
+        Client::Boto3Process,
+        Client::AwsCliProcess,
     ];
 
     /// Short name used in mapping names and file names.
@@ -116,6 +123,8 @@ impl Client {
             Client::JsFromContainerMetadata => "js-fromcm",
             Client::Rust => "rust",
             Client::Go => "go",
+            Client::Boto3Process => "boto3-process",
+            Client::AwsCliProcess => "awscli-process",
         }
     }
 
@@ -269,6 +278,10 @@ fn wrong_token_error(client: Client) -> &'static str {
         Client::Rust => "Non-success status from HTTP credential provider: StatusCode(403)",
         // Reads credvend's lower-case code and message.
         Client::Go => "AccessDenied: token is not valid for mapping",
+        // botocore's CredentialRetrievalError quotes credential-process's stderr line.
+        Client::Boto3Process | Client::AwsCliProcess => {
+            "custom-process: credvend: credvend refused: token is not valid for mapping"
+        }
     }
 }
 

@@ -30,6 +30,8 @@ fn display_name(client: Client) -> &'static str {
         Client::JsFromContainerMetadata => "JS SDK v3, `fromContainerMetadata`",
         Client::Rust => "Rust `aws-config` (ECS provider)",
         Client::Go => "Go SDK v2",
+        Client::Boto3Process => "boto3 / botocore, `credential_process`",
+        Client::AwsCliProcess => "AWS CLI v1, `credential_process`",
     }
 }
 
@@ -129,7 +131,11 @@ pub fn render(verdicts: &[Verdict], versions: &BTreeMap<Client, String>) -> Stri
          one `aws s3 cp --recursive`; Rust: one `SdkConfig`); a control run against \
          15-minute credentials shows boto3 fetching before every call, so the count does \
          catch a refetch loop. *Token file rotated*: the \
-         file is rewritten between two processes and the second one uses the new token."
+         file is rewritten between two processes and the second one uses the new token. \
+         *`credential_process` rows*: no container-credentials variable; the profile \
+         (`AWS_CONFIG_FILE`, `AWS_PROFILE`) runs `credvend credential-process --url URL` \
+         with `--token-env VAR` (*env token*) or `--token-file PATH` (*token file*), the \
+         URL's host as shown."
     );
     for quirk in &quirks {
         let _ = writeln!(out);
