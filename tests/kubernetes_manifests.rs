@@ -277,7 +277,11 @@ fn the_config_secret_passes_check_config() {
         cmd.env(name, value);
         set.push(name.to_string());
     }
-    assert_eq!(set, ["CREDVEND_CONTROL__SOCKET"], "the container's CREDVEND_* variables");
+    assert_eq!(
+        set,
+        ["CREDVEND_CONTROL__SOCKET"],
+        "the container's CREDVEND_* variables"
+    );
     let checked = cmd.output().expect("run credvend check-config");
     assert!(
         checked.status.success(),
@@ -292,7 +296,11 @@ fn the_config_secret_passes_check_config() {
     fs::write(&mapping, original.replace("f86bec86", "zz")).unwrap();
     let broken = cmd.output().expect("run credvend check-config");
     let stderr = text(&broken.stderr) + &text(&broken.stdout);
-    assert_eq!(broken.status.code(), Some(64), "check-config accepted a broken hash:\n{stderr}");
+    assert_eq!(
+        broken.status.code(),
+        Some(64),
+        "check-config accepted a broken hash:\n{stderr}"
+    );
     assert!(
         stderr.contains("mapping-acme-s3.toml") && stderr.contains("token_sha256"),
         "check-config's error names the included file and key:\n{stderr}"
