@@ -1,6 +1,7 @@
 """Validate deploy/kubernetes/ offline and strictly; run by tests/kubernetes_manifests.rs.
 
 Usage: validate_manifests.py DIR [--extract-config OUT]
+       validate_manifests.py --each DIR...
 
 Every Kubernetes object is walked against the model classes of the official
 `kubernetes` Python client (generated from the API's OpenAPI schema; pinned in
@@ -25,7 +26,9 @@ With --extract-config OUT, the config Secret's files are written to OUT (mode 06
 and the credvend container's CREDVEND_* environment is printed, one NAME=VALUE a line,
 so the caller can run `credvend check-config` on exactly what the pod would load.
 
-Exit status 0 when everything holds; 1 with one "error: PATH: REASON" line per problem.
+Exit status 0 when everything holds; 1 with one "error: PATH: REASON" line per problem
+on stderr. With --each, every DIR is checked in this one process (the client's import
+is the slow part): "== DIR" and its "error: ..." lines on stdout, exit status 0.
 """
 
 import datetime
@@ -368,13 +371,12 @@ def check_consistency(objects, kustomization, files):
     return cv
 
 
-def main(argv):
-    directory = argv[1]
-    extract = argv[argv.index("--extract-config") + 1] if "--extract-config" in argv else None
+def validate(directory, extract=None):
+    """Check one directory; the problems go to ERRORS."""
     files = sorted(f for f in os.listdir(directory) if f.endswith(".yaml"))
     if not files:
-        print(f"error: no manifests in {directory}", file=sys.stderr)
-        return 1
+        error(directory, "no manifests")
+        return
     objects, kustomization = [], None
     for f in files:
         with open(os.path.join(directory, f)) as fh:
@@ -407,6 +409,21 @@ def main(argv):
         for e in cv.get("env", []):
             if e["name"].startswith("CREDVEND_"):
                 print(f"{e['name']}={e.get('value', '')}")
+
+
+def main(argv):
+    if argv[1] == "--each":
+        # One interpreter for many directories (importing the client takes a second):
+        # "== DIR" then that directory's "error: ..." lines, on stdout; exit 0.
+        for directory in argv[2:]:
+            ERRORS.clear()
+            validate(directory)
+            print(f"== {directory}")
+            for e in ERRORS:
+                print(f"error: {e}")
+        return 0
+    extract = argv[argv.index("--extract-config") + 1] if "--extract-config" in argv else None
+    validate(argv[1], extract)
     for e in ERRORS:
         print(f"error: {e}", file=sys.stderr)
     return 1 if ERRORS else 0
