@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create or update <repo>/.venv with the pinned Python tooling (moto, boto3, AWS CLI v1)
-# from scripts/python-requirements.txt.
+# Create or update <repo>/.venv with the pinned Python tooling (moto, boto3, AWS CLI v1,
+# the Kubernetes client) from scripts/python-requirements.txt.
 #
 # Idempotent: a stamp file inside the venv records a hash of the requirement lines
 # (comments ignored) and of the interpreter version; when both match and the venv
@@ -54,7 +54,7 @@ want_stamp="$(
 )"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] \
-  && "$venv/bin/python" -c 'import boto3, moto, awscli' >/dev/null 2>&1; then
+  && "$venv/bin/python" -c 'import boto3, moto, awscli, kubernetes' >/dev/null 2>&1; then
   log "$venv is up to date"
   exit 0
 fi
@@ -70,8 +70,8 @@ log "creating $venv with $("$python" -V 2>&1)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 log "installing pinned packages (about a minute on a cold cache)"
 "$venv/bin/python" -m pip install --quiet --requirement "$requirements"
-"$venv/bin/python" -c 'import boto3, moto, awscli' \
-  || die "packages installed but 'import boto3, moto, awscli' fails"
+"$venv/bin/python" -c 'import boto3, moto, awscli, kubernetes' \
+  || die "packages installed but 'import boto3, moto, awscli, kubernetes' fails"
 [[ -x "$venv/bin/moto_server" && -x "$venv/bin/aws" ]] \
   || die "moto_server or aws missing from $venv/bin after install"
 
