@@ -859,3 +859,27 @@ fn describe(kind: &figment::error::Kind, path: &[&str]) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod provider_tests {
+    use super::*;
+
+    /// The parsed tree is moved into figment, not copied (a copy of 100,000 mappings is
+    /// a few hundred MiB of transient heap), and a second request is an error rather
+    /// than an empty table that would read as "nothing configured".
+    #[test]
+    fn a_provider_hands_its_tree_over_once() {
+        let mut dict = Dict::new();
+        dict.insert("include".to_owned(), Value::from("a.toml"));
+        let file = TomlFile::new(Path::new("/etc/credvend/credvend.toml"), dict);
+        let first = file.data().expect("the first call has the data");
+        assert_eq!(first[&Profile::Default]["include"].as_str(), Some("a.toml"));
+        let second = file.data().expect_err("the data was handed over");
+        assert!(second.to_string().contains("asked for twice"), "{second}");
+        assert!(file.dict.lock().unwrap().is_none(), "no copy kept");
+
+        let included = Included(Mutex::new(Some(Dict::new())));
+        assert!(included.data().is_ok());
+        assert!(included.data().is_err());
+    }
+}
