@@ -555,6 +555,7 @@ impl Provider for TomlFile {
 
 /// A provider's data, moved out on figment's one call ([`TomlFile`]). A second call is a
 /// bug, and an error rather than an empty table that would read as "nothing configured".
+#[allow(clippy::result_large_err)] // figment's `Provider::data` return type
 fn take_once(dict: &Mutex<Option<Dict>>) -> Result<Map<Profile, Dict>, figment::Error> {
     let taken = dict
         .lock()
