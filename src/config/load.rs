@@ -23,9 +23,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use figment::providers::Env;
-use figment::value::{Dict, Map, Value};
+use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -230,7 +231,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     // Every included mapping, merged into the figment as one provider ([`Included`]),
     // and the file each came from.
     let mut included = Dict::new();
-    let mut included_files: HashMap<String, PathBuf> = HashMap::new();
+    let mut included_files: HashMap<String, Arc<Path>> = HashMap::new();
     for include in includes {
         if !read.insert(include.clone()) {
             continue;
@@ -267,10 +268,12 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                 mappings.remove(&duplicate);
             }
         }
+        // One shared path for all the mappings of a file.
+        let shared: Arc<Path> = Arc::from(include.as_path());
         match mappings_only.remove("mappings") {
             Some(Value::Dict(_, mappings)) => {
                 for (name, mapping) in mappings {
-                    included_files.insert(name.clone(), include.clone());
+                    included_files.insert(name.clone(), Arc::clone(&shared));
                     included.insert(name, mapping);
                 }
             }
@@ -286,7 +289,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     if !included.is_empty() {
         let mut dict = Dict::new();
         dict.insert("mappings".to_owned(), Value::from(included));
-        figment = figment.merge(Included(dict));
+        figment = figment.merge(Included(Mutex::new(Some(dict))));
     }
     report.included = included_files;
     #[cfg(any(test, feature = "test-util"))]
@@ -522,17 +525,20 @@ pub(super) mod seam {
 
 /// A parsed TOML file as a figment provider whose metadata names the file, so values
 /// from it are attributed to it.
-#[derive(Clone)]
+///
+/// figment asks a provider for its data once, when it is merged, and the provider is
+/// dropped right after; the data is handed over rather than copied ([`take_once`]): with
+/// 100,000 mappings in one file, a copy is a few hundred MiB of transient heap.
 struct TomlFile {
     path: PathBuf,
-    dict: Dict,
+    dict: Mutex<Option<Dict>>,
 }
 
 impl TomlFile {
     fn new(path: &Path, dict: Dict) -> Self {
         Self {
             path: path.to_path_buf(),
-            dict,
+            dict: Mutex::new(Some(dict)),
         }
     }
 }
@@ -543,7 +549,23 @@ impl Provider for TomlFile {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.dict.clone()))
+        take_once(&self.dict)
+    }
+}
+
+/// A provider's data, moved out on figment's one call ([`TomlFile`]). A second call is a
+/// bug, and an error rather than an empty table that would read as "nothing configured".
+#[allow(clippy::result_large_err)] // figment's `Provider::data` return type
+fn take_once(dict: &Mutex<Option<Dict>>) -> Result<Map<Profile, Dict>, figment::Error> {
+    let taken = dict
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    match taken {
+        Some(dict) => Ok(Profile::Default.collect(dict)),
+        None => Err(figment::Error::from(
+            "a configuration provider's data was asked for twice".to_owned(),
+        )),
     }
 }
 
@@ -554,7 +576,8 @@ const INCLUDED: &str = "included TOML files";
 /// provider by rebuilding the merged map, so merging each included file on its own
 /// was quadratic (minutes at 100,000 files); the file a mapping's values came from is
 /// kept in [`Report::included`] instead of in figment's per-provider metadata.
-struct Included(Dict);
+/// Its data is handed over like [`TomlFile`]'s.
+struct Included(Mutex<Option<Dict>>);
 
 impl Provider for Included {
     fn metadata(&self) -> Metadata {
@@ -562,15 +585,27 @@ impl Provider for Included {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.0.clone()))
+        take_once(&self.0)
+    }
+}
+
+/// Every distinct tag in `value`'s tree (a handful: one per provider).
+fn collect_tags(value: &Value, tags: &mut BTreeSet<Tag>) {
+    tags.insert(value.tag());
+    match value {
+        Value::Dict(_, dict) => dict.values().for_each(|v| collect_tags(v, tags)),
+        Value::Array(_, array) => array.iter().for_each(|v| collect_tags(v, tags)),
+        _ => {}
     }
 }
 
 /// Collects problems and warnings, attributing each to where its value came from.
 pub(super) struct Report {
     /// The included file that defined each mapping it has ([`Included`]).
-    included: HashMap<String, PathBuf>,
-    figment: Figment,
+    included: HashMap<String, Arc<Path>>,
+    /// The metadata of every provider a value in `root` came from, by the values' tag.
+    /// The figment itself is not kept: it holds a second copy of the whole tree.
+    metadata: BTreeMap<Tag, Metadata>,
     root: Value,
     /// The main file, as given.
     main_file: PathBuf,
@@ -583,7 +618,7 @@ impl Report {
     fn new(figment: Figment, main_file: &Path, main: String) -> Self {
         let mut report = Self {
             included: HashMap::new(),
-            figment: Figment::new(),
+            metadata: BTreeMap::new(),
             root: Value::from(Dict::new()),
             main_file: main_file.to_path_buf(),
             main,
@@ -594,6 +629,8 @@ impl Report {
         report
     }
 
+    /// Takes the merged tree out of `figment` and keeps only the metadata its values'
+    /// tags name; the figment (and its copy of the tree) is dropped.
     fn set_figment(&mut self, figment: Figment) {
         match figment.find_value("") {
             Ok(root) => self.root = root,
@@ -601,7 +638,16 @@ impl Report {
             // neither, so this is a bug guard rather than an expected path.
             Err(e) => self.problem_in(&self.main.clone(), "", e.kind.to_string()),
         }
-        self.figment = figment;
+        let mut tags = BTreeSet::new();
+        collect_tags(&self.root, &mut tags);
+        self.metadata = tags
+            .into_iter()
+            .filter_map(|tag| Some((tag, figment.get_metadata(tag)?.clone())))
+            .collect();
+    }
+
+    fn get_metadata(&self, tag: Tag) -> Option<&Metadata> {
+        self.metadata.get(&tag)
     }
 
     /// The merged value at `path` (exact keys: mapping names may contain dots).
@@ -637,7 +683,7 @@ impl Report {
     /// The file a value at `path` came from, if it came from a file.
     pub fn origin_file(&self, path: &[&str]) -> Option<PathBuf> {
         let (_, value) = self.deepest(path);
-        let metadata = self.figment.get_metadata(value.tag())?;
+        let metadata = self.get_metadata(value.tag())?;
         if metadata.name == INCLUDED {
             return self.included_file(path).map(Path::to_path_buf);
         }
@@ -647,7 +693,7 @@ impl Report {
     /// For a value under `mappings.<name>` that came from an included file, that file.
     fn included_file(&self, path: &[&str]) -> Option<&Path> {
         match path {
-            ["mappings", name, ..] => self.included.get(*name).map(PathBuf::as_path),
+            ["mappings", name, ..] => self.included.get(*name).map(|file| &**file),
             _ => None,
         }
     }
@@ -659,7 +705,7 @@ impl Report {
         if depth == 0 {
             return self.main.clone();
         }
-        match self.figment.get_metadata(value.tag()) {
+        match self.get_metadata(value.tag()) {
             Some(Metadata {
                 source: Some(Source::File(file)),
                 ..
@@ -812,5 +858,29 @@ fn describe(kind: &figment::error::Kind, path: &[&str]) -> String {
             "must be a string (value not shown: External IDs are secret)".to_owned()
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod provider_tests {
+    use super::*;
+
+    /// The parsed tree is moved into figment, not copied (a copy of 100,000 mappings is
+    /// a few hundred MiB of transient heap), and a second request is an error rather
+    /// than an empty table that would read as "nothing configured".
+    #[test]
+    fn a_provider_hands_its_tree_over_once() {
+        let mut dict = Dict::new();
+        dict.insert("include".to_owned(), Value::from("a.toml"));
+        let file = TomlFile::new(Path::new("/etc/credvend/credvend.toml"), dict);
+        let first = file.data().expect("the first call has the data");
+        assert_eq!(first[&Profile::Default]["include"].as_str(), Some("a.toml"));
+        let second = file.data().expect_err("the data was handed over");
+        assert!(second.to_string().contains("asked for twice"), "{second}");
+        assert!(file.dict.lock().unwrap().is_none(), "no copy kept");
+
+        let included = Included(Mutex::new(Some(Dict::new())));
+        assert!(included.data().is_ok());
+        assert!(included.data().is_err());
     }
 }
