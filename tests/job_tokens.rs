@@ -12,6 +12,7 @@ use support::control::{
     ControlConnection, SocketDir, control_request, mint, start_acme_with_control,
 };
 use support::daemon::{TestDaemon, eventually};
+use support::e2e::credvend_serve;
 use support::http::{RawResponse, assert_json_error_shape, get_with_token};
 
 const EXTERNAL_ID: &str = "Xk3-acme-external-id-0123456789";
@@ -638,17 +639,8 @@ token_sha256 = ["{ghost_hash}"]
         ),
     );
     let log_path = dir.path().join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
-        .args(["serve", "--log-format", "json", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "trace")
-        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
-        .env("AWS_SECRET_ACCESS_KEY", "vendor-base-secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    let child = credvend_serve(&config, dir.path(), "trace", "vendor-base-secret")
+        .args(["--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use credvend::clock::ManualClock;
 use support::config_file::sts_and_acme_toml;
-use support::e2e::write_private_file;
+use support::e2e::{credvend_serve, write_private_file};
 use support::fake_sts::{FakeSts, Role, TrustRule};
 use support::http::request;
 
@@ -72,17 +72,8 @@ cold_wait = "10s"
         ),
     );
     let log_path = dir.join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_credvend"))
-        .args(["serve", "--log-format", "json", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "trace")
-        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
-        .env("AWS_SECRET_ACCESS_KEY", "CANARYBASESECRET-vendor-base-key")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    let child = credvend_serve(&config, &dir, "trace", "CANARYBASESECRET-vendor-base-key")
+        .args(["--log-format", "json"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()

@@ -18,6 +18,7 @@ use credvend::config::Config;
 use credvend::reload::{ReloadOutcome, Reloader, Trigger};
 use credvend::secret::TokenHash;
 use support::daemon::TestDaemon;
+use support::e2e::credvend_serve;
 use support::fake_sts::{FakeSts, Fault, Role, TrustRule};
 use support::http::{RawResponse, get_with_token, request};
 
@@ -230,17 +231,7 @@ async fn launch(d: &mut Daemon) {
 
 /// [`launch`] with `RUST_LOG` set to `rust_log` (empty: the config's `[log] level`).
 async fn launch_with_rust_log(d: &mut Daemon, rust_log: &str) {
-    d.child = Command::new(env!("CARGO_BIN_EXE_credvend"))
-        .args(["serve", "--config"])
-        .arg(&d.config)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", rust_log)
-        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
-        .env("AWS_SECRET_ACCESS_KEY", "vendor-base-secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    d.child = credvend_serve(&d.config, &d.dir, rust_log, "vendor-base-secret")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.dir.join("stderr.log")).unwrap())
         .spawn()

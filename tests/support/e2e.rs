@@ -110,6 +110,23 @@ pub fn base_env(home: &Path) -> Vec<(&'static str, OsString)> {
     ]
 }
 
+/// `credvend serve --config config` starting from [`base_env`] (`home` as `HOME`), with
+/// `RUST_LOG=rust_log` and a static base identity whose secret key is `base_secret` (a
+/// test looking for leaks searches the log for it). The caller adds arguments, chooses
+/// stdout and stderr, and spawns.
+pub fn credvend_serve(config: &Path, home: &Path, rust_log: &str, base_secret: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_credvend"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_clear()
+        .envs(base_env(home))
+        .env("RUST_LOG", rust_log)
+        .env("AWS_ACCESS_KEY_ID", "AKIAVENDORBASE000000")
+        .env("AWS_SECRET_ACCESS_KEY", base_secret);
+    command
+}
+
 /// A moto server (STS, S3, …) on a free 127.0.0.1 port.
 pub struct Moto {
     pub process: ChildGuard,
