@@ -14,6 +14,7 @@
 //! A missing venv fails the test (with how to make one): a skipped check proves nothing.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +32,9 @@ impl TempDir {
         ));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
+        // 0700 whatever the umask: under umask 002 the directory would be group-writable,
+        // and credvend refuses configuration in a directory others could write to.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
         TempDir(path)
     }
 
