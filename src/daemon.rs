@@ -194,9 +194,13 @@ impl Daemon {
         self.metrics
             .sync_mappings(config.mappings.keys().map(String::as_str));
         self.metrics.configure(config.metrics);
-        let mappings = self.cache.apply_config(config);
-        self.serving
-            .store(Arc::new(Generation { access, mappings }));
+        // The serving generation is swapped as soon as the cache uses the new table, before
+        // it drops the changed mappings' credentials: a request still authorised by the
+        // generation before is served from the cache, not fetched for a role being dropped.
+        self.cache.apply_config_then(config, |mappings| {
+            self.serving
+                .store(Arc::new(Generation { access, mappings }));
+        });
         self.admin_hosts.store(Arc::new(admin_hosts(config)));
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         info!(

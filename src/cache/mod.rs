@@ -276,8 +276,22 @@ impl CredentialCache {
     /// and their per-job entries; unchanged ones keep them. New `prefetch` mappings
     /// start fetching.
     pub fn apply_config(&self, config: &Config) -> MappingTable {
+        let mut applied = None;
+        self.apply_config_then(config, |table| applied = Some(table));
+        applied.expect("apply_config_then publishes the table")
+    }
+
+    /// [`CredentialCache::apply_config`], handing the new table to `publish` as soon as
+    /// the cache uses it and before the changed and removed mappings' credentials are
+    /// dropped: the daemon swaps its serving generation there (docs/design.md, Reload).
+    /// A request authorised by the generation before that swap is then still served
+    /// its own cached credential, instead of a fetch of the old role that nothing
+    /// keeps; dropping and prefetching a large table takes a while, and requests keep
+    /// coming meanwhile.
+    pub fn apply_config_then(&self, config: &Config, publish: impl FnOnce(MappingTable)) {
         let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
         let old = self.inner.table.swap(new.clone());
+        publish(MappingTable(new.clone()));
         let mut slots = self.inner.lock_slots();
         for (key, spec) in &old.by_key {
             if !new.by_key.contains_key(key) {
@@ -295,7 +309,6 @@ impl CredentialCache {
         self.inner.reload_jobs(&new, &mut slots);
         drop(slots);
         self.prefetch_all();
-        MappingTable(new)
     }
 
     /// Forgets every mapping's negative cache and terminal backoff (what a SIGHUP asks
