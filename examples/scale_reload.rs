@@ -260,6 +260,20 @@ pub async fn reload_scenario(count: usize) {
         mib(peak),
         peak as f64 / idle.max(1) as f64
     );
+    // Where a full reload's time goes: reading and validating everything, then applying.
+    let started = Instant::now();
+    let (_, full) = Config::read(&path);
+    let full = full.unwrap_or_else(|e| panic!("config invalid: {:?}", e.problems));
+    let read_took = started.elapsed();
+    let started = Instant::now();
+    daemon.apply_config(&full);
+    println!(
+        "  for comparison, a full read + validate {} ms, applying {} mappings {} ms",
+        read_took.as_millis(),
+        full.mappings.len(),
+        started.elapsed().as_millis()
+    );
+    drop(full);
     drop(reloader);
     drop(daemon);
 }

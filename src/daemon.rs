@@ -6,6 +6,7 @@
 //! [`Daemon::apply_config`] swaps in a new, already-validated config atomically: requests
 //! in flight finish against the generation they started with.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -206,6 +207,30 @@ impl Daemon {
         info!(
             generation,
             mappings = config.mappings.len(),
+            "Configuration applied"
+        );
+    }
+
+    /// [`Daemon::apply_config`] for a reload that read only the files that changed
+    /// (docs/design.md, Reload): `changes` holds the settings and the mappings of those
+    /// files (new or replaced), `removed` the names gone; every other mapping stays as
+    /// it is, and the work is the changed mappings', not the whole table's.
+    pub fn apply_changes(&self, changes: &Config, removed: &BTreeSet<String>) {
+        let access = self.serving.load().access.with_changes(changes, removed);
+        let added = || changes.mappings.keys().map(String::as_str);
+        self.jobs.change_mappings(added(), removed);
+        self.metrics.change_mappings(added(), removed);
+        self.metrics.configure(changes.metrics);
+        self.cache.apply_changes_then(changes, removed, |mappings| {
+            self.serving
+                .store(Arc::new(Generation { access, mappings }));
+        });
+        self.admin_hosts.store(Arc::new(admin_hosts(changes)));
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        info!(
+            generation,
+            changed = changes.mappings.len(),
+            removed = removed.len(),
             "Configuration applied"
         );
     }

@@ -46,7 +46,7 @@ use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, Problem, Sources};
+use crate::config::{Config, ConfigChanges, LoadIndex, Problem, Sources};
 use crate::daemon::Daemon;
 use crate::events::{ConfigReloadApplied, ConfigReloadRejected};
 use crate::server::status::{LastReload, ReloadResult};
@@ -97,18 +97,34 @@ struct State {
     /// What the last read (applied, or rejected) looked at, with the digest of the bytes
     /// it parsed: file events that change nothing against it are not reloads.
     sources: Sources,
+    /// What the applied configuration was read from, file by file: a reload reads again
+    /// only the files that changed ([`Config::read_changes`]). `None` after a read that
+    /// cannot be reused (an environment override of a mapping's key): a full read.
+    index: Option<LoadIndex>,
+}
+
+/// The [`LoadIndex`] a valid read left in `sources`, taken out of it (the reloader's
+/// copy of `sources` is cloned for the watch, the index is not).
+fn take_index(sources: &mut Sources) -> Option<LoadIndex> {
+    sources
+        .index
+        .0
+        .take()
+        .map(|index| Arc::try_unwrap(index).unwrap_or_else(|shared| (*shared).clone()))
 }
 
 impl Reloader {
     /// `sources` is what the read that produced `current` looked at
     /// ([`Config::read`]).
-    pub fn new(path: PathBuf, current: Config, sources: Sources, daemon: Arc<Daemon>) -> Self {
+    pub fn new(path: PathBuf, current: Config, mut sources: Sources, daemon: Arc<Daemon>) -> Self {
+        let index = take_index(&mut sources);
         Self {
             path,
             daemon,
             state: Mutex::new(State {
                 current: current.into_settings(),
                 sources,
+                index,
             }),
         }
     }
@@ -131,9 +147,22 @@ impl Reloader {
     /// `READY=1` after, whatever the outcome.
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
         let mut state = self.lock();
-        let (sources, result) = Config::read(&self.path);
+        if let Some(index) = &state.index {
+            let (sources, changes) = Config::read_changes(&self.path, index);
+            match changes {
+                Ok(changes) => return self.apply_changes(&mut state, trigger, sources, changes),
+                Err(why) => {
+                    debug!(config = %self.path.display(), why, "Reading the whole configuration");
+                }
+            }
+        }
+        let (mut sources, result) = Config::read(&self.path);
         if trigger == Trigger::FileChange && sources.digest == state.sources.digest {
             debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
+            // The same bytes as the last read: when they were valid, those applied.
+            if let Some(index) = take_index(&mut sources) {
+                state.index = Some(index);
+            }
             state.sources = sources;
             return ReloadOutcome::Unchanged;
         }
@@ -155,6 +184,7 @@ impl Reloader {
                 }
                 .emit(self.daemon.metrics());
                 state.current = new.into_settings();
+                state.index = take_index(&mut sources);
                 (ReloadOutcome::Applied, Vec::new())
             }
             Err(error) => {
@@ -167,6 +197,19 @@ impl Reloader {
                 (ReloadOutcome::Rejected, error.problems)
             }
         };
+        self.finish(&mut state, trigger, sources, at, outcome, problems)
+    }
+
+    /// The end of every reload that went ahead, applied or rejected.
+    fn finish(
+        &self,
+        state: &mut State,
+        trigger: Trigger,
+        sources: Sources,
+        at: SystemTime,
+        outcome: ReloadOutcome,
+        problems: Vec<Problem>,
+    ) -> ReloadOutcome {
         if trigger == Trigger::Signal {
             // The operator asked: a customer who fixed their role (trust policy, External
             // ID enforcement) is retried at the next request, whatever the outcome.
@@ -188,11 +231,78 @@ impl Reloader {
         outcome
     }
 
+    /// Applies what a read of only the changed files found ([`Config::read_changes`]):
+    /// the mappings of those files, the names gone; the rest of the daemon's tables is
+    /// left as it is ([`Daemon::apply_changes`]).
+    fn apply_changes(
+        &self,
+        state: &mut State,
+        trigger: Trigger,
+        sources: Sources,
+        mut changes: ConfigChanges,
+    ) -> ReloadOutcome {
+        if trigger == Trigger::FileChange && sources.digest == state.sources.digest {
+            debug!(config = %self.path.display(), "Configuration files unchanged; nothing to reload");
+            // Files found unchanged keep the time they were last looked at.
+            if let Some(index) = &mut state.index {
+                changes.commit(index);
+            }
+            state.sources = sources;
+            return ReloadOutcome::Unchanged;
+        }
+        info!(
+            config = %self.path.display(),
+            trigger = ?trigger,
+            files_read = sources.reread.as_ref().map_or(0, Vec::len),
+            "Reload requested"
+        );
+        crate::notify::reloading();
+        let at = self.daemon.cache.now();
+        let new = changes.config.take();
+        if let Some(new) = &new {
+            for warning in &new.warnings {
+                warn!(warning = %warning, "Configuration warning");
+            }
+        }
+        // Without a file of mappings read again, the settings are the applied ones (the
+        // main file did not change).
+        let applied = new.as_ref().unwrap_or(&state.current);
+        self.daemon.apply_changes(applied, &changes.removed);
+        ConfigReloadApplied {
+            path: &self.path,
+            generation: self.daemon.generation(),
+            mappings: changes.mappings,
+            at,
+        }
+        .emit(self.daemon.metrics());
+        if let Some(new) = new {
+            state.current = new.into_settings();
+        }
+        if let Some(index) = &mut state.index {
+            changes.commit(index);
+        }
+        self.finish(
+            state,
+            trigger,
+            sources,
+            at,
+            ReloadOutcome::Applied,
+            Vec::new(),
+        )
+    }
+
     /// Whether the files now differ from what the last reload applied or rejected (what
     /// a [`Trigger::FileChange`] reload would act on). Logs nothing, changes nothing:
     /// for a caller that was not watching somewhere for a while to catch up.
     pub fn changed_on_disk(&self) -> bool {
         let state = self.lock();
+        if let Some(index) = &state.index {
+            // `stat` for the files kept; the ones that changed are read.
+            let (sources, changes) = Config::read_changes(&self.path, index);
+            if changes.is_ok() {
+                return sources.digest != state.sources.digest;
+            }
+        }
         Config::read_sources(&self.path).digest != state.sources.digest
     }
 }
@@ -679,7 +789,7 @@ mod tests {
         let sources = Sources {
             files: vec![dir.join("credvend.toml"), dir.join("mappings.d/a.toml")],
             include_globs: vec![(dir.join("mappings.d"), "*.toml".into())],
-            digest: [0; 32],
+            ..Sources::default()
         };
         let relevant = Relevant::of(&sources);
         for counts in [

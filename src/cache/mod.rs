@@ -56,7 +56,7 @@
 //! - `scheduler.rs`: the refresh queue. `budget.rs`: the STS rate budget.
 //! - `tests.rs`: state-machine tests with a scripted STS and a manual clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -90,7 +90,7 @@ use budget::StsBudget;
 pub use key::MappingKey;
 pub use lifecycle::Entry;
 use lifecycle::Now;
-use table::{Table, build_table};
+use table::{MappingSpec, Table, build_table};
 
 /// Upper bound on cached credentials. One per configured mapping is needed; the bound
 /// only matters if a config ever grows past it, in which case the least recently used
@@ -290,10 +290,47 @@ impl CredentialCache {
     /// coming meanwhile.
     pub fn apply_config_then(&self, config: &Config, publish: impl FnOnce(MappingTable)) {
         let new = Arc::new(build_table(config, Some(&self.inner.table.load())));
+        self.install_then(new, None, publish);
+    }
+
+    /// [`CredentialCache::apply_config_then`] for a reload that read only the files
+    /// that changed (docs/design.md, Reload): `changes` holds the settings and the
+    /// mappings of those files (new or replaced), `removed` the names gone. The other
+    /// mappings keep their table entries as they are, and nothing is rebuilt or
+    /// compared for them: the work is the changed mappings', not the table's.
+    pub fn apply_changes_then(
+        &self,
+        changes: &Config,
+        removed: &BTreeSet<String>,
+        publish: impl FnOnce(MappingTable),
+    ) {
+        let old = self.inner.table.load_full();
+        let new = Arc::new(table::change_table(changes, removed, &old));
+        let replaced: Vec<&str> = removed
+            .iter()
+            .map(String::as_str)
+            .chain(changes.mappings.keys().map(String::as_str))
+            .collect();
+        self.install_then(new, Some(&replaced), publish);
+    }
+
+    /// Swaps in `new`, hands it to `publish`, then drops what the mappings no longer in
+    /// it held: every key of the old table, or (`only`) those of the names given.
+    fn install_then(
+        &self,
+        new: Arc<Table>,
+        only: Option<&[&str]>,
+        publish: impl FnOnce(MappingTable),
+    ) {
         let old = self.inner.table.swap(new.clone());
         publish(MappingTable(new.clone()));
         let mut slots = self.inner.lock_slots();
-        for (key, spec) in &old.by_key {
+        let candidates: Box<dyn Iterator<Item = &Arc<MappingSpec>>> = match only {
+            None => Box::new(old.by_key.values()),
+            Some(names) => Box::new(names.iter().filter_map(|name| old.by_name.get(*name))),
+        };
+        for spec in candidates {
+            let key = &spec.key;
             if !new.by_key.contains_key(key) {
                 if new.by_name.contains_key(key.name()) {
                     MappingInputsChanged {

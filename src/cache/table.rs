@@ -1,7 +1,7 @@
 //! One config generation's mapping table: a [`MappingSpec`] per mapping (the fixed
 //! AssumeRole input and settings, plus the shared last-use record) by name and by key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 
 use super::{Entry, MappingKey};
-use crate::config::{Config, EnforcementMode, RefreshConfig};
+use crate::config::{Config, EnforcementMode, Mapping, RefreshConfig};
 use crate::creds::AssumeRoleInput;
 use crate::model::EnforcementStatus;
 use crate::verify;
@@ -113,28 +113,9 @@ pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
     let mut by_name = HashMap::new();
     let mut by_key = HashMap::new();
     for (name, mapping) in &config.mappings {
-        let input = AssumeRoleInput::for_mapping(mapping);
-        let key = MappingKey::new(name, &input, config.sts.endpoint_url.as_deref());
-        let before = previous.and_then(|table| table.by_key.get(&key));
-        let last_used = before.map_or_else(
-            || Arc::new(AtomicU64::new(0)),
-            |spec| spec.last_used.clone(),
-        );
-        let verdict =
-            before.map_or_else(|| Arc::new(AtomicU8::new(0)), |spec| spec.verdict.clone());
-        let held = before.map_or_else(Default::default, |spec| spec.held.clone());
-        let spec = Arc::new(MappingSpec {
-            key: key.clone(),
-            input,
-            prefetch: mapping.prefetch,
-            enforcement: mapping.external_id_enforcement,
-            last_used,
-            verdict,
-            job_of: None,
-            held,
-        });
+        let spec = mapping_spec(config, mapping, previous);
         by_name.insert(name.clone(), spec.clone());
-        by_key.insert(key, spec);
+        by_key.insert(spec.key.clone(), spec);
     }
     Table {
         by_name,
@@ -142,4 +123,60 @@ pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
         refresh: config.refresh.clone(),
         recheck_interval: config.verify.recheck_interval,
     }
+}
+
+/// `previous` with `changes`' mappings (new or replaced) put in and the `removed` ones
+/// taken out, the settings `changes`' (a reload that read only the files that changed,
+/// docs/design.md, Reload). The other mappings keep their very `MappingSpec`.
+pub(super) fn change_table(
+    changes: &Config,
+    removed: &BTreeSet<String>,
+    previous: &Table,
+) -> Table {
+    let mut by_name = previous.by_name.clone();
+    let mut by_key = previous.by_key.clone();
+    let replaced = removed
+        .iter()
+        .map(String::as_str)
+        .chain(changes.mappings.keys().map(String::as_str));
+    for name in replaced {
+        if let Some(old) = by_name.remove(name) {
+            by_key.remove(&old.key);
+        }
+    }
+    for (name, mapping) in &changes.mappings {
+        let spec = mapping_spec(changes, mapping, Some(previous));
+        by_name.insert(name.clone(), spec.clone());
+        by_key.insert(spec.key.clone(), spec);
+    }
+    Table {
+        by_name,
+        by_key,
+        refresh: changes.refresh.clone(),
+        recheck_interval: changes.verify.recheck_interval,
+    }
+}
+
+/// One mapping's spec; one whose key `previous` has keeps sharing its last-use record,
+/// enforcement result and held credential.
+fn mapping_spec(config: &Config, mapping: &Mapping, previous: Option<&Table>) -> Arc<MappingSpec> {
+    let input = AssumeRoleInput::for_mapping(mapping);
+    let key = MappingKey::new(&mapping.name, &input, config.sts.endpoint_url.as_deref());
+    let before = previous.and_then(|table| table.by_key.get(&key));
+    let last_used = before.map_or_else(
+        || Arc::new(AtomicU64::new(0)),
+        |spec| spec.last_used.clone(),
+    );
+    let verdict = before.map_or_else(|| Arc::new(AtomicU8::new(0)), |spec| spec.verdict.clone());
+    let held = before.map_or_else(Default::default, |spec| spec.held.clone());
+    Arc::new(MappingSpec {
+        key,
+        input,
+        prefetch: mapping.prefetch,
+        enforcement: mapping.external_id_enforcement,
+        last_used,
+        verdict,
+        job_of: None,
+        held,
+    })
 }

@@ -47,6 +47,8 @@ pub(super) struct Loaded {
     pub files: Vec<PathBuf>,
     /// Directories the `include` globs look in.
     pub include_dirs: Vec<PathBuf>,
+    /// What each file read was ([`FileFacts`]), by path, for the [`LoadIndex`].
+    pub facts: HashMap<PathBuf, FileFacts>,
 }
 
 /// What one read of the configuration looked at, whether or not it was valid: the files
@@ -68,49 +70,253 @@ pub struct Sources {
     /// Each file's and include directory's mode and owner are in it too: they are
     /// checked, so fixing them is a change.
     pub digest: [u8; 32],
+    /// For a read that reused what the configuration before it read
+    /// ([`super::Config::read_changes`]): the files whose bytes it read again (the main
+    /// file, the included files that changed or appeared, and those whose change the
+    /// file times cannot rule out). `None` for a full read, which reads every file.
+    pub reread: Option<Vec<PathBuf>>,
+    /// What each file read contributed, for the next read to reuse
+    /// ([`super::incremental`]); only after a read that produced a valid configuration.
+    /// Not part of the comparison: two reads of the same bytes are equal.
+    pub(crate) index: IndexSlot,
 }
 
-/// Hashes what each file read returned, as it is read.
-struct ReadLog<'a> {
-    hasher: Sha256,
-    sources: &'a mut Sources,
+/// Where [`Sources`] carries the [`LoadIndex`] of a valid read, from the loader to the
+/// reloader that keeps it.
+#[derive(Clone, Default)]
+pub(crate) struct IndexSlot(pub(crate) Option<Arc<LoadIndex>>);
+
+impl PartialEq for IndexSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
-impl ReadLog<'_> {
+impl Eq for IndexSlot {}
+
+impl std::fmt::Debug for IndexSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(index) => write!(f, "LoadIndex({} files)", index.files.len()),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+/// Hashes what each file read returned, as it is read: per file its path, a SHA-256 of
+/// its bytes (or that it could not be read) and its mode and owner. A read that reuses
+/// an unchanged file's digest ([`super::incremental`]) feeds the same bytes, so both
+/// reads of the same files give the same digest.
+pub(super) struct ReadLog<'a> {
+    pub(super) hasher: Sha256,
+    pub(super) sources: &'a mut Sources,
+    /// What each file read was found to be, by path, when `record` is on.
+    pub(super) facts: HashMap<PathBuf, FileFacts>,
+    pub(super) record: bool,
+}
+
+impl<'a> ReadLog<'a> {
+    pub(super) fn new(sources: &'a mut Sources, record: bool) -> Self {
+        Self {
+            hasher: Sha256::new(),
+            sources,
+            facts: HashMap::new(),
+            record,
+        }
+    }
+
     /// Reads `path` whole, recording its name and bytes (or the failure).
-    fn read(&mut self, path: &Path) -> std::io::Result<String> {
+    pub(super) fn read(&mut self, path: &Path) -> std::io::Result<String> {
         self.sources.files.push(path.to_path_buf());
-        self.hasher.update(path.as_os_str().as_encoded_bytes());
-        self.hasher.update([0]);
+        if let Some(reread) = &mut self.sources.reread {
+            reread.push(path.to_path_buf());
+        }
+        // The file's identity and times before its bytes: an edit landing after this
+        // makes the next read's `stat` differ, or falls in the window
+        // [`FileStat::racy`] re-reads.
+        let stat = self.record.then(|| FileStat::of(path)).flatten();
+        let checked_at = unix_nanos(std::time::SystemTime::now());
         let result = fs::read_to_string(path);
         match &result {
             Ok(text) => {
-                self.hasher.update((text.len() as u64).to_be_bytes());
-                self.hasher.update(text.as_bytes());
+                let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+                self.file_digest(path, Some(&digest), None);
+                if let Some(stat) = stat {
+                    self.facts.insert(
+                        path.to_path_buf(),
+                        FileFacts {
+                            stat,
+                            digest,
+                            checked_at,
+                        },
+                    );
+                }
             }
-            Err(e) => {
-                self.hasher.update(b"\xffunreadable:");
-                self.hasher.update(format!("{:?}", e.kind()).as_bytes());
-            }
+            Err(e) => self.file_digest(path, None, Some(e.kind())),
         }
         self.permissions(path);
         result
     }
 
+    /// Feeds one file's path and the digest of its bytes (or why it could not be read)
+    /// into the digest of the whole read.
+    pub(super) fn file_digest(
+        &mut self,
+        path: &Path,
+        digest: Option<&[u8; 32]>,
+        error: Option<std::io::ErrorKind>,
+    ) {
+        self.hasher.update(path.as_os_str().as_encoded_bytes());
+        self.hasher.update([0]);
+        match (digest, error) {
+            (Some(digest), _) => {
+                self.hasher.update(b"\x01");
+                self.hasher.update(digest);
+            }
+            (None, kind) => {
+                self.hasher.update(b"\xffunreadable:");
+                self.hasher.update(format!("{kind:?}").as_bytes());
+            }
+        }
+    }
+
     /// Records who owns `path` (after symlinks) and who may write it: the files are
     /// checked for that, so a `chmod` or `chown` that fixes a rejected read is a change
     /// even when the bytes are the same.
-    fn permissions(&mut self, path: &Path) {
+    pub(super) fn permissions(&mut self, path: &Path) {
         use std::os::unix::fs::MetadataExt;
         match fs::metadata(path) {
-            Ok(meta) => {
-                self.hasher.update(b"\xfemode:");
-                self.hasher.update(meta.mode().to_be_bytes());
-                self.hasher.update(meta.uid().to_be_bytes());
-            }
+            Ok(meta) => self.mode(meta.mode(), meta.uid()),
             Err(_) => self.hasher.update(b"\xfeno metadata"),
         }
     }
+
+    /// [`ReadLog::permissions`] from a mode and owner already looked up.
+    pub(super) fn mode(&mut self, mode: u32, uid: u32) {
+        self.hasher.update(b"\xfemode:");
+        self.hasher.update(mode.to_be_bytes());
+        self.hasher.update(uid.to_be_bytes());
+    }
+}
+
+/// Nanoseconds since the Unix epoch (negative before it).
+pub(super) fn unix_nanos(at: std::time::SystemTime) -> i64 {
+    match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+/// What `stat` says of a file (after symlinks): which file it is, its size, its times,
+/// its mode and owner. Two equal `FileStat`s of a path say its bytes did not change,
+/// except for a rewrite of the same size inside the file system's timestamp
+/// granularity ([`FileStat::racy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i64,
+    pub(crate) ctime_ns: i64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+}
+
+impl FileStat {
+    pub(crate) fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path).ok()?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+        })
+    }
+
+    /// Whether a file with this `stat`, taken at `checked_at` (ns since the epoch), could
+    /// have been rewritten since without `stat` showing it: its modification or change
+    /// time lies within [`RACY_WINDOW`] of the moment it was looked at. File times come
+    /// from a coarse clock (a kernel tick; whole seconds on some file systems, two on
+    /// FAT), so a rewrite of the same size in the same tick leaves every field equal.
+    /// Such a file is read again, and compared by digest, until a read happens long
+    /// enough after its last change (the "racily clean" rule of git's index).
+    pub(crate) fn racy(&self, checked_at: i64) -> bool {
+        let window = i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX);
+        self.mtime_ns.max(self.ctime_ns) > checked_at.saturating_sub(window)
+    }
+}
+
+/// How close to the moment a file was looked at its last change may be before `stat`
+/// alone cannot vouch for it ([`FileStat::racy`]): above the two seconds of FAT's
+/// timestamps and a network file system's small clock skew.
+pub(crate) const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One file read: its `stat` before the read, the digest of the bytes read, and when.
+#[derive(Debug, Clone)]
+pub(crate) struct FileFacts {
+    pub(crate) stat: FileStat,
+    pub(crate) digest: [u8; 32],
+    pub(crate) checked_at: i64,
+}
+
+/// What one included file contributed to a valid configuration: what it was when read,
+/// and the mappings it defined with their token hashes (for the checks across files).
+#[derive(Debug, Clone)]
+pub(crate) struct FileRecord {
+    pub(crate) facts: FileFacts,
+    pub(crate) mappings: Box<[(Box<str>, Box<[crate::secret::TokenHash]>)]>,
+    /// One of its mappings reads an `external_id_file`, whose bytes are not in the
+    /// digest: the file is read and validated again at every reload.
+    pub(crate) volatile: bool,
+}
+
+/// What a valid read of the configuration was built from, for the next reload to redo
+/// only what changed ([`super::incremental`]; docs/design.md, Reload).
+#[derive(Debug, Clone)]
+pub(crate) struct LoadIndex {
+    /// The main file's digest (bytes, mode, owner) and the digest of every `CREDVEND_*`
+    /// variable: when either differs, the reload is a full one.
+    pub(crate) main: [u8; 32],
+    pub(crate) env: [u8; 32],
+    /// The main file's own mappings and their tokens.
+    pub(crate) main_mappings: Box<[(Box<str>, Box<[crate::secret::TokenHash]>)]>,
+    /// Every included file, by path as the globs produced it.
+    pub(crate) files: HashMap<PathBuf, FileRecord>,
+}
+
+/// A digest of every `CREDVEND_*` variable (name and value), and whether one of them
+/// overrides a mapping's key (then no reload reuses a file's mappings: the variable
+/// applies across files).
+pub(super) fn env_digest() -> ([u8; 32], bool) {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            name.starts_with(ENV_PREFIX)
+                .then(|| (name, value.to_string_lossy().into_owned()))
+        })
+        .collect();
+    vars.sort();
+    let mut hasher = Sha256::new();
+    let mut overrides_mappings = false;
+    for (name, value) in &vars {
+        let rest = &name[ENV_PREFIX.len()..];
+        if env_var_kind(rest) == EnvVarKind::Override
+            && rest
+                .get(..8)
+                .is_some_and(|head| head.eq_ignore_ascii_case("mappings"))
+        {
+            overrides_mappings = true;
+        }
+        hasher.update((name.len() as u64).to_be_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value.as_bytes());
+    }
+    (hasher.finalize().into(), overrides_mappings)
 }
 
 /// Reads the main file, its includes and the environment, returning with the result
@@ -119,14 +325,18 @@ impl ReadLog<'_> {
 /// every other problem is left in the report for validation to add to.
 pub(super) fn load(main: &Path) -> (Sources, Result<Loaded, ConfigError>) {
     let mut sources = Sources::default();
-    let mut log = ReadLog {
-        hasher: Sha256::new(),
-        sources: &mut sources,
-    };
+    let mut log = ReadLog::new(&mut sources, true);
     let result = load_logged(main, &mut log);
+    let facts = std::mem::take(&mut log.facts);
     let digest = log.hasher.finalize().into();
     sources.digest = digest;
-    (sources, result)
+    (
+        sources,
+        result.map(|mut loaded| {
+            loaded.facts = facts;
+            loaded
+        }),
+    )
 }
 
 /// What [`load`] would read now, with the same digest, without building or validating
@@ -141,10 +351,7 @@ pub(super) fn sources(main: &Path) -> Sources {
         include: Option<Value>,
     }
     let mut sources = Sources::default();
-    let mut log = ReadLog {
-        hasher: Sha256::new(),
-        sources: &mut sources,
-    };
+    let mut log = ReadLog::new(&mut sources, false);
     let main_display = main.display().to_string();
     // `include` is a top-level key, so it comes before the first table header: only
     // that prefix is parsed (the mappings after it would cost a full parse tree).
@@ -163,10 +370,7 @@ pub(super) fn sources(main: &Path) -> Sources {
         if let Some(include) = include {
             dict.insert("include".to_owned(), include);
         }
-        let env = Env::prefixed(ENV_PREFIX)
-            .filter(|rest| env_var_kind(rest.as_str()) == EnvVarKind::Override)
-            .split("__");
-        let base = Figment::from(TomlFile::new(main, dict)).merge(env);
+        let base = Figment::from(TomlFile::new(main, dict)).merge(env_provider());
         let mut report = Report::new(base, main, main_display);
         let (includes, include_dirs) = resolve_includes(main, &mut report, log.sources);
         for dir in &include_dirs {
@@ -195,9 +399,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     };
     let main_dict = read_toml(main, log).map_err(fatal)?;
 
-    let env = Env::prefixed(ENV_PREFIX)
-        .filter(|rest| env_var_kind(rest.as_str()) == EnvVarKind::Override)
-        .split("__");
+    let env = env_provider();
     // The include list may itself be overridden from the environment, so it is read
     // from the main file merged with the environment. Mappings play no part in it and
     // are left out: with thousands of them, every copy of the tree costs (figment
@@ -245,44 +447,18 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                 continue;
             }
         };
-        let mut mappings_only = Dict::new();
-        for (key, value) in dict {
-            if key == "mappings" {
-                mappings_only.insert(key, value);
-            } else {
-                let reason = if TOP_LEVEL_KEYS.contains(&key.as_str()) {
-                    format!(
-                        "only [mappings.*] tables may appear in an included file; \
-                         move `{key}` to {main_display}"
-                    )
-                } else {
-                    "unknown key; an included file may hold only [mappings.*] tables".to_owned()
-                };
-                report.problem_in(&display, &key, reason);
-            }
-        }
-        // A duplicate is reported and left out, so it cannot override the first
-        // definition and add follow-on problems of its own.
-        for duplicate in note_mappings(&mappings_only, &display, &mut mapping_files, &mut report) {
-            if let Some(Value::Dict(_, mappings)) = mappings_only.get_mut("mappings") {
+        if let Some(mut mappings) = included_mappings(dict, &display, &main_display, &mut report) {
+            // A duplicate is reported and left out, so it cannot override the first
+            // definition and add follow-on problems of its own.
+            for duplicate in note_names(&mappings, &display, &mut mapping_files, &mut report) {
                 mappings.remove(&duplicate);
             }
-        }
-        // One shared path for all the mappings of a file.
-        let shared: Arc<Path> = Arc::from(include.as_path());
-        match mappings_only.remove("mappings") {
-            Some(Value::Dict(_, mappings)) => {
-                for (name, mapping) in mappings {
-                    included_files.insert(name.clone(), Arc::clone(&shared));
-                    included.insert(name, mapping);
-                }
+            // One shared path for all the mappings of a file.
+            let shared: Arc<Path> = Arc::from(include.as_path());
+            for (name, mapping) in mappings {
+                included_files.insert(name.clone(), Arc::clone(&shared));
+                included.insert(name, mapping);
             }
-            Some(_) => report.problem_in(
-                &display,
-                "mappings",
-                "must be a table of [mappings.<name>] tables",
-            ),
-            None => {}
         }
         files.push(include);
     }
@@ -300,7 +476,15 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         report,
         files,
         include_dirs,
+        facts: HashMap::new(),
     })
+}
+
+/// The environment's overrides as a figment provider.
+pub(super) fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|rest| env_var_kind(rest.as_str()) == EnvVarKind::Override)
+        .split("__")
 }
 
 /// What a `CREDVEND_*` environment variable is to credvend.
@@ -333,7 +517,7 @@ pub(super) fn env_var_kind(rest: &str) -> EnvVarKind {
 /// Warns about each `CREDVEND_*` variable that is neither the config path nor an
 /// override ([`env_var_kind`]); one that starts like a section (`CREDVEND_LOG_LEVEL`)
 /// gets the override it probably meant.
-fn warn_unrelated_env_vars(report: &mut Report) {
+pub(super) fn warn_unrelated_env_vars(report: &mut Report) {
     let mut names: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| {
@@ -369,7 +553,7 @@ fn warn_unrelated_env_vars(report: &mut Report) {
 }
 
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
-fn read_toml(path: &Path, log: &mut ReadLog<'_>) -> Result<Dict, String> {
+pub(super) fn read_toml(path: &Path, log: &mut ReadLog<'_>) -> Result<Dict, String> {
     let text = log
         .read(path)
         .map_err(|e| format!("cannot read file: {e}"))?;
@@ -391,6 +575,43 @@ fn without_snippet(message: &str) -> String {
         .join(": ")
 }
 
+/// The `[mappings.*]` tables of one included file's parsed table, by name; any other
+/// key is a problem (an included file may hold only mappings).
+pub(super) fn included_mappings(
+    dict: Dict,
+    display: &str,
+    main_display: &str,
+    report: &mut Report,
+) -> Option<Dict> {
+    let mut found = None;
+    for (key, value) in dict {
+        if key == "mappings" {
+            found = Some(value);
+        } else {
+            let reason = if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                format!(
+                    "only [mappings.*] tables may appear in an included file; \
+                     move `{key}` to {main_display}"
+                )
+            } else {
+                "unknown key; an included file may hold only [mappings.*] tables".to_owned()
+            };
+            report.problem_in(display, &key, reason);
+        }
+    }
+    match found? {
+        Value::Dict(_, mappings) => Some(mappings),
+        _ => {
+            report.problem_in(
+                display,
+                "mappings",
+                "must be a table of [mappings.<name>] tables",
+            );
+            None
+        }
+    }
+}
+
 /// Records which file defines each mapping; a second definition is a problem naming
 /// both. Returns the names already defined elsewhere.
 fn note_mappings(
@@ -399,10 +620,20 @@ fn note_mappings(
     seen: &mut BTreeMap<String, String>,
     report: &mut Report,
 ) -> Vec<String> {
+    match dict.get("mappings") {
+        Some(Value::Dict(_, mappings)) => note_names(mappings, file, seen, report),
+        _ => Vec::new(),
+    }
+}
+
+/// [`note_mappings`] for a file's table of mappings.
+fn note_names(
+    mappings: &Dict,
+    file: &str,
+    seen: &mut BTreeMap<String, String>,
+    report: &mut Report,
+) -> Vec<String> {
     let mut duplicates = Vec::new();
-    let Some(Value::Dict(_, mappings)) = dict.get("mappings") else {
-        return duplicates;
-    };
     for name in mappings.keys() {
         if let Some(first) = seen.get(name) {
             report.problem_in(
@@ -424,7 +655,7 @@ fn note_mappings(
 /// Expands the `include` globs into files, in order, each glob's matches sorted. Also
 /// returns the directories the globs look in (watched for new drop-in files), and notes
 /// each of them with its file-name pattern in `sources`.
-fn resolve_includes(
+pub(super) fn resolve_includes(
     main: &Path,
     report: &mut Report,
     sources: &mut Sources,
@@ -529,13 +760,13 @@ pub(super) mod seam {
 /// figment asks a provider for its data once, when it is merged, and the provider is
 /// dropped right after; the data is handed over rather than copied ([`take_once`]): with
 /// 100,000 mappings in one file, a copy is a few hundred MiB of transient heap.
-struct TomlFile {
+pub(super) struct TomlFile {
     path: PathBuf,
     dict: Mutex<Option<Dict>>,
 }
 
 impl TomlFile {
-    fn new(path: &Path, dict: Dict) -> Self {
+    pub(super) fn new(path: &Path, dict: Dict) -> Self {
         Self {
             path: path.to_path_buf(),
             dict: Mutex::new(Some(dict)),
@@ -577,7 +808,7 @@ const INCLUDED: &str = "included TOML files";
 /// was quadratic (minutes at 100,000 files); the file a mapping's values came from is
 /// kept in [`Report::included`] instead of in figment's per-provider metadata.
 /// Its data is handed over like [`TomlFile`]'s.
-struct Included(Mutex<Option<Dict>>);
+pub(super) struct Included(pub(super) Mutex<Option<Dict>>);
 
 impl Provider for Included {
     fn metadata(&self) -> Metadata {
@@ -602,7 +833,7 @@ fn collect_tags(value: &Value, tags: &mut BTreeSet<Tag>) {
 /// Collects problems and warnings, attributing each to where its value came from.
 pub(super) struct Report {
     /// The included file that defined each mapping it has ([`Included`]).
-    included: HashMap<String, Arc<Path>>,
+    pub(super) included: HashMap<String, Arc<Path>>,
     /// The metadata of every provider a value in `root` came from, by the values' tag.
     /// The figment itself is not kept: it holds a second copy of the whole tree.
     metadata: BTreeMap<Tag, Metadata>,
@@ -615,7 +846,7 @@ pub(super) struct Report {
 }
 
 impl Report {
-    fn new(figment: Figment, main_file: &Path, main: String) -> Self {
+    pub(super) fn new(figment: Figment, main_file: &Path, main: String) -> Self {
         let mut report = Self {
             included: HashMap::new(),
             metadata: BTreeMap::new(),
@@ -631,7 +862,7 @@ impl Report {
 
     /// Takes the merged tree out of `figment` and keeps only the metadata its values'
     /// tags name; the figment (and its copy of the tree) is dropped.
-    fn set_figment(&mut self, figment: Figment) {
+    pub(super) fn set_figment(&mut self, figment: Figment) {
         match figment.find_value("") {
             Ok(root) => self.root = root,
             // Only a provider error lands here; ours never fail, the Env provider
@@ -779,7 +1010,13 @@ impl Report {
         self.check_permissions(path, permissions::Kind::File, file, key);
     }
 
-    fn check_permissions(&mut self, path: &Path, kind: permissions::Kind, file: &str, key: &str) {
+    pub(super) fn check_permissions(
+        &mut self,
+        path: &Path,
+        kind: permissions::Kind,
+        file: &str,
+        key: &str,
+    ) {
         let found = permissions::inspect(path, kind);
         for reason in found.problems {
             self.problem_in(file, key, reason);

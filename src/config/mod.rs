@@ -13,9 +13,11 @@
 //!
 //! The public types below are the contract the rest of the crate codes against;
 //! `raw` holds the serde shapes of the file, `load` the figment plumbing and problem
-//! attribution, `validate` and `rules` the checks.
+//! attribution, `validate` and `rules` the checks, `incremental` a reload that reads again
+//! only the files that changed.
 
 mod error;
+mod incremental;
 mod load;
 mod permissions;
 mod raw;
@@ -29,12 +31,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::aws_names::{PolicyArn, Region, RoleArn, SessionName, SourceIdentity};
 use crate::secret::{ExternalId, TokenHash};
 
 pub use error::{ConfigError, Problem};
+pub(crate) use incremental::ConfigChanges;
+pub(crate) use load::LoadIndex;
 pub use load::Sources;
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) use load::seam::set_after_read;
@@ -308,11 +313,20 @@ impl Config {
     /// include globs and the digest of the bytes parsed), valid or not. The reloader
     /// compares digests and watches the names.
     pub fn read(path: &Path) -> (Sources, Result<Config, ConfigError>) {
-        let (sources, loaded) = load::load(path);
-        (
-            sources,
-            loaded.and_then(|loaded| Self::validate(path, loaded)),
-        )
+        let (mut sources, loaded) = load::load(path);
+        let result = loaded.and_then(|loaded| Self::validate(path, loaded, &mut sources));
+        (sources, result)
+    }
+
+    /// What changed since the valid read `index` was taken of, reading again only the
+    /// files that changed ([`incremental`]; docs/design.md, Reload). `Err` says why only
+    /// a full [`Config::read`] can tell (a changed main file or environment, a problem
+    /// to report with every other).
+    pub(crate) fn read_changes(
+        path: &Path,
+        index: &LoadIndex,
+    ) -> (Sources, Result<ConfigChanges, &'static str>) {
+        incremental::read_changes(path, index)
     }
 
     /// What [`Config::read`] would read now and the digest it would give, without
@@ -323,13 +337,25 @@ impl Config {
         load::sources(path)
     }
 
-    fn validate(path: &Path, loaded: load::Loaded) -> Result<Config, ConfigError> {
+    fn validate(
+        path: &Path,
+        loaded: load::Loaded,
+        sources: &mut Sources,
+    ) -> Result<Config, ConfigError> {
         let load::Loaded {
             mut report,
             files,
             include_dirs,
+            facts,
         } = loaded;
         let config = validate::build(&mut report, files, include_dirs);
+        if report.problems.is_empty()
+            && let Some(config) = &config
+        {
+            sources.index =
+                load::IndexSlot(incremental::index(&report, config, &facts, path).map(Arc::new));
+        }
+        drop(facts);
         let warnings = report.finish()?;
         // `build` returns `None` only after reporting a problem, so `finish` has
         // already returned the error in that case.

@@ -597,6 +597,21 @@ impl Metrics {
         self.set_mappings(count);
     }
 
+    /// [`Metrics::sync_mappings`] for a reload that names only what changed: `added`
+    /// mappings (present ones keep their series) and `removed` ones.
+    pub fn change_mappings<'a>(
+        &self,
+        added: impl IntoIterator<Item = &'a str>,
+        removed: &std::collections::BTreeSet<String>,
+    ) {
+        let _writer = self
+            .mappings_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let count = self.per_mapping.update(added, removed);
+        self.set_mappings(count);
+    }
+
     /// Refreshes the gauges that mirror the cache (state, expiry, External ID
     /// enforcement) from a snapshot and
     /// catches `credvend_sts_rate_limited_total` up with the STS budget's count. Called

@@ -340,6 +340,27 @@ impl PerMapping {
         len
     }
 
+    /// [`PerMapping::sync`] by difference: `added` names (new ones start at zero,
+    /// present ones keep their values) and `removed` ones. Callers serialise writers.
+    pub fn update<'a>(
+        &self,
+        added: impl IntoIterator<Item = &'a str>,
+        removed: &std::collections::BTreeSet<String>,
+    ) -> usize {
+        let mut next: HashMap<Arc<str>, Arc<Series>> = (**self.series.load()).clone();
+        for name in removed {
+            next.remove(name.as_str());
+        }
+        for name in added {
+            if !next.contains_key(name) {
+                next.insert(Arc::from(name), Arc::new(Series::new()));
+            }
+        }
+        let len = next.len();
+        self.series.store(Arc::new(next));
+        len
+    }
+
     /// Appends, in text format 0.0.4, the six `mapping`-labelled families for the
     /// mappings `shown` picks, then the fleet families, which cover every mapping.
     /// Families without a series are left out, as the crate's encoder does.

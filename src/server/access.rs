@@ -10,7 +10,7 @@
 //! the lookup is keyed by the token's SHA-256, which an attacker cannot steer, and the
 //! match is then confirmed in constant time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::Request;
@@ -34,6 +34,7 @@ pub enum AuthFailure {
     UnknownMapping,
 }
 
+#[derive(Clone)]
 struct MappingAccess {
     tokens: Vec<TokenHash>,
 }
@@ -65,6 +66,44 @@ impl AccessTable {
             mappings,
             by_token,
             hosts: HostAllowList::new(&config.server.listen, &config.server.allowed_hosts),
+        }
+    }
+
+    /// This table with `changes`' mappings (new or replaced) put in and the `removed`
+    /// ones taken out; the `Host` rules are `changes`' (a reload that read only the
+    /// files that changed, docs/design.md, Reload). The other mappings' entries are
+    /// copied, not rebuilt from a whole configuration.
+    pub fn with_changes(&self, changes: &Config, removed: &BTreeSet<String>) -> Self {
+        let mut mappings = self.mappings.clone();
+        let mut by_token = self.by_token.clone();
+        let replaced = removed
+            .iter()
+            .map(String::as_str)
+            .chain(changes.mappings.keys().map(String::as_str));
+        for name in replaced {
+            if let Some(old) = mappings.remove(name) {
+                for token in &old.tokens {
+                    if by_token.get(token).is_some_and(|owner| owner == name) {
+                        by_token.remove(token);
+                    }
+                }
+            }
+        }
+        for (name, mapping) in &changes.mappings {
+            for token in &mapping.token_sha256 {
+                by_token.insert(*token, name.clone());
+            }
+            mappings.insert(
+                name.clone(),
+                MappingAccess {
+                    tokens: mapping.token_sha256.clone(),
+                },
+            );
+        }
+        Self {
+            mappings,
+            by_token,
+            hosts: HostAllowList::new(&changes.server.listen, &changes.server.allowed_hosts),
         }
     }
 

@@ -350,6 +350,26 @@ impl JobTokens {
         self.finish(state, removed, JobTokenEnd::MappingRemoved)
     }
 
+    /// [`JobTokens::retain_mappings`] for a reload that names only what changed:
+    /// `added` mappings may mint, `removed` ones lose their tokens.
+    pub fn change_mappings<'a>(
+        &self,
+        added: impl IntoIterator<Item = &'a str>,
+        removed: &BTreeSet<String>,
+    ) -> usize {
+        let mut state = self.lock();
+        for name in removed {
+            state.mappings.remove(name);
+        }
+        state.mappings.extend(added.into_iter().map(str::to_owned));
+        let removed = self.take_where(
+            &mut state,
+            |_| true,
+            |state, t| !state.mappings.contains(&t.mapping),
+        );
+        self.finish(state, removed, JobTokenEnd::MappingRemoved)
+    }
+
     /// Removes every expired token (counted as expired) and returns the earliest expiry
     /// still ahead.
     pub fn sweep(&self) -> Option<SystemTime> {
