@@ -899,6 +899,285 @@ mod tests {
         )
     }
 
+    /// An include directory of `count` files of one mapping each (`m0000`…, not
+    /// prefetched), loaded, and a daemon and reloader on it, with the files' index aged
+    /// by an hour (as if they were last changed long before they were read: `stat`
+    /// vouches for them, nothing needs reading again to be sure).
+    struct Included {
+        _tmp: TempDir,
+        main: PathBuf,
+        include: PathBuf,
+        sts: Arc<CountingSts>,
+        daemon: Arc<Daemon>,
+        reloader: Reloader,
+    }
+
+    fn included(label: &str, count: usize) -> Included {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = TempDir::new(label);
+        let dir = tmp.0.clone();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let include = dir.join("mappings.d");
+        std::fs::create_dir(&include).unwrap();
+        std::fs::set_permissions(&include, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let main = dir.join("credvend.toml");
+        write_private(
+            &main,
+            "include = \"mappings.d/*.toml\"\n\n[sts]\nregion = \"us-east-1\"\n\
+             endpoint_url = \"http://127.0.0.1:9\"\nmax_requests_per_second = 100000\n",
+        );
+        for i in 0..count {
+            write_private(
+                &include.join(format!("m{i:04}.toml")),
+                &mapping_file(i, &format!("role-{i}"))
+                    .replace("prefetch = true", "prefetch = false"),
+            );
+        }
+        let (sources, config) = Config::read(&main);
+        let config = config.unwrap_or_else(|e| panic!("{:?}", e.problems));
+        assert_eq!(config.mappings.len(), count);
+        assert!(sources.index.0.is_some(), "a valid read leaves its index");
+        let clock = crate::clock::ManualClock::starting_now();
+        let sts = Arc::new(CountingSts {
+            clock: clock.clone(),
+            roles: Mutex::new(Vec::new()),
+            probes: Default::default(),
+        });
+        let daemon = Arc::new(Daemon::new(&config, sts.clone(), Arc::new(clock)));
+        let reloader = Reloader::new(main.clone(), config, sources, daemon.clone());
+        age_index(&reloader);
+        Included {
+            _tmp: tmp,
+            main,
+            include,
+            sts,
+            daemon,
+            reloader,
+        }
+    }
+
+    /// Moves the time each file of the index was looked at an hour on.
+    fn age_index(reloader: &Reloader) {
+        let mut state = reloader.lock();
+        for record in state.index.as_mut().expect("an index").files.values_mut() {
+            record.facts.checked_at += 3_600 * 1_000_000_000;
+        }
+    }
+
+    impl Included {
+        fn file(&self, i: usize) -> PathBuf {
+            self.include.join(format!("m{i:04}.toml"))
+        }
+
+        /// The files the last reload read again.
+        fn reread(&self) -> Vec<PathBuf> {
+            self.reloader
+                .sources()
+                .reread
+                .expect("the last reload read only what changed")
+        }
+
+        fn names(&self) -> BTreeSet<String> {
+            self.daemon
+                .cache
+                .status()
+                .into_iter()
+                .map(|s| s.name)
+                .collect()
+        }
+
+        /// The role `name` is assumed with now (one AssumeRole).
+        async fn role_of(&self, name: &str) -> String {
+            self.daemon
+                .cache
+                .get(name)
+                .await
+                .expect("the mapping vends");
+            self.sts.roles.lock().unwrap().last().cloned().unwrap()
+        }
+    }
+
+    /// A reload after one of many included files changed reads and parses that file and
+    /// the main file, no other, and applies the change; a file added, and one removed,
+    /// likewise. Counted by the files the reload read (`Sources::reread`), not by time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_reads_again_only_the_included_files_that_changed() {
+        const COUNT: usize = 200;
+        let t = included("only-changed", COUNT);
+        let generation = t.daemon.generation();
+        assert_eq!(t.role_of("m0007").await, crate::testing::role_arn("role-7"));
+
+        // A file event with nothing changed reads only the main file.
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Unchanged
+        );
+        assert_eq!(t.reread(), [t.main.clone()]);
+
+        write_private(
+            &t.file(7),
+            &mapping_file(7, "changed").replace("prefetch = true", "prefetch = false"),
+        );
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Applied
+        );
+        assert_eq!(t.reread(), [t.main.clone(), t.file(7)], "read again");
+        // Time passes: the file just read is no longer too recent for `stat` to vouch.
+        age_index(&t.reloader);
+        assert_eq!(
+            t.role_of("m0007").await,
+            crate::testing::role_arn("changed")
+        );
+        assert_eq!(t.names().len(), COUNT);
+
+        // A new file, and one gone; then a SIGHUP with nothing changed.
+        write_private(
+            &t.file(COUNT),
+            &mapping_file(COUNT, "new").replace("prefetch = true", "prefetch = false"),
+        );
+        std::fs::remove_file(t.file(3)).unwrap();
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Applied
+        );
+        assert_eq!(t.reread(), [t.main.clone(), t.file(COUNT)]);
+        age_index(&t.reloader);
+        let names = t.names();
+        assert_eq!(names.len(), COUNT, "one added, one removed");
+        assert!(names.contains(&format!("m{COUNT:04}")) && !names.contains("m0003"));
+        assert_eq!(
+            t.role_of(&format!("m{COUNT:04}")).await,
+            crate::testing::role_arn("new")
+        );
+        assert_eq!(t.reloader.reload(Trigger::Signal), ReloadOutcome::Applied);
+        assert_eq!(t.reread(), [t.main.clone()]);
+        assert_eq!(t.names(), names);
+        // The generation counts every reload applied.
+        assert_eq!(t.daemon.generation(), generation + 3);
+    }
+
+    /// A changed file that is invalid, or that defines a mapping another (unchanged) file
+    /// has, is refused with its file, key and reason, as a full read reports it; the
+    /// configuration before keeps serving; fixed, it is applied reading only that file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_changed_file_is_refused_with_file_key_and_reason_and_the_old_config_serves() {
+        let t = included("bad-changed", 50);
+        let plain = |i: usize, role: &str| {
+            mapping_file(i, role).replace("prefetch = true", "prefetch = false")
+        };
+        let file = t.file(9);
+        let file_name = file.display().to_string();
+        let generation = t.daemon.generation();
+
+        write_private(
+            &file,
+            &plain(9, "x").replace("arn:aws:iam::", "arn:aws:nope::"),
+        );
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Rejected
+        );
+        let problems = t.daemon.last_reload().expect("recorded").problems;
+        assert!(
+            problems.iter().any(|p| p.file == file_name
+                && p.key == "mappings.m0009.role_arn"
+                && !p.reason.is_empty()),
+            "{problems:?}"
+        );
+        assert_eq!(
+            t.role_of("m0009").await,
+            crate::testing::role_arn("role-9"),
+            "old config serves"
+        );
+        assert_eq!(t.daemon.generation(), generation, "nothing applied");
+
+        // Another file's mapping name in the changed file.
+        write_private(&file, &plain(9, "role-9").replace("m0009", "m0010"));
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Rejected
+        );
+        let problems = t.daemon.last_reload().expect("recorded").problems;
+        assert!(
+            problems.iter().any(|p| p.key == "mappings.m0010"
+                && p.reason.contains("already defined in")
+                && (p.file == file_name || p.reason.contains(&file_name))),
+            "{problems:?}"
+        );
+        assert!(t.names().contains("m0009"), "old config serves");
+        assert_eq!(t.daemon.generation(), generation, "nothing applied");
+
+        // Another mapping's token in the changed file.
+        write_private(
+            &file,
+            &plain(9, "role-9").replace(&format!("{:064x}", 10), &format!("{:064x}", 11)),
+        );
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Rejected
+        );
+        let problems = t.daemon.last_reload().expect("recorded").problems;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key.ends_with("token_sha256") && p.reason.contains("also listed by")),
+            "{problems:?}"
+        );
+        assert_eq!(t.daemon.generation(), generation, "nothing applied");
+
+        write_private(&file, &plain(9, "fixed"));
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Applied
+        );
+        assert_eq!(t.reread(), [t.main.clone(), file.clone()]);
+        assert_eq!(t.role_of("m0009").await, crate::testing::role_arn("fixed"));
+    }
+
+    /// A rewrite in place of the same size inside the file system's timestamp
+    /// granularity leaves `stat` as it was; a file whose last change is that close to
+    /// the moment it was read is compared by its bytes, so the rewrite is applied. Here
+    /// the index is made to hold the rewritten file's very `stat` (what a same-tick
+    /// rewrite leaves), with the time it was looked at just before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_same_size_rewrite_that_stat_cannot_see_is_still_applied() {
+        use std::io::Write as _;
+        let t = included("racy", 20);
+        let file = t.file(4);
+        let before = std::fs::read_to_string(&file).unwrap();
+        let after = before.replace("role-4", "role-x");
+        assert_eq!(before.len(), after.len());
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all(after.as_bytes()).unwrap();
+        drop(f);
+        let stat = crate::config::FileStat::of(&file).unwrap();
+        {
+            let mut state = t.reloader.lock();
+            let record = state.index.as_mut().unwrap().files.get_mut(&file).unwrap();
+            record.facts.stat = stat;
+            record.facts.checked_at = stat.ctime_ns;
+        }
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Applied
+        );
+        assert_eq!(
+            t.reread(),
+            [t.main.clone(), file.clone(), file.clone()],
+            "compared, then parsed"
+        );
+        assert_eq!(t.role_of("m0004").await, crate::testing::role_arn("role-x"));
+
+        // Looked at long after its last change, a file `stat` vouches for is not read.
+        age_index(&t.reloader);
+        assert_eq!(
+            t.reloader.reload(Trigger::FileChange),
+            ReloadOutcome::Unchanged
+        );
+        assert_eq!(t.reread(), [t.main.clone()]);
+    }
+
     /// Exactly one AssumeRole for a reload changing one of many warm mappings: 1,000
     /// `prefetch` mappings, one file each in an include directory, all warm; one file
     /// gets another role. The reload (a file event, twice) calls STS for that mapping
