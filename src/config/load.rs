@@ -691,14 +691,15 @@ pub(super) fn resolve_includes(
         } else {
             full_path.parent().map(|p| base_dir.join(p))
         };
-        if let Some(dir) = dir.filter(|d| !d.to_string_lossy().contains(['*', '?', '['])) {
+        let dir = dir.filter(|d| !d.to_string_lossy().contains(['*', '?', '[']));
+        if let Some(dir) = &dir {
             if let Some(name) = full_path.file_name() {
                 sources
                     .include_globs
                     .push((dir.clone(), name.to_string_lossy().into_owned()));
             }
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
             }
         }
         let paths = match glob::glob(&full) {
@@ -708,12 +709,22 @@ pub(super) fn resolve_includes(
                 continue;
             }
         };
+        let fast = match (&dir, full_path.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(name)) if name.contains(['*', '?', '[']) => matches_in(dir, name),
+            _ => None,
+        };
         let mut matched = Vec::new();
-        for entry in paths {
-            match entry {
-                Ok(path) if path.is_file() => matched.push(path),
-                Ok(_) => {}
-                Err(e) => report.problem(&["include"], format!("cannot read `{pattern}`: {e}")),
+        if let Some(fast) = fast {
+            matched = fast;
+        } else {
+            for entry in paths {
+                match entry {
+                    Ok(path) if path.is_file() => matched.push(path),
+                    Ok(_) => {}
+                    Err(e) => {
+                        report.problem(&["include"], format!("cannot read `{pattern}`: {e}"));
+                    }
+                }
             }
         }
         // An empty drop-in directory is normal; a named file that is missing is a typo.
@@ -728,6 +739,46 @@ pub(super) fn resolve_includes(
         out.extend(matched);
     }
     (out, dirs)
+}
+
+/// The files in `dir` whose name matches the glob `name`, as `glob::glob` on
+/// `dir/name` finds them (`*` matches a leading dot too, a symlink counts when it leads
+/// to a file), for a glob whose wildcards are all in its last component. One directory
+/// read, and a `stat` only for a symlink: `glob` and `is_file` take a `stat` per file,
+/// a few hundred milliseconds at 100,000 files. `None` when this cannot say the same
+/// as `glob` would (a `.` or `..` in `dir`, a name not UTF-8, an unreadable directory):
+/// the caller asks `glob`.
+fn matches_in(dir: &Path, name: &str) -> Option<Vec<PathBuf>> {
+    use std::path::Component;
+    let plain = dir
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::RootDir));
+    let canonical: PathBuf = dir.components().collect();
+    if !plain || canonical.as_os_str() != dir.as_os_str() {
+        return None;
+    }
+    let pattern = glob::Pattern::new(name).ok()?;
+    let options = glob::MatchOptions::new();
+    let mut matched = Vec::new();
+    for entry in fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        let file_name = entry.file_name();
+        let file_name = file_name.to_str()?;
+        if !pattern.matches_with(file_name, options) {
+            continue;
+        }
+        let file_type = entry.file_type().ok()?;
+        let path = dir.join(file_name);
+        let is_file = if file_type.is_symlink() {
+            path.is_file()
+        } else {
+            file_type.is_file()
+        };
+        if is_file {
+            matched.push(path);
+        }
+    }
+    Some(matched)
 }
 
 /// A test seam: a hook run once, on the thread loading, after every file was read and
@@ -1101,6 +1152,52 @@ fn describe(kind: &figment::error::Kind, path: &[&str]) -> String {
 #[cfg(test)]
 mod provider_tests {
     use super::*;
+
+    /// The one-directory-read listing of an include glob finds what `glob` finds:
+    /// dot files, symlinks to files (not broken ones, not directories), classes.
+    #[test]
+    fn an_include_directory_listing_matches_what_glob_finds() {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(format!("credvend-glob-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub.toml")).unwrap();
+        for name in [
+            "a.toml",
+            "b.toml",
+            ".hidden.toml",
+            "c.txt",
+            "[x].toml",
+            "ab.toml",
+        ] {
+            fs::write(dir.join(name), "").unwrap();
+        }
+        symlink(dir.join("a.toml"), dir.join("link.toml")).unwrap();
+        symlink(dir.join("missing"), dir.join("broken.toml")).unwrap();
+        symlink(dir.join("sub.toml"), dir.join("dirlink.toml")).unwrap();
+        for name in [
+            "*.toml",
+            "?.toml",
+            "[ab].toml",
+            "*",
+            "a*",
+            "*.t?ml",
+            "[!a]*.toml",
+        ] {
+            let mut fast = matches_in(&dir, name).expect("a plain directory");
+            fast.sort();
+            let full = format!("{}/{name}", dir.display());
+            let mut slow: Vec<PathBuf> = glob::glob(&full)
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            slow.sort();
+            assert_eq!(fast, slow, "{name}");
+        }
+        assert_eq!(matches_in(&dir.join("../x"), "*.toml"), None);
+        assert_eq!(matches_in(&dir.join("./x"), "*.toml"), None);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     /// The parsed tree is moved into figment, not copied (a copy of 100,000 mappings is
     /// a few hundred MiB of transient heap), and a second request is an error rather
