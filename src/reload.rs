@@ -1,8 +1,11 @@
 //! Hot reload (docs/design.md, Reload): `SIGHUP`, or a change on disk of the config file,
 //! an included file, or a file appearing in an include directory.
 //!
-//! Every reload re-reads and re-validates everything, then swaps atomically through
-//! [`Daemon::apply_config`]: only mappings whose AssumeRole inputs changed lose their
+//! A reload reads again, parses and validates only the included files that changed
+//! ([`Config::read_changes`]; a changed main file or environment, or any problem, takes
+//! the full read, which reports every problem as a start-up would), then swaps
+//! atomically through [`Daemon::apply_changes`] (or [`Daemon::apply_config`] after a
+//! full read): only mappings whose AssumeRole inputs changed lose their
 //! credentials, removed mappings stop serving, new ones work at once, and requests in
 //! flight finish against the generation they started with. An invalid file is rejected
 //! whole — the running configuration keeps serving — with one ERROR per problem (file,

@@ -39,10 +39,12 @@ use crate::secret::{ExternalId, TokenHash};
 
 pub use error::{ConfigError, Problem};
 pub(crate) use incremental::ConfigChanges;
+#[cfg(test)]
+pub(crate) use load::FileStat;
+pub(crate) use load::LoadIndex;
 pub use load::Sources;
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) use load::seam::set_after_read;
-pub(crate) use load::{FileStat, LoadIndex};
 
 /// Environment variable naming the config file (read by the CLI; never a config key).
 pub const CONFIG_PATH_ENV: &str = load::CONFIG_PATH_VAR;
