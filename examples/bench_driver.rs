@@ -1042,7 +1042,7 @@ async fn scale_idle(dir: &Path) {
             check.code().unwrap_or(-1)
         );
         if let Some(baseline) = &baseline
-            && let Some((figures, _baseline_proc)) = measure_idle(
+            && let Some((figures, baseline_proc)) = measure_idle(
                 baseline,
                 config,
                 &dir.join("idle-baseline.log"),
@@ -1053,6 +1053,17 @@ async fn scale_idle(dir: &Path) {
             .await
         {
             print_idle(&format!("baseline {}", baseline.display()), &figures);
+            if layout == "include" {
+                idle_reload(
+                    &sts,
+                    &include_dir,
+                    &mappings[target],
+                    listen,
+                    &baseline_proc,
+                    "baseline",
+                )
+                .await;
+            }
         }
         let Some((figures, credvend)) = measure_idle(
             &binary,
@@ -1068,7 +1079,15 @@ async fn scale_idle(dir: &Path) {
         };
         print_idle("this build", &figures);
         if layout == "include" {
-            idle_reload(&sts, &include_dir, &mappings[target], listen, &credvend).await;
+            idle_reload(
+                &sts,
+                &include_dir,
+                &mappings[target],
+                listen,
+                &credvend,
+                "this-build",
+            )
+            .await;
         }
         drop(credvend);
     }
@@ -1092,14 +1111,16 @@ async fn scale_idle(dir: &Path) {
     let _ = std::fs::remove_dir_all(&include_dir);
 }
 
-/// Changes one mapping's included file (its External ID) and sends SIGHUP: time until
-/// the mapping serves a new credential, the AssumeRole calls in the 3 s after, peak RSS.
+/// Changes one mapping's included file (its External ID, to one ending in `label`) and
+/// sends SIGHUP: time until the mapping serves a new credential, the AssumeRole calls in
+/// the 3 s after, peak RSS.
 async fn idle_reload(
     sts: &FakeSts,
     include_dir: &Path,
     mapping: &MappingSpec,
     listen: SocketAddr,
     credvend: &Proc,
+    label: &str,
 ) {
     let path = format!("/v1/credentials/{}", mapping.name);
     let before = http::get_with_token(listen, &path, &mapping.token).await;
@@ -1120,7 +1141,7 @@ async fn idle_reload(
     let changed = MappingSpec {
         name: mapping.name.clone(),
         role: mapping.role.clone(),
-        external_id: format!("{}-rotated", mapping.external_id),
+        external_id: format!("{}-rotated-{label}", mapping.external_id),
         token: mapping.token.clone(),
         prefetch: false,
     };

@@ -150,17 +150,17 @@ fn changes(
         return Err("the environment changed");
     }
     let main_display = main.display().to_string();
-    let main_dict = load::read_toml(main, log).map_err(|_| "the main file does not parse")?;
+    let text = log.read(main).map_err(|_| "the main file cannot be read")?;
     let main_facts = log.facts.get(main).ok_or("the main file has no stat")?;
     if main_key(main_facts) != index.main {
         return Err("the main file changed");
     }
-    let without_mappings: Dict = main_dict
-        .into_iter()
-        .filter(|(key, _)| key.as_str() != "mappings")
-        .collect();
-    let base =
-        Figment::from(TomlFile::new(main, without_mappings.clone())).merge(load::env_provider());
+    // The main file is the one applied: parsed whole only if a file of mappings is read
+    // again (for its settings); `include` is found in its top-level keys, before its
+    // first table (with all the mappings in the main file, a whole parse would cost
+    // hundreds of MiB at every look).
+    let include = load::include_of(&text).ok_or("the main file's include does not parse")?;
+    let base = Figment::from(TomlFile::new(main, include)).merge(load::env_provider());
     let mut report = Report::new(base, main, main_display.clone());
     report.check_private_file(main, &main_display);
     load::warn_unrelated_env_vars(&mut report);
@@ -279,6 +279,11 @@ fn changes(
     let config = if included.is_empty() {
         None
     } else {
+        let without_mappings: Dict = toml::from_str::<Dict>(&text)
+            .map_err(|_| "the main file does not parse")?
+            .into_iter()
+            .filter(|(key, _)| key.as_str() != "mappings")
+            .collect();
         let mut dict = Dict::new();
         dict.insert("mappings".to_owned(), Value::from(included));
         let figment = Figment::from(TomlFile::new(main, without_mappings))

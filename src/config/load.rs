@@ -346,30 +346,11 @@ pub(super) fn load(main: &Path) -> (Sources, Result<Loaded, ConfigError>) {
 /// heap). A main file [`load`] cannot parse may give a different digest here (it hashes
 /// the includes too): that reads as a change, and the full reload then reports it.
 pub(super) fn sources(main: &Path) -> Sources {
-    #[derive(serde::Deserialize)]
-    struct IncludeOnly {
-        include: Option<Value>,
-    }
     let mut sources = Sources::default();
     let mut log = ReadLog::new(&mut sources, false);
     let main_display = main.display().to_string();
-    // `include` is a top-level key, so it comes before the first table header: only
-    // that prefix is parsed (the mappings after it would cost a full parse tree).
-    let include = log.read(main).ok().and_then(|text| {
-        let mut end = 0;
-        for line in text.split_inclusive('\n') {
-            if line.trim_start().starts_with('[') {
-                break;
-            }
-            end += line.len();
-        }
-        toml::from_str::<IncludeOnly>(&text[..end]).ok()
-    });
-    if let Some(IncludeOnly { include }) = include {
-        let mut dict = Dict::new();
-        if let Some(include) = include {
-            dict.insert("include".to_owned(), include);
-        }
+    let include = log.read(main).ok().and_then(|text| include_of(&text));
+    if let Some(dict) = include {
         let base = Figment::from(TomlFile::new(main, dict)).merge(env_provider());
         let mut report = Report::new(base, main, main_display);
         let (includes, include_dirs) = resolve_includes(main, &mut report, log.sources);
@@ -386,6 +367,30 @@ pub(super) fn sources(main: &Path) -> Sources {
     let digest = log.hasher.finalize().into();
     sources.digest = digest;
     sources
+}
+
+/// The main file's `include` key (a table holding it, or nothing), from `text`:
+/// `include` is a top-level key, so it comes before the first table header, and only
+/// that prefix is parsed (the mappings after it would cost a full parse tree). `None`
+/// when that prefix does not parse.
+pub(super) fn include_of(text: &str) -> Option<Dict> {
+    #[derive(serde::Deserialize)]
+    struct IncludeOnly {
+        include: Option<Value>,
+    }
+    let mut end = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('[') {
+            break;
+        }
+        end += line.len();
+    }
+    let IncludeOnly { include } = toml::from_str::<IncludeOnly>(&text[..end]).ok()?;
+    let mut dict = Dict::new();
+    if let Some(include) = include {
+        dict.insert("include".to_owned(), include);
+    }
+    Some(dict)
 }
 
 fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError> {
@@ -418,6 +423,17 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
     let _ = note_mappings(&main_dict, &main_display, &mut mapping_files, &mut report);
     let mut files = vec![main.to_path_buf()];
+    // Without an environment override of a mapping's key, the mappings (the main
+    // file's and the included files') never go through figment: they are moved into
+    // the merged tree after it is built ([`Report::put_mappings`]). figment would hold
+    // one copy of them and hand out another, each a few hundred MiB at 100,000
+    // mappings. Their values carry no provider tag; [`Report::origin`] attributes them
+    // by the file each mapping came from ([`Report::included`]) or to the main file.
+    let (_, env_overrides_mappings) = env_digest();
+    let mut main_dict = main_dict;
+    let mut mappings_aside = (!env_overrides_mappings)
+        .then(|| main_dict.remove("mappings"))
+        .flatten();
     let mut figment = Figment::from(TomlFile::new(main, main_dict));
 
     let (includes, include_dirs) = resolve_includes(main, &mut report, log.sources);
@@ -462,16 +478,29 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         }
         files.push(include);
     }
-    if !included.is_empty() {
-        let mut dict = Dict::new();
-        dict.insert("mappings".to_owned(), Value::from(included));
-        figment = figment.merge(Included(Mutex::new(Some(dict))));
+    if env_overrides_mappings {
+        if !included.is_empty() {
+            let mut dict = Dict::new();
+            dict.insert("mappings".to_owned(), Value::from(included));
+            figment = figment.merge(Included(Mutex::new(Some(dict))));
+        }
+    } else if !included.is_empty() {
+        match &mut mappings_aside {
+            Some(Value::Dict(_, mappings)) => mappings.extend(included),
+            // The main file's `mappings` is not a table: reported as such, and the
+            // included mappings are left out as with figment's merge.
+            Some(_) => {}
+            None => mappings_aside = Some(Value::from(included)),
+        }
     }
     report.included = included_files;
     #[cfg(any(test, feature = "test-util"))]
     seam::after_read();
 
     report.set_figment(figment.merge(env));
+    if let Some(mappings) = mappings_aside {
+        report.put_mappings(mappings);
+    }
     Ok(Loaded {
         report,
         files,
@@ -929,6 +958,14 @@ impl Report {
             .collect();
     }
 
+    /// Puts `mappings` into the merged tree as its `mappings` table, moved, not copied
+    /// (the mappings set aside from figment in [`load`]).
+    fn put_mappings(&mut self, mappings: Value) {
+        if let Value::Dict(_, root) = &mut self.root {
+            root.insert("mappings".to_owned(), mappings);
+        }
+    }
+
     fn get_metadata(&self, tag: Tag) -> Option<&Metadata> {
         self.metadata.get(&tag)
     }
@@ -966,7 +1003,13 @@ impl Report {
     /// The file a value at `path` came from, if it came from a file.
     pub fn origin_file(&self, path: &[&str]) -> Option<PathBuf> {
         let (_, value) = self.deepest(path);
-        let metadata = self.get_metadata(value.tag())?;
+        let Some(metadata) = self.get_metadata(value.tag()) else {
+            // A mapping put in beside figment: its included file, or the main file.
+            return Some(
+                self.included_file(path)
+                    .map_or_else(|| self.main_file.clone(), Path::to_path_buf),
+            );
+        };
         if metadata.name == INCLUDED {
             return self.included_file(path).map(Path::to_path_buf);
         }
@@ -993,7 +1036,11 @@ impl Report {
                 source: Some(Source::File(file)),
                 ..
             }) => file.display().to_string(),
-            Some(metadata) if metadata.name == INCLUDED => self
+            // `None`: a mapping put in beside figment ([`Report::put_mappings`]).
+            Some(Metadata { name, .. }) if name == INCLUDED => self
+                .included_file(path)
+                .map_or_else(|| self.main.clone(), |file| file.display().to_string()),
+            None => self
                 .included_file(path)
                 .map_or_else(|| self.main.clone(), |file| file.display().to_string()),
             Some(metadata) if metadata.name.contains("environment") => {
