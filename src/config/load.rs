@@ -127,14 +127,23 @@ impl<'a> ReadLog<'a> {
 
     /// Reads `path` whole, recording its name and bytes (or the failure).
     pub(super) fn read(&mut self, path: &Path) -> std::io::Result<String> {
+        let stat = self.record.then(|| FileStat::of(path)).flatten();
+        self.read_with(path, stat)
+    }
+
+    /// [`ReadLog::read`] with the file's `stat` taken just before by the caller.
+    pub(super) fn read_with(
+        &mut self,
+        path: &Path,
+        stat: Option<FileStat>,
+    ) -> std::io::Result<String> {
         self.sources.files.push(path.to_path_buf());
         if let Some(reread) = &mut self.sources.reread {
             reread.push(path.to_path_buf());
         }
-        // The file's identity and times before its bytes: an edit landing after this
-        // makes the next read's `stat` differ, or falls in the window
+        // The file's identity and times before its bytes (`stat`): an edit landing
+        // after it makes the next read's `stat` differ, or falls in the window
         // [`FileStat::racy`] re-reads.
-        let stat = self.record.then(|| FileStat::of(path)).flatten();
         let checked_at = unix_nanos(std::time::SystemTime::now());
         let result = fs::read_to_string(path);
         match &result {
@@ -154,7 +163,10 @@ impl<'a> ReadLog<'a> {
             }
             Err(e) => self.file_digest(path, None, Some(e.kind())),
         }
-        self.permissions(path);
+        match stat {
+            Some(stat) => self.mode(stat.mode, stat.uid),
+            None => self.permissions(path),
+        }
         result
     }
 
@@ -446,6 +458,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     }
     // A set beside the list: `files.contains` was quadratic, minutes at 100,000 files.
     let mut read: HashSet<PathBuf> = files.iter().cloned().collect();
+    let running_as = permissions::running_as();
     // Every included mapping, merged into the figment as one provider ([`Included`]),
     // and the file each came from.
     let mut included = Dict::new();
@@ -455,8 +468,19 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
             continue;
         }
         let display = include.display().to_string();
-        report.check_private_file(&include, &display);
-        let dict = match read_toml(&include, log) {
+        // One `stat` for the permission check and the read's record.
+        let stat = FileStat::of(&include);
+        match stat {
+            Some(stat)
+                if permissions::nothing_to_find(
+                    stat.mode,
+                    stat.uid,
+                    permissions::Kind::File,
+                    running_as,
+                ) => {}
+            _ => report.check_private_file(&include, &display),
+        }
+        let dict = match read_toml_with(&include, stat, log) {
             Ok(dict) => dict,
             Err(reason) => {
                 report.problem_in(&display, "", reason);
@@ -583,8 +607,18 @@ pub(super) fn warn_unrelated_env_vars(report: &mut Report) {
 
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
 pub(super) fn read_toml(path: &Path, log: &mut ReadLog<'_>) -> Result<Dict, String> {
+    let stat = log.record.then(|| FileStat::of(path)).flatten();
+    read_toml_with(path, stat, log)
+}
+
+/// [`read_toml`] with the file's `stat` taken just before by the caller.
+pub(super) fn read_toml_with(
+    path: &Path,
+    stat: Option<FileStat>,
+    log: &mut ReadLog<'_>,
+) -> Result<Dict, String> {
     let text = log
-        .read(path)
+        .read_with(path, stat)
         .map_err(|e| format!("cannot read file: {e}"))?;
     toml::from_str::<Dict>(&text).map_err(|e| without_snippet(&e.to_string()))
 }

@@ -46,6 +46,22 @@ pub(super) fn inspect(path: &Path, kind: Kind) -> Findings {
     inspect_as(path, kind, rustix::process::geteuid().as_raw())
 }
 
+/// Whether a file or directory with this mode and owner (after symlinks) certainly
+/// has no finding: the common case, a private file of root or the service user, finds
+/// nothing whatever the mount, so the path need not be resolved nor its file system
+/// asked about (most of the cost of reading 100,000 included files). A caller that has
+/// the `stat` already skips [`inspect`] then.
+pub(super) fn nothing_to_find(mode: u32, owner: u32, kind: Kind, running_as: u32) -> bool {
+    let mode = mode & 0o7777;
+    let readable = kind == Kind::File && mode & 0o044 != 0;
+    mode & 0o022 == 0 && (owner == 0 || owner == running_as) && !readable
+}
+
+/// The effective user id of this process.
+pub(super) fn running_as() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// [`inspect`] for a process running as `running_as`.
 pub(super) fn inspect_as(path: &Path, kind: Kind, running_as: u32) -> Findings {
     use std::os::unix::fs::MetadataExt;
@@ -56,11 +72,7 @@ pub(super) fn inspect_as(path: &Path, kind: Kind, running_as: u32) -> Findings {
     };
     let mode = metadata.mode() & 0o7777;
     let owner = metadata.uid();
-    // The common case, a private file of root or the service user, finds nothing
-    // whatever the mount: skip resolving the path and asking about its file system
-    // (most of the cost of reading 100,000 included files).
-    let readable = kind == Kind::File && mode & 0o044 != 0;
-    if mode & 0o022 == 0 && (owner == 0 || owner == running_as) && !readable {
+    if nothing_to_find(mode, owner, kind, running_as) {
         return Findings::default();
     }
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
