@@ -1015,7 +1015,7 @@ mod tests {
             t.reloader.reload(Trigger::FileChange),
             ReloadOutcome::Unchanged
         );
-        assert_eq!(t.reread(), [t.main.clone()]);
+        assert_eq!(t.reread(), std::slice::from_ref(&t.main));
 
         write_private(
             &t.file(7),
@@ -1054,7 +1054,7 @@ mod tests {
             crate::testing::role_arn("new")
         );
         assert_eq!(t.reloader.reload(Trigger::Signal), ReloadOutcome::Applied);
-        assert_eq!(t.reread(), [t.main.clone()]);
+        assert_eq!(t.reread(), std::slice::from_ref(&t.main));
         assert_eq!(t.names(), names);
         // The generation counts every reload applied.
         assert_eq!(t.daemon.generation(), generation + 3);
@@ -1178,7 +1178,7 @@ mod tests {
             t.reloader.reload(Trigger::FileChange),
             ReloadOutcome::Unchanged
         );
-        assert_eq!(t.reread(), [t.main.clone()]);
+        assert_eq!(t.reread(), std::slice::from_ref(&t.main));
     }
 
     /// Exactly one AssumeRole for a reload changing one of many warm mappings: 1,000

@@ -275,12 +275,15 @@ pub(crate) struct FileFacts {
     pub(crate) checked_at: i64,
 }
 
+/// The mappings a file defined, each with its token hashes.
+pub(crate) type OwnedMappings = Box<[(Box<str>, Box<[crate::secret::TokenHash]>)]>;
+
 /// What one included file contributed to a valid configuration: what it was when read,
 /// and the mappings it defined with their token hashes (for the checks across files).
 #[derive(Debug, Clone)]
 pub(crate) struct FileRecord {
     pub(crate) facts: FileFacts,
-    pub(crate) mappings: Box<[(Box<str>, Box<[crate::secret::TokenHash]>)]>,
+    pub(crate) mappings: OwnedMappings,
     /// One of its mappings reads an `external_id_file`, whose bytes are not in the
     /// digest: the file is read and validated again at every reload.
     pub(crate) volatile: bool,
@@ -295,7 +298,7 @@ pub(crate) struct LoadIndex {
     pub(crate) main: [u8; 32],
     pub(crate) env: [u8; 32],
     /// The main file's own mappings and their tokens.
-    pub(crate) main_mappings: Box<[(Box<str>, Box<[crate::secret::TokenHash]>)]>,
+    pub(crate) main_mappings: OwnedMappings,
     /// Every included file, by path as the globs produced it.
     pub(crate) files: HashMap<PathBuf, FileRecord>,
 }
