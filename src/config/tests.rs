@@ -1581,3 +1581,32 @@ fn read_sources_matches_a_full_read_without_loading() {
         Ok(())
     });
 }
+
+/// A reload reuses what the files contributed only while the environment is the one the
+/// index was taken with, and never when a variable overrides a mapping's key (such a
+/// variable applies across files): the full read then decides.
+#[test]
+fn the_load_index_is_not_reused_across_environment_changes_or_mapping_overrides() {
+    Jail::expect_with(|jail| {
+        let main = write(jail, "credvend.toml", &config_text("", &[]));
+        let (sources, config) = Config::read(&main);
+        config.unwrap_or_else(|e| panic!("{e}"));
+        let index = sources.index.0.expect("a valid read leaves an index");
+        let (_, changes) = Config::read_changes(&main, &index);
+        assert!(changes.is_ok(), "{:?}", changes.err());
+
+        jail.set_env("CREDVEND_REFRESH__COLD_WAIT", "1s");
+        let (_, changes) = Config::read_changes(&main, &index);
+        assert_eq!(changes.err(), Some("the environment changed"));
+
+        jail.set_env("CREDVEND_MAPPINGS__ACME__REGION", "eu-west-1");
+        let (sources, config) = Config::read(&main);
+        let config = config.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.mappings["acme"].region, "eu-west-1");
+        assert!(
+            sources.index.0.is_none(),
+            "an override of a mapping's key: no index"
+        );
+        Ok(())
+    });
+}
