@@ -2,7 +2,7 @@
 //! an included file, or a file appearing in an include directory.
 //!
 //! A reload reads again, parses and validates only the included files that changed
-//! ([`Config::read_changes`]; a changed main file or environment, or any problem, takes
+//! (`Config::read_changes`; a changed main file or environment, or any problem, takes
 //! the full read, which reports every problem as a start-up would), then swaps
 //! atomically through [`Daemon::apply_changes`] (or [`Daemon::apply_config`] after a
 //! full read): only mappings whose AssumeRole inputs changed lose their

@@ -71,7 +71,7 @@ pub struct Sources {
     /// checked, so fixing them is a change.
     pub digest: [u8; 32],
     /// For a read that reused what the configuration before it read
-    /// ([`super::Config::read_changes`]): the files whose bytes it read again (the main
+    /// (`Config::read_changes`): the files whose bytes it read again (the main
     /// file, the included files that changed or appeared, and those whose change the
     /// file times cannot rule out). `None` for a full read, which reads every file.
     pub reread: Option<Vec<PathBuf>>,
