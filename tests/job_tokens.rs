@@ -578,23 +578,12 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     assert_eq!(std::fs::read_to_string(&regular).unwrap(), "keep me");
 }
 
-/// Kills the daemon if the test panics before it exits.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The daemon as a process (`credvend serve`, JSON logs at `trace`) with `[control]
 /// socket` set: the audit line of a vend made with a job token names the token's id
 /// and who minted it; the token (and its hash) appears in no log line, `/metrics`,
 /// `/status` or `GET /v1/tokens`; SIGTERM removes the socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_line_names_the_job_token_and_the_token_is_never_shown() {
-    use std::process::{Command, Stdio};
     use std::sync::Arc;
     use std::time::Instant;
     const CONFIG_TOKEN: &str = "CANARYCONFIGTOKEN-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -639,17 +628,13 @@ token_sha256 = ["{ghost_hash}"]
         ),
     );
     let log_path = dir.path().join("stderr.log");
-    let child = credvend_serve(&config, dir.path(), "trace", "vendor-base-secret")
-        .args(["--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
+    let mut command = credvend_serve(&config, dir.path(), "trace", "vendor-base-secret");
+    command.args(["--log-format", "json"]);
+    let mut child = support::e2e::ChildGuard::spawn("credvend", command, &log_path);
     let log_so_far = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(admin).await.is_err() || !socket.exists() {
-        if let Some(exit) = child.0.try_wait().unwrap() {
+        if let Some(exit) = child.exit_status() {
             panic!("credvend exited ({exit}) before serving:\n{}", log_so_far());
         }
         assert!(
@@ -695,15 +680,15 @@ token_sha256 = ["{ghost_hash}"]
     let after = get_with_token(listen, path, &token).await;
     assert_eq!(after.status, 403);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", log_so_far());
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(0),
+        "SIGTERM: {}",
+        log_so_far()
+    );
     assert!(!socket.exists(), "the socket outlived the daemon");
     let log = log_so_far();
 
