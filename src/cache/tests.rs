@@ -1147,7 +1147,7 @@ async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
     request.await.unwrap().expect("vends");
     let text = metrics.render();
     let series = |name: &str| -> f64 {
-        let prefix = format!("{name}{{result=\"success\"}} ");
+        let prefix = format!("{name}{{region=\"us-east-1\",result=\"success\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .unwrap_or_else(|| panic!("{name} missing"))
