@@ -374,3 +374,26 @@ async fn with_every_region_open_a_call_still_tries_the_primary_once() {
     assert_eq!(calls(&primary).len(), threshold + 2);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn region_disabled_fails_over_without_counting_against_the_region() {
+    let Setup {
+        primary,
+        fallback,
+        d,
+    } = start(1, None).await;
+    primary.set_persistent_fault(Some(Fault::RegionDisabled));
+
+    let r = get(&d, "m0").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(primary.faults_fired(), vec![Fault::RegionDisabled]);
+    let answered = calls(&fallback);
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(answered[0].issued_access_key_id, Some(key(&r)));
+    // One customer's account with the region disabled says nothing about the region
+    // for the others.
+    let health = regions(&d).await;
+    assert_eq!(health[PRIMARY]["state"], "closed");
+    assert_eq!(health[PRIMARY]["consecutive_failures"], 0);
+    d.stop().await;
+}
