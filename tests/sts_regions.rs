@@ -1,4 +1,4 @@
-//! STS regional failover (docs/design.md, STS regions and failover; src/creds/regions.rs)
+//! STS regional failover (docs/design.md, Regional failover; src/creds/regions.rs)
 //! end to end: a whole daemon, the real STS client, and two in-process fake STS, one
 //! per region: the primary `us-east-1` and the fallback `us-west-2`
 //! (`[sts.endpoint_urls]`). Each test asserts which fault fired at which fake, and

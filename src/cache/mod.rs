@@ -353,7 +353,7 @@ impl CredentialCache {
         self.inner.clock.now()
     }
 
-    /// Each STS region's health (docs/design.md, STS regions and failover).
+    /// Each STS region's health (docs/design.md, Regional failover).
     pub fn sts_regions(&self) -> Vec<crate::creds::regions::RegionHealth> {
         self.inner.assumer.region_health()
     }

@@ -1962,7 +1962,7 @@ impl RoleAssumer for FailsOverOnce {
 }
 
 /// A failover attempt waits for a token of the global STS budget like the first attempt
-/// (docs/design.md, STS regions and failover), and each attempt is counted by region.
+/// (docs/design.md, Regional failover), and each attempt is counted by region.
 /// One token a second, the burst spent by the first attempt: the failover, which follows
 /// it at once, waits for the next token (real time: a lower bound, which load only
 /// lengthens).

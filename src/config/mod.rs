@@ -124,7 +124,7 @@ pub struct StsConfig {
     /// own regions.
     pub endpoint_url: Option<String>,
     /// Regions tried, in order, when the primary (or a mapping's own region) fails
-    /// (docs/design.md, STS regions and failover). Default none; never the primary, no
+    /// (docs/design.md, Regional failover). Default none; never the primary, no
     /// duplicates, at most 8.
     pub fallback_regions: Vec<Region>,
     /// Endpoint overrides of fallback regions, by region name (the primary's is

@@ -155,8 +155,7 @@ pub trait AttemptHooks: Send + Sync {
 }
 
 /// Hooks that do nothing: failover attempts are not charged to any budget (the
-/// enforcement probes and `credvend verify`, see docs/design.md, STS regions and
-/// failover).
+/// enforcement probes and `credvend verify`; docs/design.md, Regional failover).
 pub struct NoHooks;
 
 impl AttemptHooks for NoHooks {

@@ -1,5 +1,5 @@
 //! STS regional failover: the order in which regions are tried and one circuit breaker
-//! per region (docs/design.md, STS regions and failover).
+//! per region (docs/design.md, Regional failover).
 //!
 //! STS is regional: credentials from any enabled region's STS work everywhere, and the
 //! request quotas are per region. `[sts] region` is the primary, `fallback_regions` the

@@ -159,7 +159,7 @@ pub fn add_job_tokens(document: &mut Value, counts: &std::collections::HashMap<S
 }
 
 /// Adds `sts_regions` to a `/status` document: each STS region's circuit breaker
-/// (docs/design.md, STS regions and failover), the primary first, then the fallbacks
+/// (docs/design.md, Regional failover), the primary first, then the fallbacks
 /// in order, then mappings' own regions. An error kind, never a message: nothing in it
 /// is a secret or names a customer.
 pub fn add_sts_regions(document: &mut Value, regions: &[crate::creds::regions::RegionHealth]) {
