@@ -486,7 +486,8 @@ fn sts_regions(
                 &["sts", "endpoint_url"],
                 format!(
                     "deprecated: write the primary region's endpoint as \
-                     [sts.endpoint_urls] {primary} = \"…\" (it still works, as the primary's)"
+                     [sts.endpoint_urls] {primary} = \"…\" (in the environment: \
+                     CREDVEND_STS__ENDPOINT_URLS__{primary}); it still works, as the primary's"
                 ),
             );
         }
