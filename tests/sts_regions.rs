@@ -397,3 +397,42 @@ async fn region_disabled_fails_over_without_counting_against_the_region() {
     assert_eq!(health[PRIMARY]["consecutive_failures"], 0);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_primary_that_hangs_times_out_and_the_fallback_answers_within_cold_wait() {
+    let clock = ManualClock::starting_now();
+    let primary = FakeSts::start(Arc::new(clock.clone())).await;
+    let fallback = FakeSts::start(Arc::new(clock.clone())).await;
+    for sts in [&primary, &fallback] {
+        sts.add_role(Role::new(
+            role_arn("vendor-sync"),
+            TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+        ));
+    }
+    let mut config = config(
+        &primary.endpoint_url(),
+        vec![mapping(
+            "m0",
+            "vendor-sync",
+            Some(EXTERNAL_ID),
+            &token("m0"),
+        )],
+    );
+    // Real time: the primary's call gives up after call_timeout, which leaves most of
+    // cold_wait (10 s, the most allowed) for the fallback on a loaded machine.
+    config.sts.call_timeout = Duration::from_secs(1);
+    config.refresh.cold_wait = Duration::from_secs(10);
+    config.sts.fallback_regions = vec![Region::try_from(FALLBACK.to_owned()).unwrap()];
+    config.sts.endpoint_urls = BTreeMap::from([(FALLBACK.to_owned(), fallback.endpoint_url())]);
+    let d = TestDaemon::start(config, clock).await;
+    primary.set_persistent_fault(Some(Fault::Hang));
+
+    let r = get(&d, "m0").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(primary.faults_fired(), vec![Fault::Hang]);
+    let answered = calls(&fallback);
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(answered[0].issued_access_key_id, Some(key(&r)));
+    assert_eq!(regions(&d).await[PRIMARY]["last_error"], "timeout");
+    d.stop().await;
+}
