@@ -245,6 +245,15 @@ async fn a_failing_primary_is_skipped_then_used_again_after_the_cool_down() {
     // Cool-down over: the next call probes the primary, which answers; it is used again.
     d.clock.advance(Duration::from_secs(1));
     assert_eq!(regions(&d).await[PRIMARY]["state"], "half_open");
+    assert_eq!(
+        metric(
+            &d,
+            &format!("credvend_sts_region_healthy{{region=\"{PRIMARY}\"}}")
+        )
+        .await,
+        Some(0.0),
+        "half-open is not healthy yet"
+    );
     for name in &m[threshold + 2..] {
         let r = get(&d, name).await;
         assert_eq!(r.status, 200, "{name}: {}", r.body);
