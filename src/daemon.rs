@@ -144,6 +144,9 @@ impl Daemon {
         let started_at = clock.now();
         // The start-up load counts as the first: it was applied.
         metrics.config_last_reload(true, started_at);
+        // The region breakers' cool-downs run on the daemon's clock.
+        assumer.use_clock(clock.clone());
+        metrics.sts_regions(&assumer.region_health());
         let cache = CredentialCache::new(config, assumer, clock.clone(), metrics.clone());
         let jobs = JobTokens::new(
             &config.control,

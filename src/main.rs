@@ -937,6 +937,8 @@ async fn own_principal(config: Option<PathBuf>) -> Result<Principal, Failure> {
         None => StsSettings {
             default_region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
             endpoint_url: None,
+            fallback_regions: Vec::new(),
+            endpoint_urls: Default::default(),
             source_role_arn: None,
             call_timeout: std::time::Duration::from_secs(10),
         },

@@ -228,6 +228,8 @@ fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
     }
     if old.sts.region != new.sts.region
         || old.sts.endpoint_url != new.sts.endpoint_url
+        || old.sts.fallback_regions != new.sts.fallback_regions
+        || old.sts.endpoint_urls != new.sts.endpoint_urls
         || old.sts.source_role_arn != new.sts.source_role_arn
         || old.sts.max_requests_per_second != new.sts.max_requests_per_second
         || old.sts.call_timeout != new.sts.call_timeout

@@ -900,3 +900,73 @@ fn mapping_new_removes_its_file_when_the_config_rejects_it() {
     );
     assert!(!dir.join("mappings.d/acme.toml").exists());
 }
+
+/// The STS region keys (docs/design.md, Regional failover): each bad value is a
+/// line naming the file, the key and why, and the exit status is 64; the deprecated
+/// `endpoint_url` alone loads with a warning naming it.
+#[test]
+fn check_config_refuses_bad_sts_region_keys_with_exit_64() {
+    let scratch = Scratch::new("regions");
+    let token = hash("regions-token");
+    let mapping = format!(
+        r#"
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789abcdefghijk"
+token_sha256 = ["{token}"]
+"#
+    );
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[sts]
+region = "us-east-1"
+fallback_regions = ["us-east-1", "us-west-2", "us-west-2"]
+endpoint_url = "http://127.0.0.1:5000"
+
+[sts.endpoint_urls]
+us-east-1 = "http://127.0.0.1:5001"
+us-west-2 = "sts.us-west-2.amazonaws.com"
+eu-west-1 = "http://127.0.0.1:5002"
+{mapping}"#
+        ),
+    );
+    let out = check_config(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    let file = path.display().to_string();
+    for (key, reason) in [
+        ("sts.fallback_regions", "`us-east-1` is the primary region"),
+        ("sts.fallback_regions", "`us-west-2` is listed twice"),
+        ("sts.endpoint_urls.us-west-2", "http:// or https://"),
+        ("sts.endpoint_urls.eu-west-1", "neither the primary region"),
+        (
+            "sts.endpoint_url",
+            "both sts.endpoint_url and sts.endpoint_urls.us-east-1",
+        ),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&file) && l.contains(key) && l.contains(reason)),
+            "no line naming {file}, {key} and `{reason}` in:\n{stderr}"
+        );
+    }
+
+    let ok = scratch.write(
+        "deprecated.toml",
+        &format!("[sts]\nendpoint_url = \"http://127.0.0.1:5000\"\n{mapping}"),
+    );
+    let out = check_config(&ok);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("sts.endpoint_url") && all.contains("deprecated"),
+        "no deprecation warning in:\n{all}"
+    );
+}

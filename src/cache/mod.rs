@@ -353,6 +353,11 @@ impl CredentialCache {
         self.inner.clock.now()
     }
 
+    /// Each STS region's health (docs/design.md, Regional failover).
+    pub fn sts_regions(&self) -> Vec<crate::creds::regions::RegionHealth> {
+        self.inner.assumer.region_health()
+    }
+
     /// Acquisitions that had to wait on the STS budget so far.
     pub fn sts_rate_limited_total(&self) -> u64 {
         self.inner.budget.rate_limited_total()
