@@ -258,8 +258,8 @@ impl<'a> RoleTemplate<'a> {
 
     /// The CloudFormation template (YAML): parameters `RoleName`, `BucketName`,
     /// `KeyPrefix` (with a prefix only) and `ExternalId` (`NoEcho`), defaulting to the
-    /// inputs; the role (`AWS::IAM::Role`) with the trust policy and the permissions
-    /// policy inline; the role ARN as output `RoleArn`.
+    /// inputs; the role (`AWS::IAM::Role`) with the trust policy, its inline
+    /// permissions policy (`AWS::IAM::Policy`); the role ARN as output `RoleArn`.
     pub fn cloudformation(&self) -> Result<String, PolicyError> {
         Ok(self.check()?.cloudformation())
     }
@@ -423,13 +423,26 @@ impl Checked<'_> {
                     ("Path", Node::str(spec.role.path())),
                     ("Description", Node::Str(self.description())),
                     ("AssumeRolePolicyDocument", trust.into_cloudformation()),
+                ]),
+            ),
+        ]);
+        // The permissions policy as a resource of its own (AWS::IAM::Policy on the
+        // role), like `aws_iam_role_policy` in the Terraform module, rather than the
+        // role's `Policies` property: the same inline policy in AWS, and the form
+        // moto's CloudFormation stores so that its IAM enforcement reads it (from the
+        // `Policies` property it keeps a Python repr that its policy evaluation
+        // rejects), which the end-to-end test relies on.
+        let policy = Node::map([
+            ("Type", Node::str("AWS::IAM::Policy")),
+            (
+                "Properties",
+                Node::map([
+                    ("PolicyName", Node::str(PERMISSIONS_POLICY_NAME)),
                     (
-                        "Policies",
-                        Node::Seq(vec![Node::map([
-                            ("PolicyName", Node::str(PERMISSIONS_POLICY_NAME)),
-                            ("PolicyDocument", permissions.into_cloudformation()),
-                        ])]),
+                        "Roles",
+                        Node::Seq(vec![Node::map([("Ref", Node::str("CredvendRole"))])]),
                     ),
+                    ("PolicyDocument", permissions.into_cloudformation()),
                 ]),
             ),
         ]);
@@ -437,7 +450,10 @@ impl Checked<'_> {
             ("AWSTemplateFormatVersion", Node::str("2010-09-09")),
             ("Description", Node::Str(self.description())),
             ("Parameters", Node::Map(parameters)),
-            ("Resources", Node::map([("CredvendRole", role)])),
+            (
+                "Resources",
+                Node::map([("CredvendRole", role), ("CredvendSyncPolicy", policy)]),
+            ),
             (
                 "Outputs",
                 Node::map([(
@@ -449,7 +465,10 @@ impl Checked<'_> {
                         ),
                         (
                             "Value",
-                            Node::map([("Fn::GetAtt", Node::str("CredvendRole.Arn"))]),
+                            Node::map([(
+                                "Fn::GetAtt",
+                                Node::Seq(vec![Node::str("CredvendRole"), Node::str("Arn")]),
+                            )]),
                         ),
                     ]),
                 )]),
