@@ -326,7 +326,11 @@ fn cloudformation_template_lints_clean_and_holds_the_policy_documents() {
         assert_eq!(parameters["RoleName"]["Default"], case.mapping);
         assert_eq!(parameters["BucketName"]["Default"], case.bucket);
         assert_eq!(parameters["ExternalId"]["Default"], EXTERNAL_ID);
-        assert_eq!(parameters["ExternalId"]["NoEcho"], true);
+        assert_eq!(
+            parameters["ExternalId"]["NoEcho"], true,
+            "{}: the ExternalId parameter must be NoEcho: {parameters}",
+            case.mapping
+        );
         for name in names.iter().filter(|n| **n != "ExternalId") {
             assert_eq!(parameters[name].get("NoEcho"), None, "{name}");
         }
@@ -415,7 +419,11 @@ fn terraform_module_parses_and_holds_the_policy_documents() {
         assert_eq!(variables["role_name"]["default"], case.mapping);
         assert_eq!(variables["bucket_name"]["default"], case.bucket);
         assert_eq!(variables["external_id"]["default"], EXTERNAL_ID);
-        assert_eq!(variables["external_id"]["sensitive"], true);
+        assert_eq!(
+            variables["external_id"]["sensitive"], true,
+            "{}: external_id must be sensitive: {variables}",
+            case.mapping
+        );
         for name in names.iter().filter(|n| **n != "external_id") {
             assert_eq!(variables[name].get("sensitive"), None, "{name}");
         }
