@@ -726,7 +726,7 @@ fn cloudformation_stack_on_moto_creates_a_role_that_verify_passes() {
         assert!(check.starts_with("ok"), "{lines:#?}");
     }
     assert!(
-        check_line(&lines, "sts:AssumeRole").contains(&format!("assumed-role/full/")),
+        check_line(&lines, "sts:AssumeRole").contains("assumed-role/full/"),
         "{lines:#?}"
     );
 
