@@ -45,8 +45,9 @@ pub const CKV_AWS_61_SKIP_REASON: &str = "cross-account trust of the vendor acco
     only with the sts:ExternalId condition (AWS's third-party pattern); \
     credvend onboard --principal ROLE_ARN narrows it to one role";
 
-/// What the customer's role looks like: the inputs of both formats.
-#[derive(Debug, Clone, Copy)]
+/// What the customer's role looks like: the inputs of both formats. `Debug` leaves the
+/// External ID out.
+#[derive(Clone, Copy)]
 pub struct RoleTemplate<'a> {
     /// The mapping the role is for (descriptions and the stack name).
     pub mapping: &'a str,
@@ -58,6 +59,20 @@ pub struct RoleTemplate<'a> {
     pub services: &'a [TrustService],
     pub bucket: &'a str,
     pub prefix: Option<&'a str>,
+}
+
+impl std::fmt::Debug for RoleTemplate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleTemplate")
+            .field("mapping", &self.mapping)
+            .field("role", &self.role)
+            .field("principal", &self.principal)
+            .field("external_id", &"<redacted>")
+            .field("services", &self.services)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 /// A value the customer may change: a CloudFormation parameter, a Terraform variable.
@@ -314,12 +329,23 @@ impl<'a> RoleTemplate<'a> {
     }
 }
 
-/// The three files of the Terraform module.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The three files of the Terraform module. `Debug` shows their sizes only
+/// (`variables.tf` holds the External ID).
+#[derive(Clone, PartialEq, Eq)]
 pub struct TerraformModule {
     pub main_tf: String,
     pub variables_tf: String,
     pub outputs_tf: String,
+}
+
+impl std::fmt::Debug for TerraformModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("TerraformModule");
+        for (name, text) in self.files() {
+            debug.field(name, &format_args!("{} bytes", text.len()));
+        }
+        debug.finish()
+    }
 }
 
 impl TerraformModule {

@@ -673,3 +673,25 @@ fn templates_validate_like_the_policies() {
         Err(PolicyError::ExternalIdLength { .. })
     ));
 }
+
+/// `Debug` of a template's inputs and of a rendered module never shows the External ID.
+#[test]
+fn template_debug_leaves_the_external_id_out() {
+    let customer = role("arn:aws:iam::111122223333:role/vendor-sync");
+    let vendor = Principal::parse("568237466542").unwrap();
+    let spec = RoleTemplate {
+        mapping: "acme",
+        role: &customer,
+        principal: &vendor,
+        external_id: "canary-ExternalId-4Tq8",
+        services: &[],
+        bucket: "acme-data",
+        prefix: None,
+    };
+    let module = spec.terraform().unwrap();
+    assert!(module.variables_tf.contains("canary-ExternalId-4Tq8"));
+    for debug in [format!("{spec:?}"), format!("{module:?}")] {
+        assert!(!debug.contains("canary-ExternalId-4Tq8"), "{debug}");
+        assert!(debug.contains("acme") || debug.contains("bytes"), "{debug}");
+    }
+}
