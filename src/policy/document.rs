@@ -93,21 +93,46 @@ pub fn render_permissions_policy(
 
 fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocument, PolicyError> {
     validate_bucket_name(bucket)?;
+    let prefix = prefix.map(validate_prefix).transpose()?;
+    Ok(permissions_statements(bucket, prefix.as_deref()))
+}
+
+/// The permissions policy as a JSON value for `bucket` and the normalised `prefix`,
+/// unchecked: the templates (`super::template`) pass placeholders that stand for a
+/// CloudFormation parameter or a Terraform variable, so that their documents are
+/// built by the same code as `policy permissions` prints.
+pub(super) fn permissions_value(bucket: &str, prefix: Option<&str>) -> Value {
+    serde_json::to_value(permissions_statements(bucket, prefix))
+        .expect("policy documents always serialise")
+}
+
+/// The trust policy as a JSON value, the External ID unchecked (see
+/// [`permissions_value`]).
+pub(super) fn trust_value(
+    principal: &Principal,
+    external_id: &str,
+    services: &[TrustService],
+) -> Value {
+    serde_json::to_value(trust_statements(principal, external_id, services))
+        .expect("policy documents always serialise")
+}
+
+/// [`permissions_document`] after validation: `bucket` checked, `prefix` normalised.
+fn permissions_statements(bucket: &str, prefix: Option<&str>) -> PolicyDocument {
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
     let Some(prefix) = prefix else {
         // The guide's document, exactly: every action on both resources. IAM only
         // evaluates the action/resource pairs that make sense (object actions on
         // `NAME/*`, bucket actions on `NAME`), so one statement is enough.
-        return Ok(PolicyDocument::new(vec![Statement {
+        return PolicyDocument::new(vec![Statement {
             sid: "CredvendSyncBucketAccess",
             effect: "Allow",
             principal: None,
             action: json!(S3_ACTIONS),
             resource: Some(json!([bucket_arn, format!("{bucket_arn}/*")])),
             condition: None,
-        }]));
+        }]);
     };
-    let prefix = validate_prefix(prefix)?;
     // With a prefix one statement cannot express the grant, because a statement's
     // Condition applies to every action in it:
     // - ListBucket must carry `s3:prefix` so listing is confined to PATH. Object
@@ -117,7 +142,7 @@ fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocu
     //   needs the bucket ARN unconditionally (SDKs call it to find the region).
     // Hence three statements; each one's Sid says what it is for, which is also what
     // `credvend verify` points at when a check fails.
-    Ok(PolicyDocument::new(vec![
+    PolicyDocument::new(vec![
         Statement {
             sid: "CredvendSyncObjectAccess",
             effect: "Allow",
@@ -147,7 +172,7 @@ fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocu
             resource: Some(json!([bucket_arn])),
             condition: None,
         },
-    ]))
+    ])
 }
 
 /// The trust policy the customer sets on the role (docs/onboarding.md, "Onboarding a customer"),
@@ -168,6 +193,15 @@ fn trust_document(
     services: &[TrustService],
 ) -> Result<PolicyDocument, PolicyError> {
     validate_external_id(external_id)?;
+    Ok(trust_statements(principal, external_id, services))
+}
+
+/// [`trust_document`] after validation.
+fn trust_statements(
+    principal: &Principal,
+    external_id: &str,
+    services: &[TrustService],
+) -> PolicyDocument {
     let mut statements = vec![Statement {
         sid: "CredvendAssumeWithExternalId",
         effect: "Allow",
@@ -197,5 +231,5 @@ fn trust_document(
             }),
         }
     }
-    Ok(PolicyDocument::new(statements))
+    PolicyDocument::new(statements)
 }

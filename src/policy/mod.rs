@@ -42,6 +42,7 @@ mod bucket;
 mod document;
 mod external_id;
 mod principal;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +53,10 @@ pub use document::{
 };
 pub use external_id::{GENERATED_EXTERNAL_ID_LEN, new_external_id, validate_external_id};
 pub use principal::{Principal, TrustService};
+pub use template::{
+    CKV_AWS_61_SKIP_REASON, PERMISSIONS_POLICY_NAME, QUICK_CREATE_BASE, RoleTemplate,
+    TerraformModule,
+};
 
 use crate::aws_names::{EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN};
 
