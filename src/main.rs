@@ -22,7 +22,7 @@ use credvend::credential_process;
 use credvend::creds::sts::{StsAssumer, StsSettings};
 use credvend::daemon::{Daemon, Listeners};
 use credvend::exec::{self, Job};
-use credvend::policy::{self, Principal, TrustService};
+use credvend::policy::{self, Principal, SessionAction, TrustService};
 use credvend::reload::{self, Reloader};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
@@ -260,6 +260,11 @@ enum PolicyCommand {
         /// UNLOAD/COPY).
         #[arg(long, value_enum)]
         service: Vec<TrustService>,
+        /// Also let the principal tag the session (tag-session: a mapping with `tags`)
+        /// or set a source identity (set-source-identity: a mapping with
+        /// `source_identity`). `credvend onboard` takes these from the mapping.
+        #[arg(long, value_enum)]
+        session_action: Vec<SessionAction>,
         /// Configuration whose [sts] section is used to find the default principal.
         #[arg(long, env = CONFIG_PATH_ENV)]
         config: Option<PathBuf>,
@@ -633,6 +638,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     external_id,
                     principal,
                     service,
+                    session_action,
                     config,
                 },
         } => {
@@ -642,8 +648,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Principal::parse(&p).map_err(|e| Failure::Usage(e.to_string()))?,
                 None => block_on(own_principal(config))??,
             };
-            let text = policy::render_trust_policy(&principal, &external_id, &service)
-                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let text =
+                policy::render_trust_policy(&principal, &external_id, &service, &session_action)
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
             println!("{text}");
             Ok(())
         }
@@ -828,6 +835,11 @@ fn onboard(args: Onboard) -> Result<(), Failure> {
         (None, Some(source)) => Principal::role(source).map_err(usage)?,
         (None, None) => block_on(own_principal(Some(path.clone())))??,
     };
+    // What the daemon's AssumeRole for this mapping needs of the role beyond the
+    // External ID: the session actions in the trust policy and, for sessions longer
+    // than IAM's default hour, the role's MaxSessionDuration.
+    let session = SessionAction::needed(!m.tags.is_empty(), m.source_identity.is_some());
+    let max_session_seconds = Some(m.session_duration.as_secs()).filter(|&seconds| seconds > 3600);
     let mut verify_cmd = format!("credvend verify {mapping} --config {}", path.display());
     if let Some(bucket) = &bucket {
         verify_cmd.push_str(&format!(" --bucket {bucket}"));
@@ -844,6 +856,8 @@ fn onboard(args: Onboard) -> Result<(), Failure> {
             principal: &principal,
             external_id: external_id.expose(),
             services: &service,
+            session: &session,
+            max_session_seconds,
             bucket,
             prefix: prefix.as_deref(),
         };
@@ -861,8 +875,8 @@ fn onboard(args: Onboard) -> Result<(), Failure> {
         };
     }
 
-    let trust =
-        policy::render_trust_policy(&principal, external_id.expose(), &service).map_err(usage)?;
+    let trust = policy::render_trust_policy(&principal, external_id.expose(), &service, &session)
+        .map_err(usage)?;
     let permissions = bucket
         .as_deref()
         .map(|bucket| policy::render_permissions_policy(bucket, prefix.as_deref()))

@@ -325,6 +325,50 @@ async fn onboard_prints_both_documents_as_json_and_the_steps_on_stderr() {
     assert!(!text.contains("credvend verify"), "{text}");
 }
 
+/// A mapping that tags its sessions, sets a source identity and asks for two-hour
+/// sessions: AWS checks `sts:TagSession` and `sts:SetSourceIdentity` against the trust
+/// policy and refuses sessions longer than the role's `MaxSessionDuration`, so both
+/// formats carry what the mapping's AssumeRole needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_takes_session_actions_and_duration_from_the_mapping() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let mut config = std::fs::read_to_string(&f.config).unwrap();
+    config.push_str(
+        "session_duration = \"2h\"\nsource_identity = \"sync-acme\"\n\n\
+         [mappings.acme-s3.tags]\nteam = \"sync\"\n",
+    );
+    std::fs::write(&f.config, config).unwrap();
+
+    let out = f
+        .run(&["onboard", "acme-s3", "--bucket", "acme-data"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let documents: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        documents["trust_policy"]["Statement"][0]["Action"],
+        serde_json::json!(["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]),
+        "{documents}"
+    );
+
+    let out = f
+        .run(&[
+            "onboard",
+            "acme-s3",
+            "--bucket",
+            "acme-data",
+            "--format",
+            "cloudformation",
+        ])
+        .await;
+    let template = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(template.contains("MaxSessionDuration: 7200"), "{template}");
+    assert!(
+        template.contains("- \"sts:SetSourceIdentity\""),
+        "{template}"
+    );
+}
+
 /// With `--out-dir`, each policy is a file of its own, exactly the document `policy
 /// trust` / `policy permissions` would print; stdout is empty, stderr names the files.
 #[tokio::test(flavor = "multi_thread")]

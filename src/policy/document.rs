@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    PolicyError, Principal, TrustService, validate_bucket_name, validate_external_id,
-    validate_prefix,
+    PolicyError, Principal, SessionAction, TrustService, validate_bucket_name,
+    validate_external_id, validate_prefix,
 };
 
 /// IAM policy language version; `2012-10-17` is the only one that supports policy
@@ -112,8 +112,9 @@ pub(super) fn trust_value(
     principal: &Principal,
     external_id: &str,
     services: &[TrustService],
+    session: &[SessionAction],
 ) -> Value {
-    serde_json::to_value(trust_statements(principal, external_id, services))
+    serde_json::to_value(trust_statements(principal, external_id, services, session))
         .expect("policy documents always serialise")
 }
 
@@ -178,22 +179,26 @@ fn permissions_statements(bucket: &str, prefix: Option<&str>) -> PolicyDocument 
 /// The trust policy the customer sets on the role (docs/onboarding.md, "Onboarding a customer"),
 /// as pretty JSON in IAM's conventional key order: the vendor principal may
 /// `sts:AssumeRole` only with `sts:ExternalId` equal to `external_id`, which is
-/// validated first.
+/// validated first. `session` adds the actions the vendor's AssumeRole call also
+/// needs (session tags, a source identity) to the same statement, under the same
+/// condition.
 pub fn render_trust_policy(
     principal: &Principal,
     external_id: &str,
     services: &[TrustService],
+    session: &[SessionAction],
 ) -> Result<String, PolicyError> {
-    Ok(trust_document(principal, external_id, services)?.to_pretty())
+    Ok(trust_document(principal, external_id, services, session)?.to_pretty())
 }
 
 fn trust_document(
     principal: &Principal,
     external_id: &str,
     services: &[TrustService],
+    session: &[SessionAction],
 ) -> Result<PolicyDocument, PolicyError> {
     validate_external_id(external_id)?;
-    Ok(trust_statements(principal, external_id, services))
+    Ok(trust_statements(principal, external_id, services, session))
 }
 
 /// [`trust_document`] after validation.
@@ -201,12 +206,24 @@ fn trust_statements(
     principal: &Principal,
     external_id: &str,
     services: &[TrustService],
+    session: &[SessionAction],
 ) -> PolicyDocument {
+    let mut session = session.to_vec();
+    session.sort_unstable();
+    session.dedup();
+    // A single action stays a string, as IAM's own examples write it.
+    let action = if session.is_empty() {
+        json!("sts:AssumeRole")
+    } else {
+        let mut actions = vec!["sts:AssumeRole"];
+        actions.extend(session.iter().map(|a| a.action()));
+        json!(actions)
+    };
     let mut statements = vec![Statement {
         sid: "CredvendAssumeWithExternalId",
         effect: "Allow",
         principal: Some(json!({ "AWS": principal.arn() })),
-        action: json!("sts:AssumeRole"),
+        action,
         resource: None,
         // StringEquals, not StringLike: the value must match exactly, with no
         // wildcard interpretation of characters in the ID.

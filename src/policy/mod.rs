@@ -52,7 +52,7 @@ pub use document::{
     render_trust_policy,
 };
 pub use external_id::{GENERATED_EXTERNAL_ID_LEN, new_external_id, validate_external_id};
-pub use principal::{Principal, TrustService};
+pub use principal::{Principal, SessionAction, TrustService};
 pub use template::{
     CKV_AWS_61_SKIP_REASON, PERMISSIONS_POLICY_NAME, QUICK_CREATE_BASE, RoleTemplate,
     TerraformModule,

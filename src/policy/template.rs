@@ -27,8 +27,8 @@ use serde_json::Value;
 
 use super::document::{permissions_value, trust_value};
 use super::{
-    PolicyError, Principal, TrustService, validate_bucket_name, validate_external_id,
-    validate_prefix,
+    PolicyError, Principal, SessionAction, TrustService, validate_bucket_name,
+    validate_external_id, validate_prefix,
 };
 use crate::aws_names::RoleArn;
 
@@ -57,6 +57,12 @@ pub struct RoleTemplate<'a> {
     pub principal: &'a Principal,
     pub external_id: &'a str,
     pub services: &'a [TrustService],
+    /// What the vendor's AssumeRole call does besides assuming (the mapping's
+    /// [`SessionAction::needed`]).
+    pub session: &'a [SessionAction],
+    /// The role's `MaxSessionDuration` in seconds, when the mapping asks for sessions
+    /// longer than IAM's default of one hour (otherwise AWS refuses its AssumeRole).
+    pub max_session_seconds: Option<u64>,
     pub bucket: &'a str,
     pub prefix: Option<&'a str>,
 }
@@ -69,6 +75,8 @@ impl std::fmt::Debug for RoleTemplate<'_> {
             .field("principal", &self.principal)
             .field("external_id", &"<redacted>")
             .field("services", &self.services)
+            .field("session", &self.session)
+            .field("max_session_seconds", &self.max_session_seconds)
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .finish()
@@ -379,6 +387,7 @@ impl Checked<'_> {
             self.spec.principal,
             Param::ExternalId.token(),
             self.spec.services,
+            self.spec.session,
         );
         let prefix = self.prefix.as_ref().map(|_| Param::KeyPrefix.token());
         let permissions = permissions_value(Param::BucketName.token(), prefix);
@@ -437,20 +446,24 @@ impl Checked<'_> {
             }
             parameters.push((param.cloudformation().to_owned(), Node::Map(entries)));
         }
+        let mut properties = vec![
+            (
+                "RoleName".to_owned(),
+                Node::map([("Ref", Node::str(Param::RoleName.cloudformation()))]),
+            ),
+            ("Path".to_owned(), Node::str(spec.role.path())),
+            ("Description".to_owned(), Node::Str(self.description())),
+            (
+                "AssumeRolePolicyDocument".to_owned(),
+                trust.into_cloudformation(),
+            ),
+        ];
+        if let Some(seconds) = spec.max_session_seconds {
+            properties.push(("MaxSessionDuration".to_owned(), Node::Int(seconds)));
+        }
         let role = Node::map([
             ("Type", Node::str("AWS::IAM::Role")),
-            (
-                "Properties",
-                Node::map([
-                    (
-                        "RoleName",
-                        Node::map([("Ref", Node::str(Param::RoleName.cloudformation()))]),
-                    ),
-                    ("Path", Node::str(spec.role.path())),
-                    ("Description", Node::Str(self.description())),
-                    ("AssumeRolePolicyDocument", trust.into_cloudformation()),
-                ]),
-            ),
+            ("Properties", Node::Map(properties)),
         ]);
         // The permissions policy as a resource of its own (AWS::IAM::Policy on the
         // role), like `aws_iam_role_policy` in the Terraform module, rather than the
@@ -548,11 +561,14 @@ impl Checked<'_> {
         main_tf.push_str(&skip);
         let _ = write!(
             main_tf,
-            "  name        = var.role_name\n  path        = {path}\n  description = {description}\n  \
-             assume_role_policy = jsonencode(",
+            "  name        = var.role_name\n  path        = {path}\n  description = {description}\n",
             path = hcl_string(spec.role.path()),
             description = hcl_string(&self.description()),
         );
+        if let Some(seconds) = spec.max_session_seconds {
+            let _ = writeln!(main_tf, "  max_session_duration = {seconds}");
+        }
+        main_tf.push_str("  assume_role_policy = jsonencode(");
         hcl_value(&mut main_tf, &trust, 2);
         let _ = write!(
             main_tf,

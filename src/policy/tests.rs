@@ -18,7 +18,7 @@ fn trust_policy(
     external_id: &str,
     services: &[TrustService],
 ) -> Result<Value, PolicyError> {
-    render_trust_policy(principal, external_id, services).map(|text| parsed(&text))
+    render_trust_policy(principal, external_id, services, &[]).map(|text| parsed(&text))
 }
 
 fn parsed(text: &str) -> Value {
@@ -140,7 +140,7 @@ fn rendered_documents_keep_iam_key_order() {
     assert!(pos("Action") < pos("Resource"));
 
     let principal = Principal::Account(VENDOR_ACCOUNT.to_owned());
-    let text = render_trust_policy(&principal, "0000", &[]).unwrap();
+    let text = render_trust_policy(&principal, "0000", &[], &[]).unwrap();
     let pos = |key: &str| text.find(&format!("\"{key}\"")).unwrap();
     assert!(pos("Version") < pos("Statement"));
     assert!(pos("Effect") < pos("Principal"));
@@ -162,7 +162,7 @@ fn trust_policy_for_account_root_is_the_guides_document() {
         }]
     });
     assert_eq!(trust_policy(&principal, "0000", &[]).unwrap(), expected);
-    let rendered = render_trust_policy(&principal, "0000", &[]).unwrap();
+    let rendered = render_trust_policy(&principal, "0000", &[], &[]).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&rendered).unwrap(), expected);
 }
 
@@ -224,7 +224,7 @@ fn trust_policy_validates_the_external_id_first() {
         Err(PolicyError::ExternalIdLength { length: 1 })
     );
     assert_eq!(
-        render_trust_policy(&principal, "ab cd", &[]),
+        render_trust_policy(&principal, "ab cd", &[], &[]),
         Err(PolicyError::ExternalIdCharacter { position: 3 })
     );
 }
@@ -572,6 +572,8 @@ fn templates_escape_literal_interpolations_and_substitute_placeholders() {
         principal: &vendor,
         external_id: "ext-123456",
         services: &[],
+        session: &[],
+        max_session_seconds: None,
         bucket: "acme-data",
         prefix: Some("sync/"),
     };
@@ -632,6 +634,8 @@ fn quick_create_url_encodes_every_parameter() {
         principal: &vendor,
         external_id: "a+b=c,d.e@f:g/h_i-j",
         services: &[TrustService::Redshift],
+        session: &[],
+        max_session_seconds: None,
         bucket: "acme-data",
         prefix: None,
     };
@@ -657,6 +661,8 @@ fn templates_validate_like_the_policies() {
         principal: &vendor,
         external_id,
         services: &[],
+        session: &[],
+        max_session_seconds: None,
         bucket,
         prefix,
     };
@@ -685,6 +691,8 @@ fn template_debug_leaves_the_external_id_out() {
         principal: &vendor,
         external_id: "canary-ExternalId-4Tq8",
         services: &[],
+        session: &[],
+        max_session_seconds: None,
         bucket: "acme-data",
         prefix: None,
     };
@@ -694,4 +702,76 @@ fn template_debug_leaves_the_external_id_out() {
         assert!(!debug.contains("canary-ExternalId-4Tq8"), "{debug}");
         assert!(debug.contains("acme") || debug.contains("bytes"), "{debug}");
     }
+}
+
+/// A mapping with `tags` or `source_identity` makes AssumeRole calls that IAM checks as
+/// `sts:TagSession` / `sts:SetSourceIdentity` too, and one with sessions over an hour
+/// needs the role's `MaxSessionDuration`: without them AWS refuses the vendor's call.
+/// The actions join `sts:AssumeRole` in the one statement, under the External ID
+/// condition; the default (no session actions, one-hour sessions) is unchanged.
+#[test]
+fn session_actions_and_long_sessions_reach_the_trust_policy_and_the_role() {
+    let vendor = Principal::parse("568237466542").unwrap();
+    let plain = trust_policy(&vendor, "ext-123456", &[]).unwrap();
+    assert_eq!(plain["Statement"][0]["Action"], "sts:AssumeRole");
+
+    let both = [
+        SessionAction::SetSourceIdentity,
+        SessionAction::TagSession,
+        SessionAction::TagSession,
+    ];
+    let text =
+        render_trust_policy(&vendor, "ext-123456", &[TrustService::Redshift], &both).unwrap();
+    let doc = parsed(&text);
+    let vendor_statement = &doc["Statement"][0];
+    assert_eq!(
+        vendor_statement["Action"],
+        serde_json::json!(["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]),
+        "{text}"
+    );
+    assert_eq!(
+        vendor_statement["Condition"]["StringEquals"]["sts:ExternalId"], "ext-123456",
+        "{text}"
+    );
+    // The Redshift statement is the service's own: no session actions there.
+    assert_eq!(doc["Statement"][1]["Action"], "sts:AssumeRole", "{text}");
+
+    let customer = role("arn:aws:iam::111122223333:role/vendor-sync");
+    let spec = |session, max_session_seconds| RoleTemplate {
+        mapping: "acme",
+        role: &customer,
+        principal: &vendor,
+        external_id: "ext-123456",
+        services: &[],
+        session,
+        max_session_seconds,
+        bucket: "acme-data",
+        prefix: None,
+    };
+    let long = spec(&[SessionAction::TagSession], Some(7200));
+    let cfn = long.cloudformation().unwrap();
+    assert!(cfn.contains("MaxSessionDuration: 7200"), "{cfn}");
+    assert!(cfn.contains("- \"sts:TagSession\""), "{cfn}");
+    let tf = long.terraform().unwrap();
+    assert!(
+        tf.main_tf.contains("max_session_duration = 7200"),
+        "{}",
+        tf.main_tf
+    );
+    assert!(tf.main_tf.contains("\"sts:TagSession\""), "{}", tf.main_tf);
+    let short = spec(&[], None);
+    assert!(
+        !short
+            .cloudformation()
+            .unwrap()
+            .contains("MaxSessionDuration")
+    );
+    assert!(
+        !short
+            .terraform()
+            .unwrap()
+            .main_tf
+            .contains("max_session_duration")
+    );
+    assert!(!short.terraform().unwrap().main_tf.contains("TagSession"));
 }
