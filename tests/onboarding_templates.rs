@@ -40,7 +40,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(90);
 fn write_config(dir: &TempDir, sts_url: Option<&str>, roles: &[&str]) -> PathBuf {
     let mut config = String::from("[sts]\nregion = \"us-east-1\"\n");
     if let Some(url) = sts_url {
-        config.push_str(&format!("endpoint_url = \"{url}\"\n"));
+        config.push_str(&format!("endpoint_urls = {{ us-east-1 = \"{url}\" }}\n"));
     }
     config.push_str("\n[verify]\nexternal_id_enforcement = \"warn\"\n");
     for role in roles {

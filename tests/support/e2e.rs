@@ -171,7 +171,7 @@ impl Moto {
             r#"
 [sts]
 region = "{REGION}"
-endpoint_url = "{url}"
+endpoint_urls = {{ {REGION} = "{url}" }}
 
 [verify]
 # moto lets AssumeRole through without the External ID, so the enforcement probe would
