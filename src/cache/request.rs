@@ -54,15 +54,31 @@ impl CredentialCache {
     /// is served, fetched if need be. A fetch for a generation no longer applied serves
     /// its request but is not cached.
     pub async fn get_in(&self, mappings: &MappingTable, name: &str) -> Result<Vended, VendError> {
+        self.get_in_at(mappings, name, std::time::Instant::now())
+            .await
+    }
+
+    /// [`CredentialCache::get_in`] for a request that arrived at `arrived` (the
+    /// server's one reading of the OS's monotonic clock, which the cache's clock
+    /// reuses: [`crate::clock::Clock::monotonic_at`]).
+    pub async fn get_in_at(
+        &self,
+        mappings: &MappingTable,
+        name: &str,
+        arrived: std::time::Instant,
+    ) -> Result<Vended, VendError> {
         let inner = &self.inner;
-        let now = inner.now();
+        let now = inner.now_at(arrived);
         let table = &mappings.0;
         let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
         spec.touch(now.wall);
         if let Some(vended) = inner.cached(spec, table, now) {
             return Ok(vended);
         }
-        self.get_slow(spec.clone(), table.clone(), now).await
+        // Boxed: a cache hit never gets here, and its future (created, moved and
+        // dropped once per request) then holds a pointer instead of the slow path's
+        // state (docs/performance.md, "The cache hit's own cost").
+        Box::pin(self.get_slow(spec.clone(), table.clone(), now)).await
     }
 
     /// The request path past the fast path ([`Inner::cached`]) for `spec` of the

@@ -70,7 +70,9 @@ impl CredentialEndpoint {
         let started = Instant::now();
         let generation = self.generation.load_full();
         let mut job = None;
-        let (mapping, result) = self.route(&generation, &request, conn, &mut job).await;
+        let (mapping, result) = self
+            .route(&generation, &request, conn, started, &mut job)
+            .await;
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -97,11 +99,14 @@ impl CredentialEndpoint {
     /// Checks and serves one request. The mapping name comes back borrowed (from the
     /// request or the access table) for the audit line: no allocation on success with a
     /// configured token. A job token that authorised the request is left in `job`.
+    /// `arrived` is the request's one reading of the monotonic clock, which the cache
+    /// and the served metrics reuse.
     async fn route<'a>(
         &self,
         generation: &'a Generation,
         request: &'a Request<Incoming>,
         conn: ConnInfo,
+        arrived: Instant,
         job: &mut Option<JobGrant>,
     ) -> (Option<&'a str>, Result<Response<Body>, ApiError>) {
         let access = &generation.access;
@@ -163,7 +168,7 @@ impl CredentialEndpoint {
                 );
             }
         };
-        let result = match self.vend(generation, mapping, job.as_ref()).await {
+        let result = match self.vend(generation, mapping, job.as_ref(), arrived).await {
             Ok(vended) => {
                 let entry = &vended.entry;
                 CredentialsServed {
@@ -173,6 +178,7 @@ impl CredentialEndpoint {
                     access_key_id: &entry.access_key_id,
                     expiration: entry.expiration,
                     job: job.as_ref().map(JobGrant::audit),
+                    arrived,
                 }
                 .emit(&self.metrics);
                 // The body was encoded once when the credential arrived.
@@ -211,15 +217,24 @@ impl CredentialEndpoint {
         generation: &Generation,
         mapping: &str,
         job: Option<&JobGrant>,
+        arrived: Instant,
     ) -> Result<Vended, VendError> {
         match job.and_then(JobGrant::session_name) {
             // The per-job entry, assumed with the token's RoleSessionName.
+            // Boxed, like the cache's own slow path: a request authorised by a
+            // configured token does not carry this future's state.
             Some(session) => {
+                Box::pin(
+                    self.cache
+                        .get_job_in(&generation.mappings, mapping, session),
+                )
+                .await
+            }
+            None => {
                 self.cache
-                    .get_job_in(&generation.mappings, mapping, session)
+                    .get_in_at(&generation.mappings, mapping, arrived)
                     .await
             }
-            None => self.cache.get_in(&generation.mappings, mapping).await,
         }
     }
 }
