@@ -58,6 +58,24 @@ impl CredentialCache {
             .await
     }
 
+    /// The credential of mapping `name` (in `mappings`, the request's generation) if it
+    /// can be served at once as it is: the fast path of [`CredentialCache::get_in_at`]
+    /// ([`Inner::cached`]), without a future. `None` means "ask `get_in_at`" (a miss,
+    /// a credential to refresh or to check first, or no such mapping).
+    pub fn cached_at(
+        &self,
+        mappings: &MappingTable,
+        name: &str,
+        arrived: std::time::Instant,
+    ) -> Option<Vended> {
+        let inner = &self.inner;
+        let now = inner.now_at(arrived);
+        let table = &mappings.0;
+        let spec = table.by_name.get(name)?;
+        spec.touch(now.wall);
+        inner.cached(spec, table, now)
+    }
+
     /// [`CredentialCache::get_in`] for a request that arrived at `arrived` (the
     /// server's one reading of the OS's monotonic clock, which the cache's clock
     /// reuses: [`crate::clock::Clock::monotonic_at`]).
@@ -75,10 +93,7 @@ impl CredentialCache {
         if let Some(vended) = inner.cached(spec, table, now) {
             return Ok(vended);
         }
-        // Boxed: a cache hit never gets here, and its future (created, moved and
-        // dropped once per request) then holds a pointer instead of the slow path's
-        // state (docs/performance.md, "The cache hit's own cost").
-        Box::pin(self.get_slow(spec.clone(), table.clone(), now)).await
+        self.get_slow(spec.clone(), table.clone(), now).await
     }
 
     /// The request path past the fast path ([`Inner::cached`]) for `spec` of the

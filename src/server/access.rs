@@ -219,16 +219,18 @@ impl HostAllowList {
     /// case folding, no brackets, no trailing dot: those take the full check). The
     /// port is stripped like [`strip_port`] strips it from a name without brackets.
     fn is_usual(&self, host: &[u8]) -> bool {
-        let name = match host.iter().rposition(|&b| b == b':') {
-            Some(colon)
-                if !host[..colon].contains(&b':')
-                    && host[colon + 1..].iter().all(u8::is_ascii_digit) =>
-            {
-                &host[..colon]
+        self.usual.iter().any(|usual| {
+            let usual = usual.as_bytes();
+            match host.strip_prefix(usual) {
+                Some([]) => true,
+                // A port, unless the name has colons of its own (`::1:80` is no
+                // `::1` with a port; `strip_port` leaves it whole).
+                Some([b':', port @ ..]) => {
+                    !usual.contains(&b':') && port.iter().all(u8::is_ascii_digit)
+                }
+                _ => false,
             }
-            _ => host,
-        };
-        self.usual.iter().any(|usual| usual.as_bytes() == name)
+        })
     }
 }
 
@@ -329,6 +331,7 @@ mod tests {
             "localhostx",
             "evil-localhost",
             "::12",
+            "::1:80",
             "127.0.0.20",
             "127.0.0.2.evil.example:8901",
         ] {
