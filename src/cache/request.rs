@@ -60,7 +60,7 @@ impl CredentialCache {
 
     /// The credential of mapping `name` (in `mappings`, the request's generation) if it
     /// can be served at once as it is: the fast path of [`CredentialCache::get_in_at`]
-    /// ([`Inner::cached`]), without a future. `None` means "ask `get_in_at`" (a miss,
+    /// (`Inner::cached`), without a future. `None` means "ask `get_in_at`" (a miss,
     /// a credential to refresh or to check first, or no such mapping).
     pub fn cached_at(
         &self,

@@ -95,7 +95,7 @@ impl Future for Handled {
 
 impl CredentialEndpoint {
     /// Checks and answers one request. Everything up to the cache is decided at once
-    /// ([`CredentialEndpoint::check`]); a credential the cache holds ready is served
+    /// (`CredentialEndpoint::check`); a credential the cache holds ready is served
     /// without waiting, anything else waits in a boxed future.
     pub fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Handled {
         let started = Instant::now();
