@@ -10,7 +10,9 @@
 //! Scenarios (`bench_driver SCENARIO`; `all` runs them in this order):
 //! - `throughput`: credvend's cache-hit path vs `examples/bare_hyper.rs` answering the
 //!   same body bytes, `wrk --latency` at fixed connection counts, alternating A B A B.
-//!   Prints req/s, p50 and p99 for both, the ratios per pair and their median.
+//!   Prints req/s, p50 and p99 for both, the ratios per pair and their median. With
+//!   `BENCH_BASELINE=/path/to/credvend`, that build runs third in every pair (A B C A B
+//!   C) and its server-CPU ratio to bare hyper is printed beside this build's.
 //! - `herd`: 1,000 concurrent first requests for one mapping while STS takes 300 ms:
 //!   AssumeRole calls and the latency distribution.
 //! - `scale`: `scale-idle` then `scale-warm`.
@@ -295,6 +297,26 @@ async fn start_credvend(
     log_level: &str,
     mappings: &[MappingSpec],
 ) -> (Proc, SocketAddr) {
+    start_binary(
+        &target_dir().join("credvend"),
+        dir,
+        stem,
+        sts,
+        log_level,
+        mappings,
+    )
+    .await
+}
+
+/// [`start_credvend`] for the credvend binary at `binary` (a baseline build).
+async fn start_binary(
+    binary: &Path,
+    dir: &Path,
+    stem: &str,
+    sts: &FakeSts,
+    log_level: &str,
+    mappings: &[MappingSpec],
+) -> (Proc, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.join(format!("{stem}.toml"));
@@ -309,7 +331,12 @@ async fn start_credvend(
             mappings,
         },
     );
-    let credvend = spawn_credvend(&config, &dir.join(format!("{stem}.log")));
+    let credvend = spawn_binary(
+        binary,
+        &config,
+        &dir.join(format!("{stem}.log")),
+        &shipped_allocator_env(),
+    );
     wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
     (credvend, listen)
 }
@@ -481,6 +508,22 @@ async fn throughput(dir: &Path) {
     for level in levels.split(',').map(str::trim).filter(|l| !l.is_empty()) {
         let (credvend, listen) =
             start_credvend(dir, &format!("throughput-{level}"), &sts, level, &mappings).await;
+        let baseline = match std::env::var_os("BENCH_BASELINE").map(PathBuf::from) {
+            Some(binary) => {
+                let (proc, listen) = start_binary(
+                    &binary,
+                    dir,
+                    &format!("throughput-baseline-{level}"),
+                    &sts,
+                    level,
+                    &mappings,
+                )
+                .await;
+                println!("\n  baseline: {}", binary.display());
+                Some((proc, format!("http://{listen}/v1/credentials/hot")))
+            }
+            None => None,
+        };
         let bare: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // The exact body credvend sends, for the bare server.
         let response =
@@ -519,11 +562,15 @@ async fn throughput(dir: &Path) {
         let (bare_pid, credvend_pid) = (bare_proc.pid(), credvend.pid());
         run_wrk(&bare_url, &mappings[0].token, 16, 1, bare_pid);
         run_wrk(&credvend_url, &mappings[0].token, 16, 1, credvend_pid);
+        if let Some((proc, url)) = &baseline {
+            run_wrk(url, &mappings[0].token, 16, 1, proc.pid());
+        }
         let pair_count = pairs;
         for &c in &connections {
             let mut rps_ratios = Vec::new();
             let mut p99_ratios = Vec::new();
             let mut cpu_ratios = Vec::new();
+            let mut baseline_cpu_ratios = Vec::new();
             println!(
                 "  connections {c}:\n    pair  bare req/s  p50     p99      cpu/req | credvend req/s  p50     p99      cpu/req | req/s ratio  p99 ratio  cpu/req ratio"
             );
@@ -533,6 +580,9 @@ async fn throughput(dir: &Path) {
                 let rps_ratio = b.rps / a.rps;
                 let p99_ratio = b.p99_us / a.p99_us;
                 let cpu_ratio = b.cpu_us / a.cpu_us;
+                let base = baseline
+                    .as_ref()
+                    .map(|(proc, url)| run_wrk(url, &mappings[0].token, c, seconds, proc.pid()));
                 rps_ratios.push(rps_ratio);
                 p99_ratios.push(p99_ratio);
                 cpu_ratios.push(cpu_ratio);
@@ -555,9 +605,28 @@ async fn throughput(dir: &Path) {
                         ""
                     }
                 );
+                if let Some(base) = base {
+                    let ratio = base.cpu_us / a.cpu_us;
+                    baseline_cpu_ratios.push(ratio);
+                    println!(
+                        "          baseline: {:>10.0} req/s  {:>6.0}us {:>7.0}us {:>5.1}us cpu/req; cpu/req ratio to bare {:.3}{}",
+                        base.rps,
+                        base.p50_us,
+                        base.p99_us,
+                        base.cpu_us,
+                        ratio,
+                        if base.errors { "  (errors!)" } else { "" }
+                    );
+                }
             }
             let rps_median = median(&mut rps_ratios);
             let p99_median = median(&mut p99_ratios);
+            let spread = |ratios: &[f64]| {
+                let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{lowest:.3}-{highest:.3}")
+            };
+            let cpu_spread = spread(&cpu_ratios);
             let cpu_median = median(&mut cpu_ratios);
             println!(
                 "    median ratio: throughput {rps_median:.3} (target >= 0.85), p99 {p99_median:.3} (target <= 1.5), server CPU per request {cpu_median:.3} ({})  [load {}]",
@@ -568,7 +637,16 @@ async fn throughput(dir: &Path) {
                 },
                 uptime()
             );
+            println!("    server CPU per request ratios, range {cpu_spread}");
+            if !baseline_cpu_ratios.is_empty() {
+                let range = spread(&baseline_cpu_ratios);
+                println!(
+                    "    baseline: median server CPU per request ratio {:.3}, range {range}",
+                    median(&mut baseline_cpu_ratios)
+                );
+            }
         }
+        drop(baseline);
         drop(bare_proc);
         drop(credvend);
     }

@@ -358,10 +358,9 @@ impl Daemon {
                 info!(%addr, "Serving credentials");
             }
             let endpoint = endpoint.clone();
-            let handler = move |request, conn| {
-                let endpoint = endpoint.clone();
-                async move { endpoint.handle(request, conn).await }
-            };
+            // The endpoint answers a cache hit at once (`Handled::Ready`); only a request
+            // that waits for the cache carries a future of its own.
+            let handler = move |request, conn| endpoint.handle(request, conn);
             servers.push(tokio::spawn(server::serve_sharing(
                 listener,
                 handler,

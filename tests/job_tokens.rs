@@ -107,6 +107,53 @@ async fn a_minted_token_fetches_credentials_until_it_is_revoked() {
     d.stop().await;
 }
 
+/// A job token minted with a session name is served its per-job credential (an
+/// AssumeRole of its own) even while the mapping's own credential is cached and ready:
+/// the endpoint answers a cache hit at once only for a configured token, and a job
+/// token is never handed the mapping's credential.
+#[tokio::test]
+async fn a_session_named_job_token_is_not_served_the_mappings_cached_credential() {
+    let (sts, d, acme, dir) = start().await;
+    let own = get_with_token(d.addr, "/v1/credentials/acme-s3", &acme).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let calls = sts.assume_role_calls().len();
+    let again = get_with_token(d.addr, "/v1/credentials/acme-s3", &acme).await;
+    assert_eq!(
+        again.json()["AccessKeyId"],
+        own.json()["AccessKeyId"],
+        "the mapping's own credential is cached"
+    );
+    sts.assert_assume_role_calls(calls, "a cache hit calls no STS");
+
+    let (token, _) = minted(
+        &mint(
+            &dir.socket(),
+            r#"{"mapping": "acme-s3", "session_name": "sync-job-8812"}"#,
+        )
+        .await,
+    );
+    for path in ["/v1/credentials/acme-s3", "/v1/credentials"] {
+        let job = get_with_token(d.addr, path, &token).await;
+        assert_eq!(job.status, 200, "{path}: {}", job.body);
+        assert_ne!(
+            job.json()["AccessKeyId"],
+            own.json()["AccessKeyId"],
+            "{path}: the job token was served the mapping's own credential"
+        );
+    }
+    let job_calls: Vec<_> = sts
+        .assume_role_calls()
+        .into_iter()
+        .filter(|call| call.session_name.as_deref() == Some("sync-job-8812"))
+        .collect();
+    assert_eq!(
+        job_calls.len(),
+        1,
+        "one AssumeRole with the job's RoleSessionName, then its entry is cached: {job_calls:?}"
+    );
+    d.stop().await;
+}
+
 /// A token minted with `"lease": "connection"` dies when the connection that minted it
 /// closes, and not before: the connection may sit idle longer than
 /// `server.header_read_timeout`, which closes idle connections without a lease.

@@ -384,6 +384,15 @@ impl Inner {
         }
     }
 
+    /// [`Inner::now`] with the monotonic clock as it read at `at`, the request's
+    /// arrival ([`Clock::monotonic_at`]: no second read of the OS's clock).
+    fn now_at(&self, at: std::time::Instant) -> Now {
+        Now {
+            wall: self.clock.now(),
+            monotonic: self.clock.monotonic_at(at),
+        }
+    }
+
     fn current_table(&self) -> Arc<Table> {
         self.table.load_full()
     }

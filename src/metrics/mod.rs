@@ -490,6 +490,13 @@ impl Metrics {
             .served(mapping, source, self.clock.monotonic());
     }
 
+    /// [`Metrics::served`] for a request that arrived at `arrived`: its activity stamp
+    /// is the clock as it read then ([`Clock::monotonic_at`], no second read).
+    pub fn served_at(&self, mapping: &str, source: Source, arrived: std::time::Instant) {
+        self.per_mapping
+            .served(mapping, source, self.clock.monotonic_at(arrived));
+    }
+
     /// The credential now held for `mapping` expires at `expiration`.
     pub fn expiry(&self, mapping: &str, expiration: SystemTime) {
         let secs = unix_secs(expiration);

@@ -17,7 +17,6 @@
 //! registered mapping. The counter totals are atomics of their own rather than sums at
 //! scrape time, so a reload that removes a mapping never makes a fleet counter go down.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
@@ -274,7 +273,9 @@ const ENFORCEMENT_RESULTS: [&str; 3] = ["enforced", "not_enforced", "unknown"];
 /// lock-free; the set changes only on (re)load, by whole-map replacement.
 #[derive(Debug, Default)]
 pub struct PerMapping {
-    series: ArcSwap<HashMap<Arc<str>, Arc<Series>>>,
+    /// By mapping name, looked up by every credential served (foldhash, randomly
+    /// seeded; the names come from the config).
+    series: ArcSwap<foldhash::HashMap<Arc<str>, Arc<Series>>>,
     /// Every counted event of every registered mapping, shown or not.
     totals: Counters,
     /// The job token counters of every registered mapping, shown or not.
@@ -328,7 +329,7 @@ impl PerMapping {
     /// start at zero, missing ones are dropped. Callers serialise writers.
     pub fn sync<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
         let current = self.series.load();
-        let next: HashMap<Arc<str>, Arc<Series>> = names
+        let next: foldhash::HashMap<Arc<str>, Arc<Series>> = names
             .into_iter()
             .map(|name| match current.get_key_value(name) {
                 Some((key, series)) => (key.clone(), series.clone()),

@@ -40,7 +40,9 @@ struct MappingAccess {
 
 /// Access rules of one config generation.
 pub struct AccessTable {
-    mappings: HashMap<String, MappingAccess>,
+    /// By name. Request paths choose the names looked up here, the config the names
+    /// stored: foldhash, randomly seeded per map (no fixed seed to aim collisions at).
+    mappings: foldhash::HashMap<String, MappingAccess>,
     by_token: HashMap<TokenHash, String>,
     /// `Host` values the credential listeners accept.
     hosts: HostAllowList,
@@ -48,7 +50,7 @@ pub struct AccessTable {
 
 impl AccessTable {
     pub fn new(config: &Config) -> Self {
-        let mut mappings = HashMap::new();
+        let mut mappings = foldhash::HashMap::default();
         let mut by_token = HashMap::new();
         for (name, mapping) in &config.mappings {
             for token in &mapping.token_sha256 {
@@ -140,22 +142,33 @@ impl AccessTable {
 pub struct HostAllowList {
     /// Lower-case, no port, no brackets, no trailing dot.
     names: HashSet<String>,
+    /// The few names of `names` an SDK sends (loopback and the listen IPs), compared
+    /// byte for byte before anything else: most requests are allowed without the IP
+    /// parse and the set's hash (docs/performance.md, "The cache hit's own cost").
+    usual: Box<[Box<str>]>,
 }
 
 impl HostAllowList {
     /// Loopback names, the IP of each of `listen`, and `extra` (validated host names).
     pub fn new<'a>(listen: impl IntoIterator<Item = &'a SocketAddr>, extra: &[String]) -> Self {
-        let mut names: HashSet<String> = ["localhost", "127.0.0.1", "::1"]
+        let mut usual: Vec<Box<str>> = ["127.0.0.1", "localhost", "::1"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|&s| s.into())
             .collect();
         for addr in listen {
-            names.insert(addr.ip().to_string());
+            let ip: Box<str> = addr.ip().to_string().into();
+            if !usual.contains(&ip) {
+                usual.push(ip);
+            }
         }
+        let mut names: HashSet<String> = usual.iter().map(|s| s.to_string()).collect();
         for host in extra {
             names.insert(normalise_host(host));
         }
-        Self { names }
+        Self {
+            names,
+            usual: usual.into(),
+        }
     }
 
     /// Whether `request` names this endpoint. The name is the `Host` header; only
@@ -165,6 +178,9 @@ impl HostAllowList {
     /// request is refused.
     pub fn allows_request<B>(&self, request: &Request<B>, local: SocketAddr) -> bool {
         let host = match request.headers().get(header::HOST) {
+            // What an SDK sends, allowed before the UTF-8 check (the usual names are
+            // ASCII) and the parse.
+            Some(value) if self.is_usual(value.as_bytes()) => return true,
             Some(value) => match std::str::from_utf8(value.as_bytes()) {
                 Ok(host) => host,
                 Err(_) => return false,
@@ -183,6 +199,9 @@ impl HostAllowList {
     ///
     /// Allocation-free unless the value has upper-case letters (SDKs send lower case).
     pub fn allows(&self, host: &str, local: SocketAddr) -> bool {
+        if self.is_usual(host.as_bytes()) {
+            return true;
+        }
         let host = trim_host(strip_port(host));
         if host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip()) {
             return true;
@@ -192,6 +211,26 @@ impl HostAllowList {
         } else {
             self.names.contains(host)
         }
+    }
+}
+
+impl HostAllowList {
+    /// Whether `host`, without its port, is one of the usual names byte for byte (no
+    /// case folding, no brackets, no trailing dot: those take the full check). The
+    /// port is stripped like [`strip_port`] strips it from a name without brackets.
+    fn is_usual(&self, host: &[u8]) -> bool {
+        self.usual.iter().any(|usual| {
+            let usual = usual.as_bytes();
+            match host.strip_prefix(usual) {
+                Some([]) => true,
+                // A port, unless the name has colons of its own (`::1:80` is no
+                // `::1` with a port; `strip_port` leaves it whole).
+                Some([b':', port @ ..]) => {
+                    !usual.contains(&b':') && port.iter().all(u8::is_ascii_digit)
+                }
+                _ => false,
+            }
+        })
     }
 }
 
@@ -261,6 +300,43 @@ mod tests {
             table.authorize(Some("ghost"), None),
             Err(AuthFailure::MissingToken)
         );
+    }
+
+    /// The byte-for-byte check of the usual names accepts exactly them (with a port):
+    /// a look-alike that starts or ends like one is left to the full check, which
+    /// refuses it.
+    #[test]
+    fn the_usual_names_match_exactly() {
+        let listen: SocketAddr = "127.0.0.2:8901".parse().unwrap();
+        let local: SocketAddr = "127.0.0.2:8901".parse().unwrap();
+        let hosts = HostAllowList::new([&listen], &[]);
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8901",
+            "localhost",
+            "localhost:80",
+            "::1",
+            "[::1]:8901",
+            "127.0.0.2",
+            "127.0.0.2:8901",
+        ] {
+            assert!(hosts.allows(host, local), "{host:?} refused");
+        }
+        for host in [
+            "127.0.0.10",
+            "127.0.0.1.evil.example",
+            "127.0.0.1x:8901",
+            "x127.0.0.1",
+            "localhost.evil.example",
+            "localhostx",
+            "evil-localhost",
+            "::12",
+            "::1:80",
+            "127.0.0.20",
+            "127.0.0.2.evil.example:8901",
+        ] {
+            assert!(!hosts.allows(host, local), "{host:?} allowed");
+        }
     }
 
     #[test]
