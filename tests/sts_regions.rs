@@ -179,6 +179,62 @@ async fn an_unreachable_primary_is_a_network_error_and_fails_over() {
     d.stop().await;
 }
 
+/// With `source_role_arn`, every customer call is signed with the vendor role's
+/// session, which is itself an AssumeRole: it fails over like the customer calls, so a
+/// dead primary strands neither (src/creds/source_role.rs).
+#[tokio::test]
+async fn with_a_source_role_a_dead_primary_fails_over_for_the_vendor_role_too() {
+    const VENDOR_ROLE: &str = "arn:aws:iam::568237466542:role/vendor-sync-service";
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let clock = ManualClock::starting_now();
+    let fallback = FakeSts::start(Arc::new(clock.clone())).await;
+    fallback.add_role(Role::new(VENDOR_ROLE, TrustRule::NoExternalIdRequired));
+    fallback.add_role(Role::new(
+        role_arn("vendor-sync"),
+        TrustRule::RequireExternalId(EXTERNAL_ID.into()),
+    ));
+    let mut config = config(
+        &url,
+        vec![mapping(
+            "m0",
+            "vendor-sync",
+            Some(EXTERNAL_ID),
+            &token("m0"),
+        )],
+    );
+    config.refresh.cold_wait = Duration::from_secs(10);
+    config.sts.source_role_arn = Some(credvend::aws_names::RoleArn::parse(VENDOR_ROLE).unwrap());
+    config.sts.fallback_regions = vec![Region::try_from(FALLBACK.to_owned()).unwrap()];
+    config.sts.endpoint_urls = BTreeMap::from([(FALLBACK.to_owned(), fallback.endpoint_url())]);
+    let d = TestDaemon::start(config, clock).await;
+
+    let r = get(&d, "m0").await;
+    assert_eq!(r.status, 200, "the client sees no error: {}", r.body);
+    let answered = calls(&fallback);
+    let roles: Vec<&str> = answered
+        .iter()
+        .map(|c| c.role_arn.as_deref().unwrap_or("-"))
+        .collect();
+    let customer_role = role_arn("vendor-sync");
+    assert_eq!(roles, [VENDOR_ROLE, customer_role.as_str()], "{answered:?}");
+    // The customer's role was assumed with the vendor session the fallback issued.
+    assert_eq!(
+        answered[1].access_key_id, answered[0].issued_access_key_id,
+        "{answered:?}"
+    );
+    assert_eq!(answered[1].issued_access_key_id, Some(key(&r)));
+    assert!(
+        answered
+            .iter()
+            .all(|c| c.signing_region.as_deref() == Some(FALLBACK)),
+        "{answered:?}"
+    );
+    assert_eq!(regions(&d).await[PRIMARY]["last_error"], "network");
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn a_failing_primary_is_skipped_then_used_again_after_the_cool_down() {
     let n = FAILURE_THRESHOLD as usize + 4;

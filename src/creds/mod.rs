@@ -15,6 +15,7 @@ use crate::secret::{ExternalId, SecretValue};
 
 pub mod error;
 pub mod regions;
+mod source_role;
 pub mod sts;
 
 pub use error::{AssumeError, FailureReason};

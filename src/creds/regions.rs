@@ -256,7 +256,8 @@ impl RegionRole {
     }
 }
 
-/// The regions of one STS client and their breakers.
+/// The regions of one STS client and their breakers; a clone shares the breakers.
+#[derive(Clone)]
 pub struct Regions {
     /// Primary first, then the fallbacks in order.
     chain: Vec<String>,

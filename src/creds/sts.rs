@@ -39,7 +39,6 @@ use aws_config::BehaviorVersion;
 use aws_config::SdkConfig;
 use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
-use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
@@ -53,6 +52,7 @@ use aws_smithy_async::rt::sleep::{SharedAsyncSleep, TokioSleep};
 use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
 
 use super::regions::{self, RegionHealth, Regions};
+use super::source_role::SourceRoleAcrossRegions;
 use super::{
     AssumeError, AssumeRoleInput, Attempt, AttemptHooks, Credentials, FailureReason, NoHooks,
     RoleAssumer,
@@ -218,24 +218,30 @@ impl StsAssumer {
     }
 
     async fn from_base_config(settings: StsSettings, base: SdkConfig) -> Self {
+        let regions = Regions::new(&settings.default_region, &settings.fallback_regions);
         let sdk_config = match &settings.source_role_arn {
             None => base,
             Some(source_role) => {
-                // The provider's own STS client skips the identity cache, so every vendor
-                // role assumption re-reads the base identity; our per-generation cache
-                // sits on top and holds the chained credentials.
-                let chained = AssumeRoleProvider::builder(source_role.clone())
-                    .session_name(SOURCE_ROLE_SESSION_NAME)
-                    .configure(&base)
-                    .build()
-                    .await;
+                // The vendor role is assumed across the regions like any STS call
+                // (`super::source_role`). Its providers' own STS clients skip the
+                // identity cache, so every vendor role assumption re-reads the base
+                // identity; our per-generation cache sits on top and holds the chained
+                // credentials.
+                let chained = SourceRoleAcrossRegions::new(
+                    source_role,
+                    SOURCE_ROLE_SESSION_NAME,
+                    &base,
+                    regions.clone(),
+                    |region| endpoint_for(&settings, region),
+                )
+                .await;
                 base.into_builder()
                     .credentials_provider(SharedCredentialsProvider::new(chained))
                     .build()
             }
         };
         Self {
-            regions: Regions::new(&settings.default_region, &settings.fallback_regions),
+            regions,
             settings,
             sdk_config,
             clients: Mutex::new(ClientSet::new(0)),
@@ -416,12 +422,7 @@ impl StsAssumer {
                 let mut config = aws_sdk_sts::config::Builder::from(&self.sdk_config)
                     .region(Region::new(region.to_owned()))
                     .identity_cache(identity_cache);
-                if let Some(url) = self.settings.endpoint_urls.get(region) {
-                    config = config.endpoint_url(url.clone());
-                } else if self.settings.fallback_regions.iter().any(|r| r == region) {
-                    // The primary's override is not this region's endpoint.
-                    config.set_endpoint_url(None);
-                }
+                config.set_endpoint_url(endpoint_for(&self.settings, region));
                 aws_sdk_sts::Client::from_conf(config.build())
             })
             .clone();
@@ -532,6 +533,18 @@ impl AssumeRoleRequest {
             .set_source_identity(self.source_identity)
             .send()
             .await
+    }
+}
+
+/// The endpoint URL of `region`'s STS client (`None`: AWS's regional endpoint): its
+/// `[sts.endpoint_urls]` entry; for a fallback without one, AWS's (the primary's
+/// override is not that region's endpoint); otherwise (the primary, a mapping's own
+/// region) the primary's override, as `endpoint_url` always was.
+fn endpoint_for(settings: &StsSettings, region: &str) -> Option<String> {
+    match settings.endpoint_urls.get(region) {
+        Some(url) => Some(url.clone()),
+        None if settings.fallback_regions.iter().any(|r| r == region) => None,
+        None => settings.endpoint_url.clone(),
     }
 }
 
