@@ -19,8 +19,8 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -180,18 +180,76 @@ pub struct Activity {
     pub enforced: Option<bool>,
 }
 
+/// The values of every mapping that nothing has happened to yet ([`Series::new`]): what
+/// a scrape and [`PerMapping::with`] see for a mapping without series state of its own.
+static IDLE: Series = Series::new();
+
 impl Series {
     /// A newly registered mapping: counters at 0, state `empty`, enforcement unknown,
     /// no expiry, never served, never failed.
-    fn new() -> Self {
+    const fn new() -> Self {
         Self {
-            counters: Counters::default(),
+            counters: Counters {
+                assume_role: [const { AtomicU64::new(0) }; 2],
+                failures: [const { AtomicU64::new(0) }; FailureReason::ALL.len()],
+                served: [const { AtomicU64::new(0) }; SOURCES.len()],
+            },
             expiry: AtomicI64::new(NO_EXPIRY),
-            state: AtomicU8::new(state_index(MappingState::Empty)),
+            // `MappingState::ALL[0]` (`indexes_cover_every_label_value` pins it).
+            state: AtomicU8::new(0),
             enforced: AtomicI64::new(-1),
             last_served: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
-            job_tokens: Default::default(),
+            job_tokens: [const { AtomicU64::new(0) }; 3],
+        }
+    }
+
+    /// Whether every value is still [`Series::new`]'s: such a mapping needs no state.
+    fn is_idle(&self) -> bool {
+        let zero = |counters: &[AtomicU64]| counters.iter().all(|c| c.load(Ordering::Relaxed) == 0);
+        zero(&self.counters.assume_role)
+            && zero(&self.counters.failures)
+            && zero(&self.counters.served)
+            && zero(&self.job_tokens)
+            && self.expiry.load(Ordering::Relaxed) == NO_EXPIRY
+            && self.state.load(Ordering::Relaxed) == 0
+            && self.enforced.load(Ordering::Relaxed) == -1
+            && self.last_served.load(Ordering::Relaxed) == 0
+            && self.last_failure.load(Ordering::Relaxed) == 0
+    }
+
+    /// Adds what happened to `scratch` (a [`Series::new`] that one event was recorded
+    /// in) to this series, which another event created meanwhile: counts add up, the
+    /// later stamp wins, a gauge the event set is set.
+    fn absorb(&self, scratch: &Series) {
+        let add = |into: &[AtomicU64], from: &[AtomicU64]| {
+            for (into, from) in into.iter().zip(from) {
+                into.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        };
+        add(&self.counters.assume_role, &scratch.counters.assume_role);
+        add(&self.counters.failures, &scratch.counters.failures);
+        add(&self.counters.served, &scratch.counters.served);
+        add(&self.job_tokens, &scratch.job_tokens);
+        self.last_served.fetch_max(
+            scratch.last_served.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.last_failure.fetch_max(
+            scratch.last_failure.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let expiry = scratch.expiry.load(Ordering::Relaxed);
+        if expiry != NO_EXPIRY {
+            self.expiry.store(expiry, Ordering::Relaxed);
+        }
+        let state = scratch.state.load(Ordering::Relaxed);
+        if state != 0 {
+            self.state.store(state, Ordering::Relaxed);
+        }
+        let enforced = scratch.enforced.load(Ordering::Relaxed);
+        if enforced != -1 {
+            self.enforced.store(enforced, Ordering::Relaxed);
         }
     }
 
@@ -272,9 +330,18 @@ const ENFORCEMENT_RESULTS: [&str; 3] = ["enforced", "not_enforced", "unknown"];
 
 /// The per-mapping series of every configured mapping, and the fleet totals. Reads are
 /// lock-free; the set changes only on (re)load, by whole-map replacement.
+///
+/// A mapping gets its [`Series`] at the first event that leaves a value other than
+/// [`Series::new`]'s (a credential served, an AssumeRole call, a state other than
+/// `empty`, ...); until then it is a name and an empty slot (~70 bytes instead of
+/// ~230), and reads as [`IDLE`]. At 100,000 mappings of which few are in use, that is
+/// most of them (docs/performance.md, "Memory and start-up at 100,000 mappings").
 #[derive(Debug, Default)]
 pub struct PerMapping {
-    series: ArcSwap<HashMap<Arc<str>, Arc<Series>>>,
+    series: ArcSwap<HashMap<Arc<str>, OnceLock<Arc<Series>>>>,
+    /// Held while a slot is filled and while [`PerMapping::sync`] copies the filled
+    /// slots into the next map, so no series created meanwhile is left behind.
+    slots: Mutex<()>,
     /// Every counted event of every registered mapping, shown or not.
     totals: Counters,
     /// The job token counters of every registered mapping, shown or not.
@@ -285,9 +352,36 @@ impl PerMapping {
     /// Runs `f` on `mapping`'s series, if the mapping is registered. Events for a
     /// mapping that a reload has just removed find nothing and are dropped, so a late
     /// fetch result cannot bring a removed mapping's series back.
+    ///
+    /// A mapping without a series yet: `f` runs on a new one, which is kept only if `f`
+    /// changed something (so the scrape's refresh of every mapping's state, which sets
+    /// an idle mapping's values to what they are, creates nothing).
     pub fn with(&self, mapping: &str, f: impl FnOnce(&Series)) {
-        if let Some(series) = self.series.load().get(mapping) {
+        let map = self.series.load();
+        let Some(slot) = map.get(mapping) else {
+            return;
+        };
+        if let Some(series) = slot.get() {
             f(series);
+            return;
+        }
+        let scratch = Series::new();
+        f(&scratch);
+        if scratch.is_idle() {
+            return;
+        }
+        drop(map);
+        let _slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // The current map: a reload may have replaced the one read above.
+        let map = self.series.load();
+        let Some(slot) = map.get(mapping) else {
+            return;
+        };
+        match slot.get() {
+            Some(series) => series.absorb(&scratch),
+            None => {
+                let _ = slot.set(Arc::new(scratch));
+            }
         }
     }
 
@@ -327,12 +421,13 @@ impl PerMapping {
     /// Makes the set exactly `names`: existing mappings keep their values, new ones
     /// start at zero, missing ones are dropped. Callers serialise writers.
     pub fn sync<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let _slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.series.load();
-        let next: HashMap<Arc<str>, Arc<Series>> = names
+        let next: HashMap<Arc<str>, OnceLock<Arc<Series>>> = names
             .into_iter()
             .map(|name| match current.get_key_value(name) {
-                Some((key, series)) => (key.clone(), series.clone()),
-                None => (Arc::from(name), Arc::new(Series::new())),
+                Some((key, slot)) => (key.clone(), slot.clone()),
+                None => (Arc::from(name), OnceLock::new()),
             })
             .collect();
         let len = next.len();
@@ -349,7 +444,8 @@ impl PerMapping {
         let mut enforcement = [0i64; ENFORCEMENT_RESULTS.len()];
         let mut mappings: Vec<(&str, &Series)> = Vec::new();
         let mut earliest_expiry: Option<i64> = None;
-        for (name, series) in map.iter() {
+        for (name, slot) in map.iter() {
+            let series = slot.get().map_or(&IDLE, |series| series.as_ref());
             let expiry = series.expiry.load(Ordering::Relaxed);
             if expiry != NO_EXPIRY {
                 earliest_expiry = Some(earliest_expiry.map_or(expiry, |e| e.min(expiry)));
@@ -358,7 +454,7 @@ impl PerMapping {
             let enforced = series.enforced.load(Ordering::Relaxed).clamp(-1, 1);
             enforcement[usize::try_from(1 - enforced).unwrap_or(2)] += 1;
             if shown(series) {
-                mappings.push((name.as_ref(), series.as_ref()));
+                mappings.push((name.as_ref(), series));
             }
         }
         mappings.sort_unstable_by_key(|(name, _)| *name);
@@ -566,9 +662,26 @@ mod tests {
     use super::*;
 
     impl PerMapping {
+        /// `mapping`'s series, if it has one of its own.
         fn get(&self, mapping: &str) -> Option<Arc<Series>> {
-            self.series.load().get(mapping).cloned()
+            self.series.load().get(mapping)?.get().cloned()
         }
+
+        fn registered(&self, mapping: &str) -> bool {
+            self.series.load().contains_key(mapping)
+        }
+
+        /// How many mappings have a series of their own.
+        fn with_state(&self) -> usize {
+            let map = self.series.load();
+            map.values().filter(|slot| slot.get().is_some()).count()
+        }
+    }
+
+    fn rendered(p: &PerMapping, shown: impl Fn(&Series) -> bool) -> String {
+        let mut out = String::new();
+        p.render(&mut out, shown);
+        out
     }
 
     #[test]
@@ -586,9 +699,112 @@ mod tests {
         let a = p.get("a").unwrap();
         p.sync(["a", "c"]);
         assert!(Arc::ptr_eq(&a, &p.get("a").unwrap()));
-        assert!(p.get("b").is_none());
+        assert!(!p.registered("b"));
         assert_eq!(load(&p.get("a").unwrap().counters.served[0]), 1);
-        assert_eq!(load(&p.get("c").unwrap().counters.served[0]), 0);
+        assert!(p.registered("c"));
+        assert!(
+            p.get("c").is_none(),
+            "nothing happened to c: no series of its own"
+        );
+    }
+
+    #[test]
+    fn an_idle_mapping_holds_no_series_until_something_happens_to_it() {
+        let p = PerMapping::default();
+        p.sync(["busy", "failing", "idle", "minted"]);
+        // What a scrape's refresh writes for every mapping (Metrics::observe_cache):
+        // an idle mapping's values as they are.
+        for name in ["busy", "failing", "idle", "minted"] {
+            p.with(name, |s| {
+                s.set_state(MappingState::Empty);
+                s.set_enforced(-1);
+                s.clear_expiry();
+            });
+        }
+        assert_eq!(p.with_state(), 0, "refreshing idle values creates nothing");
+        p.served("busy", Source::Fresh, Duration::from_secs(5));
+        p.assume_role(
+            "failing",
+            Err(FailureReason::AccessDenied),
+            Duration::from_secs(6),
+        );
+        p.job_token("minted", JobTokenEvent::Minted, Duration::from_secs(7));
+        p.with("idle", |s| s.set_state(MappingState::Empty));
+        assert_eq!(p.with_state(), 3);
+        assert!(p.get("idle").is_none());
+        let busy = p.get("busy").expect("served: a series");
+        assert_eq!(load(&busy.counters.served[source_index(Source::Fresh)]), 1);
+        assert_eq!(busy.activity().last_served, Some(Duration::from_secs(5)));
+        let failing = p.get("failing").expect("failed: a series");
+        assert_eq!(
+            failing.activity().last_failure,
+            Some(Duration::from_secs(6))
+        );
+        // The fleet totals count the event that created the series.
+        assert_eq!(load(&p.totals.served[source_index(Source::Fresh)]), 1);
+        assert_eq!(load(&p.totals.assume_role[1]), 1);
+        // A gauge set to something else than the idle value creates one too.
+        p.with("idle", |s| s.set_state(MappingState::Failed));
+        assert_eq!(
+            p.get("idle")
+                .expect("failed state: a series")
+                .activity()
+                .state,
+            MappingState::Failed
+        );
+    }
+
+    #[test]
+    fn a_mapping_without_a_series_renders_as_idle_and_counts_in_the_fleet_gauges() {
+        let lazy = PerMapping::default();
+        lazy.sync(["a", "b"]);
+        lazy.served("a", Source::Cache, Duration::from_secs(1));
+        // The same values, every mapping with a series of its own.
+        let eager = PerMapping::default();
+        eager.sync(["a", "b"]);
+        eager.served("a", Source::Cache, Duration::from_secs(1));
+        {
+            let map = eager.series.load();
+            let _ = map["b"].set(Arc::new(Series::new()));
+        }
+        assert_eq!(eager.with_state(), 2);
+        assert_eq!(lazy.with_state(), 1);
+        let rules: [fn(&Series) -> bool; 2] = [|_| true, |s| !s.is_idle()];
+        for shown in rules {
+            assert_eq!(rendered(&lazy, shown), rendered(&eager, shown));
+        }
+        let all = rendered(&lazy, |_| true);
+        assert!(
+            all.contains("credvend_mapping_state{mapping=\"b\",state=\"empty\"} 1"),
+            "{all}"
+        );
+        assert!(
+            all.contains("credvend_fleet_mapping_state{state=\"empty\"} 2"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn an_event_racing_the_series_creation_is_added_to_it() {
+        let p = PerMapping::default();
+        p.sync(["a"]);
+        // Another event created the series between this one's look and its lock:
+        // the scratch values are added, not lost and not overwriting.
+        p.served("a", Source::Cache, Duration::from_secs(3));
+        let scratch = Series::new();
+        scratch.counters.served(Source::Cache);
+        Stamp::record(&scratch.last_served, Duration::from_secs(2));
+        scratch.set_state(MappingState::Fresh);
+        p.get("a").unwrap().absorb(&scratch);
+        let a = p.get("a").unwrap();
+        assert_eq!(load(&a.counters.served[source_index(Source::Cache)]), 2);
+        assert_eq!(a.activity().last_served, Some(Duration::from_secs(3)));
+        assert_eq!(a.activity().state, MappingState::Fresh);
+        assert_eq!(
+            a.activity().enforced,
+            None,
+            "not set by the event: unchanged"
+        );
     }
 
     #[test]
@@ -599,6 +815,8 @@ mod tests {
         for (i, s) in MappingState::ALL.iter().enumerate() {
             assert_eq!(usize::from(state_index(*s)), i);
         }
+        // `Series::new` and `Series::is_idle` take index 0 for `empty`.
+        assert_eq!(state_index(MappingState::Empty), 0);
         for (i, s) in SOURCES.iter().enumerate() {
             assert_eq!(source_index(*s), i);
         }
