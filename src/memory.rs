@@ -21,7 +21,17 @@
 //! jemalloc's own idle state and change nothing else. Errors are not fatal: the heap is
 //! then only larger.
 
+use std::sync::Mutex;
+
 use tikv_jemalloc_ctl::{Access, AsName, arenas, background_thread};
+
+/// Held while decay times are read and written: two releases at once would otherwise
+/// read each other's 0 as the time to put back, and leave an arena at 0.
+static CONTROL: Mutex<()> = Mutex::new(());
+
+fn control() -> std::sync::MutexGuard<'static, ()> {
+    CONTROL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// How long freed pages stay with jemalloc for reuse before its background threads give
 /// them back: jemalloc's default is 10 s; 1 s returns what a reader of the files or a
@@ -36,6 +46,7 @@ pub const DIRTY_DECAY_MS: isize = 1_000;
 /// back at once). `Err` says what failed (jemalloc built without background threads, or
 /// they could not be started): the heap is then only larger.
 pub fn start_background_purge() -> Result<(), String> {
+    let _control = control();
     b"arenas.dirty_decay_ms\0"
         .name()
         .write(DIRTY_DECAY_MS)
@@ -74,6 +85,7 @@ pub struct Released {
 pub fn release_freed_heap() -> Released {
     #[cfg(any(test, feature = "test-util"))]
     RELEASES.with(|count| count.set(count.get() + 1));
+    let _control = control();
     let mut purged = 0;
     for_each_arena(|name| {
         let Ok(decay_ms) = Access::<isize>::read(name) else {
@@ -105,16 +117,31 @@ pub fn releases_on_this_thread() -> u64 {
 mod tests {
     use super::*;
 
+    /// One test, not two: both change arena 0's decay time, which one process shares.
     #[test]
-    fn release_purges_the_initialised_arenas_and_puts_their_decay_time_back() {
-        // Make sure jemalloc has arena 0 (its first allocation initialises it).
-        let before = Access::<isize>::read(b"arena.0.dirty_decay_ms\0".name());
+    fn release_purges_and_puts_the_decay_time_back_and_start_sets_it_for_every_arena() {
+        // Read under the lock: a reload test's release elsewhere in this process sets
+        // it to 0 for a moment.
+        let arena0 = || {
+            let _control = control();
+            Access::<isize>::read(b"arena.0.dirty_decay_ms\0".name()).ok()
+        };
+        // The first call initialises jemalloc, and with it arena 0.
+        let before = arena0();
+        assert!(before.is_some());
         let released = release_freed_heap();
         assert!(released.arenas >= 1, "{released:?}");
+        assert_eq!(arena0(), before, "the decay time is put back");
+
+        start_background_purge().expect("background threads and decay set");
+        assert_eq!(arena0(), Some(DIRTY_DECAY_MS), "an arena that existed");
         assert_eq!(
-            Access::<isize>::read(b"arena.0.dirty_decay_ms\0".name()).ok(),
-            before.ok(),
-            "the decay time is put back"
+            Access::<isize>::read(b"arenas.dirty_decay_ms\0".name()).ok(),
+            Some(DIRTY_DECAY_MS),
+            "arenas made later"
         );
+        assert_eq!(background_thread::read().ok(), Some(true));
+        release_freed_heap();
+        assert_eq!(arena0(), Some(DIRTY_DECAY_MS), "put back after a release");
     }
 }
