@@ -31,13 +31,45 @@ use crate::model::{MappingState, Source};
 /// `credvend_credentials_expiry_timestamp_seconds` has no series for this mapping.
 const NO_EXPIRY: i64 = i64::MIN;
 
+/// Counters that stay at zero for most mappings (failure reasons, job tokens): no room
+/// until the first increment, then `N` atomics of their own. A warm mapping's series
+/// is then 128 bytes instead of 224 (docs/performance.md, "Memory and start-up at
+/// 100,000 mappings").
+#[derive(Debug, Default)]
+struct Rare<const N: usize>(OnceLock<Box<[AtomicU64; N]>>);
+
+/// What [`Rare::get`] reads before the first increment.
+static ZEROS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+const _: () = assert!(FailureReason::ALL.len() <= ZEROS.len());
+
+impl<const N: usize> Rare<N> {
+    const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    /// The `N` counters (zeros until the first increment).
+    fn get(&self) -> &[AtomicU64] {
+        self.0.get().map_or(&ZEROS[..N], |counters| &counters[..])
+    }
+
+    /// Adds `n` to counter `i`.
+    fn add(&self, i: usize, n: u64) {
+        if n > 0 {
+            let counters = self
+                .0
+                .get_or_init(|| Box::new([const { AtomicU64::new(0) }; N]));
+            counters[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The counters kept per mapping, and once more for the fleet totals.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// `credvend_assume_role_total`: `[success, error]`.
     assume_role: [AtomicU64; 2],
     /// `credvend_assume_role_failures_total`, indexed like [`FailureReason::ALL`].
-    failures: [AtomicU64; FailureReason::ALL.len()],
+    failures: Rare<{ FailureReason::ALL.len() }>,
     /// `credvend_credentials_served_total`, indexed like [`SOURCES`].
     served: [AtomicU64; SOURCES.len()],
 }
@@ -77,7 +109,7 @@ const COUNTER_FAMILIES: [CounterFamily; 3] = [
         fleet_help: "Failed AssumeRole calls, all mappings together, by classified reason.",
         label: "reason",
         values: |i| FailureReason::ALL[i].as_str(),
-        counters: |c| &c.failures,
+        counters: |c| c.failures.get(),
     },
     CounterFamily {
         name: "credvend_credentials_served_total",
@@ -105,7 +137,7 @@ pub struct Series {
     /// When an AssumeRole call last failed ([`Stamp`]).
     last_failure: AtomicU64,
     /// `credvend_job_tokens_{minted,revoked,expired}_total`, indexed like [`JOB_TOKENS`].
-    job_tokens: [AtomicU64; 3],
+    job_tokens: Rare<3>,
 }
 
 /// The job token counters, in [`Series::job_tokens`] order: what happened, the family
@@ -191,7 +223,7 @@ impl Series {
         Self {
             counters: Counters {
                 assume_role: [const { AtomicU64::new(0) }; 2],
-                failures: [const { AtomicU64::new(0) }; FailureReason::ALL.len()],
+                failures: Rare::new(),
                 served: [const { AtomicU64::new(0) }; SOURCES.len()],
             },
             expiry: AtomicI64::new(NO_EXPIRY),
@@ -200,7 +232,7 @@ impl Series {
             enforced: AtomicI64::new(-1),
             last_served: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
-            job_tokens: [const { AtomicU64::new(0) }; 3],
+            job_tokens: Rare::new(),
         }
     }
 
@@ -208,9 +240,9 @@ impl Series {
     fn is_idle(&self) -> bool {
         let zero = |counters: &[AtomicU64]| counters.iter().all(|c| c.load(Ordering::Relaxed) == 0);
         zero(&self.counters.assume_role)
-            && zero(&self.counters.failures)
+            && zero(self.counters.failures.get())
             && zero(&self.counters.served)
-            && zero(&self.job_tokens)
+            && zero(self.job_tokens.get())
             && self.expiry.load(Ordering::Relaxed) == NO_EXPIRY
             && self.state.load(Ordering::Relaxed) == 0
             && self.enforced.load(Ordering::Relaxed) == -1
@@ -228,9 +260,16 @@ impl Series {
             }
         };
         add(&self.counters.assume_role, &scratch.counters.assume_role);
-        add(&self.counters.failures, &scratch.counters.failures);
+        let add_rare = |into: &Rare<{ FailureReason::ALL.len() }>, from: &[AtomicU64]| {
+            for (i, from) in from.iter().enumerate() {
+                into.add(i, from.load(Ordering::Relaxed));
+            }
+        };
+        add_rare(&self.counters.failures, scratch.counters.failures.get());
         add(&self.counters.served, &scratch.counters.served);
-        add(&self.job_tokens, &scratch.job_tokens);
+        for (i, from) in scratch.job_tokens.get().iter().enumerate() {
+            self.job_tokens.add(i, from.load(Ordering::Relaxed));
+        }
         self.last_served.fetch_max(
             scratch.last_served.load(Ordering::Relaxed),
             Ordering::Relaxed,
@@ -296,7 +335,7 @@ impl Counters {
         let result = usize::from(outcome.is_err());
         self.assume_role[result].fetch_add(1, Ordering::Relaxed);
         if let Err(reason) = outcome {
-            self.failures[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+            self.failures.add(reason_index(reason), 1);
         }
     }
 
@@ -410,7 +449,7 @@ impl PerMapping {
     /// end of a token, which the daemon notices by itself, is not.
     pub fn job_token(&self, mapping: &str, event: JobTokenEvent, now: Duration) {
         self.with(mapping, |s| {
-            s.job_tokens[event as usize].fetch_add(1, Ordering::Relaxed);
+            s.job_tokens.add(event as usize, 1);
             self.job_token_totals[event as usize].fetch_add(1, Ordering::Relaxed);
             if event == JobTokenEvent::Minted {
                 Stamp::record(&s.last_served, now);
@@ -546,14 +585,14 @@ impl PerMapping {
         let with_jobs: Vec<&(&str, &Series)> = mappings
             .iter()
             .filter(|(_, s)| {
-                s.job_tokens[JobTokenEvent::Minted as usize].load(Ordering::Relaxed) > 0
+                s.job_tokens.get()[JobTokenEvent::Minted as usize].load(Ordering::Relaxed) > 0
             })
             .collect();
         if !with_jobs.is_empty() {
             for (i, (name, help, _, _)) in JOB_TOKENS.iter().enumerate() {
                 family(out, name, help, "counter");
                 for (mapping, s) in &with_jobs {
-                    sample(out, name, mapping, None, load(&s.job_tokens[i]));
+                    sample(out, name, mapping, None, load(&s.job_tokens.get()[i]));
                 }
             }
         }
@@ -805,6 +844,30 @@ mod tests {
             None,
             "not set by the event: unchanged"
         );
+    }
+
+    /// What a mapping in use costs in metric state: its `Series` in one `Arc` fits
+    /// jemalloc's 128-byte class (the rare counters are made at their first increment).
+    #[test]
+    fn a_series_without_failures_or_job_tokens_fits_128_bytes_with_its_arc() {
+        assert!(
+            std::mem::size_of::<Series>() + 2 * std::mem::size_of::<usize>() <= 128,
+            "{} bytes",
+            std::mem::size_of::<Series>()
+        );
+        let p = PerMapping::default();
+        p.sync(["a"]);
+        p.served("a", Source::Cache, Duration::from_secs(1));
+        let a = p.get("a").unwrap();
+        assert!(a.counters.failures.0.get().is_none());
+        assert!(a.job_tokens.0.get().is_none());
+        // A failure makes its counters, which then count like the others.
+        p.assume_role("a", Err(FailureReason::Throttled), Duration::from_secs(2));
+        p.assume_role("a", Err(FailureReason::Throttled), Duration::from_secs(3));
+        let throttled = reason_index(FailureReason::Throttled);
+        assert_eq!(load(&a.counters.failures.get()[throttled]), 2);
+        assert_eq!(load(&p.totals.failures.get()[throttled]), 2);
+        assert_eq!(a.counters.failures.get().len(), FailureReason::ALL.len());
     }
 
     #[test]
