@@ -25,7 +25,9 @@
 //! - `scale-warm`: 10,000 prefetch mappings (`BENCH_PREFETCH_MAPPINGS`): validate+load
 //!   time, start to listening, time until all are warm and the STS calls, RSS warm, a
 //!   SIGHUP reload changing one mapping (time until that mapping serves its new
-//!   credential) and the STS calls it caused.
+//!   credential) and the STS calls it caused; then the cost of a warm credential: RSS of
+//!   the same mappings all warm minus a tenth warm, per mapping that differs, with the
+//!   process's default environment (and `BENCH_BASELINE`'s, in the same run).
 //! - `ttfc`: time to first credential of fresh boto3 processes, through credvend (warm)
 //!   vs boto3's own AssumeRole provider, STS with 50 ms latency; STS calls for each.
 //!
@@ -125,6 +127,7 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+#[derive(Clone)]
 struct MappingSpec {
     name: String,
     role: String,
@@ -884,16 +887,70 @@ async fn scale_warm(dir: &Path) {
     );
     drop(credvend);
 
-    // The same start without the unit's allocator settings, for comparison.
-    let started = Instant::now();
-    let credvend = spawn_credvend_with(&config, &dir.join("scale-defaults.log"), &[]);
-    wait_ready(admin, started, Duration::from_secs(300)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_defaults, _) = rss_kib(credvend.pid());
+    // What a warm credential costs, with the process's default environment: the same
+    // mappings with a tenth of them warm (prefetch) and with all of them warm, 2 s after
+    // /readyz each; the difference over the mappings that differ is what one more warm
+    // credential adds (the first fetch's one-time costs, the STS client and its
+    // connections, fall out). Beside it, all warm minus none warm, per mapping, which
+    // counts those one-time costs too.
+    let tenth = count / 10;
+    let partial_config = dir.join("scale-tenth.toml");
+    let idle_config = dir.join("scale-none.toml");
+    for (path, warm) in [(&partial_config, tenth), (&idle_config, 0)] {
+        let specs: Vec<MappingSpec> = mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MappingSpec {
+                prefetch: i < warm,
+                ..m.clone()
+            })
+            .collect();
+        write_config(
+            path,
+            &ConfigSpec {
+                listen,
+                admin,
+                sts: &sts_url,
+                log_level: "info",
+                max_rps: 100_000,
+                mappings: &specs,
+            },
+        );
+    }
     println!(
-        "  RSS warm with glibc's default allocator settings (no MALLOC_*): {:.1} MiB",
-        rss_defaults as f64 / 1024.0
+        "  per warm credential, process's default environment (no MALLOC_*): RSS with all \
+         {count} mappings warm minus with {tenth} warm, / {} (goal {GOAL_PER_WARM})",
+        count - tenth
     );
+    let mut builds = Vec::new();
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE").map(PathBuf::from) {
+        builds.push((format!("baseline {}", baseline.display()), baseline));
+    }
+    builds.push(("this build".to_owned(), target_dir().join("credvend")));
+    for (label, binary) in builds {
+        let mut rss = [0u64; 3];
+        for (i, config) in [&idle_config, &partial_config, &config]
+            .into_iter()
+            .enumerate()
+        {
+            let started = Instant::now();
+            let credvend = spawn_binary(&binary, config, &dir.join("scale-warm-cost.log"), &[]);
+            wait_ready(admin, started, Duration::from_secs(300)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss[i] = rss_kib(credvend.pid()).0;
+            drop(credvend);
+        }
+        let [none, partial, all] = rss;
+        println!(
+            "    {label}: {} with none warm, {} with {tenth}, {} with {count}: \
+             {:.2} KiB per warm credential ({:.2} KiB per mapping all warm minus none)",
+            mib(none),
+            mib(partial),
+            mib(all),
+            (all as f64 - partial as f64) / (count - tenth) as f64,
+            (all as f64 - none as f64) / count as f64
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -903,6 +960,7 @@ async fn scale_warm(dir: &Path) {
 const GOAL_LISTENING: &str = "<= 1.5 s";
 const GOAL_IDLE_RSS: &str = "<= 128 MiB";
 const GOAL_METRICS: &str = "< 1 MiB";
+const GOAL_PER_WARM: &str = "<= 2 KiB";
 
 /// `[mappings.NAME]` table of one mapping of the idle scenario.
 fn mapping_table(m: &MappingSpec) -> String {

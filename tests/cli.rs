@@ -452,6 +452,60 @@ fn serve_exits_0_on_sigterm_after_binding() {
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
 
+/// The binary's allocator is jemalloc, set up to give freed heap back: once the start-up
+/// load is done every arena is purged (a debug line says how many), and its background
+/// purging is on (a failure to set it up is a warning, which must not appear).
+#[test]
+fn serve_gives_the_start_up_loads_freed_heap_back() {
+    let scratch = Scratch::new("heap");
+    let (port, admin) = free_ports();
+    let path = write_acme_config(&scratch, port, admin, "t");
+    let mut child = serve_command(&path)
+        .env("RUST_LOG", "credvend=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("Freed heap given back after the start-up load"))
+        .unwrap_or_else(|| panic!("no release after the start-up load: {stderr}"));
+    let arenas: u32 = line
+        .split("arenas=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no arena count: {line}"));
+    assert!(arenas >= 1, "{line}");
+    assert!(!stderr.contains("Cannot set up the allocator"), "{stderr}");
+}
+
 /// A port already taken: `serve` exits 1 and says which listener (its config key and
 /// address) could not be bound, with the OS error once. Both listeners, one at a time.
 #[test]

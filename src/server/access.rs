@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hyper::Request;
 use hyper::header;
@@ -34,34 +35,51 @@ pub enum AuthFailure {
     UnknownMapping,
 }
 
-struct MappingAccess {
-    tokens: Vec<TokenHash>,
+/// A mapping's token hashes: most mappings have one, kept inline (no allocation of its
+/// own); more go in one boxed slice.
+enum Tokens {
+    One(TokenHash),
+    Many(Box<[TokenHash]>),
 }
 
-/// Access rules of one config generation.
+impl Tokens {
+    fn new(hashes: &[TokenHash]) -> Self {
+        match hashes {
+            [one] => Tokens::One(*one),
+            many => Tokens::Many(many.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[TokenHash] {
+        match self {
+            Tokens::One(one) => std::slice::from_ref(one),
+            Tokens::Many(many) => many,
+        }
+    }
+}
+
+/// Access rules of one config generation. Each mapping's name is stored once, shared by
+/// both maps (docs/performance.md, "Memory and start-up at 100,000 mappings").
 pub struct AccessTable {
     /// By name. Request paths choose the names looked up here, the config the names
     /// stored: foldhash, randomly seeded per map (no fixed seed to aim collisions at).
-    mappings: foldhash::HashMap<String, MappingAccess>,
-    by_token: HashMap<TokenHash, String>,
+    mappings: foldhash::HashMap<Arc<str>, Tokens>,
+    by_token: HashMap<TokenHash, Arc<str>>,
     /// `Host` values the credential listeners accept.
     hosts: HostAllowList,
 }
 
 impl AccessTable {
     pub fn new(config: &Config) -> Self {
-        let mut mappings = foldhash::HashMap::default();
-        let mut by_token = HashMap::new();
+        let mut mappings =
+            foldhash::HashMap::with_capacity_and_hasher(config.mappings.len(), Default::default());
+        let mut by_token = HashMap::with_capacity(config.mappings.len());
         for (name, mapping) in &config.mappings {
+            let name: Arc<str> = Arc::from(name.as_str());
             for token in &mapping.token_sha256 {
                 by_token.insert(*token, name.clone());
             }
-            mappings.insert(
-                name.clone(),
-                MappingAccess {
-                    tokens: mapping.token_sha256.clone(),
-                },
-            );
+            mappings.insert(name, Tokens::new(&mapping.token_sha256));
         }
         Self {
             mappings,
@@ -87,7 +105,7 @@ impl AccessTable {
             Some(name) => {
                 let dummy = [TokenHash([0u8; 32])];
                 let (known, hashes) = match self.mappings.get(name) {
-                    Some(access) => (true, access.tokens.as_slice()),
+                    Some(tokens) => (true, tokens.as_slice()),
                     None => (false, &dummy[..]),
                 };
                 // Fold over every hash so the time taken does not depend on which one
@@ -107,7 +125,7 @@ impl AccessTable {
                     .get_key_value(&presented)
                     .ok_or(AuthFailure::Denied)?;
                 if stored.ct_eq(&presented) {
-                    Ok(name.as_str())
+                    Ok(name)
                 } else {
                     Err(AuthFailure::Denied)
                 }
@@ -120,7 +138,7 @@ impl AccessTable {
     pub fn mapping_name(&self, name: &str) -> Option<&str> {
         self.mappings
             .get_key_value(name)
-            .map(|(key, _)| key.as_str())
+            .map(|(key, _)| key.as_ref())
     }
 
     /// Whether `host` (a `Host` header value) names a credential listener; see
@@ -337,6 +355,44 @@ mod tests {
         ] {
             assert!(!hosts.allows(host, local), "{host:?} allowed");
         }
+    }
+
+    /// One token kept inline, several in a slice, none at all: each mapping accepts
+    /// exactly its own tokens, by name and without one.
+    #[test]
+    fn every_token_of_a_mapping_and_only_those_authorize_it() {
+        let mut two = crate::testing::mapping("two", "sync", None, "two-a");
+        two.token_sha256
+            .push(TokenHash::of_token(b"two-b".as_slice()));
+        let mut none = crate::testing::mapping("none", "sync", None, "unused");
+        none.token_sha256.clear();
+        let config = crate::testing::config(
+            "http://127.0.0.1:9",
+            vec![
+                crate::testing::mapping("one", "sync", None, "one-a"),
+                two,
+                none,
+            ],
+        );
+        let table = AccessTable::new(&config);
+        for (token, mapping) in [("one-a", "one"), ("two-a", "two"), ("two-b", "two")] {
+            let token = Some(token.as_bytes());
+            assert_eq!(table.authorize(Some(mapping), token), Ok(mapping));
+            assert_eq!(table.authorize(None, token), Ok(mapping));
+            for other in ["one", "two", "none"].into_iter().filter(|m| *m != mapping) {
+                assert_eq!(
+                    table.authorize(Some(other), token),
+                    Err(AuthFailure::Denied),
+                    "{mapping}'s token for {other}"
+                );
+            }
+        }
+        assert_eq!(
+            table.authorize(Some("none"), Some(b"unused")),
+            Err(AuthFailure::Denied)
+        );
+        assert_eq!(table.mapping_name("two"), Some("two"));
+        assert_eq!(table.mapping_name("three"), None);
     }
 
     #[test]
