@@ -11,7 +11,8 @@
 ARG RUST_VERSION=1
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
-# aws-lc-sys (TLS for the AWS SDK) builds its C sources with cmake. Builder stage only,
+# aws-lc-sys (TLS for the AWS SDK) builds its C sources with cmake, and
+# tikv-jemalloc-sys (the allocator) with the image's cc and make. Builder stage only,
 # never shipped, so the distribution's current cmake is fine.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -67,8 +68,6 @@ RUN ["/usr/local/bin/credvend", "--version"]
 # listener's switch; leave it off). The admin listener accepts a Host of the pod IP,
 # loopback names and CREDVEND_SERVER__ADMIN_ALLOWED_HOSTS; anything else is refused.
 EXPOSE 8901 8902
-# glibc allocator settings, as in systemd/credvend.service (RSS with many mappings).
-ENV MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=131072
 # The control socket on, as in systemd/credvend.service: job tokens are minted on it
 # (`credvend exec`, `credvend token`; docs/design.md, Job tokens). Access to it is the
 # authority to mint; it is created mode 0660 for uid and gid 65532. Another absolute

@@ -182,6 +182,7 @@ fn emit_audit_line(metrics: &Metrics, client: SocketAddr, expiration: SystemTime
         access_key_id: "ASIAQEXAMPLE00000001",
         expiration,
         job: None,
+        arrived: std::time::Instant::now(),
     }
     .emit(metrics)
 }

@@ -10,7 +10,9 @@
 //! Scenarios (`bench_driver SCENARIO`; `all` runs them in this order):
 //! - `throughput`: credvend's cache-hit path vs `examples/bare_hyper.rs` answering the
 //!   same body bytes, `wrk --latency` at fixed connection counts, alternating A B A B.
-//!   Prints req/s, p50 and p99 for both, the ratios per pair and their median.
+//!   Prints req/s, p50 and p99 for both, the ratios per pair and their median. With
+//!   `BENCH_BASELINE=/path/to/credvend`, that build runs third in every pair (A B C A B
+//!   C) and its server-CPU ratio to bare hyper is printed beside this build's.
 //! - `herd`: 1,000 concurrent first requests for one mapping while STS takes 300 ms:
 //!   AssumeRole calls and the latency distribution.
 //! - `scale`: `scale-idle` then `scale-warm`.
@@ -23,7 +25,9 @@
 //! - `scale-warm`: 10,000 prefetch mappings (`BENCH_PREFETCH_MAPPINGS`): validate+load
 //!   time, start to listening, time until all are warm and the STS calls, RSS warm, a
 //!   SIGHUP reload changing one mapping (time until that mapping serves its new
-//!   credential) and the STS calls it caused.
+//!   credential) and the STS calls it caused; then the cost of a warm credential: RSS of
+//!   the same mappings all warm minus a tenth warm, per mapping that differs, with the
+//!   process's default environment (and `BENCH_BASELINE`'s, in the same run).
 //! - `ttfc`: time to first credential of fresh boto3 processes, through credvend (warm)
 //!   vs boto3's own AssumeRole provider, STS with 50 ms latency; STS calls for each.
 //!
@@ -123,6 +127,7 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+#[derive(Clone)]
 struct MappingSpec {
     name: String,
     role: String,
@@ -295,6 +300,26 @@ async fn start_credvend(
     log_level: &str,
     mappings: &[MappingSpec],
 ) -> (Proc, SocketAddr) {
+    start_binary(
+        &target_dir().join("credvend"),
+        dir,
+        stem,
+        sts,
+        log_level,
+        mappings,
+    )
+    .await
+}
+
+/// [`start_credvend`] for the credvend binary at `binary` (a baseline build).
+async fn start_binary(
+    binary: &Path,
+    dir: &Path,
+    stem: &str,
+    sts: &FakeSts,
+    log_level: &str,
+    mappings: &[MappingSpec],
+) -> (Proc, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = dir.join(format!("{stem}.toml"));
@@ -309,7 +334,12 @@ async fn start_credvend(
             mappings,
         },
     );
-    let credvend = spawn_credvend(&config, &dir.join(format!("{stem}.log")));
+    let credvend = spawn_binary(
+        binary,
+        &config,
+        &dir.join(format!("{stem}.log")),
+        &shipped_allocator_env(),
+    );
     wait_ready(admin, Instant::now(), Duration::from_secs(30)).await;
     (credvend, listen)
 }
@@ -481,6 +511,22 @@ async fn throughput(dir: &Path) {
     for level in levels.split(',').map(str::trim).filter(|l| !l.is_empty()) {
         let (credvend, listen) =
             start_credvend(dir, &format!("throughput-{level}"), &sts, level, &mappings).await;
+        let baseline = match std::env::var_os("BENCH_BASELINE").map(PathBuf::from) {
+            Some(binary) => {
+                let (proc, listen) = start_binary(
+                    &binary,
+                    dir,
+                    &format!("throughput-baseline-{level}"),
+                    &sts,
+                    level,
+                    &mappings,
+                )
+                .await;
+                println!("\n  baseline: {}", binary.display());
+                Some((proc, format!("http://{listen}/v1/credentials/hot")))
+            }
+            None => None,
+        };
         let bare: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // The exact body credvend sends, for the bare server.
         let response =
@@ -519,11 +565,15 @@ async fn throughput(dir: &Path) {
         let (bare_pid, credvend_pid) = (bare_proc.pid(), credvend.pid());
         run_wrk(&bare_url, &mappings[0].token, 16, 1, bare_pid);
         run_wrk(&credvend_url, &mappings[0].token, 16, 1, credvend_pid);
+        if let Some((proc, url)) = &baseline {
+            run_wrk(url, &mappings[0].token, 16, 1, proc.pid());
+        }
         let pair_count = pairs;
         for &c in &connections {
             let mut rps_ratios = Vec::new();
             let mut p99_ratios = Vec::new();
             let mut cpu_ratios = Vec::new();
+            let mut baseline_cpu_ratios = Vec::new();
             println!(
                 "  connections {c}:\n    pair  bare req/s  p50     p99      cpu/req | credvend req/s  p50     p99      cpu/req | req/s ratio  p99 ratio  cpu/req ratio"
             );
@@ -533,6 +583,9 @@ async fn throughput(dir: &Path) {
                 let rps_ratio = b.rps / a.rps;
                 let p99_ratio = b.p99_us / a.p99_us;
                 let cpu_ratio = b.cpu_us / a.cpu_us;
+                let base = baseline
+                    .as_ref()
+                    .map(|(proc, url)| run_wrk(url, &mappings[0].token, c, seconds, proc.pid()));
                 rps_ratios.push(rps_ratio);
                 p99_ratios.push(p99_ratio);
                 cpu_ratios.push(cpu_ratio);
@@ -555,9 +608,28 @@ async fn throughput(dir: &Path) {
                         ""
                     }
                 );
+                if let Some(base) = base {
+                    let ratio = base.cpu_us / a.cpu_us;
+                    baseline_cpu_ratios.push(ratio);
+                    println!(
+                        "          baseline: {:>10.0} req/s  {:>6.0}us {:>7.0}us {:>5.1}us cpu/req; cpu/req ratio to bare {:.3}{}",
+                        base.rps,
+                        base.p50_us,
+                        base.p99_us,
+                        base.cpu_us,
+                        ratio,
+                        if base.errors { "  (errors!)" } else { "" }
+                    );
+                }
             }
             let rps_median = median(&mut rps_ratios);
             let p99_median = median(&mut p99_ratios);
+            let spread = |ratios: &[f64]| {
+                let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{lowest:.3}-{highest:.3}")
+            };
+            let cpu_spread = spread(&cpu_ratios);
             let cpu_median = median(&mut cpu_ratios);
             println!(
                 "    median ratio: throughput {rps_median:.3} (target >= 0.85), p99 {p99_median:.3} (target <= 1.5), server CPU per request {cpu_median:.3} ({})  [load {}]",
@@ -568,7 +640,16 @@ async fn throughput(dir: &Path) {
                 },
                 uptime()
             );
+            println!("    server CPU per request ratios, range {cpu_spread}");
+            if !baseline_cpu_ratios.is_empty() {
+                let range = spread(&baseline_cpu_ratios);
+                println!(
+                    "    baseline: median server CPU per request ratio {:.3}, range {range}",
+                    median(&mut baseline_cpu_ratios)
+                );
+            }
         }
+        drop(baseline);
         drop(bare_proc);
         drop(credvend);
     }
@@ -806,16 +887,70 @@ async fn scale_warm(dir: &Path) {
     );
     drop(credvend);
 
-    // The same start without the unit's allocator settings, for comparison.
-    let started = Instant::now();
-    let credvend = spawn_credvend_with(&config, &dir.join("scale-defaults.log"), &[]);
-    wait_ready(admin, started, Duration::from_secs(300)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss_defaults, _) = rss_kib(credvend.pid());
+    // What a warm credential costs, with the process's default environment: the same
+    // mappings with a tenth of them warm (prefetch) and with all of them warm, 2 s after
+    // /readyz each; the difference over the mappings that differ is what one more warm
+    // credential adds (the first fetch's one-time costs, the STS client and its
+    // connections, fall out). Beside it, all warm minus none warm, per mapping, which
+    // counts those one-time costs too.
+    let tenth = count / 10;
+    let partial_config = dir.join("scale-tenth.toml");
+    let idle_config = dir.join("scale-none.toml");
+    for (path, warm) in [(&partial_config, tenth), (&idle_config, 0)] {
+        let specs: Vec<MappingSpec> = mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MappingSpec {
+                prefetch: i < warm,
+                ..m.clone()
+            })
+            .collect();
+        write_config(
+            path,
+            &ConfigSpec {
+                listen,
+                admin,
+                sts: &sts_url,
+                log_level: "info",
+                max_rps: 100_000,
+                mappings: &specs,
+            },
+        );
+    }
     println!(
-        "  RSS warm with glibc's default allocator settings (no MALLOC_*): {:.1} MiB",
-        rss_defaults as f64 / 1024.0
+        "  per warm credential, process's default environment (no MALLOC_*): RSS with all \
+         {count} mappings warm minus with {tenth} warm, / {} (goal {GOAL_PER_WARM})",
+        count - tenth
     );
+    let mut builds = Vec::new();
+    if let Some(baseline) = std::env::var_os("BENCH_BASELINE").map(PathBuf::from) {
+        builds.push((format!("baseline {}", baseline.display()), baseline));
+    }
+    builds.push(("this build".to_owned(), target_dir().join("credvend")));
+    for (label, binary) in builds {
+        let mut rss = [0u64; 3];
+        for (i, config) in [&idle_config, &partial_config, &config]
+            .into_iter()
+            .enumerate()
+        {
+            let started = Instant::now();
+            let credvend = spawn_binary(&binary, config, &dir.join("scale-warm-cost.log"), &[]);
+            wait_ready(admin, started, Duration::from_secs(300)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rss[i] = rss_kib(credvend.pid()).0;
+            drop(credvend);
+        }
+        let [none, partial, all] = rss;
+        println!(
+            "    {label}: {} with none warm, {} with {tenth}, {} with {count}: \
+             {:.2} KiB per warm credential ({:.2} KiB per mapping all warm minus none)",
+            mib(none),
+            mib(partial),
+            mib(all),
+            (all as f64 - partial as f64) / (count - tenth) as f64,
+            (all as f64 - none as f64) / count as f64
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -825,6 +960,7 @@ async fn scale_warm(dir: &Path) {
 const GOAL_LISTENING: &str = "<= 1.5 s";
 const GOAL_IDLE_RSS: &str = "<= 128 MiB";
 const GOAL_METRICS: &str = "< 1 MiB";
+const GOAL_PER_WARM: &str = "<= 2 KiB";
 
 /// `[mappings.NAME]` table of one mapping of the idle scenario.
 fn mapping_table(m: &MappingSpec) -> String {

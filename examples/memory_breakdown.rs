@@ -15,13 +15,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use credvend::cache::CredentialCache;
 use credvend::clock::SystemClock;
 use credvend::config::Config;
 use credvend::creds::{AssumeError, AssumeRoleInput, Credentials, RoleAssumer};
 use credvend::metrics::Metrics;
+use credvend::secret::SecretValue;
 use credvend::server::access::AccessTable;
 use sha2::{Digest, Sha256};
 
@@ -31,9 +32,27 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
+/// Live allocations by size (8-byte steps up to 4 KiB, the last bucket for the rest),
+/// for the warm stage's table of what a credential keeps.
+static BY_SIZE: [AtomicUsize; 513] = [const { AtomicUsize::new(0) }; 513];
+
+fn bucket(size: usize) -> usize {
+    size.div_ceil(8).min(512)
+}
+
 fn add(size: usize) {
     let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
     PEAK.fetch_max(live, Ordering::Relaxed);
+    BY_SIZE[bucket(size)].fetch_add(1, Ordering::Relaxed);
+}
+
+fn remove(size: usize) {
+    LIVE.fetch_sub(size, Ordering::Relaxed);
+    BY_SIZE[bucket(size)].fetch_sub(1, Ordering::Relaxed);
+}
+
+fn by_size() -> Vec<usize> {
+    BY_SIZE.iter().map(|c| c.load(Ordering::Relaxed)).collect()
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only counters are
@@ -52,13 +71,13 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        remove(layout.size());
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         COUNT.fetch_add(1, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        remove(layout.size());
         add(new_size);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -68,17 +87,28 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Never called: nothing is prefetched or requested.
-struct NoSts;
+/// Answers every AssumeRole at once with a 1 h credential whose session token has a
+/// real one's length (1,024 characters, as `tests/support/fake_sts.rs` makes them), for
+/// the warm stage.
+struct InstantSts;
 
-impl RoleAssumer for NoSts {
+impl RoleAssumer for InstantSts {
     fn assume_role<'a>(
         &'a self,
-        _input: &'a AssumeRoleInput,
+        input: &'a AssumeRoleInput,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
     > {
-        unreachable!("memory_breakdown makes no STS call")
+        Box::pin(async move {
+            let serial = COUNT.load(Ordering::Relaxed);
+            Ok(Credentials {
+                access_key_id: format!("ASIA{serial:016}"),
+                secret_access_key: SecretValue::new(format!("{serial:040}")),
+                session_token: SecretValue::new(format!("{serial:01024}")),
+                expiration: SystemTime::now() + std::time::Duration::from_secs(3600),
+                assumed_role_arn: format!("{}/session", input.role_arn),
+            })
+        })
     }
 }
 
@@ -143,7 +173,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("credvend-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let head = "[server]\nlisten = [\"127.0.0.1:1\"]\nadmin_listen = \"127.0.0.1:2\"\n\n\
-                [sts]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:3\"\n\n\
+                [sts]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:3\"\n\
+                max_requests_per_second = 1000000\n\n\
                 [verify]\nexternal_id_enforcement = \"off\"\n\n";
     let main_file = dir.join("credvend.toml");
     if layout == "include" {
@@ -190,7 +221,7 @@ fn main() {
     let stage = begin();
     let cache = CredentialCache::new(
         &config,
-        Arc::new(NoSts),
+        Arc::new(InstantSts),
         Arc::new(SystemClock),
         metrics.clone(),
     );
@@ -215,10 +246,48 @@ fn main() {
     end(stage, "drop the Config after building", n);
 
     println!(
-        "live heap at the end: {:.1} MiB ({:.0} B/mapping)",
+        "live heap after start-up: {:.1} MiB ({:.0} B/mapping)",
         LIVE.load(Ordering::Relaxed) as f64 / 1048576.0,
         LIVE.load(Ordering::Relaxed) as f64 / n as f64
     );
+
+    // Warm: a credential fetched for the first `warm` mappings (the request path's cold
+    // fetch), as many as the scale-warm benchmark has.
+    let warm = n.min(10_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sizes_before = by_size();
+    let stage = begin();
+    runtime.block_on(async {
+        for i in 0..warm {
+            cache.get(&format!("c{i:06}")).await.expect("a credential");
+        }
+    });
+    end(
+        stage,
+        &format!("{warm} warm credentials (per credential)"),
+        warm,
+    );
+    // What each credential keeps, by allocation size: the sizes with at least one live
+    // allocation per ten credentials more than before.
+    let mut kept: Vec<(usize, f64)> = by_size()
+        .iter()
+        .zip(&sizes_before)
+        .enumerate()
+        .map(|(bucket, (after, before))| {
+            (bucket * 8, (*after as f64 - *before as f64) / warm as f64)
+        })
+        .filter(|(_, per)| per.abs() >= 0.1)
+        .collect();
+    kept.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+    for (size, per) in kept {
+        println!(
+            "    size <= {size:>5} B: {per:>5.2} per credential ({:>6.0} B)",
+            size as f64 * per
+        );
+    }
     drop((access, cache, table, metrics));
     let _ = std::fs::remove_dir_all(&dir);
 }

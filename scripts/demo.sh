@@ -137,7 +137,7 @@ env -i \
   AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null \
   CREDVEND_SERVER__LISTEN="[\"127.0.0.1:$listen_port\"]" \
   CREDVEND_SERVER__ADMIN_LISTEN="127.0.0.1:$admin_port" \
-  CREDVEND_STS__ENDPOINT_URL="$moto_url" \
+  CREDVEND_STS__ENDPOINT_URLS__us-east-1="$moto_url" \
   "$credvend_bin" serve --config "$served_config" >"$credvend_log" 2>&1 &
 credvend_pid=$!
 echo "credvend: pid $credvend_pid, credentials on 127.0.0.1:$listen_port, admin on 127.0.0.1:$admin_port"

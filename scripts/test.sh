@@ -4,9 +4,10 @@
 #
 # Installs what the tests need by itself, into ignored folders or through rustup/apt:
 #   - rustfmt and clippy (rustup component add, when missing)
-#   - <repo>/.venv with moto, boto3, the AWS CLI and the Kubernetes client
-#     (scripts/setup-python.sh), which tests/e2e_moto.rs, tests/compat/ and
-#     tests/kubernetes_manifests.rs use
+#   - <repo>/.venv with moto, boto3, the AWS CLI, the Kubernetes client, cfn-lint and
+#     python-hcl2, and <repo>/.venv/checkov with checkov (scripts/setup-python.sh),
+#     which tests/e2e_moto.rs, tests/compat/, tests/kubernetes_manifests.rs and
+#     tests/onboarding_templates.rs use
 #   - the JS SDK v3 into tests/compat/js/node_modules (scripts/setup-node.sh) and Go plus
 #     Debian's AWS SDK for Go v2 (scripts/setup-go.sh, apt-get) for tests/compat/
 #

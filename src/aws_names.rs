@@ -405,7 +405,7 @@ impl RoleArn {
         &self.text[start..end]
     }
 
-    #[cfg(test)]
+    /// The role name: the last segment of the ARN.
     pub fn name(&self) -> &str {
         self.text.rsplit('/').next().unwrap_or_default()
     }

@@ -36,6 +36,15 @@ pub trait Clock: Send + Sync + 'static {
     /// Time elapsed on a clock that never steps, from an arbitrary fixed origin. Only
     /// differences between two readings mean anything.
     fn monotonic(&self) -> Duration;
+    /// [`Clock::monotonic`] as it read at `at`, a reading of the OS's monotonic clock
+    /// taken a moment ago (a request's arrival): a clock that follows the OS answers
+    /// without reading it again (the request path reads the time once,
+    /// docs/performance.md, "The cache hit's own cost"). A clock of its own (a test's)
+    /// answers [`Clock::monotonic`].
+    fn monotonic_at(&self, at: std::time::Instant) -> Duration {
+        let _ = at;
+        self.monotonic()
+    }
 }
 
 /// The operating system's wall clock.
@@ -59,6 +68,10 @@ impl Clock for SystemClock {
         MONOTONIC_ORIGIN
             .get_or_init(std::time::Instant::now)
             .elapsed()
+    }
+
+    fn monotonic_at(&self, at: std::time::Instant) -> Duration {
+        at.saturating_duration_since(*MONOTONIC_ORIGIN.get_or_init(std::time::Instant::now))
     }
 
     fn sleep_until(&self, deadline: SystemTime) -> Sleep {
@@ -155,6 +168,28 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The OS clock's reading at an instant is the reading taken then, from the
+    /// instant alone: an instant an hour ahead reads an hour later. A manual clock
+    /// answers its own time whatever the instant.
+    #[test]
+    fn monotonic_at_an_instant_reads_that_instant() {
+        let clock = SystemClock;
+        let before = clock.monotonic();
+        let at = std::time::Instant::now();
+        let after = clock.monotonic();
+        let read = clock.monotonic_at(at);
+        assert!(
+            before <= read && read <= after,
+            "{read:?} not between {before:?} and {after:?}"
+        );
+        let hour = Duration::from_secs(3600);
+        assert_eq!(clock.monotonic_at(at + hour) - read, hour);
+
+        let manual = ManualClock::starting_now();
+        manual.advance(hour);
+        assert_eq!(manual.monotonic_at(at), manual.monotonic());
+    }
 
     /// Polls `future` once, without waiting: `true` if it completed.
     fn completes_now(future: &mut Sleep) -> bool {

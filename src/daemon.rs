@@ -145,6 +145,9 @@ impl Daemon {
         let started_at = clock.now();
         // The start-up load counts as the first: it was applied.
         metrics.config_last_reload(true, started_at);
+        // The region breakers' cool-downs run on the daemon's clock.
+        assumer.use_clock(clock.clone());
+        metrics.sts_regions(&assumer.region_health());
         let cache = CredentialCache::new(config, assumer, clock.clone(), metrics.clone());
         let jobs = JobTokens::new(
             &config.control,
@@ -380,10 +383,9 @@ impl Daemon {
                 info!(%addr, "Serving credentials");
             }
             let endpoint = endpoint.clone();
-            let handler = move |request, conn| {
-                let endpoint = endpoint.clone();
-                async move { endpoint.handle(request, conn).await }
-            };
+            // The endpoint answers a cache hit at once (`Handled::Ready`); only a request
+            // that waits for the cache carries a future of its own.
+            let handler = move |request, conn| endpoint.handle(request, conn);
             servers.push(tokio::spawn(server::serve_sharing(
                 listener,
                 handler,

@@ -284,6 +284,9 @@ pub struct CredentialsServed<'a> {
     pub expiration: SystemTime,
     /// The job token the request was authorised by (`None`: a configured token).
     pub job: Option<JobAudit<'a>>,
+    /// When the request arrived: the mapping's activity stamp, without another read
+    /// of the clock.
+    pub arrived: std::time::Instant,
 }
 
 impl CredentialsServed<'_> {
@@ -301,7 +304,7 @@ impl CredentialsServed<'_> {
             minted_by_pid = self.job.and_then(|job| job.minted_by_pid),
             "Credentials served"
         );
-        metrics.served(self.mapping, self.source);
+        metrics.served_at(self.mapping, self.source, self.arrived);
     }
 }
 
@@ -567,6 +570,7 @@ mod tests {
                 access_key_id: "ASIAEXAMPLE",
                 expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
                 job: None,
+                arrived: std::time::Instant::now(),
             }
             .emit(&metrics)
         });
@@ -651,6 +655,7 @@ mod tests {
                 access_key_id: "ASIAEXAMPLE",
                 expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
                 job: None,
+                arrived: std::time::Instant::now(),
             }
             .emit(&metrics);
             CredentialsRefused {

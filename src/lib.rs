@@ -12,6 +12,7 @@
 //! - [`clock`]: the wall-clock seam (tests move time by hand).
 //! - [`secret`]: zeroizing, redacting holders for External IDs, tokens and keys.
 //! - [`notify`]: systemd `READY=1` / `RELOADING=1` / `STOPPING=1`.
+//! - [`memory`]: the heap: jemalloc told to give freed memory back after a load.
 //! - [`policy`]: onboarding: External IDs, the customer's permission and trust policies.
 //! - [`config`]: the TOML file (plus includes and `CREDVEND_` env overrides), validated
 //!   whole before anything binds.
@@ -55,6 +56,7 @@ pub mod creds;
 pub mod daemon;
 pub mod events;
 pub mod exec;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;

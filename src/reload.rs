@@ -147,8 +147,16 @@ impl Reloader {
     }
 
     /// One reload. systemd is told `RELOADING=1` before it is applied or rejected and
-    /// `READY=1` after, whatever the outcome.
+    /// `READY=1` after, whatever the outcome. Then the heap the read freed (parsed trees,
+    /// the config's copies, the tables of the generation before) goes back to the
+    /// operating system ([`crate::memory::release_freed_heap`]).
     pub fn reload(&self, trigger: Trigger) -> ReloadOutcome {
+        let outcome = self.read_and_apply(trigger);
+        crate::memory::release_freed_heap();
+        outcome
+    }
+
+    fn read_and_apply(&self, trigger: Trigger) -> ReloadOutcome {
         let mut state = self.lock();
         if let Some(index) = &state.index {
             let (sources, changes) = Config::read_changes(&self.path, index);
@@ -341,6 +349,8 @@ fn warn_restart_only_changes(path: &Path, old: &Config, new: &Config) {
     }
     if old.sts.region != new.sts.region
         || old.sts.endpoint_url != new.sts.endpoint_url
+        || old.sts.fallback_regions != new.sts.fallback_regions
+        || old.sts.endpoint_urls != new.sts.endpoint_urls
         || old.sts.source_role_arn != new.sts.source_role_arn
         || old.sts.max_requests_per_second != new.sts.max_requests_per_second
         || old.sts.call_timeout != new.sts.call_timeout
@@ -1313,5 +1323,54 @@ mod tests {
         assert!(relevant.matches(&dir.join(stamp)));
         assert!(!relevant.matches(&dir.join("..data_tmp")));
         assert!(!relevant.matches(&dir.join("credvend.log")));
+    }
+
+    /// Every reload, whatever its outcome, gives the heap its read freed back
+    /// (`crate::memory::release_freed_heap`): applied, unchanged (a file event whose
+    /// files hash the same, after a full read) and rejected alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reload_gives_the_freed_heap_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = TempDir::new("release");
+        let dir = &tmp.0;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let main = dir.join("credvend.toml");
+        let head = "[sts]\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:9\"\n\n";
+        let write = |role: &str| {
+            write_private(&main, &format!("{head}{}", mapping_file(1, role)));
+        };
+        write("first");
+        let (sources, config) = Config::read(&main);
+        let config = config.unwrap_or_else(|e| panic!("{:?}", e.problems));
+        let clock = crate::clock::ManualClock::starting_now();
+        let sts = Arc::new(CountingSts {
+            clock: clock.clone(),
+            roles: Mutex::new(Vec::new()),
+            probes: Default::default(),
+        });
+        let daemon = Arc::new(Daemon::new(&config, sts, Arc::new(clock)));
+        let reloader = Reloader::new(main.clone(), config, sources, daemon);
+        // The count is this thread's: other tests' reloads do not move it.
+        let releases = crate::memory::releases_on_this_thread;
+        let mut outcomes = Vec::new();
+        write("second");
+        let before = releases();
+        outcomes.push(reloader.reload(Trigger::Signal));
+        assert_eq!(releases() - before, 1, "applied");
+        let before = releases();
+        outcomes.push(reloader.reload(Trigger::FileChange));
+        assert_eq!(releases() - before, 1, "unchanged");
+        write_private(&main, "[sts]\nregion = 42\n");
+        let before = releases();
+        outcomes.push(reloader.reload(Trigger::Signal));
+        assert_eq!(releases() - before, 1, "rejected");
+        assert_eq!(
+            outcomes,
+            [
+                ReloadOutcome::Applied,
+                ReloadOutcome::Unchanged,
+                ReloadOutcome::Rejected
+            ]
+        );
     }
 }

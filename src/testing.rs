@@ -70,6 +70,8 @@ pub fn config(sts_endpoint: &str, mappings: Vec<Mapping>) -> Config {
         sts: StsConfig {
             region: us_east_1(),
             endpoint_url: Some(sts_endpoint.to_string()),
+            fallback_regions: Vec::new(),
+            endpoint_urls: BTreeMap::new(),
             source_role_arn: None,
             max_requests_per_second: 1000,
             call_timeout: Duration::from_secs(30),

@@ -452,6 +452,60 @@ fn serve_exits_0_on_sigterm_after_binding() {
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
 
+/// The binary's allocator is jemalloc, set up to give freed heap back: once the start-up
+/// load is done every arena is purged (a debug line says how many), and its background
+/// purging is on (a failure to set it up is a warning, which must not appear).
+#[test]
+fn serve_gives_the_start_up_loads_freed_heap_back() {
+    let scratch = Scratch::new("heap");
+    let (port, admin) = free_ports();
+    let path = write_acme_config(&scratch, port, admin, "t");
+    let mut child = serve_command(&path)
+        .env("RUST_LOG", "credvend=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("Freed heap given back after the start-up load"))
+        .unwrap_or_else(|| panic!("no release after the start-up load: {stderr}"));
+    let arenas: u32 = line
+        .split("arenas=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no arena count: {line}"));
+    assert!(arenas >= 1, "{line}");
+    assert!(!stderr.contains("Cannot set up the allocator"), "{stderr}");
+}
+
 /// A port already taken: `serve` exits 1 and says which listener (its config key and
 /// address) could not be bound, with the OS error once. Both listeners, one at a time.
 #[test]
@@ -899,4 +953,74 @@ fn mapping_new_removes_its_file_when_the_config_rejects_it() {
         "{stderr}"
     );
     assert!(!dir.join("mappings.d/acme.toml").exists());
+}
+
+/// The STS region keys (docs/design.md, Regional failover): each bad value is a
+/// line naming the file, the key and why, and the exit status is 64; the deprecated
+/// `endpoint_url` alone loads with a warning naming it.
+#[test]
+fn check_config_refuses_bad_sts_region_keys_with_exit_64() {
+    let scratch = Scratch::new("regions");
+    let token = hash("regions-token");
+    let mapping = format!(
+        r#"
+[mappings.acme-s3]
+role_arn = "arn:aws:iam::111122223333:role/vendor-sync"
+external_id = "acme-external-id-0123456789abcdefghijk"
+token_sha256 = ["{token}"]
+"#
+    );
+    let path = scratch.write(
+        "credvend.toml",
+        &format!(
+            r#"
+[sts]
+region = "us-east-1"
+fallback_regions = ["us-east-1", "us-west-2", "us-west-2"]
+endpoint_url = "http://127.0.0.1:5000"
+
+[sts.endpoint_urls]
+us-east-1 = "http://127.0.0.1:5001"
+us-west-2 = "sts.us-west-2.amazonaws.com"
+eu-west-1 = "http://127.0.0.1:5002"
+{mapping}"#
+        ),
+    );
+    let out = check_config(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    let file = path.display().to_string();
+    for (key, reason) in [
+        ("sts.fallback_regions", "`us-east-1` is the primary region"),
+        ("sts.fallback_regions", "`us-west-2` is listed twice"),
+        ("sts.endpoint_urls.us-west-2", "http:// or https://"),
+        ("sts.endpoint_urls.eu-west-1", "neither the primary region"),
+        (
+            "sts.endpoint_url",
+            "both sts.endpoint_url and sts.endpoint_urls.us-east-1",
+        ),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&file) && l.contains(key) && l.contains(reason)),
+            "no line naming {file}, {key} and `{reason}` in:\n{stderr}"
+        );
+    }
+
+    let ok = scratch.write(
+        "deprecated.toml",
+        &format!("[sts]\nendpoint_url = \"http://127.0.0.1:5000\"\n{mapping}"),
+    );
+    let out = check_config(&ok);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("sts.endpoint_url") && all.contains("deprecated"),
+        "no deprecation warning in:\n{all}"
+    );
 }

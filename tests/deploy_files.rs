@@ -36,6 +36,15 @@ fn exported() -> BTreeSet<String> {
     m.sync_mappings(["x"]);
     m.assume_role("x", Ok(()), Duration::from_millis(1));
     m.assume_role("x", Err(FailureReason::Throttled), Duration::from_millis(1));
+    m.sts_call("us-east-1", Ok(()), Duration::from_millis(1));
+    m.sts_regions(&[credvend::creds::regions::RegionHealth {
+        region: "us-east-1".into(),
+        role: credvend::creds::regions::RegionRole::Primary,
+        state: credvend::creds::regions::BreakerState::Closed,
+        consecutive_failures: 0,
+        last_error: None,
+        next_probe_in: None,
+    }]);
     m.served("x", Source::Cache);
     m.expiry("x", UNIX_EPOCH + Duration::from_secs(2_000_000_000));
     m.set_state("x", MappingState::Fresh);

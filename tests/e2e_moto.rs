@@ -8,7 +8,7 @@
 //!    `access_key_id`, `secret_access_key`, `session_token`, …). `GetCallerIdentity`
 //!    signed with the returned credentials answers the assumed-role ARN.
 //! 2. `credvend serve --config <temp file>` with dummy base credentials, `[sts]
-//!    endpoint_url` pointing at moto and `[verify] external_id_enforcement = "off"`
+//!    endpoint_urls` pointing at moto and `[verify] external_id_enforcement = "off"`
 //!    (moto cannot enforce External IDs the way AWS does; the check is described in
 //!    docs/design.md, Credential lifecycle).
 //! 3. A boto3 "worker" from the venv whose environment holds nothing AWS-related but
@@ -731,7 +731,7 @@ fn write_iam_verify_config(dir: &TempDir, moto: &Moto, roles: &[&str]) -> PathBu
     let mut config = format!(
         r#"
 [sts]
-endpoint_url = "{url}"
+endpoint_urls = {{ us-east-1 = "{url}" }}
 
 [verify]
 external_id_enforcement = "warn"

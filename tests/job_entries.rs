@@ -36,6 +36,8 @@ async fn start() -> (ManualClock, FakeSts, CredentialCache) {
         StsSettings {
             default_region: "us-east-1".to_owned(),
             endpoint_url: Some(fake.endpoint_url()),
+            fallback_regions: Vec::new(),
+            endpoint_urls: Default::default(),
             source_role_arn: None,
             call_timeout: Duration::from_secs(30),
         },

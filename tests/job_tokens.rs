@@ -107,6 +107,53 @@ async fn a_minted_token_fetches_credentials_until_it_is_revoked() {
     d.stop().await;
 }
 
+/// A job token minted with a session name is served its per-job credential (an
+/// AssumeRole of its own) even while the mapping's own credential is cached and ready:
+/// the endpoint answers a cache hit at once only for a configured token, and a job
+/// token is never handed the mapping's credential.
+#[tokio::test]
+async fn a_session_named_job_token_is_not_served_the_mappings_cached_credential() {
+    let (sts, d, acme, dir) = start().await;
+    let own = get_with_token(d.addr, "/v1/credentials/acme-s3", &acme).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    let calls = sts.assume_role_calls().len();
+    let again = get_with_token(d.addr, "/v1/credentials/acme-s3", &acme).await;
+    assert_eq!(
+        again.json()["AccessKeyId"],
+        own.json()["AccessKeyId"],
+        "the mapping's own credential is cached"
+    );
+    sts.assert_assume_role_calls(calls, "a cache hit calls no STS");
+
+    let (token, _) = minted(
+        &mint(
+            &dir.socket(),
+            r#"{"mapping": "acme-s3", "session_name": "sync-job-8812"}"#,
+        )
+        .await,
+    );
+    for path in ["/v1/credentials/acme-s3", "/v1/credentials"] {
+        let job = get_with_token(d.addr, path, &token).await;
+        assert_eq!(job.status, 200, "{path}: {}", job.body);
+        assert_ne!(
+            job.json()["AccessKeyId"],
+            own.json()["AccessKeyId"],
+            "{path}: the job token was served the mapping's own credential"
+        );
+    }
+    let job_calls: Vec<_> = sts
+        .assume_role_calls()
+        .into_iter()
+        .filter(|call| call.session_name.as_deref() == Some("sync-job-8812"))
+        .collect();
+    assert_eq!(
+        job_calls.len(),
+        1,
+        "one AssumeRole with the job's RoleSessionName, then its entry is cached: {job_calls:?}"
+    );
+    d.stop().await;
+}
+
 /// A token minted with `"lease": "connection"` dies when the connection that minted it
 /// closes, and not before: the connection may sit idle longer than
 /// `server.header_read_timeout`, which closes idle connections without a lease.
@@ -578,23 +625,12 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     assert_eq!(std::fs::read_to_string(&regular).unwrap(), "keep me");
 }
 
-/// Kills the daemon if the test panics before it exits.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The daemon as a process (`credvend serve`, JSON logs at `trace`) with `[control]
 /// socket` set: the audit line of a vend made with a job token names the token's id
 /// and who minted it; the token (and its hash) appears in no log line, `/metrics`,
 /// `/status` or `GET /v1/tokens`; SIGTERM removes the socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_line_names_the_job_token_and_the_token_is_never_shown() {
-    use std::process::{Command, Stdio};
     use std::sync::Arc;
     use std::time::Instant;
     const CONFIG_TOKEN: &str = "CANARYCONFIGTOKEN-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -639,17 +675,13 @@ token_sha256 = ["{ghost_hash}"]
         ),
     );
     let log_path = dir.path().join("stderr.log");
-    let child = credvend_serve(&config, dir.path(), "trace", "vendor-base-secret")
-        .args(["--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
+    let mut command = credvend_serve(&config, dir.path(), "trace", "vendor-base-secret");
+    command.args(["--log-format", "json"]);
+    let mut child = support::e2e::ChildGuard::spawn("credvend", command, &log_path);
     let log_so_far = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(admin).await.is_err() || !socket.exists() {
-        if let Some(exit) = child.0.try_wait().unwrap() {
+        if let Some(exit) = child.exit_status() {
             panic!("credvend exited ({exit}) before serving:\n{}", log_so_far());
         }
         assert!(
@@ -695,15 +727,15 @@ token_sha256 = ["{ghost_hash}"]
     let after = get_with_token(listen, path, &token).await;
     assert_eq!(after.status, 403);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", log_so_far());
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(0),
+        "SIGTERM: {}",
+        log_so_far()
+    );
     assert!(!socket.exists(), "the socket outlived the daemon");
     let log = log_so_far();
 

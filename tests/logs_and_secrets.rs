@@ -8,7 +8,6 @@ mod support;
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,16 +26,6 @@ fn free_addrs() -> (SocketAddr, SocketAddr) {
     let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (a, b) = (bind(), bind());
     (a.local_addr().unwrap(), b.local_addr().unwrap())
-}
-
-/// Kills the daemon if the test panics before it exits.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,13 +61,9 @@ cold_wait = "10s"
         ),
     );
     let log_path = dir.join("stderr.log");
-    let child = credvend_serve(&config, &dir, "trace", "CANARYBASESECRET-vendor-base-key")
-        .args(["--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
+    let mut command = credvend_serve(&config, &dir, "trace", "CANARYBASESECRET-vendor-base-key");
+    command.args(["--log-format", "json"]);
+    let mut child = support::e2e::ChildGuard::spawn("credvend", command, &log_path);
     let log_so_far = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -86,7 +71,7 @@ cold_wait = "10s"
         if tokio::net::TcpStream::connect(admin).await.is_ok() {
             break;
         }
-        if let Some(exit) = child.0.try_wait().unwrap() {
+        if let Some(exit) = child.exit_status() {
             panic!("credvend exited ({exit}) before serving:\n{}", log_so_far());
         }
         assert!(
@@ -115,15 +100,15 @@ cold_wait = "10s"
     let metrics = request(admin, "GET", "/metrics", &[]).await.body;
     let status = request(admin, "GET", "/status", &[]).await.body;
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let exit = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", log_so_far());
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(0),
+        "SIGTERM: {}",
+        log_so_far()
+    );
     let mut log = String::new();
     std::fs::File::open(&log_path)
         .unwrap()

@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 /// Each module's layer: a module may name `crate::` modules of lower layers only.
 /// config → creds → (model, protocol, verify) → metrics → events → cache → server →
 /// daemon → reload (→ the binary, which names `credvend::` only).
-const LAYERS: [(&str, u8); 22] = [
+const LAYERS: [(&str, u8); 23] = [
     ("aws_names", 0),
     ("clock", 0),
     ("secret", 0),
     ("notify", 0),
+    ("memory", 0),
     ("policy", 1),
     ("config", 1),
     ("control_client", 1),

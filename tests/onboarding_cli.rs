@@ -325,6 +325,50 @@ async fn onboard_prints_both_documents_as_json_and_the_steps_on_stderr() {
     assert!(!text.contains("credvend verify"), "{text}");
 }
 
+/// A mapping that tags its sessions, sets a source identity and asks for two-hour
+/// sessions: AWS checks `sts:TagSession` and `sts:SetSourceIdentity` against the trust
+/// policy and refuses sessions longer than the role's `MaxSessionDuration`, so both
+/// formats carry what the mapping's AssumeRole needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_takes_session_actions_and_duration_from_the_mapping() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let mut config = std::fs::read_to_string(&f.config).unwrap();
+    config.push_str(
+        "session_duration = \"2h\"\nsource_identity = \"sync-acme\"\n\n\
+         [mappings.acme-s3.tags]\nteam = \"sync\"\n",
+    );
+    std::fs::write(&f.config, config).unwrap();
+
+    let out = f
+        .run(&["onboard", "acme-s3", "--bucket", "acme-data"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let documents: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        documents["trust_policy"]["Statement"][0]["Action"],
+        serde_json::json!(["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]),
+        "{documents}"
+    );
+
+    let out = f
+        .run(&[
+            "onboard",
+            "acme-s3",
+            "--bucket",
+            "acme-data",
+            "--format",
+            "cloudformation",
+        ])
+        .await;
+    let template = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(template.contains("MaxSessionDuration: 7200"), "{template}");
+    assert!(
+        template.contains("- \"sts:SetSourceIdentity\""),
+        "{template}"
+    );
+}
+
 /// With `--out-dir`, each policy is a file of its own, exactly the document `policy
 /// trust` / `policy permissions` would print; stdout is empty, stderr names the files.
 #[tokio::test(flavor = "multi_thread")]
@@ -395,4 +439,216 @@ async fn onboard_without_base_credentials_says_so_like_the_daemon() {
     assert!(err.contains("no_base_credentials"), "{err}");
     assert!(!err.contains("expired_base_credentials"), "{err}");
     assert_eq!(stdout(&out), "", "no document without a principal");
+}
+
+/// `--format cloudformation --template-url`: the template on stdout (as `> role.yaml`
+/// keeps it), and on stderr the console's quick-create link, every parameter in its
+/// fragment and percent-encoded, then the steps ending in `credvend verify`. The
+/// default principal is the daemon's own account, as for the JSON documents.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_cloudformation_prints_the_template_and_the_quick_create_link() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let out = f
+        .run(&[
+            "onboard",
+            "acme-s3",
+            "--bucket",
+            "acme-data",
+            "--prefix",
+            "sync/",
+            "--format",
+            "cloudformation",
+            "--template-url",
+            "https://vendor-templates.s3.us-east-1.amazonaws.com/credvend/acme-s3.yaml?versionId=a&b",
+        ])
+        .await;
+    let (template, guidance) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{guidance}");
+    assert!(
+        template.contains("AWSTemplateFormatVersion: \"2010-09-09\"")
+            && template.contains("AWS: \"arn:aws:iam::568237466542:root\""),
+        "{template}"
+    );
+    assert!(!template.contains("credvend verify"), "{template}");
+    let link = "https://console.aws.amazon.com/cloudformation/home?region=us-east-1\
+                #/stacks/quickcreate\
+                ?templateURL=https%3A%2F%2Fvendor-templates.s3.us-east-1.amazonaws.com%2Fcredvend%2Facme-s3.yaml%3FversionId%3Da%26b\
+                &stackName=credvend-acme-s3\
+                &param_RoleName=vendor-sync&param_BucketName=acme-data&param_KeyPrefix=sync\
+                &param_ExternalId=canary-external-id-7f3a9c1e5b";
+    assert!(
+        guidance.lines().any(|l| l.trim() == link),
+        "no quick-create link {link}\nin:\n{guidance}"
+    );
+    let verify = format!(
+        "credvend verify acme-s3 --config {} --bucket acme-data --prefix sync/",
+        f.config.display()
+    );
+    assert!(
+        guidance.lines().last().is_some_and(|l| l.contains(&verify)),
+        "{guidance}"
+    );
+}
+
+/// `--format terraform --out DIR`: the three files of the module, created owner-only
+/// (they hold the External ID), nothing on stdout, the files and the steps on stderr.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_terraform_writes_the_module_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let module = f.dir.join("module");
+    let out = f
+        .run(&[
+            "onboard",
+            "acme-s3",
+            "--bucket",
+            "acme-data",
+            "--principal",
+            "arn:aws:iam::568237466542:role/vendor-sync",
+            "--format",
+            "terraform",
+            "--out",
+            module.to_str().unwrap(),
+        ])
+        .await;
+    let guidance = stderr(&out);
+    assert!(out.status.success(), "{guidance}");
+    assert_eq!(stdout(&out), "");
+    for name in ["main.tf", "variables.tf", "outputs.tf"] {
+        let path = module.join(name);
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "{name} is {:o}, not owner-only",
+            mode & 0o777
+        );
+        assert!(guidance.contains(&path.display().to_string()), "{guidance}");
+    }
+    let main_tf = std::fs::read_to_string(module.join("main.tf")).unwrap();
+    assert!(
+        main_tf.contains("AWS = \"arn:aws:iam::568237466542:role/vendor-sync\""),
+        "{main_tf}"
+    );
+    let variables_tf = std::fs::read_to_string(module.join("variables.tf")).unwrap();
+    assert!(
+        variables_tf.contains(&format!(
+            "default     = \"{EXTERNAL_ID}\"\n  sensitive   = true"
+        )),
+        "{variables_tf}"
+    );
+    assert!(guidance.contains("credvend verify acme-s3"), "{guidance}");
+    assert!(
+        f.sts.calls().is_empty(),
+        "--principal given: no GetCallerIdentity"
+    );
+}
+
+/// A bad `onboard --format` command line is one line on stderr and exit status 64,
+/// with nothing on stdout and no file written, found before STS is asked for the
+/// default principal.
+#[tokio::test(flavor = "multi_thread")]
+async fn onboard_format_usage_errors_are_one_line_and_exit_64() {
+    let f = fixture(TrustRule::RequireExternalId(EXTERNAL_ID.into())).await;
+    let a_dir = f.dir.join("a-dir");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let a_file = f.dir.join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    let (a_dir, a_file) = (a_dir.to_str().unwrap(), a_file.to_str().unwrap());
+    let base = ["onboard", "acme-s3", "--bucket", "acme-data"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["onboard", "acme-s3", "--format", "cloudformation"],
+            "--format cloudformation needs --bucket",
+        ),
+        (
+            vec![
+                "onboard",
+                "acme-s3",
+                "--format",
+                "terraform",
+                "--out",
+                a_dir,
+            ],
+            "--format terraform needs --bucket",
+        ),
+        (
+            [&base[..], &["--format", "terraform"]].concat(),
+            "--format terraform writes a module of three files (main.tf, variables.tf, outputs.tf): pass --out DIR",
+        ),
+        (
+            [
+                &base[..],
+                &["--template-url", "https://x.s3.amazonaws.com/t.yaml"],
+            ]
+            .concat(),
+            "--template-url is for --format cloudformation",
+        ),
+        (
+            [
+                &base[..],
+                &[
+                    "--format",
+                    "cloudformation",
+                    "--template-url",
+                    "http://x/t.yaml",
+                ],
+            ]
+            .concat(),
+            "expected the https:// URL",
+        ),
+        (
+            [&base[..], &["--format", "cloudformation", "--out", a_dir]].concat(),
+            "is a directory; --format cloudformation writes one file",
+        ),
+        (
+            [&base[..], &["--format", "terraform", "--out", a_file]].concat(),
+            "is not a directory; --format terraform writes files into one",
+        ),
+        (
+            vec![
+                "onboard",
+                "acme-s3",
+                "--bucket",
+                "Acme_Data",
+                "--format",
+                "terraform",
+                "--out",
+                a_dir,
+            ],
+            "invalid S3 bucket name \"Acme_Data\"",
+        ),
+        (
+            [
+                &base[..],
+                &["--prefix", "/sync", "--format", "cloudformation"],
+            ]
+            .concat(),
+            "invalid key prefix \"/sync\"",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = f.run(&args).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line:\n{err}");
+        assert!(
+            err.starts_with("credvend: ") && err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+        assert_eq!(stdout(&out), "", "{args:?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(a_dir).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    assert!(
+        f.sts.calls().is_empty(),
+        "usage errors are found before STS is asked: {:?}",
+        f.sts.calls()
+    );
 }

@@ -100,7 +100,7 @@ listen = ["{listen}"]
 admin_listen = "{admin}"
 
 [sts]
-endpoint_url = "{sts_url}"
+endpoint_urls = {{ us-east-1 = "{sts_url}" }}
 {sts_extra}
 {mappings}"#
     )

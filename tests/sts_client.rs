@@ -36,6 +36,8 @@ fn settings(fake: &FakeSts, call_timeout: Duration) -> StsSettings {
     StsSettings {
         default_region: "us-east-1".to_owned(),
         endpoint_url: Some(fake.endpoint_url()),
+        fallback_regions: Vec::new(),
+        endpoint_urls: Default::default(),
         source_role_arn: None,
         call_timeout,
     }
@@ -633,6 +635,8 @@ async fn unreachable_endpoint_is_a_network_error() {
         StsSettings {
             default_region: "us-east-1".to_owned(),
             endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            fallback_regions: Vec::new(),
+            endpoint_urls: Default::default(),
             source_role_arn: None,
             call_timeout: CALL_TIMEOUT,
         },

@@ -9,7 +9,7 @@ use super::budget::Priority;
 use super::lifecycle;
 use super::table::MappingSpec;
 use super::{Entry, FetchOutcome, Inner};
-use crate::creds::{AssumeError, AssumeRoleInput, FailureReason};
+use crate::creds::{AssumeError, AssumeRoleInput, Attempt, AttemptHooks, FailureReason};
 use crate::events::{
     AssumeRoleFailed, AssumeRoleSucceeded, ExpirationClamped, SessionDurationCapped,
     ShortCredentialReceived,
@@ -37,9 +37,17 @@ impl Inner {
         self.budget.acquire(priority, spec.owner_key()).await;
         // STS computes Expiration from its own clock when it answers, which is no
         // earlier than this: measuring the lifetime from here never makes a full-length
-        // credential look short because the call itself took time.
-        let sent_at = self.clock.now();
-        let mut result = self.assume_role_observed(spec, &input, priority).await;
+        // credential look short because the call itself took time. A failover attempt
+        // moves it to when that attempt was sent (after its wait for the budget).
+        let hooks = FetchHooks {
+            inner: self,
+            spec,
+            priority,
+            sent_at: std::sync::Mutex::new(self.clock.now()),
+        };
+        let mut result = self
+            .assume_role_observed(spec, &input, priority, &hooks)
+            .await;
         if let Err(error) = &result
             && error.duration_too_long
             && input.duration > ONE_HOUR
@@ -54,8 +62,12 @@ impl Inner {
             }
             input.duration = ONE_HOUR;
             self.budget.acquire(priority, spec.owner_key()).await;
-            result = self.assume_role_observed(spec, &input, priority).await;
+            hooks.mark_sent();
+            result = self
+                .assume_role_observed(spec, &input, priority, &hooks)
+                .await;
         }
+        let sent_at = hooks.sent_at();
         let mut creds = result.map_err(FetchError::Sts)?;
         // STS sets Expiration by its own clock. A credential cannot outlive the duration
         // we asked for, counted from when we asked: an Expiration further out than that
@@ -123,19 +135,22 @@ impl Inner {
         permit
     }
 
-    /// One AssumeRole under a concurrency permit, timed (the STS call only, not the wait
-    /// for the permit), with its success or failure event (log line + metrics). The
-    /// enforcement probes do not come through here: their expected AccessDenied answers
-    /// are not failures and must not page anyone.
+    /// One AssumeRole under a concurrency permit, timed (the STS calls only, not the
+    /// wait for the permit), with its success or failure event (log line + metrics). A
+    /// failover to another region is part of it: `hooks` charge each further attempt to
+    /// the budget and count each attempt by region. The enforcement probes do not come
+    /// through here: their expected AccessDenied answers are not failures and must not
+    /// page anyone.
     pub(super) async fn assume_role_observed(
         &self,
         spec: &MappingSpec,
         input: &AssumeRoleInput,
         priority: Priority,
+        hooks: &FetchHooks<'_>,
     ) -> Result<crate::creds::Credentials, AssumeError> {
         let _permit = self.sts_permit(priority).await;
         let started = std::time::Instant::now();
-        let result = self.assumer.assume_role(input).await;
+        let result = self.assumer.assume_role_with(input, hooks).await;
         let duration = started.elapsed();
         let mapping = spec.key.name();
         match &result {
@@ -155,5 +170,47 @@ impl Inner {
             .emit(&self.metrics),
         }
         result
+    }
+}
+
+/// A fetch's [`AttemptHooks`]: each failover attempt waits for a token of the global STS
+/// budget like the first, and every attempt is counted by region
+/// (`credvend_assume_role_duration_seconds`).
+pub(super) struct FetchHooks<'a> {
+    inner: &'a Inner,
+    spec: &'a MappingSpec,
+    priority: Priority,
+    /// When the latest attempt was sent (the injected clock's wall time).
+    sent_at: std::sync::Mutex<std::time::SystemTime>,
+}
+
+impl FetchHooks<'_> {
+    fn mark_sent(&self) {
+        *self.sent_at.lock().unwrap_or_else(|e| e.into_inner()) = self.inner.clock.now();
+    }
+
+    fn sent_at(&self) -> std::time::SystemTime {
+        *self.sent_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl AttemptHooks for FetchHooks<'_> {
+    fn before_failover<'a>(
+        &'a self,
+        _region: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            self.inner
+                .budget
+                .acquire(self.priority, self.spec.owner_key())
+                .await;
+            self.mark_sent();
+        })
+    }
+
+    fn attempt_finished(&self, attempt: &Attempt<'_>) {
+        self.inner
+            .metrics
+            .sts_call(attempt.region, attempt.outcome, attempt.duration);
     }
 }

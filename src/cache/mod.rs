@@ -390,6 +390,11 @@ impl CredentialCache {
         self.inner.clock.now()
     }
 
+    /// Each STS region's health (docs/design.md, Regional failover).
+    pub fn sts_regions(&self) -> Vec<crate::creds::regions::RegionHealth> {
+        self.inner.assumer.region_health()
+    }
+
     /// Acquisitions that had to wait on the STS budget so far.
     pub fn sts_rate_limited_total(&self) -> u64 {
         self.inner.budget.rate_limited_total()
@@ -413,6 +418,15 @@ impl Inner {
         Now {
             wall: self.clock.now(),
             monotonic: self.clock.monotonic(),
+        }
+    }
+
+    /// [`Inner::now`] with the monotonic clock as it read at `at`, the request's
+    /// arrival ([`Clock::monotonic_at`]: no second read of the OS's clock).
+    fn now_at(&self, at: std::time::Instant) -> Now {
+        Now {
+            wall: self.clock.now(),
+            monotonic: self.clock.monotonic_at(at),
         }
     }
 

@@ -54,8 +54,39 @@ impl CredentialCache {
     /// is served, fetched if need be. A fetch for a generation no longer applied serves
     /// its request but is not cached.
     pub async fn get_in(&self, mappings: &MappingTable, name: &str) -> Result<Vended, VendError> {
+        self.get_in_at(mappings, name, std::time::Instant::now())
+            .await
+    }
+
+    /// The credential of mapping `name` (in `mappings`, the request's generation) if it
+    /// can be served at once as it is: the fast path of [`CredentialCache::get_in_at`]
+    /// (`Inner::cached`), without a future. `None` means "ask `get_in_at`" (a miss,
+    /// a credential to refresh or to check first, or no such mapping).
+    pub fn cached_at(
+        &self,
+        mappings: &MappingTable,
+        name: &str,
+        arrived: std::time::Instant,
+    ) -> Option<Vended> {
         let inner = &self.inner;
-        let now = inner.now();
+        let now = inner.now_at(arrived);
+        let table = &mappings.0;
+        let spec = table.by_name.get(name)?;
+        spec.touch(now.wall);
+        inner.cached(spec, table, now)
+    }
+
+    /// [`CredentialCache::get_in`] for a request that arrived at `arrived` (the
+    /// server's one reading of the OS's monotonic clock, which the cache's clock
+    /// reuses: [`crate::clock::Clock::monotonic_at`]).
+    pub async fn get_in_at(
+        &self,
+        mappings: &MappingTable,
+        name: &str,
+        arrived: std::time::Instant,
+    ) -> Result<Vended, VendError> {
+        let inner = &self.inner;
+        let now = inner.now_at(arrived);
         let table = &mappings.0;
         let spec = table.by_name.get(name).ok_or(VendError::UnknownMapping)?;
         spec.touch(now.wall);

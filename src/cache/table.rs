@@ -100,7 +100,8 @@ impl MappingSpec {
 
 /// The mapping table of one config generation.
 pub(super) struct Table {
-    pub(super) by_name: HashMap<String, Arc<MappingSpec>>,
+    /// Looked up by every request (foldhash, randomly seeded; see `server::access`).
+    pub(super) by_name: foldhash::HashMap<String, Arc<MappingSpec>>,
     pub(super) by_key: HashMap<MappingKey, Arc<MappingSpec>>,
     pub(super) refresh: RefreshConfig,
     /// `[verify] recheck_interval`.
@@ -110,7 +111,7 @@ pub(super) struct Table {
 /// The table for `config`. Mappings whose key is unchanged from `previous` keep sharing
 /// its last-use record and enforcement result (a changed key starts `Unknown`).
 pub(super) fn build_table(config: &Config, previous: Option<&Table>) -> Table {
-    let mut by_name = HashMap::new();
+    let mut by_name = foldhash::HashMap::default();
     let mut by_key = HashMap::new();
     for (name, mapping) in &config.mappings {
         let spec = mapping_spec(config, mapping, previous);

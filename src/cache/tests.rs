@@ -1147,7 +1147,7 @@ async fn the_assume_role_histogram_excludes_the_wait_for_a_permit() {
     request.await.unwrap().expect("vends");
     let text = metrics.render();
     let series = |name: &str| -> f64 {
-        let prefix = format!("{name}{{result=\"success\"}} ");
+        let prefix = format!("{name}{{region=\"us-east-1\",result=\"success\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .unwrap_or_else(|| panic!("{name} missing"))
@@ -1913,4 +1913,103 @@ async fn a_reload_publishes_its_table_before_dropping_the_old_credentials() {
     assert_eq!(served.source, Source::Cache, "fetched instead of served");
     assert_eq!(served.entry.access_key_id, first.entry.access_key_id);
     assert_eq!(assumer.calls(), 1, "an STS call for the generation before");
+}
+
+/// An assumer that fails over once, as the real one does on a 5xx: the first attempt in
+/// the mapping's region fails, then (after [`crate::creds::AttemptHooks::before_failover`])
+/// a second one in `us-west-2` succeeds.
+struct FailsOverOnce {
+    clock: ManualClock,
+    /// Regions attempted, in order.
+    attempts: Mutex<Vec<String>>,
+    /// How long `before_failover` held the failover (real time).
+    held: Mutex<Option<Duration>>,
+}
+
+impl RoleAssumer for FailsOverOnce {
+    fn assume_role<'a>(&'a self, _input: &'a AssumeRoleInput) -> AssumeFuture<'a> {
+        unreachable!("the cache fetches through assume_role_with")
+    }
+
+    fn assume_role_with<'a>(
+        &'a self,
+        input: &'a AssumeRoleInput,
+        hooks: &'a dyn crate::creds::AttemptHooks,
+    ) -> AssumeFuture<'a> {
+        use crate::creds::Attempt;
+        Box::pin(async move {
+            self.attempts.lock().unwrap().push(input.region.to_string());
+            hooks.attempt_finished(&Attempt {
+                region: &input.region,
+                outcome: Err(FailureReason::ServerError),
+                duration: Duration::from_millis(5),
+            });
+            let started = std::time::Instant::now();
+            hooks.before_failover("us-west-2").await;
+            *self.held.lock().unwrap() = Some(started.elapsed());
+            self.attempts.lock().unwrap().push("us-west-2".into());
+            hooks.attempt_finished(&Attempt {
+                region: "us-west-2",
+                outcome: Ok(()),
+                duration: Duration::from_millis(5),
+            });
+            Ok(test_credentials(
+                "ASIAFAILEDOVER000001".into(),
+                self.clock.now() + Duration::from_secs(3600),
+            ))
+        })
+    }
+}
+
+/// A failover attempt waits for a token of the global STS budget like the first attempt
+/// (docs/design.md, Regional failover), and each attempt is counted by region.
+/// One token a second, the burst spent by the first attempt: the failover, which follows
+/// it at once, waits for the next token (real time: a lower bound, which load only
+/// lengthens).
+#[tokio::test]
+async fn each_failover_attempt_waits_for_a_token_of_the_sts_budget() {
+    let clock = ManualClock::starting_now();
+    let assumer = Arc::new(FailsOverOnce {
+        clock: clock.clone(),
+        attempts: Mutex::new(Vec::new()),
+        held: Mutex::new(None),
+    });
+    let mut cfg = config("http://127.0.0.1:9", vec![mapping("m", "r", None, "t")]);
+    cfg.sts.max_requests_per_second = 1;
+    cfg.refresh.cold_wait = Duration::from_secs(600);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.sync_mappings(["m"]);
+    let cache = CredentialCache::new(
+        &cfg,
+        assumer.clone(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    );
+    cache.start();
+
+    let vended = cache.get("m").await.expect("vends once a token refills");
+    assert_eq!(vended.source, Source::Fresh);
+    assert_eq!(
+        *assumer.attempts.lock().unwrap(),
+        ["us-east-1", "us-west-2"]
+    );
+    assert_eq!(
+        cache.sts_rate_limited_total(),
+        1,
+        "the failover attempt had to wait for a token"
+    );
+    let held = assumer.held.lock().unwrap().expect("failed over");
+    assert!(
+        held >= Duration::from_millis(500),
+        "the failover went ahead after {held:?} with the budget spent"
+    );
+    let text = metrics.render();
+    for series in [
+        r#"credvend_assume_role_duration_seconds_count{region="us-east-1",result="error"} 1"#,
+        r#"credvend_assume_role_duration_seconds_count{region="us-west-2",result="success"} 1"#,
+        r#"credvend_assume_role_total{mapping="m",result="success"} 1"#,
+        r#"credvend_assume_role_total{mapping="m",result="error"} 0"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
 }

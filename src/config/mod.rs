@@ -126,8 +126,17 @@ pub struct LogConfig {
 pub struct StsConfig {
     /// Default "us-east-1".
     pub region: Region,
-    /// Optional STS endpoint override (e.g. "http://127.0.0.1:5000").
+    /// The primary region's STS endpoint override (e.g. "http://127.0.0.1:5000"), from
+    /// `[sts.endpoint_urls]` or the deprecated `endpoint_url`; also used for mappings'
+    /// own regions.
     pub endpoint_url: Option<String>,
+    /// Regions tried, in order, when the primary (or a mapping's own region) fails
+    /// (docs/design.md, Regional failover). Default none; never the primary, no
+    /// duplicates, at most 8.
+    pub fallback_regions: Vec<Region>,
+    /// Endpoint overrides of fallback regions, by region name (the primary's is
+    /// `endpoint_url`).
+    pub endpoint_urls: BTreeMap<String, String>,
     /// Optional vendor service role to assume first (role chaining).
     pub source_role_arn: Option<RoleArn>,
     /// Global STS token bucket rate. Default 20.

@@ -54,7 +54,10 @@ pub(super) struct RawLog {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSts {
     pub region: Option<Region>,
+    /// Deprecated: the primary's entry of `endpoint_urls`.
     pub endpoint_url: Option<String>,
+    pub fallback_regions: Option<OneOrMany>,
+    pub endpoint_urls: Option<BTreeMap<String, String>>,
     pub source_role_arn: Option<RoleArn>,
     pub max_requests_per_second: Option<u64>,
     pub call_timeout: Option<DurationStr>,

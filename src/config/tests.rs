@@ -1610,3 +1610,122 @@ fn the_load_index_is_not_reused_across_environment_changes_or_mapping_overrides(
         Ok(())
     });
 }
+
+#[test]
+fn fallback_regions_and_endpoint_urls_load_in_order_with_the_primarys_url_apart() {
+    let text = config_text(
+        "[sts]\nregion = \"us-east-1\"\nfallback_regions = [\"us-west-2\", \"eu-west-1\"]\n\
+         [sts.endpoint_urls]\nus-east-1 = \"https://vpce-1.sts.us-east-1.vpce.amazonaws.com\"\n\
+         eu-west-1 = \"http://127.0.0.1:5001\"",
+        &[],
+    );
+    let config = load_in_jail(&text).expect("valid");
+    let fallbacks: Vec<&str> = config.sts.fallback_regions.iter().map(|r| &**r).collect();
+    assert_eq!(fallbacks, ["us-west-2", "eu-west-1"]);
+    assert_eq!(
+        config.sts.endpoint_url.as_deref(),
+        Some("https://vpce-1.sts.us-east-1.vpce.amazonaws.com")
+    );
+    assert_eq!(
+        config.sts.endpoint_urls,
+        BTreeMap::from([("eu-west-1".to_owned(), "http://127.0.0.1:5001".to_owned())])
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // None by default.
+    let plain = load_in_jail(&config_text("", &[])).expect("valid");
+    assert!(plain.sts.fallback_regions.is_empty());
+    assert!(plain.sts.endpoint_urls.is_empty());
+}
+
+#[test]
+fn the_deprecated_endpoint_url_is_the_primarys_with_a_warning() {
+    let text = config_text("[sts]\nendpoint_url = \"http://127.0.0.1:5000\"", &[]);
+    let config = load_in_jail(&text).expect("valid");
+    assert_eq!(
+        config.sts.endpoint_url.as_deref(),
+        Some("http://127.0.0.1:5000")
+    );
+    let warnings = config.warnings.join("\n");
+    assert!(
+        warnings.contains("sts.endpoint_url") && warnings.contains("deprecated"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("[sts.endpoint_urls] us-east-1 = "),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn bad_fallback_regions_and_endpoint_urls_are_refused_with_their_keys() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[sts]\nfallback_regions = [\"us-west-2\", \"Moon-1\"]",
+            "sts.fallback_regions",
+            "`Moon-1`: ",
+        ),
+        (
+            "[sts]\nfallback_regions = [\"us-east-1\"]",
+            "sts.fallback_regions",
+            "`us-east-1` is the primary region (sts.region)",
+        ),
+        (
+            "[sts]\nfallback_regions = [\"us-west-2\", \"us-west-2\"]",
+            "sts.fallback_regions",
+            "`us-west-2` is listed twice",
+        ),
+        (
+            "[sts]\nfallback_regions = [\"us-west-1\", \"us-west-2\", \"eu-west-1\", \"eu-west-2\", \
+             \"eu-west-3\", \"eu-central-1\", \"ap-south-1\", \"ap-northeast-1\", \"sa-east-1\"]",
+            "sts.fallback_regions",
+            "9 regions; at most 8",
+        ),
+        (
+            "[sts.endpoint_urls]\neu-west-1 = \"http://127.0.0.1:5001\"",
+            "sts.endpoint_urls.eu-west-1",
+            "neither the primary region (sts.region = \"us-east-1\") nor one of sts.fallback_regions",
+        ),
+        (
+            "[sts]\nfallback_regions = [\"us-west-2\"]\n[sts.endpoint_urls]\nus-west-2 = \"ftp://x\"",
+            "sts.endpoint_urls.us-west-2",
+            "http:// or https://",
+        ),
+        (
+            "[sts.endpoint_urls]\nUS-EAST-1 = \"http://127.0.0.1:5001\"",
+            "sts.endpoint_urls.US-EAST-1",
+            "`US-EAST-1`: ",
+        ),
+        (
+            "[sts]\nendpoint_url = \"http://127.0.0.1:5000\"\n\
+             [sts.endpoint_urls]\nus-east-1 = \"http://127.0.0.1:5001\"",
+            "sts.endpoint_url",
+            "both sts.endpoint_url and sts.endpoint_urls.us-east-1 set the primary region's endpoint",
+        ),
+        (
+            "[sts]\nfallback_regions = 3",
+            "sts.fallback_regions",
+            "invalid type",
+        ),
+    ];
+    for (top, key, fragment) in cases {
+        let found = problems(&config_text(top, &[]));
+        assert_problem(&found, key, fragment);
+        let shown = ConfigError {
+            problems: found.clone(),
+        }
+        .to_string();
+        assert!(shown.contains("credvend.toml"), "no file named:\n{shown}");
+    }
+}
+
+#[test]
+fn fallback_regions_come_from_the_environment_as_a_list_or_one_name() {
+    Jail::expect_with(|jail| {
+        let path = write(jail, "credvend.toml", &config_text("", &[]));
+        jail.set_env("CREDVEND_STS__FALLBACK_REGIONS", "us-west-2");
+        let config = Config::load(&path).expect("valid");
+        let fallbacks: Vec<&str> = config.sts.fallback_regions.iter().map(|r| &**r).collect();
+        assert_eq!(fallbacks, ["us-west-2"]);
+        Ok(())
+    });
+}

@@ -16,8 +16,8 @@ use humantime::format_duration;
 
 use super::load::Report;
 use super::raw::{
-    DurationStr, RawControl, RawLog, RawMapping, RawMetrics, RawRefresh, RawReload, RawServer,
-    RawSts, RawVerify, TOP_LEVEL_KEYS,
+    DurationStr, OneOrMany, RawControl, RawLog, RawMapping, RawMetrics, RawRefresh, RawReload,
+    RawServer, RawSts, RawVerify, TOP_LEVEL_KEYS,
 };
 use super::rules;
 use super::{
@@ -331,12 +331,13 @@ fn log(report: &mut Report) -> Option<LogConfig> {
 }
 
 fn sts(report: &mut Report) -> Option<StsConfig> {
-    let (raw, broken) = report.decode::<RawSts>(&["sts"])?;
+    let (mut raw, broken) = report.decode::<RawSts>(&["sts"])?;
     // A bad region or source role was reported by `decode`; mappings inherit both, so
     // their checks that depend on these wait for a valid [sts].
     let mut ok = !broken.contains("region") && !broken.contains("source_role_arn");
     let region = raw
         .region
+        .take()
         .or_else(|| Region::try_from("us-east-1".to_owned()).ok());
     if let Some(url) = &raw.endpoint_url
         && let Err(reason) = rules::endpoint_url(url)
@@ -344,6 +345,19 @@ fn sts(report: &mut Report) -> Option<StsConfig> {
         report.problem(&["sts", "endpoint_url"], reason);
         ok = false;
     }
+    let regions = region.as_ref().and_then(|primary| {
+        sts_regions(
+            report,
+            primary,
+            raw.fallback_regions.take(),
+            raw.endpoint_urls.take(),
+            raw.endpoint_url.is_some(),
+        )
+        .or_else(|| {
+            ok = false;
+            None
+        })
+    });
     let max_requests_per_second = raw.max_requests_per_second.unwrap_or(20);
     let max_requests_per_second = match u32::try_from(max_requests_per_second) {
         Ok(n) if n >= 1 => Some(n),
@@ -380,13 +394,105 @@ fn sts(report: &mut Report) -> Option<StsConfig> {
     if !ok {
         return None;
     }
+    let (fallback_regions, mut endpoint_urls) = regions?;
+    let primary = region?;
+    let endpoint_url = endpoint_urls.remove(&*primary).or(raw.endpoint_url);
     Some(StsConfig {
-        region: region?,
-        endpoint_url: raw.endpoint_url,
+        region: primary,
+        endpoint_url,
+        fallback_regions,
+        endpoint_urls,
         source_role_arn: raw.source_role_arn,
         max_requests_per_second: max_requests_per_second?,
         call_timeout: call_timeout?,
     })
+}
+
+/// Most fallback regions: each is one more STS call (and budget token) a failing call
+/// may make, and one more `region` label value.
+const MAX_FALLBACK_REGIONS: usize = 8;
+
+/// `[sts] fallback_regions` and `[sts.endpoint_urls]` (with the deprecated
+/// `endpoint_url`), checked against the primary: the fallback regions in order and every
+/// region's endpoint override (the primary's included), or `None` after reporting.
+fn sts_regions(
+    report: &mut Report,
+    primary: &Region,
+    fallback_regions: Option<OneOrMany>,
+    endpoint_urls: Option<BTreeMap<String, String>>,
+    deprecated_url: bool,
+) -> Option<(Vec<Region>, BTreeMap<String, String>)> {
+    let problems = report.problems.len();
+    let mut fallbacks: Vec<Region> = Vec::new();
+    let entries = fallback_regions.map(|r| r.0).unwrap_or_default();
+    for entry in entries {
+        let key = ["sts", "fallback_regions"];
+        match Region::try_from(entry.clone()) {
+            Err(reason) => report.problem(&key, format!("`{entry}`: {reason}")),
+            Ok(region) if region == *primary => report.problem(
+                &key,
+                format!("`{entry}` is the primary region (sts.region); list only other regions"),
+            ),
+            Ok(region) if fallbacks.contains(&region) => {
+                report.problem(&key, format!("`{entry}` is listed twice"))
+            }
+            Ok(region) => fallbacks.push(region),
+        }
+    }
+    if fallbacks.len() > MAX_FALLBACK_REGIONS {
+        report.problem(
+            &["sts", "fallback_regions"],
+            format!(
+                "{} regions; at most {MAX_FALLBACK_REGIONS}: each is one more STS call a failing \
+                 call may make",
+                fallbacks.len()
+            ),
+        );
+    }
+    let mut urls = BTreeMap::new();
+    for (name, url) in endpoint_urls.unwrap_or_default() {
+        let key = ["sts", "endpoint_urls", name.as_str()];
+        if let Err(reason) = Region::try_from(name.clone()) {
+            report.problem(&key, format!("`{name}`: {reason}"));
+            continue;
+        }
+        if *name != **primary && !fallbacks.iter().any(|r| **r == *name) {
+            report.problem(
+                &key,
+                format!(
+                    "`{name}` is neither the primary region (sts.region = \"{primary}\") nor one \
+                     of sts.fallback_regions"
+                ),
+            );
+            continue;
+        }
+        if let Err(reason) = rules::endpoint_url(&url) {
+            report.problem(&key, reason);
+            continue;
+        }
+        urls.insert(name, url);
+    }
+    if deprecated_url {
+        if urls.contains_key(&**primary) {
+            report.problem(
+                &["sts", "endpoint_url"],
+                format!(
+                    "both sts.endpoint_url and sts.endpoint_urls.{primary} set the primary \
+                     region's endpoint; keep only sts.endpoint_urls.{primary}"
+                ),
+            );
+        } else {
+            report.warn(
+                &["sts", "endpoint_url"],
+                format!(
+                    "deprecated: write the primary region's endpoint as \
+                     [sts.endpoint_urls] {primary} = \"…\" (in the environment: \
+                     CREDVEND_STS__ENDPOINT_URLS__{primary}); it still works, as the primary's"
+                ),
+            );
+        }
+    }
+    (report.problems.len() == problems).then_some((fallbacks, urls))
 }
 
 /// The refresh section plus what mappings need to check their own session durations.

@@ -14,6 +14,8 @@ use crate::config::Mapping;
 use crate::secret::{ExternalId, SecretValue};
 
 pub mod error;
+pub mod regions;
+mod source_role;
 pub mod sts;
 
 pub use error::{AssumeError, FailureReason};
@@ -92,4 +94,78 @@ pub trait RoleAssumer: Send + Sync + 'static {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
     >;
+
+    /// [`RoleAssumer::assume_role`] with the caller's hooks around each STS attempt: an
+    /// implementation that fails over to other regions ([`regions`]) waits on
+    /// [`AttemptHooks::before_failover`] before each attempt after the first (the cache
+    /// charges it to the global STS budget), and reports every attempt, the first
+    /// included, to [`AttemptHooks::attempt_finished`]. The default makes the one call
+    /// of `assume_role` in `input.region` and reports it.
+    fn assume_role_with<'a>(
+        &'a self,
+        input: &'a AssumeRoleInput,
+        hooks: &'a dyn AttemptHooks,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Credentials, AssumeError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.assume_role(input).await;
+            hooks.attempt_finished(&Attempt {
+                region: &input.region,
+                outcome: result.as_ref().map(|_| ()).map_err(|e| e.reason),
+                duration: started.elapsed(),
+            });
+            result
+        })
+    }
+
+    /// Each STS region's health (breaker state), for `/status` and the metrics; empty
+    /// for an implementation without regions.
+    fn region_health(&self) -> Vec<regions::RegionHealth> {
+        Vec::new()
+    }
+
+    /// Times anything time-dependent (the region breakers' cool-downs) on `clock`, the
+    /// daemon's. The default ignores it.
+    fn use_clock(&self, clock: std::sync::Arc<dyn crate::clock::Clock>) {
+        let _ = clock;
+    }
+}
+
+/// One STS attempt of an [`RoleAssumer::assume_role_with`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The region called.
+    pub region: &'a str,
+    pub outcome: Result<(), FailureReason>,
+    /// The attempt alone (no wait for the budget).
+    pub duration: Duration,
+}
+
+/// What the caller of [`RoleAssumer::assume_role_with`] does around each attempt.
+pub trait AttemptHooks: Send + Sync {
+    /// Before each attempt after the first (a failover to `region`).
+    fn before_failover<'a>(
+        &'a self,
+        region: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+    /// After every attempt.
+    fn attempt_finished(&self, attempt: &Attempt<'_>);
+}
+
+/// Hooks that do nothing: failover attempts are not charged to any budget (the
+/// enforcement probes and `credvend verify`; docs/design.md, Regional failover).
+pub struct NoHooks;
+
+impl AttemptHooks for NoHooks {
+    fn before_failover<'a>(
+        &'a self,
+        _region: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn attempt_finished(&self, _attempt: &Attempt<'_>) {}
 }

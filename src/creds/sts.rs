@@ -19,9 +19,17 @@
 //!   sees an [`AssumeError`] with a [`FailureReason`], never an SDK type.
 //! - **One client per region**, created lazily and cached; they share the base
 //!   identity cache, so the base (or chained vendor-role) credentials are resolved once
-//!   and reused until they near expiry.
+//!   and reused until they near expiry. Each region's client has its own endpoint
+//!   override (`[sts.endpoint_urls]`); the primary's (also the deprecated
+//!   `endpoint_url`) applies to mappings' own regions as well, as it always has; a
+//!   fallback region without one uses AWS's regional endpoint.
+//! - **Regional failover** ([`super::regions`]): a network error, timeout, 5xx,
+//!   throttling or `RegionDisabledException` sends the call on at once to the next
+//!   region of its plan, skipping regions whose circuit breaker is open; terminal
+//!   answers (`AccessDenied`, validation errors) never go elsewhere. The caller's
+//!   [`AttemptHooks`] charge each failover attempt to the STS budget.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
@@ -31,7 +39,6 @@ use aws_config::BehaviorVersion;
 use aws_config::SdkConfig;
 use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
-use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
@@ -44,7 +51,12 @@ use aws_smithy_async::rt::sleep::{SharedAsyncSleep, TokioSleep};
 #[cfg(any(test, feature = "test-util"))]
 use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource};
 
-use super::{AssumeError, AssumeRoleInput, Credentials, FailureReason, RoleAssumer};
+use super::regions::{self, RegionHealth, Regions};
+use super::source_role::SourceRoleAcrossRegions;
+use super::{
+    AssumeError, AssumeRoleInput, Attempt, AttemptHooks, Credentials, FailureReason, NoHooks,
+    RoleAssumer,
+};
 use crate::secret::{ExternalId, SecretValue};
 
 /// Session name used when chaining through the vendor's `source_role_arn`. It shows up
@@ -60,8 +72,13 @@ pub struct StsSettings {
     /// Region of the default client (GetCallerIdentity, the source-role assumption and
     /// every mapping without its own `region`).
     pub default_region: String,
-    /// STS endpoint override (VPC endpoint, FIPS, tests); applies to every region.
+    /// STS endpoint override of the primary region (VPC endpoint, FIPS, tests); it
+    /// applies to mappings' own regions too, but not to the fallback regions.
     pub endpoint_url: Option<String>,
+    /// Regions tried after the primary (or a mapping's own region), in order.
+    pub fallback_regions: Vec<String>,
+    /// Endpoint overrides of fallback regions, by region.
+    pub endpoint_urls: BTreeMap<String, String>,
     /// Vendor service role assumed with the base identity first (role chaining).
     pub source_role_arn: Option<String>,
     /// Bound on one STS call, including resolving the base identity.
@@ -73,6 +90,12 @@ impl From<&crate::config::StsConfig> for StsSettings {
         Self {
             default_region: config.region.to_string(),
             endpoint_url: config.endpoint_url.clone(),
+            fallback_regions: config
+                .fallback_regions
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            endpoint_urls: config.endpoint_urls.clone(),
             source_role_arn: config.source_role_arn.as_ref().map(ToString::to_string),
             call_timeout: config.call_timeout,
         }
@@ -109,6 +132,8 @@ pub struct StsAssumer {
     /// source-role provider when chaining), HTTP client, retry and timeout settings.
     sdk_config: SdkConfig,
     clients: Mutex<ClientSet>,
+    /// The failover order and each region's circuit breaker.
+    regions: Regions,
 }
 
 /// The current generation of clients. Replaced wholesale on a base-identity error.
@@ -193,27 +218,39 @@ impl StsAssumer {
     }
 
     async fn from_base_config(settings: StsSettings, base: SdkConfig) -> Self {
+        let regions = Regions::new(&settings.default_region, &settings.fallback_regions);
         let sdk_config = match &settings.source_role_arn {
             None => base,
             Some(source_role) => {
-                // The provider's own STS client skips the identity cache, so every vendor
-                // role assumption re-reads the base identity; our per-generation cache
-                // sits on top and holds the chained credentials.
-                let chained = AssumeRoleProvider::builder(source_role.clone())
-                    .session_name(SOURCE_ROLE_SESSION_NAME)
-                    .configure(&base)
-                    .build()
-                    .await;
+                // The vendor role is assumed across the regions like any STS call
+                // (`super::source_role`). Its providers' own STS clients skip the
+                // identity cache, so every vendor role assumption re-reads the base
+                // identity; our per-generation cache sits on top and holds the chained
+                // credentials.
+                let chained = SourceRoleAcrossRegions::new(
+                    source_role,
+                    SOURCE_ROLE_SESSION_NAME,
+                    &base,
+                    regions.clone(),
+                    |region| endpoint_for(&settings, region),
+                )
+                .await;
                 base.into_builder()
                     .credentials_provider(SharedCredentialsProvider::new(chained))
                     .build()
             }
         };
         Self {
+            regions,
             settings,
             sdk_config,
             clients: Mutex::new(ClientSet::new(0)),
         }
+    }
+
+    /// Each region's health ([`super::regions`]).
+    pub fn regions(&self) -> &Regions {
+        &self.regions
     }
 
     /// Who the base identity (after chaining through `source_role_arn`, if set) is.
@@ -237,18 +274,78 @@ impl StsAssumer {
         }
     }
 
-    async fn assume(&self, input: &AssumeRoleInput) -> Result<Credentials, AssumeError> {
+    /// One AssumeRole, failing over across the regions of `input.region`'s plan
+    /// ([`Regions::plan`]): each attempt in one region (with the base-identity retry),
+    /// the next region at once on a failure that [`regions::fails_over`], open breakers
+    /// skipped, and the first region of the plan as the last resort when all are.
+    async fn assume(
+        &self,
+        input: &AssumeRoleInput,
+        hooks: &dyn AttemptHooks,
+    ) -> Result<Credentials, AssumeError> {
         let request = AssumeRoleRequest::from_input(input)?;
+        let plan = self.regions.plan(&input.region);
+        let mut admitted = false;
+        let mut last_error = None;
+        for region in &plan {
+            let Some(ticket) = self.regions.admit(region) else {
+                tracing::debug!(region = %region, "STS region skipped: its breaker is open");
+                continue;
+            };
+            if admitted {
+                hooks.before_failover(region).await;
+            }
+            admitted = true;
+            match self.attempt(&request, input, ticket, hooks).await {
+                Ok(creds) => return Ok(creds),
+                Err(error) if regions::fails_over(error.reason) => {
+                    tracing::warn!(
+                        region = %region,
+                        reason = %error.reason,
+                        code = %error.code,
+                        "STS call failed in this region; trying the next region"
+                    );
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if !admitted {
+            // Every region is skipped: one attempt at the first, as with a single region.
+            let ticket = self.regions.force(&plan[0]);
+            return self.attempt(&request, input, ticket, hooks).await;
+        }
+        Err(last_error.expect("a region was tried"))
+    }
+
+    /// One attempt in the ticket's region, recorded on its breaker and reported.
+    async fn attempt(
+        &self,
+        request: &AssumeRoleRequest,
+        input: &AssumeRoleInput,
+        ticket: regions::Ticket,
+        hooks: &dyn AttemptHooks,
+    ) -> Result<Credentials, AssumeError> {
+        let region = ticket.region().to_owned();
+        let started = std::time::Instant::now();
         let result = self
-            .call_with_base_identity_retry(&input.region, |client| {
+            .call_with_base_identity_retry(&region, |client| {
                 let request = request.clone();
                 async move { request.send(&client).await }
             })
             .await;
-        match result {
+        let result = match result {
             Ok(output) => credentials_from_output(output),
             Err(err) => Err(kept(err, input.external_id.as_ref())),
-        }
+        };
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.reason);
+        ticket.record(outcome);
+        hooks.attempt_finished(&Attempt {
+            region: &region,
+            outcome,
+            duration: started.elapsed(),
+        });
+        result
     }
 
     /// Runs `call` against the client for `region`; on a base-identity error, rebuilds
@@ -322,11 +419,11 @@ impl StsAssumer {
             .by_region
             .entry(region.to_owned())
             .or_insert_with(|| {
-                let config = aws_sdk_sts::config::Builder::from(&self.sdk_config)
+                let mut config = aws_sdk_sts::config::Builder::from(&self.sdk_config)
                     .region(Region::new(region.to_owned()))
-                    .identity_cache(identity_cache)
-                    .build();
-                aws_sdk_sts::Client::from_conf(config)
+                    .identity_cache(identity_cache);
+                config.set_endpoint_url(endpoint_for(&self.settings, region));
+                aws_sdk_sts::Client::from_conf(config.build())
             })
             .clone();
         (generation, client)
@@ -347,7 +444,23 @@ impl RoleAssumer for StsAssumer {
         &'a self,
         input: &'a AssumeRoleInput,
     ) -> Pin<Box<dyn Future<Output = Result<Credentials, AssumeError>> + Send + 'a>> {
-        Box::pin(self.assume(input))
+        Box::pin(self.assume(input, &NoHooks))
+    }
+
+    fn assume_role_with<'a>(
+        &'a self,
+        input: &'a AssumeRoleInput,
+        hooks: &'a dyn AttemptHooks,
+    ) -> Pin<Box<dyn Future<Output = Result<Credentials, AssumeError>> + Send + 'a>> {
+        Box::pin(self.assume(input, hooks))
+    }
+
+    fn region_health(&self) -> Vec<RegionHealth> {
+        self.regions.health()
+    }
+
+    fn use_clock(&self, clock: std::sync::Arc<dyn crate::clock::Clock>) {
+        self.regions.use_clock(clock);
     }
 }
 
@@ -420,6 +533,18 @@ impl AssumeRoleRequest {
             .set_source_identity(self.source_identity)
             .send()
             .await
+    }
+}
+
+/// The endpoint URL of `region`'s STS client (`None`: AWS's regional endpoint): its
+/// `[sts.endpoint_urls]` entry; for a fallback without one, AWS's (the primary's
+/// override is not that region's endpoint); otherwise (the primary, a mapping's own
+/// region) the primary's override, as `endpoint_url` always was.
+fn endpoint_for(settings: &StsSettings, region: &str) -> Option<String> {
+    match settings.endpoint_urls.get(region) {
+        Some(url) => Some(url.clone()),
+        None if settings.fallback_regions.iter().any(|r| r == region) => None,
+        None => settings.endpoint_url.clone(),
     }
 }
 
@@ -822,6 +947,8 @@ mod tests {
         let good = StsSettings {
             default_region: "us-east-1".to_owned(),
             endpoint_url: None,
+            fallback_regions: Vec::new(),
+            endpoint_urls: BTreeMap::new(),
             source_role_arn: None,
             call_timeout: Duration::from_secs(5),
         };

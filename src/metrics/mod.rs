@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `credvend_assume_role_total` | counter | `mapping`, `result` = `success\|error` |
 //! | `credvend_assume_role_failures_total` | counter | `mapping`, `reason` ([`FailureReason`]) |
-//! | `credvend_assume_role_duration_seconds` | histogram, 5 ms … 10 s | `result` |
+//! | `credvend_assume_role_duration_seconds` | histogram, 5 ms … 10 s | `result`, `region` |
 //! | `credvend_credentials_served_total` | counter | `mapping`, `source` ([`Source`]) |
 //! | `credvend_credentials_expiry_timestamp_seconds` | gauge | `mapping` |
 //! | `credvend_mapping_state` | gauge, one-hot | `mapping`, `state` ([`MappingState`]) |
@@ -21,6 +21,7 @@
 //! | `credvend_auth_failures_total` | counter | `reason` ([`AUTH_FAILURE_REASONS`]) |
 //! | `credvend_sts_rate_limited_total` | counter | — |
 //! | `credvend_sts_calls_waiting` | gauge | `priority` = `cold\|background` |
+//! | `credvend_sts_region_healthy` | gauge, 1/0 | `region` |
 //! | `credvend_mappings_backing_off` | gauge | — |
 //! | `credvend_config_reloads_total` | counter | `result` = `success\|error` |
 //! | `credvend_config_last_reload_successful` | gauge, 1/0 | — |
@@ -52,7 +53,12 @@
 //!
 //! **Labels are bounded.** Every label value is either a fixed string from this crate
 //! (`route`, `result`, `reason`, `source`, `state`: the typed methods take enums or
-//! `&'static str`) or a mapping name, and mapping names come only from the validated
+//! `&'static str`), a region name or a mapping name. Region names come from the
+//! validated `[sts]` section (the primary and at most 8 fallbacks) and mappings' own
+//! `region`, and label only the two fleet-wide STS families (the duration histogram counts
+//! every STS attempt by `region` and `result`, so its `_count` is the STS call count per
+//! region; the `mapping`-labelled families stay one count per fetch, without `region`,
+//! so `per_mapping` sizes are unchanged). Mapping names come only from the validated
 //! configuration (at most 64 characters each), never from a request path: a request for
 //! an unknown mapping is counted under a `route`/`code`, not under its name. No label
 //! value ever carries a token, an External ID or a key. A mapping removed by a reload
@@ -85,6 +91,7 @@ use prometheus::{
 use crate::clock::{Clock, SystemClock};
 use crate::config::{MetricsConfig, PerMappingSeries};
 use crate::creds::FailureReason;
+use crate::creds::regions::{BreakerState, RegionHealth};
 use crate::model::{MappingState, MappingStatus, Source};
 pub use per_mapping::Activity;
 use per_mapping::{JobTokenEvent, PerMapping};
@@ -192,6 +199,7 @@ pub struct Metrics {
     auth_failures_total: IntCounterVec,
     sts_rate_limited_total: IntCounter,
     sts_calls_waiting: IntGaugeVec,
+    sts_region_healthy: IntGaugeVec,
     mappings_backing_off: IntGauge,
     config_reloads_total: IntCounterVec,
     config_last_reload_successful: IntGauge,
@@ -286,8 +294,8 @@ impl Metrics {
             assume_role_duration_seconds: histogram_vec(
                 r,
                 "credvend_assume_role_duration_seconds",
-                "Duration of AssumeRole calls to STS, by result.",
-                &["result"],
+                "Duration of AssumeRole calls to STS, one per region attempt (a failover makes several), by result and region.",
+                &["result", "region"],
                 STS_BUCKETS,
             ),
             http_requests_total: counter_vec(
@@ -319,6 +327,12 @@ impl Metrics {
                 "credvend_sts_calls_waiting",
                 "STS calls (fetches and External ID probes) waiting for a token of the STS budget or a concurrency permit, by priority (cold: a request waits; background: refresh, retry, prefetch).",
                 &["priority"],
+            ),
+            sts_region_healthy: gauge_vec(
+                r,
+                "credvend_sts_region_healthy",
+                "1 while the STS region's circuit breaker is closed (the region is used), 0 while it is open or half-open (skipped after repeated failures, or waiting for its probe call; /status: sts_regions).",
+                &["region"],
             ),
             mappings_backing_off: register(
                 r,
@@ -388,9 +402,6 @@ impl Metrics {
             .expect("the process collector is registered once");
 
         for result in [SUCCESS, ERROR] {
-            metrics
-                .assume_role_duration_seconds
-                .with_label_values(&[result]);
             metrics.config_reloads_total.with_label_values(&[result]);
         }
         for priority in STS_PRIORITIES {
@@ -437,17 +448,15 @@ impl Metrics {
         shown
     }
 
-    /// One AssumeRole call for `mapping` finished after `duration`.
+    /// One AssumeRole for `mapping` finished after `duration` (every region it tried:
+    /// each attempt is timed by [`Metrics::sts_call`]).
     pub fn assume_role(
         &self,
         mapping: &str,
         outcome: Result<(), FailureReason>,
         duration: Duration,
     ) {
-        let result = if outcome.is_ok() { SUCCESS } else { ERROR };
-        self.assume_role_duration_seconds
-            .with_label_values(&[result])
-            .observe(duration.as_secs_f64());
+        let _ = duration;
         self.per_mapping
             .assume_role(mapping, outcome, self.clock.monotonic());
     }
@@ -479,6 +488,13 @@ impl Metrics {
     pub fn served(&self, mapping: &str, source: Source) {
         self.per_mapping
             .served(mapping, source, self.clock.monotonic());
+    }
+
+    /// [`Metrics::served`] for a request that arrived at `arrived`: its activity stamp
+    /// is the clock as it read then ([`Clock::monotonic_at`], no second read).
+    pub fn served_at(&self, mapping: &str, source: Source, arrived: std::time::Instant) {
+        self.per_mapping
+            .served(mapping, source, self.clock.monotonic_at(arrived));
     }
 
     /// The credential now held for `mapping` expires at `expiration`.
@@ -550,6 +566,30 @@ impl Metrics {
         let current = self.sts_rate_limited_total.get();
         if total > current {
             self.sts_rate_limited_total.inc_by(total - current);
+        }
+    }
+
+    /// One STS AssumeRole attempt in `region` (a configured region name) finished after
+    /// `duration`.
+    pub fn sts_call(&self, region: &str, outcome: Result<(), FailureReason>, duration: Duration) {
+        let result = if outcome.is_ok() { SUCCESS } else { ERROR };
+        self.assume_role_duration_seconds
+            .with_label_values(&[result, region])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Each STS region's health now: the `credvend_sts_region_healthy` gauge, and the
+    /// duration histogram's series for every region from the first scrape on.
+    pub fn sts_regions(&self, regions: &[RegionHealth]) {
+        for health in regions {
+            let region = health.region.as_str();
+            self.sts_region_healthy
+                .with_label_values(&[region])
+                .set(i64::from(health.state == BreakerState::Closed));
+            for result in [SUCCESS, ERROR] {
+                self.assume_role_duration_seconds
+                    .with_label_values(&[result, region]);
+            }
         }
     }
 
@@ -654,6 +694,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::creds::regions::RegionRole;
 
     /// The lines of `text` for family `name`: its `# TYPE` line and its samples.
     fn family<'a>(text: &'a str, name: &str) -> (Option<&'a str>, Vec<&'a str>) {
@@ -714,11 +755,35 @@ mod tests {
         let m = Metrics::new();
         m.sync_mappings(["acme-s3", "beta-s3"]);
         m.assume_role("acme-s3", Ok(()), Duration::from_millis(40));
+        m.sts_call("us-east-1", Ok(()), Duration::from_millis(40));
         m.assume_role(
             "beta-s3",
             Err(FailureReason::AccessDenied),
             Duration::from_millis(30),
         );
+        m.sts_call(
+            "us-east-1",
+            Err(FailureReason::AccessDenied),
+            Duration::from_millis(30),
+        );
+        m.sts_regions(&[
+            RegionHealth {
+                region: "us-east-1".into(),
+                role: RegionRole::Primary,
+                state: BreakerState::Closed,
+                consecutive_failures: 0,
+                last_error: None,
+                next_probe_in: None,
+            },
+            RegionHealth {
+                region: "us-west-2".into(),
+                role: RegionRole::Fallback,
+                state: BreakerState::Open,
+                consecutive_failures: 3,
+                last_error: Some(FailureReason::Network),
+                next_probe_in: Some(Duration::from_secs(30)),
+            },
+        ]);
         m.served("acme-s3", Source::Fresh);
         m.expiry("acme-s3", UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         m.set_state("acme-s3", MappingState::Fresh);
@@ -747,7 +812,22 @@ mod tests {
             (
                 "credvend_assume_role_duration_seconds",
                 "histogram",
-                r#"_count{result="success"} 1"#,
+                r#"_count{region="us-east-1",result="success"} 1"#,
+            ),
+            (
+                "credvend_assume_role_duration_seconds",
+                "histogram",
+                r#"_count{region="us-west-2",result="error"} 0"#,
+            ),
+            (
+                "credvend_sts_region_healthy",
+                "gauge",
+                r#"{region="us-east-1"} 1"#,
+            ),
+            (
+                "credvend_sts_region_healthy",
+                "gauge",
+                r#"{region="us-west-2"} 0"#,
             ),
             (
                 "credvend_credentials_served_total",
@@ -818,9 +898,9 @@ mod tests {
     fn histogram_buckets_span_sts_and_request_latencies() {
         let text = exercised().render();
         for bucket in [
-            r#"credvend_assume_role_duration_seconds_bucket{result="success",le="0.005"} 0"#,
-            r#"credvend_assume_role_duration_seconds_bucket{result="success",le="0.05"} 1"#,
-            r#"credvend_assume_role_duration_seconds_bucket{result="success",le="10"} 1"#,
+            r#"credvend_assume_role_duration_seconds_bucket{region="us-east-1",result="success",le="0.005"} 0"#,
+            r#"credvend_assume_role_duration_seconds_bucket{region="us-east-1",result="success",le="0.05"} 1"#,
+            r#"credvend_assume_role_duration_seconds_bucket{region="us-east-1",result="success",le="10"} 1"#,
             r#"credvend_http_request_duration_seconds_bucket{route="credentials",le="0.00005"} 0"#,
             r#"credvend_http_request_duration_seconds_bucket{route="credentials",le="0.0001"} 1"#,
             r#"credvend_http_request_duration_seconds_bucket{route="credentials",le="1"} 1"#,

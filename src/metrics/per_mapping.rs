@@ -17,10 +17,9 @@
 //! registered mapping. The counter totals are atomics of their own rather than sums at
 //! scrape time, so a reload that removes a mapping never makes a fleet counter go down.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,13 +30,45 @@ use crate::model::{MappingState, Source};
 /// `credvend_credentials_expiry_timestamp_seconds` has no series for this mapping.
 const NO_EXPIRY: i64 = i64::MIN;
 
+/// Counters that stay at zero for most mappings (failure reasons, job tokens): no room
+/// until the first increment, then `N` atomics of their own. A warm mapping's series
+/// is then 128 bytes instead of 224 (docs/performance.md, "Memory and start-up at
+/// 100,000 mappings").
+#[derive(Debug, Default)]
+struct Rare<const N: usize>(OnceLock<Box<[AtomicU64; N]>>);
+
+/// What [`Rare::get`] reads before the first increment.
+static ZEROS: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+const _: () = assert!(FailureReason::ALL.len() <= ZEROS.len());
+
+impl<const N: usize> Rare<N> {
+    const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    /// The `N` counters (zeros until the first increment).
+    fn get(&self) -> &[AtomicU64] {
+        self.0.get().map_or(&ZEROS[..N], |counters| &counters[..])
+    }
+
+    /// Adds `n` to counter `i`.
+    fn add(&self, i: usize, n: u64) {
+        if n > 0 {
+            let counters = self
+                .0
+                .get_or_init(|| Box::new([const { AtomicU64::new(0) }; N]));
+            counters[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The counters kept per mapping, and once more for the fleet totals.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// `credvend_assume_role_total`: `[success, error]`.
     assume_role: [AtomicU64; 2],
     /// `credvend_assume_role_failures_total`, indexed like [`FailureReason::ALL`].
-    failures: [AtomicU64; FailureReason::ALL.len()],
+    failures: Rare<{ FailureReason::ALL.len() }>,
     /// `credvend_credentials_served_total`, indexed like [`SOURCES`].
     served: [AtomicU64; SOURCES.len()],
 }
@@ -77,7 +108,7 @@ const COUNTER_FAMILIES: [CounterFamily; 3] = [
         fleet_help: "Failed AssumeRole calls, all mappings together, by classified reason.",
         label: "reason",
         values: |i| FailureReason::ALL[i].as_str(),
-        counters: |c| &c.failures,
+        counters: |c| c.failures.get(),
     },
     CounterFamily {
         name: "credvend_credentials_served_total",
@@ -105,7 +136,7 @@ pub struct Series {
     /// When an AssumeRole call last failed ([`Stamp`]).
     last_failure: AtomicU64,
     /// `credvend_job_tokens_{minted,revoked,expired}_total`, indexed like [`JOB_TOKENS`].
-    job_tokens: [AtomicU64; 3],
+    job_tokens: Rare<3>,
 }
 
 /// The job token counters, in [`Series::job_tokens`] order: what happened, the family
@@ -180,18 +211,83 @@ pub struct Activity {
     pub enforced: Option<bool>,
 }
 
+/// The values of every mapping that nothing has happened to yet ([`Series::new`]): what
+/// a scrape and [`PerMapping::with`] see for a mapping without series state of its own.
+static IDLE: Series = Series::new();
+
 impl Series {
     /// A newly registered mapping: counters at 0, state `empty`, enforcement unknown,
     /// no expiry, never served, never failed.
-    fn new() -> Self {
+    const fn new() -> Self {
         Self {
-            counters: Counters::default(),
+            counters: Counters {
+                assume_role: [const { AtomicU64::new(0) }; 2],
+                failures: Rare::new(),
+                served: [const { AtomicU64::new(0) }; SOURCES.len()],
+            },
             expiry: AtomicI64::new(NO_EXPIRY),
-            state: AtomicU8::new(state_index(MappingState::Empty)),
+            // `MappingState::ALL[0]` (`indexes_cover_every_label_value` pins it).
+            state: AtomicU8::new(0),
             enforced: AtomicI64::new(-1),
             last_served: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
-            job_tokens: Default::default(),
+            job_tokens: Rare::new(),
+        }
+    }
+
+    /// Whether every value is still [`Series::new`]'s: such a mapping needs no state.
+    fn is_idle(&self) -> bool {
+        let zero = |counters: &[AtomicU64]| counters.iter().all(|c| c.load(Ordering::Relaxed) == 0);
+        zero(&self.counters.assume_role)
+            && zero(self.counters.failures.get())
+            && zero(&self.counters.served)
+            && zero(self.job_tokens.get())
+            && self.expiry.load(Ordering::Relaxed) == NO_EXPIRY
+            && self.state.load(Ordering::Relaxed) == 0
+            && self.enforced.load(Ordering::Relaxed) == -1
+            && self.last_served.load(Ordering::Relaxed) == 0
+            && self.last_failure.load(Ordering::Relaxed) == 0
+    }
+
+    /// Adds what happened to `scratch` (a [`Series::new`] that one event was recorded
+    /// in) to this series, which another event created meanwhile: counts add up, the
+    /// later stamp wins, a gauge the event set is set.
+    fn absorb(&self, scratch: &Series) {
+        let add = |into: &[AtomicU64], from: &[AtomicU64]| {
+            for (into, from) in into.iter().zip(from) {
+                into.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        };
+        add(&self.counters.assume_role, &scratch.counters.assume_role);
+        let add_rare = |into: &Rare<{ FailureReason::ALL.len() }>, from: &[AtomicU64]| {
+            for (i, from) in from.iter().enumerate() {
+                into.add(i, from.load(Ordering::Relaxed));
+            }
+        };
+        add_rare(&self.counters.failures, scratch.counters.failures.get());
+        add(&self.counters.served, &scratch.counters.served);
+        for (i, from) in scratch.job_tokens.get().iter().enumerate() {
+            self.job_tokens.add(i, from.load(Ordering::Relaxed));
+        }
+        self.last_served.fetch_max(
+            scratch.last_served.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.last_failure.fetch_max(
+            scratch.last_failure.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let expiry = scratch.expiry.load(Ordering::Relaxed);
+        if expiry != NO_EXPIRY {
+            self.expiry.store(expiry, Ordering::Relaxed);
+        }
+        let state = scratch.state.load(Ordering::Relaxed);
+        if state != 0 {
+            self.state.store(state, Ordering::Relaxed);
+        }
+        let enforced = scratch.enforced.load(Ordering::Relaxed);
+        if enforced != -1 {
+            self.enforced.store(enforced, Ordering::Relaxed);
         }
     }
 
@@ -238,7 +334,7 @@ impl Counters {
         let result = usize::from(outcome.is_err());
         self.assume_role[result].fetch_add(1, Ordering::Relaxed);
         if let Err(reason) = outcome {
-            self.failures[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+            self.failures.add(reason_index(reason), 1);
         }
     }
 
@@ -272,9 +368,20 @@ const ENFORCEMENT_RESULTS: [&str; 3] = ["enforced", "not_enforced", "unknown"];
 
 /// The per-mapping series of every configured mapping, and the fleet totals. Reads are
 /// lock-free; the set changes only on (re)load, by whole-map replacement.
+///
+/// A mapping gets its [`Series`] at the first event that leaves a value other than
+/// [`Series::new`]'s (a credential served, an AssumeRole call, a state other than
+/// `empty`, ...); until then it is a name and an empty slot (~70 bytes instead of
+/// ~230), and reads as [`IDLE`]. At 100,000 mappings of which few are in use, that is
+/// most of them (docs/performance.md, "Memory and start-up at 100,000 mappings").
 #[derive(Debug, Default)]
 pub struct PerMapping {
-    series: ArcSwap<HashMap<Arc<str>, Arc<Series>>>,
+    /// By mapping name, looked up by every credential served (foldhash, randomly
+    /// seeded; the names come from the config).
+    series: ArcSwap<foldhash::HashMap<Arc<str>, OnceLock<Arc<Series>>>>,
+    /// Held while a slot is filled and while [`PerMapping::sync`] copies the filled
+    /// slots into the next map, so no series created meanwhile is left behind.
+    slots: Mutex<()>,
     /// Every counted event of every registered mapping, shown or not.
     totals: Counters,
     /// The job token counters of every registered mapping, shown or not.
@@ -285,9 +392,36 @@ impl PerMapping {
     /// Runs `f` on `mapping`'s series, if the mapping is registered. Events for a
     /// mapping that a reload has just removed find nothing and are dropped, so a late
     /// fetch result cannot bring a removed mapping's series back.
+    ///
+    /// A mapping without a series yet: `f` runs on a new one, which is kept only if `f`
+    /// changed something (so the scrape's refresh of every mapping's state, which sets
+    /// an idle mapping's values to what they are, creates nothing).
     pub fn with(&self, mapping: &str, f: impl FnOnce(&Series)) {
-        if let Some(series) = self.series.load().get(mapping) {
+        let map = self.series.load();
+        let Some(slot) = map.get(mapping) else {
+            return;
+        };
+        if let Some(series) = slot.get() {
             f(series);
+            return;
+        }
+        let scratch = Series::new();
+        f(&scratch);
+        if scratch.is_idle() {
+            return;
+        }
+        drop(map);
+        let _slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // The current map: a reload may have replaced the one read above.
+        let map = self.series.load();
+        let Some(slot) = map.get(mapping) else {
+            return;
+        };
+        match slot.get() {
+            Some(series) => series.absorb(&scratch),
+            None => {
+                let _ = slot.set(Arc::new(scratch));
+            }
         }
     }
 
@@ -316,7 +450,7 @@ impl PerMapping {
     /// end of a token, which the daemon notices by itself, is not.
     pub fn job_token(&self, mapping: &str, event: JobTokenEvent, now: Duration) {
         self.with(mapping, |s| {
-            s.job_tokens[event as usize].fetch_add(1, Ordering::Relaxed);
+            s.job_tokens.add(event as usize, 1);
             self.job_token_totals[event as usize].fetch_add(1, Ordering::Relaxed);
             if event == JobTokenEvent::Minted {
                 Stamp::record(&s.last_served, now);
@@ -327,12 +461,13 @@ impl PerMapping {
     /// Makes the set exactly `names`: existing mappings keep their values, new ones
     /// start at zero, missing ones are dropped. Callers serialise writers.
     pub fn sync<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> usize {
+        let _slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.series.load();
-        let next: HashMap<Arc<str>, Arc<Series>> = names
+        let next: foldhash::HashMap<Arc<str>, OnceLock<Arc<Series>>> = names
             .into_iter()
             .map(|name| match current.get_key_value(name) {
-                Some((key, series)) => (key.clone(), series.clone()),
-                None => (Arc::from(name), Arc::new(Series::new())),
+                Some((key, slot)) => (key.clone(), slot.clone()),
+                None => (Arc::from(name), OnceLock::new()),
             })
             .collect();
         let len = next.len();
@@ -340,20 +475,22 @@ impl PerMapping {
         len
     }
 
-    /// [`PerMapping::sync`] by difference: `added` names (new ones start at zero,
-    /// present ones keep their values) and `removed` ones. Callers serialise writers.
+    /// [`PerMapping::sync`] by difference: `added` names (new ones start idle, present
+    /// ones keep their state) and `removed` ones. Callers serialise writers.
     pub fn update<'a>(
         &self,
         added: impl IntoIterator<Item = &'a str>,
         removed: &std::collections::BTreeSet<String>,
     ) -> usize {
-        let mut next: HashMap<Arc<str>, Arc<Series>> = (**self.series.load()).clone();
+        let _slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next: foldhash::HashMap<Arc<str>, OnceLock<Arc<Series>>> =
+            (**self.series.load()).clone();
         for name in removed {
             next.remove(name.as_str());
         }
         for name in added {
             if !next.contains_key(name) {
-                next.insert(Arc::from(name), Arc::new(Series::new()));
+                next.insert(Arc::from(name), OnceLock::new());
             }
         }
         let len = next.len();
@@ -370,7 +507,8 @@ impl PerMapping {
         let mut enforcement = [0i64; ENFORCEMENT_RESULTS.len()];
         let mut mappings: Vec<(&str, &Series)> = Vec::new();
         let mut earliest_expiry: Option<i64> = None;
-        for (name, series) in map.iter() {
+        for (name, slot) in map.iter() {
+            let series = slot.get().map_or(&IDLE, |series| series.as_ref());
             let expiry = series.expiry.load(Ordering::Relaxed);
             if expiry != NO_EXPIRY {
                 earliest_expiry = Some(earliest_expiry.map_or(expiry, |e| e.min(expiry)));
@@ -379,7 +517,7 @@ impl PerMapping {
             let enforced = series.enforced.load(Ordering::Relaxed).clamp(-1, 1);
             enforcement[usize::try_from(1 - enforced).unwrap_or(2)] += 1;
             if shown(series) {
-                mappings.push((name.as_ref(), series.as_ref()));
+                mappings.push((name.as_ref(), series));
             }
         }
         mappings.sort_unstable_by_key(|(name, _)| *name);
@@ -471,14 +609,14 @@ impl PerMapping {
         let with_jobs: Vec<&(&str, &Series)> = mappings
             .iter()
             .filter(|(_, s)| {
-                s.job_tokens[JobTokenEvent::Minted as usize].load(Ordering::Relaxed) > 0
+                s.job_tokens.get()[JobTokenEvent::Minted as usize].load(Ordering::Relaxed) > 0
             })
             .collect();
         if !with_jobs.is_empty() {
             for (i, (name, help, _, _)) in JOB_TOKENS.iter().enumerate() {
                 family(out, name, help, "counter");
                 for (mapping, s) in &with_jobs {
-                    sample(out, name, mapping, None, load(&s.job_tokens[i]));
+                    sample(out, name, mapping, None, load(&s.job_tokens.get()[i]));
                 }
             }
         }
@@ -587,9 +725,26 @@ mod tests {
     use super::*;
 
     impl PerMapping {
+        /// `mapping`'s series, if it has one of its own.
         fn get(&self, mapping: &str) -> Option<Arc<Series>> {
-            self.series.load().get(mapping).cloned()
+            self.series.load().get(mapping)?.get().cloned()
         }
+
+        fn registered(&self, mapping: &str) -> bool {
+            self.series.load().contains_key(mapping)
+        }
+
+        /// How many mappings have a series of their own.
+        fn with_state(&self) -> usize {
+            let map = self.series.load();
+            map.values().filter(|slot| slot.get().is_some()).count()
+        }
+    }
+
+    fn rendered(p: &PerMapping, shown: impl Fn(&Series) -> bool) -> String {
+        let mut out = String::new();
+        p.render(&mut out, shown);
+        out
     }
 
     #[test]
@@ -607,9 +762,136 @@ mod tests {
         let a = p.get("a").unwrap();
         p.sync(["a", "c"]);
         assert!(Arc::ptr_eq(&a, &p.get("a").unwrap()));
-        assert!(p.get("b").is_none());
+        assert!(!p.registered("b"));
         assert_eq!(load(&p.get("a").unwrap().counters.served[0]), 1);
-        assert_eq!(load(&p.get("c").unwrap().counters.served[0]), 0);
+        assert!(p.registered("c"));
+        assert!(
+            p.get("c").is_none(),
+            "nothing happened to c: no series of its own"
+        );
+    }
+
+    #[test]
+    fn an_idle_mapping_holds_no_series_until_something_happens_to_it() {
+        let p = PerMapping::default();
+        p.sync(["busy", "failing", "idle", "minted"]);
+        // What a scrape's refresh writes for every mapping (Metrics::observe_cache):
+        // an idle mapping's values as they are.
+        for name in ["busy", "failing", "idle", "minted"] {
+            p.with(name, |s| {
+                s.set_state(MappingState::Empty);
+                s.set_enforced(-1);
+                s.clear_expiry();
+            });
+        }
+        assert_eq!(p.with_state(), 0, "refreshing idle values creates nothing");
+        p.served("busy", Source::Fresh, Duration::from_secs(5));
+        p.assume_role(
+            "failing",
+            Err(FailureReason::AccessDenied),
+            Duration::from_secs(6),
+        );
+        p.job_token("minted", JobTokenEvent::Minted, Duration::from_secs(7));
+        p.with("idle", |s| s.set_state(MappingState::Empty));
+        assert_eq!(p.with_state(), 3);
+        assert!(p.get("idle").is_none());
+        let busy = p.get("busy").expect("served: a series");
+        assert_eq!(load(&busy.counters.served[source_index(Source::Fresh)]), 1);
+        assert_eq!(busy.activity().last_served, Some(Duration::from_secs(5)));
+        let failing = p.get("failing").expect("failed: a series");
+        assert_eq!(
+            failing.activity().last_failure,
+            Some(Duration::from_secs(6))
+        );
+        // The fleet totals count the event that created the series.
+        assert_eq!(load(&p.totals.served[source_index(Source::Fresh)]), 1);
+        assert_eq!(load(&p.totals.assume_role[1]), 1);
+        // A gauge set to something else than the idle value creates one too.
+        p.with("idle", |s| s.set_state(MappingState::Failed));
+        assert_eq!(
+            p.get("idle")
+                .expect("failed state: a series")
+                .activity()
+                .state,
+            MappingState::Failed
+        );
+    }
+
+    #[test]
+    fn a_mapping_without_a_series_renders_as_idle_and_counts_in_the_fleet_gauges() {
+        let lazy = PerMapping::default();
+        lazy.sync(["a", "b"]);
+        lazy.served("a", Source::Cache, Duration::from_secs(1));
+        // The same values, every mapping with a series of its own.
+        let eager = PerMapping::default();
+        eager.sync(["a", "b"]);
+        eager.served("a", Source::Cache, Duration::from_secs(1));
+        {
+            let map = eager.series.load();
+            let _ = map["b"].set(Arc::new(Series::new()));
+        }
+        assert_eq!(eager.with_state(), 2);
+        assert_eq!(lazy.with_state(), 1);
+        let rules: [fn(&Series) -> bool; 2] = [|_| true, |s| !s.is_idle()];
+        for shown in rules {
+            assert_eq!(rendered(&lazy, shown), rendered(&eager, shown));
+        }
+        let all = rendered(&lazy, |_| true);
+        assert!(
+            all.contains("credvend_mapping_state{mapping=\"b\",state=\"empty\"} 1"),
+            "{all}"
+        );
+        assert!(
+            all.contains("credvend_fleet_mapping_state{state=\"empty\"} 2"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn an_event_racing_the_series_creation_is_added_to_it() {
+        let p = PerMapping::default();
+        p.sync(["a"]);
+        // Another event created the series between this one's look and its lock:
+        // the scratch values are added, not lost and not overwriting.
+        p.served("a", Source::Cache, Duration::from_secs(3));
+        let scratch = Series::new();
+        scratch.counters.served(Source::Cache);
+        Stamp::record(&scratch.last_served, Duration::from_secs(2));
+        scratch.set_state(MappingState::Fresh);
+        p.get("a").unwrap().absorb(&scratch);
+        let a = p.get("a").unwrap();
+        assert_eq!(load(&a.counters.served[source_index(Source::Cache)]), 2);
+        assert_eq!(a.activity().last_served, Some(Duration::from_secs(3)));
+        assert_eq!(a.activity().state, MappingState::Fresh);
+        assert_eq!(
+            a.activity().enforced,
+            None,
+            "not set by the event: unchanged"
+        );
+    }
+
+    /// What a mapping in use costs in metric state: its `Series` in one `Arc` fits
+    /// jemalloc's 128-byte class (the rare counters are made at their first increment).
+    #[test]
+    fn a_series_without_failures_or_job_tokens_fits_128_bytes_with_its_arc() {
+        assert!(
+            std::mem::size_of::<Series>() + 2 * std::mem::size_of::<usize>() <= 128,
+            "{} bytes",
+            std::mem::size_of::<Series>()
+        );
+        let p = PerMapping::default();
+        p.sync(["a"]);
+        p.served("a", Source::Cache, Duration::from_secs(1));
+        let a = p.get("a").unwrap();
+        assert!(a.counters.failures.0.get().is_none());
+        assert!(a.job_tokens.0.get().is_none());
+        // A failure makes its counters, which then count like the others.
+        p.assume_role("a", Err(FailureReason::Throttled), Duration::from_secs(2));
+        p.assume_role("a", Err(FailureReason::Throttled), Duration::from_secs(3));
+        let throttled = reason_index(FailureReason::Throttled);
+        assert_eq!(load(&a.counters.failures.get()[throttled]), 2);
+        assert_eq!(load(&p.totals.failures.get()[throttled]), 2);
+        assert_eq!(a.counters.failures.get().len(), FailureReason::ALL.len());
     }
 
     #[test]
@@ -620,6 +902,8 @@ mod tests {
         for (i, s) in MappingState::ALL.iter().enumerate() {
             assert_eq!(usize::from(state_index(*s)), i);
         }
+        // `Series::new` and `Series::is_idle` take index 0 for `empty`.
+        assert_eq!(state_index(MappingState::Empty), 0);
         for (i, s) in SOURCES.iter().enumerate() {
             assert_eq!(source_index(*s), i);
         }

@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    PolicyError, Principal, TrustService, validate_bucket_name, validate_external_id,
-    validate_prefix,
+    PolicyError, Principal, SessionAction, TrustService, validate_bucket_name,
+    validate_external_id, validate_prefix,
 };
 
 /// IAM policy language version; `2012-10-17` is the only one that supports policy
@@ -93,21 +93,47 @@ pub fn render_permissions_policy(
 
 fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocument, PolicyError> {
     validate_bucket_name(bucket)?;
+    let prefix = prefix.map(validate_prefix).transpose()?;
+    Ok(permissions_statements(bucket, prefix.as_deref()))
+}
+
+/// The permissions policy as a JSON value for `bucket` and the normalised `prefix`,
+/// unchecked: the templates (`super::template`) pass placeholders that stand for a
+/// CloudFormation parameter or a Terraform variable, so that their documents are
+/// built by the same code as `policy permissions` prints.
+pub(super) fn permissions_value(bucket: &str, prefix: Option<&str>) -> Value {
+    serde_json::to_value(permissions_statements(bucket, prefix))
+        .expect("policy documents always serialise")
+}
+
+/// The trust policy as a JSON value, the External ID unchecked (see
+/// [`permissions_value`]).
+pub(super) fn trust_value(
+    principal: &Principal,
+    external_id: &str,
+    services: &[TrustService],
+    session: &[SessionAction],
+) -> Value {
+    serde_json::to_value(trust_statements(principal, external_id, services, session))
+        .expect("policy documents always serialise")
+}
+
+/// [`permissions_document`] after validation: `bucket` checked, `prefix` normalised.
+fn permissions_statements(bucket: &str, prefix: Option<&str>) -> PolicyDocument {
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
     let Some(prefix) = prefix else {
         // The guide's document, exactly: every action on both resources. IAM only
         // evaluates the action/resource pairs that make sense (object actions on
         // `NAME/*`, bucket actions on `NAME`), so one statement is enough.
-        return Ok(PolicyDocument::new(vec![Statement {
+        return PolicyDocument::new(vec![Statement {
             sid: "CredvendSyncBucketAccess",
             effect: "Allow",
             principal: None,
             action: json!(S3_ACTIONS),
             resource: Some(json!([bucket_arn, format!("{bucket_arn}/*")])),
             condition: None,
-        }]));
+        }]);
     };
-    let prefix = validate_prefix(prefix)?;
     // With a prefix one statement cannot express the grant, because a statement's
     // Condition applies to every action in it:
     // - ListBucket must carry `s3:prefix` so listing is confined to PATH. Object
@@ -117,7 +143,7 @@ fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocu
     //   needs the bucket ARN unconditionally (SDKs call it to find the region).
     // Hence three statements; each one's Sid says what it is for, which is also what
     // `credvend verify` points at when a check fails.
-    Ok(PolicyDocument::new(vec![
+    PolicyDocument::new(vec![
         Statement {
             sid: "CredvendSyncObjectAccess",
             effect: "Allow",
@@ -147,32 +173,57 @@ fn permissions_document(bucket: &str, prefix: Option<&str>) -> Result<PolicyDocu
             resource: Some(json!([bucket_arn])),
             condition: None,
         },
-    ]))
+    ])
 }
 
 /// The trust policy the customer sets on the role (docs/onboarding.md, "Onboarding a customer"),
 /// as pretty JSON in IAM's conventional key order: the vendor principal may
 /// `sts:AssumeRole` only with `sts:ExternalId` equal to `external_id`, which is
-/// validated first.
+/// validated first. `session` adds the actions the vendor's AssumeRole call also
+/// needs (session tags, a source identity) to the same statement, under the same
+/// condition.
 pub fn render_trust_policy(
     principal: &Principal,
     external_id: &str,
     services: &[TrustService],
+    session: &[SessionAction],
 ) -> Result<String, PolicyError> {
-    Ok(trust_document(principal, external_id, services)?.to_pretty())
+    Ok(trust_document(principal, external_id, services, session)?.to_pretty())
 }
 
 fn trust_document(
     principal: &Principal,
     external_id: &str,
     services: &[TrustService],
+    session: &[SessionAction],
 ) -> Result<PolicyDocument, PolicyError> {
     validate_external_id(external_id)?;
+    Ok(trust_statements(principal, external_id, services, session))
+}
+
+/// [`trust_document`] after validation.
+fn trust_statements(
+    principal: &Principal,
+    external_id: &str,
+    services: &[TrustService],
+    session: &[SessionAction],
+) -> PolicyDocument {
+    let mut session = session.to_vec();
+    session.sort_unstable();
+    session.dedup();
+    // A single action stays a string, as IAM's own examples write it.
+    let action = if session.is_empty() {
+        json!("sts:AssumeRole")
+    } else {
+        let mut actions = vec!["sts:AssumeRole"];
+        actions.extend(session.iter().map(|a| a.action()));
+        json!(actions)
+    };
     let mut statements = vec![Statement {
         sid: "CredvendAssumeWithExternalId",
         effect: "Allow",
         principal: Some(json!({ "AWS": principal.arn() })),
-        action: json!("sts:AssumeRole"),
+        action,
         resource: None,
         // StringEquals, not StringLike: the value must match exactly, with no
         // wildcard interpretation of characters in the ID.
@@ -197,5 +248,5 @@ fn trust_document(
             }),
         }
     }
-    Ok(PolicyDocument::new(statements))
+    PolicyDocument::new(statements)
 }

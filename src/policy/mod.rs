@@ -42,6 +42,7 @@ mod bucket;
 mod document;
 mod external_id;
 mod principal;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -51,7 +52,11 @@ pub use document::{
     render_trust_policy,
 };
 pub use external_id::{GENERATED_EXTERNAL_ID_LEN, new_external_id, validate_external_id};
-pub use principal::{Principal, TrustService};
+pub use principal::{Principal, SessionAction, TrustService};
+pub use template::{
+    CKV_AWS_61_SKIP_REASON, PERMISSIONS_POLICY_NAME, QUICK_CREATE_BASE, RoleTemplate,
+    TerraformModule,
+};
 
 use crate::aws_names::{EXTERNAL_ID_MAX_LEN, EXTERNAL_ID_MIN_LEN};
 

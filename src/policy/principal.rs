@@ -196,6 +196,41 @@ impl fmt::Display for TrustService {
     }
 }
 
+/// What the vendor principal does besides `sts:AssumeRole` when it assumes the role, each
+/// of which IAM checks against the trust policy as an action of its own: a mapping with
+/// `tags` sends session tags (`sts:TagSession`), one with `source_identity` sets a source
+/// identity (`sts:SetSourceIdentity`). Without the action in the trust policy, AWS
+/// refuses the whole AssumeRole. Also the `--session-action` values of `credvend policy
+/// trust`; `credvend onboard` takes them from the mapping ([`SessionAction::needed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum SessionAction {
+    TagSession,
+    SetSourceIdentity,
+}
+
+impl SessionAction {
+    /// The IAM action.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::TagSession => "sts:TagSession",
+            Self::SetSourceIdentity => "sts:SetSourceIdentity",
+        }
+    }
+
+    /// The actions an AssumeRole call needs beyond `sts:AssumeRole`: with session tags,
+    /// with a source identity.
+    pub fn needed(tags: bool, source_identity: bool) -> Vec<SessionAction> {
+        let mut actions = Vec::new();
+        if tags {
+            actions.push(Self::TagSession);
+        }
+        if source_identity {
+            actions.push(Self::SetSourceIdentity);
+        }
+        actions
+    }
+}
+
 impl FromStr for TrustService {
     type Err = String;
 

@@ -18,7 +18,7 @@ fn trust_policy(
     external_id: &str,
     services: &[TrustService],
 ) -> Result<Value, PolicyError> {
-    render_trust_policy(principal, external_id, services).map(|text| parsed(&text))
+    render_trust_policy(principal, external_id, services, &[]).map(|text| parsed(&text))
 }
 
 fn parsed(text: &str) -> Value {
@@ -140,7 +140,7 @@ fn rendered_documents_keep_iam_key_order() {
     assert!(pos("Action") < pos("Resource"));
 
     let principal = Principal::Account(VENDOR_ACCOUNT.to_owned());
-    let text = render_trust_policy(&principal, "0000", &[]).unwrap();
+    let text = render_trust_policy(&principal, "0000", &[], &[]).unwrap();
     let pos = |key: &str| text.find(&format!("\"{key}\"")).unwrap();
     assert!(pos("Version") < pos("Statement"));
     assert!(pos("Effect") < pos("Principal"));
@@ -162,7 +162,7 @@ fn trust_policy_for_account_root_is_the_guides_document() {
         }]
     });
     assert_eq!(trust_policy(&principal, "0000", &[]).unwrap(), expected);
-    let rendered = render_trust_policy(&principal, "0000", &[]).unwrap();
+    let rendered = render_trust_policy(&principal, "0000", &[], &[]).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&rendered).unwrap(), expected);
 }
 
@@ -224,7 +224,7 @@ fn trust_policy_validates_the_external_id_first() {
         Err(PolicyError::ExternalIdLength { length: 1 })
     );
     assert_eq!(
-        render_trust_policy(&principal, "ab cd", &[]),
+        render_trust_policy(&principal, "ab cd", &[], &[]),
         Err(PolicyError::ExternalIdCharacter { position: 3 })
     );
 }
@@ -550,4 +550,228 @@ fn caller_arns_map_to_their_account_root() {
             "{arn:?}"
         );
     }
+}
+
+// --- templates (template.rs) ---------------------------------------------------------
+
+fn role(arn: &str) -> crate::aws_names::RoleArn {
+    crate::aws_names::RoleArn::parse(arn).unwrap()
+}
+
+/// A role path may hold `${` and `%{` (IAM paths are printable ASCII): in Terraform
+/// they are literal (`$${`, `%%{`), never an interpolation or a directive; in the
+/// CloudFormation template they stay as they are outside `Fn::Sub`. Placeholders
+/// become `var.NAME` / `${var.NAME}` and `Ref` / `Fn::Sub`.
+#[test]
+fn templates_escape_literal_interpolations_and_substitute_placeholders() {
+    let customer = role("arn:aws:iam::111122223333:role/team${x}%{y}/vendor-sync");
+    let vendor = Principal::parse("arn:aws:iam::568237466542:role/p${q}/credvend").unwrap();
+    let spec = RoleTemplate {
+        mapping: "acme.s3_eu",
+        role: &customer,
+        principal: &vendor,
+        external_id: "ext-123456",
+        services: &[],
+        session: &[],
+        max_session_seconds: None,
+        bucket: "acme-data",
+        prefix: Some("sync/"),
+    };
+    let tf = spec.terraform().unwrap();
+    assert!(
+        tf.main_tf.contains(r#"path        = "/team$${x}%%{y}/""#),
+        "{}",
+        tf.main_tf
+    );
+    assert!(
+        tf.main_tf
+            .contains(r#"AWS = "arn:aws:iam::568237466542:role/p$${q}/credvend""#),
+        "{}",
+        tf.main_tf
+    );
+    assert!(
+        tf.main_tf.contains(r#""sts:ExternalId" = var.external_id"#),
+        "{}",
+        tf.main_tf
+    );
+    assert!(
+        tf.main_tf
+            .contains(r#"Resource = ["arn:aws:s3:::${var.bucket_name}/${var.key_prefix}/*"]"#),
+        "{}",
+        tf.main_tf
+    );
+    // No placeholder survives into any file.
+    for (name, text) in tf.files() {
+        assert!(!text.contains('\u{1}'), "{name}:\n{text}");
+    }
+
+    let cfn = spec.cloudformation().unwrap();
+    assert!(cfn.contains(r#"Path: "/team${x}%{y}/""#), "{cfn}");
+    assert!(
+        cfn.contains(r#"AWS: "arn:aws:iam::568237466542:role/p${q}/credvend""#),
+        "{cfn}"
+    );
+    assert!(
+        cfn.contains("sts:ExternalId:\n                  Ref: \"ExternalId\""),
+        "{cfn}"
+    );
+    assert!(
+        cfn.contains(r#"- Fn::Sub: "arn:aws:s3:::${BucketName}/${KeyPrefix}/*""#),
+        "{cfn}"
+    );
+    assert!(!cfn.contains('\u{1}'), "{cfn}");
+}
+
+/// The quick-create link: the stack name from the mapping (`_` and `.` are not allowed
+/// in one), every value percent-encoded, the parameters after the fragment's `#`.
+#[test]
+fn quick_create_url_encodes_every_parameter() {
+    let customer = role("arn:aws:iam::111122223333:role/vendor-sync");
+    let vendor = Principal::parse("568237466542").unwrap();
+    let spec = RoleTemplate {
+        mapping: "acme.s3_eu",
+        role: &customer,
+        principal: &vendor,
+        external_id: "a+b=c,d.e@f:g/h_i-j",
+        services: &[TrustService::Redshift],
+        session: &[],
+        max_session_seconds: None,
+        bucket: "acme-data",
+        prefix: None,
+    };
+    assert_eq!(spec.stack_name(), "credvend-acme-s3-eu");
+    assert_eq!(
+        spec.quick_create_url("https://t.s3.amazonaws.com/a b?x=1&y", "eu-west-1")
+            .unwrap(),
+        "https://console.aws.amazon.com/cloudformation/home?region=eu-west-1\
+         #/stacks/quickcreate?templateURL=https%3A%2F%2Ft.s3.amazonaws.com%2Fa%20b%3Fx%3D1%26y\
+         &stackName=credvend-acme-s3-eu&param_RoleName=vendor-sync&param_BucketName=acme-data\
+         &param_ExternalId=a%2Bb%3Dc%2Cd.e%40f%3Ag%2Fh_i-j"
+    );
+}
+
+/// The templates refuse what `policy` refuses, with the same errors.
+#[test]
+fn templates_validate_like_the_policies() {
+    let customer = role("arn:aws:iam::111122223333:role/vendor-sync");
+    let vendor = Principal::parse("568237466542").unwrap();
+    let spec = |bucket, prefix, external_id| RoleTemplate {
+        mapping: "acme",
+        role: &customer,
+        principal: &vendor,
+        external_id,
+        services: &[],
+        session: &[],
+        max_session_seconds: None,
+        bucket,
+        prefix,
+    };
+    assert!(matches!(
+        spec("Acme", None, "ext-123456").cloudformation(),
+        Err(PolicyError::BucketName { .. })
+    ));
+    assert!(matches!(
+        spec("acme", Some("a/*"), "ext-123456").terraform(),
+        Err(PolicyError::Prefix { .. })
+    ));
+    assert!(matches!(
+        spec("acme", None, "x").quick_create_url("https://t/x", "us-east-1"),
+        Err(PolicyError::ExternalIdLength { .. })
+    ));
+}
+
+/// `Debug` of a template's inputs and of a rendered module never shows the External ID.
+#[test]
+fn template_debug_leaves_the_external_id_out() {
+    let customer = role("arn:aws:iam::111122223333:role/vendor-sync");
+    let vendor = Principal::parse("568237466542").unwrap();
+    let spec = RoleTemplate {
+        mapping: "acme",
+        role: &customer,
+        principal: &vendor,
+        external_id: "canary-ExternalId-4Tq8",
+        services: &[],
+        session: &[],
+        max_session_seconds: None,
+        bucket: "acme-data",
+        prefix: None,
+    };
+    let module = spec.terraform().unwrap();
+    assert!(module.variables_tf.contains("canary-ExternalId-4Tq8"));
+    for debug in [format!("{spec:?}"), format!("{module:?}")] {
+        assert!(!debug.contains("canary-ExternalId-4Tq8"), "{debug}");
+        assert!(debug.contains("acme") || debug.contains("bytes"), "{debug}");
+    }
+}
+
+/// A mapping with `tags` or `source_identity` makes AssumeRole calls that IAM checks as
+/// `sts:TagSession` / `sts:SetSourceIdentity` too, and one with sessions over an hour
+/// needs the role's `MaxSessionDuration`: without them AWS refuses the vendor's call.
+/// The actions join `sts:AssumeRole` in the one statement, under the External ID
+/// condition; the default (no session actions, one-hour sessions) is unchanged.
+#[test]
+fn session_actions_and_long_sessions_reach_the_trust_policy_and_the_role() {
+    let vendor = Principal::parse("568237466542").unwrap();
+    let plain = trust_policy(&vendor, "ext-123456", &[]).unwrap();
+    assert_eq!(plain["Statement"][0]["Action"], "sts:AssumeRole");
+
+    let both = [
+        SessionAction::SetSourceIdentity,
+        SessionAction::TagSession,
+        SessionAction::TagSession,
+    ];
+    let text =
+        render_trust_policy(&vendor, "ext-123456", &[TrustService::Redshift], &both).unwrap();
+    let doc = parsed(&text);
+    let vendor_statement = &doc["Statement"][0];
+    assert_eq!(
+        vendor_statement["Action"],
+        serde_json::json!(["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]),
+        "{text}"
+    );
+    assert_eq!(
+        vendor_statement["Condition"]["StringEquals"]["sts:ExternalId"], "ext-123456",
+        "{text}"
+    );
+    // The Redshift statement is the service's own: no session actions there.
+    assert_eq!(doc["Statement"][1]["Action"], "sts:AssumeRole", "{text}");
+
+    let customer = role("arn:aws:iam::111122223333:role/vendor-sync");
+    let spec = |session, max_session_seconds| RoleTemplate {
+        mapping: "acme",
+        role: &customer,
+        principal: &vendor,
+        external_id: "ext-123456",
+        services: &[],
+        session,
+        max_session_seconds,
+        bucket: "acme-data",
+        prefix: None,
+    };
+    let long = spec(&[SessionAction::TagSession], Some(7200));
+    let cfn = long.cloudformation().unwrap();
+    assert!(cfn.contains("MaxSessionDuration: 7200"), "{cfn}");
+    assert!(cfn.contains("- \"sts:TagSession\""), "{cfn}");
+    let tf = long.terraform().unwrap();
+    assert!(
+        tf.main_tf.contains("max_session_duration = 7200"),
+        "{}",
+        tf.main_tf
+    );
+    assert!(tf.main_tf.contains("\"sts:TagSession\""), "{}", tf.main_tf);
+    let short = spec(&[], None);
+    assert!(
+        !short
+            .cloudformation()
+            .unwrap()
+            .contains("MaxSessionDuration")
+    );
+    assert!(
+        !short
+            .terraform()
+            .unwrap()
+            .main_tf
+            .contains("max_session_duration")
+    );
+    assert!(!short.terraform().unwrap().main_tf.contains("TagSession"));
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hyper::Request;
 use hyper::header;
@@ -34,33 +35,52 @@ pub enum AuthFailure {
     UnknownMapping,
 }
 
+/// A mapping's token hashes: most mappings have one, kept inline (no allocation of its
+/// own); more go in one boxed slice.
 #[derive(Clone)]
-struct MappingAccess {
-    tokens: Vec<TokenHash>,
+enum Tokens {
+    One(TokenHash),
+    Many(Box<[TokenHash]>),
 }
 
-/// Access rules of one config generation.
+impl Tokens {
+    fn new(hashes: &[TokenHash]) -> Self {
+        match hashes {
+            [one] => Tokens::One(*one),
+            many => Tokens::Many(many.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[TokenHash] {
+        match self {
+            Tokens::One(one) => std::slice::from_ref(one),
+            Tokens::Many(many) => many,
+        }
+    }
+}
+
+/// Access rules of one config generation. Each mapping's name is stored once, shared by
+/// both maps (docs/performance.md, "Memory and start-up at 100,000 mappings").
 pub struct AccessTable {
-    mappings: HashMap<String, MappingAccess>,
-    by_token: HashMap<TokenHash, String>,
+    /// By name. Request paths choose the names looked up here, the config the names
+    /// stored: foldhash, randomly seeded per map (no fixed seed to aim collisions at).
+    mappings: foldhash::HashMap<Arc<str>, Tokens>,
+    by_token: HashMap<TokenHash, Arc<str>>,
     /// `Host` values the credential listeners accept.
     hosts: HostAllowList,
 }
 
 impl AccessTable {
     pub fn new(config: &Config) -> Self {
-        let mut mappings = HashMap::new();
-        let mut by_token = HashMap::new();
+        let mut mappings =
+            foldhash::HashMap::with_capacity_and_hasher(config.mappings.len(), Default::default());
+        let mut by_token = HashMap::with_capacity(config.mappings.len());
         for (name, mapping) in &config.mappings {
+            let name: Arc<str> = Arc::from(name.as_str());
             for token in &mapping.token_sha256 {
                 by_token.insert(*token, name.clone());
             }
-            mappings.insert(
-                name.clone(),
-                MappingAccess {
-                    tokens: mapping.token_sha256.clone(),
-                },
-            );
+            mappings.insert(name, Tokens::new(&mapping.token_sha256));
         }
         Self {
             mappings,
@@ -82,23 +102,19 @@ impl AccessTable {
             .chain(changes.mappings.keys().map(String::as_str));
         for name in replaced {
             if let Some(old) = mappings.remove(name) {
-                for token in &old.tokens {
-                    if by_token.get(token).is_some_and(|owner| owner == name) {
+                for token in old.as_slice() {
+                    if by_token.get(token).is_some_and(|owner| &**owner == name) {
                         by_token.remove(token);
                     }
                 }
             }
         }
         for (name, mapping) in &changes.mappings {
+            let name: Arc<str> = Arc::from(name.as_str());
             for token in &mapping.token_sha256 {
                 by_token.insert(*token, name.clone());
             }
-            mappings.insert(
-                name.clone(),
-                MappingAccess {
-                    tokens: mapping.token_sha256.clone(),
-                },
-            );
+            mappings.insert(name, Tokens::new(&mapping.token_sha256));
         }
         Self {
             mappings,
@@ -124,7 +140,7 @@ impl AccessTable {
             Some(name) => {
                 let dummy = [TokenHash([0u8; 32])];
                 let (known, hashes) = match self.mappings.get(name) {
-                    Some(access) => (true, access.tokens.as_slice()),
+                    Some(tokens) => (true, tokens.as_slice()),
                     None => (false, &dummy[..]),
                 };
                 // Fold over every hash so the time taken does not depend on which one
@@ -144,7 +160,7 @@ impl AccessTable {
                     .get_key_value(&presented)
                     .ok_or(AuthFailure::Denied)?;
                 if stored.ct_eq(&presented) {
-                    Ok(name.as_str())
+                    Ok(name)
                 } else {
                     Err(AuthFailure::Denied)
                 }
@@ -157,7 +173,7 @@ impl AccessTable {
     pub fn mapping_name(&self, name: &str) -> Option<&str> {
         self.mappings
             .get_key_value(name)
-            .map(|(key, _)| key.as_str())
+            .map(|(key, _)| key.as_ref())
     }
 
     /// Whether `host` (a `Host` header value) names a credential listener; see
@@ -179,22 +195,33 @@ impl AccessTable {
 pub struct HostAllowList {
     /// Lower-case, no port, no brackets, no trailing dot.
     names: HashSet<String>,
+    /// The few names of `names` an SDK sends (loopback and the listen IPs), compared
+    /// byte for byte before anything else: most requests are allowed without the IP
+    /// parse and the set's hash (docs/performance.md, "The cache hit's own cost").
+    usual: Box<[Box<str>]>,
 }
 
 impl HostAllowList {
     /// Loopback names, the IP of each of `listen`, and `extra` (validated host names).
     pub fn new<'a>(listen: impl IntoIterator<Item = &'a SocketAddr>, extra: &[String]) -> Self {
-        let mut names: HashSet<String> = ["localhost", "127.0.0.1", "::1"]
+        let mut usual: Vec<Box<str>> = ["127.0.0.1", "localhost", "::1"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|&s| s.into())
             .collect();
         for addr in listen {
-            names.insert(addr.ip().to_string());
+            let ip: Box<str> = addr.ip().to_string().into();
+            if !usual.contains(&ip) {
+                usual.push(ip);
+            }
         }
+        let mut names: HashSet<String> = usual.iter().map(|s| s.to_string()).collect();
         for host in extra {
             names.insert(normalise_host(host));
         }
-        Self { names }
+        Self {
+            names,
+            usual: usual.into(),
+        }
     }
 
     /// Whether `request` names this endpoint. The name is the `Host` header; only
@@ -204,6 +231,9 @@ impl HostAllowList {
     /// request is refused.
     pub fn allows_request<B>(&self, request: &Request<B>, local: SocketAddr) -> bool {
         let host = match request.headers().get(header::HOST) {
+            // What an SDK sends, allowed before the UTF-8 check (the usual names are
+            // ASCII) and the parse.
+            Some(value) if self.is_usual(value.as_bytes()) => return true,
             Some(value) => match std::str::from_utf8(value.as_bytes()) {
                 Ok(host) => host,
                 Err(_) => return false,
@@ -222,6 +252,9 @@ impl HostAllowList {
     ///
     /// Allocation-free unless the value has upper-case letters (SDKs send lower case).
     pub fn allows(&self, host: &str, local: SocketAddr) -> bool {
+        if self.is_usual(host.as_bytes()) {
+            return true;
+        }
         let host = trim_host(strip_port(host));
         if host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip()) {
             return true;
@@ -231,6 +264,26 @@ impl HostAllowList {
         } else {
             self.names.contains(host)
         }
+    }
+}
+
+impl HostAllowList {
+    /// Whether `host`, without its port, is one of the usual names byte for byte (no
+    /// case folding, no brackets, no trailing dot: those take the full check). The
+    /// port is stripped like [`strip_port`] strips it from a name without brackets.
+    fn is_usual(&self, host: &[u8]) -> bool {
+        self.usual.iter().any(|usual| {
+            let usual = usual.as_bytes();
+            match host.strip_prefix(usual) {
+                Some([]) => true,
+                // A port, unless the name has colons of its own (`::1:80` is no
+                // `::1` with a port; `strip_port` leaves it whole).
+                Some([b':', port @ ..]) => {
+                    !usual.contains(&b':') && port.iter().all(u8::is_ascii_digit)
+                }
+                _ => false,
+            }
+        })
     }
 }
 
@@ -300,6 +353,81 @@ mod tests {
             table.authorize(Some("ghost"), None),
             Err(AuthFailure::MissingToken)
         );
+    }
+
+    /// The byte-for-byte check of the usual names accepts exactly them (with a port):
+    /// a look-alike that starts or ends like one is left to the full check, which
+    /// refuses it.
+    #[test]
+    fn the_usual_names_match_exactly() {
+        let listen: SocketAddr = "127.0.0.2:8901".parse().unwrap();
+        let local: SocketAddr = "127.0.0.2:8901".parse().unwrap();
+        let hosts = HostAllowList::new([&listen], &[]);
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8901",
+            "localhost",
+            "localhost:80",
+            "::1",
+            "[::1]:8901",
+            "127.0.0.2",
+            "127.0.0.2:8901",
+        ] {
+            assert!(hosts.allows(host, local), "{host:?} refused");
+        }
+        for host in [
+            "127.0.0.10",
+            "127.0.0.1.evil.example",
+            "127.0.0.1x:8901",
+            "x127.0.0.1",
+            "localhost.evil.example",
+            "localhostx",
+            "evil-localhost",
+            "::12",
+            "::1:80",
+            "127.0.0.20",
+            "127.0.0.2.evil.example:8901",
+        ] {
+            assert!(!hosts.allows(host, local), "{host:?} allowed");
+        }
+    }
+
+    /// One token kept inline, several in a slice, none at all: each mapping accepts
+    /// exactly its own tokens, by name and without one.
+    #[test]
+    fn every_token_of_a_mapping_and_only_those_authorize_it() {
+        let mut two = crate::testing::mapping("two", "sync", None, "two-a");
+        two.token_sha256
+            .push(TokenHash::of_token(b"two-b".as_slice()));
+        let mut none = crate::testing::mapping("none", "sync", None, "unused");
+        none.token_sha256.clear();
+        let config = crate::testing::config(
+            "http://127.0.0.1:9",
+            vec![
+                crate::testing::mapping("one", "sync", None, "one-a"),
+                two,
+                none,
+            ],
+        );
+        let table = AccessTable::new(&config);
+        for (token, mapping) in [("one-a", "one"), ("two-a", "two"), ("two-b", "two")] {
+            let token = Some(token.as_bytes());
+            assert_eq!(table.authorize(Some(mapping), token), Ok(mapping));
+            assert_eq!(table.authorize(None, token), Ok(mapping));
+            for other in ["one", "two", "none"].into_iter().filter(|m| *m != mapping) {
+                assert_eq!(
+                    table.authorize(Some(other), token),
+                    Err(AuthFailure::Denied),
+                    "{mapping}'s token for {other}"
+                );
+            }
+        }
+        assert_eq!(
+            table.authorize(Some("none"), Some(b"unused")),
+            Err(AuthFailure::Denied)
+        );
+        assert_eq!(table.mapping_name("two"), Some("two"));
+        assert_eq!(table.mapping_name("three"), None);
     }
 
     #[test]

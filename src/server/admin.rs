@@ -134,6 +134,7 @@ impl AdminEndpoint {
                         .clone(),
                 );
                 super::status::add_job_tokens(&mut document, &self.jobs.count_by_mapping());
+                super::status::add_sts_regions(&mut document, &self.cache.sts_regions());
                 let body = serde_json::to_vec_pretty(&document).unwrap_or_default();
                 wire::json_response(StatusCode::OK, Bytes::from(body))
             }
@@ -145,6 +146,7 @@ impl AdminEndpoint {
     fn metrics_response(&self) -> Response<Body> {
         self.metrics
             .observe_cache(&self.cache.status(), self.cache.sts_rate_limited_total());
+        self.metrics.sts_regions(&self.cache.sts_regions());
         for (priority, count) in self.cache.sts_calls_waiting() {
             self.metrics.sts_calls_waiting(priority.as_str(), count);
         }

@@ -7,7 +7,10 @@
 //! target: mapping, client address, status, source, AccessKeyId and expiry — never the
 //! secret key, session token, auth token or External ID.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -65,12 +68,80 @@ pub struct CredentialEndpoint {
     pub jobs: JobTokens,
 }
 
+/// The answer to one request, as [`CredentialEndpoint::handle`] returns it: ready at
+/// once for a cache hit and for every refusal (decided without waiting), a boxed future
+/// only when the cache has to wait (a miss, a per-job entry). So a hit creates, moves
+/// and drops no future state beyond the response itself (docs/performance.md, "The
+/// cache hit's own cost").
+pub enum Handled {
+    /// The response, taken by the first poll.
+    Ready(Option<Response<Body>>),
+    /// Waiting for the cache.
+    Waiting(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Handled {
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        match self.get_mut() {
+            Handled::Ready(response) => {
+                Poll::Ready(response.take().expect("Handled polled after it completed"))
+            }
+            Handled::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 impl CredentialEndpoint {
-    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    /// Checks and answers one request. Everything up to the cache is decided at once
+    /// (`CredentialEndpoint::check`); a credential the cache holds ready is served
+    /// without waiting, anything else waits in a boxed future.
+    pub fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Handled {
         let started = Instant::now();
         let generation = self.generation.load_full();
         let mut job = None;
-        let (mapping, result) = self.route(&generation, &request, conn, &mut job).await;
+        let (mapping, result) = match self.check(&generation, &request, conn, &mut job) {
+            Err((mapping, error)) => (mapping, Err(error)),
+            // A configured token: the mapping's own entry, if it is ready as it is.
+            Ok(mapping)
+                if job.is_none()
+                    && let Some(vended) =
+                        self.cache.cached_at(&generation.mappings, mapping, started) =>
+            {
+                let response = self.served(mapping, conn, &vended, None, started);
+                (Some(mapping), Ok(response))
+            }
+            Ok(mapping) => {
+                let endpoint = self.clone();
+                let mapping = mapping.to_owned();
+                return Handled::Waiting(Box::pin(async move {
+                    let result = endpoint
+                        .vend(&generation, &mapping, job.as_ref(), conn, started)
+                        .await;
+                    endpoint.finish(Some(&mapping), result, conn, job.as_ref(), started)
+                }));
+            }
+        };
+        Handled::Ready(Some(self.finish(
+            mapping,
+            result,
+            conn,
+            job.as_ref(),
+            started,
+        )))
+    }
+
+    /// The response for `result`: a refusal is audited and turned into its error
+    /// response; either way the request is counted with its duration.
+    fn finish(
+        &self,
+        mapping: Option<&str>,
+        result: Result<Response<Body>, ApiError>,
+        conn: ConnInfo,
+        job: Option<&JobGrant>,
+        started: Instant,
+    ) -> Response<Body> {
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -78,7 +149,7 @@ impl CredentialEndpoint {
                     mapping,
                     client: conn.peer,
                     error: &error,
-                    job: job.as_ref().map(JobGrant::audit),
+                    job: job.map(JobGrant::audit),
                 }
                 .emit(&self.metrics);
                 error.into_response()
@@ -94,34 +165,36 @@ impl CredentialEndpoint {
         response
     }
 
-    /// Checks and serves one request. The mapping name comes back borrowed (from the
-    /// request or the access table) for the audit line: no allocation on success with a
-    /// configured token. A job token that authorised the request is left in `job`.
-    async fn route<'a>(
+    /// Every check before the cache, cheapest and most hostile first: the mapping the
+    /// request is authorised for, or the refusal with the mapping name it named (for
+    /// the audit line). The name comes back borrowed (from the request or the access
+    /// table): no allocation with a configured token. A job token that authorised the
+    /// request is left in `job`.
+    fn check<'a>(
         &self,
         generation: &'a Generation,
         request: &'a Request<Incoming>,
         conn: ConnInfo,
         job: &mut Option<JobGrant>,
-    ) -> (Option<&'a str>, Result<Response<Body>, ApiError>) {
+    ) -> Result<&'a str, (Option<&'a str>, ApiError)> {
         let access = &generation.access;
         if let Some(error) = super::framing_error(request) {
-            return (None, Err(error));
+            return Err((None, error));
         }
         let headers = request.headers();
         // One pass over the request's few names: cheaper than hashing all six.
         if headers.keys().any(|name| PROXY_HEADERS.contains(name)) {
-            return (None, Err(ApiError::ProxiedRequest));
+            return Err((None, ApiError::ProxiedRequest));
         }
         if !access.hosts().allows_request(request, conn.local) {
-            return (None, Err(ApiError::InvalidHost));
+            return Err((None, ApiError::InvalidHost));
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return (None, Err(ApiError::MethodNotAllowed));
+            return Err((None, ApiError::MethodNotAllowed));
         }
         let requested = match parse_path(request.uri().path()) {
             Some(requested) => requested,
-            None => return (None, Err(ApiError::NotFound)),
+            None => return Err((None, ApiError::NotFound)),
         };
         let token = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
         let authorized = match access.authorize(requested, token) {
@@ -143,41 +216,76 @@ impl CredentialEndpoint {
             },
             other => other,
         };
-        let mapping = match authorized {
-            Ok(mapping) => mapping,
-            Err(AuthFailure::MissingToken) => {
-                return (requested, Err(ApiError::MissingToken));
-            }
+        match authorized {
+            Ok(mapping) => Ok(mapping),
+            Err(AuthFailure::MissingToken) => Err((requested, ApiError::MissingToken)),
             Err(failure @ (AuthFailure::Denied | AuthFailure::UnknownMapping)) => {
                 let cause = if failure == AuthFailure::UnknownMapping {
                     DeniedCause::UnknownMapping
                 } else {
                     DeniedCause::InvalidToken
                 };
-                return (
+                Err((
                     requested,
-                    Err(ApiError::AccessDenied {
+                    ApiError::AccessDenied {
                         mapping: requested.map(str::to_string),
                         cause,
-                    }),
-                );
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Audits a credential served for `mapping` and builds its response.
+    fn served(
+        &self,
+        mapping: &str,
+        conn: ConnInfo,
+        vended: &Vended,
+        job: Option<&JobGrant>,
+        arrived: Instant,
+    ) -> Response<Body> {
+        let entry = &vended.entry;
+        CredentialsServed {
+            mapping,
+            client: conn.peer,
+            source: vended.source,
+            access_key_id: &entry.access_key_id,
+            expiration: entry.expiration,
+            job: job.map(JobGrant::audit),
+            arrived,
+        }
+        .emit(&self.metrics);
+        // The body was encoded once when the credential arrived.
+        wire::shared_credentials_response(&entry.body)
+    }
+
+    /// The credential of `mapping` for a request authorised by a configured token
+    /// (`job` is `None`) or by a job token, waiting for the cache if need be: the
+    /// response, or the refusal.
+    async fn vend(
+        &self,
+        generation: &Generation,
+        mapping: &str,
+        job: Option<&JobGrant>,
+        conn: ConnInfo,
+        arrived: Instant,
+    ) -> Result<Response<Body>, ApiError> {
+        let vended = match job.and_then(JobGrant::session_name) {
+            // The per-job entry, assumed with the token's RoleSessionName.
+            Some(session) => {
+                self.cache
+                    .get_job_in(&generation.mappings, mapping, session)
+                    .await
+            }
+            None => {
+                self.cache
+                    .get_in_at(&generation.mappings, mapping, arrived)
+                    .await
             }
         };
-        let result = match self.vend(generation, mapping, job.as_ref()).await {
-            Ok(vended) => {
-                let entry = &vended.entry;
-                CredentialsServed {
-                    mapping,
-                    client: conn.peer,
-                    source: vended.source,
-                    access_key_id: &entry.access_key_id,
-                    expiration: entry.expiration,
-                    job: job.as_ref().map(JobGrant::audit),
-                }
-                .emit(&self.metrics);
-                // The body was encoded once when the credential arrived.
-                Ok(wire::shared_credentials_response(&vended.entry.body))
-            }
+        match vended {
+            Ok(vended) => Ok(self.served(mapping, conn, &vended, job, arrived)),
             // Removed by a reload between the token check and the cache lookup.
             Err(VendError::UnknownMapping) => Err(ApiError::AccessDenied {
                 mapping: Some(mapping.to_string()),
@@ -198,28 +306,6 @@ impl CredentialEndpoint {
                 retry_after_secs,
                 reason,
             }),
-        };
-        (Some(mapping), result)
-    }
-}
-
-impl CredentialEndpoint {
-    /// The credential of `mapping` for a request authorised by a configured token
-    /// (`job` is `None`) or by a job token.
-    async fn vend(
-        &self,
-        generation: &Generation,
-        mapping: &str,
-        job: Option<&JobGrant>,
-    ) -> Result<Vended, VendError> {
-        match job.and_then(JobGrant::session_name) {
-            // The per-job entry, assumed with the token's RoleSessionName.
-            Some(session) => {
-                self.cache
-                    .get_job_in(&generation.mappings, mapping, session)
-                    .await
-            }
-            None => self.cache.get_in(&generation.mappings, mapping).await,
         }
     }
 }

@@ -158,6 +158,29 @@ pub fn add_job_tokens(document: &mut Value, counts: &std::collections::HashMap<S
     }
 }
 
+/// Adds `sts_regions` to a `/status` document: each STS region's circuit breaker
+/// (docs/design.md, Regional failover), the primary first, then the fallbacks
+/// in order, then mappings' own regions. An error kind, never a message: nothing in it
+/// is a secret or names a customer.
+pub fn add_sts_regions(document: &mut Value, regions: &[crate::creds::regions::RegionHealth]) {
+    let regions: Vec<Value> = regions
+        .iter()
+        .map(|r| {
+            json!({
+                "region": r.region,
+                "role": r.role.as_str(),
+                "state": r.state.as_str(),
+                "consecutive_failures": r.consecutive_failures,
+                "last_error": r.last_error.map(FailureReason::as_str),
+                "next_probe_in_seconds": r.next_probe_in.map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    if let Some(top) = document.as_object_mut() {
+        top.insert("sts_regions".into(), Value::Array(regions));
+    }
+}
+
 /// The `/status` document.
 pub fn document(
     statuses: &[MappingStatus],

@@ -15,13 +15,13 @@ admin_listen = "127.0.0.1:{admin}"
     )
 }
 
-/// `[sts]` with `endpoint_url`, and mapping `acme-s3` → role
+/// `[sts]` with the primary region's (us-east-1) endpoint URL, and mapping `acme-s3` → role
 /// `arn:aws:iam::111122223333:role/vendor-sync` with `external_id`, for `token` only.
 pub fn sts_and_acme_toml(endpoint_url: &str, external_id: &str, token: &str) -> String {
     format!(
         r#"
 [sts]
-endpoint_url = "{endpoint_url}"
+endpoint_urls = {{ us-east-1 = "{endpoint_url}" }}
 
 [mappings.acme-s3]
 role_arn = "arn:aws:iam::111122223333:role/vendor-sync"

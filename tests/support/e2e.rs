@@ -78,6 +78,19 @@ impl Venv {
         self.root.join("bin").join(name)
     }
 
+    /// checkov, from its own venv inside this one (`<venv>/checkov`, built by
+    /// `scripts/setup-python.sh`; scripts/python-requirements-checkov.txt says why it is
+    /// apart). Panics with instructions when it is missing.
+    pub fn checkov(&self) -> PathBuf {
+        let checkov = self.root.join("checkov").join("bin").join("checkov");
+        assert!(
+            checkov.is_file(),
+            "this test needs {}: run scripts/setup-python.sh (scripts/test.sh does it for you)",
+            checkov.display()
+        );
+        checkov
+    }
+
     /// Runs `python -c script args…` from [`base_env`] (`HOME` = `home`), stdin closed,
     /// to completion.
     pub fn run_python(&self, home: &Path, script: &str, args: &[&str]) -> Output {
@@ -158,7 +171,7 @@ impl Moto {
             r#"
 [sts]
 region = "{REGION}"
-endpoint_url = "{url}"
+endpoint_urls = {{ {REGION} = "{url}" }}
 
 [verify]
 # moto lets AssumeRole through without the External ID, so the enforcement probe would
