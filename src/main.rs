@@ -41,6 +41,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Exit status for a configuration or usage problem (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
+/// Exit status when stdout's reader has gone: 128 + SIGPIPE, what a process the signal
+/// killed reports.
+const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// Exit status when the output cannot be written otherwise (EX_IOERR).
+const EXIT_IO_ERROR: u8 = 74;
+
 /// Where `init` writes and `mapping new` looks by default: the default config's directory.
 const DEFAULT_CONFIG_DIR: &str = "/etc/credvend";
 
@@ -362,6 +369,23 @@ struct ConfigArg {
 }
 
 /// How a command failed.
+/// `println!` for a command's output on stdout, returning the write's error instead of
+/// panicking as `println!` does when the reader has gone (`credvend … | head -1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(Failure::Output)
+    }};
+}
+
+/// [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err(Failure::Output)
+    }};
+}
+
 enum Failure {
     Config(ConfigError),
     /// Bad command-line input (exit 64, like a bad config).
@@ -376,6 +400,8 @@ enum Failure {
     },
     /// `exec`'s command ended with this non-zero status (128+n for signal n).
     Child(u8),
+    /// Writing the command's output to stdout failed.
+    Output(std::io::Error),
 }
 
 impl From<ClientError> for Failure {
@@ -435,6 +461,15 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Err(Failure::Child(code)) => ExitCode::from(code),
+        // The reader went away (`| head -1`): end quietly with the status a process
+        // killed by SIGPIPE has, as a C tool in the same pipeline would.
+        Err(Failure::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(EXIT_BROKEN_PIPE)
+        }
+        Err(Failure::Output(error)) => {
+            eprintln!("credvend: cannot write the output: {error}");
+            ExitCode::from(EXIT_IO_ERROR)
+        }
     }
 }
 
@@ -487,7 +522,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
-            println!("{}", loaded.summary());
+            outln!("{}", loaded.summary())?;
             Ok(())
         }
         Command::Init { dir } => init(&dir),
@@ -545,7 +580,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let minted = block_on(Connection::one_shot(&socket, async |c| {
                 c.mint(&request).await
             }))??;
-            println!("{}", String::from_utf8_lossy(&minted.body));
+            outln!("{}", String::from_utf8_lossy(&minted.body))?;
             Ok(())
         }
         Command::Token {
@@ -554,9 +589,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let socket = control.socket()?;
             let listing = block_on(Connection::one_shot(&socket, async |c| c.list().await))??;
             if json {
-                println!("{}", String::from_utf8_lossy(&listing.body));
+                outln!("{}", String::from_utf8_lossy(&listing.body))?;
             } else {
-                print!("{}", control_client::render_table(&listing.tokens));
+                out!("{}", control_client::render_table(&listing.tokens))?;
             }
             Ok(())
         }
@@ -577,11 +612,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             command: TokenCommand::New,
         } => {
             let token = setup::new_token();
-            println!("{token}");
-            println!(
+            outln!("{token}")?;
+            outln!(
                 "token_sha256 = [\"{}\"]",
                 TokenHash::of_token(token.as_bytes()).to_hex()
-            );
+            )?;
             eprintln!(
                 "Give the first line to the worker (AWS_CONTAINER_AUTHORIZATION_TOKEN, or a token file without a trailing newline); put the second in its mapping."
             );
@@ -629,7 +664,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             command: ExternalIdCommand::New { count },
         } => {
             for _ in 0..count {
-                println!("{}", policy::new_external_id());
+                outln!("{}", policy::new_external_id())?;
             }
             Ok(())
         }
@@ -638,7 +673,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let text = policy::render_permissions_policy(&bucket, prefix.as_deref())
                 .map_err(|e| Failure::Usage(e.to_string()))?;
-            println!("{text}");
+            outln!("{text}")?;
             Ok(())
         }
         Command::Policy {
@@ -660,7 +695,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let text =
                 policy::render_trust_policy(&principal, &external_id, &service, &session_action)
                     .map_err(|e| Failure::Usage(e.to_string()))?;
-            println!("{text}");
+            outln!("{text}")?;
             Ok(())
         }
         Command::Onboard {
@@ -715,7 +750,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })?
             .map_err(Failure::Runtime)?;
             for line in &lines {
-                println!("{line}");
+                outln!("{line}")?;
             }
             if lines.iter().all(|l| l.passed) {
                 // This is another process than the daemon: a daemon that refused the
@@ -922,7 +957,7 @@ fn onboard(args: Onboard) -> Result<(), Failure> {
             let text = serde_json::to_string_pretty(&documents)
                 .context("cannot encode the documents")
                 .map_err(Failure::Runtime)?;
-            println!("{text}");
+            outln!("{text}")?;
             (
                 "`trust_policy` in the JSON on stdout".to_owned(),
                 permissions
@@ -975,7 +1010,7 @@ fn onboard_cloudformation(
             file.display().to_string()
         }
         None => {
-            print!("{yaml}");
+            out!("{yaml}")?;
             "stdout".to_owned()
         }
     };
@@ -1119,7 +1154,7 @@ fn mapping_new(
     let dir = main.parent().unwrap_or(Path::new(""));
     let made = setup::new_mapping(main, &dir.join(setup::MAPPINGS_DIR), &request)
         .map_err(setup_failure)?;
-    println!("{}", made.token);
+    outln!("{}", made.token)?;
     let listen = made
         .config
         .as_ref()

@@ -1024,3 +1024,28 @@ eu-west-1 = "http://127.0.0.1:5002"
         "no deprecation warning in:\n{all}"
     );
 }
+
+/// A reader that has gone (`credvend … | head -1` after `head` exits) ends the command
+/// quietly with 141, the status of a process SIGPIPE killed, as a C tool in the same
+/// pipeline would; `println!` panicked instead ("failed printing to stdout").
+#[test]
+fn output_to_a_closed_pipe_ends_quietly_with_141() {
+    for args in [
+        &["external-id", "new"][..],
+        &["policy", "permissions", "--bucket", "acme-data"][..],
+        &["token", "new"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
