@@ -72,20 +72,27 @@ pub struct AccessTable {
 
 impl AccessTable {
     pub fn new(config: &Config) -> Self {
-        let mut mappings =
-            foldhash::HashMap::with_capacity_and_hasher(config.mappings.len(), Default::default());
-        let mut by_token = HashMap::with_capacity(config.mappings.len());
+        let mut table = Self {
+            mappings: foldhash::HashMap::with_capacity_and_hasher(
+                config.mappings.len(),
+                Default::default(),
+            ),
+            by_token: HashMap::with_capacity(config.mappings.len()),
+            hosts: HostAllowList::new(&config.server.listen, &config.server.allowed_hosts),
+        };
+        table.insert_all(config);
+        table
+    }
+
+    /// Adds `config`'s mappings and their tokens, one shared name per mapping.
+    fn insert_all(&mut self, config: &Config) {
         for (name, mapping) in &config.mappings {
             let name: Arc<str> = Arc::from(name.as_str());
             for token in &mapping.token_sha256 {
-                by_token.insert(*token, name.clone());
+                self.by_token.insert(*token, name.clone());
             }
-            mappings.insert(name, Tokens::new(&mapping.token_sha256));
-        }
-        Self {
-            mappings,
-            by_token,
-            hosts: HostAllowList::new(&config.server.listen, &config.server.allowed_hosts),
+            self.mappings
+                .insert(name, Tokens::new(&mapping.token_sha256));
         }
     }
 
@@ -109,18 +116,13 @@ impl AccessTable {
                 }
             }
         }
-        for (name, mapping) in &changes.mappings {
-            let name: Arc<str> = Arc::from(name.as_str());
-            for token in &mapping.token_sha256 {
-                by_token.insert(*token, name.clone());
-            }
-            mappings.insert(name, Tokens::new(&mapping.token_sha256));
-        }
-        Self {
+        let mut table = Self {
             mappings,
             by_token,
             hosts: HostAllowList::new(&changes.server.listen, &changes.server.allowed_hosts),
-        }
+        };
+        table.insert_all(changes);
+        table
     }
 
     /// The `Host` values the credential listeners accept.
