@@ -826,21 +826,15 @@ async fn scale_warm(dir: &Path) {
     mappings[target].external_id = format!("external-id-{target:05}-rotated");
     let calls_before = sts.assume_role_calls().len();
     spec(&mappings);
-    let started = Instant::now();
-    let hup = Command::new("kill")
-        .args(["-HUP", &credvend.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success(), "SIGHUP delivered");
-    let mut reloaded = None;
-    while started.elapsed() < Duration::from_secs(30) {
-        let response = http::get_with_token(listen, &path, &mappings[target].token).await;
-        if response.status == 200 && response.json()["AccessKeyId"].as_str() != Some(&old_key) {
-            reloaded = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let reloaded = sighup_until_new_key(
+        credvend.pid(),
+        listen,
+        &path,
+        &mappings[target].token,
+        &old_key,
+        Duration::from_secs(30),
+    )
+    .await;
     // Wait out the file watcher's debounce too (it reloads the same file once more).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = sts.assume_role_calls();
@@ -972,6 +966,32 @@ fn mapping_table(m: &MappingSpec) -> String {
         sha256_hex(&m.token),
         m.prefetch
     )
+}
+
+/// Sends SIGHUP to `pid`, then asks for `path` with `token` until it is served a key
+/// other than `old_key`: how long that took from the signal, or `None` after `limit`.
+async fn sighup_until_new_key(
+    pid: u32,
+    listen: SocketAddr,
+    path: &str,
+    token: &str,
+    old_key: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success(), "SIGHUP delivered");
+    while started.elapsed() < limit {
+        let response = http::get_with_token(listen, path, token).await;
+        if response.status == 200 && response.json()["AccessKeyId"].as_str() != Some(old_key) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -1285,21 +1305,15 @@ async fn idle_reload(
     let tmp = file.with_extension("tmp");
     write_private(&tmp, &mapping_table(&changed));
     std::fs::rename(&tmp, &file).expect("rename mapping file");
-    let started = Instant::now();
-    let hup = Command::new("kill")
-        .args(["-HUP", &credvend.pid().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(hup.success(), "SIGHUP delivered");
-    let mut applied = None;
-    while started.elapsed() < Duration::from_secs(60) {
-        let response = http::get_with_token(listen, &path, &mapping.token).await;
-        if response.status == 200 && response.json()["AccessKeyId"].as_str() != Some(&old_key) {
-            applied = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let applied = sighup_until_new_key(
+        credvend.pid(),
+        listen,
+        &path,
+        &mapping.token,
+        &old_key,
+        Duration::from_secs(60),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let calls = sts.assume_role_calls().len() - calls_before;
     let (rss_after, peak) = rss_kib(credvend.pid());
