@@ -22,7 +22,6 @@ use credvend::reload::{self, Reloader};
 use credvend::secret::TokenHash;
 use credvend::server::Limits;
 use credvend::setup;
-use credvend::verify::{self, s3::S3Target};
 
 use cli::args::{
     Cli, Command, DEFAULT_CONFIG_DIR, ExternalIdCommand, MappingCommand, PolicyCommand,
@@ -30,7 +29,8 @@ use cli::args::{
 };
 use cli::onboard::{Onboard, onboard};
 use cli::setup::{init, mapping_new};
-use cli::{block_on, load_mapping, own_principal};
+use cli::verify::verify;
+use cli::{block_on, own_principal};
 
 /// jemalloc rather than glibc's allocator: told after each config load to give the
 /// load's freed heap back, with background threads returning what stays unused
@@ -410,51 +410,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             bucket,
             prefix,
             s3_endpoint_url,
-        } => {
-            let (loaded, mapping_config) = load_mapping(&config.config, &mapping)?;
-            if let Some(bucket) = &bucket {
-                policy::validate_bucket_name(bucket).map_err(|e| Failure::Usage(e.to_string()))?;
-            }
-            // The same rules and normal form as `policy permissions --prefix`, so the
-            // probe object goes exactly where that policy grants access.
-            let prefix = prefix
-                .map(|p| policy::validate_prefix(&p))
-                .transpose()
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            let target = bucket.map(|bucket| S3Target {
-                bucket,
-                prefix,
-                region: mapping_config.region.to_string(),
-                endpoint_url: s3_endpoint_url,
-            });
-            let lines = block_on(async {
-                let assumer = StsAssumer::from_env(StsSettings::from(&loaded.sts))
-                    .await
-                    .context("cannot set up the STS client")?;
-                anyhow::Ok(verify::verify_mapping(&assumer, &mapping_config, target).await)
-            })?
-            .map_err(Failure::Runtime)?;
-            for line in &lines {
-                outln!("{line}")?;
-            }
-            if lines.iter().all(|l| l.passed) {
-                // This is another process than the daemon: a daemon that refused the
-                // mapping keeps refusing it until its backoff ends, unless told to retry.
-                eprintln!("{VERIFY_PASSED_HINT}");
-                Ok(())
-            } else {
-                Err(Failure::ChecksFailed)
-            }
-        }
+        } => verify(&config.config, &mapping, bucket, prefix, s3_endpoint_url),
     }
 }
-
-/// Printed (to stderr) when every `verify` check passed. The check runs in its own
-/// process; a running daemon that refused the mapping (TrustPolicyUnsafe, AccessDenied)
-/// retries it only after its negative cache's backoff (up to 10 minutes), or at the next
-/// request after a SIGHUP (docs/design.md, Reload).
-const VERIFY_PASSED_HINT: &str = "All checks passed. If a running credvend refused this mapping, \
-`systemctl reload credvend` (SIGHUP) makes it retry at the next request instead of after its backoff.";
 
 async fn serve(path: PathBuf, config: Config, sources: Sources) -> anyhow::Result<()> {
     // Signal handlers first, before any socket is bound: once a listener accepts,

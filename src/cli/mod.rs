@@ -1,7 +1,8 @@
 //! The binary's commands, beside `src/main.rs` (which declares this module; it is not
 //! part of the library and names the library as `credvend::`): `args` (the command
-//! line), `onboard`, `setup` (`init`, `mapping new`), and what several commands share:
-//! loading the mapping a command names, a one-shot runtime, credvend's own principal.
+//! line), `onboard`, `verify`, `setup` (`init`, `mapping new`), and what several
+//! commands share: loading the mapping a command names, a one-shot runtime, credvend's
+//! own principal.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,7 @@ use crate::Failure;
 pub(crate) mod args;
 pub(crate) mod onboard;
 pub(crate) mod setup;
+pub(crate) mod verify;
 
 /// Loads the configuration at `path` and finds the mapping named `name` in it (for the
 /// commands that take a mapping name).
