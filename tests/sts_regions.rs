@@ -235,6 +235,50 @@ async fn with_a_source_role_a_dead_primary_fails_over_for_the_vendor_role_too() 
     d.stop().await;
 }
 
+/// The daemon's check of its own identity (`sts:GetCallerIdentity`, also `policy trust`'s
+/// default principal) fails over like an AssumeRole: a dead primary must not read as
+/// "nothing can be vended" while the fallback answers.
+#[tokio::test]
+async fn a_dead_primary_does_not_hide_credvends_own_identity() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let clock = ManualClock::starting_now();
+    let fallback = FakeSts::start(Arc::new(clock.clone())).await;
+    let mut config = config(&url, vec![]);
+    config.sts.fallback_regions = vec![Region::try_from(FALLBACK.to_owned()).unwrap()];
+    config.sts.endpoint_urls = BTreeMap::from([(FALLBACK.to_owned(), fallback.endpoint_url())]);
+    let d = TestDaemon::start(config.clone(), clock).await;
+    let assumer = support::daemon::assumer(&config).await;
+
+    d.daemon.check_base_identity(&assumer).await;
+    let status = request(d.admin, "GET", "/status", &[]).await;
+    let identity = &status.json()["base_identity"];
+    assert_eq!(identity["state"], "ok", "{}", status.body);
+    assert_eq!(
+        identity["arn"],
+        support::fake_sts::DEFAULT_BASE_IDENTITY_ARN
+    );
+    // The fallback answered, signed for its own region; the primary's failure is on
+    // its breaker.
+    let answered = fallback.calls();
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(answered[0].action, "GetCallerIdentity");
+    assert_eq!(answered[0].signing_region.as_deref(), Some(FALLBACK));
+    let primary = assumer
+        .regions()
+        .health()
+        .into_iter()
+        .find(|h| h.region == PRIMARY)
+        .expect("the primary was tried");
+    assert_eq!(primary.consecutive_failures, 1);
+    assert_eq!(
+        primary.last_error,
+        Some(credvend::creds::FailureReason::Network)
+    );
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn a_failing_primary_is_skipped_then_used_again_after_the_cool_down() {
     let n = FAILURE_THRESHOLD as usize + 4;

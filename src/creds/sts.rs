@@ -255,15 +255,30 @@ impl StsAssumer {
 
     /// Who the base identity (after chaining through `source_role_arn`, if set) is.
     ///
-    /// Used by `credvend policy trust` to name the vendor account in a trust policy.
+    /// Used by `credvend policy trust` to name the vendor account in a trust policy, and
+    /// by the daemon's check of its own identity. Fails over across the configured
+    /// regions like an AssumeRole ([`StsAssumer::across_regions`]): a dead primary must
+    /// not read as "no identity" while a fallback answers.
     pub async fn get_caller_identity(&self) -> Result<CallerIdentity, AssumeError> {
-        let region = self.settings.default_region.clone();
-        let output = self
+        let plan = self.regions.plan(&self.settings.default_region);
+        self.across_regions(&plan, &NoHooks, |ticket| self.caller_identity_in(ticket))
+            .await
+    }
+
+    /// One GetCallerIdentity in the ticket's region, recorded on its breaker.
+    async fn caller_identity_in(
+        &self,
+        ticket: regions::Ticket,
+    ) -> Result<CallerIdentity, AssumeError> {
+        let region = ticket.region().to_owned();
+        let result = self
             .call_with_base_identity_retry(&region, |client| async move {
                 client.get_caller_identity().send().await
             })
             .await
-            .map_err(|err| kept(err, None))?;
+            .map_err(|err| kept(err, None));
+        ticket.record(result.as_ref().map(|_| ()).map_err(|e| e.reason));
+        let output = result?;
         match (output.account, output.arn) {
             (Some(account), Some(arn)) => Ok(CallerIdentity { account, arn }),
             _ => Err(local_error(
@@ -275,9 +290,7 @@ impl StsAssumer {
     }
 
     /// One AssumeRole, failing over across the regions of `input.region`'s plan
-    /// ([`Regions::plan`]): each attempt in one region (with the base-identity retry),
-    /// the next region at once on a failure that [`regions::fails_over`], open breakers
-    /// skipped, and the first region of the plan as the last resort when all are.
+    /// ([`Regions::plan`], [`StsAssumer::across_regions`]).
     async fn assume(
         &self,
         input: &AssumeRoleInput,
@@ -285,9 +298,29 @@ impl StsAssumer {
     ) -> Result<Credentials, AssumeError> {
         let request = AssumeRoleRequest::from_input(input)?;
         let plan = self.regions.plan(&input.region);
+        self.across_regions(&plan, hooks, |ticket| {
+            self.attempt(&request, input, ticket, hooks)
+        })
+        .await
+    }
+
+    /// `call` in the regions of `plan` in turn: each attempt in one region, the next
+    /// region at once on a failure that [`regions::fails_over`], open breakers skipped,
+    /// and the first region of the plan as the last resort when all are. `hooks` is
+    /// told before each attempt after the first.
+    async fn across_regions<T, F, Fut>(
+        &self,
+        plan: &[String],
+        hooks: &dyn AttemptHooks,
+        call: F,
+    ) -> Result<T, AssumeError>
+    where
+        F: Fn(regions::Ticket) -> Fut,
+        Fut: Future<Output = Result<T, AssumeError>>,
+    {
         let mut admitted = false;
         let mut last_error = None;
-        for region in &plan {
+        for region in plan {
             let Some(ticket) = self.regions.admit(region) else {
                 tracing::debug!(region = %region, "STS region skipped: its breaker is open");
                 continue;
@@ -296,8 +329,8 @@ impl StsAssumer {
                 hooks.before_failover(region).await;
             }
             admitted = true;
-            match self.attempt(&request, input, ticket, hooks).await {
-                Ok(creds) => return Ok(creds),
+            match call(ticket).await {
+                Ok(found) => return Ok(found),
                 Err(error) if regions::fails_over(error.reason) => {
                     tracing::warn!(
                         region = %region,
@@ -312,8 +345,7 @@ impl StsAssumer {
         }
         if !admitted {
             // Every region is skipped: one attempt at the first, as with a single region.
-            let ticket = self.regions.force(&plan[0]);
-            return self.attempt(&request, input, ticket, hooks).await;
+            return call(self.regions.force(&plan[0])).await;
         }
         Err(last_error.expect("a region was tried"))
     }
