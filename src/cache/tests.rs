@@ -686,13 +686,16 @@ fn mapping_series(metrics: &crate::metrics::Metrics, family: &str, name: &str) -
         .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
 }
 
-/// Nothing of the mapping under `key` is left in the cache: no credential, no slot, no
-/// refresh scheduled.
+/// Nothing of the mapping under `key` is left in the cache: no entry (mapping or
+/// per-job) of that key, so no credential stored for it, no slot, no refresh scheduled.
+/// (A credential is stored in its entry's `MappingSpec`: `assert_no_credential` checks
+/// an entry the test kept.)
 #[track_caller]
 fn assert_forgotten(cache: &CredentialCache, key: &MappingKey) {
     assert!(
-        !cache.inner.store.contains_key(key),
-        "a credential is cached for {key:?}, which is no longer configured"
+        !cache.inner.current_table().by_key.contains_key(key)
+            && cache.inner.job_by_key(key).is_none(),
+        "{key:?} is still an entry of the cache, which is no longer configured"
     );
     assert!(
         !cache.inner.lock_slots().contains_key(key),
@@ -702,6 +705,17 @@ fn assert_forgotten(cache: &CredentialCache, key: &MappingKey) {
         cache.inner.queue.due_at(key),
         None,
         "a refresh is scheduled for {key:?}, which is no longer configured"
+    );
+}
+
+/// No credential is stored for `spec` (an entry the cache dropped): not even a
+/// request of a generation that still has the entry can be served it.
+#[track_caller]
+fn assert_no_credential(spec: &MappingSpec) {
+    assert!(
+        spec.held.load().is_none(),
+        "a credential is still stored for {:?}, which is no longer configured",
+        spec.key
     );
 }
 
@@ -726,6 +740,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
         ],
     );
     let removed = key_of(&cache, "m");
+    let removed_spec = cache.inner.current_table().by_name["m"].clone();
     let request = spawn_get(&cache, "m");
     sts.wait_one_in_flight("the fetch for m is inside AssumeRole")
         .await;
@@ -762,6 +777,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
     }
     assert_eq!(sts.calls(), 1, "STS was called for a removed mapping");
     assert_forgotten(&cache, &removed);
+    assert_no_credential(&removed_spec);
 }
 
 /// The same, when the reload keeps the name but changes the role: the old fetch (here
@@ -772,6 +788,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
 async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone() {
     let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
+    let old_spec = cache.inner.current_table().by_name["m"].clone();
     let request = spawn_get(&cache, "m");
     sts.wait_one_in_flight("the first enforcement probe is inside AssumeRole")
         .await;
@@ -797,6 +814,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
     );
 
     assert_forgotten(&cache, &old_key);
+    assert_no_credential(&old_spec);
     let status = cache.status();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].state, MappingState::Empty);
@@ -834,6 +852,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_nothing() {
     let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
+    let old_spec = cache.inner.current_table().by_name["m"].clone();
     let old_table = cache.mapping_table();
     let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
@@ -866,6 +885,7 @@ async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_no
     );
 
     assert_forgotten(&cache, &old_key);
+    assert_no_credential(&old_spec);
     let status = cache.status();
     assert_eq!(status[0].enforcement, EnforcementStatus::Unknown);
     assert_eq!(
@@ -1276,7 +1296,12 @@ async fn a_job_entry_is_assumed_with_its_session_name_and_leaves_the_mapping_alo
     assert_eq!(cache.job_entries(), 2);
 
     // The mapping's own entry: untouched by its jobs.
-    assert!(!cache.inner.store.contains_key(&key_of(&cache, "m")));
+    assert!(
+        cache.inner.current_table().by_name["m"]
+            .held
+            .load()
+            .is_none()
+    );
     assert!(!cache.inner.lock_slots().contains_key(&key_of(&cache, "m")));
     assert_eq!(cache.status().len(), 1, "jobs are not mappings in /status");
     assert_eq!(state(&cache, "m"), MappingState::Empty);
@@ -1343,6 +1368,7 @@ async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
     let other = get_job(&cache, "m", "job-b").await.unwrap();
     cache.get("m").await.unwrap();
     let dropped = job_key(&cache, "m", "job-a");
+    let dropped_spec = cache.inner.job_by_key(&dropped).expect("registered");
     assert!(
         cache.inner.queue.due_at(&dropped).is_some(),
         "a refresh was scheduled"
@@ -1350,6 +1376,7 @@ async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
 
     cache.drop_job("m", &session("job-a"));
     assert_forgotten(&cache, &dropped);
+    assert_no_credential(&dropped_spec);
     assert_eq!(cache.job_entries(), 1);
     // Unknown pairs are ignored.
     cache.drop_job("m", &session("job-never"));
@@ -1414,6 +1441,7 @@ async fn a_fetch_in_flight_for_a_dropped_job_does_not_bring_it_back() {
     }
     assert_eq!(sts.calls(), 2, "STS was called for a dropped job");
     assert_forgotten(&cache, &key);
+    assert_no_credential(&looked_up);
 }
 
 /// A job entry is refreshed in the background before its credential expires, with the
@@ -1475,6 +1503,7 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
     get_job(&cache, "gone", "job").await.unwrap();
     let old_change = job_key(&cache, "change", "job");
     let old_gone = job_key(&cache, "gone", "job");
+    let old_specs = [&old_change, &old_gone].map(|key| cache.inner.job_by_key(key).unwrap());
     assert_eq!((assumer.calls(), cache.job_entries()), (3, 3));
 
     let mut changed = change.clone();
@@ -1483,6 +1512,9 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
 
     assert_forgotten(&cache, &old_change);
     assert_forgotten(&cache, &old_gone);
+    for spec in &old_specs {
+        assert_no_credential(spec);
+    }
     assert_eq!(
         cache.job_entries(),
         1,
@@ -1561,6 +1593,7 @@ async fn a_forgotten_job_entry_stops_refreshing_when_idle_and_is_dropped() {
     let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
     get_job(&cache, "m", "job-a").await.unwrap();
     let key = job_key(&cache, "m", "job-a");
+    let spec = cache.inner.job_by_key(&key).expect("registered");
     // 7 hours in 10-minute steps with no request.
     for _ in 0..42 {
         clock.advance(10 * MIN);
@@ -1575,6 +1608,7 @@ async fn a_forgotten_job_entry_stops_refreshing_when_idle_and_is_dropped() {
         "the idle job entry is still registered"
     );
     assert_forgotten(&cache, &key);
+    assert_no_credential(&spec);
     for _ in 0..6 {
         clock.advance(10 * MIN);
         tick().await;
@@ -1797,7 +1831,7 @@ async fn a_job_used_again_as_it_is_found_idle_is_kept_with_an_idle_check() {
         Some(spec.last_used().unwrap() + idle_timeout + Duration::from_millis(1)),
         "nothing is scheduled for the kept job"
     );
-    assert!(cache.inner.store.contains_key(&key));
+    assert!(spec.held.load().is_some());
 }
 
 /// A job refused by its role is negatively cached like a mapping, and a SIGHUP
@@ -2012,4 +2046,59 @@ async fn each_failover_attempt_waits_for_a_token_of_the_sts_budget() {
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
+}
+
+/// A mapping that never failed keeps no failure state in its slot: the slots table has
+/// a bucket for every mapping ever asked for, and a slot is 56 bytes with the failure
+/// state boxed apart, made at the first failure. A success after a failure clears its
+/// flags and backoff and keeps its last error (for `/status`).
+#[tokio::test]
+async fn a_slot_keeps_failure_state_only_after_a_failure_and_is_56_bytes() {
+    assert!(
+        std::mem::size_of::<Slot>() <= 56,
+        "a slot is {} bytes",
+        std::mem::size_of::<Slot>()
+    );
+    let clock = ManualClock::starting_now();
+    let throttled = Step::Fail(FailureReason::Throttled, "Throttling");
+    let assumer = Scripted::new(&clock, vec![throttled]);
+    let cache = cache_for(
+        &clock,
+        assumer.clone(),
+        vec![mapping("m", "r", None, "t"), mapping("n", "r2", None, "t2")],
+    );
+    let failures_of = |name: &str| {
+        let slots = cache.inner.lock_slots();
+        slots[&key_of(&cache, name)].failures.as_deref().map(|f| {
+            (
+                f.degraded,
+                f.failed,
+                f.transient_failures,
+                f.retry_at.is_some(),
+                f.last_error.as_ref().map(|(e, _)| e.code().to_string()),
+            )
+        })
+    };
+    assert!(matches!(
+        cache.get("m").await,
+        Err(VendError::Unavailable { .. })
+    ));
+    assert_eq!(
+        failures_of("m"),
+        Some((false, false, 1, true, Some("Throttling".into())))
+    );
+    assert_eq!(cache.get("n").await.unwrap().source, Source::Fresh);
+    assert_eq!(failures_of("n"), None, "a success made failure state");
+
+    clock.advance(Duration::from_secs(2));
+    tick().await;
+    assert!(cache.get("m").await.is_ok());
+    assert_eq!(assumer.calls(), 3);
+    assert_eq!(
+        failures_of("m"),
+        Some((false, false, 0, false, Some("Throttling".into()))),
+        "a success clears the flags and backoff, and keeps the last error"
+    );
+    let status = cache.status();
+    assert!(status[0].last_error.is_some() && status[1].last_error.is_none());
 }
