@@ -59,7 +59,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -148,16 +148,19 @@ type FetchOutcome = Result<Arc<Entry>, FetchError>;
 /// Mutable per-mapping state, always accessed under [`Inner::slots`]. What only a
 /// failure sets is boxed apart ([`Failures`], made at the first failure): most mappings
 /// never fail, and a slot is a bucket of the slots table for every mapping ever asked
-/// for, so a healthy mapping's slot stays 56 bytes (pinned by a test).
+/// for, so a healthy mapping's slot stays 32 bytes (pinned by a test): the fetch in
+/// flight is boxed too (one more small allocation per fetch, which allocates its
+/// channel anyway), and its two times are [`Stamp`]s.
 #[derive(Default)]
 struct Slot {
     /// The fetch in flight, if any; callers join it instead of starting another.
-    inflight: Option<watch::Receiver<Option<FetchOutcome>>>,
-    /// When the last successful fetch was published.
-    last_success: Option<SystemTime>,
+    inflight: Option<Box<watch::Receiver<Option<FetchOutcome>>>>,
+    /// When the last successful fetch was published ([`Slot::last_success`]).
+    last_success: Stamp,
     /// When the mapping's enforcement result (kept in its `MappingSpec`) was last
-    /// established; a recheck is due `recheck_interval` later.
-    enforcement_checked_at: Option<SystemTime>,
+    /// established; a recheck is due `recheck_interval` later
+    /// ([`Slot::enforcement_checked_at`]).
+    enforcement_checked_at: Stamp,
     /// The failure state, from the first failure on (`None`: never failed, read as
     /// [`NO_FAILURES`]).
     failures: Option<Box<Failures>>,
@@ -203,7 +206,36 @@ static NO_FAILURES: Failures = Failures {
     last_error: None,
 };
 
+/// A time or none, in 8 bytes: nanoseconds since the Unix epoch, 0 for none. A time at
+/// or before the epoch is kept as 1 ns after it (the clocks the cache reads are decades
+/// past it), one past the year 2554 as then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn new(at: Option<SystemTime>) -> Self {
+        Stamp(at.map_or(0, |at| {
+            let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+            u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+        }))
+    }
+
+    fn get(self) -> Option<SystemTime> {
+        (self.0 != 0).then(|| UNIX_EPOCH + Duration::from_nanos(self.0))
+    }
+}
+
 impl Slot {
+    /// When the last successful fetch was published.
+    fn last_success(&self) -> Option<SystemTime> {
+        self.last_success.get()
+    }
+
+    /// When the mapping's enforcement result was last established.
+    fn enforcement_checked_at(&self) -> Option<SystemTime> {
+        self.enforcement_checked_at.get()
+    }
+
     /// The failure state, to read.
     fn failures(&self) -> &Failures {
         self.failures.as_deref().unwrap_or(&NO_FAILURES)
@@ -390,7 +422,7 @@ impl CredentialCache {
                 failures.terminal_failures = 0;
             }
             if spec.enforcement_status() == EnforcementStatus::NotEnforced {
-                slot.enforcement_checked_at = None;
+                slot.enforcement_checked_at = Stamp::new(None);
             }
         }
         // Per-job entries: their enforcement check is their mapping's (above).

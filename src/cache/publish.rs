@@ -10,7 +10,7 @@ use tracing::debug;
 use super::lifecycle::{self, Now};
 use super::request::Caller;
 use super::table::MappingSpec;
-use super::{FetchOutcome, Inner, MappingKey, MappingState, Slot};
+use super::{FetchOutcome, Inner, MappingKey, MappingState, Slot, Stamp};
 use crate::events::MappingStateChanged;
 
 impl Inner {
@@ -49,7 +49,7 @@ impl Inner {
                     failures.negative_until = None;
                     failures.retry_at = None;
                 }
-                slot.last_success = Some(now);
+                slot.last_success = Stamp::new(Some(now));
                 let at = lifecycle::refresh_at(
                     now,
                     entry.expiration,

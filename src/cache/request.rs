@@ -118,11 +118,11 @@ impl CredentialCache {
                 .job_of
                 .as_ref()
                 .and_then(|key| slots.get(key))
-                .map(|s| (s.enforcement_checked_at, unsafe_probe(s)));
+                .map(|s| (s.enforcement_checked_at(), unsafe_probe(s)));
             let slot = slots.entry(spec.key.clone()).or_default();
             let (checked_at, owner_probe) = match owner {
                 Some((checked_at, probe)) => (checked_at, Some(probe)),
-                None => (slot.enforcement_checked_at, None),
+                None => (slot.enforcement_checked_at(), None),
             };
             // The enforcement verdict against this generation's mode, every request:
             // whether the mode changed since the credential was fetched does not matter.
@@ -283,7 +283,7 @@ impl Inner {
             .and_then(|slot| slot.failures().duration_cap);
         let slot = slots.entry(spec.key.clone()).or_default();
         if let Some(rx) = &slot.inflight {
-            return rx.clone();
+            return rx.as_ref().clone();
         }
         if caller != Caller::Refresh
             && let Some(entry) = spec.held.load_full()
@@ -308,7 +308,7 @@ impl Inner {
         }
         let priority = caller.priority();
         let (tx, rx) = watch::channel(None);
-        slot.inflight = Some(rx.clone());
+        slot.inflight = Some(Box::new(rx.clone()));
         let duration_cap = slot.failures().duration_cap.or(owner_cap);
         drop(slots);
 

@@ -20,7 +20,7 @@ impl CredentialCache {
                     state: state_of(slot, entry.is_some()),
                     expires_at: entry.as_ref().map(|e| e.expiration),
                     access_key_id: entry.as_ref().map(|e| e.access_key_id.clone()),
-                    last_success: slot.and_then(|s| s.last_success),
+                    last_success: slot.and_then(|s| s.last_success()),
                     last_error: slot.and_then(|s| s.failures().last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),
                     retry_at: slot
@@ -28,7 +28,7 @@ impl CredentialCache {
                         .filter(|at| *at > now.wall),
                     prefetch: spec.prefetch,
                     enforcement: spec.enforcement_status(),
-                    enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at),
+                    enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at()),
                     enforcement_mode: spec.enforcement,
                 }
             })

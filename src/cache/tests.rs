@@ -2049,13 +2049,13 @@ async fn each_failover_attempt_waits_for_a_token_of_the_sts_budget() {
 }
 
 /// A mapping that never failed keeps no failure state in its slot: the slots table has
-/// a bucket for every mapping ever asked for, and a slot is 56 bytes with the failure
+/// a bucket for every mapping ever asked for, and a slot is 32 bytes with the failure
 /// state boxed apart, made at the first failure. A success after a failure clears its
 /// flags and backoff and keeps its last error (for `/status`).
 #[tokio::test]
-async fn a_slot_keeps_failure_state_only_after_a_failure_and_is_56_bytes() {
+async fn a_slot_keeps_failure_state_only_after_a_failure_and_is_32_bytes() {
     assert!(
-        std::mem::size_of::<Slot>() <= 56,
+        std::mem::size_of::<Slot>() <= 32,
         "a slot is {} bytes",
         std::mem::size_of::<Slot>()
     );
@@ -2088,6 +2088,7 @@ async fn a_slot_keeps_failure_state_only_after_a_failure_and_is_56_bytes() {
         Some((false, false, 1, true, Some("Throttling".into())))
     );
     assert_eq!(cache.get("n").await.unwrap().source, Source::Fresh);
+    let n_fetched_at = cache.now();
     assert_eq!(failures_of("n"), None, "a success made failure state");
 
     clock.advance(Duration::from_secs(2));
@@ -2101,4 +2102,48 @@ async fn a_slot_keeps_failure_state_only_after_a_failure_and_is_56_bytes() {
     );
     let status = cache.status();
     assert!(status[0].last_error.is_some() && status[1].last_error.is_none());
+    assert_eq!(
+        status[1].last_success,
+        Some(n_fetched_at),
+        "the time kept in 8 bytes reads back as it was"
+    );
+}
+
+/// A time kept in a slot's 8 bytes reads back to the nanosecond; none is none.
+#[test]
+fn a_stamp_keeps_a_time_to_the_nanosecond() {
+    let t = std::time::UNIX_EPOCH + Duration::new(1_800_000_000, 123_456_789);
+    assert_eq!(Stamp::new(Some(t)).get(), Some(t));
+    assert_eq!(Stamp::new(None).get(), None);
+    assert_eq!(
+        Stamp::new(Some(std::time::UNIX_EPOCH)).get(),
+        Some(std::time::UNIX_EPOCH + Duration::from_nanos(1)),
+        "the epoch is not taken for none"
+    );
+}
+
+/// A mapping key is one pointer (it is stored in the slots table, both refresh-queue
+/// tables and the mapping table), and keys built apart for the same inputs are equal
+/// and hash alike, as the same key of two generations must.
+#[test]
+fn a_mapping_key_is_one_pointer_and_equal_to_the_same_key_built_again() {
+    use std::hash::BuildHasher;
+    assert_eq!(std::mem::size_of::<MappingKey>(), 8);
+    let cfg = config(
+        "http://127.0.0.1:9",
+        vec![mapping("m", "r", Some("external-id-m"), "t")],
+    );
+    let a = table::build_table(&cfg, None).by_name["m"].key.clone();
+    let b = table::build_table(&cfg, None).by_name["m"].key.clone();
+    assert!(!std::ptr::eq(a.name(), b.name()), "built apart");
+    assert_eq!(a, b);
+    let hasher = std::collections::hash_map::RandomState::new();
+    assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+    let other = config(
+        "http://127.0.0.1:9",
+        vec![mapping("m", "r", Some("external-id-n"), "t")],
+    );
+    let c = table::build_table(&other, None).by_name["m"].key.clone();
+    assert_ne!(a, c, "another External ID, another key");
+    assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
 }
