@@ -105,7 +105,7 @@ impl Inner {
             return Err(FetchError::Sts(AssumeError {
                 reason: FailureReason::Other,
                 code: "EncodingFailed".into(),
-                message: "the credential could not be encoded as JSON".into(),
+                message: "the credential could not be encoded (its AccessKeyId is not all word characters)".into(),
                 duration_too_long: false,
             }));
         };

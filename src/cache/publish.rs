@@ -60,7 +60,7 @@ impl Inner {
                 self.queue.schedule(&spec.key, at);
                 debug!(
                     mapping = %name,
-                    access_key_id = %entry.access_key_id,
+                    access_key_id = %entry.access_key_id(),
                     next_refresh = %humantime::format_rfc3339_seconds(at),
                     "Credential cached; refresh scheduled"
                 );

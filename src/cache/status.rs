@@ -19,7 +19,7 @@ impl CredentialCache {
                     name: name.clone(),
                     state: state_of(slot, entry.is_some()),
                     expires_at: entry.as_ref().map(|e| e.expiration),
-                    access_key_id: entry.as_ref().map(|e| e.access_key_id.clone()),
+                    access_key_id: entry.as_ref().map(|e| e.access_key_id().to_owned()),
                     last_success: slot.and_then(|s| s.last_success()),
                     last_error: slot.and_then(|s| s.failures().last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),

@@ -260,7 +260,7 @@ async fn a_min_remaining_inside_the_expiry_margin_never_serves_a_dying_credentia
         (Source::Fresh, 2),
         "a credential with 45 s left was served from cache instead of refetched"
     );
-    assert_ne!(next.entry.access_key_id, first.entry.access_key_id);
+    assert_ne!(next.entry.access_key_id(), first.entry.access_key_id());
 }
 
 #[tokio::test]
@@ -417,14 +417,20 @@ async fn reload_invalidates_only_changed_mappings() {
         assumer.clone(),
         vec![keep.clone(), change.clone(), gone],
     );
-    let keep_before = cache.get("keep").await.unwrap().entry.access_key_id.clone();
+    let keep_before = cache
+        .get("keep")
+        .await
+        .unwrap()
+        .entry
+        .access_key_id()
+        .to_owned();
     let change_before = cache
         .get("change")
         .await
         .unwrap()
         .entry
-        .access_key_id
-        .clone();
+        .access_key_id()
+        .to_owned();
     cache.get("gone").await.unwrap();
     assert_eq!(assumer.calls(), 3);
 
@@ -433,10 +439,10 @@ async fn reload_invalidates_only_changed_mappings() {
     cache.apply_config(&config("http://127.0.0.1:9", vec![keep, changed]));
 
     let keep_after = cache.get("keep").await.unwrap();
-    assert_eq!(keep_after.entry.access_key_id, keep_before);
+    assert_eq!(keep_after.entry.access_key_id(), keep_before);
     assert_eq!(keep_after.source, Source::Cache);
     let change_after = cache.get("change").await.unwrap();
-    assert_ne!(change_after.entry.access_key_id, change_before);
+    assert_ne!(change_after.entry.access_key_id(), change_before);
     assert_eq!(change_after.source, Source::Fresh);
     let last = assumer.calls.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
@@ -470,14 +476,17 @@ async fn prefetch_takes_a_credential_published_meanwhile_instead_of_fetching_aga
     let spec = cache.inner.current_table().by_name["m"].clone();
     let outcome = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Prefetch)).await;
     assert_eq!(
-        outcome.unwrap().access_key_id,
-        served.entry.access_key_id,
+        outcome.unwrap().access_key_id(),
+        served.entry.access_key_id(),
         "the prefetch got the published credential"
     );
     assert_eq!(assumer.calls(), 1, "no second AssumeRole");
 
     let refreshed = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Refresh)).await;
-    assert_ne!(refreshed.unwrap().access_key_id, served.entry.access_key_id);
+    assert_ne!(
+        refreshed.unwrap().access_key_id(),
+        served.entry.access_key_id()
+    );
     assert_eq!(assumer.calls(), 2, "a due refresh does call STS");
 }
 
@@ -828,7 +837,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 
     let vended = cache.get("m").await.expect("the new mapping vends");
     assert_eq!(vended.source, Source::Fresh);
-    assert_ne!(vended.entry.access_key_id, served.entry.access_key_id);
+    assert_ne!(vended.entry.access_key_id(), served.entry.access_key_id());
     let calls = sts.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), old_calls + 3, "probes and the real call again");
     assert!(
@@ -894,7 +903,7 @@ async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_no
         "the old role's verdict is not the new mapping's"
     );
     let vended = cache.get("m").await.expect("the new mapping vends");
-    assert_ne!(vended.entry.access_key_id, served.entry.access_key_id);
+    assert_ne!(vended.entry.access_key_id(), served.entry.access_key_id());
     assert!(
         sts.calls.lock().unwrap()[3..]
             .iter()
@@ -1280,18 +1289,17 @@ async fn a_job_entry_is_assumed_with_its_session_name_and_leaves_the_mapping_alo
     );
     let again = get_job(&cache, "m", "sync-job-1").await.unwrap();
     assert_eq!(
-        (
-            again.source,
-            again.entry.access_key_id.as_str(),
-            assumer.calls()
-        ),
-        (Source::Cache, first.entry.access_key_id.as_str(), 1),
+        (again.source, again.entry.access_key_id(), assumer.calls()),
+        (Source::Cache, first.entry.access_key_id(), 1),
         "the job's second request is a cache hit"
     );
 
     let second_job = get_job(&cache, "m", "sync-job-2").await.unwrap();
     assert_eq!(second_job.source, Source::Fresh);
-    assert_ne!(second_job.entry.access_key_id, first.entry.access_key_id);
+    assert_ne!(
+        second_job.entry.access_key_id(),
+        first.entry.access_key_id()
+    );
     assert_eq!(session_names(&assumer.calls), ["sync-job-1", "sync-job-2"]);
     assert_eq!(cache.job_entries(), 2);
 
@@ -1312,7 +1320,7 @@ async fn a_job_entry_is_assumed_with_its_session_name_and_leaves_the_mapping_alo
         ["sync-job-1", "sync-job-2", "credvend-m"]
     );
     let job_again = get_job(&cache, "m", "sync-job-1").await.unwrap();
-    assert_eq!(job_again.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(job_again.entry.access_key_id(), first.entry.access_key_id());
     assert_eq!(assumer.calls(), 3);
 }
 
@@ -1341,7 +1349,7 @@ async fn concurrent_requests_of_one_job_make_one_sts_call() {
             .expect("the request finished")
             .expect("the request task did not panic")
             .expect("the job is served");
-        keys.insert(vended.entry.access_key_id.clone());
+        keys.insert(vended.entry.access_key_id().to_owned());
     }
     assert_eq!(
         keys.len(),
@@ -1385,13 +1393,13 @@ async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
 
     let again = get_job(&cache, "m", "job-a").await.unwrap();
     assert_eq!(again.source, Source::Fresh);
-    assert_ne!(again.entry.access_key_id, first.entry.access_key_id);
+    assert_ne!(again.entry.access_key_id(), first.entry.access_key_id());
     assert_eq!(assumer.calls(), 4);
     assert_eq!(assumer.calls.lock().unwrap()[3].session_name, "job-a");
     let b = get_job(&cache, "m", "job-b").await.unwrap();
     assert_eq!(
-        (b.source, b.entry.access_key_id.clone()),
-        (Source::Cache, other.entry.access_key_id.clone())
+        (b.source, b.entry.access_key_id().to_owned()),
+        (Source::Cache, other.entry.access_key_id().to_owned())
     );
     assert_eq!(cache.get("m").await.unwrap().source, Source::Cache);
     assert_eq!(assumer.calls(), 4);
@@ -1522,8 +1530,11 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
     );
     let kept_after = get_job(&cache, "keep", "job").await.unwrap();
     assert_eq!(
-        (kept_after.source, kept_after.entry.access_key_id.clone()),
-        (Source::Cache, kept.entry.access_key_id.clone())
+        (
+            kept_after.source,
+            kept_after.entry.access_key_id().to_owned()
+        ),
+        (Source::Cache, kept.entry.access_key_id().to_owned())
     );
     assert!(
         cache
@@ -1535,8 +1546,8 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
     let changed_after = get_job(&cache, "change", "job").await.unwrap();
     assert_eq!(changed_after.source, Source::Fresh);
     assert_ne!(
-        changed_after.entry.access_key_id,
-        changed_before.entry.access_key_id
+        changed_after.entry.access_key_id(),
+        changed_before.entry.access_key_id()
     );
     let last = assumer.calls.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.session_name, "job");
@@ -1803,8 +1814,8 @@ async fn a_reload_that_changes_only_the_mode_applies_it_to_the_kept_job_entries(
     cache.apply_config(&config("http://127.0.0.1:9", vec![warn]));
     let again = get_job(&cache, "m", "job-a").await.unwrap();
     assert_eq!(
-        (again.source, again.entry.access_key_id.clone()),
-        (Source::Cache, served.entry.access_key_id.clone())
+        (again.source, again.entry.access_key_id().to_owned()),
+        (Source::Cache, served.entry.access_key_id().to_owned())
     );
     assert_eq!(assumer.calls(), 2);
 }
@@ -1909,7 +1920,8 @@ async fn a_credential_dropped_by_a_reload_is_not_served_to_the_generation_before
 
     let served = cache.get_in(&old_table, "m").await.expect("served");
     assert_ne!(
-        served.entry.access_key_id, first.entry.access_key_id,
+        served.entry.access_key_id(),
+        first.entry.access_key_id(),
         "the credential the reload dropped was served ({:?})",
         served.source
     );
@@ -1945,7 +1957,7 @@ async fn a_reload_publishes_its_table_before_dropping_the_old_credentials() {
     );
     let served = in_between.expect("published").expect("served");
     assert_eq!(served.source, Source::Cache, "fetched instead of served");
-    assert_eq!(served.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(served.entry.access_key_id(), first.entry.access_key_id());
     assert_eq!(assumer.calls(), 1, "an STS call for the generation before");
 }
 
