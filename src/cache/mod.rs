@@ -11,7 +11,7 @@
 //!   input — shared by every generation in which the key is unchanged), so a reload that
 //!   changes a mapping's inputs can never serve the old role's credentials. At most one
 //!   credential per mapping and per registered per-job entry: the table and the job
-//!   registry bound the store (docs/design.md, Store, key and table).
+//!   registry bound the store (docs/design.md, Credential lifecycle).
 //! - **Single flight.** A fetch is a spawned task registered in the mapping's `Slot`;
 //!   every caller (requests, the scheduler) joins the registered fetch instead of
 //!   starting another. Registration, the "is there already something servable" check and
