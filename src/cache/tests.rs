@@ -1873,8 +1873,7 @@ async fn forget_failures_ends_a_jobs_negative_cache() {
 
 /// A refresh refused by the role (terminal) ends serving at once, although the cached
 /// credential still has more than `min_remaining` left: the request path's lock-free
-/// read of the held credential (`MappingSpec::held`) is cleared with the store's entry,
-/// so the next request is answered `AssumeRoleDenied`, not with the old credential.
+/// read of the store's cell (`MappingSpec::held`) is cleared by the refusal, so the next request is answered `AssumeRoleDenied`, not with the old credential.
 #[tokio::test]
 async fn a_refresh_refused_by_the_role_stops_serving_the_cached_credential_at_once() {
     let clock = ManualClock::starting_now();
