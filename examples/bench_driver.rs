@@ -801,7 +801,7 @@ async fn scale_warm(dir: &Path) {
     let (rss_cold, _) = rss_kib(credvend.pid());
     let warm = wait_ready(admin, started, Duration::from_secs(300)).await;
     let calls_warm = sts.assume_role_calls().len();
-    // Let moka's housekeeping settle before reading memory.
+    // Let the last fetches' tasks and the allocator's purge settle before reading memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss, hwm) = rss_kib(credvend.pid());
     println!(
@@ -1049,7 +1049,7 @@ async fn measure_idle(
     };
     let (rss_listening_kib, _) = rss_kib(credvend.pid());
     wait_ready(admin, started, Duration::from_secs(120)).await;
-    // Idle: let start-up work (moka housekeeping, the first metrics refresh) settle.
+    // Idle: let start-up work (the first metrics refresh, the allocator's purge) settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_idle_kib, peak_start_kib) = rss_kib(credvend.pid());
     let reset = reset_peak_rss(credvend.pid());

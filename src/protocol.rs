@@ -69,6 +69,10 @@ pub fn format_expiration(at: std::time::SystemTime) -> String {
 #[derive(Clone)]
 pub struct CredentialBody(Bytes);
 
+/// How every body starts, up to the AccessKeyId's value (the object's first member):
+/// [`CredentialBody::access_key_id`] reads it back from there.
+const ACCESS_KEY_ID_AT: &[u8] = b"{\"AccessKeyId\":\"";
+
 /// Owner of the body buffer: zeroizes it on drop.
 struct ZeroizingBuffer(Zeroizing<Vec<u8>>);
 
@@ -93,9 +97,18 @@ impl AsRef<[u8]> for ZeroizingBuffer {
 }
 
 impl CredentialBody {
-    /// Encodes `creds` for the mapping whose IAM role is `role_arn`. `None` only if
-    /// serialisation failed, which a struct of strings cannot.
+    /// Encodes `creds` for the mapping whose IAM role is `role_arn`. `None` if the
+    /// AccessKeyId is not all word characters (AWS's are: `[\w]+`; it is read back from
+    /// the body, [`CredentialBody::access_key_id`], so it must stand there unescaped),
+    /// or if serialisation failed, which a struct of strings cannot.
     pub fn encode(creds: &Credentials, role_arn: &str) -> Option<CredentialBody> {
+        if !creds
+            .access_key_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return None;
+        }
         let expiration = format_expiration(creds.expiration);
         // The account STS named in the assumed-role ARN, else the one of the mapping's
         // role (the config has checked that it has one).
@@ -123,6 +136,14 @@ impl CredentialBody {
     /// The body, as a cheap reference-counted view.
     pub fn bytes(&self) -> Bytes {
         self.0.clone()
+    }
+
+    /// The AccessKeyId (not a secret: the audit line and `/status` show it), read from
+    /// the body: a cached credential keeps no second copy of it.
+    pub fn access_key_id(&self) -> &str {
+        let value = self.0.get(ACCESS_KEY_ID_AT.len()..).unwrap_or_default();
+        let end = value.iter().position(|&b| b == b'"').unwrap_or(0);
+        std::str::from_utf8(&value[..end]).unwrap_or_default()
     }
 }
 
@@ -344,5 +365,30 @@ mod tests {
             body.bytes()
                 .starts_with(b"{\"AccessKeyId\":\"ASIAEXAMPLE\"")
         );
+    }
+
+    /// The AccessKeyId is read back from the body, so one that JSON would escape (or
+    /// anything but word characters, which AWS's are) is refused rather than shown
+    /// other than it is.
+    #[test]
+    fn the_access_key_id_is_read_back_from_the_body_and_must_be_word_characters() {
+        let creds = |access_key_id: &str| Credentials {
+            access_key_id: access_key_id.into(),
+            secret_access_key: SecretValue::new("secret\"key"),
+            session_token: SecretValue::new("token"),
+            expiration: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_829_025),
+            assumed_role_arn: "arn:aws:sts::111122223333:assumed-role/sync/s".into(),
+        };
+        let role = "arn:aws:iam::111122223333:role/sync";
+        for key in ["ASIAEXAMPLE", "ASIA_0123456789ABCDEF", ""] {
+            let body = CredentialBody::encode(&creds(key), role).expect("encodes");
+            assert_eq!(body.access_key_id(), key);
+        }
+        for key in ["ASIA\"X", "ASIA\\X", "ASIA X", "ASIAÉ", "ASIA\nX"] {
+            assert!(
+                CredentialBody::encode(&creds(key), role).is_none(),
+                "{key:?} was encoded"
+            );
+        }
     }
 }

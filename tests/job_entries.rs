@@ -95,7 +95,7 @@ async fn a_jobs_session_name_reaches_sts_and_each_job_is_one_assume_role() {
     assert_eq!(received(&fake), [expected("sync-job-8812")]);
     assert_eq!(
         fake.assume_role_calls()[0].issued_access_key_id.as_deref(),
-        Some(job.entry.access_key_id.as_str()),
+        Some(job.entry.access_key_id()),
         "the job was served what STS issued for its session"
     );
 
@@ -107,7 +107,7 @@ async fn a_jobs_session_name_reaches_sts_and_each_job_is_one_assume_role() {
     // The mapping's own credential is another entry, under its own session name.
     let own = cache.get("acme").await.expect("the mapping is served");
     assert_eq!(own.source, Source::Fresh);
-    assert_ne!(own.entry.access_key_id, job.entry.access_key_id);
+    assert_ne!(own.entry.access_key_id(), job.entry.access_key_id());
     assert_eq!(
         received(&fake),
         [expected("sync-job-8812"), expected("credvend-acme")]
@@ -130,7 +130,7 @@ async fn a_jobs_session_name_reaches_sts_and_each_job_is_one_assume_role() {
             .await
             .expect("the request finished")
             .expect("the request task did not panic");
-        assert_ne!(vended.entry.access_key_id, job.entry.access_key_id);
+        assert_ne!(vended.entry.access_key_id(), job.entry.access_key_id());
     }
     assert_eq!(hold.held(), 1);
     assert_eq!(
@@ -146,14 +146,14 @@ async fn a_jobs_session_name_reaches_sts_and_each_job_is_one_assume_role() {
     cache.drop_job("acme", &session("sync-job-8812"));
     let after_drop = get_job(&cache, "sync-job-8812").await;
     assert_eq!(after_drop.source, Source::Fresh);
-    assert_ne!(after_drop.entry.access_key_id, job.entry.access_key_id);
+    assert_ne!(after_drop.entry.access_key_id(), job.entry.access_key_id());
     let calls = received(&fake);
     assert_eq!(calls.len(), 4);
     assert_eq!(calls[3], expected("sync-job-8812"));
     // The mapping's own entry and the other job were left alone.
     assert_eq!(
-        cache.get("acme").await.unwrap().entry.access_key_id,
-        own.entry.access_key_id
+        cache.get("acme").await.unwrap().entry.access_key_id(),
+        own.entry.access_key_id()
     );
     assert_eq!(get_job(&cache, "sync-job-8813").await.source, Source::Cache);
     fake.assert_assume_role_calls(4, "nothing else called STS");

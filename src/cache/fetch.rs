@@ -58,7 +58,7 @@ impl Inner {
             }
             .emit();
             if let Some(slot) = self.lock_slots().get_mut(&spec.key) {
-                slot.duration_cap = Some(ONE_HOUR);
+                slot.failures_mut().duration_cap = Some(ONE_HOUR);
             }
             input.duration = ONE_HOUR;
             self.budget.acquire(priority, spec.owner_key()).await;
@@ -105,7 +105,7 @@ impl Inner {
             return Err(FetchError::Sts(AssumeError {
                 reason: FailureReason::Other,
                 code: "EncodingFailed".into(),
-                message: "the credential could not be encoded as JSON".into(),
+                message: "the credential could not be encoded (its AccessKeyId is not all word characters)".into(),
                 duration_too_long: false,
             }));
         };

@@ -241,7 +241,6 @@ impl Inner {
     /// Forgets `key`'s credential, slot and scheduled refresh (under the slots lock).
     pub(super) fn forget_entry(&self, slots: &mut HashMap<MappingKey, Slot>, spec: &MappingSpec) {
         let key = &spec.key;
-        self.store.invalidate(key);
         spec.held.store(None);
         self.queue.cancel(key);
         slots.remove(key);

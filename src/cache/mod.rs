@@ -6,10 +6,12 @@
 //! against.
 //!
 //! How the pieces fit (docs/design.md, Credential lifecycle):
-//! - **Store.** Credentials live in a bounded moka cache keyed by [`MappingKey`] — the
-//!   mapping name plus a fingerprint of every AssumeRole input — so a reload that changes
-//!   a mapping's inputs can never serve the old role's credentials. moka's own expiry is
-//!   not used for decisions (its clock cannot be injected); it only bounds memory.
+//! - **Store.** A credential lives in its entry's `MappingSpec` (`MappingSpec::held`, one
+//!   cell per [`MappingKey`] — the mapping name plus a fingerprint of every AssumeRole
+//!   input — shared by every generation in which the key is unchanged), so a reload that
+//!   changes a mapping's inputs can never serve the old role's credentials. At most one
+//!   credential per mapping and per registered per-job entry: the table and the job
+//!   registry bound the store (docs/design.md, Credential lifecycle).
 //! - **Single flight.** A fetch is a spawned task registered in the mapping's `Slot`;
 //!   every caller (requests, the scheduler) joins the registered fetch instead of
 //!   starting another. Registration, the "is there already something servable" check and
@@ -29,10 +31,9 @@
 //!   changes only the mode takes effect at the next request without an STS call.
 //! - **Hot path.** A cache hit takes no lock: the table is an [`ArcSwap`], the mapping's
 //!   last use is an atomic in its `MappingSpec`, and a credential with at least
-//!   `min_remaining` left is served straight from the `MappingSpec`'s held copy of the
-//!   store's entry (set and cleared with it, under the slots lock; one pointer read
-//!   instead of moka's `get`); whether the mapping is degraded does not matter above
-//!   `min_remaining`. Only below that, or on a miss, does
+//!   `min_remaining` left is served straight from the `MappingSpec`'s store cell (set
+//!   and cleared under the slots lock; one pointer read); whether the mapping is
+//!   degraded does not matter above `min_remaining`. Only below that, or on a miss, does
 //!   `get` take the slots lock.
 //!
 //! Files (each adds methods to [`CredentialCache`] or its shared state `Inner`):
@@ -58,7 +59,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -91,15 +92,6 @@ pub use key::MappingKey;
 pub use lifecycle::Entry;
 use lifecycle::Now;
 use table::{MappingSpec, Table, build_table};
-
-/// Upper bound on cached credentials. One per configured mapping is needed; the bound
-/// only matters if a config ever grows past it, in which case the least recently used
-/// mappings are simply fetched again.
-const STORE_CAPACITY: u64 = 100_000;
-
-/// Longest a credential can live (STS maximum 12 h) plus a margin: entries older than
-/// this are dead and moka may drop them, freeing memory held by idle mappings.
-const STORE_TTL: Duration = Duration::from_secs(13 * 3600);
 
 /// Most AssumeRole calls in flight at once. The STS budget limits calls per second, but
 /// with a high `max_requests_per_second` a start-up prefetch of thousands of mappings
@@ -153,11 +145,32 @@ impl From<FetchError> for VendError {
 /// What a fetch produced, as every caller joined to it sees it.
 type FetchOutcome = Result<Arc<Entry>, FetchError>;
 
-/// Mutable per-mapping state, always accessed under [`Inner::slots`].
+/// Mutable per-mapping state, always accessed under [`Inner::slots`]. What only a
+/// failure sets is boxed apart ([`Failures`], made at the first failure): most mappings
+/// never fail, and a slot is a bucket of the slots table for every mapping ever asked
+/// for, so a healthy mapping's slot stays 32 bytes (pinned by a test): the fetch in
+/// flight is boxed too (one more small allocation per fetch, which allocates its
+/// channel anyway), and its two times are [`Stamp`]s.
 #[derive(Default)]
 struct Slot {
     /// The fetch in flight, if any; callers join it instead of starting another.
-    inflight: Option<watch::Receiver<Option<FetchOutcome>>>,
+    inflight: Option<Box<watch::Receiver<Option<FetchOutcome>>>>,
+    /// When the last successful fetch was published ([`Slot::last_success`]).
+    last_success: Stamp,
+    /// When the mapping's enforcement result (kept in its `MappingSpec`) was last
+    /// established; a recheck is due `recheck_interval` later
+    /// ([`Slot::enforcement_checked_at`]).
+    enforcement_checked_at: Stamp,
+    /// The failure state, from the first failure on (`None`: never failed, read as
+    /// [`NO_FAILURES`]).
+    failures: Option<Box<Failures>>,
+}
+
+/// A slot's failure state: its flags, backoff and last error. A success clears the
+/// flags and backoff and keeps the last error (for `/status`) and the learned
+/// MaxSessionDuration.
+#[derive(Default)]
+struct Failures {
     /// The last refresh failed transiently and the cached credential is being served
     /// past `min_remaining`.
     degraded: bool,
@@ -179,11 +192,61 @@ struct Slot {
     /// The last failed fetch and when it was published (kept after a success, for
     /// `/status`).
     last_error: Option<(FetchError, SystemTime)>,
+}
+
+/// The failure state of a slot that never failed.
+static NO_FAILURES: Failures = Failures {
+    degraded: false,
+    failed: false,
+    transient_failures: 0,
+    terminal_failures: 0,
+    negative_until: None,
+    retry_at: None,
+    duration_cap: None,
+    last_error: None,
+};
+
+/// A time or none, in 8 bytes: nanoseconds since the Unix epoch, 0 for none. A time at
+/// or before the epoch is kept as 1 ns after it (the clocks the cache reads are decades
+/// past it), one past the year 2554 as then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn new(at: Option<SystemTime>) -> Self {
+        Stamp(at.map_or(0, |at| {
+            let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+            u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+        }))
+    }
+
+    fn get(self) -> Option<SystemTime> {
+        (self.0 != 0).then(|| UNIX_EPOCH + Duration::from_nanos(self.0))
+    }
+}
+
+impl Slot {
     /// When the last successful fetch was published.
-    last_success: Option<SystemTime>,
-    /// When the mapping's enforcement result (kept in its `MappingSpec`) was last
-    /// established; a recheck is due `recheck_interval` later.
-    enforcement_checked_at: Option<SystemTime>,
+    fn last_success(&self) -> Option<SystemTime> {
+        self.last_success.get()
+    }
+
+    /// When the mapping's enforcement result was last established.
+    fn enforcement_checked_at(&self) -> Option<SystemTime> {
+        self.enforcement_checked_at.get()
+    }
+
+    /// The failure state, to read.
+    fn failures(&self) -> &Failures {
+        self.failures.as_deref().unwrap_or(&NO_FAILURES)
+    }
+
+    /// The failure state, to write: made (empty) if the slot never failed. Only a
+    /// failure calls this; clearing goes through `failures.as_deref_mut()`, so a success
+    /// makes nothing.
+    fn failures_mut(&mut self) -> &mut Failures {
+        self.failures.get_or_insert_with(Default::default)
+    }
 }
 
 /// The cache's shared state, behind the [`CredentialCache`] handle.
@@ -194,10 +257,6 @@ struct Inner {
     assumer: Arc<dyn RoleAssumer>,
     /// Current config generation; swapped whole on reload. Lock-free to read.
     table: ArcSwap<Table>,
-    /// The cached credentials, at most one per mapping key. Bounded by
-    /// [`STORE_CAPACITY`] and [`STORE_TTL`]; whether an entry may be served is decided
-    /// by `lifecycle`, never by moka's expiry.
-    store: moka::sync::Cache<MappingKey, Arc<Entry>>,
     /// Per-mapping mutable state. Single flight registration and a fetch's publication
     /// both happen under this lock.
     slots: Mutex<HashMap<MappingKey, Slot>>,
@@ -236,16 +295,11 @@ impl CredentialCache {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let store = moka::sync::Cache::builder()
-            .max_capacity(STORE_CAPACITY)
-            .time_to_live(STORE_TTL)
-            .build();
         Self {
             inner: Arc::new(Inner {
                 clock,
                 assumer,
                 table: ArcSwap::from_pointee(build_table(config, None)),
-                store,
                 slots: Mutex::new(HashMap::new()),
                 jobs: Default::default(),
                 queue: scheduler::RefreshQueue::default(),
@@ -363,17 +417,22 @@ impl CredentialCache {
             let Some(slot) = slots.get_mut(&spec.key) else {
                 continue;
             };
-            slot.negative_until = None;
-            slot.terminal_failures = 0;
+            if let Some(failures) = slot.failures.as_deref_mut() {
+                failures.negative_until = None;
+                failures.terminal_failures = 0;
+            }
             if spec.enforcement_status() == EnforcementStatus::NotEnforced {
-                slot.enforcement_checked_at = None;
+                slot.enforcement_checked_at = Stamp::new(None);
             }
         }
         // Per-job entries: their enforcement check is their mapping's (above).
         for spec in self.inner.read_jobs().specs() {
-            if let Some(slot) = slots.get_mut(&spec.key) {
-                slot.negative_until = None;
-                slot.terminal_failures = 0;
+            if let Some(failures) = slots
+                .get_mut(&spec.key)
+                .and_then(|slot| slot.failures.as_deref_mut())
+            {
+                failures.negative_until = None;
+                failures.terminal_failures = 0;
             }
         }
         drop(slots);

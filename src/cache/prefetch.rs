@@ -16,7 +16,7 @@ impl CredentialCache {
         let mut pending = table
             .by_name
             .values()
-            .filter(|s| s.prefetch && !inner.store.contains_key(&s.key))
+            .filter(|s| s.prefetch && s.held.load().is_none())
             .cloned()
             .collect::<Vec<_>>()
             .into_iter();

@@ -10,7 +10,7 @@ use tracing::debug;
 use super::lifecycle::{self, Now};
 use super::request::Caller;
 use super::table::MappingSpec;
-use super::{Entry, FetchOutcome, Inner, MappingKey, MappingState, Slot};
+use super::{FetchOutcome, Inner, MappingKey, MappingState, Slot, Stamp};
 use crate::events::MappingStateChanged;
 
 impl Inner {
@@ -37,18 +37,19 @@ impl Inner {
             return;
         }
         let name = spec.key.name();
-        let before = flag_state(slot, &self.store, &spec.key, clock_now);
+        let before = flag_state(slot, spec, clock_now);
         match outcome {
             Ok(entry) => {
-                self.store.insert(spec.key.clone(), entry.clone());
                 spec.held.store(Some(entry.clone()));
-                slot.degraded = false;
-                slot.failed = false;
-                slot.transient_failures = 0;
-                slot.terminal_failures = 0;
-                slot.negative_until = None;
-                slot.retry_at = None;
-                slot.last_success = Some(now);
+                if let Some(failures) = slot.failures.as_deref_mut() {
+                    failures.degraded = false;
+                    failures.failed = false;
+                    failures.transient_failures = 0;
+                    failures.terminal_failures = 0;
+                    failures.negative_until = None;
+                    failures.retry_at = None;
+                }
+                slot.last_success = Stamp::new(Some(now));
                 let at = lifecycle::refresh_at(
                     now,
                     entry.expiration,
@@ -59,22 +60,22 @@ impl Inner {
                 self.queue.schedule(&spec.key, at);
                 debug!(
                     mapping = %name,
-                    access_key_id = %entry.access_key_id,
+                    access_key_id = %entry.access_key_id(),
                     next_refresh = %humantime::format_rfc3339_seconds(at),
                     "Credential cached; refresh scheduled"
                 );
             }
             Err(error) if error.is_terminal() => {
-                self.store.invalidate(&spec.key);
                 spec.held.store(None);
                 self.queue.cancel(&spec.key);
-                slot.degraded = false;
-                slot.failed = true;
-                slot.terminal_failures = slot.terminal_failures.saturating_add(1);
-                let backoff = lifecycle::terminal_backoff(slot.terminal_failures);
-                slot.negative_until = Some(now + backoff);
-                slot.retry_at = None;
-                slot.last_error = Some((error.clone(), now));
+                let failures = slot.failures_mut();
+                failures.degraded = false;
+                failures.failed = true;
+                failures.terminal_failures = failures.terminal_failures.saturating_add(1);
+                let backoff = lifecycle::terminal_backoff(failures.terminal_failures);
+                failures.negative_until = Some(now + backoff);
+                failures.retry_at = None;
+                failures.last_error = Some((error.clone(), now));
                 debug!(
                     mapping = %name,
                     code = %error.code(),
@@ -83,21 +84,24 @@ impl Inner {
                 );
             }
             Err(error) => {
-                slot.transient_failures = slot.transient_failures.saturating_add(1);
-                slot.last_error = Some((error.clone(), now));
-                let backoff =
-                    lifecycle::transient_backoff(slot.transient_failures, rand::random::<f64>());
+                let failures = slot.failures_mut();
+                failures.transient_failures = failures.transient_failures.saturating_add(1);
+                failures.last_error = Some((error.clone(), now));
+                let backoff = lifecycle::transient_backoff(
+                    failures.transient_failures,
+                    rand::random::<f64>(),
+                );
                 // Requests that find nothing servable wait this out too (503 with the
                 // time left), so a client retrying in a loop cannot turn one broken
                 // mapping into a stream of STS calls.
-                slot.retry_at = Some(now + backoff);
-                let valid = self
-                    .store
-                    .get(&spec.key)
+                failures.retry_at = Some(now + backoff);
+                let valid = spec
+                    .held
+                    .load()
+                    .as_ref()
                     .is_some_and(|e| e.is_alive(clock_now));
-                slot.degraded = valid;
+                failures.degraded = valid;
                 if !valid {
-                    self.store.invalidate(&spec.key);
                     spec.held.store(None);
                 }
                 let in_use = spec.prefetch
@@ -116,7 +120,7 @@ impl Inner {
                 );
             }
         }
-        let after = flag_state(slot, &self.store, &spec.key, clock_now);
+        let after = flag_state(slot, spec, clock_now);
         if spec.job_of.is_some() {
             // A per-job entry has no state of its own in `/status` or
             // `credvend_mapping_state` (both per mapping; the mapping's own entry is
@@ -169,8 +173,10 @@ impl Inner {
             // Under the slots lock, as `publish` schedules: a refresh a fetch that just
             // landed scheduled is not replaced.
             let slots = self.lock_slots();
-            let retry_due = slots.get(&key).is_some_and(|slot| slot.retry_at.is_some());
-            if !retry_due && !self.store.contains_key(&key) {
+            let retry_due = slots
+                .get(&key)
+                .is_some_and(|slot| slot.failures().retry_at.is_some());
+            if !retry_due && spec.held.load().is_none() {
                 if self.queue.due_at(&key).is_none() {
                     let at = super::jobs::idle_check_at(last_used, now, table.refresh.idle_timeout);
                     self.queue.schedule(&key, at);
@@ -184,7 +190,8 @@ impl Inner {
         // than the schedule allows.
         let overtaken = self.queue.due_at(&key).is_some_and(|at| at > now)
             || self.lock_slots().get(&key).is_some_and(|slot| {
-                slot.failed && slot.negative_until.is_some_and(|until| until > now)
+                let failures = slot.failures();
+                failures.failed && failures.negative_until.is_some_and(|until| until > now)
             });
         if overtaken {
             debug!(mapping = %key.name(), "Refresh overtaken by a fetch that landed since");
@@ -195,14 +202,9 @@ impl Inner {
 }
 
 /// The state a slot is in once no fetch is in flight (for state-change events).
-fn flag_state(
-    slot: &Slot,
-    store: &moka::sync::Cache<MappingKey, Arc<Entry>>,
-    key: &MappingKey,
-    now: Now,
-) -> MappingState {
-    let has_entry = store.get(key).is_some_and(|e| e.is_alive(now));
-    match (has_entry, slot.degraded, slot.failed) {
+fn flag_state(slot: &Slot, spec: &MappingSpec, now: Now) -> MappingState {
+    let has_entry = spec.held.load().as_ref().is_some_and(|e| e.is_alive(now));
+    match (has_entry, slot.failures().degraded, slot.failures().failed) {
         (true, true, _) => MappingState::Degraded,
         (true, false, _) => MappingState::Fresh,
         (false, _, true) => MappingState::Failed,

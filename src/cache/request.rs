@@ -118,18 +118,19 @@ impl CredentialCache {
                 .job_of
                 .as_ref()
                 .and_then(|key| slots.get(key))
-                .map(|s| (s.enforcement_checked_at, unsafe_probe(s)));
+                .map(|s| (s.enforcement_checked_at(), unsafe_probe(s)));
             let slot = slots.entry(spec.key.clone()).or_default();
             let (checked_at, owner_probe) = match owner {
                 Some((checked_at, probe)) => (checked_at, Some(probe)),
-                None => (slot.enforcement_checked_at, None),
+                None => (slot.enforcement_checked_at(), None),
             };
             // The enforcement verdict against this generation's mode, every request:
             // whether the mode changed since the credential was fetched does not matter.
             match spec.cached_decision() {
                 CachedDecision::Serve => {
-                    if let Some(entry) = inner.store.get(&spec.key) {
-                        match lifecycle::servability(&entry, now, slot.degraded, min_remaining) {
+                    if let Some(entry) = spec.held.load_full() {
+                        let degraded = slot.failures().degraded;
+                        match lifecycle::servability(&entry, now, degraded, min_remaining) {
                             Servable::Yes(source) => return Ok(Vended { entry, source }),
                             Servable::Stale => fallback = Some(entry),
                             Servable::No => {}
@@ -141,7 +142,7 @@ impl CredentialCache {
                 CachedDecision::Refuse
                     if !verify::check_due(checked_at, now.wall, table.recheck_interval) =>
                 {
-                    let probe = match (&slot.last_error, owner_probe) {
+                    let probe = match (&slot.failures().last_error, owner_probe) {
                         (Some((FetchError::UnsafeTrustPolicy(probe), _)), _) => *probe,
                         (_, Some(probe)) => probe,
                         _ => unsafe_probe(slot),
@@ -152,8 +153,9 @@ impl CredentialCache {
                 // `require` before the role is checked: the fetch below checks first.
                 CachedDecision::Refuse | CachedDecision::CheckFirst => {}
             }
+            let failures = slot.failures();
             if let (true, Some(until), Some((error, _))) =
-                (slot.failed, slot.negative_until, &slot.last_error)
+                (failures.failed, failures.negative_until, &failures.last_error)
                 && now.wall < until
                 // A refusal for the trust policy is re-decided against the mode above;
                 // under `off` or `warn` it no longer holds, so the fetch goes ahead.
@@ -165,7 +167,7 @@ impl CredentialCache {
             // Backing off after a transient failure: no STS call before the retry is
             // due (a fetch already in flight, the retry itself, is joined below).
             if slot.inflight.is_none()
-                && let Some(until) = slot.retry_at
+                && let Some(until) = failures.retry_at
                 && until > now.wall
             {
                 if let Some(entry) = fallback.filter(|e| e.is_alive(now)) {
@@ -176,7 +178,7 @@ impl CredentialCache {
                 }
                 return Err(VendError::Unavailable {
                     retry_after_secs: seconds_left(until, now.wall),
-                    reason: transient_reason(slot.last_error.as_ref().map(|(e, _)| e), true),
+                    reason: transient_reason(failures.last_error.as_ref().map(|(e, _)| e), true),
                 });
             }
         }
@@ -210,7 +212,7 @@ impl CredentialCache {
 
 /// The probe a refusal names: the one the last check's refusal named, if kept.
 fn unsafe_probe(slot: &super::Slot) -> Probe {
-    match &slot.last_error {
+    match &slot.failures().last_error {
         Some((FetchError::UnsafeTrustPolicy(probe), _)) => *probe,
         _ => Probe::WithoutExternalId,
     }
@@ -254,7 +256,10 @@ impl Inner {
     /// `Retry-After` for a 503 about `key`: the time left of its retry backoff, or 1 s
     /// when it is not backing off (the fetch is still running).
     fn retry_after_secs(&self, key: &super::MappingKey, now: lifecycle::Now) -> u64 {
-        let retry_at = self.lock_slots().get(key).and_then(|slot| slot.retry_at);
+        let retry_at = self
+            .lock_slots()
+            .get(key)
+            .and_then(|slot| slot.failures().retry_at);
         retry_at.map_or(1, |until| seconds_left(until, now.wall))
     }
 
@@ -275,19 +280,24 @@ impl Inner {
             .job_of
             .as_ref()
             .and_then(|key| slots.get(key))
-            .and_then(|slot| slot.duration_cap);
+            .and_then(|slot| slot.failures().duration_cap);
         let slot = slots.entry(spec.key.clone()).or_default();
         if let Some(rx) = &slot.inflight {
-            return rx.clone();
+            return rx.as_ref().clone();
         }
         if caller != Caller::Refresh
-            && let Some(entry) = self.store.get(&spec.key)
+            && let Some(entry) = spec.held.load_full()
         {
             let usable = caller == Caller::Prefetch
                 || spec.cached_decision() == CachedDecision::Serve && {
                     let min_remaining = self.current_table().refresh.min_remaining;
                     matches!(
-                        lifecycle::servability(&entry, self.now(), slot.degraded, min_remaining),
+                        lifecycle::servability(
+                            &entry,
+                            self.now(),
+                            slot.failures().degraded,
+                            min_remaining
+                        ),
                         Servable::Yes(_)
                     )
                 };
@@ -298,8 +308,8 @@ impl Inner {
         }
         let priority = caller.priority();
         let (tx, rx) = watch::channel(None);
-        slot.inflight = Some(rx.clone());
-        let duration_cap = slot.duration_cap.or(owner_cap);
+        slot.inflight = Some(Box::new(rx.clone()));
+        let duration_cap = slot.failures().duration_cap.or(owner_cap);
         drop(slots);
 
         let inner = self.clone();

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
@@ -20,15 +20,34 @@ pub struct RefreshQueue {
     changed: Notify,
 }
 
+/// Due times are kept as nanoseconds since the Unix epoch ([`Due`]): 8 bytes instead of
+/// `SystemTime`'s 16 in both tables, which hold an entry per warm mapping.
 #[derive(Default)]
 struct Queue {
-    by_time: BTreeSet<(SystemTime, MappingKey)>,
-    by_key: HashMap<MappingKey, SystemTime>,
+    by_time: BTreeSet<(Due, MappingKey)>,
+    by_key: HashMap<MappingKey, Due>,
+}
+
+/// A due time: nanoseconds since the Unix epoch (a time before it counts as the epoch,
+/// due at once; one past 2554 as then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due(u64);
+
+impl Due {
+    fn of(at: SystemTime) -> Self {
+        let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        Due(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    fn time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.0)
+    }
 }
 
 impl RefreshQueue {
     /// Schedules (or reschedules) `key` at `at`; a key is in the queue at most once.
     pub fn schedule(&self, key: &MappingKey, at: SystemTime) {
+        let at = Due::of(at);
         let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = q.by_key.insert(key.clone(), at) {
             q.by_time.remove(&(old, key.clone()));
@@ -49,16 +68,17 @@ impl RefreshQueue {
     /// When `key` is due, if scheduled.
     pub fn due_at(&self, key: &MappingKey) -> Option<SystemTime> {
         let q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        q.by_key.get(key).copied()
+        q.by_key.get(key).map(|due| due.time())
     }
 
     fn earliest(&self) -> Option<SystemTime> {
         let q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        q.by_time.first().map(|(t, _)| *t)
+        q.by_time.first().map(|(due, _)| due.time())
     }
 
     /// Removes and returns every key due at `now`.
     fn pop_due(&self, now: SystemTime) -> Vec<MappingKey> {
+        let now = Due::of(now);
         let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut due = Vec::new();
         while let Some((t, _)) = q.by_time.first() {
@@ -94,5 +114,24 @@ impl RefreshQueue {
                 on_due(key);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A due time is kept in 8 bytes, so an entry of the by-time set is 16 with its key
+    /// (one per warm mapping), and reads back to the nanosecond.
+    #[test]
+    fn a_due_time_is_8_bytes_and_reads_back_as_scheduled() {
+        assert_eq!(std::mem::size_of::<(Due, MappingKey)>(), 16);
+        let t = UNIX_EPOCH + Duration::new(1_800_000_000, 987_654_321);
+        assert_eq!(Due::of(t).time(), t);
+        assert!(Due::of(t) < Due::of(t + Duration::from_nanos(1)));
+        assert_eq!(
+            Due::of(UNIX_EPOCH - Duration::from_secs(1)).time(),
+            UNIX_EPOCH
+        );
     }
 }

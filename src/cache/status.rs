@@ -14,19 +14,21 @@ impl CredentialCache {
             .iter()
             .map(|(name, spec)| {
                 let slot = slots.get(&spec.key);
-                let entry = inner.store.get(&spec.key).filter(|e| e.is_alive(now));
+                let entry = spec.held.load_full().filter(|e| e.is_alive(now));
                 MappingStatus {
                     name: name.clone(),
                     state: state_of(slot, entry.is_some()),
                     expires_at: entry.as_ref().map(|e| e.expiration),
-                    access_key_id: entry.as_ref().map(|e| e.access_key_id.clone()),
-                    last_success: slot.and_then(|s| s.last_success),
-                    last_error: slot.and_then(|s| s.last_error.clone()),
+                    access_key_id: entry.as_ref().map(|e| e.access_key_id().to_owned()),
+                    last_success: slot.and_then(|s| s.last_success()),
+                    last_error: slot.and_then(|s| s.failures().last_error.clone()),
                     next_refresh: inner.queue.due_at(&spec.key),
-                    retry_at: slot.and_then(|s| s.retry_at).filter(|at| *at > now.wall),
+                    retry_at: slot
+                        .and_then(|s| s.failures().retry_at)
+                        .filter(|at| *at > now.wall),
                     prefetch: spec.prefetch,
                     enforcement: spec.enforcement_status(),
-                    enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at),
+                    enforcement_checked_at: slot.and_then(|s| s.enforcement_checked_at()),
                     enforcement_mode: spec.enforcement,
                 }
             })
@@ -57,9 +59,9 @@ fn state_of(slot: Option<&Slot>, has_entry: bool) -> MappingState {
     };
     match (has_entry, slot.inflight.is_some()) {
         (true, true) => MappingState::Refreshing,
-        (true, false) if slot.degraded => MappingState::Degraded,
+        (true, false) if slot.failures().degraded => MappingState::Degraded,
         (true, false) => MappingState::Fresh,
-        (false, _) if slot.failed => MappingState::Failed,
+        (false, _) if slot.failures().failed => MappingState::Failed,
         (false, true) => MappingState::Fetching,
         (false, false) => MappingState::Empty,
     }

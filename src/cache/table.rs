@@ -34,10 +34,11 @@ pub(super) struct MappingSpec {
     /// For a per-job entry (`super::jobs`), the key of its mapping; `None` for a
     /// mapping's own entry.
     pub(super) job_of: Option<MappingKey>,
-    /// The credential the store holds for this key, beside it: set and cleared together
-    /// with the store's entry (under the slots lock), shared like `last_used`, so that
-    /// a cache hit reads one pointer instead of asking moka (hash, frequency sketch,
-    /// read-op channel). The store stays the authority everywhere else, and its bound.
+    /// The store: the credential cached for this key, if any. Set and cleared under the
+    /// slots lock (a fetch's publication, a terminal failure, a reload or a job's drop
+    /// that forgets the entry), shared like `last_used`, so every generation in which
+    /// the key is unchanged serves it; a cache hit reads it with one pointer load. One
+    /// credential per entry of the table or the job registry, which bound it.
     pub(super) held: Arc<ArcSwapOption<Entry>>,
 }
 

@@ -260,7 +260,7 @@ async fn a_min_remaining_inside_the_expiry_margin_never_serves_a_dying_credentia
         (Source::Fresh, 2),
         "a credential with 45 s left was served from cache instead of refetched"
     );
-    assert_ne!(next.entry.access_key_id, first.entry.access_key_id);
+    assert_ne!(next.entry.access_key_id(), first.entry.access_key_id());
 }
 
 #[tokio::test]
@@ -417,14 +417,20 @@ async fn reload_invalidates_only_changed_mappings() {
         assumer.clone(),
         vec![keep.clone(), change.clone(), gone],
     );
-    let keep_before = cache.get("keep").await.unwrap().entry.access_key_id.clone();
+    let keep_before = cache
+        .get("keep")
+        .await
+        .unwrap()
+        .entry
+        .access_key_id()
+        .to_owned();
     let change_before = cache
         .get("change")
         .await
         .unwrap()
         .entry
-        .access_key_id
-        .clone();
+        .access_key_id()
+        .to_owned();
     cache.get("gone").await.unwrap();
     assert_eq!(assumer.calls(), 3);
 
@@ -433,10 +439,10 @@ async fn reload_invalidates_only_changed_mappings() {
     cache.apply_config(&config("http://127.0.0.1:9", vec![keep, changed]));
 
     let keep_after = cache.get("keep").await.unwrap();
-    assert_eq!(keep_after.entry.access_key_id, keep_before);
+    assert_eq!(keep_after.entry.access_key_id(), keep_before);
     assert_eq!(keep_after.source, Source::Cache);
     let change_after = cache.get("change").await.unwrap();
-    assert_ne!(change_after.entry.access_key_id, change_before);
+    assert_ne!(change_after.entry.access_key_id(), change_before);
     assert_eq!(change_after.source, Source::Fresh);
     let last = assumer.calls.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
@@ -470,14 +476,17 @@ async fn prefetch_takes_a_credential_published_meanwhile_instead_of_fetching_aga
     let spec = cache.inner.current_table().by_name["m"].clone();
     let outcome = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Prefetch)).await;
     assert_eq!(
-        outcome.unwrap().access_key_id,
-        served.entry.access_key_id,
+        outcome.unwrap().access_key_id(),
+        served.entry.access_key_id(),
         "the prefetch got the published credential"
     );
     assert_eq!(assumer.calls(), 1, "no second AssumeRole");
 
     let refreshed = wait_outcome(Inner::start_or_join(&cache.inner, &spec, Caller::Refresh)).await;
-    assert_ne!(refreshed.unwrap().access_key_id, served.entry.access_key_id);
+    assert_ne!(
+        refreshed.unwrap().access_key_id(),
+        served.entry.access_key_id()
+    );
     assert_eq!(assumer.calls(), 2, "a due refresh does call STS");
 }
 
@@ -686,13 +695,16 @@ fn mapping_series(metrics: &crate::metrics::Metrics, family: &str, name: &str) -
         .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
 }
 
-/// Nothing of the mapping under `key` is left in the cache: no credential, no slot, no
-/// refresh scheduled.
+/// Nothing of the mapping under `key` is left in the cache: no entry (mapping or
+/// per-job) of that key, so no credential stored for it, no slot, no refresh scheduled.
+/// (A credential is stored in its entry's `MappingSpec`: `assert_no_credential` checks
+/// an entry the test kept.)
 #[track_caller]
 fn assert_forgotten(cache: &CredentialCache, key: &MappingKey) {
     assert!(
-        !cache.inner.store.contains_key(key),
-        "a credential is cached for {key:?}, which is no longer configured"
+        !cache.inner.current_table().by_key.contains_key(key)
+            && cache.inner.job_by_key(key).is_none(),
+        "{key:?} is still an entry of the cache, which is no longer configured"
     );
     assert!(
         !cache.inner.lock_slots().contains_key(key),
@@ -702,6 +714,17 @@ fn assert_forgotten(cache: &CredentialCache, key: &MappingKey) {
         cache.inner.queue.due_at(key),
         None,
         "a refresh is scheduled for {key:?}, which is no longer configured"
+    );
+}
+
+/// No credential is stored for `spec` (an entry the cache dropped): not even a
+/// request of a generation that still has the entry can be served it.
+#[track_caller]
+fn assert_no_credential(spec: &MappingSpec) {
+    assert!(
+        spec.held.load().is_none(),
+        "a credential is still stored for {:?}, which is no longer configured",
+        spec.key
     );
 }
 
@@ -726,6 +749,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
         ],
     );
     let removed = key_of(&cache, "m");
+    let removed_spec = cache.inner.current_table().by_name["m"].clone();
     let request = spawn_get(&cache, "m");
     sts.wait_one_in_flight("the fetch for m is inside AssumeRole")
         .await;
@@ -762,6 +786,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
     }
     assert_eq!(sts.calls(), 1, "STS was called for a removed mapping");
     assert_forgotten(&cache, &removed);
+    assert_no_credential(&removed_spec);
 }
 
 /// The same, when the reload keeps the name but changes the role: the old fetch (here
@@ -772,6 +797,7 @@ async fn a_fetch_landing_after_its_mapping_was_removed_is_dropped() {
 async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone() {
     let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
+    let old_spec = cache.inner.current_table().by_name["m"].clone();
     let request = spawn_get(&cache, "m");
     sts.wait_one_in_flight("the first enforcement probe is inside AssumeRole")
         .await;
@@ -797,6 +823,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
     );
 
     assert_forgotten(&cache, &old_key);
+    assert_no_credential(&old_spec);
     let status = cache.status();
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].state, MappingState::Empty);
@@ -810,7 +837,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 
     let vended = cache.get("m").await.expect("the new mapping vends");
     assert_eq!(vended.source, Source::Fresh);
-    assert_ne!(vended.entry.access_key_id, served.entry.access_key_id);
+    assert_ne!(vended.entry.access_key_id(), served.entry.access_key_id());
     let calls = sts.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), old_calls + 3, "probes and the real call again");
     assert!(
@@ -834,6 +861,7 @@ async fn a_fetch_landing_after_its_mapping_changed_leaves_the_new_mapping_alone(
 async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_nothing() {
     let (_, sts, metrics, cache) = gated_start(vec![warn_m("old")]);
     let old_key = key_of(&cache, "m");
+    let old_spec = cache.inner.current_table().by_name["m"].clone();
     let old_table = cache.mapping_table();
     let new = warn_m("new");
     reload(&cache, &metrics, vec![new]);
@@ -866,6 +894,7 @@ async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_no
     );
 
     assert_forgotten(&cache, &old_key);
+    assert_no_credential(&old_spec);
     let status = cache.status();
     assert_eq!(status[0].enforcement, EnforcementStatus::Unknown);
     assert_eq!(
@@ -874,7 +903,7 @@ async fn a_request_of_the_generation_before_a_reload_gets_its_role_and_leaves_no
         "the old role's verdict is not the new mapping's"
     );
     let vended = cache.get("m").await.expect("the new mapping vends");
-    assert_ne!(vended.entry.access_key_id, served.entry.access_key_id);
+    assert_ne!(vended.entry.access_key_id(), served.entry.access_key_id());
     assert!(
         sts.calls.lock().unwrap()[3..]
             .iter()
@@ -1260,23 +1289,27 @@ async fn a_job_entry_is_assumed_with_its_session_name_and_leaves_the_mapping_alo
     );
     let again = get_job(&cache, "m", "sync-job-1").await.unwrap();
     assert_eq!(
-        (
-            again.source,
-            again.entry.access_key_id.as_str(),
-            assumer.calls()
-        ),
-        (Source::Cache, first.entry.access_key_id.as_str(), 1),
+        (again.source, again.entry.access_key_id(), assumer.calls()),
+        (Source::Cache, first.entry.access_key_id(), 1),
         "the job's second request is a cache hit"
     );
 
     let second_job = get_job(&cache, "m", "sync-job-2").await.unwrap();
     assert_eq!(second_job.source, Source::Fresh);
-    assert_ne!(second_job.entry.access_key_id, first.entry.access_key_id);
+    assert_ne!(
+        second_job.entry.access_key_id(),
+        first.entry.access_key_id()
+    );
     assert_eq!(session_names(&assumer.calls), ["sync-job-1", "sync-job-2"]);
     assert_eq!(cache.job_entries(), 2);
 
     // The mapping's own entry: untouched by its jobs.
-    assert!(!cache.inner.store.contains_key(&key_of(&cache, "m")));
+    assert!(
+        cache.inner.current_table().by_name["m"]
+            .held
+            .load()
+            .is_none()
+    );
     assert!(!cache.inner.lock_slots().contains_key(&key_of(&cache, "m")));
     assert_eq!(cache.status().len(), 1, "jobs are not mappings in /status");
     assert_eq!(state(&cache, "m"), MappingState::Empty);
@@ -1287,7 +1320,7 @@ async fn a_job_entry_is_assumed_with_its_session_name_and_leaves_the_mapping_alo
         ["sync-job-1", "sync-job-2", "credvend-m"]
     );
     let job_again = get_job(&cache, "m", "sync-job-1").await.unwrap();
-    assert_eq!(job_again.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(job_again.entry.access_key_id(), first.entry.access_key_id());
     assert_eq!(assumer.calls(), 3);
 }
 
@@ -1316,7 +1349,7 @@ async fn concurrent_requests_of_one_job_make_one_sts_call() {
             .expect("the request finished")
             .expect("the request task did not panic")
             .expect("the job is served");
-        keys.insert(vended.entry.access_key_id.clone());
+        keys.insert(vended.entry.access_key_id().to_owned());
     }
     assert_eq!(
         keys.len(),
@@ -1343,6 +1376,7 @@ async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
     let other = get_job(&cache, "m", "job-b").await.unwrap();
     cache.get("m").await.unwrap();
     let dropped = job_key(&cache, "m", "job-a");
+    let dropped_spec = cache.inner.job_by_key(&dropped).expect("registered");
     assert!(
         cache.inner.queue.due_at(&dropped).is_some(),
         "a refresh was scheduled"
@@ -1350,6 +1384,7 @@ async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
 
     cache.drop_job("m", &session("job-a"));
     assert_forgotten(&cache, &dropped);
+    assert_no_credential(&dropped_spec);
     assert_eq!(cache.job_entries(), 1);
     // Unknown pairs are ignored.
     cache.drop_job("m", &session("job-never"));
@@ -1358,13 +1393,13 @@ async fn drop_job_forgets_the_entry_and_the_next_request_fetches_anew() {
 
     let again = get_job(&cache, "m", "job-a").await.unwrap();
     assert_eq!(again.source, Source::Fresh);
-    assert_ne!(again.entry.access_key_id, first.entry.access_key_id);
+    assert_ne!(again.entry.access_key_id(), first.entry.access_key_id());
     assert_eq!(assumer.calls(), 4);
     assert_eq!(assumer.calls.lock().unwrap()[3].session_name, "job-a");
     let b = get_job(&cache, "m", "job-b").await.unwrap();
     assert_eq!(
-        (b.source, b.entry.access_key_id.clone()),
-        (Source::Cache, other.entry.access_key_id.clone())
+        (b.source, b.entry.access_key_id().to_owned()),
+        (Source::Cache, other.entry.access_key_id().to_owned())
     );
     assert_eq!(cache.get("m").await.unwrap().source, Source::Cache);
     assert_eq!(assumer.calls(), 4);
@@ -1414,6 +1449,7 @@ async fn a_fetch_in_flight_for_a_dropped_job_does_not_bring_it_back() {
     }
     assert_eq!(sts.calls(), 2, "STS was called for a dropped job");
     assert_forgotten(&cache, &key);
+    assert_no_credential(&looked_up);
 }
 
 /// A job entry is refreshed in the background before its credential expires, with the
@@ -1475,6 +1511,7 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
     get_job(&cache, "gone", "job").await.unwrap();
     let old_change = job_key(&cache, "change", "job");
     let old_gone = job_key(&cache, "gone", "job");
+    let old_specs = [&old_change, &old_gone].map(|key| cache.inner.job_by_key(key).unwrap());
     assert_eq!((assumer.calls(), cache.job_entries()), (3, 3));
 
     let mut changed = change.clone();
@@ -1483,6 +1520,9 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
 
     assert_forgotten(&cache, &old_change);
     assert_forgotten(&cache, &old_gone);
+    for spec in &old_specs {
+        assert_no_credential(spec);
+    }
     assert_eq!(
         cache.job_entries(),
         1,
@@ -1490,8 +1530,11 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
     );
     let kept_after = get_job(&cache, "keep", "job").await.unwrap();
     assert_eq!(
-        (kept_after.source, kept_after.entry.access_key_id.clone()),
-        (Source::Cache, kept.entry.access_key_id.clone())
+        (
+            kept_after.source,
+            kept_after.entry.access_key_id().to_owned()
+        ),
+        (Source::Cache, kept.entry.access_key_id().to_owned())
     );
     assert!(
         cache
@@ -1503,8 +1546,8 @@ async fn a_reload_drops_the_job_entries_of_changed_and_removed_mappings_only() {
     let changed_after = get_job(&cache, "change", "job").await.unwrap();
     assert_eq!(changed_after.source, Source::Fresh);
     assert_ne!(
-        changed_after.entry.access_key_id,
-        changed_before.entry.access_key_id
+        changed_after.entry.access_key_id(),
+        changed_before.entry.access_key_id()
     );
     let last = assumer.calls.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.session_name, "job");
@@ -1561,6 +1604,7 @@ async fn a_forgotten_job_entry_stops_refreshing_when_idle_and_is_dropped() {
     let cache = cache_for(&clock, assumer.clone(), vec![mapping("m", "r", None, "t")]);
     get_job(&cache, "m", "job-a").await.unwrap();
     let key = job_key(&cache, "m", "job-a");
+    let spec = cache.inner.job_by_key(&key).expect("registered");
     // 7 hours in 10-minute steps with no request.
     for _ in 0..42 {
         clock.advance(10 * MIN);
@@ -1575,6 +1619,7 @@ async fn a_forgotten_job_entry_stops_refreshing_when_idle_and_is_dropped() {
         "the idle job entry is still registered"
     );
     assert_forgotten(&cache, &key);
+    assert_no_credential(&spec);
     for _ in 0..6 {
         clock.advance(10 * MIN);
         tick().await;
@@ -1769,8 +1814,8 @@ async fn a_reload_that_changes_only_the_mode_applies_it_to_the_kept_job_entries(
     cache.apply_config(&config("http://127.0.0.1:9", vec![warn]));
     let again = get_job(&cache, "m", "job-a").await.unwrap();
     assert_eq!(
-        (again.source, again.entry.access_key_id.clone()),
-        (Source::Cache, served.entry.access_key_id.clone())
+        (again.source, again.entry.access_key_id().to_owned()),
+        (Source::Cache, served.entry.access_key_id().to_owned())
     );
     assert_eq!(assumer.calls(), 2);
 }
@@ -1797,7 +1842,7 @@ async fn a_job_used_again_as_it_is_found_idle_is_kept_with_an_idle_check() {
         Some(spec.last_used().unwrap() + idle_timeout + Duration::from_millis(1)),
         "nothing is scheduled for the kept job"
     );
-    assert!(cache.inner.store.contains_key(&key));
+    assert!(spec.held.load().is_some());
 }
 
 /// A job refused by its role is negatively cached like a mapping, and a SIGHUP
@@ -1828,8 +1873,7 @@ async fn forget_failures_ends_a_jobs_negative_cache() {
 
 /// A refresh refused by the role (terminal) ends serving at once, although the cached
 /// credential still has more than `min_remaining` left: the request path's lock-free
-/// read of the held credential (`MappingSpec::held`) is cleared with the store's entry,
-/// so the next request is answered `AssumeRoleDenied`, not with the old credential.
+/// read of the store's cell (`MappingSpec::held`) is cleared by the refusal, so the next request is answered `AssumeRoleDenied`, not with the old credential.
 #[tokio::test]
 async fn a_refresh_refused_by_the_role_stops_serving_the_cached_credential_at_once() {
     let clock = ManualClock::starting_now();
@@ -1875,7 +1919,8 @@ async fn a_credential_dropped_by_a_reload_is_not_served_to_the_generation_before
 
     let served = cache.get_in(&old_table, "m").await.expect("served");
     assert_ne!(
-        served.entry.access_key_id, first.entry.access_key_id,
+        served.entry.access_key_id(),
+        first.entry.access_key_id(),
         "the credential the reload dropped was served ({:?})",
         served.source
     );
@@ -1911,7 +1956,7 @@ async fn a_reload_publishes_its_table_before_dropping_the_old_credentials() {
     );
     let served = in_between.expect("published").expect("served");
     assert_eq!(served.source, Source::Cache, "fetched instead of served");
-    assert_eq!(served.entry.access_key_id, first.entry.access_key_id);
+    assert_eq!(served.entry.access_key_id(), first.entry.access_key_id());
     assert_eq!(assumer.calls(), 1, "an STS call for the generation before");
 }
 
@@ -2012,4 +2057,104 @@ async fn each_failover_attempt_waits_for_a_token_of_the_sts_budget() {
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
+}
+
+/// A mapping that never failed keeps no failure state in its slot: the slots table has
+/// a bucket for every mapping ever asked for, and a slot is 32 bytes with the failure
+/// state boxed apart, made at the first failure. A success after a failure clears its
+/// flags and backoff and keeps its last error (for `/status`).
+#[tokio::test]
+async fn a_slot_keeps_failure_state_only_after_a_failure_and_is_32_bytes() {
+    assert!(
+        std::mem::size_of::<Slot>() <= 32,
+        "a slot is {} bytes",
+        std::mem::size_of::<Slot>()
+    );
+    let clock = ManualClock::starting_now();
+    let throttled = Step::Fail(FailureReason::Throttled, "Throttling");
+    let assumer = Scripted::new(&clock, vec![throttled]);
+    let cache = cache_for(
+        &clock,
+        assumer.clone(),
+        vec![mapping("m", "r", None, "t"), mapping("n", "r2", None, "t2")],
+    );
+    let failures_of = |name: &str| {
+        let slots = cache.inner.lock_slots();
+        slots[&key_of(&cache, name)].failures.as_deref().map(|f| {
+            (
+                f.degraded,
+                f.failed,
+                f.transient_failures,
+                f.retry_at.is_some(),
+                f.last_error.as_ref().map(|(e, _)| e.code().to_string()),
+            )
+        })
+    };
+    assert!(matches!(
+        cache.get("m").await,
+        Err(VendError::Unavailable { .. })
+    ));
+    assert_eq!(
+        failures_of("m"),
+        Some((false, false, 1, true, Some("Throttling".into())))
+    );
+    assert_eq!(cache.get("n").await.unwrap().source, Source::Fresh);
+    let n_fetched_at = cache.now();
+    assert_eq!(failures_of("n"), None, "a success made failure state");
+
+    clock.advance(Duration::from_secs(2));
+    tick().await;
+    assert!(cache.get("m").await.is_ok());
+    assert_eq!(assumer.calls(), 3);
+    assert_eq!(
+        failures_of("m"),
+        Some((false, false, 0, false, Some("Throttling".into()))),
+        "a success clears the flags and backoff, and keeps the last error"
+    );
+    let status = cache.status();
+    assert!(status[0].last_error.is_some() && status[1].last_error.is_none());
+    assert_eq!(
+        status[1].last_success,
+        Some(n_fetched_at),
+        "the time kept in 8 bytes reads back as it was"
+    );
+}
+
+/// A time kept in a slot's 8 bytes reads back to the nanosecond; none is none.
+#[test]
+fn a_stamp_keeps_a_time_to_the_nanosecond() {
+    let t = std::time::UNIX_EPOCH + Duration::new(1_800_000_000, 123_456_789);
+    assert_eq!(Stamp::new(Some(t)).get(), Some(t));
+    assert_eq!(Stamp::new(None).get(), None);
+    assert_eq!(
+        Stamp::new(Some(std::time::UNIX_EPOCH)).get(),
+        Some(std::time::UNIX_EPOCH + Duration::from_nanos(1)),
+        "the epoch is not taken for none"
+    );
+}
+
+/// A mapping key is one pointer (it is stored in the slots table, both refresh-queue
+/// tables and the mapping table), and keys built apart for the same inputs are equal
+/// and hash alike, as the same key of two generations must.
+#[test]
+fn a_mapping_key_is_one_pointer_and_equal_to_the_same_key_built_again() {
+    use std::hash::BuildHasher;
+    assert_eq!(std::mem::size_of::<MappingKey>(), 8);
+    let cfg = config(
+        "http://127.0.0.1:9",
+        vec![mapping("m", "r", Some("external-id-m"), "t")],
+    );
+    let a = table::build_table(&cfg, None).by_name["m"].key.clone();
+    let b = table::build_table(&cfg, None).by_name["m"].key.clone();
+    assert!(!std::ptr::eq(a.name(), b.name()), "built apart");
+    assert_eq!(a, b);
+    let hasher = std::collections::hash_map::RandomState::new();
+    assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+    let other = config(
+        "http://127.0.0.1:9",
+        vec![mapping("m", "r", Some("external-id-n"), "t")],
+    );
+    let c = table::build_table(&other, None).by_name["m"].key.clone();
+    assert_ne!(a, c, "another External ID, another key");
+    assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
 }

@@ -1,9 +1,9 @@
 //! Running the External ID enforcement check for a mapping before it vends, and again
 //! when a recheck is due (the check itself and what its verdict means are in `verify`).
 
-use super::Inner;
 use super::budget::Priority;
 use super::table::MappingSpec;
+use super::{Inner, Stamp};
 use crate::config::EnforcementMode;
 use crate::events::{TrustCheckInconclusive, TrustPolicyChecked};
 use crate::model::FetchError;
@@ -29,7 +29,7 @@ impl Inner {
         let checked_at = self
             .lock_slots()
             .get(spec.owner_key())
-            .and_then(|s| s.enforcement_checked_at);
+            .and_then(|s| s.enforcement_checked_at());
         let due = verify::check_due(checked_at, now, recheck);
         let name = spec.key.name();
         let this_round = if due {
@@ -66,7 +66,7 @@ impl Inner {
                         match slot {
                             Some(slot) => {
                                 spec.set_enforcement_status(verdict.into());
-                                slot.enforcement_checked_at = Some(concluded_at);
+                                slot.enforcement_checked_at = Stamp::new(Some(concluded_at));
                                 true
                             }
                             None => false,

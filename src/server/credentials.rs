@@ -250,7 +250,7 @@ impl CredentialEndpoint {
             mapping,
             client: conn.peer,
             source: vended.source,
-            access_key_id: &entry.access_key_id,
+            access_key_id: entry.access_key_id(),
             expiration: entry.expiration,
             job: job.map(JobGrant::audit),
             arrived,
