@@ -137,9 +137,31 @@ impl Reloader {
         self.lock().current.reload.watch
     }
 
-    /// What the last read looked at: what the watch follows.
+    /// What the last read looked at: what the watch follows. Once followed
+    /// ([`Reloader::follow`]), the files an include glob covers are left out of its
+    /// `files`: the watch counts them by the glob.
     pub fn sources(&self) -> Sources {
         self.lock().sources.clone()
+    }
+
+    /// Points `watcher` at what the last read looked at ([`ConfigWatcher::follow`]),
+    /// and drops from the files kept those an include glob covers (no link, in the
+    /// glob's directory, matching its pattern): the watch counts them by the glob, and
+    /// at 100,000 included files their names were ~8 MiB kept, and as much again in
+    /// the watch's set and in a copy made for it at every reload. Returns whether a
+    /// directory was newly watched.
+    pub fn follow(&self, watcher: &mut ConfigWatcher) -> bool {
+        let mut state = self.lock();
+        let (relevant, covered) = Relevant::covering(&state.sources);
+        let wanted = Relevant::directories(&state.sources);
+        let mut covered = covered.into_iter();
+        state
+            .sources
+            .files
+            .retain(|_| !covered.next().unwrap_or(false));
+        state.sources.files.shrink_to_fit();
+        drop(state);
+        watcher.follow_relevant(relevant, wanted)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -432,10 +454,15 @@ struct Relevant {
 
 impl Relevant {
     fn of(sources: &Sources) -> Self {
+        Self::covering(sources).0
+    }
+
+    /// [`Relevant::of`], and for each of `sources.files` whether an include glob
+    /// already covers it: a file that is no link, in the glob's directory, matching its
+    /// pattern, counts by the pattern and needs no name of its own (at 100,000 included
+    /// files, their names were a set of 100,000 paths).
+    fn covering(sources: &Sources) -> (Self, Vec<bool>) {
         let mut relevant = Relevant::default();
-        for file in &sources.files {
-            relevant.paths.extend(resolution_chain(&absolute(file)));
-        }
         for (dir, name) in &sources.include_globs {
             let dir = absolute(dir);
             relevant.paths.extend(resolution_chain(&dir));
@@ -443,18 +470,31 @@ impl Relevant {
                 relevant.globs.push((dir, pattern));
             }
         }
-        relevant
+        let mut covered = Vec::with_capacity(sources.files.len());
+        for file in &sources.files {
+            let file = absolute(file);
+            let chain = resolution_chain(&file);
+            let by_glob = chain.len() == 1 && relevant.matches_glob(&file);
+            if !by_glob {
+                relevant.paths.extend(chain);
+            }
+            covered.push(by_glob);
+        }
+        (relevant, covered)
+    }
+
+    fn matches_glob(&self, path: &Path) -> bool {
+        self.globs.iter().any(|(dir, pattern)| {
+            path.parent() == Some(dir.as_path())
+                && path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| pattern.matches(name))
+        })
     }
 
     fn matches(&self, path: &Path) -> bool {
-        self.paths.contains(path)
-            || self.globs.iter().any(|(dir, pattern)| {
-                path.parent() == Some(dir.as_path())
-                    && path
-                        .file_name()
-                        .and_then(|name| name.to_str())
-                        .is_some_and(|name| pattern.matches(name))
-            })
+        self.paths.contains(path) || self.matches_glob(path)
     }
 
     /// The directories to watch: the files' and the include directories.
@@ -587,8 +627,11 @@ impl ConfigWatcher {
     /// there before has no event coming. A directory that cannot be watched is logged
     /// ("File watching unavailable; reload with SIGHUP") and tried again next time.
     pub fn follow(&mut self, sources: &Sources) -> bool {
-        *self.relevant.lock().unwrap_or_else(|e| e.into_inner()) = Relevant::of(sources);
-        let wanted = Relevant::directories(sources);
+        self.follow_relevant(Relevant::of(sources), Relevant::directories(sources))
+    }
+
+    fn follow_relevant(&mut self, relevant: Relevant, wanted: BTreeSet<PathBuf>) -> bool {
+        *self.relevant.lock().unwrap_or_else(|e| e.into_inner()) = relevant;
         let gone: Vec<PathBuf> = self
             .watched
             .keys()
@@ -678,7 +721,7 @@ pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Re
         // was read — may have changed with no event coming: look on disk.
         let newly_watched = watcher
             .as_mut()
-            .is_some_and(|watcher| watcher.follow(&reloader.sources()));
+            .is_some_and(|watcher| reloader.follow(watcher));
         let changed_meanwhile =
             newly_watched && tokio::task::block_in_place(|| reloader.changed_on_disk());
         let trigger = if changed_meanwhile {
