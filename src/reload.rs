@@ -1016,7 +1016,7 @@ mod tests {
     fn age_index(reloader: &Reloader) {
         let mut state = reloader.lock();
         for record in state.index.as_mut().expect("an index").files.values_mut() {
-            record.facts.checked_at += 3_600 * 1_000_000_000;
+            record.racy = false;
         }
     }
 
@@ -1211,8 +1211,9 @@ mod tests {
         {
             let mut state = t.reloader.lock();
             let record = state.index.as_mut().unwrap().files.get_mut(&file).unwrap();
-            record.facts.stat = stat;
-            record.facts.checked_at = stat.ctime_ns;
+            record.stat = stat.fold();
+            record.racy = stat.racy(stat.ctime_ns);
+            assert!(record.racy, "changed at the moment it was looked at");
         }
         assert_eq!(
             t.reloader.reload(Trigger::FileChange),

@@ -79,11 +79,11 @@ pub(super) fn index(
         }
         index.files.insert(
             file,
-            FileRecord {
-                facts: included.facts?,
-                mappings: FileMappings::new(mappings),
-                volatile: included.volatile,
-            },
+            FileRecord::new(
+                &included.facts?,
+                FileMappings::new(mappings),
+                included.volatile,
+            ),
         );
     }
     Some(index)
@@ -185,9 +185,9 @@ fn changes(
         let stat = FileStat::of(include);
         if let (Some(record), Some(stat)) = (record, stat)
             && !record.volatile
-            && stat == record.facts.stat
+            && stat.fold() == record.stat
         {
-            let digest = if record.facts.stat.racy(record.facts.checked_at) {
+            let digest = if record.racy {
                 // `stat` cannot vouch for it: compare the bytes.
                 let checked_at = unix_nanos(std::time::SystemTime::now());
                 let bytes = std::fs::read(include).ok();
@@ -195,22 +195,24 @@ fn changes(
                     reread.push(include.clone());
                 }
                 let digest: Option<[u8; 32]> = bytes.map(|b| Sha256::digest(&b).into());
-                if digest == Some(record.facts.digest) {
+                let same = digest.filter(|d| load::short(d) == record.digest);
+                if let Some(digest) = same {
                     updates.push((
                         include.clone(),
-                        Some(FileRecord {
-                            facts: FileFacts {
+                        Some(FileRecord::new(
+                            &FileFacts {
                                 stat,
-                                digest: record.facts.digest,
+                                digest,
                                 checked_at,
                             },
-                            ..record.clone()
-                        }),
+                            record.mappings.clone(),
+                            record.volatile,
+                        )),
                     ));
                 }
-                digest.filter(|d| *d == record.facts.digest)
+                same.map(|_| record.digest)
             } else {
-                Some(record.facts.digest)
+                Some(record.digest)
             };
             if let Some(digest) = digest {
                 log.file_digest(include, Some(&digest), None);
@@ -332,7 +334,7 @@ fn changes(
             {
                 return Err("a mapping read again is also defined in a file kept");
             }
-            if kept.tokens().iter().any(|token| new_folded.contains(token)) {
+            if kept.tokens().any(|token| new_folded.contains(&token)) {
                 return Err("a token hash read again may also be listed by another mapping");
             }
         }
@@ -344,11 +346,11 @@ fn changes(
             }));
             updates.push((
                 path.clone(),
-                Some(FileRecord {
-                    facts: facts.clone(),
-                    mappings: owned,
-                    volatile: names.iter().any(|name| volatile.contains(name)),
-                }),
+                Some(FileRecord::new(
+                    facts,
+                    owned,
+                    names.iter().any(|name| volatile.contains(name)),
+                )),
             ));
         }
         Some(config)
@@ -359,11 +361,7 @@ fn changes(
             let facts = log.facts.get(path).ok_or("a file read again has no stat")?;
             updates.push((
                 path.clone(),
-                Some(FileRecord {
-                    facts: facts.clone(),
-                    mappings: FileMappings::default(),
-                    volatile: false,
-                }),
+                Some(FileRecord::new(facts, FileMappings::default(), false)),
             ));
         }
     }

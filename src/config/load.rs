@@ -156,7 +156,7 @@ impl<'a> ReadLog<'a> {
         }
         match &read.digest {
             Ok(digest) => {
-                self.file_digest(path, Some(digest), None);
+                self.file_digest(path, Some(&short(digest)), None);
                 if let (true, true, Some(facts)) = (self.record, facts, read.facts()) {
                     self.facts.insert(path.to_path_buf(), facts);
                 }
@@ -174,7 +174,7 @@ impl<'a> ReadLog<'a> {
     pub(super) fn file_digest(
         &mut self,
         path: &Path,
-        digest: Option<&[u8; 32]>,
+        digest: Option<&ShortDigest>,
         error: Option<std::io::ErrorKind>,
     ) {
         self.hasher.update(path.as_os_str().as_encoded_bytes());
@@ -222,7 +222,7 @@ pub(super) fn unix_nanos(at: std::time::SystemTime) -> i64 {
 /// its mode and owner. Two equal `FileStat`s of a path say its bytes did not change,
 /// except for a rewrite of the same size inside the file system's timestamp
 /// granularity ([`FileStat::racy`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct FileStat {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
@@ -245,6 +245,16 @@ impl FileStat {
     /// FAT), so a rewrite of the same size in the same tick leaves every field equal.
     /// Such a file is read again, and compared by digest, until a read happens long
     /// enough after its last change (the "racily clean" rule of git's index).
+    /// All of it folded to 8 bytes (SipHash), what the reload index keeps: a file whose
+    /// `stat` folds the same is taken for unchanged, as one whose `stat` is the same
+    /// was before (a change that folds alike by chance: one in 2^64).
+    pub(crate) fn fold(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+
     pub(crate) fn racy(&self, checked_at: i64) -> bool {
         let window = i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX);
         self.mtime_ns.max(self.ctime_ns) > checked_at.saturating_sub(window)
@@ -314,11 +324,18 @@ impl FileRead {
         };
         let stat = file.metadata().ok().map(|meta| FileStat::from(&meta));
         let checked_at = unix_nanos(std::time::SystemTime::now());
-        // Sized from the `stat`: one read for the bytes and one for the end of file.
+        // Sized from the `stat`, and read up to that size: no read to find the end of
+        // the file (a system call per file). Bytes appended after the `stat` are left
+        // for the next read: the `stat` recorded is the one before them, so the next
+        // reload sees the file changed and reads it again. A file whose `stat` gives
+        // no size (0) is read to its end.
         let size = stat.map_or(0, |stat| usize::try_from(stat.size).unwrap_or(0));
-        let mut bytes = vec![0u8; size.saturating_add(1).max(64)];
+        let mut bytes = vec![0u8; size.max(64)];
         let mut filled = 0;
         let result = loop {
+            if size > 0 && filled == size {
+                break Ok(());
+            }
             if filled == bytes.len() {
                 bytes.resize(bytes.len() * 2, 0);
             }
@@ -367,12 +384,11 @@ impl FileRead {
 /// speed, never its answer. At 100,000 files this is one string and one small slice per file
 /// instead of a slice of pairs, a string and a slice of 32-byte hashes per mapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct FileMappings {
-    names: Box<str>,
-    tokens: Box<[u64]>,
-}
+pub(crate) struct FileMappings(Box<[u8]>);
 
 impl FileMappings {
+    /// Laid out in one allocation: the number of token hashes (4 bytes), each folded
+    /// (8 bytes), then the names.
     pub(crate) fn new<'a>(
         mappings: impl IntoIterator<Item = (&'a str, &'a [crate::secret::TokenHash])>,
     ) -> Self {
@@ -385,20 +401,48 @@ impl FileMappings {
             names.push_str(name);
             tokens.extend(hashes.iter().map(folded_token));
         }
-        Self {
-            names: names.into_boxed_str(),
-            tokens: tokens.into_boxed_slice(),
+        if names.is_empty() && tokens.is_empty() {
+            return Self::default();
+        }
+        let mut bytes = Vec::with_capacity(4 + 8 * tokens.len() + names.len());
+        bytes.extend_from_slice(
+            &u32::try_from(tokens.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        for token in &tokens {
+            bytes.extend_from_slice(&token.to_le_bytes());
+        }
+        bytes.extend_from_slice(names.as_bytes());
+        Self(bytes.into_boxed_slice())
+    }
+
+    /// Where the names start (after the count and the tokens).
+    fn names_at(&self) -> usize {
+        match self.0.get(..4) {
+            Some(count) => {
+                let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
+                (4 + 8 * count as usize).min(self.0.len())
+            }
+            None => 0,
         }
     }
 
     /// The names of the mappings, in the order given.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.split('\n').filter(|name| !name.is_empty())
+        std::str::from_utf8(&self.0[self.names_at()..])
+            .unwrap_or_default()
+            .split('\n')
+            .filter(|name| !name.is_empty())
     }
 
     /// Every token hash of these mappings, folded ([`folded_token`]).
-    pub(crate) fn tokens(&self) -> &[u64] {
-        &self.tokens
+    pub(crate) fn tokens(&self) -> impl Iterator<Item = u64> {
+        self.0
+            .get(4..self.names_at())
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
     }
 }
 
@@ -411,15 +455,47 @@ pub(crate) fn folded_token(hash: &crate::secret::TokenHash) -> u64 {
     hasher.finish()
 }
 
+/// A file's digest as the reload index keeps it and the digest of a whole read takes
+/// it: the first 16 bytes of the SHA-256 of its bytes.
+pub(crate) type ShortDigest = [u8; 16];
+
+/// The first 16 bytes of `digest`.
+pub(crate) fn short(digest: &[u8; 32]) -> ShortDigest {
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&digest[..16]);
+    head
+}
+
 /// What one included file contributed to a valid configuration: what it was when read,
 /// and the mappings it defined with their token hashes (for the checks across files).
+/// 48 bytes and one allocation beside its name, per file: at 100,000 included files
+/// the index was ~29 MiB of the idle daemon with the whole `stat` and digest, the time
+/// it was read, and each mapping's name and hashes apart.
 #[derive(Debug, Clone)]
 pub(crate) struct FileRecord {
-    pub(crate) facts: FileFacts,
-    pub(crate) mappings: FileMappings,
+    /// Its `stat` when read, folded ([`FileStat::fold`]).
+    pub(crate) stat: u64,
+    /// The digest of the bytes read ([`ShortDigest`]).
+    pub(crate) digest: ShortDigest,
+    /// Its last change was too close to the moment it was read for `stat` to vouch
+    /// for it ([`FileStat::racy`]): the next reload compares its bytes.
+    pub(crate) racy: bool,
     /// One of its mappings reads an `external_id_file`, whose bytes are not in the
     /// digest: the file is read and validated again at every reload.
     pub(crate) volatile: bool,
+    pub(crate) mappings: FileMappings,
+}
+
+impl FileRecord {
+    pub(crate) fn new(facts: &FileFacts, mappings: FileMappings, volatile: bool) -> Self {
+        Self {
+            stat: facts.stat.fold(),
+            digest: short(&facts.digest),
+            racy: facts.stat.racy(facts.checked_at),
+            volatile,
+            mappings,
+        }
+    }
 }
 
 /// The included files of a [`LoadIndex`], by path. A path is kept as its directory
@@ -690,8 +766,13 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     warn_unrelated_env_vars(&mut report);
 
     // Which file defines each mapping, to reject a name defined twice.
-    let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
-    let _ = note_mappings(&main_dict, &main_display, &mut mapping_files, &mut report);
+    let mut mapping_files: HashMap<String, Arc<str>> = HashMap::new();
+    let _ = note_mappings(
+        &main_dict,
+        &Arc::from(main_display.as_str()),
+        &mut mapping_files,
+        &mut report,
+    );
     let mut files = vec![main.to_path_buf()];
     // Without an environment override of a mapping's key, the mappings (the main
     // file's and the included files') never go through figment: they are moved into
@@ -730,7 +811,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     // Read and parsed on every core, then taken in load order: the problems, the
     // duplicates and the digest are the same as one file after another.
     for (include, (file, parsed)) in unique.iter().zip(read_and_parse(&unique)) {
-        let display = include.display().to_string();
+        let display: Arc<str> = Arc::from(include.display().to_string());
         // One `stat` for the permission check and the read's record.
         match file.stat {
             Some(stat)
@@ -1038,8 +1119,8 @@ pub(super) fn included_mappings(
 /// both. Returns the names already defined elsewhere.
 fn note_mappings(
     dict: &Dict,
-    file: &str,
-    seen: &mut BTreeMap<String, String>,
+    file: &Arc<str>,
+    seen: &mut HashMap<String, Arc<str>>,
     report: &mut Report,
 ) -> Vec<String> {
     match dict.get("mappings") {
@@ -1051,8 +1132,8 @@ fn note_mappings(
 /// [`note_mappings`] for a file's table of mappings.
 fn note_names<'a>(
     names: impl Iterator<Item = &'a String>,
-    file: &str,
-    seen: &mut BTreeMap<String, String>,
+    file: &Arc<str>,
+    seen: &mut HashMap<String, Arc<str>>,
     report: &mut Report,
 ) -> Vec<String> {
     let mut duplicates = Vec::new();
@@ -1068,7 +1149,7 @@ fn note_names<'a>(
             );
             duplicates.push(name.clone());
         } else {
-            seen.insert(name.clone(), file.to_owned());
+            seen.insert(name.clone(), Arc::clone(file));
         }
     }
     duplicates
