@@ -133,6 +133,27 @@ mod tests {
     use super::*;
 
     /// One test, not two: both change arena 0's decay time, which one process shares.
+    /// A helper thread told to share an arena allocates from it from then on.
+    #[test]
+    fn a_thread_shares_the_arena_it_is_given() {
+        let own = thread_arena().expect("jemalloc names this thread's arena");
+        let count = arenas::narenas::read().expect("the number of arenas");
+        assert!(count >= 3, "{count}");
+        let (given, seen) = std::thread::spawn(move || {
+            let before = thread_arena().expect("the helper's arena");
+            // Neither the helper's own arena nor this thread's: a no-op cannot pass.
+            let given = (0..count)
+                .find(|arena| *arena != before && *arena != own)
+                .unwrap();
+            share_arena(given);
+            (given, thread_arena())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, Some(given));
+        assert_eq!(thread_arena(), Some(own), "this thread's is unchanged");
+    }
+
     #[test]
     fn release_purges_and_puts_the_decay_time_back_and_start_sets_it_for_every_arena() {
         // Read under the lock: a reload test's release elsewhere in this process sets

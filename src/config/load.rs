@@ -993,6 +993,22 @@ const PARALLEL_FROM: usize = 256;
 /// `paths`' order: at 100,000 included files, reading and parsing them was most of
 /// the start-up, on one core.
 pub(super) fn read_and_parse(paths: &[&Path]) -> Vec<(FileRead, Result<IncludedTables, String>)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(READ_THREADS);
+    let threads = if paths.len() < PARALLEL_FROM {
+        1
+    } else {
+        threads
+    };
+    read_and_parse_on(paths, threads)
+}
+
+/// [`read_and_parse`] on `threads` threads (this one and `threads - 1` helpers).
+fn read_and_parse_on(
+    paths: &[&Path],
+    threads: usize,
+) -> Vec<(FileRead, Result<IncludedTables, String>)> {
     let work = |part: &[&Path]| -> Vec<(FileRead, Result<IncludedTables, String>)> {
         part.iter()
             .map(|path| {
@@ -1005,10 +1021,7 @@ pub(super) fn read_and_parse(paths: &[&Path]) -> Vec<(FileRead, Result<IncludedT
             })
             .collect()
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(READ_THREADS);
-    if threads < 2 || paths.len() < PARALLEL_FROM {
+    if threads < 2 || paths.is_empty() {
         return work(paths);
     }
     let part = paths.len().div_ceil(threads);
@@ -1719,6 +1732,214 @@ mod provider_tests {
         assert_eq!(matches_in(&dir.join("../x"), "*.toml"), None);
         assert_eq!(matches_in(&dir.join("./x"), "*.toml"), None);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("credvend-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A file is read whole, as `fs::read_to_string` reads it, though only up to the
+    /// size its `stat` gives (no read for the end of the file): empty, small, larger
+    /// than any first guess, not UTF-8 (the same error), missing (no `stat`).
+    #[test]
+    fn a_file_is_read_whole_up_to_its_stat_size_as_fs_reads_it() {
+        let dir = Scratch::new("fileread");
+        let big: String = (0..20_000).map(|i| format!("{i:05}\n")).collect();
+        for (name, bytes) in [
+            ("empty.toml", Vec::new()),
+            ("one.toml", b"x".to_vec()),
+            ("small.toml", b"[mappings.a]\nrole_arn = \"r\"\n".to_vec()),
+            ("big.toml", big.clone().into_bytes()),
+            ("latin1.toml", b"name = \"caf\xe9\"\n".to_vec()),
+        ] {
+            let path = dir.0.join(name);
+            fs::write(&path, &bytes).unwrap();
+            let (read, text) = FileRead::of(&path);
+            let stat = read.stat.expect("a stat");
+            assert_eq!(stat.size, bytes.len() as u64, "{name}");
+            match fs::read_to_string(&path) {
+                Ok(expected) => {
+                    assert_eq!(text.as_deref().ok(), Some(expected.as_str()), "{name}");
+                    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                    assert_eq!(read.digest, Ok(digest), "{name}");
+                    assert_eq!(read.facts().map(|f| f.digest), Some(digest), "{name}");
+                }
+                Err(expected) => {
+                    let error = text.expect_err(name);
+                    assert_eq!(error.kind(), expected.kind(), "{name}");
+                    assert_eq!(error.to_string(), expected.to_string(), "{name}");
+                    assert_eq!(read.digest, Err(expected.kind()), "{name}");
+                    assert!(read.facts().is_none(), "{name}");
+                }
+            }
+        }
+        let (read, text) = FileRead::of(&dir.0.join("missing.toml"));
+        assert_eq!(text.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert!(read.stat.is_none());
+        assert_eq!(read.digest, Err(std::io::ErrorKind::NotFound));
+    }
+
+    /// Read on several threads, the included files come back in their order with what
+    /// one thread finds: the problems, the duplicates and the digest of a load follow
+    /// from that order.
+    #[test]
+    fn included_files_read_on_several_threads_come_back_in_order() {
+        let dir = Scratch::new("parallel");
+        let mut paths = Vec::new();
+        for i in 0..41 {
+            let path = dir.0.join(format!("m{i:03}.toml"));
+            let text = match i {
+                7 => "[mappings.m007\nbroken".to_owned(),
+                19 => "server = 1\n[mappings.m019]\nrole_arn = \"r\"\n".to_owned(),
+                // Never written: cannot be read.
+                30 => {
+                    paths.push(path);
+                    continue;
+                }
+                _ => format!("[mappings.m{i:03}]\nrole_arn = \"r{i}\"\n"),
+            };
+            fs::write(&path, text).unwrap();
+            paths.push(path);
+        }
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let summary = |results: Vec<(FileRead, Result<IncludedTables, String>)>| {
+            results
+                .into_iter()
+                .map(|(read, parsed)| {
+                    let parsed = parsed.map(|tables| {
+                        let names: Vec<String> = match tables.mappings {
+                            Some(Ok(mappings)) => mappings.into_iter().map(|(n, _)| n).collect(),
+                            _ => Vec::new(),
+                        };
+                        (tables.others, names)
+                    });
+                    (read.digest, read.stat.map(|s| s.ino), parsed)
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = summary(read_and_parse_on(&paths, 1));
+        assert_eq!(one.len(), 41);
+        for (i, (_, _, parsed)) in one.iter().enumerate() {
+            match i {
+                7 => assert!(parsed.is_err(), "{parsed:?}"),
+                30 => assert!(
+                    parsed
+                        .as_ref()
+                        .is_err_and(|e| e.starts_with("cannot read file")),
+                    "{parsed:?}"
+                ),
+                19 => assert_eq!(
+                    parsed,
+                    &Ok((vec!["server".to_owned()], vec!["m019".to_owned()]))
+                ),
+                _ => assert_eq!(parsed, &Ok((Vec::new(), vec![format!("m{i:03}")]))),
+            }
+        }
+        for threads in [2, 3, 4, 40, 41, 100] {
+            assert_eq!(
+                summary(read_and_parse_on(&paths, threads)),
+                one,
+                "{threads} threads"
+            );
+        }
+    }
+
+    /// The index keeps a path as its directory (once) and its name, and gives back the
+    /// same path: in the root, relative, nested.
+    #[test]
+    fn the_index_keeps_a_path_as_its_directory_and_name_and_gives_it_back() {
+        let record = |n: u64| FileRecord {
+            stat: n,
+            digest: [0; 16],
+            racy: false,
+            volatile: false,
+            mappings: FileMappings::default(),
+        };
+        let paths = [
+            "/a.toml",
+            "b.toml",
+            "d/a.toml",
+            "/etc/credvend/mappings.d/a.toml",
+            "/etc/credvend/mappings.d/b.toml",
+            "/etc/credvend/other.d/a.toml",
+        ];
+        let mut index = IncludedIndex::default();
+        for (n, path) in paths.iter().enumerate() {
+            index.insert(Path::new(path), record(n as u64));
+        }
+        assert_eq!(index.len(), paths.len());
+        assert_eq!(index.dirs.len(), 5, "{:?}", index.dirs);
+        for (n, path) in paths.iter().enumerate() {
+            assert_eq!(
+                index.get(Path::new(path)).map(|r| r.stat),
+                Some(n as u64),
+                "{path}"
+            );
+        }
+        assert!(index.get(Path::new("/etc/credvend/c.toml")).is_none());
+        assert!(index.get(Path::new("a.toml")).is_none());
+        let mut listed: Vec<(PathBuf, u64)> = index.iter().map(|(p, r)| (p, r.stat)).collect();
+        listed.sort_by_key(|(_, n)| *n);
+        let expected: Vec<(PathBuf, u64)> = paths
+            .iter()
+            .enumerate()
+            .map(|(n, p)| (PathBuf::from(p), n as u64))
+            .collect();
+        assert_eq!(listed, expected);
+        assert_eq!(index.remove(Path::new("d/a.toml")).map(|r| r.stat), Some(2));
+        assert!(index.get(Path::new("d/a.toml")).is_none());
+        assert_eq!(index.len(), paths.len() - 1);
+    }
+
+    /// A file's mappings, kept as their names and folded token hashes, give back the
+    /// names in order and a fold per hash; hand-written hashes that differ only in
+    /// their last bytes fold apart.
+    #[test]
+    fn a_files_mappings_keep_their_names_and_folded_token_hashes() {
+        use crate::secret::TokenHash;
+        let hash = |last: u8| {
+            let mut bytes = [0u8; 32];
+            bytes[31] = last;
+            TokenHash(bytes)
+        };
+        let (one, two, three) = ([hash(1)], [hash(2), hash(3)], []);
+        let mappings = FileMappings::new([
+            ("acme-1", &one[..]),
+            ("b.2", &two[..]),
+            ("no_tokens", &three[..]),
+        ]);
+        assert_eq!(
+            mappings.names().collect::<Vec<_>>(),
+            ["acme-1", "b.2", "no_tokens"]
+        );
+        let folded: Vec<u64> = mappings.tokens().collect();
+        assert_eq!(
+            folded,
+            [
+                folded_token(&hash(1)),
+                folded_token(&hash(2)),
+                folded_token(&hash(3))
+            ]
+        );
+        let distinct: HashSet<u64> = folded.iter().copied().collect();
+        assert_eq!(distinct.len(), 3, "{folded:?}");
+        let empty = FileMappings::new([]);
+        assert_eq!(empty.names().count(), 0);
+        assert_eq!(empty.tokens().count(), 0);
     }
 
     /// The parsed tree is moved into figment, not copied (a copy of 100,000 mappings is
