@@ -237,7 +237,7 @@ fn changes(
         let mut names = Vec::new();
         if let Some(mappings) = load::included_mappings(
             load::IncludedTables::of(dict),
-            &display,
+            include,
             &main_display,
             &mut report,
         ) {

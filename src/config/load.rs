@@ -766,10 +766,10 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     warn_unrelated_env_vars(&mut report);
 
     // Which file defines each mapping, to reject a name defined twice.
-    let mut mapping_files: HashMap<String, Arc<str>> = HashMap::new();
+    let mut mapping_files: HashMap<String, Arc<Path>> = HashMap::new();
     let _ = note_mappings(
         &main_dict,
-        &Arc::from(main_display.as_str()),
+        &Arc::from(main),
         &mut mapping_files,
         &mut report,
     );
@@ -811,7 +811,8 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     // Read and parsed on every core, then taken in load order: the problems, the
     // duplicates and the digest are the same as one file after another.
     for (include, (file, parsed)) in unique.iter().zip(read_and_parse(&unique)) {
-        let display: Arc<str> = Arc::from(include.display().to_string());
+        // The file's name as shown is made only for a problem.
+        let display = || include.display().to_string();
         // One `stat` for the permission check and the read's record.
         match file.stat {
             Some(stat)
@@ -821,32 +822,32 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                     permissions::Kind::File,
                     running_as,
                 ) => {}
-            _ => report.check_private_file(include, &display),
+            _ => report.check_private_file(include, &display()),
         }
         log.record(include, &file, false);
         let dict = match parsed {
             Ok(dict) => dict,
             Err(reason) => {
-                report.problem_in(&display, "", reason);
+                report.problem_in(&display(), "", reason);
                 continue;
             }
         };
         let mut names = Vec::new();
         let mut volatile = false;
-        if let Some(mut mappings) = included_mappings(dict, &display, &main_display, &mut report) {
+        if let Some(mut mappings) = included_mappings(dict, include, &main_display, &mut report) {
+            // One shared path for all the mappings of a file.
+            let shared: Arc<Path> = Arc::from(*include);
             // A duplicate is reported and left out, so it cannot override the first
             // definition and add follow-on problems of its own.
             let duplicates = note_names(
                 mappings.iter().map(|(name, _)| name),
-                &display,
+                &shared,
                 &mut mapping_files,
                 &mut report,
             );
             if !duplicates.is_empty() {
                 mappings.retain(|(name, _)| !duplicates.contains(name));
             }
-            // One shared path for all the mappings of a file.
-            let shared: Arc<Path> = Arc::from(*include);
             for (name, mapping) in mappings {
                 volatile |= matches!(&mapping, Value::Dict(_, keys) if keys.contains_key("external_id_file"));
                 included_files.insert(name.clone(), Arc::clone(&shared));
@@ -1100,10 +1101,11 @@ impl IncludedTables {
 /// key is a problem (an included file may hold only mappings).
 pub(super) fn included_mappings(
     tables: IncludedTables,
-    display: &str,
+    file: &Path,
     main_display: &str,
     report: &mut Report,
 ) -> Option<Vec<(String, Value)>> {
+    let display = || file.display().to_string();
     for key in tables.others {
         let reason = if TOP_LEVEL_KEYS.contains(&key.as_str()) {
             format!(
@@ -1113,13 +1115,13 @@ pub(super) fn included_mappings(
         } else {
             "unknown key; an included file may hold only [mappings.*] tables".to_owned()
         };
-        report.problem_in(display, &key, reason);
+        report.problem_in(&display(), &key, reason);
     }
     match tables.mappings? {
         Ok(mappings) => Some(mappings),
         Err(()) => {
             report.problem_in(
-                display,
+                &display(),
                 "mappings",
                 "must be a table of [mappings.<name>] tables",
             );
@@ -1132,8 +1134,8 @@ pub(super) fn included_mappings(
 /// both. Returns the names already defined elsewhere.
 fn note_mappings(
     dict: &Dict,
-    file: &Arc<str>,
-    seen: &mut HashMap<String, Arc<str>>,
+    file: &Arc<Path>,
+    seen: &mut HashMap<String, Arc<Path>>,
     report: &mut Report,
 ) -> Vec<String> {
     match dict.get("mappings") {
@@ -1145,15 +1147,16 @@ fn note_mappings(
 /// [`note_mappings`] for a file's table of mappings.
 fn note_names<'a>(
     names: impl Iterator<Item = &'a String>,
-    file: &Arc<str>,
-    seen: &mut HashMap<String, Arc<str>>,
+    file: &Arc<Path>,
+    seen: &mut HashMap<String, Arc<Path>>,
     report: &mut Report,
 ) -> Vec<String> {
     let mut duplicates = Vec::new();
     for name in names {
         if let Some(first) = seen.get(name) {
+            let first = first.display();
             report.problem_in(
-                file,
+                &file.display().to_string(),
                 &format!("mappings.{name}"),
                 format!(
                     "mapping `{name}` is already defined in {first}; \
@@ -1230,6 +1233,9 @@ pub(super) fn resolve_includes(
             _ => None,
         };
         let mut matched = Vec::new();
+        // The directory's listing comes sorted (by name, the paths' order in one
+        // directory); `glob`'s matches are sorted here.
+        let sorted = fast.is_some();
         if let Some(fast) = fast {
             matched = fast;
         } else {
@@ -1251,7 +1257,9 @@ pub(super) fn resolve_includes(
                 format!("included file `{full}` does not exist"),
             );
         }
-        matched.sort();
+        if !sorted {
+            matched.sort();
+        }
         out.extend(matched);
     }
     (out, dirs)
