@@ -149,7 +149,8 @@ impl Reloader {
     /// glob's directory, matching its pattern): the watch counts them by the glob, and
     /// at 100,000 included files their names were ~8 MiB kept, and as much again in
     /// the watch's set and in a copy made for it at every reload. Returns whether a
-    /// directory was newly watched.
+    /// directory was newly watched. What the names freed goes back to the operating
+    /// system at once ([`crate::memory::release_freed_heap`]).
     pub fn follow(&self, watcher: &mut ConfigWatcher) -> bool {
         let mut state = self.lock();
         let (relevant, covered) = Relevant::covering(&state.sources);
@@ -161,7 +162,9 @@ impl Reloader {
             .retain(|_| !covered.next().unwrap_or(false));
         state.sources.files.shrink_to_fit();
         drop(state);
-        watcher.follow_relevant(relevant, wanted)
+        let added = watcher.follow_relevant(relevant, wanted);
+        crate::memory::release_freed_heap();
+        added
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -326,8 +329,18 @@ impl Reloader {
 
     /// Whether the files now differ from what the last reload applied or rejected (what
     /// a [`Trigger::FileChange`] reload would act on). Logs nothing, changes nothing:
-    /// for a caller that was not watching somewhere for a while to catch up.
+    /// for a caller that was not watching somewhere for a while to catch up. What the
+    /// look freed (at 100,000 included files, a list of them all and a set) goes back
+    /// to the operating system at once ([`crate::memory::release_freed_heap`]), not
+    /// over the allocator's decay time: it runs at start, right after the start-up
+    /// load's heap was given back.
     pub fn changed_on_disk(&self) -> bool {
+        let changed = self.look_on_disk();
+        crate::memory::release_freed_heap();
+        changed
+    }
+
+    fn look_on_disk(&self) -> bool {
         let state = self.lock();
         if let Some(index) = &state.index {
             // `stat` for the files kept; the ones that changed are read.
@@ -930,10 +943,16 @@ mod tests {
         let Ok((mut watcher, _events)) = ConfigWatcher::start(Duration::from_millis(50)) else {
             return;
         };
+        let releases = crate::memory::releases_on_this_thread;
+        let before = releases();
         assert!(
             reloader.follow(&mut watcher),
             "the directories are newly watched"
         );
+        assert_eq!(releases() - before, 1, "what following freed is given back");
+        let before = releases();
+        let _ = reloader.changed_on_disk();
+        assert_eq!(releases() - before, 1, "what the look freed is given back");
         assert_eq!(
             reloader.sources().files,
             [dir.join("credvend.toml"), dir.join("mappings.d/link.toml")]
