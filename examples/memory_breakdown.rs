@@ -205,8 +205,13 @@ fn main() {
     );
 
     let stage = begin();
-    let config = Config::load(&main_file).expect("valid config");
-    end(stage, "Config::load (the validated Config)", n);
+    let (sources, config) = Config::read(&main_file);
+    let config = config.expect("valid config");
+    end(
+        stage,
+        "Config::read (the validated Config and its Sources)",
+        n,
+    );
 
     let stage = begin();
     let access = AccessTable::new(&config);
@@ -242,8 +247,22 @@ fn main() {
     );
 
     let stage = begin();
+    let files = config.files.len();
     drop(config);
-    end(stage, "drop the Config after building", n);
+    end(
+        stage,
+        &format!("drop the Config after building ({files} files)"),
+        n,
+    );
+
+    let stage = begin();
+    let listed = sources.files.len();
+    drop(sources);
+    end(
+        stage,
+        &format!("drop the Sources ({listed} files listed; the reload index)"),
+        n,
+    );
 
     println!(
         "live heap after start-up: {:.1} MiB ({:.0} B/mapping)",

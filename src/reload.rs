@@ -137,9 +137,34 @@ impl Reloader {
         self.lock().current.reload.watch
     }
 
-    /// What the last read looked at: what the watch follows.
+    /// What the last read looked at: what the watch follows. Once followed
+    /// ([`Reloader::follow`]), the files an include glob covers are left out of its
+    /// `files`: the watch counts them by the glob.
     pub fn sources(&self) -> Sources {
         self.lock().sources.clone()
+    }
+
+    /// Points `watcher` at what the last read looked at ([`ConfigWatcher::follow`]),
+    /// and drops from the files kept those an include glob covers (no link, in the
+    /// glob's directory, matching its pattern): the watch counts them by the glob, and
+    /// at 100,000 included files their names were ~8 MiB kept, and as much again in
+    /// the watch's set and in a copy made for it at every reload. Returns whether a
+    /// directory was newly watched. What the names freed goes back to the operating
+    /// system at once ([`crate::memory::release_freed_heap`]).
+    pub fn follow(&self, watcher: &mut ConfigWatcher) -> bool {
+        let mut state = self.lock();
+        let (relevant, covered) = Relevant::covering(&state.sources);
+        let wanted = Relevant::directories(&state.sources);
+        let mut covered = covered.into_iter();
+        state
+            .sources
+            .files
+            .retain(|_| !covered.next().unwrap_or(false));
+        state.sources.files.shrink_to_fit();
+        drop(state);
+        let added = watcher.follow_relevant(relevant, wanted);
+        crate::memory::release_freed_heap();
+        added
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -304,8 +329,18 @@ impl Reloader {
 
     /// Whether the files now differ from what the last reload applied or rejected (what
     /// a [`Trigger::FileChange`] reload would act on). Logs nothing, changes nothing:
-    /// for a caller that was not watching somewhere for a while to catch up.
+    /// for a caller that was not watching somewhere for a while to catch up. What the
+    /// look freed (at 100,000 included files, a list of them all and a set) goes back
+    /// to the operating system at once ([`crate::memory::release_freed_heap`]), not
+    /// over the allocator's decay time: it runs at start, right after the start-up
+    /// load's heap was given back.
     pub fn changed_on_disk(&self) -> bool {
+        let changed = self.look_on_disk();
+        crate::memory::release_freed_heap();
+        changed
+    }
+
+    fn look_on_disk(&self) -> bool {
         let state = self.lock();
         if let Some(index) = &state.index {
             // `stat` for the files kept; the ones that changed are read.
@@ -432,10 +467,15 @@ struct Relevant {
 
 impl Relevant {
     fn of(sources: &Sources) -> Self {
+        Self::covering(sources).0
+    }
+
+    /// [`Relevant::of`], and for each of `sources.files` whether an include glob
+    /// already covers it: a file that is no link, in the glob's directory, matching its
+    /// pattern, counts by the pattern and needs no name of its own (at 100,000 included
+    /// files, their names were a set of 100,000 paths).
+    fn covering(sources: &Sources) -> (Self, Vec<bool>) {
         let mut relevant = Relevant::default();
-        for file in &sources.files {
-            relevant.paths.extend(resolution_chain(&absolute(file)));
-        }
         for (dir, name) in &sources.include_globs {
             let dir = absolute(dir);
             relevant.paths.extend(resolution_chain(&dir));
@@ -443,18 +483,31 @@ impl Relevant {
                 relevant.globs.push((dir, pattern));
             }
         }
-        relevant
+        let mut covered = Vec::with_capacity(sources.files.len());
+        for file in &sources.files {
+            let file = absolute(file);
+            let chain = resolution_chain(&file);
+            let by_glob = chain.len() == 1 && relevant.matches_glob(&file);
+            if !by_glob {
+                relevant.paths.extend(chain);
+            }
+            covered.push(by_glob);
+        }
+        (relevant, covered)
+    }
+
+    fn matches_glob(&self, path: &Path) -> bool {
+        self.globs.iter().any(|(dir, pattern)| {
+            path.parent() == Some(dir.as_path())
+                && path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| pattern.matches(name))
+        })
     }
 
     fn matches(&self, path: &Path) -> bool {
-        self.paths.contains(path)
-            || self.globs.iter().any(|(dir, pattern)| {
-                path.parent() == Some(dir.as_path())
-                    && path
-                        .file_name()
-                        .and_then(|name| name.to_str())
-                        .is_some_and(|name| pattern.matches(name))
-            })
+        self.paths.contains(path) || self.matches_glob(path)
     }
 
     /// The directories to watch: the files' and the include directories.
@@ -587,8 +640,11 @@ impl ConfigWatcher {
     /// there before has no event coming. A directory that cannot be watched is logged
     /// ("File watching unavailable; reload with SIGHUP") and tried again next time.
     pub fn follow(&mut self, sources: &Sources) -> bool {
-        *self.relevant.lock().unwrap_or_else(|e| e.into_inner()) = Relevant::of(sources);
-        let wanted = Relevant::directories(sources);
+        self.follow_relevant(Relevant::of(sources), Relevant::directories(sources))
+    }
+
+    fn follow_relevant(&mut self, relevant: Relevant, wanted: BTreeSet<PathBuf>) -> bool {
+        *self.relevant.lock().unwrap_or_else(|e| e.into_inner()) = relevant;
         let gone: Vec<PathBuf> = self
             .watched
             .keys()
@@ -678,7 +734,7 @@ pub async fn run(hup: std::io::Result<tokio::signal::unix::Signal>, reloader: Re
         // was read — may have changed with no event coming: look on disk.
         let newly_watched = watcher
             .as_mut()
-            .is_some_and(|watcher| watcher.follow(&reloader.sources()));
+            .is_some_and(|watcher| reloader.follow(watcher));
         let changed_meanwhile =
             newly_watched && tokio::task::block_in_place(|| reloader.changed_on_disk());
         let trigger = if changed_meanwhile {
@@ -830,6 +886,82 @@ mod tests {
         );
     }
 
+    /// An included file the glob covers counts by the glob and is not kept by name (at
+    /// 100,000 files the names were ~8 MiB in the watch and as much in the reloader);
+    /// one that is a link keeps its chain, so an edit of the file it points to (outside
+    /// the include directory) still counts; so does the main file.
+    #[test]
+    fn included_files_the_glob_covers_are_not_kept_by_name_and_a_link_keeps_its_target() {
+        let tmp = TempDir::new("covered");
+        let dir = &tmp.0;
+        std::fs::create_dir_all(dir.join("mappings.d")).unwrap();
+        std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+        for file in ["credvend.toml", "mappings.d/a.toml", "elsewhere/real.toml"] {
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+        std::os::unix::fs::symlink(
+            dir.join("elsewhere/real.toml"),
+            dir.join("mappings.d/link.toml"),
+        )
+        .unwrap();
+        let sources = Sources {
+            files: vec![
+                dir.join("credvend.toml"),
+                dir.join("mappings.d/a.toml"),
+                dir.join("mappings.d/link.toml"),
+            ],
+            include_globs: vec![(dir.join("mappings.d"), "*.toml".into())],
+            ..Sources::default()
+        };
+        let (relevant, covered) = Relevant::covering(&sources);
+        assert_eq!(covered, [false, true, false]);
+        assert!(
+            !relevant.paths.contains(&dir.join("mappings.d/a.toml")),
+            "{:?}",
+            relevant.paths
+        );
+        for counts in [
+            "credvend.toml",
+            "mappings.d/a.toml",
+            "mappings.d/link.toml",
+            "elsewhere/real.toml",
+        ] {
+            assert!(relevant.matches(&dir.join(counts)), "{counts}");
+        }
+        assert!(!relevant.matches(&dir.join("elsewhere/other.toml")));
+
+        // The reloader keeps, once it has pointed the watch, only the files not covered.
+        let config = crate::testing::config("http://127.0.0.1:9", Vec::new());
+        let clock = crate::clock::ManualClock::starting_now();
+        let sts = Arc::new(CountingSts {
+            clock: clock.clone(),
+            roles: Mutex::new(Vec::new()),
+            probes: Default::default(),
+        });
+        let daemon = Arc::new(Daemon::new(&config, sts, Arc::new(clock)));
+        let reloader = Reloader::new(dir.join("credvend.toml"), config, sources, daemon);
+        let Ok((mut watcher, _events)) = ConfigWatcher::start(Duration::from_millis(50)) else {
+            return;
+        };
+        let releases = crate::memory::releases_on_this_thread;
+        let before = releases();
+        assert!(
+            reloader.follow(&mut watcher),
+            "the directories are newly watched"
+        );
+        assert_eq!(releases() - before, 1, "what following freed is given back");
+        let before = releases();
+        let _ = reloader.changed_on_disk();
+        assert_eq!(releases() - before, 1, "what the look freed is given back");
+        assert_eq!(
+            reloader.sources().files,
+            [dir.join("credvend.toml"), dir.join("mappings.d/link.toml")]
+        );
+        let watched = watcher.relevant.lock().unwrap();
+        assert!(watched.matches(&dir.join("mappings.d/a.toml")));
+        assert!(watched.matches(&dir.join("elsewhere/real.toml")));
+    }
+
     /// Answers every AssumeRole at once with a 1 h credential, recording each call's
     /// role.
     struct CountingSts {
@@ -973,7 +1105,7 @@ mod tests {
     fn age_index(reloader: &Reloader) {
         let mut state = reloader.lock();
         for record in state.index.as_mut().expect("an index").files.values_mut() {
-            record.facts.checked_at += 3_600 * 1_000_000_000;
+            record.racy = false;
         }
     }
 
@@ -1168,8 +1300,9 @@ mod tests {
         {
             let mut state = t.reloader.lock();
             let record = state.index.as_mut().unwrap().files.get_mut(&file).unwrap();
-            record.facts.stat = stat;
-            record.facts.checked_at = stat.ctime_ns;
+            record.stat = stat.fold();
+            record.racy = stat.racy(stat.ctime_ns);
+            assert!(record.racy, "changed at the moment it was looked at");
         }
         assert_eq!(
             t.reloader.reload(Trigger::FileChange),

@@ -27,14 +27,12 @@ use sha2::{Digest, Sha256};
 
 use super::Config;
 use super::load::{
-    self, FileFacts, FileRecord, FileStat, Included, LoadIndex, ReadLog, Report, Sources, TomlFile,
-    unix_nanos,
+    self, FileFacts, FileMappings, FileRecord, FileStat, Included, IncludedFile, LoadIndex,
+    ReadLog, Report, Sources, TomlFile, folded_token, unix_nanos,
 };
 use super::permissions;
 use super::validate;
 use crate::secret::TokenHash;
-
-type Owned = Vec<(Box<str>, Box<[TokenHash]>)>;
 
 /// The main file's part of a [`LoadIndex`]: its bytes, mode and owner.
 fn main_key(facts: &FileFacts) -> [u8; 32] {
@@ -46,55 +44,49 @@ fn main_key(facts: &FileFacts) -> [u8; 32] {
 }
 
 /// The index of a valid read: `None` when the next reload cannot reuse it (a file whose
-/// `stat` failed, an environment override of a mapping's key).
+/// `stat` failed, an environment override of a mapping's key). `included` is what each
+/// included file (`config.files` after the main file) was and defined, in that order.
 pub(super) fn index(
     report: &Report,
     config: &Config,
     facts: &HashMap<PathBuf, FileFacts>,
+    included: Vec<IncludedFile>,
     main: &Path,
 ) -> Option<LoadIndex> {
     let main_facts = facts.get(main)?;
     let (env, overrides_mappings) = load::env_digest();
-    if overrides_mappings {
+    if overrides_mappings || included.len() + 1 != config.files.len() {
         return None;
     }
-    let mut per_file: HashMap<&Path, (Owned, bool)> = HashMap::new();
-    let mut main_mappings = Vec::new();
-    for (name, mapping) in &config.mappings {
-        let entry = (
-            Box::from(name.as_str()),
-            mapping.token_sha256.clone().into_boxed_slice(),
-        );
-        match report.included.get(name) {
-            Some(file) => {
-                let (owned, volatile) = per_file.entry(&**file).or_default();
-                owned.push(entry);
-                *volatile |= report
-                    .lookup(&["mappings", name, "external_id_file"])
-                    .is_some();
-            }
-            None => main_mappings.push(entry),
-        }
-    }
-    let mut files = HashMap::with_capacity(config.files.len());
-    for file in config.files.iter().skip(1) {
-        let facts = facts.get(file)?.clone();
-        let (mappings, volatile) = per_file.remove(file.as_path()).unwrap_or_default();
-        files.insert(
-            file.clone(),
-            FileRecord {
-                facts,
-                mappings: mappings.into_boxed_slice(),
-                volatile,
-            },
-        );
-    }
-    Some(LoadIndex {
-        main: main_key(main_facts),
+    let tokens_of = |name: &str| -> Option<&[TokenHash]> {
+        Some(config.mappings.get(name)?.token_sha256.as_slice())
+    };
+    let main_mappings = config
+        .mappings
+        .iter()
+        .filter(|(name, _)| !report.included.contains_key(*name))
+        .map(|(name, mapping)| (name.as_str(), mapping.token_sha256.as_slice()));
+    let mut index = LoadIndex::with_capacity(
+        main_key(main_facts),
         env,
-        main_mappings: main_mappings.into_boxed_slice(),
-        files,
-    })
+        FileMappings::new(main_mappings),
+        included.len(),
+    );
+    for (file, included) in config.files.iter().skip(1).zip(included) {
+        let mut mappings = Vec::with_capacity(included.names.len());
+        for name in &included.names {
+            mappings.push((name.as_str(), tokens_of(name)?));
+        }
+        index.files.insert(
+            file,
+            FileRecord::new(
+                &included.facts?,
+                FileMappings::new(mappings),
+                included.volatile,
+            ),
+        );
+    }
+    Some(index)
 }
 
 /// What a reload changed, against the configuration an index was taken of.
@@ -116,9 +108,11 @@ impl ConfigChanges {
     pub(crate) fn commit(self, index: &mut LoadIndex) {
         for (path, record) in self.updates {
             match record {
-                Some(record) => index.files.insert(path, record),
-                None => index.files.remove(&path),
-            };
+                Some(record) => index.files.insert(&path, record),
+                None => {
+                    index.files.remove(&path);
+                }
+            }
         }
     }
 }
@@ -173,6 +167,8 @@ fn changes(
     }
 
     let mut read: HashSet<&Path> = HashSet::from([main]);
+    // Files of the index seen again: when all are, none is gone.
+    let mut seen = 0;
     let mut updates: Vec<(PathBuf, Option<FileRecord>)> = Vec::new();
     // Names of the mappings of files read again or gone, as the index had them.
     let mut replaced: BTreeSet<String> = BTreeSet::new();
@@ -185,12 +181,13 @@ fn changes(
             continue;
         }
         let record = index.files.get(include);
+        seen += usize::from(record.is_some());
         let stat = FileStat::of(include);
         if let (Some(record), Some(stat)) = (record, stat)
             && !record.volatile
-            && stat == record.facts.stat
+            && stat.fold() == record.stat
         {
-            let digest = if record.facts.stat.racy(record.facts.checked_at) {
+            let digest = if record.racy {
                 // `stat` cannot vouch for it: compare the bytes.
                 let checked_at = unix_nanos(std::time::SystemTime::now());
                 let bytes = std::fs::read(include).ok();
@@ -198,22 +195,24 @@ fn changes(
                     reread.push(include.clone());
                 }
                 let digest: Option<[u8; 32]> = bytes.map(|b| Sha256::digest(&b).into());
-                if digest == Some(record.facts.digest) {
+                let same = digest.filter(|d| load::short(d) == record.digest);
+                if let Some(digest) = same {
                     updates.push((
                         include.clone(),
-                        Some(FileRecord {
-                            facts: FileFacts {
+                        Some(FileRecord::new(
+                            &FileFacts {
                                 stat,
-                                digest: record.facts.digest,
+                                digest,
                                 checked_at,
                             },
-                            ..record.clone()
-                        }),
+                            record.mappings.clone(),
+                            record.volatile,
+                        )),
                     ));
                 }
-                digest.filter(|d| *d == record.facts.digest)
+                same.map(|_| record.digest)
             } else {
-                Some(record.facts.digest)
+                Some(record.digest)
             };
             if let Some(digest) = digest {
                 log.file_digest(include, Some(&digest), None);
@@ -224,7 +223,7 @@ fn changes(
         }
         // New, changed, or not to be trusted: read and parse as a full read does.
         if let Some(record) = record {
-            replaced.extend(record.mappings.iter().map(|(name, _)| name.to_string()));
+            replaced.extend(record.mappings.names().map(str::to_owned));
         }
         let display = include.display().to_string();
         report.check_private_file(include, &display);
@@ -236,8 +235,12 @@ fn changes(
             }
         };
         let mut names = Vec::new();
-        if let Some(mappings) = load::included_mappings(dict, &display, &main_display, &mut report)
-        {
+        if let Some(mappings) = load::included_mappings(
+            load::IncludedTables::of(dict),
+            include,
+            &main_display,
+            &mut report,
+        ) {
             let shared: Arc<Path> = Arc::from(include.as_path());
             for (name, mapping) in mappings {
                 if included_files
@@ -253,26 +256,32 @@ fn changes(
         reread.push((include.clone(), names));
     }
     // Files gone.
-    for (path, record) in &index.files {
-        if !read.contains(path.as_path()) {
-            replaced.extend(record.mappings.iter().map(|(name, _)| name.to_string()));
-            updates.push((path.clone(), None));
+    if seen < index.files.len() {
+        for (path, record) in index.files.iter() {
+            if !read.contains(path.as_path()) {
+                replaced.extend(record.mappings.names().map(str::to_owned));
+                updates.push((path, None));
+            }
         }
     }
     if !report.problems.is_empty() {
         return Err("a problem");
     }
 
-    // The mappings kept as they were: counted, and (below) checked against the ones
-    // read again, in one pass without building sets of them (100,000 inserts each).
+    // The mappings of the files kept as they were: counted, and (below) checked
+    // against the ones read again, in one pass without building sets of them (100,000
+    // inserts each). A file read again or gone has all its names in `replaced` (a name
+    // is in one file only), so its first name tells.
     let kept = || {
-        index
-            .main_mappings
-            .iter()
-            .chain(index.files.values().flat_map(|r| r.mappings.iter()))
-            .filter(|(name, _)| !replaced.contains(&**name))
+        std::iter::once(&index.main_mappings)
+            .chain(index.files.values().map(|r| &r.mappings))
+            .filter(|m| {
+                m.names()
+                    .next()
+                    .is_some_and(|name| !replaced.contains(name))
+            })
     };
-    let mappings = kept().count() + included.len();
+    let mappings = kept().map(|m| m.names().count()).sum::<usize>() + included.len();
     if mappings == 0 {
         return Err("no mappings left");
     }
@@ -317,33 +326,31 @@ fn changes(
                 }
             }
         }
-        for (name, tokens) in kept() {
-            if config.mappings.contains_key(&**name) || report_names.contains(&**name) {
+        let new_folded: HashSet<u64> = new_tokens.iter().map(|t| folded_token(t)).collect();
+        for kept in kept() {
+            if kept
+                .names()
+                .any(|name| config.mappings.contains_key(name) || report_names.contains(name))
+            {
                 return Err("a mapping read again is also defined in a file kept");
             }
-            if tokens.iter().any(|token| new_tokens.contains(token)) {
-                return Err("a token hash read again is also listed by another mapping");
+            if kept.tokens().any(|token| new_folded.contains(&token)) {
+                return Err("a token hash read again may also be listed by another mapping");
             }
         }
         for (path, names) in &reread {
             let facts = log.facts.get(path).ok_or("a file read again has no stat")?;
-            let owned: Owned = names
-                .iter()
-                .filter_map(|name| {
-                    let mapping = config.mappings.get(name)?;
-                    Some((
-                        Box::from(name.as_str()),
-                        mapping.token_sha256.clone().into_boxed_slice(),
-                    ))
-                })
-                .collect();
+            let owned = FileMappings::new(names.iter().filter_map(|name| {
+                let mapping = config.mappings.get(name)?;
+                Some((name.as_str(), mapping.token_sha256.as_slice()))
+            }));
             updates.push((
                 path.clone(),
-                Some(FileRecord {
-                    facts: facts.clone(),
-                    mappings: owned.into_boxed_slice(),
-                    volatile: names.iter().any(|name| volatile.contains(name)),
-                }),
+                Some(FileRecord::new(
+                    facts,
+                    owned,
+                    names.iter().any(|name| volatile.contains(name)),
+                )),
             ));
         }
         Some(config)
@@ -354,11 +361,7 @@ fn changes(
             let facts = log.facts.get(path).ok_or("a file read again has no stat")?;
             updates.push((
                 path.clone(),
-                Some(FileRecord {
-                    facts: facts.clone(),
-                    mappings: Box::new([]),
-                    volatile: false,
-                }),
+                Some(FileRecord::new(facts, FileMappings::default(), false)),
             ));
         }
     }

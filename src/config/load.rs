@@ -47,8 +47,21 @@ pub(super) struct Loaded {
     pub files: Vec<PathBuf>,
     /// Directories the `include` globs look in.
     pub include_dirs: Vec<PathBuf>,
-    /// What each file read was ([`FileFacts`]), by path, for the [`LoadIndex`].
+    /// What the main file was when read ([`FileFacts`]), by path, for the [`LoadIndex`].
     pub facts: HashMap<PathBuf, FileFacts>,
+    /// What each included file (`files` after the first) was and defined, in the same
+    /// order, for the [`LoadIndex`].
+    pub included: Vec<IncludedFile>,
+}
+
+/// What one included file of a read was and defined, for the [`LoadIndex`].
+pub(super) struct IncludedFile {
+    /// `None` when its `stat` failed: the index cannot vouch for it then.
+    pub facts: Option<FileFacts>,
+    /// The mappings it defined (a name also defined by an earlier file left out).
+    pub names: Vec<String>,
+    /// One of them reads an `external_id_file` ([`FileRecord::volatile`]).
+    pub volatile: bool,
 }
 
 /// What one read of the configuration looked at, whether or not it was valid: the files
@@ -127,47 +140,33 @@ impl<'a> ReadLog<'a> {
 
     /// Reads `path` whole, recording its name and bytes (or the failure).
     pub(super) fn read(&mut self, path: &Path) -> std::io::Result<String> {
-        let stat = self.record.then(|| FileStat::of(path)).flatten();
-        self.read_with(path, stat)
+        let (read, text) = FileRead::of(path);
+        self.record(path, &read, true);
+        text
     }
 
-    /// [`ReadLog::read`] with the file's `stat` taken just before by the caller.
-    pub(super) fn read_with(
-        &mut self,
-        path: &Path,
-        stat: Option<FileStat>,
-    ) -> std::io::Result<String> {
+    /// Records one file read ([`FileRead::of`], on any thread): its name, the digest of
+    /// its bytes (or why it could not be read), its mode and owner; and, when recording
+    /// with `facts`, what it was ([`FileFacts`]) by path. Called in load order: the
+    /// digest of the whole read depends on it.
+    pub(super) fn record(&mut self, path: &Path, read: &FileRead, facts: bool) {
         self.sources.files.push(path.to_path_buf());
         if let Some(reread) = &mut self.sources.reread {
             reread.push(path.to_path_buf());
         }
-        // The file's identity and times before its bytes (`stat`): an edit landing
-        // after it makes the next read's `stat` differ, or falls in the window
-        // [`FileStat::racy`] re-reads.
-        let checked_at = unix_nanos(std::time::SystemTime::now());
-        let result = fs::read_to_string(path);
-        match &result {
-            Ok(text) => {
-                let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-                self.file_digest(path, Some(&digest), None);
-                if let Some(stat) = stat {
-                    self.facts.insert(
-                        path.to_path_buf(),
-                        FileFacts {
-                            stat,
-                            digest,
-                            checked_at,
-                        },
-                    );
+        match &read.digest {
+            Ok(digest) => {
+                self.file_digest(path, Some(&short(digest)), None);
+                if let (true, true, Some(facts)) = (self.record, facts, read.facts()) {
+                    self.facts.insert(path.to_path_buf(), facts);
                 }
             }
-            Err(e) => self.file_digest(path, None, Some(e.kind())),
+            Err(kind) => self.file_digest(path, None, Some(*kind)),
         }
-        match stat {
+        match read.stat {
             Some(stat) => self.mode(stat.mode, stat.uid),
             None => self.permissions(path),
         }
-        result
     }
 
     /// Feeds one file's path and the digest of its bytes (or why it could not be read)
@@ -175,7 +174,7 @@ impl<'a> ReadLog<'a> {
     pub(super) fn file_digest(
         &mut self,
         path: &Path,
-        digest: Option<&[u8; 32]>,
+        digest: Option<&ShortDigest>,
         error: Option<std::io::ErrorKind>,
     ) {
         self.hasher.update(path.as_os_str().as_encoded_bytes());
@@ -223,7 +222,7 @@ pub(super) fn unix_nanos(at: std::time::SystemTime) -> i64 {
 /// its mode and owner. Two equal `FileStat`s of a path say its bytes did not change,
 /// except for a rewrite of the same size inside the file system's timestamp
 /// granularity ([`FileStat::racy`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct FileStat {
     pub(crate) dev: u64,
     pub(crate) ino: u64,
@@ -236,17 +235,7 @@ pub(crate) struct FileStat {
 
 impl FileStat {
     pub(crate) fn of(path: &Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(path).ok()?;
-        Some(Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-            mode: meta.mode(),
-            uid: meta.uid(),
-        })
+        fs::metadata(path).ok().map(|meta| Self::from(&meta))
     }
 
     /// Whether a file with this `stat`, taken at `checked_at` (ns since the epoch), could
@@ -256,9 +245,34 @@ impl FileStat {
     /// FAT), so a rewrite of the same size in the same tick leaves every field equal.
     /// Such a file is read again, and compared by digest, until a read happens long
     /// enough after its last change (the "racily clean" rule of git's index).
+    /// All of it folded to 8 bytes (SipHash), what the reload index keeps: a file whose
+    /// `stat` folds the same is taken for unchanged, as one whose `stat` is the same
+    /// was before (a change that folds alike by chance: one in 2^64).
+    pub(crate) fn fold(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+
     pub(crate) fn racy(&self, checked_at: i64) -> bool {
         let window = i64::try_from(RACY_WINDOW.as_nanos()).unwrap_or(i64::MAX);
         self.mtime_ns.max(self.ctime_ns) > checked_at.saturating_sub(window)
+    }
+}
+
+impl From<&fs::Metadata> for FileStat {
+    fn from(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mode: meta.mode(),
+            uid: meta.uid(),
+        }
     }
 }
 
@@ -275,18 +289,319 @@ pub(crate) struct FileFacts {
     pub(crate) checked_at: i64,
 }
 
-/// The mappings a file defined, each with its token hashes.
-pub(crate) type OwnedMappings = Box<[(Box<str>, Box<[crate::secret::TokenHash]>)]>;
+/// What reading one file found ([`FileRead::of`]): done on any thread, recorded in load
+/// order ([`ReadLog::record`]).
+#[derive(Debug, Clone)]
+pub(super) struct FileRead {
+    /// What `stat` said of the file read (of the open file: the very one read), or of
+    /// its path when it could not be opened; `None` when neither worked.
+    pub(super) stat: Option<FileStat>,
+    /// When it was looked at, before its bytes were read ([`FileStat::racy`]).
+    pub(super) checked_at: i64,
+    /// The SHA-256 of its bytes, or why it could not be read.
+    pub(super) digest: Result<[u8; 32], std::io::ErrorKind>,
+}
+
+impl FileRead {
+    /// Opens `path`, `stat`s the open file, then reads it whole: one lookup of the path
+    /// (`fs::read_to_string` after a `stat` of the path looked it up twice and `stat`ed
+    /// the file twice; at 100,000 included files the system calls were most of the
+    /// read). The file's identity and times come before its bytes: an edit landing after
+    /// them makes the next `stat` differ, or falls in the window [`FileStat::racy`]
+    /// re-reads.
+    pub(super) fn of(path: &Path) -> (Self, std::io::Result<String>) {
+        use std::io::Read;
+        let mut file = match fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                let read = Self {
+                    stat: FileStat::of(path),
+                    checked_at: unix_nanos(std::time::SystemTime::now()),
+                    digest: Err(e.kind()),
+                };
+                return (read, Err(e));
+            }
+        };
+        let stat = file.metadata().ok().map(|meta| FileStat::from(&meta));
+        let checked_at = unix_nanos(std::time::SystemTime::now());
+        // Sized from the `stat`, and read up to that size: no read to find the end of
+        // the file (a system call per file). Bytes appended after the `stat` are left
+        // for the next read: the `stat` recorded is the one before them, so the next
+        // reload sees the file changed and reads it again. A file whose `stat` gives
+        // no size (0) is read to its end.
+        let size = stat.map_or(0, |stat| usize::try_from(stat.size).unwrap_or(0));
+        let mut bytes = vec![0u8; size.max(64)];
+        let mut filled = 0;
+        let result = loop {
+            if size > 0 && filled == size {
+                break Ok(());
+            }
+            if filled == bytes.len() {
+                bytes.resize(bytes.len() * 2, 0);
+            }
+            match file.read(&mut bytes[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        bytes.truncate(filled);
+        let text = result.and_then(|()| {
+            String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                )
+            })
+        });
+        let read = Self {
+            stat,
+            checked_at,
+            digest: match &text {
+                Ok(text) => Ok(Sha256::digest(text.as_bytes()).into()),
+                Err(e) => Err(e.kind()),
+            },
+        };
+        (read, text)
+    }
+
+    /// What the file was, when it was read and `stat` worked.
+    pub(super) fn facts(&self) -> Option<FileFacts> {
+        Some(FileFacts {
+            stat: self.stat?,
+            digest: *self.digest.as_ref().ok()?,
+            checked_at: self.checked_at,
+        })
+    }
+}
+
+/// The mappings a file defined, for the checks across files of a reload that reads
+/// only some files again: their names (in one string, a line each: a mapping name has
+/// no line break) and each of their token hashes folded to 8 bytes ([`folded_token`]).
+/// A reload that finds a token read again among these goes to the full read, which
+/// compares whole hashes: two different hashes folding alike cost that reload its
+/// speed, never its answer. At 100,000 files this is one string and one small slice per file
+/// instead of a slice of pairs, a string and a slice of 32-byte hashes per mapping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FileMappings(Box<[u8]>);
+
+impl FileMappings {
+    /// Laid out in one allocation: the number of token hashes (4 bytes), each folded
+    /// (8 bytes), then the names.
+    pub(crate) fn new<'a>(
+        mappings: impl IntoIterator<Item = (&'a str, &'a [crate::secret::TokenHash])>,
+    ) -> Self {
+        let mut names = String::new();
+        let mut tokens = Vec::new();
+        for (name, hashes) in mappings {
+            if !names.is_empty() {
+                names.push('\n');
+            }
+            names.push_str(name);
+            tokens.extend(hashes.iter().map(folded_token));
+        }
+        if names.is_empty() && tokens.is_empty() {
+            return Self::default();
+        }
+        let mut bytes = Vec::with_capacity(4 + 8 * tokens.len() + names.len());
+        bytes.extend_from_slice(
+            &u32::try_from(tokens.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        for token in &tokens {
+            bytes.extend_from_slice(&token.to_le_bytes());
+        }
+        bytes.extend_from_slice(names.as_bytes());
+        Self(bytes.into_boxed_slice())
+    }
+
+    /// Where the names start (after the count and the tokens).
+    fn names_at(&self) -> usize {
+        match self.0.get(..4) {
+            Some(count) => {
+                let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]);
+                (4 + 8 * count as usize).min(self.0.len())
+            }
+            None => 0,
+        }
+    }
+
+    /// The names of the mappings, in the order given.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        std::str::from_utf8(&self.0[self.names_at()..])
+            .unwrap_or_default()
+            .split('\n')
+            .filter(|name| !name.is_empty())
+    }
+
+    /// Every token hash of these mappings, folded ([`folded_token`]).
+    pub(crate) fn tokens(&self) -> impl Iterator<Item = u64> {
+        self.0
+            .get(4..self.names_at())
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    }
+}
+
+/// A token hash folded to 8 bytes (SipHash of all 32), what a [`FileMappings`] keeps
+/// of it. Not its first 8 bytes: hand-written hashes (`00…01`, `00…02`) share those.
+pub(crate) fn folded_token(hash: &crate::secret::TokenHash) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    hash.0.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A file's digest as the reload index keeps it and the digest of a whole read takes
+/// it: the first 16 bytes of the SHA-256 of its bytes.
+pub(crate) type ShortDigest = [u8; 16];
+
+/// The first 16 bytes of `digest`.
+pub(crate) fn short(digest: &[u8; 32]) -> ShortDigest {
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&digest[..16]);
+    head
+}
 
 /// What one included file contributed to a valid configuration: what it was when read,
 /// and the mappings it defined with their token hashes (for the checks across files).
+/// 48 bytes and one allocation beside its name, per file: at 100,000 included files
+/// the index was ~29 MiB of the idle daemon with the whole `stat` and digest, the time
+/// it was read, and each mapping's name and hashes apart.
 #[derive(Debug, Clone)]
 pub(crate) struct FileRecord {
-    pub(crate) facts: FileFacts,
-    pub(crate) mappings: OwnedMappings,
+    /// Its `stat` when read, folded ([`FileStat::fold`]).
+    pub(crate) stat: u64,
+    /// The digest of the bytes read ([`ShortDigest`]).
+    pub(crate) digest: ShortDigest,
+    /// Its last change was too close to the moment it was read for `stat` to vouch
+    /// for it ([`FileStat::racy`]): the next reload compares its bytes.
+    pub(crate) racy: bool,
     /// One of its mappings reads an `external_id_file`, whose bytes are not in the
     /// digest: the file is read and validated again at every reload.
     pub(crate) volatile: bool,
+    pub(crate) mappings: FileMappings,
+}
+
+impl FileRecord {
+    pub(crate) fn new(facts: &FileFacts, mappings: FileMappings, volatile: bool) -> Self {
+        Self {
+            stat: facts.stat.fold(),
+            digest: short(&facts.digest),
+            racy: facts.stat.racy(facts.checked_at),
+            volatile,
+            mappings,
+        }
+    }
+}
+
+/// The included files of a [`LoadIndex`], by path. A path is kept as its directory
+/// (once per directory: an include directory holds them all) and its file name, so
+/// 100,000 files in one directory keep one copy of the directory's name, not 100,000.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IncludedIndex {
+    dirs: Vec<PathBuf>,
+    /// Key: the directory's position in `dirs` (4 bytes) and the file name's bytes.
+    files: HashMap<Box<[u8]>, FileRecord>,
+}
+
+impl IncludedIndex {
+    /// The key of `path`, with `dirs` extended when `add` (else `None` for a directory
+    /// not in it).
+    fn key(&mut self, path: &Path, add: bool) -> Option<Box<[u8]>> {
+        let (dir, name) = split(path);
+        let position = match self.dirs.iter().position(|d| d.as_os_str() == dir) {
+            Some(position) => position,
+            None if add => {
+                self.dirs.push(PathBuf::from(dir));
+                self.dirs.len() - 1
+            }
+            None => return None,
+        };
+        Some(key_of(position, name))
+    }
+
+    fn lookup_key(&self, path: &Path) -> Option<Box<[u8]>> {
+        let (dir, name) = split(path);
+        let position = self.dirs.iter().position(|d| d.as_os_str() == dir)?;
+        Some(key_of(position, name))
+    }
+
+    pub(crate) fn get(&self, path: &Path) -> Option<&FileRecord> {
+        self.files.get(&self.lookup_key(path)?)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get_mut(&mut self, path: &Path) -> Option<&mut FileRecord> {
+        let key = self.lookup_key(path)?;
+        self.files.get_mut(&key)
+    }
+
+    pub(crate) fn insert(&mut self, path: &Path, record: FileRecord) {
+        if let Some(key) = self.key(path, true) {
+            self.files.insert(key, record);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, path: &Path) -> Option<FileRecord> {
+        let key = self.lookup_key(path)?;
+        self.files.remove(&key)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Every file, with its path.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (PathBuf, &FileRecord)> {
+        use std::os::unix::ffi::OsStrExt;
+        self.files.iter().map(|(key, record)| {
+            let (position, name) = key.split_at(4);
+            let position = u32::from_le_bytes([position[0], position[1], position[2], position[3]]);
+            let dir = &self.dirs[position as usize];
+            (dir.join(std::ffi::OsStr::from_bytes(name)), record)
+        })
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &FileRecord> {
+        self.files.values()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut FileRecord> {
+        self.files.values_mut()
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            dirs: Vec::new(),
+            files: HashMap::with_capacity(capacity),
+        }
+    }
+}
+
+/// A path's directory and file name, as bytes (the directory empty for a bare name).
+fn split(path: &Path) -> (&std::ffi::OsStr, &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    match bytes.iter().rposition(|&b| b == b'/') {
+        // `/a.toml`: the directory is `/`.
+        Some(slash) => (
+            std::ffi::OsStr::from_bytes(&bytes[..slash.max(1)]),
+            &bytes[slash + 1..],
+        ),
+        None => (std::ffi::OsStr::new(""), bytes),
+    }
+}
+
+fn key_of(position: usize, name: &[u8]) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(4 + name.len());
+    key.extend_from_slice(&u32::try_from(position).unwrap_or(u32::MAX).to_le_bytes());
+    key.extend_from_slice(name);
+    key.into_boxed_slice()
 }
 
 /// What a valid read of the configuration was built from, for the next reload to redo
@@ -298,9 +613,25 @@ pub(crate) struct LoadIndex {
     pub(crate) main: [u8; 32],
     pub(crate) env: [u8; 32],
     /// The main file's own mappings and their tokens.
-    pub(crate) main_mappings: OwnedMappings,
+    pub(crate) main_mappings: FileMappings,
     /// Every included file, by path as the globs produced it.
-    pub(crate) files: HashMap<PathBuf, FileRecord>,
+    pub(crate) files: IncludedIndex,
+}
+
+impl LoadIndex {
+    pub(crate) fn with_capacity(
+        main: [u8; 32],
+        env: [u8; 32],
+        main_mappings: FileMappings,
+        files: usize,
+    ) -> Self {
+        Self {
+            main,
+            env,
+            main_mappings,
+            files: IncludedIndex::with_capacity(files),
+        }
+    }
 }
 
 /// A digest of every `CREDVEND_*` variable (name and value), and whether one of them
@@ -435,8 +766,13 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
     warn_unrelated_env_vars(&mut report);
 
     // Which file defines each mapping, to reject a name defined twice.
-    let mut mapping_files: BTreeMap<String, String> = BTreeMap::new();
-    let _ = note_mappings(&main_dict, &main_display, &mut mapping_files, &mut report);
+    let mut mapping_files: HashMap<String, Arc<Path>> = HashMap::new();
+    let _ = note_mappings(
+        &main_dict,
+        &Arc::from(main),
+        &mut mapping_files,
+        &mut report,
+    );
     let mut files = vec![main.to_path_buf()];
     // Without an environment override of a mapping's key, the mappings (the main
     // file's and the included files') never go through figment: they are moved into
@@ -460,20 +796,25 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         report.check_permissions(dir, permissions::Kind::IncludeDirectory, &origin, "include");
     }
     // A set beside the list: `files.contains` was quadratic, minutes at 100,000 files.
-    let mut read: HashSet<PathBuf> = files.iter().cloned().collect();
+    let mut read: HashSet<&Path> = HashSet::from([main]);
+    let unique: Vec<&Path> = includes
+        .iter()
+        .map(PathBuf::as_path)
+        .filter(|include| read.insert(include))
+        .collect();
     let running_as = permissions::running_as();
     // Every included mapping, merged into the figment as one provider ([`Included`]),
     // and the file each came from.
     let mut included = Dict::new();
     let mut included_files: HashMap<String, Arc<Path>> = HashMap::new();
-    for include in includes {
-        if !read.insert(include.clone()) {
-            continue;
-        }
-        let display = include.display().to_string();
+    let mut index_files = Vec::with_capacity(unique.len());
+    // Read and parsed on every core, then taken in load order: the problems, the
+    // duplicates and the digest are the same as one file after another.
+    for (include, (file, parsed)) in unique.iter().zip(read_and_parse(&unique)) {
+        // The file's name as shown is made only for a problem.
+        let display = || include.display().to_string();
         // One `stat` for the permission check and the read's record.
-        let stat = FileStat::of(&include);
-        match stat {
+        match file.stat {
             Some(stat)
                 if permissions::nothing_to_find(
                     stat.mode,
@@ -481,30 +822,47 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
                     permissions::Kind::File,
                     running_as,
                 ) => {}
-            _ => report.check_private_file(&include, &display),
+            _ => report.check_private_file(include, &display()),
         }
-        let dict = match read_toml_with(&include, stat, log) {
+        log.record(include, &file, false);
+        let dict = match parsed {
             Ok(dict) => dict,
             Err(reason) => {
-                report.problem_in(&display, "", reason);
+                report.problem_in(&display(), "", reason);
                 continue;
             }
         };
-        if let Some(mut mappings) = included_mappings(dict, &display, &main_display, &mut report) {
+        let mut names = Vec::new();
+        let mut volatile = false;
+        if let Some(mut mappings) = included_mappings(dict, include, &main_display, &mut report) {
+            // One shared path for all the mappings of a file.
+            let shared: Arc<Path> = Arc::from(*include);
             // A duplicate is reported and left out, so it cannot override the first
             // definition and add follow-on problems of its own.
-            for duplicate in note_names(&mappings, &display, &mut mapping_files, &mut report) {
-                mappings.remove(&duplicate);
+            let duplicates = note_names(
+                mappings.iter().map(|(name, _)| name),
+                &shared,
+                &mut mapping_files,
+                &mut report,
+            );
+            if !duplicates.is_empty() {
+                mappings.retain(|(name, _)| !duplicates.contains(name));
             }
-            // One shared path for all the mappings of a file.
-            let shared: Arc<Path> = Arc::from(include.as_path());
             for (name, mapping) in mappings {
+                volatile |= matches!(&mapping, Value::Dict(_, keys) if keys.contains_key("external_id_file"));
                 included_files.insert(name.clone(), Arc::clone(&shared));
+                names.push(name.clone());
                 included.insert(name, mapping);
             }
         }
-        files.push(include);
+        index_files.push(IncludedFile {
+            facts: file.facts(),
+            names,
+            volatile,
+        });
+        files.push(include.to_path_buf());
     }
+    drop(unique);
     if env_overrides_mappings {
         if !included.is_empty() {
             let mut dict = Dict::new();
@@ -533,6 +891,7 @@ fn load_logged(main: &Path, log: &mut ReadLog<'_>) -> Result<Loaded, ConfigError
         files,
         include_dirs,
         facts: HashMap::new(),
+        included: index_files,
     })
 }
 
@@ -610,20 +969,87 @@ pub(super) fn warn_unrelated_env_vars(report: &mut Report) {
 
 /// Parses one TOML file into an untagged dictionary (the figment assigns tags).
 pub(super) fn read_toml(path: &Path, log: &mut ReadLog<'_>) -> Result<Dict, String> {
-    let stat = log.record.then(|| FileStat::of(path)).flatten();
-    read_toml_with(path, stat, log)
+    let text = log.read(path).map_err(read_error)?;
+    parse_toml(&text)
 }
 
-/// [`read_toml`] with the file's `stat` taken just before by the caller.
-pub(super) fn read_toml_with(
-    path: &Path,
-    stat: Option<FileStat>,
-    log: &mut ReadLog<'_>,
-) -> Result<Dict, String> {
-    let text = log
-        .read_with(path, stat)
-        .map_err(|e| format!("cannot read file: {e}"))?;
-    toml::from_str::<Dict>(&text).map_err(|e| without_snippet(&e.to_string()))
+/// The reason given for a file that cannot be read.
+fn read_error(e: std::io::Error) -> String {
+    format!("cannot read file: {e}")
+}
+
+/// One file's text as an untagged dictionary, or why it does not parse.
+fn parse_toml(text: &str) -> Result<Dict, String> {
+    toml::from_str::<Dict>(text).map_err(|e| without_snippet(&e.to_string()))
+}
+
+/// At most this many threads read and parse the included files.
+const READ_THREADS: usize = 4;
+
+/// Below this many files, one thread reads them all (a thread costs more than it earns).
+const PARALLEL_FROM: usize = 256;
+
+/// Reads and parses `paths` ([`FileRead::of`], [`parse_toml`]), split in contiguous
+/// parts over up to [`READ_THREADS`] threads (the cores there are), the results in
+/// `paths`' order: at 100,000 included files, reading and parsing them was most of
+/// the start-up, on one core.
+pub(super) fn read_and_parse(paths: &[&Path]) -> Vec<(FileRead, Result<IncludedTables, String>)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(READ_THREADS);
+    let threads = if paths.len() < PARALLEL_FROM {
+        1
+    } else {
+        threads
+    };
+    read_and_parse_on(paths, threads)
+}
+
+/// [`read_and_parse`] on `threads` threads (this one and `threads - 1` helpers).
+fn read_and_parse_on(
+    paths: &[&Path],
+    threads: usize,
+) -> Vec<(FileRead, Result<IncludedTables, String>)> {
+    let work = |part: &[&Path]| -> Vec<(FileRead, Result<IncludedTables, String>)> {
+        part.iter()
+            .map(|path| {
+                let (file, text) = FileRead::of(path);
+                let parsed = text
+                    .map_err(read_error)
+                    .and_then(|text| parse_toml(&text))
+                    .map(IncludedTables::of);
+                (file, parsed)
+            })
+            .collect()
+    };
+    if threads < 2 || paths.is_empty() {
+        return work(paths);
+    }
+    let part = paths.len().div_ceil(threads);
+    // The helpers allocate from this thread's arena ([`crate::memory::share_arena`]).
+    let arena = crate::memory::thread_arena();
+    std::thread::scope(|scope| {
+        let mut parts = paths.chunks(part);
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts
+            .map(|part| {
+                scope.spawn(move || {
+                    if let Some(arena) = arena {
+                        crate::memory::share_arena(arena);
+                    }
+                    work(part)
+                })
+            })
+            .collect();
+        let mut out = work(first);
+        for other in others {
+            match other.join() {
+                Ok(results) => out.extend(results),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 /// toml's parse errors quote the offending source line; that line may be an
@@ -641,35 +1067,61 @@ fn without_snippet(message: &str) -> String {
         .join(": ")
 }
 
+/// One included file's parsed table, taken apart where it was parsed: its other
+/// top-level keys (each a problem: an included file holds only mappings) and its
+/// `[mappings.*]` tables as a list. Held for 100,000 files at once (read on every
+/// core, then taken in order), the tables around the mappings would be two tree nodes
+/// per file, ~120 MiB.
+pub(super) struct IncludedTables {
+    /// Every top-level key but `mappings`, in order.
+    others: Vec<String>,
+    /// `mappings`: its tables by name in order, or `Err` when it is not a table.
+    mappings: Option<Result<Vec<(String, Value)>, ()>>,
+}
+
+impl IncludedTables {
+    pub(super) fn of(dict: Dict) -> Self {
+        let mut others = Vec::new();
+        let mut mappings = None;
+        for (key, value) in dict {
+            if key == "mappings" {
+                mappings = Some(match value {
+                    Value::Dict(_, tables) => Ok(tables.into_iter().collect()),
+                    _ => Err(()),
+                });
+            } else {
+                others.push(key);
+            }
+        }
+        Self { others, mappings }
+    }
+}
+
 /// The `[mappings.*]` tables of one included file's parsed table, by name; any other
 /// key is a problem (an included file may hold only mappings).
 pub(super) fn included_mappings(
-    dict: Dict,
-    display: &str,
+    tables: IncludedTables,
+    file: &Path,
     main_display: &str,
     report: &mut Report,
-) -> Option<Dict> {
-    let mut found = None;
-    for (key, value) in dict {
-        if key == "mappings" {
-            found = Some(value);
+) -> Option<Vec<(String, Value)>> {
+    let display = || file.display().to_string();
+    for key in tables.others {
+        let reason = if TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            format!(
+                "only [mappings.*] tables may appear in an included file; \
+                 move `{key}` to {main_display}"
+            )
         } else {
-            let reason = if TOP_LEVEL_KEYS.contains(&key.as_str()) {
-                format!(
-                    "only [mappings.*] tables may appear in an included file; \
-                     move `{key}` to {main_display}"
-                )
-            } else {
-                "unknown key; an included file may hold only [mappings.*] tables".to_owned()
-            };
-            report.problem_in(display, &key, reason);
-        }
+            "unknown key; an included file may hold only [mappings.*] tables".to_owned()
+        };
+        report.problem_in(&display(), &key, reason);
     }
-    match found? {
-        Value::Dict(_, mappings) => Some(mappings),
-        _ => {
+    match tables.mappings? {
+        Ok(mappings) => Some(mappings),
+        Err(()) => {
             report.problem_in(
-                display,
+                &display(),
                 "mappings",
                 "must be a table of [mappings.<name>] tables",
             );
@@ -682,28 +1134,29 @@ pub(super) fn included_mappings(
 /// both. Returns the names already defined elsewhere.
 fn note_mappings(
     dict: &Dict,
-    file: &str,
-    seen: &mut BTreeMap<String, String>,
+    file: &Arc<Path>,
+    seen: &mut HashMap<String, Arc<Path>>,
     report: &mut Report,
 ) -> Vec<String> {
     match dict.get("mappings") {
-        Some(Value::Dict(_, mappings)) => note_names(mappings, file, seen, report),
+        Some(Value::Dict(_, mappings)) => note_names(mappings.keys(), file, seen, report),
         _ => Vec::new(),
     }
 }
 
 /// [`note_mappings`] for a file's table of mappings.
-fn note_names(
-    mappings: &Dict,
-    file: &str,
-    seen: &mut BTreeMap<String, String>,
+fn note_names<'a>(
+    names: impl Iterator<Item = &'a String>,
+    file: &Arc<Path>,
+    seen: &mut HashMap<String, Arc<Path>>,
     report: &mut Report,
 ) -> Vec<String> {
     let mut duplicates = Vec::new();
-    for name in mappings.keys() {
+    for name in names {
         if let Some(first) = seen.get(name) {
+            let first = first.display();
             report.problem_in(
-                file,
+                &file.display().to_string(),
                 &format!("mappings.{name}"),
                 format!(
                     "mapping `{name}` is already defined in {first}; \
@@ -712,7 +1165,7 @@ fn note_names(
             );
             duplicates.push(name.clone());
         } else {
-            seen.insert(name.clone(), file.to_owned());
+            seen.insert(name.clone(), Arc::clone(file));
         }
     }
     duplicates
@@ -780,6 +1233,9 @@ pub(super) fn resolve_includes(
             _ => None,
         };
         let mut matched = Vec::new();
+        // The directory's listing comes sorted (by name, the paths' order in one
+        // directory); `glob`'s matches are sorted here.
+        let sorted = fast.is_some();
         if let Some(fast) = fast {
             matched = fast;
         } else {
@@ -801,7 +1257,9 @@ pub(super) fn resolve_includes(
                 format!("included file `{full}` does not exist"),
             );
         }
-        matched.sort();
+        if !sorted {
+            matched.sort();
+        }
         out.extend(matched);
     }
     (out, dirs)
@@ -1282,6 +1740,214 @@ mod provider_tests {
         assert_eq!(matches_in(&dir.join("../x"), "*.toml"), None);
         assert_eq!(matches_in(&dir.join("./x"), "*.toml"), None);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("credvend-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A file is read whole, as `fs::read_to_string` reads it, though only up to the
+    /// size its `stat` gives (no read for the end of the file): empty, small, larger
+    /// than any first guess, not UTF-8 (the same error), missing (no `stat`).
+    #[test]
+    fn a_file_is_read_whole_up_to_its_stat_size_as_fs_reads_it() {
+        let dir = Scratch::new("fileread");
+        let big: String = (0..20_000).map(|i| format!("{i:05}\n")).collect();
+        for (name, bytes) in [
+            ("empty.toml", Vec::new()),
+            ("one.toml", b"x".to_vec()),
+            ("small.toml", b"[mappings.a]\nrole_arn = \"r\"\n".to_vec()),
+            ("big.toml", big.clone().into_bytes()),
+            ("latin1.toml", b"name = \"caf\xe9\"\n".to_vec()),
+        ] {
+            let path = dir.0.join(name);
+            fs::write(&path, &bytes).unwrap();
+            let (read, text) = FileRead::of(&path);
+            let stat = read.stat.expect("a stat");
+            assert_eq!(stat.size, bytes.len() as u64, "{name}");
+            match fs::read_to_string(&path) {
+                Ok(expected) => {
+                    assert_eq!(text.as_deref().ok(), Some(expected.as_str()), "{name}");
+                    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                    assert_eq!(read.digest, Ok(digest), "{name}");
+                    assert_eq!(read.facts().map(|f| f.digest), Some(digest), "{name}");
+                }
+                Err(expected) => {
+                    let error = text.expect_err(name);
+                    assert_eq!(error.kind(), expected.kind(), "{name}");
+                    assert_eq!(error.to_string(), expected.to_string(), "{name}");
+                    assert_eq!(read.digest, Err(expected.kind()), "{name}");
+                    assert!(read.facts().is_none(), "{name}");
+                }
+            }
+        }
+        let (read, text) = FileRead::of(&dir.0.join("missing.toml"));
+        assert_eq!(text.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert!(read.stat.is_none());
+        assert_eq!(read.digest, Err(std::io::ErrorKind::NotFound));
+    }
+
+    /// Read on several threads, the included files come back in their order with what
+    /// one thread finds: the problems, the duplicates and the digest of a load follow
+    /// from that order.
+    #[test]
+    fn included_files_read_on_several_threads_come_back_in_order() {
+        let dir = Scratch::new("parallel");
+        let mut paths = Vec::new();
+        for i in 0..41 {
+            let path = dir.0.join(format!("m{i:03}.toml"));
+            let text = match i {
+                7 => "[mappings.m007\nbroken".to_owned(),
+                19 => "server = 1\n[mappings.m019]\nrole_arn = \"r\"\n".to_owned(),
+                // Never written: cannot be read.
+                30 => {
+                    paths.push(path);
+                    continue;
+                }
+                _ => format!("[mappings.m{i:03}]\nrole_arn = \"r{i}\"\n"),
+            };
+            fs::write(&path, text).unwrap();
+            paths.push(path);
+        }
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let summary = |results: Vec<(FileRead, Result<IncludedTables, String>)>| {
+            results
+                .into_iter()
+                .map(|(read, parsed)| {
+                    let parsed = parsed.map(|tables| {
+                        let names: Vec<String> = match tables.mappings {
+                            Some(Ok(mappings)) => mappings.into_iter().map(|(n, _)| n).collect(),
+                            _ => Vec::new(),
+                        };
+                        (tables.others, names)
+                    });
+                    (read.digest, read.stat.map(|s| s.ino), parsed)
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = summary(read_and_parse_on(&paths, 1));
+        assert_eq!(one.len(), 41);
+        for (i, (_, _, parsed)) in one.iter().enumerate() {
+            match i {
+                7 => assert!(parsed.is_err(), "{parsed:?}"),
+                30 => assert!(
+                    parsed
+                        .as_ref()
+                        .is_err_and(|e| e.starts_with("cannot read file")),
+                    "{parsed:?}"
+                ),
+                19 => assert_eq!(
+                    parsed,
+                    &Ok((vec!["server".to_owned()], vec!["m019".to_owned()]))
+                ),
+                _ => assert_eq!(parsed, &Ok((Vec::new(), vec![format!("m{i:03}")]))),
+            }
+        }
+        for threads in [2, 3, 4, 40, 41, 100] {
+            assert_eq!(
+                summary(read_and_parse_on(&paths, threads)),
+                one,
+                "{threads} threads"
+            );
+        }
+    }
+
+    /// The index keeps a path as its directory (once) and its name, and gives back the
+    /// same path: in the root, relative, nested.
+    #[test]
+    fn the_index_keeps_a_path_as_its_directory_and_name_and_gives_it_back() {
+        let record = |n: u64| FileRecord {
+            stat: n,
+            digest: [0; 16],
+            racy: false,
+            volatile: false,
+            mappings: FileMappings::default(),
+        };
+        let paths = [
+            "/a.toml",
+            "b.toml",
+            "d/a.toml",
+            "/etc/credvend/mappings.d/a.toml",
+            "/etc/credvend/mappings.d/b.toml",
+            "/etc/credvend/other.d/a.toml",
+        ];
+        let mut index = IncludedIndex::default();
+        for (n, path) in paths.iter().enumerate() {
+            index.insert(Path::new(path), record(n as u64));
+        }
+        assert_eq!(index.len(), paths.len());
+        assert_eq!(index.dirs.len(), 5, "{:?}", index.dirs);
+        for (n, path) in paths.iter().enumerate() {
+            assert_eq!(
+                index.get(Path::new(path)).map(|r| r.stat),
+                Some(n as u64),
+                "{path}"
+            );
+        }
+        assert!(index.get(Path::new("/etc/credvend/c.toml")).is_none());
+        assert!(index.get(Path::new("a.toml")).is_none());
+        let mut listed: Vec<(PathBuf, u64)> = index.iter().map(|(p, r)| (p, r.stat)).collect();
+        listed.sort_by_key(|(_, n)| *n);
+        let expected: Vec<(PathBuf, u64)> = paths
+            .iter()
+            .enumerate()
+            .map(|(n, p)| (PathBuf::from(p), n as u64))
+            .collect();
+        assert_eq!(listed, expected);
+        assert_eq!(index.remove(Path::new("d/a.toml")).map(|r| r.stat), Some(2));
+        assert!(index.get(Path::new("d/a.toml")).is_none());
+        assert_eq!(index.len(), paths.len() - 1);
+    }
+
+    /// A file's mappings, kept as their names and folded token hashes, give back the
+    /// names in order and a fold per hash; hand-written hashes that differ only in
+    /// their last bytes fold apart.
+    #[test]
+    fn a_files_mappings_keep_their_names_and_folded_token_hashes() {
+        use crate::secret::TokenHash;
+        let hash = |last: u8| {
+            let mut bytes = [0u8; 32];
+            bytes[31] = last;
+            TokenHash(bytes)
+        };
+        let (one, two, three) = ([hash(1)], [hash(2), hash(3)], []);
+        let mappings = FileMappings::new([
+            ("acme-1", &one[..]),
+            ("b.2", &two[..]),
+            ("no_tokens", &three[..]),
+        ]);
+        assert_eq!(
+            mappings.names().collect::<Vec<_>>(),
+            ["acme-1", "b.2", "no_tokens"]
+        );
+        let folded: Vec<u64> = mappings.tokens().collect();
+        assert_eq!(
+            folded,
+            [
+                folded_token(&hash(1)),
+                folded_token(&hash(2)),
+                folded_token(&hash(3))
+            ]
+        );
+        let distinct: HashSet<u64> = folded.iter().copied().collect();
+        assert_eq!(distinct.len(), 3, "{folded:?}");
+        let empty = FileMappings::new([]);
+        assert_eq!(empty.names().count(), 0);
+        assert_eq!(empty.tokens().count(), 0);
     }
 
     /// The parsed tree is moved into figment, not copied (a copy of 100,000 mappings is

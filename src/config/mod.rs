@@ -358,13 +358,15 @@ impl Config {
             files,
             include_dirs,
             facts,
+            included,
         } = loaded;
         let config = validate::build(&mut report, files, include_dirs);
         if report.problems.is_empty()
             && let Some(config) = &config
         {
-            sources.index =
-                load::IndexSlot(incremental::index(&report, config, &facts, path).map(Arc::new));
+            sources.index = load::IndexSlot(
+                incremental::index(&report, config, &facts, included, path).map(Arc::new),
+            );
         }
         drop(facts);
         let warnings = report.finish()?;
