@@ -27,7 +27,7 @@ use cli::args::{
     Cli, Command, DEFAULT_CONFIG_DIR, ExternalIdCommand, MappingCommand, PolicyCommand,
     TokenCommand,
 };
-use cli::onboard::{Onboard, onboard};
+use cli::onboard::onboard;
 use cli::setup::{init, mapping_new};
 use cli::verify::verify;
 use cli::{block_on, own_principal};
@@ -383,27 +383,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             outln!("{text}")?;
             Ok(())
         }
-        Command::Onboard {
-            mapping,
-            config,
-            bucket,
-            prefix,
-            principal,
-            service,
-            format,
-            out,
-            template_url,
-        } => onboard(Onboard {
-            mapping,
-            path: config.config,
-            bucket,
-            prefix,
-            principal,
-            service,
-            format,
-            out,
-            template_url,
-        }),
+        Command::Onboard(args) => onboard(args),
         Command::Verify {
             mapping,
             config,

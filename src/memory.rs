@@ -132,7 +132,6 @@ pub fn releases_on_this_thread() -> u64 {
 mod tests {
     use super::*;
 
-    /// One test, not two: both change arena 0's decay time, which one process shares.
     /// A helper thread told to share an arena allocates from it from then on.
     #[test]
     fn a_thread_shares_the_arena_it_is_given() {
@@ -154,6 +153,7 @@ mod tests {
         assert_eq!(thread_arena(), Some(own), "this thread's is unchanged");
     }
 
+    /// One test, not two: both change arena 0's decay time, which one process shares.
     #[test]
     fn release_purges_and_puts_the_decay_time_back_and_start_sets_it_for_every_arena() {
         // Read under the lock: a reload test's release elsewhere in this process sets

@@ -114,42 +114,7 @@ pub(crate) enum Command {
     /// `permissions_policy`) or as files with --out; or, with --format, as a
     /// CloudFormation template or a Terraform module that creates the role with both.
     /// The steps and the `credvend verify` command to run afterwards go to stderr.
-    Onboard {
-        /// Mapping name from the configuration.
-        mapping: String,
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The customer's bucket (for the permissions policy; required by
-        /// cloudformation and terraform).
-        #[arg(long)]
-        bucket: Option<String>,
-        /// Key prefix the vendor writes under.
-        #[arg(long, requires = "bucket")]
-        prefix: Option<String>,
-        /// Vendor account ID or role ARN to trust. Default: `sts.source_role_arn` when
-        /// credvend chains through one, else the account of credvend's own identity.
-        #[arg(long)]
-        principal: Option<String>,
-        /// Also let an AWS service assume the role (redshift).
-        #[arg(long, value_enum)]
-        service: Vec<TrustService>,
-        /// json: the two policies (default); cloudformation: a YAML template (stdout,
-        /// or --out FILE); terraform: a module (main.tf, variables.tf, outputs.tf)
-        /// written to --out DIR.
-        #[arg(long, value_enum, default_value_t = OnboardFormat::Json)]
-        format: OnboardFormat,
-        /// json: write `trust-policy.json` (and with --bucket `permissions-policy.json`)
-        /// into this directory; cloudformation: write the template to this file;
-        /// terraform: write the module into this directory. Directories are created if
-        /// missing, files (mode 0600 when new) replaced.
-        #[arg(long, visible_alias = "out-dir", value_name = "FILE|DIR")]
-        out: Option<PathBuf>,
-        /// cloudformation: where the vendor hosts the template (an https:// URL the
-        /// customer's console can read, e.g. on S3); prints the console's quick-create
-        /// link with every parameter filled in.
-        #[arg(long, value_name = "URL")]
-        template_url: Option<String>,
-    },
+    Onboard(Onboard),
     /// Check a mapping's role: External ID enforcement, the assumption itself, and with
     /// --bucket the five S3 permissions. Exit status 1 when anything fails.
     Verify {
@@ -168,6 +133,45 @@ pub(crate) enum Command {
         #[arg(long, requires = "bucket")]
         s3_endpoint_url: Option<String>,
     },
+}
+
+/// The arguments of `credvend onboard`.
+#[derive(clap::Args)]
+pub(crate) struct Onboard {
+    /// Mapping name from the configuration.
+    pub(crate) mapping: String,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+    /// The customer's bucket (for the permissions policy; required by
+    /// cloudformation and terraform).
+    #[arg(long)]
+    pub(crate) bucket: Option<String>,
+    /// Key prefix the vendor writes under.
+    #[arg(long, requires = "bucket")]
+    pub(crate) prefix: Option<String>,
+    /// Vendor account ID or role ARN to trust. Default: `sts.source_role_arn` when
+    /// credvend chains through one, else the account of credvend's own identity.
+    #[arg(long)]
+    pub(crate) principal: Option<String>,
+    /// Also let an AWS service assume the role (redshift).
+    #[arg(long, value_enum)]
+    pub(crate) service: Vec<TrustService>,
+    /// json: the two policies (default); cloudformation: a YAML template (stdout,
+    /// or --out FILE); terraform: a module (main.tf, variables.tf, outputs.tf)
+    /// written to --out DIR.
+    #[arg(long, value_enum, default_value_t = OnboardFormat::Json)]
+    pub(crate) format: OnboardFormat,
+    /// json: write `trust-policy.json` (and with --bucket `permissions-policy.json`)
+    /// into this directory; cloudformation: write the template to this file;
+    /// terraform: write the module into this directory. Directories are created if
+    /// missing, files (mode 0600 when new) replaced.
+    #[arg(long, visible_alias = "out-dir", value_name = "FILE|DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// cloudformation: where the vendor hosts the template (an https:// URL the
+    /// customer's console can read, e.g. on S3); prints the console's quick-create
+    /// link with every parameter filled in.
+    #[arg(long, value_name = "URL")]
+    pub(crate) template_url: Option<String>,
 }
 
 /// What `credvend onboard` produces.

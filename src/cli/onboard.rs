@@ -1,29 +1,16 @@
 //! `credvend onboard`: what one mapping's customer installs (the two policies as JSON,
 //! a CloudFormation template or a Terraform module) and the steps, on stderr.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
 use credvend::config::Mapping;
-use credvend::policy::{self, Principal, SessionAction, TrustService};
+use credvend::policy::{self, Principal, SessionAction};
 
-use super::args::OnboardFormat;
+use super::args::{ConfigArg, Onboard, OnboardFormat};
 use super::{block_on, load_mapping, own_principal};
 use crate::Failure;
-
-/// The arguments of `credvend onboard`.
-pub(crate) struct Onboard {
-    pub(crate) mapping: String,
-    pub(crate) path: PathBuf,
-    pub(crate) bucket: Option<String>,
-    pub(crate) prefix: Option<String>,
-    pub(crate) principal: Option<String>,
-    pub(crate) service: Vec<TrustService>,
-    pub(crate) format: OnboardFormat,
-    pub(crate) out: Option<PathBuf>,
-    pub(crate) template_url: Option<String>,
-}
 
 /// `credvend onboard`: the documents one mapping's customer installs, and the check.
 ///
@@ -35,7 +22,7 @@ pub(crate) struct Onboard {
 pub(crate) fn onboard(args: Onboard) -> Result<(), Failure> {
     let Onboard {
         mapping,
-        path,
+        config: ConfigArg { config: path },
         bucket,
         prefix,
         principal,

@@ -257,7 +257,7 @@ impl StsAssumer {
     ///
     /// Used by `credvend policy trust` to name the vendor account in a trust policy, and
     /// by the daemon's check of its own identity. Fails over across the configured
-    /// regions like an AssumeRole ([`StsAssumer::across_regions`]): a dead primary must
+    /// regions like an AssumeRole (the same loop, `across_regions`): a dead primary must
     /// not read as "no identity" while a fallback answers.
     pub async fn get_caller_identity(&self) -> Result<CallerIdentity, AssumeError> {
         let plan = self.regions.plan(&self.settings.default_region);
