@@ -1057,7 +1057,10 @@ mod tests {
         reloader: Reloader,
     }
 
-    fn included(label: &str, count: usize) -> Included {
+    /// A main file including `mappings.d/*.toml`, and `count` files there of one
+    /// mapping each ([`mapping_file`], `prefetch` as asked): the directory, the main
+    /// file, the include directory.
+    fn include_dir(label: &str, count: usize, prefetch: bool) -> (TempDir, PathBuf, PathBuf) {
         use std::os::unix::fs::PermissionsExt;
         let tmp = TempDir::new(label);
         let dir = tmp.0.clone();
@@ -1072,12 +1075,19 @@ mod tests {
              endpoint_url = \"http://127.0.0.1:9\"\nmax_requests_per_second = 100000\n",
         );
         for i in 0..count {
-            write_private(
-                &include.join(format!("m{i:04}.toml")),
-                &mapping_file(i, &format!("role-{i}"))
-                    .replace("prefetch = true", "prefetch = false"),
-            );
+            let text = mapping_file(i, &format!("role-{i}"));
+            let text = if prefetch {
+                text
+            } else {
+                text.replace("prefetch = true", "prefetch = false")
+            };
+            write_private(&include.join(format!("m{i:04}.toml")), &text);
         }
+        (tmp, main, include)
+    }
+
+    fn included(label: &str, count: usize) -> Included {
+        let (tmp, main, include) = include_dir(label, count, false);
         let (sources, config) = Config::read(&main);
         let config = config.unwrap_or_else(|e| panic!("{:?}", e.problems));
         assert_eq!(config.mappings.len(), count);
@@ -1330,26 +1340,8 @@ mod tests {
     /// and for no other.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reload_changing_one_of_1000_warm_mappings_makes_exactly_one_assume_role() {
-        use std::os::unix::fs::PermissionsExt;
         const COUNT: usize = 1000;
-        let tmp = TempDir::new("one-call");
-        let dir = &tmp.0;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let include = dir.join("mappings.d");
-        std::fs::create_dir(&include).unwrap();
-        std::fs::set_permissions(&include, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let main = dir.join("credvend.toml");
-        write_private(
-            &main,
-            "include = \"mappings.d/*.toml\"\n\n[sts]\nregion = \"us-east-1\"\n\
-             endpoint_url = \"http://127.0.0.1:9\"\nmax_requests_per_second = 100000\n",
-        );
-        for i in 0..COUNT {
-            write_private(
-                &include.join(format!("m{i:04}.toml")),
-                &mapping_file(i, &format!("role-{i}")),
-            );
-        }
+        let (_tmp, main, include) = include_dir("one-call", COUNT, true);
         let (sources, config) = Config::read(&main);
         let config = config.unwrap_or_else(|e| panic!("{:?}", e.problems));
         assert_eq!(config.mappings.len(), COUNT);
